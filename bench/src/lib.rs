@@ -1,0 +1,1 @@
+//! Shared traffic generators for the benchmarks.

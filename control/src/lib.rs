@@ -1,0 +1,6 @@
+//! hybridway's control plane.
+//!
+//! [`bgp`] is the embedded BGP speaker: a wire codec, a sans-IO session state
+//! machine and a thin tokio shell around sockets and timers.
+
+pub mod bgp;

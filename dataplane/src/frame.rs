@@ -1,0 +1,206 @@
+//! A packet in flight: a window into a buffer that the port owns, with headroom in
+//! front so encapsulation can prepend its headers without moving the payload.
+
+use std::fmt;
+
+/// Bytes kept free in front of every received packet. VXLAN over IPv4 prepends 50
+/// bytes (outer Ethernet 14, IPv4 20, UDP 8, VXLAN 8); 128 leaves room for an outer
+/// 802.1Q tag or IPv6 outer header and keeps the payload cache-line aligned.
+pub const FRAME_HEADROOM: usize = 128;
+
+/// Size of one frame buffer (headroom included). 2048 fits a 1500-byte MTU frame plus
+/// encapsulation and is half of an AF_XDP 4 KiB chunk.
+pub const FRAME_BUFFER_SIZE: usize = 2048;
+
+/// Identifies a port (uplink, a pod interface, a TUN queue group) on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct PortId(pub u16);
+
+impl fmt::Display for PortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "port{}", self.0)
+    }
+}
+
+/// What the port knows about a frame besides its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FrameMeta {
+    /// The port the frame arrived on.
+    pub in_port: PortId,
+}
+
+/// Not enough room in the frame buffer for the requested change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("frame buffer has no room for {needed} more bytes")]
+pub struct NoRoom {
+    pub needed: usize,
+}
+
+/// A packet at `buf[start..start + len]`; the bytes before `start` are headroom.
+///
+/// The frame never grows past its buffer: every operation that would is refused with
+/// [`NoRoom`], which the pipeline turns into a counted drop.
+pub struct Frame<'a> {
+    buf: &'a mut [u8],
+    start: usize,
+    len: usize,
+    pub meta: FrameMeta,
+}
+
+impl fmt::Debug for Frame<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Frame")
+            .field("start", &self.start)
+            .field("len", &self.len)
+            .field("capacity", &self.buf.len())
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+impl<'a> Frame<'a> {
+    /// A frame over `buf` whose packet is `buf[start..start + len]`; out-of-range
+    /// values are clamped to the buffer so a frame is always valid.
+    pub fn new(buf: &'a mut [u8], start: usize, len: usize, meta: FrameMeta) -> Self {
+        let start = start.min(buf.len());
+        let len = len.min(buf.len() - start);
+        Frame { buf, start, len, meta }
+    }
+
+    /// Copies `packet` into `buf` after [`FRAME_HEADROOM`] bytes (or as much headroom
+    /// as the buffer allows). Used by ports that cannot receive in place and by tests.
+    pub fn copy_from(buf: &'a mut [u8], packet: &[u8], meta: FrameMeta) -> Result<Self, NoRoom> {
+        let headroom = FRAME_HEADROOM.min(buf.len().saturating_sub(packet.len()));
+        let end = headroom + packet.len();
+        match buf.get_mut(headroom..end) {
+            Some(dst) => dst.copy_from_slice(packet),
+            None => return Err(NoRoom { needed: end - buf.len() }),
+        }
+        Ok(Frame { buf, start: headroom, len: packet.len(), meta })
+    }
+
+    /// The packet bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
+    /// The packet bytes, writable.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Offset of the packet in the buffer (ports need it to build descriptors).
+    pub fn offset(&self) -> usize {
+        self.start
+    }
+
+    pub fn headroom(&self) -> usize {
+        self.start
+    }
+
+    pub fn tailroom(&self) -> usize {
+        self.buf.len() - self.start - self.len
+    }
+
+    /// Grows the packet at the front by `n` bytes and returns them (contents are
+    /// whatever was in the headroom; the caller writes every byte).
+    pub fn push_front(&mut self, n: usize) -> Result<&mut [u8], NoRoom> {
+        if n > self.start {
+            return Err(NoRoom { needed: n - self.start });
+        }
+        self.start -= n;
+        self.len += n;
+        Ok(&mut self.buf[self.start..self.start + n])
+    }
+
+    /// Removes `n` bytes from the front (decapsulation). Refused past the end.
+    pub fn pull_front(&mut self, n: usize) -> Result<(), NoRoom> {
+        if n > self.len {
+            return Err(NoRoom { needed: n - self.len });
+        }
+        self.start += n;
+        self.len -= n;
+        Ok(())
+    }
+
+    /// Sets the packet length, keeping the start; growing is limited by the tailroom.
+    pub fn set_len(&mut self, len: usize) -> Result<(), NoRoom> {
+        let max = self.buf.len() - self.start;
+        if len > max {
+            return Err(NoRoom { needed: len - max });
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// Replaces the packet with `bytes`, placed after the standard headroom when the
+    /// buffer allows (replies such as ARP answers and ICMP errors are built this way).
+    pub fn replace(&mut self, bytes: &[u8]) -> Result<(), NoRoom> {
+        let headroom = FRAME_HEADROOM.min(self.buf.len().saturating_sub(bytes.len()));
+        let end = headroom + bytes.len();
+        match self.buf.get_mut(headroom..end) {
+            Some(dst) => dst.copy_from_slice(bytes),
+            None => return Err(NoRoom { needed: end - self.buf.len() }),
+        }
+        self.start = headroom;
+        self.len = bytes.len();
+        Ok(())
+    }
+
+    /// The whole buffer and the packet's place in it, for code that builds a new
+    /// packet in place from parts of the old one (ICMP errors quote the original).
+    pub fn raw_parts(&mut self) -> (&mut [u8], usize, usize) {
+        (self.buf, self.start, self.len)
+    }
+
+    /// Sets the packet's place in the buffer after [`Frame::raw_parts`] edits.
+    pub fn set_window(&mut self, start: usize, len: usize) -> Result<(), NoRoom> {
+        if start > self.buf.len() || len > self.buf.len() - start {
+            return Err(NoRoom { needed: (start + len).saturating_sub(self.buf.len()) });
+        }
+        self.start = start;
+        self.len = len;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_and_pull_stay_inside_the_buffer() {
+        let mut buf = [0u8; 256];
+        let mut frame = Frame::copy_from(&mut buf, &[1, 2, 3, 4], FrameMeta::default()).unwrap();
+        assert_eq!(frame.headroom(), FRAME_HEADROOM);
+        frame.push_front(50).unwrap().fill(9);
+        assert_eq!(frame.len(), 54);
+        assert_eq!(&frame.data()[50..], &[1, 2, 3, 4]);
+        frame.pull_front(50).unwrap();
+        assert_eq!(frame.data(), &[1, 2, 3, 4]);
+        assert!(frame.push_front(FRAME_HEADROOM + 1).is_err());
+        assert!(frame.pull_front(5).is_err());
+        assert!(frame.set_len(256 - FRAME_HEADROOM + 1).is_err());
+        assert_eq!(frame.data(), &[1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn small_buffers_get_less_headroom_not_a_panic() {
+        let mut buf = [0u8; 10];
+        let frame = Frame::copy_from(&mut buf, &[7; 8], FrameMeta::default()).unwrap();
+        assert_eq!(frame.headroom(), 2);
+        let mut tiny = [0u8; 4];
+        assert!(Frame::copy_from(&mut tiny, &[7; 8], FrameMeta::default()).is_err());
+        let mut buf = [0u8; 8];
+        let frame = Frame::new(&mut buf, 100, 100, FrameMeta::default());
+        assert!(frame.is_empty());
+    }
+}

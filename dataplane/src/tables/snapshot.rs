@@ -1,0 +1,96 @@
+//! The immutable forwarding snapshot and its atomic publication (RCU style).
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::frame::PortId;
+use crate::tables::routes::{Prefix, RouteTable};
+use crate::wire::MacAddr;
+
+/// How pod traffic crosses between nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// VXLAN over UDP between node addresses.
+    #[default]
+    Overlay,
+    /// Plain routing; pod routes are advertised over BGP.
+    Underlay,
+}
+
+/// Facts about this node that the pipeline needs for every packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSettings {
+    pub mode: Mode,
+    /// The node's address on the uplink: VXLAN outer source, SNAT address.
+    pub node_addr: Ipv4Addr,
+    pub node_addr_v6: Option<Ipv6Addr>,
+    pub uplink_port: PortId,
+    pub uplink_mac: MacAddr,
+    /// MTU of the uplink; the overlay pod MTU is this minus 50.
+    pub uplink_mtu: u16,
+    /// This node's VTEP MAC (inner destination MAC of VXLAN sent to us).
+    pub vtep_mac: MacAddr,
+    pub vni: u32,
+    /// VXLAN UDP destination port (8472, as Linux and flannel use).
+    pub vxlan_port: u16,
+    /// Whether VXLAN packets we send carry DF.
+    pub vxlan_df: bool,
+    /// Gateway address that pods use as their default route, answered by ARP/NDP.
+    pub gateway_v4: Ipv4Addr,
+    pub gateway_v6: Option<Ipv6Addr>,
+    /// MAC the dataplane answers with for the gateway.
+    pub gateway_mac: MacAddr,
+    /// Masquerade pod traffic that leaves the cluster to `node_addr`.
+    pub snat: bool,
+}
+
+/// One immutable snapshot of everything the workers read.
+#[derive(Clone, Debug)]
+pub struct Tables {
+    /// Bumped on every publication, for logs and tests.
+    pub generation: u64,
+    pub node: NodeSettings,
+    pub routes: RouteTable,
+    /// Destinations never masqueraded (cluster pod, service and node ranges).
+    pub no_snat: Vec<Prefix>,
+    /// Node addresses VXLAN is accepted from (every remote node in the table).
+    pub known_vteps: Vec<Ipv4Addr>,
+}
+
+impl Tables {
+    /// Whether traffic to `dst` stays unmasqueraded.
+    pub fn is_no_snat(&self, dst: Ipv4Addr) -> bool {
+        self.no_snat.iter().any(|p| p.contains(dst.into()))
+    }
+
+    /// Whether VXLAN from `src` comes from a known node.
+    pub fn is_known_vtep(&self, src: Ipv4Addr) -> bool {
+        self.known_vteps.contains(&src)
+    }
+}
+
+/// The published snapshot. Workers call [`SharedTables::load`] once per batch; the
+/// control thread calls [`SharedTables::publish`]; neither blocks the other.
+#[derive(Debug)]
+pub struct SharedTables {
+    current: ArcSwap<Tables>,
+}
+
+impl SharedTables {
+    pub fn new(initial: Tables) -> Self {
+        SharedTables { current: ArcSwap::from_pointee(initial) }
+    }
+
+    /// The snapshot in force now; hold the guard for one batch, not longer.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Tables>> {
+        self.current.load()
+    }
+
+    /// Replaces the snapshot; the generation is set to one past the current one.
+    pub fn publish(&self, mut next: Tables) {
+        next.generation = self.current.load().generation.wrapping_add(1);
+        self.current.store(Arc::new(next));
+    }
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what hybridway's build, tests, demo and fuzzing need on Debian.
+# Idempotent: installs only what is missing. Needs root (CI runs as root).
+set -euo pipefail
+
+packages=(
+  # building xsk-rs / libbpf
+  clang llvm libelf-dev zlib1g-dev pkg-config m4 make
+  # network namespaces and real peers for the tests and the demo
+  iproute2 iputils-ping tcpdump iperf3 netsniff-ng ethtool
+  frr bird2 gobgpd
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# The packaged daemons must not run on their own: tests start their own instances.
+for svc in frr bird gobgpd; do
+  systemctl disable --now "$svc" >/dev/null 2>&1 || true
+done
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
