@@ -11,13 +11,17 @@
 //! [`checksum`] holds the full and incremental (NAT) checksum arithmetic.
 
 pub mod checksum;
+pub mod icmp_quote;
 pub mod ipv6_ext;
 pub mod mac;
 pub mod packet;
+pub mod rewrite;
 pub mod vxlan;
 
+pub use icmp_quote::{QuotedPacket, QuotedSide, QuotedTransport};
 pub use mac::MacAddr;
 pub use packet::{Fragment, L3, PacketInfo, ParseError, TcpFlags, Transport};
+pub use rewrite::RewriteError;
 pub use vxlan::{VXLAN_OVERHEAD_V4, VXLAN_PORT, VxlanPacket, VxlanRepr};
 
 /// Why one of our own views refused a buffer.
