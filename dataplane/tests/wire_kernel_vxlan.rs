@@ -1,6 +1,11 @@
 //! A VXLAN frame as the Linux kernel emits it (flannel-style device), parsed with our
 //! views: the committed fixture, and a fresh capture from a live kernel in netns.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -8,9 +13,9 @@ use std::process::Command;
 
 use hybridway_dataplane::wire::checksum;
 use hybridway_dataplane::wire::{
-    ChecksumCapabilities, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet,
-    Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, L3, MacAddr, PacketInfo, Transport, UdpPacket,
-    UdpRepr, VXLAN_OVERHEAD_V4, VXLAN_PORT, VxlanPacket, VxlanRepr,
+    ChecksumCapabilities, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr,
+    Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, L3, MacAddr, PacketInfo, Transport,
+    UdpPacket, UdpRepr, VXLAN_OVERHEAD_V4, VXLAN_PORT, VxlanPacket, VxlanRepr,
 };
 
 const FIXTURE: &str = include_str!("fixtures/kernel_vxlan_icmp.hex");
@@ -39,7 +44,10 @@ fn check_kernel_frame(frame: &[u8]) {
     // One pass over the outer headers.
     let outer = PacketInfo::parse(frame).unwrap();
     assert_eq!(outer.l3, L3::Ipv4);
-    assert_eq!((outer.dst_mac, outer.src_mac), (UNDERLAY_MAC_B, UNDERLAY_MAC_A));
+    assert_eq!(
+        (outer.dst_mac, outer.src_mac),
+        (UNDERLAY_MAC_B, UNDERLAY_MAC_A)
+    );
     assert_eq!(outer.src_ip, IpAddr::V4(NODE_IP_A));
     assert_eq!(outer.dst_ip, IpAddr::V4(NODE_IP_B));
     assert!(outer.is_vxlan(), "{:?}", outer.transport);
@@ -60,17 +68,29 @@ fn check_kernel_frame(frame: &[u8]) {
     assert_eq!((ip.src_addr(), ip.dst_addr()), (NODE_IP_A, NODE_IP_B));
     let udp = UdpPacket::new_checked(ip.payload()).unwrap();
     // The kernel computes the outer UDP checksum by default; it must verify.
-    let udp_repr =
-        UdpRepr::parse(&udp, &NODE_IP_A.into(), &NODE_IP_B.into(), &ChecksumCapabilities::default()).unwrap();
+    let udp_repr = UdpRepr::parse(
+        &udp,
+        &NODE_IP_A.into(),
+        &NODE_IP_B.into(),
+        &ChecksumCapabilities::default(),
+    )
+    .unwrap();
     assert_eq!(udp_repr.dst_port, VXLAN_PORT);
     assert_ne!(udp.checksum(), 0);
     let pseudo = checksum::pseudo_header_v4(NODE_IP_A, NODE_IP_B, 17, udp.len());
-    assert_eq!(checksum::combine(&[pseudo, checksum::sum(ip.payload())]), 0xffff);
+    assert_eq!(
+        checksum::combine(&[pseudo, checksum::sum(ip.payload())]),
+        0xffff
+    );
 
     let vx = VxlanPacket::new_checked(udp.payload()).unwrap();
     assert!(vx.i_flag());
     assert_eq!(VxlanRepr::parse(&vx).unwrap(), VxlanRepr { vni: 1 });
-    assert_eq!(&udp.payload()[..8], &VxlanRepr { vni: 1 }.to_bytes(), "kernel header bytes equal ours");
+    assert_eq!(
+        &udp.payload()[..8],
+        &VxlanRepr { vni: 1 }.to_bytes(),
+        "kernel header bytes equal ours"
+    );
 
     // The encapsulated frame starts exactly VXLAN_OVERHEAD_V4 bytes in.
     let inner_frame = vx.payload();
@@ -78,16 +98,26 @@ fn check_kernel_frame(frame: &[u8]) {
     let inner = PacketInfo::parse(inner_frame).unwrap();
     // flannel: the inner destination MAC is the remote VTEP's MAC.
     assert_eq!((inner.dst_mac, inner.src_mac), (VTEP_MAC_B, VTEP_MAC_A));
-    assert_eq!((inner.src_ip, inner.dst_ip), (IpAddr::V4(VTEP_IP_A), IpAddr::V4(VTEP_IP_B)));
+    assert_eq!(
+        (inner.src_ip, inner.dst_ip),
+        (IpAddr::V4(VTEP_IP_A), IpAddr::V4(VTEP_IP_B))
+    );
     assert!(inner.ipv4_checksum_ok && inner.dont_fragment);
-    let Transport::IcmpEcho { request: true, seq: 1, .. } = inner.transport else {
+    let Transport::IcmpEcho {
+        request: true,
+        seq: 1,
+        ..
+    } = inner.transport
+    else {
         panic!("inner is not the first echo request: {:?}", inner.transport);
     };
     let inner_eth = EthernetFrame::new_checked(inner_frame).unwrap();
     let inner_ip = Ipv4Packet::new_checked(inner_eth.payload()).unwrap();
     let icmp = Icmpv4Packet::new_checked(inner_ip.payload()).unwrap();
     match Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::default()).unwrap() {
-        Icmpv4Repr::EchoRequest { seq_no: 1, data, .. } => {
+        Icmpv4Repr::EchoRequest {
+            seq_no: 1, data, ..
+        } => {
             // ping -s 56 -p a5: a 16-byte timestamp, then the pattern.
             assert_eq!(data.len(), 56);
             assert!(data[16..].iter().all(|&b| b == 0xa5));
@@ -105,7 +135,10 @@ fn check_kernel_frame(frame: &[u8]) {
     let mut udp_bytes = vec![0xa5u8; udp_len];
     udp_bytes[16..].copy_from_slice(inner_frame);
     let mut ours_udp = UdpPacket::new_unchecked(&mut udp_bytes[..]);
-    let repr = UdpRepr { src_port: udp_repr.src_port, dst_port: VXLAN_PORT };
+    let repr = UdpRepr {
+        src_port: udp_repr.src_port,
+        dst_port: VXLAN_PORT,
+    };
     repr.emit(
         &mut ours_udp,
         &NODE_IP_A.into(),
@@ -114,7 +147,11 @@ fn check_kernel_frame(frame: &[u8]) {
         |p| p[..8].copy_from_slice(&VxlanRepr { vni: 1 }.to_bytes()),
         &ChecksumCapabilities::default(),
     );
-    assert_eq!(&udp_bytes[..], ip.payload(), "UDP header, checksum and payload equal the kernel's");
+    assert_eq!(
+        &udp_bytes[..],
+        ip.payload(),
+        "UDP header, checksum and payload equal the kernel's"
+    );
 }
 
 #[test]
@@ -152,6 +189,9 @@ fn live_kernel_capture_parses() {
         .expect("run scripts/capture-vxlan-fixture.sh");
     let text = std::fs::read_to_string(&out);
     let _ = std::fs::remove_file(&out);
-    assert!(status.success(), "capture script failed (needs root, iproute2, tcpdump, ethtool)");
+    assert!(
+        status.success(),
+        "capture script failed (needs root, iproute2, tcpdump, ethtool)"
+    );
     check_kernel_frame(&parse_hex(&text.unwrap()));
 }
