@@ -147,7 +147,7 @@ pub enum Transport {
         seq: u16,
     },
     /// An ICMP error (v4 types 3, 4, 5, 11, 12; v6 types 1–4). The quoted original
-    /// packet starts at [`PacketInfo::payload`]; see `wire::icmp_quote`.
+    /// packet starts at [`PacketInfo::payload_offset`]; see [`super::icmp_quote`].
     IcmpError {
         icmp_type: u8,
         code: u8,
