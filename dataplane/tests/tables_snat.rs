@@ -502,6 +502,43 @@ proptest! {
         }
     }
 
+    /// The batch calls give exactly the results of one call per packet in order,
+    /// including duplicates within a batch and flows created mid-batch.
+    #[test]
+    fn batches_equal_single_calls(
+        rounds in prop::collection::vec(
+            prop::collection::vec((0..40usize, prop::sample::select(vec![0u8, SYN, ACK, FIN | ACK, RST])), 0..50),
+            1..6),
+    ) {
+        let cfg = SnatConfig { port_range: 40_000..=40_005, ..config(30) };
+        let mut single = SnatShard::new(0, &cfg);
+        let mut batched = SnatShard::new(0, &cfg);
+        for (round, ops) in rounds.iter().enumerate() {
+            let now = Now((round as u64) * 4000);
+            let keys: Vec<FlowKey> = ops.iter().map(|&(f, _)| flow_key(f)).collect();
+            let flags: Vec<u8> = ops.iter().map(|&(_, fl)| fl).collect();
+            let mut out = vec![Err(SnatError::TableFull); keys.len()];
+            batched.outbound_batch(&keys, &flags, NAT, now, &mut out);
+            let mut replies = Vec::new();
+            for ((k, &fl), got) in keys.iter().zip(&flags).zip(&out) {
+                let want = single.outbound(k, NAT, fl, now);
+                prop_assert_eq!(*got, want);
+                if let Ok(b) = want {
+                    replies.push(reply(k, b));
+                }
+            }
+            let rflags = vec![ACK; replies.len()];
+            let mut back = vec![None; replies.len()];
+            let later = Now(now.millis() + 1000);
+            batched.inbound_batch(&replies, &rflags, later, &mut back);
+            for (r, got) in replies.iter().zip(&back) {
+                prop_assert_eq!(*got, single.inbound(r, ACK, later));
+                prop_assert!(got.is_some());
+            }
+            prop_assert_eq!(single.len(), batched.len());
+        }
+    }
+
     /// Random operations against a model that tracks which flows are alive.
     #[test]
     fn matches_a_model(ops in prop::collection::vec(op(), 1..300)) {
