@@ -438,6 +438,27 @@ fn memory_per_flow_is_at_most_128_bytes_when_full() {
     assert!(per_flow <= 128, "{per_flow} bytes per flow");
 }
 
+#[test]
+fn zero_and_huge_capacities_are_handled() {
+    let mut none = SnatShard::new(0, &config(0));
+    assert_eq!(none.outbound(&key(L4Proto::Udp, 1, 1), NAT, 0, secs(0)), Err(SnatError::TableFull));
+    let huge = SnatShard::new(0, &config(usize::MAX));
+    assert_eq!(huge.capacity(), hybridway_dataplane::tables::snat::MAX_CAPACITY_PER_WORKER);
+}
+
+#[test]
+fn timeouts_longer_than_the_wheel_still_expire_on_time() {
+    // 5 h, beyond the wheel's ~2 h 20 min horizon: queued at the horizon, re-queued.
+    let t = Timeouts { udp: Duration::from_secs(5 * 3600), ..timeouts() };
+    let mut shard = SnatShard::new(0, &SnatConfig { timeouts: t, ..config(8) });
+    let k = key(L4Proto::Udp, 7, 7);
+    let b = shard.outbound(&k, NAT, 0, secs(0)).unwrap();
+    assert_eq!(shard.sweep(secs(3 * 3600), usize::MAX), 0);
+    assert_eq!(shard.sweep(secs(5 * 3600 - 2), usize::MAX), 0);
+    assert!(shard.peek_inbound(&reply(&k, b)).is_some());
+    assert_eq!(shard.sweep(secs(5 * 3600 + 2), usize::MAX), 1);
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Out { flow: usize, flags: u8 },

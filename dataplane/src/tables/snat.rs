@@ -57,7 +57,8 @@ pub struct SnatConfig {
     pub workers: u16,
     /// NAT ports (and ICMP echo identifiers) to hand out, split between workers.
     pub port_range: RangeInclusive<u16>,
-    /// Flows each worker tracks at most.
+    /// Flows each worker tracks at most (clamped to [`MAX_CAPACITY_PER_WORKER`]);
+    /// each costs about 73 bytes, allocated when the shard is created.
     pub capacity_per_worker: usize,
     pub timeouts: Timeouts,
 }
@@ -122,6 +123,10 @@ pub struct SnatShard {
     /// Offset in the slice where the next port search starts.
     cursor: u32,
 }
+
+/// The largest `capacity_per_worker` honoured (16 Mi flows, about 1.2 GiB): larger
+/// values are clamped rather than attempting an allocation that would abort.
+pub const MAX_CAPACITY_PER_WORKER: usize = 1 << 24;
 
 /// How many expired entries a full table examines before giving up.
 const RECLAIM_BUDGET: usize = 1024;
@@ -241,7 +246,7 @@ impl SnatShard {
         };
         let capacity = config
             .capacity_per_worker
-            .min(crate::tables::flow_slab::MAX_SLOTS);
+            .min(MAX_CAPACITY_PER_WORKER);
         SnatShard {
             worker,
             slab: FlowSlab::with_capacity(capacity),
