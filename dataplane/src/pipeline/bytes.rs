@@ -41,7 +41,8 @@ pub(crate) fn rd_mac(d: &[u8], at: usize) -> Option<MacAddr> {
 
 #[inline]
 pub(crate) fn put(d: &mut [u8], at: usize, bytes: &[u8]) -> Option<()> {
-    d.get_mut(at..at.checked_add(bytes.len())?)?.copy_from_slice(bytes);
+    d.get_mut(at..at.checked_add(bytes.len())?)?
+        .copy_from_slice(bytes);
     Some(())
 }
 

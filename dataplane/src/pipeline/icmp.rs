@@ -28,7 +28,9 @@ const V6_ERR_HDRS: usize = 40 + 8;
 pub(crate) enum IcmpError {
     TimeExceeded,
     /// IPv4 "fragmentation needed and DF set" / ICMPv6 "packet too big", with the MTU.
-    TooBig { mtu: u16 },
+    TooBig {
+        mtu: u16,
+    },
 }
 
 impl IcmpError {
@@ -56,7 +58,10 @@ impl IcmpRateLimit {
     const BURST: u32 = 50;
 
     pub fn new() -> Self {
-        IcmpRateLimit { tokens: Self::BURST, last: Now(0) }
+        IcmpRateLimit {
+            tokens: Self::BURST,
+            last: Now(0),
+        }
     }
 
     pub fn allow(&mut self, now: Now) -> bool {
@@ -82,12 +87,18 @@ pub(crate) fn may_send_v4(ip: &V4) -> bool {
     if ip.frag_offset != 0 {
         return false;
     }
-    if ip.src.is_unspecified() || ip.src.is_broadcast() || ip.src.is_multicast() || ip.src.is_loopback() {
+    if ip.src.is_unspecified()
+        || ip.src.is_broadcast()
+        || ip.src.is_multicast()
+        || ip.src.is_loopback()
+    {
         return false;
     }
     if ip.proto == PROTO_ICMP {
         // Only echo and other informational messages may trigger an error.
-        return ip.l4.is_some_and(|l| matches!(l.icmp_type, 0 | 8 | 13 | 14 | 15 | 16 | 17 | 18));
+        return ip
+            .l4
+            .is_some_and(|l| matches!(l.icmp_type, 0 | 8 | 13 | 14 | 15 | 16 | 17 | 18));
     }
     true
 }
@@ -119,7 +130,9 @@ pub(crate) fn build_v4(
     let (buf, start, _) = frame.raw_parts();
     // The new headers end where the original IP header starts.
     let ip_at = start + ip.l3;
-    let new_start = ip_at.checked_sub(ETH_LEN + V4_ERR_HDRS).ok_or(DropReason::NoRoom)?;
+    let new_start = ip_at
+        .checked_sub(ETH_LEN + V4_ERR_HDRS)
+        .ok_or(DropReason::NoRoom)?;
     let peer_mac = rd_mac(buf, start + 6).ok_or(err)?;
     let (icmp_type, code, rest) = match kind {
         IcmpError::TimeExceeded => (11u8, 0u8, 0u32),
@@ -151,7 +164,9 @@ pub(crate) fn build_v4(
     let msg = buf.get(icmp..icmp + 8 + quote).ok_or(err)?;
     let c = checksum::checksum(msg);
     wr16(buf, icmp + 2, c).ok_or(err)?;
-    frame.set_window(new_start, ETH_LEN + V4_ERR_HDRS + quote).map_err(|_| DropReason::NoRoom)
+    frame
+        .set_window(new_start, ETH_LEN + V4_ERR_HDRS + quote)
+        .map_err(|_| DropReason::NoRoom)
 }
 
 /// Turns the frame holding `ip` into an ICMPv6 error addressed to its sender.
@@ -166,7 +181,9 @@ pub(crate) fn build_v6(
     let quote = ip.total_len.min(ICMP6_MAX_ERROR_LEN - V6_ERR_HDRS);
     let (buf, start, _) = frame.raw_parts();
     let ip_at = start + ip.l3;
-    let new_start = ip_at.checked_sub(ETH_LEN + V6_ERR_HDRS).ok_or(DropReason::NoRoom)?;
+    let new_start = ip_at
+        .checked_sub(ETH_LEN + V6_ERR_HDRS)
+        .ok_or(DropReason::NoRoom)?;
     let peer_mac = rd_mac(buf, start + 6).ok_or(err)?;
     let (icmp_type, rest) = match kind {
         IcmpError::TimeExceeded => (3u8, 0u32),
@@ -193,5 +210,7 @@ pub(crate) fn build_v6(
     let msg = buf.get(icmp..icmp + 8 + quote).ok_or(err)?;
     let c = checksum::transport_checksum_v6(src_ip, ip.src, PROTO_ICMPV6, msg);
     wr16(buf, icmp + 2, c).ok_or(err)?;
-    frame.set_window(new_start, ETH_LEN + V6_ERR_HDRS + quote).map_err(|_| DropReason::NoRoom)
+    frame
+        .set_window(new_start, ETH_LEN + V6_ERR_HDRS + quote)
+        .map_err(|_| DropReason::NoRoom)
 }

@@ -112,7 +112,13 @@ impl Pipeline {
     /// Frames are classified and resolved one after the other: the per-frame work is
     /// short enough that the CPU's out-of-order window already overlaps the next
     /// frame's header loads with this frame's table lookups.
-    pub fn process_batch(&mut self, frames: &mut [Frame<'_>], tables: &Tables, now: Now, verdicts: &mut [Verdict]) {
+    pub fn process_batch(
+        &mut self,
+        frames: &mut [Frame<'_>],
+        tables: &Tables,
+        now: Now,
+        verdicts: &mut [Verdict],
+    ) {
         for (frame, verdict) in frames.iter_mut().zip(verdicts.iter_mut()) {
             *verdict = self.process(frame, tables, now);
         }
@@ -158,27 +164,49 @@ impl Pipeline {
         }
         let target = *tables.routes.lookup_v4(ip.dst).ok_or(DropReason::NoRoute)?;
         if ip.ttl <= 1 {
-            return self.icmp_v4(frame, ip, IcmpError::TimeExceeded, node.gateway_v4, node, now);
+            return self.icmp_v4(
+                frame,
+                ip,
+                IcmpError::TimeExceeded,
+                node.gateway_v4,
+                node,
+                now,
+            );
         }
         match target {
             RouteTarget::LocalPod { port, mac } => {
                 let d = frame.data_mut();
                 decrement_ttl_v4(d, ip)?;
-                bytes::set_macs(d, 0, mac, node.gateway_mac).ok_or(DropReason::MalformedEthernet)?;
+                bytes::set_macs(d, 0, mac, node.gateway_mac)
+                    .ok_or(DropReason::MalformedEthernet)?;
                 Ok(Verdict::Forward { port })
             }
-            RouteTarget::VxlanNode { node_addr, vtep_mac, vni, next_hop_mac } => {
+            RouteTarget::VxlanNode {
+                node_addr,
+                vtep_mac,
+                vni,
+                next_hop_mac,
+            } => {
                 let mtu = overlay_mtu(node);
                 if ip.total_len > usize::from(mtu) {
                     return self.too_big_v4(frame, ip, mtu, node, now);
                 }
                 decrement_ttl_v4(frame.data_mut(), ip)?;
-                let tunnel = Tunnel { remote: node_addr, remote_vtep: vtep_mac, vni, next_hop_mac };
+                let tunnel = Tunnel {
+                    remote: node_addr,
+                    remote_vtep: vtep_mac,
+                    vni,
+                    next_hop_mac,
+                };
                 let id = self.next_ip_id();
                 vxlan::encapsulate(frame, node, &tunnel, ip.flow_hash(), id, ip.tos)?;
-                Ok(Verdict::Forward { port: node.uplink_port })
+                Ok(Verdict::Forward {
+                    port: node.uplink_port,
+                })
             }
-            RouteTarget::UnderlayNode { next_hop_mac, .. } => self.out_uplink_v4(frame, ip, next_hop_mac, false, tables, now),
+            RouteTarget::UnderlayNode { next_hop_mac, .. } => {
+                self.out_uplink_v4(frame, ip, next_hop_mac, false, tables, now)
+            }
             RouteTarget::Outside { next_hop_mac } => {
                 let masquerade = node.snat && !tables.is_no_snat(ip.dst);
                 self.out_uplink_v4(frame, ip, next_hop_mac, masquerade, tables, now)
@@ -208,37 +236,70 @@ impl Pipeline {
         // After masquerading `ip.src` is stale, but the TTL/checksum update only reads
         // the header words it changes from the frame.
         decrement_ttl_v4(d, ip)?;
-        bytes::set_macs(d, 0, next_hop_mac, node.uplink_mac).ok_or(DropReason::MalformedEthernet)?;
-        Ok(Verdict::Forward { port: node.uplink_port })
+        bytes::set_macs(d, 0, next_hop_mac, node.uplink_mac)
+            .ok_or(DropReason::MalformedEthernet)?;
+        Ok(Verdict::Forward {
+            port: node.uplink_port,
+        })
     }
 
-    fn masquerade(&mut self, frame: &mut Frame<'_>, ip: &V4, nat_addr: Ipv4Addr, now: Now) -> Result<(), DropReason> {
+    fn masquerade(
+        &mut self,
+        frame: &mut Frame<'_>,
+        ip: &V4,
+        nat_addr: Ipv4Addr,
+        now: Now,
+    ) -> Result<(), DropReason> {
         if ip.frag_offset != 0 {
             return Err(DropReason::UntranslatableFragment);
         }
         let l4 = ip.l4.ok_or(DropReason::Unsupported)?;
         let key = snat::flow_key(ip, &l4).ok_or(DropReason::Unsupported)?;
-        if key.proto == crate::tables::L4Proto::IcmpEcho && l4.icmp_type != parse::ICMP_ECHO_REQUEST {
+        if key.proto == crate::tables::L4Proto::IcmpEcho && l4.icmp_type != parse::ICMP_ECHO_REQUEST
+        {
             // A pod answering a ping from outside: there is no flow to answer for.
             return Err(DropReason::Unsupported);
         }
-        let binding = self.snat.outbound(&key, nat_addr, l4.tcp_flags, now).map_err(DropReason::from)?;
-        snat::rewrite_source(frame.data_mut(), ip, &l4, binding).ok_or(DropReason::MalformedTransport)
+        let binding = self
+            .snat
+            .outbound(&key, nat_addr, l4.tcp_flags, now)
+            .map_err(DropReason::from)?;
+        snat::rewrite_source(frame.data_mut(), ip, &l4, binding)
+            .ok_or(DropReason::MalformedTransport)
     }
 
-    fn too_big_v4(&mut self, frame: &mut Frame<'_>, ip: &V4, mtu: u16, node: &NodeSettings, now: Now) -> Step {
+    fn too_big_v4(
+        &mut self,
+        frame: &mut Frame<'_>,
+        ip: &V4,
+        mtu: u16,
+        node: &NodeSettings,
+        now: Now,
+    ) -> Step {
         if !ip.df {
             // The dataplane does not fragment; senders that allow it still get no
             // error, as RFC 1191 only covers DF packets.
             return Err(DropReason::FragmentationNeeded);
         }
-        let src = if frame.meta.in_port == node.uplink_port { node.node_addr } else { node.gateway_v4 };
+        let src = if frame.meta.in_port == node.uplink_port {
+            node.node_addr
+        } else {
+            node.gateway_v4
+        };
         self.icmp_v4(frame, ip, IcmpError::TooBig { mtu }, src, node, now)
     }
 
     /// Replaces the frame with an ICMP error about `ip`, or drops it when no error may
     /// be sent.
-    fn icmp_v4(&mut self, frame: &mut Frame<'_>, ip: &V4, kind: IcmpError, src: Ipv4Addr, node: &NodeSettings, now: Now) -> Step {
+    fn icmp_v4(
+        &mut self,
+        frame: &mut Frame<'_>,
+        ip: &V4,
+        kind: IcmpError,
+        src: Ipv4Addr,
+        node: &NodeSettings,
+        now: Now,
+    ) -> Step {
         if !icmp::may_send_v4(ip) {
             return Err(kind.drop_reason());
         }
@@ -270,12 +331,20 @@ impl Pipeline {
         match tables.routes.lookup_v4(ip.dst) {
             Some(RouteTarget::LocalPod { port, mac }) => {
                 if ip.ttl <= 1 {
-                    return self.icmp_v4(frame, ip, IcmpError::TimeExceeded, node.node_addr, node, now);
+                    return self.icmp_v4(
+                        frame,
+                        ip,
+                        IcmpError::TimeExceeded,
+                        node.node_addr,
+                        node,
+                        now,
+                    );
                 }
                 let (port, mac) = (*port, *mac);
                 let d = frame.data_mut();
                 decrement_ttl_v4(d, ip)?;
-                bytes::set_macs(d, 0, mac, node.gateway_mac).ok_or(DropReason::MalformedEthernet)?;
+                bytes::set_macs(d, 0, mac, node.gateway_mac)
+                    .ok_or(DropReason::MalformedEthernet)?;
                 Ok(Verdict::Forward { port })
             }
             _ => Ok(Verdict::ToHost),
@@ -305,7 +374,8 @@ impl Pipeline {
             Packet::V6(ip) => decrement_hop_limit(d, &ip)?,
             Packet::Arp | Packet::Other => {}
         }
-        bytes::set_macs(d, 0, *mac, tables.node.gateway_mac).ok_or(DropReason::MalformedEthernet)?;
+        bytes::set_macs(d, 0, *mac, tables.node.gateway_mac)
+            .ok_or(DropReason::MalformedEthernet)?;
         Ok(Verdict::Forward { port: *port })
     }
 
@@ -348,11 +418,18 @@ impl Pipeline {
         let d = frame.data_mut();
         snat::rewrite_destination(d, ip, &l4, pod).ok_or(DropReason::MalformedTransport)?;
         decrement_ttl_v4(d, ip)?;
-        bytes::set_macs(d, 0, *mac, tables.node.gateway_mac).ok_or(DropReason::MalformedEthernet)?;
+        bytes::set_macs(d, 0, *mac, tables.node.gateway_mac)
+            .ok_or(DropReason::MalformedEthernet)?;
         Ok(Verdict::Forward { port: *port })
     }
 
-    fn unmasquerade_icmp_error(&mut self, frame: &mut Frame<'_>, ip: &V4, icmp: &parse::L4, tables: &Tables) -> Step {
+    fn unmasquerade_icmp_error(
+        &mut self,
+        frame: &mut Frame<'_>,
+        ip: &V4,
+        icmp: &parse::L4,
+        tables: &Tables,
+    ) -> Step {
         let d = frame.data();
         let Some((quoted, quoted_dst)) = snat::quoted(d, ip, icmp) else {
             return Ok(Verdict::ToHost);
@@ -383,7 +460,8 @@ impl Pipeline {
         let d = frame.data_mut();
         snat::untranslate_error(d, ip, icmp, &quoted, pod)?;
         decrement_ttl_v4(d, ip)?;
-        bytes::set_macs(d, 0, *mac, tables.node.gateway_mac).ok_or(DropReason::MalformedEthernet)?;
+        bytes::set_macs(d, 0, *mac, tables.node.gateway_mac)
+            .ok_or(DropReason::MalformedEthernet)?;
         Ok(Verdict::Forward { port: *port })
     }
 
@@ -425,18 +503,35 @@ impl Pipeline {
         decrement_hop_limit(frame.data_mut(), ip)?;
         match target {
             RouteTarget::LocalPod { port, mac } => {
-                bytes::set_macs(frame.data_mut(), 0, mac, node.gateway_mac).ok_or(DropReason::MalformedEthernet)?;
+                bytes::set_macs(frame.data_mut(), 0, mac, node.gateway_mac)
+                    .ok_or(DropReason::MalformedEthernet)?;
                 Ok(Verdict::Forward { port })
             }
-            RouteTarget::VxlanNode { node_addr, vtep_mac, vni, next_hop_mac } => {
-                let tunnel = Tunnel { remote: node_addr, remote_vtep: vtep_mac, vni, next_hop_mac };
+            RouteTarget::VxlanNode {
+                node_addr,
+                vtep_mac,
+                vni,
+                next_hop_mac,
+            } => {
+                let tunnel = Tunnel {
+                    remote: node_addr,
+                    remote_vtep: vtep_mac,
+                    vni,
+                    next_hop_mac,
+                };
                 let id = self.next_ip_id();
                 vxlan::encapsulate(frame, node, &tunnel, ip.flow_hash(), id, ip.traffic_class)?;
-                Ok(Verdict::Forward { port: node.uplink_port })
+                Ok(Verdict::Forward {
+                    port: node.uplink_port,
+                })
             }
-            RouteTarget::UnderlayNode { next_hop_mac, .. } | RouteTarget::Outside { next_hop_mac } => {
-                bytes::set_macs(frame.data_mut(), 0, next_hop_mac, node.uplink_mac).ok_or(DropReason::MalformedEthernet)?;
-                Ok(Verdict::Forward { port: node.uplink_port })
+            RouteTarget::UnderlayNode { next_hop_mac, .. }
+            | RouteTarget::Outside { next_hop_mac } => {
+                bytes::set_macs(frame.data_mut(), 0, next_hop_mac, node.uplink_mac)
+                    .ok_or(DropReason::MalformedEthernet)?;
+                Ok(Verdict::Forward {
+                    port: node.uplink_port,
+                })
             }
         }
     }
@@ -451,14 +546,22 @@ impl Pipeline {
                 let (port, mac) = (*port, *mac);
                 let d = frame.data_mut();
                 decrement_hop_limit(d, ip)?;
-                bytes::set_macs(d, 0, mac, node.gateway_mac).ok_or(DropReason::MalformedEthernet)?;
+                bytes::set_macs(d, 0, mac, node.gateway_mac)
+                    .ok_or(DropReason::MalformedEthernet)?;
                 Ok(Verdict::Forward { port })
             }
             _ => Ok(Verdict::ToHost),
         }
     }
 
-    fn icmp_v6(&mut self, frame: &mut Frame<'_>, ip: &V6, kind: IcmpError, node: &NodeSettings, now: Now) -> Step {
+    fn icmp_v6(
+        &mut self,
+        frame: &mut Frame<'_>,
+        ip: &V6,
+        kind: IcmpError,
+        node: &NodeSettings,
+        now: Now,
+    ) -> Step {
         let Some(src) = node.gateway_v6 else {
             return Err(kind.drop_reason());
         };
@@ -486,7 +589,11 @@ fn overlay_mtu(node: &NodeSettings) -> u16 {
 
 /// The MAC the dataplane speaks with on `port`.
 fn port_mac(port: PortId, node: &NodeSettings) -> crate::wire::MacAddr {
-    if port == node.uplink_port { node.uplink_mac } else { node.gateway_mac }
+    if port == node.uplink_port {
+        node.uplink_mac
+    } else {
+        node.gateway_mac
+    }
 }
 
 /// Decrements the IPv4 TTL and updates the header checksum (RFC 1624; the TTL shares

@@ -3,7 +3,7 @@
 //! answered by the dataplane with the gateway MAC, so pods need no host stack behind
 //! their interface. Anything else is not ours to answer.
 
-use super::bytes::{put, rd8, rd16, rd_array, rd_ip4, rd_ip6, rd_mac, set_macs, wr16};
+use super::bytes::{put, rd_array, rd_ip4, rd_ip6, rd_mac, rd8, rd16, set_macs, wr16};
 use super::parse::{ETH_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV6, PROTO_ICMPV6, V6};
 use crate::frame::Frame;
 use crate::tables::NodeSettings;
@@ -53,16 +53,23 @@ const NDP_NS_MIN: usize = 24;
 /// Whether `ip` is a neighbour solicitation (the caller answers or drops it; it is
 /// never routed).
 pub(crate) fn is_neighbor_solicit(ip: &V6) -> bool {
-    ip.l4.is_some_and(|l| l.proto == PROTO_ICMPV6 && l.icmp_type == NDP_NEIGHBOR_SOLICIT)
+    ip.l4
+        .is_some_and(|l| l.proto == PROTO_ICMPV6 && l.icmp_type == NDP_NEIGHBOR_SOLICIT)
 }
 
 /// Answers a neighbour solicitation for the IPv6 gateway with a solicited, overriding
 /// router advertisement of the gateway MAC.
-pub(crate) fn answer_ns(frame: &mut Frame<'_>, ip: &V6, node: &NodeSettings) -> Result<(), DropReason> {
+pub(crate) fn answer_ns(
+    frame: &mut Frame<'_>,
+    ip: &V6,
+    node: &NodeSettings,
+) -> Result<(), DropReason> {
     let gw_ip = node.gateway_v6.ok_or(DropReason::ArpNotForUs)?;
     let d = frame.data();
     let icmp_off = ip.l4.map(|l| l.off).ok_or(DropReason::MalformedTransport)?;
-    let ns = d.get(icmp_off..ip.end()).ok_or(DropReason::MalformedTransport)?;
+    let ns = d
+        .get(icmp_off..ip.end())
+        .ok_or(DropReason::MalformedTransport)?;
     // RFC 4861 7.1.1: hop limit 255 and code 0, else the message is invalid.
     if ns.len() < NDP_NS_MIN || ip.hop_limit != 255 || rd8(ns, 1) != Some(0) {
         return Err(DropReason::MalformedTransport);
@@ -106,4 +113,3 @@ pub(crate) fn answer_ns(frame: &mut Frame<'_>, ip: &V6, node: &NodeSettings) -> 
     put(&mut reply, h + 40, &na).ok_or(DropReason::NoRoom)?;
     frame.replace(&reply).map_err(|_| DropReason::NoRoom)
 }
-

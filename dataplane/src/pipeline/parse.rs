@@ -7,7 +7,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-
 use super::bytes::rd8;
 use crate::verdict::DropReason;
 use crate::wire::packet::{L3, PacketInfo, ParseError, Transport};
@@ -180,7 +179,11 @@ fn l4_of(info: &PacketInfo) -> Option<L4> {
         icmp_code: 0,
     };
     match info.transport {
-        Transport::Tcp { src_port, dst_port, flags } => {
+        Transport::Tcp {
+            src_port,
+            dst_port,
+            flags,
+        } => {
             l4.sport = src_port;
             l4.dport = dst_port;
             l4.tcp_flags = flags.0;

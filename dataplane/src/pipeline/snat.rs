@@ -7,10 +7,10 @@
 
 use std::net::Ipv4Addr;
 
-use super::bytes::{rd8, rd16, rd_ip4, wr16};
+use super::bytes::{rd_ip4, rd8, rd16, wr16};
 use super::parse::{
-    ICMP_DEST_UNREACHABLE, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED,
-    L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, V4,
+    ICMP_DEST_UNREACHABLE, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_PARAMETER_PROBLEM,
+    ICMP_TIME_EXCEEDED, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, V4,
 };
 use crate::tables::{FlowKey, L4Proto, NatBinding};
 use crate::verdict::DropReason;
@@ -29,10 +29,18 @@ pub(crate) fn flow_key(ip: &V4, l4: &L4) -> Option<FlowKey> {
     let proto = match l4.proto {
         PROTO_TCP => L4Proto::Tcp,
         PROTO_UDP => L4Proto::Udp,
-        PROTO_ICMP if matches!(l4.icmp_type, ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY) => L4Proto::IcmpEcho,
+        PROTO_ICMP if matches!(l4.icmp_type, ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY) => {
+            L4Proto::IcmpEcho
+        }
         _ => return None,
     };
-    Some(FlowKey { proto, src: ip.src, src_port: l4.sport, dst: ip.dst, dst_port: l4.dport })
+    Some(FlowKey {
+        proto,
+        src: ip.src,
+        src_port: l4.sport,
+        dst: ip.dst,
+        dst_port: l4.dport,
+    })
 }
 
 /// Rewrites the source address and port of the packet `ip` in `d` to `to`.
@@ -57,25 +65,48 @@ enum Side {
 /// updating the IP header checksum and the transport checksum. The transport checksum
 /// is only touched when it lies inside `d` (a quoted header in an ICMP error may be cut
 /// short); the address and port must be there.
-fn rewrite(d: &mut [u8], l3: usize, old_addr: Ipv4Addr, l4: &L4, to: NatBinding, side: Side) -> Option<()> {
+fn rewrite(
+    d: &mut [u8],
+    l3: usize,
+    old_addr: Ipv4Addr,
+    l4: &L4,
+    to: NatBinding,
+    side: Side,
+) -> Option<()> {
     let (addr_off, port_off) = match side {
         Side::Source => (12, 0),
         Side::Destination => (16, 2),
     };
     let ip_csum = rd16(d, l3 + 10)?;
-    wr16(d, l3 + 10, checksum::update_ipv4_addr(ip_csum, old_addr, to.addr))?;
+    wr16(
+        d,
+        l3 + 10,
+        checksum::update_ipv4_addr(ip_csum, old_addr, to.addr),
+    )?;
     super::bytes::put(d, l3 + addr_off, &to.addr.octets())?;
     match l4.proto {
         PROTO_TCP | PROTO_UDP => {
             let port_at = l4.off + port_off;
             let old_port = rd16(d, port_at)?;
             wr16(d, port_at, to.port)?;
-            let (csum_at, udp) = if l4.proto == PROTO_TCP { (TCP_CSUM, false) } else { (UDP_CSUM, true) };
+            let (csum_at, udp) = if l4.proto == PROTO_TCP {
+                (TCP_CSUM, false)
+            } else {
+                (UDP_CSUM, true)
+            };
             if let Some(c) = rd16(d, l4.off + csum_at) {
                 let c = if udp {
-                    checksum::udp_update_u16(checksum::udp_update_ipv4_addr(c, old_addr, to.addr), old_port, to.port)
+                    checksum::udp_update_u16(
+                        checksum::udp_update_ipv4_addr(c, old_addr, to.addr),
+                        old_port,
+                        to.port,
+                    )
                 } else {
-                    checksum::update_u16(checksum::update_ipv4_addr(c, old_addr, to.addr), old_port, to.port)
+                    checksum::update_u16(
+                        checksum::update_ipv4_addr(c, old_addr, to.addr),
+                        old_port,
+                        to.port,
+                    )
                 };
                 wr16(d, l4.off + csum_at, c)?;
             }
@@ -86,7 +117,11 @@ fn rewrite(d: &mut [u8], l3: usize, old_addr: Ipv4Addr, l4: &L4, to: NatBinding,
             let old_id = rd16(d, id_at)?;
             wr16(d, id_at, to.port)?;
             if let Some(c) = rd16(d, l4.off + ICMP_CSUM) {
-                wr16(d, l4.off + ICMP_CSUM, checksum::update_u16(c, old_id, to.port))?;
+                wr16(
+                    d,
+                    l4.off + ICMP_CSUM,
+                    checksum::update_u16(c, old_id, to.port),
+                )?;
             }
         }
         _ => return None,
@@ -98,7 +133,10 @@ fn rewrite(d: &mut [u8], l3: usize, old_addr: Ipv4Addr, l4: &L4, to: NatBinding,
 /// be translated with it (RFC 5508 REQ-3).
 #[inline]
 pub(crate) fn is_translatable_error(icmp_type: u8) -> bool {
-    matches!(icmp_type, ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM | 4 | 5)
+    matches!(
+        icmp_type,
+        ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM | 4 | 5
+    )
 }
 
 /// The packet quoted in an ICMP error: its IPv4 header at `l3` and its transport
@@ -121,7 +159,13 @@ impl Quoted {
             PROTO_ICMP if self.l4.icmp_type == ICMP_ECHO_REQUEST => L4Proto::IcmpEcho,
             _ => return None,
         };
-        Some(FlowKey { proto, src: dst, src_port: self.l4.dport, dst: self.src, dst_port: self.l4.sport })
+        Some(FlowKey {
+            proto,
+            src: dst,
+            src_port: self.l4.dport,
+            dst: self.src,
+            dst_port: self.l4.sport,
+        })
     }
 }
 
@@ -146,7 +190,15 @@ pub(crate) fn quoted(d: &[u8], outer: &V4, icmp: &L4) -> Option<(Quoted, Ipv4Add
     if off + 8 > end {
         return None;
     }
-    let mut l4 = L4 { proto, off, sport: 0, dport: 0, tcp_flags: 0, icmp_type: 0, icmp_code: 0 };
+    let mut l4 = L4 {
+        proto,
+        off,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+    };
     match proto {
         PROTO_TCP | PROTO_UDP => {
             l4.sport = rd16(d, off)?;
@@ -165,7 +217,13 @@ pub(crate) fn quoted(d: &[u8], outer: &V4, icmp: &L4) -> Option<(Quoted, Ipv4Add
 /// Translates an ICMP error about a masqueraded flow back to the pod: the outer
 /// destination, and the quoted packet's source address and port with the quoted IP
 /// and transport checksums; then the ICMP checksum over the changed message.
-pub(crate) fn untranslate_error(d: &mut [u8], outer: &V4, icmp: &L4, q: &Quoted, pod: NatBinding) -> Result<(), DropReason> {
+pub(crate) fn untranslate_error(
+    d: &mut [u8],
+    outer: &V4,
+    icmp: &L4,
+    q: &Quoted,
+    pod: NatBinding,
+) -> Result<(), DropReason> {
     let bad = DropReason::MalformedTransport;
     // The quote may be cut anywhere after 8 transport bytes: limit rewrites to it.
     let end = outer.end();
@@ -190,5 +248,6 @@ fn rewrite_outer_destination(d: &mut [u8], ip: &V4, to: Ipv4Addr) -> Option<()> 
 /// Verifies an ICMP message's checksum before translating it, so a corrupt error is
 /// not given a fresh, valid checksum.
 pub(crate) fn icmp_checksum_ok(d: &[u8], outer: &V4, icmp: &L4) -> bool {
-    d.get(icmp.off..outer.end()).is_some_and(|m| checksum::sum(m) == 0xffff)
+    d.get(icmp.off..outer.end())
+        .is_some_and(|m| checksum::sum(m) == 0xffff)
 }

@@ -8,7 +8,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::bytes::{rd8, rd16, rd_mac, set_macs};
+use super::bytes::{rd_mac, rd8, rd16, set_macs};
 use super::parse::{ETH_LEN, ETHERTYPE_IPV4, PROTO_UDP, V4};
 use crate::frame::Frame;
 use crate::tables::{NodeSettings, Tables};
@@ -38,9 +38,10 @@ pub(crate) struct Tunnel {
 /// The outer UDP source port for an inner flow hash, scaled like Linux's
 /// `udp_flow_src_port` so the spread matches the kernel's.
 #[inline]
-pub(crate) fn source_port(hash: u32) -> u16 {
+pub fn source_port(hash: u32) -> u16 {
     let h = hash ^ (hash << 16);
-    let port = ((u64::from(h) * u64::from(SRC_PORT_MAX - SRC_PORT_MIN)) >> 32) as u32 + SRC_PORT_MIN;
+    let port =
+        ((u64::from(h) * u64::from(SRC_PORT_MAX - SRC_PORT_MIN)) >> 32) as u32 + SRC_PORT_MIN;
     u16::try_from(port).unwrap_or(SRC_PORT_MIN as u16)
 }
 
@@ -67,7 +68,8 @@ pub(crate) fn encapsulate(
     ip_id: u16,
     inner_tos: u8,
 ) -> Result<(), DropReason> {
-    set_macs(frame.data_mut(), 0, tunnel.remote_vtep, node.vtep_mac).ok_or(DropReason::MalformedEthernet)?;
+    set_macs(frame.data_mut(), 0, tunnel.remote_vtep, node.vtep_mac)
+        .ok_or(DropReason::MalformedEthernet)?;
     let inner_len = frame.len();
     let udp_len = u16::try_from(8 + 8 + inner_len).map_err(|_| DropReason::TooBig)?;
     let ip_len = udp_len.checked_add(20).ok_or(DropReason::TooBig)?;
@@ -103,7 +105,11 @@ pub(crate) fn encapsulate(
 /// UDP to our VXLAN port) and strips the outer headers, leaving the inner Ethernet
 /// frame. The inner frame is not yet checked beyond its Ethernet header.
 #[inline]
-pub(crate) fn decapsulate(frame: &mut Frame<'_>, outer: &V4, tables: &Tables) -> Result<(), DropReason> {
+pub(crate) fn decapsulate(
+    frame: &mut Frame<'_>,
+    outer: &V4,
+    tables: &Tables,
+) -> Result<(), DropReason> {
     let node = &tables.node;
     if outer.is_fragment() {
         // We do not reassemble; Linux would, but flannel sets the overlay MTU so that
@@ -127,14 +133,19 @@ pub(crate) fn decapsulate(frame: &mut Frame<'_>, outer: &V4, tables: &Tables) ->
         return Err(DropReason::VxlanMalformed);
     }
     let vni_bytes = d.get(vx + 4..vx + 7).ok_or(DropReason::VxlanMalformed)?;
-    let vni = vni_bytes.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
+    let vni = vni_bytes
+        .iter()
+        .fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
     if vni != node.vni {
         return Err(DropReason::VxlanWrongVni);
     }
     if rd_mac(d, inner) != Some(node.vtep_mac) {
         return Err(DropReason::VxlanNotForUs);
     }
-    frame.pull_front(inner).map_err(|_| DropReason::VxlanMalformed)?;
-    frame.set_len(end - inner).map_err(|_| DropReason::VxlanMalformed)
+    frame
+        .pull_front(inner)
+        .map_err(|_| DropReason::VxlanMalformed)?;
+    frame
+        .set_len(end - inner)
+        .map_err(|_| DropReason::VxlanMalformed)
 }
-
