@@ -416,3 +416,45 @@ proptest! {
         assert_checksums(&back, 0);
     }
 }
+
+#[test]
+fn a_nat_port_equal_to_the_vxlan_port_still_gets_its_replies() {
+    let t = tables(true);
+    // A one-port range: the only NAT port is 8472.
+    let config = SnatConfig {
+        port_range: 8472..=8472,
+        ..SnatConfig::default()
+    };
+    let mut p = Pipeline::new(0, &config);
+    let (v, out) = run(
+        &mut p,
+        &t,
+        &udp4(POD1, OUTSIDE, 5000, 53, 64, b"q"),
+        POD1_PORT,
+    );
+    assert_eq!(v, Verdict::Forward { port: UPLINK });
+    assert_eq!(u16_at(&out, 34), 8472);
+    let (v, back) = run(&mut p, &t, &reply_to(&out), UPLINK);
+    assert_eq!(v, Verdict::Forward { port: POD1_PORT });
+    assert_eq!(ip4(&back, 30), POD1);
+    // Real VXLAN from a known node is still decapsulated, and from others dropped.
+    let inner = with_macs(
+        udp4(REMOTE_POD, POD1, 1, 2, 64, b"x"),
+        REMOTE_VTEP_MAC,
+        VTEP_MAC,
+    );
+    assert_eq!(
+        run(&mut p, &t, &vxlan_in(REMOTE_NODE, 1, 0x08, &inner), UPLINK).0,
+        Verdict::Forward { port: POD1_PORT }
+    );
+    assert_eq!(
+        run(
+            &mut p,
+            &t,
+            &vxlan_in(Ipv4Addr::new(198, 18, 100, 9), 1, 0x08, &inner),
+            UPLINK
+        )
+        .0,
+        Verdict::Drop(DropReason::VxlanUnknownSource)
+    );
+}

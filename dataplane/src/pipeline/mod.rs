@@ -321,6 +321,14 @@ impl Pipeline {
                 && l4.proto == parse::PROTO_UDP
                 && l4.dport == node.vxlan_port
             {
+                if node.snat && !tables.is_known_vtep(ip.src) {
+                    // The SNAT port range may include the VXLAN port: a reply to a
+                    // masqueraded flow from a non-node wins, else it is bad VXLAN.
+                    return match self.unmasquerade(frame, ip, tables, now)? {
+                        Verdict::ToHost => Err(DropReason::VxlanUnknownSource),
+                        v => Ok(v),
+                    };
+                }
                 return self.decap(frame, ip, tables);
             }
             if node.snat {
