@@ -244,9 +244,7 @@ impl SnatShard {
             Some(r) => (*r.start(), u32::from(*r.end()) - u32::from(*r.start()) + 1),
             None => (0, 0),
         };
-        let capacity = config
-            .capacity_per_worker
-            .min(MAX_CAPACITY_PER_WORKER);
+        let capacity = config.capacity_per_worker.min(MAX_CAPACITY_PER_WORKER);
         SnatShard {
             worker,
             slab: FlowSlab::with_capacity(capacity),
