@@ -31,6 +31,7 @@ pub mod netns;
 mod probe;
 pub mod select;
 pub mod tun;
+pub mod udp;
 pub mod xdp;
 
 pub use batch::PacketBatch;
