@@ -20,7 +20,7 @@ use hybridway_dataplane::port::netns::NetnsGuard;
 use hybridway_dataplane::port::tun::{TunConfig, TunPort};
 use hybridway_dataplane::port::udp::{UdpConfig, UdpPort};
 use hybridway_dataplane::port::{PacketBatch, Port};
-use port_netns::{Netns, parse_udp, udp_frame};
+use port_netns::{Netns, parse_udp, udp_frame, wait_readable};
 
 fn open(ns: &Netns, name: &str, queues: usize) -> (Vec<TunPort>, TunConfig) {
     let _inside = NetnsGuard::enter(&ns.name).unwrap();
@@ -75,6 +75,7 @@ fn two_queues_receive_the_kernels_packets_and_written_packets_reach_the_kernel()
             })
             .collect()
     };
+    let fds: Vec<_> = ports.iter().map(|p| p.poll_fd().unwrap()).collect();
     for (i, s) in sockets.iter().enumerate() {
         s.send_to(
             format!("flow-{i}").as_bytes(),
@@ -82,6 +83,11 @@ fn two_queues_receive_the_kernels_packets_and_written_packets_reach_the_kernel()
         )
         .unwrap();
     }
+    assert!(
+        fds.iter()
+            .any(|&fd| wait_readable(fd, Duration::from_secs(3))),
+        "a queue fd wakes a parked worker"
+    );
     let is_ours =
         |f: &Vec<u8>| parse_udp(f).is_some_and(|(_, dst, _, _, _)| dst == [198, 19, 20, 5]);
     let got = collect(&mut ports, |got| {

@@ -18,7 +18,7 @@ use hybridway_dataplane::PortId;
 use hybridway_dataplane::port::netns::NetnsGuard;
 use hybridway_dataplane::port::udp::{OUTER_LEN, UdpConfig, UdpPort};
 use hybridway_dataplane::port::{PacketBatch, Port};
-use port_netns::{Netns, parse_udp, udp_frame, veth_pair};
+use port_netns::{Netns, parse_udp, udp_frame, veth_pair, wait_readable};
 
 fn open(ns: &Netns, addr: [u8; 4]) -> UdpPort {
     let _inside = NetnsGuard::enter(&ns.name).unwrap();
@@ -80,8 +80,16 @@ fn vxlan_payloads_cross_between_two_nodes_singly_and_with_gso() {
         8472,
         &payload,
     );
+    assert!(!wait_readable(
+        pb.poll_fd().unwrap(),
+        Duration::from_millis(50)
+    ));
     assert_eq!(pa.send(&[&outer]).unwrap(), 1);
     pa.flush().unwrap();
+    assert!(
+        wait_readable(pb.poll_fd().unwrap(), Duration::from_secs(3)),
+        "the socket wakes a parked worker"
+    );
     let got = recv_frames(&mut pb, 1);
     assert_eq!(got.len(), 1);
     let (src, dst, sport, dport, body) = parse_udp(&got[0]).expect("a synthesised outer header");

@@ -35,7 +35,7 @@ pub mod udp;
 pub mod xdp;
 
 pub use batch::PacketBatch;
-pub use select::{Backend, HostSupport, ParseBackendError};
+pub use select::{Backend, Chosen, HostSupport, ParseBackendError, choose};
 
 use std::os::fd::RawFd;
 
