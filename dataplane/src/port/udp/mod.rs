@@ -278,8 +278,9 @@ fn outer_header(
     h
 }
 
-/// The outer destination and UDP payload of an Ethernet/IPv4/UDP frame.
-fn parse_outer(frame: &[u8]) -> Option<(SocketAddrV4, &[u8])> {
+/// The outer destination and UDP payload of an Ethernet/IPv4/UDP frame (what the
+/// port sends, and where); `None` for anything else.
+pub fn parse_outer(frame: &[u8]) -> Option<(SocketAddrV4, &[u8])> {
     if frame.get(12..14)? != [0x08, 0x00] {
         return None;
     }
