@@ -235,6 +235,19 @@ impl XdpPort {
     }
 }
 
+/// Receive queues of interface `ifname` (one AF_XDP socket, and so one worker, per
+/// queue); 1 when sysfs does not say.
+pub fn rx_queues(ifname: &str) -> usize {
+    std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count()
+        })
+        .unwrap_or(0)
+        .max(1)
+}
+
 fn allocate_umem(
     name: &str,
     len: usize,
