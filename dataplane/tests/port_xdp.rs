@@ -18,7 +18,7 @@ use hybridway_dataplane::port::netns::NetnsGuard;
 use hybridway_dataplane::port::xdp::{
     AttachMode, SteerRules, UmemBacking, XdpConfig, XdpMode, XdpPort, XdpSteering, rx_queues,
 };
-use hybridway_dataplane::port::{Backend, Chosen, PacketBatch, Port, PortError, choose};
+use hybridway_dataplane::port::{Backend, Chosen, PacketBatch, Port, PortDrops, PortError, choose};
 use port_netns::{Netns, parse_udp, udp_frame, veth_pair, wait_readable};
 
 const NODE: [u8; 4] = [198, 18, 10, 1];
@@ -166,6 +166,7 @@ fn steered_vxlan_reaches_the_socket_and_everything_else_the_kernel() {
         0,
         "{stats:?}"
     );
+    assert_eq!(port.drops(), PortDrops::default(), "no frame dropped by the port");
 
     // Detach on drop: afterwards the kernel gets port-8472 traffic again.
     drop(port);

@@ -69,6 +69,19 @@ pub trait Port: Send {
     /// A file descriptor that becomes readable when frames wait, so an idle worker
     /// can park on epoll (`mio::unix::SourceFd`) instead of spinning.
     fn poll_fd(&self) -> Option<RawFd>;
+
+    /// Frames the port itself dropped (malformed or oversized from the OS, refused
+    /// by the kernel on send), for the worker's counters.
+    fn drops(&self) -> PortDrops {
+        PortDrops::default()
+    }
+}
+
+/// Totals of frames a port dropped on its own, outside the pipeline's verdicts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortDrops {
+    pub rx: u64,
+    pub tx: u64,
 }
 
 /// Errors from setting up or driving a port. Messages name what is missing and

@@ -21,7 +21,7 @@ mod sys;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use super::{PacketBatch, Port, PortError};
+use super::{PacketBatch, Port, PortDrops, PortError};
 use crate::frame::{FRAME_BUFFER_SIZE, FRAME_HEADROOM, PortId};
 use crate::wire::MacAddr;
 use gso::{GsoError, Segmenter, VNET_HDR_LEN, VirtioNetHdr};
@@ -318,6 +318,14 @@ impl Port for TunPort {
 
     fn poll_fd(&self) -> Option<RawFd> {
         Some(self.fd.as_raw_fd())
+    }
+
+    fn drops(&self) -> PortDrops {
+        let c = self.counters;
+        PortDrops {
+            rx: c.rx_malformed + c.rx_oversize,
+            tx: c.tx_not_ip,
+        }
     }
 }
 

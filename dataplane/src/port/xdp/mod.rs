@@ -23,7 +23,7 @@ pub use sys::XdpStatistics;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use super::{PacketBatch, Port, PortError};
+use super::{PacketBatch, Port, PortDrops, PortError};
 use crate::frame::PortId;
 
 /// Size of one UMEM chunk: one frame buffer.
@@ -372,5 +372,16 @@ impl Port for XdpPort {
 
     fn poll_fd(&self) -> Option<RawFd> {
         Some(self.rings.fd())
+    }
+
+    fn drops(&self) -> PortDrops {
+        let kernel = self.rings.statistics().unwrap_or_default();
+        PortDrops {
+            rx: self.rx_oversize
+                + kernel.rx_dropped
+                + kernel.rx_ring_full
+                + kernel.rx_invalid_descs,
+            tx: kernel.tx_invalid_descs,
+        }
     }
 }
