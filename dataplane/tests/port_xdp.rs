@@ -166,7 +166,11 @@ fn steered_vxlan_reaches_the_socket_and_everything_else_the_kernel() {
         0,
         "{stats:?}"
     );
-    assert_eq!(port.drops(), PortDrops::default(), "no frame dropped by the port");
+    assert_eq!(
+        port.drops(),
+        PortDrops::default(),
+        "no frame dropped by the port"
+    );
 
     // Detach on drop: afterwards the kernel gets port-8472 traffic again.
     drop(port);
