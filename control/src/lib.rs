@@ -3,4 +3,5 @@
 //! [`bgp`] is the embedded BGP speaker: a wire codec, a sans-IO session state
 //! machine and a thin tokio shell around sockets and timers.
 
+pub mod agent;
 pub mod bgp;
