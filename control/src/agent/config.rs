@@ -545,6 +545,12 @@ fn check_unicast(field: &str, a: Ipv4Addr) -> Result<(), ConfigError> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 mod tests {
     use super::*;
 
