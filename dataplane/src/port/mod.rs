@@ -1,1 +1,107 @@
-//! (being written)
+//! Ports: the only code that touches the operating system.
+//!
+//! A port moves *batches* of Ethernet frames between a worker and the OS. Every
+//! backend presents the same picture to the pipeline:
+//!
+//! * **Frames are always Ethernet.** Backends that carry IP packets (a TUN device in
+//!   layer-3 mode, the VXLAN UDP socket) synthesise the missing headers on receive and
+//!   strip them on transmit:
+//!   - TUN (L3): rx prepends `dst = TunConfig::mac, src = TunConfig::peer_mac,
+//!     ethertype = 0x0800/0x86dd` (taken from the IP version nibble); tx drops the
+//!     first 14 bytes and writes the IP packet.
+//!   - VXLAN UDP socket: rx places the UDP payload (the VXLAN header and inner frame)
+//!     after `FRAME_HEADROOM + 42` bytes and writes a synthetic outer
+//!     Ethernet/IPv4/UDP header in front of it (source = the datagram's sender, so the
+//!     pipeline validates the sending node exactly as for a real VXLAN frame); tx
+//!     parses the outer headers the pipeline built, sends the UDP payload to the outer
+//!     destination address and port, and ignores the rest of the outer header.
+//! * **Received packets start at [`FRAME_HEADROOM`]** in a [`FRAME_BUFFER_SIZE`]
+//!   buffer owned by the worker's [`PacketBatch`], so encapsulation can prepend its
+//!   headers in place.
+//! * **`send` copies** the frames out (into the UMEM, the TUN fd, the socket) so the
+//!   batch can be reused at once; a frame the port cannot take now is not accepted and
+//!   the worker counts it as a `TxRingFull` drop.
+//!
+//! Backends: `xdp` (AF_XDP sockets with an XDP steering program), `tun`
+//! (multi-queue TUN with the virtio-net header) and `udp` (the VXLAN side of the
+//! overlay on the TUN backend). [`Backend`] chooses between them.
+
+pub mod batch;
+mod probe;
+pub mod select;
+
+pub use batch::PacketBatch;
+pub use select::{Backend, HostSupport, ParseBackendError};
+
+use std::os::fd::RawFd;
+
+use crate::frame::PortId;
+
+/// Most frames a worker handles per poll.
+pub const BATCH_SIZE: usize = 64;
+
+/// A source and sink of Ethernet frames owned by one worker (one queue of a device).
+pub trait Port: Send {
+    /// The id the pipeline uses for this port (`FrameMeta::in_port`,
+    /// `Verdict::Forward { port }`).
+    fn id(&self) -> PortId;
+
+    /// Human-readable name (`eth0/q1`, `hw0/q0`, `vxlan:198.18.0.1:8472`).
+    fn name(&self) -> &str;
+
+    /// Appends received frames to `batch` without blocking; returns how many were
+    /// appended (0 when nothing waits or the batch is full).
+    fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, PortError>;
+
+    /// Queues `frames` (Ethernet, see the module docs) for transmission, copying them
+    /// out; returns how many were accepted, in order. The rest were not sent and count
+    /// as `TxRingFull` drops.
+    fn send(&mut self, frames: &[&[u8]]) -> Result<usize, PortError>;
+
+    /// Makes the kernel transmit what `send` queued (the AF_XDP `sendto` kick) and
+    /// reclaims completed buffers. A no-op for backends that write synchronously.
+    fn flush(&mut self) -> Result<(), PortError>;
+
+    /// A file descriptor that becomes readable when frames wait, so an idle worker
+    /// can park on epoll (`mio::unix::SourceFd`) instead of spinning.
+    fn poll_fd(&self) -> Option<RawFd>;
+}
+
+/// Errors from setting up or driving a port. Messages name what is missing and
+/// what to use instead.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("AF_XDP unavailable on {ifname}: {missing}; use backend: tun")]
+    XdpUnavailable { ifname: String, missing: String },
+    #[error("TUN unavailable: {missing}")]
+    TunUnavailable { missing: String },
+    #[error("interface {0} does not exist")]
+    NoSuchInterface(String),
+    #[error("{what} on {port}: {source}")]
+    Io {
+        port: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading the XDP steering program: {0}")]
+    Program(String),
+    #[error("invalid port configuration: {0}")]
+    Config(String),
+}
+
+impl PortError {
+    /// An I/O error with the port and the operation that failed.
+    pub fn io(port: &str, what: &'static str, source: std::io::Error) -> Self {
+        PortError::Io {
+            port: port.to_owned(),
+            what,
+            source,
+        }
+    }
+
+    /// The last OS error (`errno`) as a [`PortError::Io`].
+    pub fn last_os(port: &str, what: &'static str) -> Self {
+        Self::io(port, what, std::io::Error::last_os_error())
+    }
+}
