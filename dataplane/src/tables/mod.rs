@@ -2,10 +2,17 @@
 //!
 //! [`routes`] and [`snapshot`] are immutable: the control thread builds a new
 //! [`snapshot::Tables`] and publishes it; workers load one per batch without a lock.
-//! Connection tracking and SNAT are per-worker mutable shards owned by one core each.
+//! Connection tracking and SNAT ([`conntrack`], [`snat`]) are per-worker mutable
+//! shards owned by one core each.
 
+pub mod conntrack;
+mod flow_index;
+mod flow_slab;
 pub mod routes;
 pub mod snapshot;
+pub mod snat;
 
+pub use conntrack::{FlowKey, FlowState, L4Proto, Timeouts};
 pub use routes::{Prefix, RouteTable, RouteTableBuilder, RouteTarget};
 pub use snapshot::{Mode, NodeSettings, SharedTables, Tables};
+pub use snat::{NatBinding, SnatConfig, SnatError, SnatShard, owner_of_port, port_slice};

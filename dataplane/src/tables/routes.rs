@@ -56,8 +56,12 @@ impl Prefix {
     /// Whether `ip` falls inside this prefix.
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => u32::from(ip) & mask_v4(self.len) == u32::from(net),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => u128::from(ip) & mask_v6(self.len) == u128::from(net),
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                u32::from(ip) & mask_v4(self.len) == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                u128::from(ip) & mask_v6(self.len) == u128::from(net)
+            }
             _ => false,
         }
     }
@@ -69,11 +73,19 @@ impl Prefix {
 }
 
 pub(crate) fn mask_v4(len: u8) -> u32 {
-    if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) }
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len.min(32)))
+    }
 }
 
 pub(crate) fn mask_v6(len: u8) -> u128 {
-    if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len.min(128))) }
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len.min(128)))
+    }
 }
 
 impl fmt::Display for Prefix {
@@ -86,9 +98,17 @@ impl FromStr for Prefix {
     type Err = PrefixError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, len) = s.split_once('/').ok_or_else(|| PrefixError::Syntax(s.to_string()))?;
-        let addr: IpAddr = addr.trim().parse().map_err(|_| PrefixError::Syntax(s.to_string()))?;
-        let len: u8 = len.trim().parse().map_err(|_| PrefixError::Syntax(s.to_string()))?;
+        let (addr, len) = s
+            .split_once('/')
+            .ok_or_else(|| PrefixError::Syntax(s.to_string()))?;
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| PrefixError::Syntax(s.to_string()))?;
+        let len: u8 = len
+            .trim()
+            .parse()
+            .map_err(|_| PrefixError::Syntax(s.to_string()))?;
         Prefix::new(addr, len)
     }
 }
@@ -101,9 +121,17 @@ pub enum RouteTarget {
     /// A pod block on another node, reached over VXLAN (overlay mode).
     /// `next_hop_mac` is the outer destination MAC: the node itself when it shares
     /// the uplink's subnet, else the uplink's gateway router.
-    VxlanNode { node_addr: Ipv4Addr, vtep_mac: MacAddr, vni: u32, next_hop_mac: MacAddr },
+    VxlanNode {
+        node_addr: Ipv4Addr,
+        vtep_mac: MacAddr,
+        vni: u32,
+        next_hop_mac: MacAddr,
+    },
     /// A pod block on another node, routed as is (underlay mode).
-    UnderlayNode { next_hop: IpAddr, next_hop_mac: MacAddr },
+    UnderlayNode {
+        next_hop: IpAddr,
+        next_hop_mac: MacAddr,
+    },
     /// Not in the cluster: out of the uplink to its default next hop (SNAT applies
     /// here when enabled and the destination is outside the no-SNAT ranges).
     Outside { next_hop_mac: MacAddr },
@@ -126,7 +154,11 @@ impl RouteTableBuilder {
     }
 
     /// Adds a route; a second route for the same prefix is refused.
-    pub fn add(&mut self, prefix: Prefix, target: RouteTarget) -> Result<&mut Self, DuplicateRoute> {
+    pub fn add(
+        &mut self,
+        prefix: Prefix,
+        target: RouteTarget,
+    ) -> Result<&mut Self, DuplicateRoute> {
         if self.entries.iter().any(|(p, _)| *p == prefix) {
             return Err(DuplicateRoute(prefix));
         }
@@ -136,7 +168,9 @@ impl RouteTableBuilder {
 
     pub fn build(mut self) -> RouteTable {
         self.entries.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        RouteTable { entries: self.entries }
+        RouteTable {
+            entries: self.entries,
+        }
     }
 }
 
@@ -156,7 +190,10 @@ impl RouteTable {
     }
 
     pub fn lookup(&self, dst: IpAddr) -> Option<&RouteTarget> {
-        self.entries.iter().find(|(p, _)| p.contains(dst)).map(|(_, t)| t)
+        self.entries
+            .iter()
+            .find(|(p, _)| p.contains(dst))
+            .map(|(_, t)| t)
     }
 
     pub fn len(&self) -> usize {
