@@ -111,6 +111,14 @@ impl WorkerCounters {
         }
     }
 
+    pub fn rx_packets(&self, port: PortId) -> u64 {
+        self.port(port).rx_packets.get()
+    }
+
+    pub fn tx_packets(&self, port: PortId) -> u64 {
+        self.port(port).tx_packets.get()
+    }
+
     pub fn drops(&self, reason: DropReason) -> u64 {
         self.drops.get(reason.index()).map_or(0, Counter::get)
     }
