@@ -122,7 +122,7 @@ impl Mesh {
                 let _ = w.wake();
             }
         }
-        Ok(())
+        true
     }
 
     pub fn owner_of(&self, port: PortId) -> Option<WorkerId> {

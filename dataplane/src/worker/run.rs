@@ -390,8 +390,8 @@ fn send_on(
 
 fn hand_off(mesh: &Mesh, counters: &WorkerCounters, to: usize, parcel: Option<Parcel>) {
     match parcel.map(|p| mesh.send(to, p)) {
-        Some(Ok(())) => counters.handoff_out.add(1),
-        Some(Err(_)) => counters.drop(DropReason::HandOffQueueFull, 1),
+        Some(true) => counters.handoff_out.add(1),
+        Some(false) => counters.drop(DropReason::HandOffQueueFull, 1),
         None => counters.drop(DropReason::NoRoom, 1),
     }
 }
