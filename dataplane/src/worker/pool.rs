@@ -105,13 +105,15 @@ pub(crate) struct Mesh {
 }
 
 impl Mesh {
-    /// Queues `parcel` to worker `to`, waking it if it sleeps. Gives the parcel back
-    /// when the inbox is full.
-    pub fn send(&self, to: usize, parcel: Parcel) -> Result<(), Parcel> {
+    /// Queues `parcel` to worker `to`, waking it if it sleeps; `false` (and the
+    /// parcel dropped) when the inbox is full or the worker does not exist.
+    pub fn send(&self, to: usize, parcel: Parcel) -> bool {
         let Some(inbox) = self.inboxes.get(to) else {
-            return Err(parcel);
+            return false;
         };
-        inbox.push(parcel)?;
+        if inbox.push(parcel).is_err() {
+            return false;
+        }
         // SeqCst pairs with the worker's store of `parked` before its final inbox check.
         if self
             .parked
