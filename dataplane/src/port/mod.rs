@@ -27,8 +27,10 @@
 //! overlay on the TUN backend). [`Backend`] chooses between them.
 
 pub mod batch;
+pub mod netns;
 mod probe;
 pub mod select;
+pub mod xdp;
 
 pub use batch::PacketBatch;
 pub use select::{Backend, HostSupport, ParseBackendError};
