@@ -64,7 +64,12 @@ impl<'a> Frame<'a> {
     pub fn new(buf: &'a mut [u8], start: usize, len: usize, meta: FrameMeta) -> Self {
         let start = start.min(buf.len());
         let len = len.min(buf.len() - start);
-        Frame { buf, start, len, meta }
+        Frame {
+            buf,
+            start,
+            len,
+            meta,
+        }
     }
 
     /// Copies `packet` into `buf` after [`FRAME_HEADROOM`] bytes (or as much headroom
@@ -74,9 +79,18 @@ impl<'a> Frame<'a> {
         let end = headroom + packet.len();
         match buf.get_mut(headroom..end) {
             Some(dst) => dst.copy_from_slice(packet),
-            None => return Err(NoRoom { needed: end - buf.len() }),
+            None => {
+                return Err(NoRoom {
+                    needed: end - buf.len(),
+                });
+            }
         }
-        Ok(Frame { buf, start: headroom, len: packet.len(), meta })
+        Ok(Frame {
+            buf,
+            start: headroom,
+            len: packet.len(),
+            meta,
+        })
     }
 
     /// The packet bytes.
@@ -114,7 +128,9 @@ impl<'a> Frame<'a> {
     /// whatever was in the headroom; the caller writes every byte).
     pub fn push_front(&mut self, n: usize) -> Result<&mut [u8], NoRoom> {
         if n > self.start {
-            return Err(NoRoom { needed: n - self.start });
+            return Err(NoRoom {
+                needed: n - self.start,
+            });
         }
         self.start -= n;
         self.len += n;
@@ -124,7 +140,9 @@ impl<'a> Frame<'a> {
     /// Removes `n` bytes from the front (decapsulation). Refused past the end.
     pub fn pull_front(&mut self, n: usize) -> Result<(), NoRoom> {
         if n > self.len {
-            return Err(NoRoom { needed: n - self.len });
+            return Err(NoRoom {
+                needed: n - self.len,
+            });
         }
         self.start += n;
         self.len -= n;
@@ -148,7 +166,11 @@ impl<'a> Frame<'a> {
         let end = headroom + bytes.len();
         match self.buf.get_mut(headroom..end) {
             Some(dst) => dst.copy_from_slice(bytes),
-            None => return Err(NoRoom { needed: end - self.buf.len() }),
+            None => {
+                return Err(NoRoom {
+                    needed: end - self.buf.len(),
+                });
+            }
         }
         self.start = headroom;
         self.len = bytes.len();
@@ -164,7 +186,9 @@ impl<'a> Frame<'a> {
     /// Sets the packet's place in the buffer after [`Frame::raw_parts`] edits.
     pub fn set_window(&mut self, start: usize, len: usize) -> Result<(), NoRoom> {
         if start > self.buf.len() || len > self.buf.len() - start {
-            return Err(NoRoom { needed: (start + len).saturating_sub(self.buf.len()) });
+            return Err(NoRoom {
+                needed: (start + len).saturating_sub(self.buf.len()),
+            });
         }
         self.start = start;
         self.len = len;

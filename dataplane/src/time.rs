@@ -19,7 +19,9 @@ impl Now {
 
     /// This instant plus `d`, saturating.
     pub fn after(self, d: Duration) -> Self {
-        Now(self.0.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+        Now(self
+            .0
+            .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
     }
 
     /// Time from `earlier` to `self`, zero if `earlier` is later.

@@ -76,6 +76,7 @@ impl FromStr for MacAddr {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -84,7 +85,13 @@ mod tests {
         let mac: MacAddr = "0a:1B:2c:3d:4e:5f".parse().unwrap();
         assert_eq!(mac.0, [0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]);
         assert_eq!(mac.to_string(), "0a:1b:2c:3d:4e:5f");
-        for bad in ["", "0a:1b:2c:3d:4e", "0a:1b:2c:3d:4e:5f:00", "zz:1b:2c:3d:4e:5f", "a:1b:2c:3d:4e:5f"] {
+        for bad in [
+            "",
+            "0a:1b:2c:3d:4e",
+            "0a:1b:2c:3d:4e:5f:00",
+            "zz:1b:2c:3d:4e:5f",
+            "a:1b:2c:3d:4e:5f",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }

@@ -1,0 +1,151 @@
+//! VXLAN (RFC 7348) encapsulation and decapsulation as the Linux kernel's VXLAN device
+//! and flannel's vxlan backend do it: UDP port 8472 by default, the I flag set, the
+//! inner Ethernet header addressed from our VTEP MAC to the remote VTEP MAC, and the
+//! outer UDP source port hashed from the inner flow.
+//!
+//! Encapsulation prepends 50 bytes into the frame's headroom; decapsulation only moves
+//! the frame's start past them. The payload never moves.
+
+use std::net::Ipv4Addr;
+
+use super::bytes::{rd_mac, rd8, rd16, set_macs};
+use super::parse::{ETH_LEN, ETHERTYPE_IPV4, PROTO_UDP, V4};
+use crate::frame::Frame;
+use crate::tables::{NodeSettings, Tables};
+use crate::verdict::DropReason;
+use crate::wire::{MacAddr, checksum};
+
+/// Outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8.
+pub(crate) const OVERHEAD: usize = 50;
+const VXLAN_FLAG_I: u8 = 0x08;
+/// Outer TTL: what a Linux VXLAN device configured by flannel (ttl 0, "inherit from
+/// route") sends, the default IPv4 hop limit.
+const OUTER_TTL: u8 = 64;
+/// Linux's default ephemeral port range, which `udp_flow_src_port` scales the flow
+/// hash into: [32768, 61000).
+const SRC_PORT_MIN: u32 = 32768;
+const SRC_PORT_MAX: u32 = 61000;
+
+/// Where an encapsulated frame goes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tunnel {
+    pub remote: Ipv4Addr,
+    pub remote_vtep: MacAddr,
+    pub vni: u32,
+    pub next_hop_mac: MacAddr,
+}
+
+/// The outer UDP source port for an inner flow hash, scaled like Linux's
+/// `udp_flow_src_port` so the spread matches the kernel's.
+#[inline]
+pub fn source_port(hash: u32) -> u16 {
+    let h = hash ^ (hash << 16);
+    let port =
+        ((u64::from(h) * u64::from(SRC_PORT_MAX - SRC_PORT_MIN)) >> 32) as u32 + SRC_PORT_MIN;
+    u16::try_from(port).unwrap_or(SRC_PORT_MIN as u16)
+}
+
+/// ECN bits of the outer header from the inner TOS (RFC 6040 normal mode, as Linux's
+/// `INET_ECN_encapsulate`): ECT copied, CE sent as ECT(0). DSCP is not inherited
+/// (flannel leaves the device's `tos` at 0).
+#[inline]
+fn outer_tos(inner_tos: u8) -> u8 {
+    match inner_tos & 0x03 {
+        0x03 => 0x02,
+        ecn => ecn,
+    }
+}
+
+/// Rewrites the inner Ethernet header and prepends outer Ethernet, IPv4, UDP and
+/// VXLAN headers. `hash` is the inner flow hash; `inner_tos` the inner IP TOS/traffic
+/// class.
+#[inline]
+pub(crate) fn encapsulate(
+    frame: &mut Frame<'_>,
+    node: &NodeSettings,
+    tunnel: &Tunnel,
+    hash: u32,
+    ip_id: u16,
+    inner_tos: u8,
+) -> Result<(), DropReason> {
+    set_macs(frame.data_mut(), 0, tunnel.remote_vtep, node.vtep_mac)
+        .ok_or(DropReason::MalformedEthernet)?;
+    let inner_len = frame.len();
+    let udp_len = u16::try_from(8 + 8 + inner_len).map_err(|_| DropReason::TooBig)?;
+    let ip_len = udp_len.checked_add(20).ok_or(DropReason::TooBig)?;
+    let mut h = [0u8; OVERHEAD];
+    h[0..6].copy_from_slice(&tunnel.next_hop_mac.0);
+    h[6..12].copy_from_slice(&node.uplink_mac.0);
+    h[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    h[14] = 0x45;
+    h[15] = outer_tos(inner_tos);
+    h[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    h[18..20].copy_from_slice(&ip_id.to_be_bytes());
+    if node.vxlan_df {
+        h[20] = 0x40;
+    }
+    h[22] = OUTER_TTL;
+    h[23] = PROTO_UDP;
+    h[26..30].copy_from_slice(&node.node_addr.octets());
+    h[30..34].copy_from_slice(&tunnel.remote.octets());
+    let c = checksum::checksum(h.get(14..34).unwrap_or(&[]));
+    h[24..26].copy_from_slice(&c.to_be_bytes());
+    h[34..36].copy_from_slice(&source_port(hash).to_be_bytes());
+    h[36..38].copy_from_slice(&node.vxlan_port.to_be_bytes());
+    h[38..40].copy_from_slice(&udp_len.to_be_bytes());
+    // UDP checksum 0: allowed for IPv4 outer headers and what Linux sends by default.
+    h[42] = VXLAN_FLAG_I;
+    h[46..49].copy_from_slice(&tunnel.vni.to_be_bytes()[1..4]);
+    let room = frame.push_front(OVERHEAD).map_err(|_| DropReason::NoRoom)?;
+    room.copy_from_slice(&h);
+    Ok(())
+}
+
+/// Checks a VXLAN packet addressed to this node (`outer` is its parsed IPv4 header,
+/// UDP to our VXLAN port) and strips the outer headers, leaving the inner Ethernet
+/// frame. The inner frame is not yet checked beyond its Ethernet header.
+#[inline]
+pub(crate) fn decapsulate(
+    frame: &mut Frame<'_>,
+    outer: &V4,
+    tables: &Tables,
+) -> Result<(), DropReason> {
+    let node = &tables.node;
+    if outer.is_fragment() {
+        // We do not reassemble; Linux would, but flannel sets the overlay MTU so that
+        // VXLAN is never fragmented.
+        return Err(DropReason::VxlanMalformed);
+    }
+    if !tables.is_known_vtep(outer.src) {
+        return Err(DropReason::VxlanUnknownSource);
+    }
+    let d = frame.data();
+    let udp = outer.l3 + outer.ihl;
+    let udp_len = usize::from(rd16(d, udp + 4).ok_or(DropReason::VxlanMalformed)?);
+    let vx = udp + 8;
+    let inner = vx + 8;
+    let end = udp + udp_len;
+    if end < inner + ETH_LEN || end > outer.end() {
+        return Err(DropReason::VxlanMalformed);
+    }
+    let flags = rd8(d, vx).ok_or(DropReason::VxlanMalformed)?;
+    if flags & VXLAN_FLAG_I == 0 {
+        return Err(DropReason::VxlanMalformed);
+    }
+    let vni_bytes = d.get(vx + 4..vx + 7).ok_or(DropReason::VxlanMalformed)?;
+    let vni = vni_bytes
+        .iter()
+        .fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
+    if vni != node.vni {
+        return Err(DropReason::VxlanWrongVni);
+    }
+    if rd_mac(d, inner) != Some(node.vtep_mac) {
+        return Err(DropReason::VxlanNotForUs);
+    }
+    frame
+        .pull_front(inner)
+        .map_err(|_| DropReason::VxlanMalformed)?;
+    frame
+        .set_len(end - inner)
+        .map_err(|_| DropReason::VxlanMalformed)
+}

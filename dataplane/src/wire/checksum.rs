@@ -1,0 +1,243 @@
+//! The Internet checksum: full computation (RFC 1071), pseudo-header sums, and
+//! incremental update (RFC 1624) for NAT rewrites.
+//!
+//! Conventions: a *sum* is the folded one's-complement sum of some 16-bit words (what
+//! you add up); a *checksum* is the complement of a sum (what goes on the wire). All
+//! values are host-order `u16`s of big-endian wire words.
+//!
+//! Incremental updates use RFC 1624 equation 3, `HC' = ~(~HC + ~m + m')`, which
+//! never produces the "negative zero" that equation 2 can. For data that is not all
+//! zeros it yields exactly what a full recomputation would; every header we rewrite
+//! (IPv4, TCP, UDP with their pseudo-headers, ICMP echo with type 8 or a non-zero
+//! identifier) satisfies that.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// Folds a 32-bit accumulator into 16 bits with end-around carry.
+#[inline]
+pub const fn fold(mut acc: u32) -> u16 {
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc as u16
+}
+
+/// One's-complement sum of `data` as big-endian 16-bit words; an odd final byte is
+/// padded with a zero byte (RFC 1071).
+#[inline]
+pub fn sum(data: &[u8]) -> u16 {
+    // Eight bytes at a time into a u64: at most 2^32 words before it could overflow,
+    // far beyond any packet, so carries are folded once at the end.
+    let mut acc: u64 = 0;
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let v = u64::from_be_bytes(w);
+        acc += (v >> 48) + ((v >> 32) & 0xffff) + ((v >> 16) & 0xffff) + (v & 0xffff);
+    }
+    let mut pairs = chunks.remainder().chunks_exact(2);
+    for p in &mut pairs {
+        if let [a, b] = *p {
+            acc += u64::from(u16::from_be_bytes([a, b]));
+        }
+    }
+    if let [last] = *pairs.remainder() {
+        acc += u64::from(u16::from_be_bytes([last, 0]));
+    }
+    acc = (acc & 0xffff_ffff) + (acc >> 32);
+    acc = (acc & 0xffff_ffff) + (acc >> 32);
+    fold(acc as u32)
+}
+
+/// One's-complement sum of several partial sums.
+#[inline]
+pub fn combine(sums: &[u16]) -> u16 {
+    fold(sums.iter().map(|&s| u32::from(s)).sum())
+}
+
+/// The checksum of `data` (complement of its sum). A correct packet checksums to 0
+/// when its checksum field is included.
+#[inline]
+pub fn checksum(data: &[u8]) -> u16 {
+    !sum(data)
+}
+
+/// Sum of the IPv4 pseudo-header for TCP/UDP: addresses, protocol, upper-layer length.
+#[inline]
+pub fn pseudo_header_v4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, length: u16) -> u16 {
+    let s = src.octets();
+    let d = dst.octets();
+    fold(
+        u32::from(u16::from_be_bytes([s[0], s[1]]))
+            + u32::from(u16::from_be_bytes([s[2], s[3]]))
+            + u32::from(u16::from_be_bytes([d[0], d[1]]))
+            + u32::from(u16::from_be_bytes([d[2], d[3]]))
+            + u32::from(protocol)
+            + u32::from(length),
+    )
+}
+
+/// Sum of the IPv6 pseudo-header (RFC 8200 §8.1) for TCP/UDP/ICMPv6.
+#[inline]
+pub fn pseudo_header_v6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, length: u32) -> u16 {
+    let mut acc: u32 = 0;
+    for w in src.segments().into_iter().chain(dst.segments()) {
+        acc += u32::from(w);
+    }
+    acc += length >> 16;
+    acc += length & 0xffff;
+    acc += u32::from(next_header);
+    fold(acc)
+}
+
+/// The checksum a TCP/UDP segment carries under IPv4: `segment` with its checksum field
+/// zeroed (or the sum of it computed with a zero field).
+#[inline]
+pub fn transport_checksum_v4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, segment: &[u8]) -> u16 {
+    let len = u16::try_from(segment.len()).unwrap_or(u16::MAX);
+    !combine(&[pseudo_header_v4(src, dst, protocol, len), sum(segment)])
+}
+
+/// The checksum a TCP/UDP/ICMPv6 message carries under IPv6.
+#[inline]
+pub fn transport_checksum_v6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, segment: &[u8]) -> u16 {
+    let len = u32::try_from(segment.len()).unwrap_or(u32::MAX);
+    !combine(&[pseudo_header_v6(src, dst, next_header, len), sum(segment)])
+}
+
+/// RFC 1624 eqn. 3: the checksum after one 16-bit word covered by it changed from
+/// `old` to `new`.
+#[inline]
+pub const fn update_u16(checksum: u16, old: u16, new: u16) -> u16 {
+    !fold(!checksum as u32 + !old as u32 + new as u32)
+}
+
+/// The checksum after a 32-bit value (an IPv4 address) changed: two word updates.
+#[inline]
+pub const fn update_u32(checksum: u16, old: u32, new: u32) -> u16 {
+    !fold(
+        !checksum as u32
+            + !(old >> 16) as u16 as u32
+            + !(old as u16) as u32
+            + (new >> 16)
+            + (new & 0xffff),
+    )
+}
+
+/// The checksum after an IPv4 address changed.
+#[inline]
+pub fn update_ipv4_addr(checksum: u16, old: Ipv4Addr, new: Ipv4Addr) -> u16 {
+    update_u32(checksum, old.to_bits(), new.to_bits())
+}
+
+/// The checksum after an IPv6 address changed (eight word updates).
+#[inline]
+pub fn update_ipv6_addr(checksum: u16, old: Ipv6Addr, new: Ipv6Addr) -> u16 {
+    let mut acc = u32::from(!checksum);
+    for (o, n) in old.segments().into_iter().zip(new.segments()) {
+        acc += u32::from(!o) + u32::from(n);
+    }
+    !fold(acc)
+}
+
+/// UDP's variant of [`update_u16`]: a zero checksum means "none" and stays zero; a
+/// computed zero is sent as 0xffff (RFC 768).
+#[inline]
+pub const fn udp_update_u16(checksum: u16, old: u16, new: u16) -> u16 {
+    if checksum == 0 {
+        return 0;
+    }
+    udp_nonzero(update_u16(checksum, old, new))
+}
+
+/// UDP's variant of [`update_ipv4_addr`] (see [`udp_update_u16`]).
+#[inline]
+pub fn udp_update_ipv4_addr(checksum: u16, old: Ipv4Addr, new: Ipv4Addr) -> u16 {
+    if checksum == 0 {
+        return 0;
+    }
+    udp_nonzero(update_ipv4_addr(checksum, old, new))
+}
+
+/// A freshly computed UDP checksum of zero is transmitted as all ones (RFC 768).
+#[inline]
+pub const fn udp_nonzero(checksum: u16) -> u16 {
+    if checksum == 0 { 0xffff } else { checksum }
+}
+
+/// Reads the big-endian word at `at`, if present.
+#[inline]
+pub fn read_u16(data: &[u8], at: usize) -> Option<u16> {
+    match data.get(at..at.checked_add(2)?) {
+        Some(&[a, b]) => Some(u16::from_be_bytes([a, b])),
+        _ => None,
+    }
+}
+
+/// Writes the big-endian word at `at`; `false` (nothing written) when out of range.
+#[inline]
+pub fn write_u16(data: &mut [u8], at: usize, value: u16) -> bool {
+    match at.checked_add(2).and_then(|end| data.get_mut(at..end)) {
+        Some(dst) => {
+            dst.copy_from_slice(&value.to_be_bytes());
+            true
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc1071_example() {
+        // RFC 1071 §3 example: words 0001 f203 f4f5 f6f7 sum to ddf2.
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(sum(&data), 0xddf2);
+        assert_eq!(checksum(&data), !0xddf2);
+        // Odd length pads with zero; the chunked and tail paths agree.
+        assert_eq!(sum(&[0xab]), 0xab00);
+        let long: Vec<u8> = (0..=255u8).cycle().take(1001).collect();
+        let naive = long
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .fold(0u32, |a, w| {
+                let s = a + w;
+                (s & 0xffff) + (s >> 16)
+            });
+        assert_eq!(u32::from(sum(&long)), naive);
+    }
+
+    #[test]
+    fn ipv4_header_checksum_known_value() {
+        // A classic example header; its checksum field is 0xb861.
+        let hdr = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(checksum(&hdr), 0);
+        let mut z = hdr;
+        z[10] = 0;
+        z[11] = 0;
+        assert_eq!(checksum(&z), 0xb861);
+    }
+
+    #[test]
+    fn udp_zero_stays_zero() {
+        assert_eq!(udp_update_u16(0, 1234, 4321), 0);
+        assert_eq!(
+            udp_update_ipv4_addr(
+                0,
+                Ipv4Addr::new(198, 18, 0, 1),
+                Ipv4Addr::new(198, 18, 0, 2)
+            ),
+            0
+        );
+        // A result of zero becomes 0xffff: HC=0xffff... choose values so eqn 3 gives 0.
+        // ~(~HC + ~m + m') == 0  <=>  ~HC + ~m + m' folds to 0xffff.
+        assert_eq!(update_u16(0xfffe, 1, 0), 0);
+        assert_eq!(udp_update_u16(0xfffe, 1, 0), 0xffff);
+    }
+}
