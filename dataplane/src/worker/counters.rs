@@ -58,6 +58,9 @@ pub struct WorkerCounters {
     pub parks: Counter,
     /// Port receive/send errors (the frames involved are counted as drops too).
     pub port_errors: Counter,
+    /// Frames the pipeline gave back to the host stack; a port that cannot
+    /// re-inject them (AF_XDP) discards them, so the steering program keeps these rare.
+    pub to_host: Counter,
 }
 
 impl Default for WorkerCounters {
@@ -72,6 +75,7 @@ impl Default for WorkerCounters {
             empty_polls: Counter::default(),
             parks: Counter::default(),
             port_errors: Counter::default(),
+            to_host: Counter::default(),
         }
     }
 }
@@ -237,7 +241,8 @@ impl Counters {
                 );
             }
         }
-        let worker_metrics: [Metric<WorkerCounters>; 5] = [
+        let worker_metrics: [Metric<WorkerCounters>; 6] = [
+            ("hybridway_to_host_total", "Frames the pipeline gave back to the host stack", |w| w.to_host.get()),
             (
                 "hybridway_handoff_out_total",
                 "Frames handed to another worker",

@@ -33,3 +33,17 @@ pub trait Processor: Send {
 
 #[cfg(test)]
 mod tests;
+
+/// Conntrack entries reclaimed per sweep at most, so a sweep never stalls a batch.
+const SWEEP_BUDGET: usize = 4096;
+
+impl Processor for crate::pipeline::Pipeline {
+    #[inline]
+    fn process(&mut self, frame: &mut Frame<'_>, tables: &Tables, now: Now) -> Verdict {
+        crate::pipeline::Pipeline::process(self, frame, tables, now)
+    }
+
+    fn sweep(&mut self, now: Now) {
+        self.snat_mut().sweep(now, SWEEP_BUDGET);
+    }
+}

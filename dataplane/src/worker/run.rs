@@ -234,10 +234,10 @@ impl<P: Processor> WorkerLoop<P> {
                     counters.drop(DropReason::HandOffQueueFull, 1);
                     Out::Dropped
                 }
-                // Frames reach us only when the steering program chose them, so
-                // there is no path back to the kernel; count them as unsupported.
+                // Frames reach us only when the steering program chose them, and an
+                // AF_XDP queue has no path back into the kernel: counted, discarded.
                 Verdict::ToHost => {
-                    counters.drop(DropReason::Unsupported, 1);
+                    counters.to_host.add(1);
                     Out::Dropped
                 }
                 Verdict::Drop(reason) => {
