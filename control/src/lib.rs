@@ -5,3 +5,4 @@
 
 pub mod agent;
 pub mod bgp;
+pub mod demo;
