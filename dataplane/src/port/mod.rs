@@ -30,6 +30,7 @@ pub mod batch;
 pub mod netns;
 mod probe;
 pub mod select;
+pub mod tun;
 pub mod xdp;
 
 pub use batch::PacketBatch;

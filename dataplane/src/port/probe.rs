@@ -38,3 +38,12 @@ pub fn tun_device() -> Result<(), String> {
         Err(e) => Err(format!("cannot open /dev/net/tun: {e}")),
     }
 }
+
+/// Index of interface `name` in the caller's network namespace, or `None` when it
+/// does not exist.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}

@@ -114,7 +114,7 @@ impl XdpPort {
                 config.frames, config.ring_size
             )));
         }
-        let ifindex = sys::ifindex(&config.ifname)
+        let ifindex = super::probe::ifindex(&config.ifname)
             .ok_or_else(|| PortError::NoSuchInterface(config.ifname.clone()))?;
         let (mut umem, backing) = allocate_umem(
             &name,

@@ -98,7 +98,7 @@ impl XdpSteering {
         rules: SteerRules,
         mode: AttachMode,
     ) -> Result<Arc<Self>, PortError> {
-        if super::sys::ifindex(ifname).is_none() {
+        if super::super::probe::ifindex(ifname).is_none() {
             return Err(PortError::NoSuchInterface(ifname.to_owned()));
         }
         let be32 = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());

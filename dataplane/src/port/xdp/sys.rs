@@ -552,11 +552,3 @@ impl XskRings {
         getsockopt(self.fd(), XDP_STATISTICS)
     }
 }
-
-/// Index of interface `name`, or `None` when it does not exist.
-pub fn ifindex(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: c is a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (index != 0).then_some(index)
-}

@@ -1,0 +1,326 @@
+//! The TUN backend: a layer-3 multi-queue TUN device (one queue per worker) with the
+//! virtio-net header, so the kernel hands over TCP/UDP GSO super-packets in one read.
+//!
+//! The device is driven with ioctls on `/dev/net/tun` ([`sys`]) rather than the `tun`
+//! crate, which does not expose `IFF_VNET_HDR`, `TUNSETVNETHDRSZ` or
+//! `TUNSETOFFLOAD` on multi-queue devices.
+//!
+//! Frames are Ethernet towards the pipeline (see the `port` module docs): rx prepends
+//! `dst = TunConfig::mac, src = TunConfig::peer_mac` and the EtherType of the IP
+//! version; tx drops the Ethernet header (a frame that is not IPv4/IPv6 cannot cross
+//! a layer-3 device and is counted in [`TunCounters::tx_not_ip`]). GSO super-packets
+//! are cut into single packets on receive ([`gso::Segmenter`]); partial checksums are
+//! completed. Packets are written without offload (one packet per write).
+//!
+//! The device is created non-persistent, so the kernel removes it when the last
+//! queue closes: dropping every [`TunPort`] of a device removes it (and its routes).
+//! A device that already existed is attached to and left as it was.
+
+pub mod gso;
+mod sys;
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use super::{PacketBatch, Port, PortError};
+use crate::frame::{FRAME_BUFFER_SIZE, FRAME_HEADROOM, PortId};
+use crate::wire::MacAddr;
+use gso::{GsoError, Segmenter, VNET_HDR_LEN, VirtioNetHdr};
+
+const ETH_LEN: usize = 14;
+/// Largest packet a read returns: 64 KiB of GSO payload plus the headers.
+const READ_BUFFER: usize = VNET_HDR_LEN + 65_536 + 256;
+
+/// Settings of a TUN device and its queues.
+#[derive(Clone, Debug)]
+pub struct TunConfig {
+    /// Device name (`hw0`); created when missing.
+    pub name: String,
+    /// Queues to open (one per worker).
+    pub queues: usize,
+    /// The port id every queue reports.
+    pub port_id: PortId,
+    /// Destination MAC of synthesised Ethernet headers (what the pipeline expects
+    /// frames from this port to be addressed to).
+    pub mac: MacAddr,
+    /// Source MAC of synthesised Ethernet headers (the "host side" of the TUN).
+    pub peer_mac: MacAddr,
+    /// MTU to set, or `None` to leave the device's.
+    pub mtu: Option<u32>,
+    /// Ask the kernel for TSO/USO super-packets and partial checksums.
+    pub offload: bool,
+}
+
+impl TunConfig {
+    pub fn new(name: &str, queues: usize, port_id: PortId) -> Self {
+        TunConfig {
+            name: name.to_owned(),
+            queues,
+            port_id,
+            mac: MacAddr::local_from(format!("{name}-dp").as_bytes()),
+            peer_mac: MacAddr::local_from(format!("{name}-host").as_bytes()),
+            mtu: None,
+            offload: true,
+        }
+    }
+}
+
+/// Per-queue counters of what could not cross as-is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunCounters {
+    /// GSO super-packets read.
+    pub rx_gso_packets: u64,
+    /// Single packets produced from them.
+    pub rx_gso_segments: u64,
+    /// Packets dropped on receive: bad headers or an unsupported GSO type.
+    pub rx_malformed: u64,
+    /// Segments larger than a frame buffer (dropped).
+    pub rx_oversize: u64,
+    /// Frames dropped on send because they carry neither IPv4 nor IPv6.
+    pub tx_not_ip: u64,
+}
+
+/// A packet read from the device whose segments did not all fit the last batch.
+#[derive(Debug)]
+struct Pending {
+    len: usize,
+    segmenter: Segmenter,
+    next: usize,
+}
+
+/// One queue of a TUN device.
+#[derive(Debug)]
+pub struct TunPort {
+    id: PortId,
+    name: String,
+    ifname: String,
+    fd: OwnedFd,
+    mac: MacAddr,
+    peer_mac: MacAddr,
+    created: bool,
+    offloads: u32,
+    buf: Box<[u8]>,
+    pending: Option<Pending>,
+    counters: TunCounters,
+}
+
+impl TunPort {
+    /// Opens `config.queues` queues of the device, creating it when missing, sets
+    /// the MTU and brings it up.
+    pub fn open(config: &TunConfig) -> Result<Vec<TunPort>, PortError> {
+        if config.queues == 0 {
+            return Err(PortError::Config(format!(
+                "{}: a TUN device needs at least one queue",
+                config.name
+            )));
+        }
+        super::probe::tun_device().map_err(|missing| PortError::TunUnavailable { missing })?;
+        let existed = super::probe::ifindex(&config.name).is_some();
+        let mut ports = Vec::with_capacity(config.queues);
+        let mut ifname = config.name.clone();
+        let mut offloads = 0;
+        for queue in 0..config.queues {
+            let (fd, name) = sys::open_queue(&ifname).map_err(|e| PortError::TunUnavailable {
+                missing: format!("cannot open queue {queue} of TUN device {ifname} ({e}); multi-queue TUN needs Linux 3.8+ and CAP_NET_ADMIN"),
+            })?;
+            ifname = name;
+            let raw = fd.as_raw_fd();
+            sys::set_vnet_hdr_size(raw, VNET_HDR_LEN)
+                .map_err(|e| PortError::io(&ifname, "TUNSETVNETHDRSZ", e))?;
+            if config.offload {
+                offloads = set_best_offload(raw)
+                    .map_err(|e| PortError::io(&ifname, "TUNSETOFFLOAD", e))?;
+            }
+            ports.push(TunPort {
+                id: config.port_id,
+                name: format!("{ifname}/q{queue}"),
+                ifname: ifname.clone(),
+                fd,
+                mac: config.mac,
+                peer_mac: config.peer_mac,
+                created: !existed,
+                offloads,
+                buf: vec![0u8; READ_BUFFER].into_boxed_slice(),
+                pending: None,
+                counters: TunCounters::default(),
+            });
+        }
+        if let Some(mtu) = config.mtu {
+            sys::set_mtu(&ifname, mtu).map_err(|e| PortError::io(&ifname, "setting the MTU", e))?;
+        }
+        sys::set_up(&ifname).map_err(|e| PortError::io(&ifname, "bringing the device up", e))?;
+        tracing::info!(
+            ifname,
+            queues = config.queues,
+            created = !existed,
+            offloads,
+            "TUN device ready"
+        );
+        Ok(ports)
+    }
+
+    /// The device name.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// Did this process create the device (it disappears when every queue closes)?
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// The `TUN_F_*` offloads in force.
+    pub fn offloads(&self) -> u32 {
+        self.offloads
+    }
+
+    pub fn counters(&self) -> TunCounters {
+        self.counters
+    }
+
+    /// Moves segments of the pending packet into `batch`; returns how many.
+    fn drain_pending(&mut self, batch: &mut PacketBatch) -> usize {
+        let Some(pending) = self.pending.as_mut() else {
+            return 0;
+        };
+        let packet = self.buf.get(VNET_HDR_LEN..pending.len).unwrap_or_default();
+        let mut added = 0;
+        while pending.next < pending.segmenter.count() {
+            let Some(buf) = batch.free_buffer() else {
+                break;
+            };
+            let index = pending.next;
+            pending.next += 1;
+            let Some(out) = buf.get_mut(FRAME_HEADROOM + ETH_LEN..) else {
+                break;
+            };
+            let len = match pending.segmenter.write(packet, index, out) {
+                Ok(len) => len,
+                Err(GsoError::NoRoom) => {
+                    self.counters.rx_oversize += 1;
+                    continue;
+                }
+                Err(_) => {
+                    self.counters.rx_malformed += 1;
+                    continue;
+                }
+            };
+            let ethertype: [u8; 2] = match out.first().map(|b| b >> 4) {
+                Some(6) => [0x86, 0xdd],
+                _ => [0x08, 0x00],
+            };
+            if let Some(eth) = buf.get_mut(FRAME_HEADROOM..FRAME_HEADROOM + ETH_LEN) {
+                eth.copy_from_slice(&eth_header(self.mac, self.peer_mac, ethertype));
+            }
+            if batch.commit(ETH_LEN + len, self.id).is_ok() {
+                added += 1;
+            }
+        }
+        if pending.next >= pending.segmenter.count() {
+            self.pending = None;
+        }
+        added
+    }
+}
+
+/// An Ethernet header `dst, src, ethertype`.
+pub(crate) fn eth_header(dst: MacAddr, src: MacAddr, ethertype: [u8; 2]) -> [u8; ETH_LEN] {
+    let mut eth = [0u8; ETH_LEN];
+    for (d, s) in eth.iter_mut().zip(
+        dst.octets()
+            .into_iter()
+            .chain(src.octets())
+            .chain(ethertype),
+    ) {
+        *d = s;
+    }
+    eth
+}
+
+fn set_best_offload(fd: RawFd) -> std::io::Result<u32> {
+    let tso = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+    // USO (Linux 6.2+) lets UDP GSO cross too; older kernels refuse the flag.
+    let uso = tso | libc::TUN_F_USO4 | libc::TUN_F_USO6;
+    match sys::set_offload(fd, uso) {
+        Ok(()) => Ok(uso),
+        Err(_) => sys::set_offload(fd, tso).map(|()| tso),
+    }
+}
+
+impl Port for TunPort {
+    fn id(&self) -> PortId {
+        self.id
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, PortError> {
+        let mut added = self.drain_pending(batch);
+        while !batch.is_full() {
+            let n = match sys::read(self.fd.as_raw_fd(), &mut self.buf) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(e) => return Err(PortError::io(&self.name, "reading the TUN queue", e)),
+            };
+            let parsed = self.buf.get(..n).and_then(|b| {
+                let hdr = VirtioNetHdr::parse(b)?;
+                Some((hdr, b.get(VNET_HDR_LEN..)?))
+            });
+            let Some((hdr, packet)) = parsed else {
+                self.counters.rx_malformed += 1;
+                continue;
+            };
+            match Segmenter::new(&hdr, packet) {
+                Ok(segmenter) => {
+                    if hdr.is_gso() {
+                        self.counters.rx_gso_packets += 1;
+                        self.counters.rx_gso_segments += segmenter.count() as u64;
+                    }
+                    self.pending = Some(Pending {
+                        len: n,
+                        segmenter,
+                        next: 0,
+                    });
+                    added += self.drain_pending(batch);
+                }
+                Err(_) => self.counters.rx_malformed += 1,
+            }
+        }
+        Ok(added)
+    }
+
+    fn send(&mut self, frames: &[&[u8]]) -> Result<usize, PortError> {
+        // No offload on the way in: an all-zero header says "complete packet".
+        let hdr = VirtioNetHdr::default().emit();
+        for (i, frame) in frames.iter().enumerate() {
+            let ip = match (frame.get(12..14), frame.get(ETH_LEN..)) {
+                (Some([0x08, 0x00]) | Some([0x86, 0xdd]), Some(ip)) if !ip.is_empty() => ip,
+                _ => {
+                    self.counters.tx_not_ip += 1;
+                    continue;
+                }
+            };
+            match sys::writev(self.fd.as_raw_fd(), &hdr, ip) {
+                Ok(true) => {}
+                Ok(false) => return Ok(i),
+                // The kernel refuses a malformed packet with EINVAL: drop just that one.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.counters.tx_not_ip += 1,
+                Err(e) => return Err(PortError::io(&self.name, "writing to the TUN queue", e)),
+            }
+        }
+        Ok(frames.len())
+    }
+
+    fn flush(&mut self) -> Result<(), PortError> {
+        Ok(())
+    }
+
+    fn poll_fd(&self) -> Option<RawFd> {
+        Some(self.fd.as_raw_fd())
+    }
+}
+
+// A received single packet must fit a frame buffer after the headroom and the
+// synthesised Ethernet header.
+const _: () = assert!(FRAME_BUFFER_SIZE > FRAME_HEADROOM + ETH_LEN + 1500);
