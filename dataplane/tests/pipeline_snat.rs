@@ -1,0 +1,418 @@
+//! Masquerading: pod traffic to the outside translated to the node address, replies
+//! and ICMP errors about translated flows translated back, hand-off between workers.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod pipeline_support;
+
+use std::net::Ipv4Addr;
+
+use etherparse::PacketBuilder;
+use hybridway_dataplane::pipeline::Pipeline;
+use hybridway_dataplane::tables::{SnatConfig, owner_of_port};
+use hybridway_dataplane::time::Now;
+use hybridway_dataplane::verdict::{DropReason, Verdict};
+use hybridway_dataplane::wire::checksum;
+use pipeline_support::*;
+use proptest::prelude::*;
+
+const T0: Now = Now(1_000);
+
+fn ip4(f: &[u8], at: usize) -> Ipv4Addr {
+    Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3])
+}
+
+fn u16_at(f: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([f[at], f[at + 1]])
+}
+
+fn put16(f: &mut [u8], at: usize, v: u16) {
+    f[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// The packet a remote host sends back for `out` (a translated packet that left the
+/// uplink): addresses and ports swapped, which keeps every checksum valid; echo
+/// requests become replies.
+fn reply_to(out: &[u8]) -> Vec<u8> {
+    let mut r = out.to_vec();
+    r[0..6].copy_from_slice(&UPLINK_MAC.0);
+    r[6..12].copy_from_slice(&ROUTER_MAC.0);
+    let (src, dst) = (ip4(out, 26), ip4(out, 30));
+    r[26..30].copy_from_slice(&dst.octets());
+    r[30..34].copy_from_slice(&src.octets());
+    r[22] = 64;
+    fix_ipv4_checksum(&mut r, 14);
+    match out[23] {
+        6 | 17 => {
+            put16(&mut r, 34, u16_at(out, 36));
+            put16(&mut r, 36, u16_at(out, 34));
+        }
+        1 => {
+            r[34] = 0;
+            put16(&mut r, 36, 0);
+            let total = usize::from(u16_at(&r, 16));
+            let c = checksum::checksum(&r[34..14 + total]);
+            put16(&mut r, 36, c);
+        }
+        p => panic!("protocol {p}"),
+    }
+    r
+}
+
+fn run(
+    p: &mut Pipeline,
+    t: &hybridway_dataplane::tables::Tables,
+    f: &[u8],
+    port: hybridway_dataplane::frame::PortId,
+) -> (Verdict, Vec<u8>) {
+    let mut buf = Buf::new();
+    let mut frame = buf.frame(f, port);
+    let v = p.process(&mut frame, t, T0);
+    (v, frame.data().to_vec())
+}
+
+#[test]
+fn tcp_is_masqueraded_and_the_reply_restored() {
+    let t = tables(true);
+    let mut p = Pipeline::new(0, &SnatConfig::default());
+    let syn = tcp4(POD1, OUTSIDE, 40000, 443, 64, true, b"");
+    let (v, out) = run(&mut p, &t, &syn, POD1_PORT);
+    assert_eq!(v, Verdict::Forward { port: UPLINK });
+    assert_eq!(&out[0..6], &ROUTER_MAC.0);
+    assert_eq!(&out[6..12], &UPLINK_MAC.0);
+    assert_eq!(ip4(&out, 26), NODE);
+    assert_eq!(ip4(&out, 30), OUTSIDE);
+    assert_eq!(out[22], 63);
+    let nat_port = u16_at(&out, 34);
+    assert!(nat_port >= 1024);
+    assert_eq!(u16_at(&out, 36), 443);
+    assert_checksums(&out, 0);
+    assert_eq!(p.snat().len(), 1);
+
+    let (v, back) = run(&mut p, &t, &reply_to(&out), UPLINK);
+    assert_eq!(v, Verdict::Forward { port: POD1_PORT });
+    assert_eq!(&back[0..6], &POD1_MAC.0);
+    assert_eq!(&back[6..12], &GATEWAY_MAC.0);
+    assert_eq!(ip4(&back, 26), OUTSIDE);
+    assert_eq!(ip4(&back, 30), POD1);
+    assert_eq!(u16_at(&back, 34), 443);
+    assert_eq!(u16_at(&back, 36), 40000);
+    assert_eq!(back[22], 63);
+    assert_checksums(&back, 0);
+
+    // The same flow keeps its port.
+    let (_, again) = run(
+        &mut p,
+        &t,
+        &tcp4(POD1, OUTSIDE, 40000, 443, 64, false, b"more"),
+        POD1_PORT,
+    );
+    assert_eq!(u16_at(&again, 34), nat_port);
+    assert_eq!(p.snat().len(), 1);
+}
+
+#[test]
+fn udp_without_checksum_keeps_none() {
+    let t = tables(true);
+    let mut p = Pipeline::new(0, &SnatConfig::default());
+    let mut f = udp4(POD1, OUTSIDE, 5000, 53, 64, b"query");
+    put16(&mut f, 40, 0);
+    let (v, out) = run(&mut p, &t, &f, POD1_PORT);
+    assert_eq!(v, Verdict::Forward { port: UPLINK });
+    assert_eq!(ip4(&out, 26), NODE);
+    assert_eq!(u16_at(&out, 40), 0);
+    assert_checksums(&out, 0);
+}
+
+#[test]
+fn ping_identifier_is_translated() {
+    let t = tables(true);
+    let mut p = Pipeline::new(0, &SnatConfig::default());
+    let (v, out) = run(
+        &mut p,
+        &t,
+        &ping4(POD1, OUTSIDE, 0x1234, 64, false, b"abcdefgh"),
+        POD1_PORT,
+    );
+    assert_eq!(v, Verdict::Forward { port: UPLINK });
+    assert_eq!(ip4(&out, 26), NODE);
+    assert_checksums(&out, 0);
+    let (v, back) = run(&mut p, &t, &reply_to(&out), UPLINK);
+    assert_eq!(v, Verdict::Forward { port: POD1_PORT });
+    assert_eq!(ip4(&back, 30), POD1);
+    assert_eq!(back[34], 0);
+    assert_eq!(u16_at(&back, 38), 0x1234);
+    assert_checksums(&back, 0);
+    // A ping to the node itself is the host's.
+    let (v, _) = run(
+        &mut p,
+        &t,
+        &with_macs(
+            ping4(OUTSIDE, NODE, 7, 64, false, b""),
+            ROUTER_MAC,
+            UPLINK_MAC,
+        ),
+        UPLINK,
+    );
+    assert_eq!(v, Verdict::ToHost);
+}
+
+/// An ICMP error from `from` about the packet `about` (which left the uplink).
+fn icmp_error_about(about: &[u8], from: Ipv4Addr, icmp_type: u8, code: u8) -> Vec<u8> {
+    let total = usize::from(u16_at(about, 16));
+    let quote = &about[14..14 + total.min(548)];
+    let b = PacketBuilder::ethernet2(ROUTER_MAC.0, UPLINK_MAC.0)
+        .ipv4(from.octets(), NODE.octets(), 64)
+        .icmpv4_raw(icmp_type, code, [0; 4]);
+    let mut v = Vec::new();
+    b.write(&mut v, quote).unwrap();
+    v
+}
+
+#[test]
+fn icmp_error_about_a_translated_flow_is_translated_back() {
+    let t = tables(true);
+    let mut p = Pipeline::new(0, &SnatConfig::default());
+    for (original, proto) in [
+        (udp4(POD1, OUTSIDE, 5000, 53, 64, b"query"), 17u8),
+        (tcp4(POD1, OUTSIDE, 40000, 443, 64, true, b""), 6),
+        (ping4(POD1, OUTSIDE, 0x4242, 64, false, b"ping"), 1),
+    ] {
+        let (_, out) = run(&mut p, &t, &original, POD1_PORT);
+        let err = icmp_error_about(&out, OUTSIDE, 3, 3);
+        let (v, back) = run(&mut p, &t, &err, UPLINK);
+        assert_eq!(v, Verdict::Forward { port: POD1_PORT }, "proto {proto}");
+        assert_eq!(ip4(&back, 26), OUTSIDE);
+        assert_eq!(ip4(&back, 30), POD1, "outer destination");
+        assert_checksums(&back, 0);
+        // The quoted packet is the original as it left the pod (TTL one less).
+        let q = 42;
+        assert_eq!(ip4(&back, q + 12), POD1, "quoted source");
+        assert_eq!(ip4(&back, q + 16), OUTSIDE);
+        assert_eq!(
+            checksum::checksum(&back[q..q + 20]),
+            0,
+            "quoted IP header checksum"
+        );
+        assert_eq!(
+            &back[q + 20..],
+            &original[34..],
+            "quoted transport header restored, checksum included"
+        );
+    }
+    // A truncated quote (only 8 transport bytes of TCP) is still translated.
+    let (_, out) = run(
+        &mut p,
+        &t,
+        &tcp4(POD1, OUTSIDE, 40001, 443, 64, true, b""),
+        POD1_PORT,
+    );
+    let mut short = out.clone();
+    short.truncate(14 + 28);
+    put16(&mut short, 16, 28);
+    let err = icmp_error_about(&short, OUTSIDE, 11, 0);
+    let (v, back) = run(&mut p, &t, &err, UPLINK);
+    assert_eq!(v, Verdict::Forward { port: POD1_PORT });
+    assert_eq!(u16_at(&back, 42 + 20), 40001);
+    assert_checksums(&back, 0);
+}
+
+#[test]
+fn replies_owned_by_another_worker_are_handed_off() {
+    let t = tables(true);
+    let config = SnatConfig {
+        workers: 2,
+        ..SnatConfig::default()
+    };
+    let mut w0 = Pipeline::new(0, &config);
+    let mut w1 = Pipeline::new(1, &config);
+    let (_, out) = run(
+        &mut w1,
+        &t,
+        &udp4(POD1, OUTSIDE, 5000, 53, 64, b"q"),
+        POD1_PORT,
+    );
+    let nat_port = u16_at(&out, 34);
+    assert_eq!(owner_of_port(&config, nat_port), Some(1));
+    let reply = reply_to(&out);
+    let (v, unchanged) = run(&mut w0, &t, &reply, UPLINK);
+    assert_eq!(v, Verdict::HandOff { worker: 1 });
+    assert_eq!(unchanged, reply, "a handed-off frame is not modified");
+    let (v, back) = run(&mut w1, &t, &reply, UPLINK);
+    assert_eq!(v, Verdict::Forward { port: POD1_PORT });
+    assert_eq!(ip4(&back, 30), POD1);
+    // ICMP errors are handed off by the quoted flow's port too.
+    let (v, _) = run(&mut w0, &t, &icmp_error_about(&out, OUTSIDE, 3, 3), UPLINK);
+    assert_eq!(v, Verdict::HandOff { worker: 1 });
+}
+
+#[test]
+fn traffic_to_the_node_without_a_flow_goes_to_the_host() {
+    let t = tables(true);
+    let mut p = Pipeline::new(0, &SnatConfig::default());
+    // A port outside the SNAT range (ssh) and an unknown one inside it.
+    for port in [22u16, 30000] {
+        let f = with_macs(
+            tcp4(OUTSIDE, NODE, 5555, port, 64, true, b""),
+            ROUTER_MAC,
+            UPLINK_MAC,
+        );
+        assert_eq!(
+            run(&mut p, &t, &f, UPLINK).0,
+            Verdict::ToHost,
+            "port {port}"
+        );
+    }
+}
+
+#[test]
+fn no_snat_destinations_and_snat_off_are_not_translated() {
+    let t = tables(true);
+    let mut p = Pipeline::new(0, &SnatConfig::default());
+    // 198.18.0.50 is outside the cluster routes but in the no-SNAT ranges.
+    let dst = Ipv4Addr::new(198, 18, 0, 50);
+    let (v, out) = run(&mut p, &t, &udp4(POD1, dst, 5000, 53, 64, b"q"), POD1_PORT);
+    assert_eq!(v, Verdict::Forward { port: UPLINK });
+    assert_eq!(ip4(&out, 26), POD1);
+    assert_eq!(p.snat().len(), 0);
+}
+
+#[test]
+fn untranslatable_packets_are_counted() {
+    let t = tables(true);
+    let mut p = Pipeline::new(0, &SnatConfig::default());
+    // A non-first fragment.
+    let mut frag = udp4(POD1, OUTSIDE, 5000, 53, 64, b"fragment data");
+    put16(&mut frag, 20, 0x0010);
+    fix_ipv4_checksum(&mut frag, 14);
+    assert_eq!(
+        run(&mut p, &t, &frag, POD1_PORT).0,
+        Verdict::Drop(DropReason::UntranslatableFragment)
+    );
+    // IPv6 to the outside while SNAT is on.
+    let v6 = udp6(POD1_6, OUTSIDE6, 1, 2, 64, b"x");
+    assert_eq!(
+        run(&mut p, &t, &v6, POD1_PORT).0,
+        Verdict::Drop(DropReason::Unsupported)
+    );
+    // A protocol with no ports (GRE).
+    let mut gre = udp4(POD1, OUTSIDE, 1, 2, 64, b"x");
+    gre[23] = 47;
+    fix_ipv4_checksum(&mut gre, 14);
+    assert_eq!(
+        run(&mut p, &t, &gre, POD1_PORT).0,
+        Verdict::Drop(DropReason::Unsupported)
+    );
+}
+
+#[test]
+fn a_full_table_is_a_counted_drop() {
+    let t = tables(true);
+    let config = SnatConfig {
+        capacity_per_worker: 4,
+        ..SnatConfig::default()
+    };
+    let mut p = Pipeline::new(0, &config);
+    let verdicts: Vec<_> = (0..6)
+        .map(|i| {
+            run(
+                &mut p,
+                &t,
+                &udp4(POD1, OUTSIDE, 5000 + i, 53, 64, b"q"),
+                POD1_PORT,
+            )
+            .0
+        })
+        .collect();
+    assert!(
+        verdicts[..4]
+            .iter()
+            .all(|v| *v == Verdict::Forward { port: UPLINK })
+    );
+    assert_eq!(verdicts[4], Verdict::Drop(DropReason::ConntrackFull));
+}
+
+#[derive(Debug, Clone)]
+enum Flow {
+    Tcp {
+        sport: u16,
+        dport: u16,
+        syn: bool,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+        zero_csum: bool,
+    },
+    Echo {
+        id: u16,
+    },
+}
+
+fn flow() -> impl Strategy<Value = Flow> {
+    prop_oneof![
+        (1u16.., 1u16.., any::<bool>()).prop_map(|(sport, dport, syn)| Flow::Tcp {
+            sport,
+            dport,
+            syn
+        }),
+        (1u16.., 1u16.., any::<bool>()).prop_map(|(sport, dport, zero_csum)| Flow::Udp {
+            sport,
+            dport,
+            zero_csum
+        }),
+        any::<u16>().prop_map(|id| Flow::Echo { id }),
+    ]
+}
+
+proptest! {
+    /// Masquerading a packet and un-masquerading the reply gives exactly the reply the
+    /// pod would have got without NAT: addresses, ports/identifier and checksums.
+    #[test]
+    fn snat_then_unsnat_restores_the_flow(
+        flow in flow(),
+        pod_host in 10u8..12,
+        remote in any::<[u8; 2]>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..200),
+        workers in 1u16..4,
+    ) {
+        let t = tables(true);
+        let pod = Ipv4Addr::new(198, 19, 1, pod_host);
+        let port = if pod_host == 10 { POD1_PORT } else { POD2_PORT };
+        let remote = Ipv4Addr::new(198, 18, 100 + remote[0] % 100, remote[1]);
+        let original = match flow {
+            Flow::Tcp { sport, dport, syn } => tcp4(pod, remote, sport, dport, 64, syn, &payload),
+            Flow::Udp { sport, dport, zero_csum } => {
+                let mut f = udp4(pod, remote, sport, dport, 64, &payload);
+                if zero_csum { put16(&mut f, 40, 0); }
+                f
+            }
+            Flow::Echo { id } => ping4(pod, remote, id, 64, false, &payload),
+        };
+        let config = SnatConfig { workers, ..SnatConfig::default() };
+        let mut pipelines: Vec<Pipeline> = (0..workers).map(|w| Pipeline::new(w, &config)).collect();
+        let owner = usize::from(workers - 1);
+        let (v, out) = run(&mut pipelines[owner], &t, &original, port);
+        prop_assert_eq!(v, Verdict::Forward { port: UPLINK });
+        prop_assert_eq!(ip4(&out, 26), NODE);
+        assert_checksums(&out, 0);
+        let reply = reply_to(&out);
+        // Whichever worker receives the reply, it ends up at the owner.
+        let (v, _) = run(&mut pipelines[0], &t, &reply, UPLINK);
+        if owner != 0 {
+            prop_assert_eq!(v, Verdict::HandOff { worker: owner as u16 });
+        }
+        let (v, back) = run(&mut pipelines[owner], &t, &reply, UPLINK);
+        prop_assert_eq!(v, Verdict::Forward { port });
+        let expected = reply_to(&original);
+        prop_assert_eq!(ip4(&back, 26), remote);
+        prop_assert_eq!(ip4(&back, 30), pod);
+        // Transport header and payload byte for byte (ports, id, checksum).
+        prop_assert_eq!(&back[34..], &expected[34..]);
+        assert_checksums(&back, 0);
+    }
+}
