@@ -8,6 +8,8 @@
 pub mod conntrack;
 mod flow_index;
 mod flow_slab;
+mod lpm_v4;
+mod lpm_v6;
 pub mod routes;
 pub mod snapshot;
 pub mod snat;

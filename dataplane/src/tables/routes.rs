@@ -1,14 +1,19 @@
 //! Longest-prefix-match route table: where does a destination address live?
 //!
-//! NOTE(skeleton): the lookup here is a correct linear scan so that the pipeline can be
-//! written against the final API; `tables` work replaces it with a fast structure
-//! without changing the public signatures.
+//! IPv4 uses a DIR-16-8-8 multibit trie ([`super::lpm_v4`]), IPv6 per-length hash
+//! maps ([`super::lpm_v6`]); both map an address to a route number, an index into
+//! one `Vec` of routes, so each target is stored once. The built table is behind an
+//! `Arc`: cloning a [`RouteTable`] (or the snapshot holding it) copies no cells.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::frame::PortId;
+use crate::tables::lpm_v4::Dir16_8_8;
+use crate::tables::lpm_v6::PerLengthV6;
 use crate::wire::MacAddr;
 
 /// An IPv4 or IPv6 prefix with its host bits cleared.
@@ -45,6 +50,8 @@ impl Prefix {
         self.addr
     }
 
+    /// Prefix length in bits (a prefix is never "empty": /0 holds everything).
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> u8 {
         self.len
     }
@@ -146,6 +153,7 @@ pub struct DuplicateRoute(pub Prefix);
 #[derive(Debug, Default, Clone)]
 pub struct RouteTableBuilder {
     entries: Vec<(Prefix, RouteTarget)>,
+    seen: HashSet<Prefix>,
 }
 
 impl RouteTableBuilder {
@@ -159,43 +167,14 @@ impl RouteTableBuilder {
         prefix: Prefix,
         target: RouteTarget,
     ) -> Result<&mut Self, DuplicateRoute> {
-        if self.entries.iter().any(|(p, _)| *p == prefix) {
+        if !self.seen.insert(prefix) {
             return Err(DuplicateRoute(prefix));
         }
         self.entries.push((prefix, target));
         Ok(self)
     }
 
-    pub fn build(mut self) -> RouteTable {
-        self.entries.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        RouteTable {
-            entries: self.entries,
-        }
-    }
-}
-
-/// Immutable longest-prefix-match table for IPv4 and IPv6.
-#[derive(Debug, Default, Clone)]
-pub struct RouteTable {
-    entries: Vec<(Prefix, RouteTarget)>,
-}
-
-impl RouteTable {
-    pub fn lookup_v4(&self, dst: Ipv4Addr) -> Option<&RouteTarget> {
-        self.lookup(IpAddr::V4(dst))
-    }
-
-    pub fn lookup_v6(&self, dst: Ipv6Addr) -> Option<&RouteTarget> {
-        self.lookup(IpAddr::V6(dst))
-    }
-
-    pub fn lookup(&self, dst: IpAddr) -> Option<&RouteTarget> {
-        self.entries
-            .iter()
-            .find(|(p, _)| p.contains(dst))
-            .map(|(_, t)| t)
-    }
-
+    /// Routes added so far.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -204,8 +183,112 @@ impl RouteTable {
         self.entries.is_empty()
     }
 
+    pub fn build(mut self) -> RouteTable {
+        // Longest first is the order `iter` promises; route numbers index this Vec.
+        self.entries.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
+        // The trie paints shortest first, so walk the routes backwards.
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for (i, (p, _)) in self.entries.iter().enumerate().rev() {
+            let Ok(i) = u32::try_from(i) else { continue };
+            match p.addr() {
+                IpAddr::V4(a) => v4.push((u32::from(a), p.len(), i)),
+                IpAddr::V6(a) => v6.push((u128::from(a), p.len(), i)),
+            }
+        }
+        // More than 2^31 routes cannot be numbered; such a table is not buildable in
+        // memory anyway, so an empty trie (no route) is the honest outcome.
+        let v4 = Dir16_8_8::build(&v4).unwrap_or_default();
+        let v6 = PerLengthV6::build(&v6);
+        RouteTable {
+            inner: Arc::new(Lpm {
+                entries: self.entries,
+                v4,
+                v6,
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Lpm {
+    entries: Vec<(Prefix, RouteTarget)>,
+    v4: Dir16_8_8,
+    v6: PerLengthV6,
+}
+
+/// How many addresses [`RouteTable::lookup_v4_batch`] resolves level by level at once.
+const BATCH: usize = 16;
+
+/// Immutable longest-prefix-match table for IPv4 and IPv6.
+#[derive(Debug, Default, Clone)]
+pub struct RouteTable {
+    inner: Arc<Lpm>,
+}
+
+impl RouteTable {
+    #[inline]
+    pub fn lookup_v4(&self, dst: Ipv4Addr) -> Option<&RouteTarget> {
+        self.target(self.inner.v4.lookup(u32::from(dst)).checked_sub(1)?)
+    }
+
+    pub fn lookup_v6(&self, dst: Ipv6Addr) -> Option<&RouteTarget> {
+        self.target(self.inner.v6.lookup(u128::from(dst))?)
+    }
+
+    pub fn lookup(&self, dst: IpAddr) -> Option<&RouteTarget> {
+        match dst {
+            IpAddr::V4(a) => self.lookup_v4(a),
+            IpAddr::V6(a) => self.lookup_v6(a),
+        }
+    }
+
+    /// Looks up `dsts[i]` into `out[i]` for every `i` both slices have, with the
+    /// memory accesses of a batch overlapped (see [`super::lpm_v4`]); the same
+    /// results as [`RouteTable::lookup_v4`] one by one.
+    pub fn lookup_v4_batch<'a>(&'a self, dsts: &[Ipv4Addr], out: &mut [Option<&'a RouteTarget>]) {
+        let mut dst_chunks = dsts.chunks_exact(BATCH);
+        let mut out_chunks = out.chunks_exact_mut(BATCH);
+        for (d, o) in (&mut dst_chunks).zip(&mut out_chunks) {
+            let mut addrs = [0u32; BATCH];
+            for (a, &ip) in addrs.iter_mut().zip(d) {
+                *a = u32::from(ip);
+            }
+            let mut routes = [0u32; BATCH];
+            self.inner.v4.lookup_batch(&addrs, &mut routes);
+            for (slot, r) in o.iter_mut().zip(routes) {
+                *slot = r.checked_sub(1).and_then(|r| self.target(r));
+            }
+        }
+        for (&ip, slot) in dst_chunks
+            .remainder()
+            .iter()
+            .zip(out_chunks.into_remainder())
+        {
+            *slot = self.lookup_v4(ip);
+        }
+    }
+
+    #[inline]
+    fn target(&self, route: u32) -> Option<&RouteTarget> {
+        self.inner.entries.get(route as usize).map(|(_, t)| t)
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.entries.is_empty()
+    }
+
     /// Every route, longest prefixes first.
     pub fn iter(&self) -> impl Iterator<Item = (&Prefix, &RouteTarget)> {
-        self.entries.iter().map(|(p, t)| (p, t))
+        self.inner.entries.iter().map(|(p, t)| (p, t))
+    }
+
+    /// Bytes held by the IPv4 trie (for logs and the benchmark report).
+    pub fn v4_memory_bytes(&self) -> usize {
+        self.inner.v4.memory_bytes()
     }
 }

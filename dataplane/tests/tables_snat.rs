@@ -1,0 +1,588 @@
+//! Conntrack/SNAT shard behaviour: bindings, per-state timeouts, capacity, port
+//! slices, ICMP echo identifiers, and a model check against a plain HashMap.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use hybridway_dataplane::tables::conntrack::{Direction, tcp_flags::*};
+use hybridway_dataplane::tables::{
+    FlowKey, FlowState, L4Proto, NatBinding, SnatConfig, SnatError, SnatShard, Timeouts,
+    owner_of_port, port_slice,
+};
+use hybridway_dataplane::{DropReason, Now};
+use proptest::prelude::*;
+
+const NAT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+const POD: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 5);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 1);
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        tcp_syn: Duration::from_secs(10),
+        tcp_established: Duration::from_secs(1000),
+        tcp_closing: Duration::from_secs(20),
+        udp: Duration::from_secs(30),
+        icmp: Duration::from_secs(5),
+    }
+}
+
+fn config(capacity: usize) -> SnatConfig {
+    SnatConfig {
+        workers: 1,
+        port_range: 10_000..=19_999,
+        capacity_per_worker: capacity,
+        timeouts: timeouts(),
+    }
+}
+
+fn key(proto: L4Proto, src_port: u16, dst_port: u16) -> FlowKey {
+    FlowKey {
+        proto,
+        src: POD,
+        src_port,
+        dst: REMOTE,
+        dst_port,
+    }
+}
+
+/// The reply to `out` after translation to `b`, as it arrives on the wire.
+fn reply(out: &FlowKey, b: NatBinding) -> FlowKey {
+    let dst_port = b.port;
+    let src_port = if out.proto == L4Proto::IcmpEcho {
+        b.port
+    } else {
+        out.dst_port
+    };
+    FlowKey {
+        proto: out.proto,
+        src: out.dst,
+        src_port,
+        dst: b.addr,
+        dst_port,
+    }
+}
+
+fn secs(s: u64) -> Now {
+    Now::from_millis(s * 1000)
+}
+
+#[test]
+fn outbound_binding_is_stable_and_reply_maps_back() {
+    let mut shard = SnatShard::new(0, &config(16));
+    let k = key(L4Proto::Udp, 5353, 53);
+    let b = shard.outbound(&k, NAT, 0, secs(1)).unwrap();
+    assert_eq!(b.addr, NAT);
+    assert!((10_000..=19_999).contains(&b.port));
+    assert_eq!(shard.outbound(&k, NAT, 0, secs(2)).unwrap(), b);
+    assert_eq!(shard.len(), 1);
+    let r = reply(&k, b);
+    assert_eq!(
+        shard.inbound(&r, 0, secs(3)),
+        Some(NatBinding {
+            addr: POD,
+            port: 5353
+        })
+    );
+    // A different remote port, or a stranger, gets nothing (port-dependent filtering).
+    assert_eq!(
+        shard.inbound(&FlowKey { src_port: 54, ..r }, 0, secs(3)),
+        None
+    );
+    assert_eq!(
+        shard.inbound(
+            &FlowKey {
+                src: Ipv4Addr::new(198, 18, 200, 2),
+                ..r
+            },
+            0,
+            secs(3)
+        ),
+        None
+    );
+    assert_eq!(
+        shard.inbound(
+            &FlowKey {
+                proto: L4Proto::Tcp,
+                ..r
+            },
+            0,
+            secs(3)
+        ),
+        None
+    );
+}
+
+#[test]
+fn udp_times_out_after_its_idle_timeout_and_refresh_extends_it() {
+    let mut shard = SnatShard::new(0, &config(16));
+    let k = key(L4Proto::Udp, 4000, 53);
+    let b = shard.outbound(&k, NAT, 0, secs(0)).unwrap();
+    let r = reply(&k, b);
+    // Refreshed by the reply at 20 s: alive until 50 s.
+    assert!(shard.inbound(&r, 0, secs(20)).is_some());
+    assert_eq!(shard.sweep(secs(45), usize::MAX), 0);
+    assert!(shard.inbound(&r, 0, Now::from_millis(49_999)).is_some());
+    // Last refresh at 49.999 s: expired at 79.999 s.
+    assert!(shard.inbound(&r, 0, Now::from_millis(79_999)).is_none());
+    assert_eq!(shard.sweep(secs(82), usize::MAX), 1);
+    assert_eq!(shard.len(), 0);
+    assert_eq!(shard.peek_inbound(&r), None);
+}
+
+#[test]
+fn tcp_states_pick_their_timeouts() {
+    let mut shard = SnatShard::new(0, &config(16));
+    let k = key(L4Proto::Tcp, 40_000, 443);
+
+    // SYN only: syn timeout (10 s).
+    let b = shard.outbound(&k, NAT, SYN, secs(0)).unwrap();
+    assert_eq!(shard.state_of(&k), Some(FlowState::TcpSynSent));
+    let r = reply(&k, b);
+    assert!(
+        shard.inbound(&r, SYN | ACK, secs(11)).is_none(),
+        "unanswered SYN expires after tcp_syn"
+    );
+    assert_eq!(shard.sweep(secs(12), usize::MAX), 1);
+
+    // Handshake completes: established timeout (1000 s).
+    let b = shard.outbound(&k, NAT, SYN, secs(100)).unwrap();
+    let r = reply(&k, b);
+    assert!(shard.inbound(&r, SYN | ACK, secs(101)).is_some());
+    assert_eq!(shard.state_of(&k), Some(FlowState::TcpEstablished));
+    assert_eq!(shard.outbound(&k, NAT, ACK, secs(102)).unwrap(), b);
+    assert_eq!(shard.sweep(secs(900), usize::MAX), 0);
+    assert!(
+        shard.inbound(&r, ACK, secs(1101)).is_some(),
+        "established lives tcp_established"
+    );
+
+    // FIN: closing timeout (20 s) even though established had ~1000 s left; the
+    // sweep must find it at the shorter expiry.
+    assert!(shard.inbound(&r, FIN | ACK, secs(1102)).is_some());
+    assert_eq!(shard.state_of(&k), Some(FlowState::TcpClosing));
+    assert_eq!(shard.sweep(secs(1115), usize::MAX), 0);
+    assert_eq!(shard.sweep(secs(1124), usize::MAX), 1);
+    assert_eq!(shard.len(), 0);
+}
+
+#[test]
+fn rst_closes_and_new_syn_reopens() {
+    let mut shard = SnatShard::new(0, &config(16));
+    let k = key(L4Proto::Tcp, 40_001, 80);
+    let b = shard.outbound(&k, NAT, SYN, secs(0)).unwrap();
+    let r = reply(&k, b);
+    shard.inbound(&r, SYN | ACK, secs(1)).unwrap();
+    shard.inbound(&r, RST, secs(2)).unwrap();
+    assert_eq!(shard.state_of(&k), Some(FlowState::TcpClosing));
+    assert_eq!(
+        shard.outbound(&k, NAT, SYN, secs(3)).unwrap(),
+        b,
+        "same tuple keeps its binding"
+    );
+    assert_eq!(shard.state_of(&k), Some(FlowState::TcpSynSent));
+    // The state machine the shard follows, spelled out.
+    assert_eq!(
+        FlowState::TcpSynSent.next(Direction::Inbound, SYN | ACK),
+        FlowState::TcpEstablished
+    );
+}
+
+#[test]
+fn icmp_echo_id_is_translated_and_restored() {
+    let mut shard = SnatShard::new(0, &config(16));
+    // Two pods pinging the same remote with the same identifier.
+    let k1 = FlowKey {
+        proto: L4Proto::IcmpEcho,
+        src: POD,
+        src_port: 7,
+        dst: REMOTE,
+        dst_port: 7,
+    };
+    let k2 = FlowKey {
+        src: Ipv4Addr::new(198, 19, 1, 6),
+        ..k1
+    };
+    let b1 = shard.outbound(&k1, NAT, 0, secs(0)).unwrap();
+    let b2 = shard.outbound(&k2, NAT, 0, secs(0)).unwrap();
+    assert_ne!(
+        b1.port, b2.port,
+        "identifiers must differ towards the same remote"
+    );
+    // The reply carries the translated identifier in both "port" fields.
+    let r1 = FlowKey {
+        proto: L4Proto::IcmpEcho,
+        src: REMOTE,
+        src_port: b1.port,
+        dst: NAT,
+        dst_port: b1.port,
+    };
+    assert_eq!(
+        shard.inbound(&r1, 0, secs(1)),
+        Some(NatBinding { addr: POD, port: 7 })
+    );
+    assert_eq!(
+        shard.peek_inbound(&reply(&k2, b2)),
+        Some(NatBinding {
+            addr: k2.src,
+            port: 7
+        })
+    );
+    // ICMP timeout is 5 s after the last packet (the reply at 1 s).
+    assert!(shard.inbound(&r1, 0, secs(6)).is_none());
+}
+
+#[test]
+fn peek_does_not_refresh() {
+    let mut shard = SnatShard::new(0, &config(16));
+    let k = key(L4Proto::Udp, 1, 2);
+    let b = shard.outbound(&k, NAT, 0, secs(0)).unwrap();
+    let r = reply(&k, b);
+    assert!(shard.peek_inbound(&r).is_some());
+    assert!(shard.peek_inbound(&r).is_some());
+    assert!(
+        shard.inbound(&r, 0, secs(30)).is_none(),
+        "peeks did not extend the 30 s UDP timeout"
+    );
+}
+
+#[test]
+fn full_table_reclaims_an_expired_entry_else_refuses() {
+    let mut shard = SnatShard::new(0, &config(4));
+    assert_eq!(shard.capacity(), 4);
+    let keys: Vec<_> = (0..5).map(|i| key(L4Proto::Udp, 1000 + i, 53)).collect();
+    for (i, k) in keys.iter().take(4).enumerate() {
+        shard.outbound(k, NAT, 0, secs(i as u64)).unwrap();
+    }
+    assert_eq!(
+        shard.outbound(&keys[4], NAT, 0, secs(10)),
+        Err(SnatError::TableFull)
+    );
+    assert_eq!(
+        DropReason::from(SnatError::TableFull),
+        DropReason::ConntrackFull
+    );
+    // Keep all but the second flow alive; at 40 s only that one has expired.
+    for k in [&keys[0], &keys[2], &keys[3]] {
+        shard.outbound(k, NAT, 0, secs(20)).unwrap();
+    }
+    shard.outbound(&keys[4], NAT, 0, secs(40)).unwrap();
+    assert_eq!(shard.len(), 4);
+    let r1 = reply(
+        &keys[1],
+        NatBinding {
+            addr: NAT,
+            port: 10_001,
+        },
+    );
+    assert_eq!(
+        shard.peek_inbound(&r1),
+        None,
+        "the expired flow was the one reclaimed"
+    );
+    for k in [&keys[0], &keys[2], &keys[3], &keys[4]] {
+        assert!(shard.state_of(k).is_some());
+    }
+}
+
+#[test]
+fn ports_are_reused_per_destination_until_exhausted() {
+    let cfg = SnatConfig {
+        port_range: 20_000..=20_002,
+        ..config(64)
+    };
+    let mut shard = SnatShard::new(0, &cfg);
+    let mut used = HashSet::new();
+    for i in 0..3 {
+        let b = shard
+            .outbound(&key(L4Proto::Tcp, 100 + i, 443), NAT, SYN, secs(0))
+            .unwrap();
+        assert!(
+            used.insert(b.port),
+            "port {} handed out twice towards one destination",
+            b.port
+        );
+    }
+    assert_eq!(
+        shard.outbound(&key(L4Proto::Tcp, 200, 443), NAT, SYN, secs(0)),
+        Err(SnatError::PortsExhausted)
+    );
+    assert_eq!(
+        DropReason::from(SnatError::PortsExhausted),
+        DropReason::SnatPortsExhausted
+    );
+    // Another remote port, another protocol, or another remote: the same ports again.
+    shard
+        .outbound(&key(L4Proto::Tcp, 200, 8443), NAT, SYN, secs(0))
+        .unwrap();
+    shard
+        .outbound(&key(L4Proto::Udp, 200, 443), NAT, 0, secs(0))
+        .unwrap();
+    let other = FlowKey {
+        dst: Ipv4Addr::new(198, 18, 200, 9),
+        ..key(L4Proto::Tcp, 200, 443)
+    };
+    assert!(used.contains(&shard.outbound(&other, NAT, SYN, secs(0)).unwrap().port));
+    // Once a flow expires its port comes back.
+    assert_eq!(
+        shard.sweep(secs(11), usize::MAX),
+        5,
+        "all but the UDP flow (30 s)"
+    );
+    shard
+        .outbound(&key(L4Proto::Tcp, 200, 443), NAT, SYN, secs(11))
+        .unwrap();
+}
+
+#[test]
+fn changed_nat_address_starts_a_new_binding() {
+    let mut shard = SnatShard::new(0, &config(16));
+    let k = key(L4Proto::Udp, 9, 9);
+    let b = shard.outbound(&k, NAT, 0, secs(0)).unwrap();
+    let new_nat = Ipv4Addr::new(198, 18, 0, 11);
+    let b2 = shard.outbound(&k, new_nat, 0, secs(1)).unwrap();
+    assert_eq!(b2.addr, new_nat);
+    assert_eq!(shard.len(), 1);
+    assert_eq!(shard.peek_inbound(&reply(&k, b)), None);
+    assert!(shard.peek_inbound(&reply(&k, b2)).is_some());
+}
+
+#[test]
+fn port_slices_are_disjoint_cover_the_range_and_match_owner_of_port() {
+    for (workers, range) in [
+        (1u16, 1024..=65535u16),
+        (2, 1024..=65535),
+        (3, 10..=20),
+        (7, 0..=65535),
+        (5, 7..=9),
+    ] {
+        let cfg = SnatConfig {
+            workers,
+            port_range: range.clone(),
+            ..SnatConfig::default()
+        };
+        let mut owner = HashMap::new();
+        for w in 0..workers {
+            if let Some(slice) = port_slice(&cfg, w) {
+                for p in slice {
+                    assert!(owner.insert(p, w).is_none(), "port {p} in two slices");
+                }
+            }
+        }
+        for p in 0..=u16::MAX {
+            let expected = owner.get(&p).copied();
+            assert_eq!(
+                owner_of_port(&cfg, p),
+                expected,
+                "workers {workers}, port {p}"
+            );
+            assert_eq!(
+                expected.is_some(),
+                range.contains(&p),
+                "range covered exactly"
+            );
+        }
+        // A shard only hands out its own ports.
+        for w in 0..workers {
+            let mut shard = SnatShard::new(w, &cfg);
+            if let Ok(b) = shard.outbound(&key(L4Proto::Udp, 1, 1), NAT, 0, secs(0)) {
+                assert_eq!(owner_of_port(&cfg, b.port), Some(w));
+            } else {
+                assert!(port_slice(&cfg, w).is_none());
+            }
+        }
+    }
+    let cfg = SnatConfig {
+        workers: 2,
+        ..SnatConfig::default()
+    };
+    assert_eq!(port_slice(&cfg, 2), None);
+    let mut stray = SnatShard::new(5, &cfg);
+    assert_eq!(
+        stray.outbound(&key(L4Proto::Udp, 1, 1), NAT, 0, secs(0)),
+        Err(SnatError::PortsExhausted)
+    );
+    assert_eq!(owner_of_port(&SnatConfig { workers: 0, ..cfg }, 2000), None);
+}
+
+#[test]
+fn memory_per_flow_is_at_most_128_bytes_when_full() {
+    let n = 100_000;
+    let mut shard = SnatShard::new(
+        0,
+        &SnatConfig {
+            capacity_per_worker: n,
+            ..SnatConfig::default()
+        },
+    );
+    for i in 0..n as u32 {
+        let k = FlowKey {
+            proto: L4Proto::Udp,
+            src: POD,
+            src_port: 5000,
+            // Distinct remotes (keys only: no packet is sent anywhere).
+            dst: Ipv4Addr::from(0xc612_0000 + i),
+            dst_port: 443,
+        };
+        shard.outbound(&k, NAT, 0, secs(0)).unwrap();
+    }
+    assert_eq!(shard.len(), n);
+    let per_flow = shard.memory_bytes() / shard.len();
+    assert!(per_flow <= 128, "{per_flow} bytes per flow");
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Out { flow: usize, flags: u8 },
+    In { flow: usize, flags: u8 },
+    Advance(u64),
+    Sweep(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let flags = prop::sample::select(vec![0u8, SYN, SYN | ACK, ACK, FIN | ACK, RST]);
+    prop_oneof![
+        4 => (0..24usize, flags.clone()).prop_map(|(flow, flags)| Op::Out { flow, flags }),
+        4 => (0..24usize, flags).prop_map(|(flow, flags)| Op::In { flow, flags }),
+        2 => (0..40_000u64).prop_map(Op::Advance),
+        1 => (0..8usize).prop_map(Op::Sweep),
+    ]
+}
+
+fn flow_key(i: usize) -> FlowKey {
+    let proto = [L4Proto::Tcp, L4Proto::Udp, L4Proto::IcmpEcho][i % 3];
+    // Few pods, remotes and ports so flows share destinations and NAT ports.
+    let port = 100 + (i / 3 % 3) as u16;
+    FlowKey {
+        proto,
+        src: Ipv4Addr::new(198, 19, 0, (i / 9) as u8),
+        src_port: port,
+        dst: Ipv4Addr::new(198, 18, 9, (i % 2) as u8),
+        dst_port: if proto == L4Proto::IcmpEcho { port } else { 53 },
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Outbound then the reply's inbound returns the original pod address and port,
+    /// for random flows, and no two live flows share an inbound key.
+    #[test]
+    fn reply_returns_the_original(flows in prop::collection::hash_set(
+        (prop::sample::select(vec![L4Proto::Tcp, L4Proto::Udp, L4Proto::IcmpEcho]),
+         any::<u32>(), any::<u16>(), any::<u32>(), any::<u16>()), 1..200),
+        workers in 1u16..5)
+    {
+        let cfg = SnatConfig { workers, capacity_per_worker: 256, ..SnatConfig::default() };
+        let mut shards: Vec<_> = (0..workers).map(|w| SnatShard::new(w, &cfg)).collect();
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, &(proto, src, sp, dst, dp)) in flows.iter().enumerate() {
+            let dp = if proto == L4Proto::IcmpEcho { sp } else { dp };
+            let k = FlowKey { proto, src: src.into(), src_port: sp, dst: dst.into(), dst_port: dp };
+            // ICMP flows are keyed by (pod, id, remote); skip duplicates of that.
+            if !seen.insert((proto, src, sp, dst, if proto == L4Proto::IcmpEcho { 0 } else { dp })) {
+                continue;
+            }
+            let w = i % workers as usize;
+            let b = shards[w].outbound(&k, NAT, SYN, Now(0)).unwrap();
+            out.push((k, b));
+        }
+        for (k, b) in out {
+            let owner = owner_of_port(&cfg, b.port).unwrap();
+            let got = shards[owner as usize].inbound(&reply(&k, b), SYN | ACK, Now(1));
+            prop_assert_eq!(got, Some(NatBinding { addr: k.src, port: k.src_port }));
+        }
+    }
+
+    /// Random operations against a model that tracks which flows are alive.
+    #[test]
+    fn matches_a_model(ops in prop::collection::vec(op(), 1..300)) {
+        let cfg = SnatConfig { port_range: 30_000..=30_003, ..config(12) };
+        let t = cfg.timeouts;
+        let mut shard = SnatShard::new(0, &cfg);
+        // flow -> (binding, state, expires)
+        let mut model: HashMap<usize, (NatBinding, FlowState, u64)> = HashMap::new();
+        let mut now = 0u64;
+        for op in ops {
+            match op {
+                Op::Advance(ms) => now += ms,
+                Op::Sweep(n) => {
+                    let before = shard.len();
+                    let got = shard.sweep(Now(now), n);
+                    prop_assert!(got <= n);
+                    prop_assert_eq!(shard.len(), before - got);
+                }
+                Op::Out { flow, flags } => {
+                    let k = flow_key(flow);
+                    let res = shard.outbound(&k, NAT, flags, Now(now));
+                    match model.get(&flow).copied() {
+                        Some((b, s, exp)) if exp > now => {
+                            prop_assert_eq!(res, Ok(b));
+                            let s = s.next(Direction::Outbound, flags);
+                            model.insert(flow, (b, s, now + s.timeout(&t).as_millis() as u64));
+                        }
+                        _ => match res {
+                            Ok(b) => {
+                                // The new port must not clash with a live flow to the same place.
+                                for (&other, &(ob, _, exp)) in &model {
+                                    let ok = flow_key(other);
+                                    let same_dest = ok.proto == k.proto && ok.dst == k.dst
+                                        && (k.proto == L4Proto::IcmpEcho || ok.dst_port == k.dst_port);
+                                    prop_assert!(!(other != flow && exp > now && same_dest && ob.port == b.port));
+                                }
+                                let s = FlowState::initial(k.proto, flags);
+                                model.insert(flow, (b, s, now + s.timeout(&t).as_millis() as u64));
+                            }
+                            Err(SnatError::TableFull) => {
+                                let live = model.values().filter(|v| v.2 > now).count();
+                                // Full means every slot holds a flow that is live or expired
+                                // less than a wheel tick (1.024 s) ago.
+                                let recent = model.values().filter(|v| v.2 + 1024 > now).count();
+                                prop_assert!(live <= 12 && recent >= 12, "live {} recent {}", live, recent);
+                                model.remove(&flow);
+                            }
+                            Err(SnatError::PortsExhausted) => {
+                                model.remove(&flow);
+                            }
+                        },
+                    }
+                }
+                Op::In { flow, flags } => {
+                    let k = flow_key(flow);
+                    let Some((b, s, exp)) = model.get(&flow).copied() else {
+                        continue;
+                    };
+                    let got = shard.inbound(&reply(&k, b), flags, Now(now));
+                    if exp > now {
+                        prop_assert_eq!(got, Some(NatBinding { addr: k.src, port: k.src_port }));
+                        let s = s.next(Direction::Inbound, flags);
+                        model.insert(flow, (b, s, now + s.timeout(&t).as_millis() as u64));
+                    } else {
+                        // The port may since serve a live flow to the same remote.
+                        let r = reply(&k, b);
+                        let owner = model
+                            .iter()
+                            .find(|&(&f, &(ob, _, e))| f != flow && e > now && reply(&flow_key(f), ob) == r)
+                            .map(|(&f, &v)| (f, v));
+                        let expected = owner.map(|(f, _)| NatBinding { addr: flow_key(f).src, port: flow_key(f).src_port });
+                        prop_assert_eq!(got, expected);
+                        // That packet refreshed the flow now owning the port.
+                        if let Some((f, (ob, os, _))) = owner {
+                            let s = os.next(Direction::Inbound, flags);
+                            model.insert(f, (ob, s, now + s.timeout(&t).as_millis() as u64));
+                        }
+                    }
+                }
+            }
+            prop_assert!(shard.len() <= 12);
+        }
+    }
+}
