@@ -11,15 +11,16 @@ mod port_netns;
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use etherparse::{PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
 use hybridway_dataplane::PortId;
 use hybridway_dataplane::port::netns::NetnsGuard;
 use hybridway_dataplane::port::tun::{TunConfig, TunPort};
+use hybridway_dataplane::port::udp::{UdpConfig, UdpPort};
 use hybridway_dataplane::port::{PacketBatch, Port};
-use port_netns::{Netns, parse_udp, udp_frame};
+use port_netns::{Netns, parse_udp, udp_frame, wait_readable};
 
 fn open(ns: &Netns, name: &str, queues: usize) -> (Vec<TunPort>, TunConfig) {
     let _inside = NetnsGuard::enter(&ns.name).unwrap();
@@ -74,6 +75,7 @@ fn two_queues_receive_the_kernels_packets_and_written_packets_reach_the_kernel()
             })
             .collect()
     };
+    let fds: Vec<_> = ports.iter().map(|p| p.poll_fd().unwrap()).collect();
     for (i, s) in sockets.iter().enumerate() {
         s.send_to(
             format!("flow-{i}").as_bytes(),
@@ -81,6 +83,11 @@ fn two_queues_receive_the_kernels_packets_and_written_packets_reach_the_kernel()
         )
         .unwrap();
     }
+    assert!(
+        fds.iter()
+            .any(|&fd| wait_readable(fd, Duration::from_secs(3))),
+        "a queue fd wakes a parked worker"
+    );
     let is_ours =
         |f: &Vec<u8>| parse_udp(f).is_some_and(|(_, dst, _, _, _)| dst == [198, 19, 20, 5]);
     let got = collect(&mut ports, |got| {
@@ -256,4 +263,75 @@ fn a_kernel_tcp_tso_super_packet_is_segmented_into_mss_packets() {
     }
     drop(ports);
     let _ = client.join();
+}
+
+#[test]
+fn a_kernel_udp_gso_super_packet_is_segmented_into_datagrams() {
+    let ns = Netns::new("uso");
+    let (mut ports, _config) = open(&ns, "hwt2", 1);
+    assert_ne!(ports[0].offloads() & 0x20, 0, "USO4 offered to the kernel");
+    ns.sh("ip addr add 198.18.22.1/24 dev hwt2 && ip route add 198.19.22.0/24 dev hwt2");
+    // The VXLAN port's GSO send makes the kernel emit one UDP GSO packet.
+    let mut vxlan = {
+        let _inside = NetnsGuard::enter(&ns.name).unwrap();
+        let config = UdpConfig::new(
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 22, 1), 8472),
+            PortId(5),
+        );
+        UdpPort::open(&config, 1).unwrap().pop().unwrap()
+    };
+    let frames: Vec<Vec<u8>> = (0..10u8)
+        .map(|i| {
+            udp_frame(
+                [1; 6],
+                [2; 6],
+                [198, 18, 22, 1],
+                [198, 19, 22, 9],
+                8472,
+                8472,
+                &[i; 1200],
+            )
+        })
+        .collect();
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    assert_eq!(vxlan.send(&refs).unwrap(), 10);
+    assert!(vxlan.counters().tx_gso_sends >= 1);
+
+    let is_ours =
+        |f: &Vec<u8>| parse_udp(f).is_some_and(|(_, dst, _, _, _)| dst == [198, 19, 22, 9]);
+    let got = collect(&mut ports, |got| {
+        got[0].iter().filter(|f| is_ours(f)).count() >= 10
+    });
+    let datagrams: Vec<Vec<u8>> = got[0]
+        .iter()
+        .filter(|f| is_ours(f))
+        .filter_map(|f| parse_udp(f))
+        .map(|p| p.4)
+        .collect();
+    assert_eq!(datagrams.len(), 10);
+    for (i, d) in datagrams.iter().enumerate() {
+        assert_eq!(d, &vec![i as u8; 1200], "datagram {i} intact and in order");
+    }
+    for f in got[0].iter().filter(|f| is_ours(f)) {
+        let p = SlicedPacket::from_ethernet(f).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+            panic!()
+        };
+        let Some(TransportSlice::Udp(udp)) = &p.transport else {
+            panic!()
+        };
+        let h = ip.header().to_header();
+        assert_eq!(h.header_checksum, h.calc_header_checksum());
+        assert_eq!(
+            udp.checksum(),
+            udp.to_header()
+                .calc_checksum_ipv4(&h, udp.payload())
+                .unwrap()
+        );
+    }
+    let counters = ports[0].counters();
+    assert!(
+        counters.rx_gso_packets >= 1,
+        "the kernel sent a UDP GSO packet: {counters:?}"
+    );
 }

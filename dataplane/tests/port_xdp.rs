@@ -18,8 +18,8 @@ use hybridway_dataplane::port::netns::NetnsGuard;
 use hybridway_dataplane::port::xdp::{
     AttachMode, SteerRules, UmemBacking, XdpConfig, XdpMode, XdpPort, XdpSteering,
 };
-use hybridway_dataplane::port::{PacketBatch, Port};
-use port_netns::{Netns, parse_udp, udp_frame, veth_pair};
+use hybridway_dataplane::port::{Backend, Chosen, PacketBatch, Port, PortError, choose};
+use port_netns::{Netns, parse_udp, udp_frame, veth_pair, wait_readable};
 
 const NODE: [u8; 4] = [198, 18, 10, 1];
 const PEER: [u8; 4] = [198, 18, 10, 2];
@@ -103,9 +103,18 @@ fn steered_vxlan_reaches_the_socket_and_everything_else_the_kernel() {
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         s
     };
+    let fd = port.poll_fd().unwrap();
+    assert!(
+        !wait_readable(fd, Duration::from_millis(50)),
+        "nothing waits yet"
+    );
     peer_socket
         .send_to(b"vxlan-payload", "198.18.10.1:8472")
         .unwrap();
+    assert!(
+        wait_readable(fd, Duration::from_secs(3)),
+        "the socket fd wakes a parked worker"
+    );
     let (hit, _) = recv_until(&mut port, &mut batch, |f| {
         parse_udp(f)
             .is_some_and(|(_, _, _, dport, payload)| dport == 8472 && payload == b"vxlan-payload")
@@ -353,4 +362,44 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         let _ = std::fs::write("/proc/sys/vm/nr_hugepages", self.before.to_string());
     }
+}
+
+#[test]
+fn auto_falls_back_to_tun_when_the_interface_refuses_xdp_and_explicit_choices_fail_loudly() {
+    let node = Netns::new("xds");
+    let peer = Netns::new("xds");
+    veth_pair(&node, "xn", "198.18.13.1/24", &peer, "xp", "198.18.13.2/24");
+    let _inside = NetnsGuard::enter(&node.name).unwrap();
+    let rules = SteerRules::vxlan_to(Ipv4Addr::new(198, 18, 13, 1));
+
+    let Chosen::AfXdp(first) = choose(Backend::Auto, "xn", rules, AttachMode::Auto).unwrap() else {
+        panic!("auto picks AF_XDP on a veth");
+    };
+    // While a program holds the interface it refuses a second one.
+    match choose(Backend::Auto, "xn", rules, AttachMode::Auto).unwrap() {
+        Chosen::Tun {
+            reason: Some(reason),
+        } => assert!(reason.contains("refused an XDP program"), "{reason}"),
+        other => panic!("expected the TUN fallback, got {other:?}"),
+    }
+    let err = choose(Backend::AfXdp, "xn", rules, AttachMode::Auto)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("AF_XDP unavailable on xn: ") && err.ends_with("use backend: tun"),
+        "{err}"
+    );
+    assert!(matches!(
+        choose(Backend::Tun, "xn", rules, AttachMode::Auto).unwrap(),
+        Chosen::Tun { reason: None }
+    ));
+    assert!(matches!(
+        choose(Backend::Auto, "nosuch0", rules, AttachMode::Auto),
+        Err(PortError::NoSuchInterface(_))
+    ));
+    drop(first);
+    assert!(matches!(
+        choose(Backend::AfXdp, "xn", rules, AttachMode::Auto).unwrap(),
+        Chosen::AfXdp(_)
+    ));
 }

@@ -31,10 +31,11 @@ pub mod netns;
 mod probe;
 pub mod select;
 pub mod tun;
+pub mod udp;
 pub mod xdp;
 
 pub use batch::PacketBatch;
-pub use select::{Backend, HostSupport, ParseBackendError};
+pub use select::{Backend, Chosen, HostSupport, ParseBackendError, choose};
 
 use std::os::fd::RawFd;
 

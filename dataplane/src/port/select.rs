@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use super::PortError;
 use super::probe;
+use super::xdp::{AttachMode, SteerRules, XdpSteering};
 
 /// The port backend named in the agent configuration (`backend: auto|af_xdp|tun`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -96,6 +97,48 @@ impl HostSupport {
                 }),
             },
         }
+    }
+}
+
+/// The outcome of [`choose`]: the steering program is attached (AF_XDP), or TUN is
+/// to be used and why.
+#[derive(Debug)]
+pub enum Chosen {
+    AfXdp(std::sync::Arc<XdpSteering>),
+    Tun {
+        /// Why AF_XDP was not used (`None` when TUN was asked for).
+        reason: Option<String>,
+    },
+}
+
+/// Picks the backend for uplink `ifname`: `Auto` uses AF_XDP when the kernel has XDP
+/// sockets *and* the interface accepts the steering program, else TUN (with a
+/// logged reason); an explicit choice the host cannot honour is an error naming what
+/// is missing. On AF_XDP the program is attached on return.
+pub fn choose(
+    wanted: Backend,
+    ifname: &str,
+    rules: SteerRules,
+    mode: AttachMode,
+) -> Result<Chosen, PortError> {
+    let host = HostSupport::probe();
+    match host.resolve(wanted, ifname)? {
+        Backend::Tun => Ok(Chosen::Tun {
+            reason: host.xdp_missing.filter(|_| wanted == Backend::Auto),
+        }),
+        Backend::AfXdp | Backend::Auto => match XdpSteering::attach(ifname, rules, mode) {
+            Ok(steering) => Ok(Chosen::AfXdp(steering)),
+            Err(e @ PortError::NoSuchInterface(_)) => Err(e),
+            Err(e) => match wanted.fallback() {
+                Some(Backend::Tun) if host.tun_missing.is_none() => {
+                    tracing::warn!(ifname, error = %e, "the interface refused the XDP program; using the TUN backend");
+                    Ok(Chosen::Tun {
+                        reason: Some(e.to_string()),
+                    })
+                }
+                _ => Err(e),
+            },
+        },
     }
 }
 

@@ -131,3 +131,21 @@ pub fn parse_udp(frame: &[u8]) -> Option<([u8; 4], [u8; 4], u16, u16, Vec<u8>)> 
         udp.payload().to_vec(),
     ))
 }
+
+/// Parks on epoll (mio) until `fd` is readable or `timeout` passes, as an idle worker
+/// does; true when it became readable.
+pub fn wait_readable(fd: std::os::fd::RawFd, timeout: std::time::Duration) -> bool {
+    use mio::unix::SourceFd;
+    use mio::{Events, Interest, Poll, Token};
+    let mut poll = Poll::new().expect("epoll");
+    poll.registry()
+        .register(&mut SourceFd(&fd), Token(0), Interest::READABLE)
+        .expect("register");
+    let mut events = Events::with_capacity(4);
+    poll.poll(&mut events, Some(timeout)).expect("poll");
+    let ready = events
+        .iter()
+        .any(|e| e.token() == Token(0) && e.is_readable());
+    let _ = poll.registry().deregister(&mut SourceFd(&fd));
+    ready
+}

@@ -1,0 +1,436 @@
+//! The VXLAN UDP socket port: the uplink side of the overlay on the TUN backend.
+//!
+//! The kernel keeps the outer headers; the port makes the pipeline see VXLAN frames
+//! all the same (see the `port` module docs):
+//!
+//! * rx: each datagram's payload (VXLAN header + inner frame) is placed after
+//!   `FRAME_HEADROOM + 42` bytes and a synthetic outer Ethernet/IPv4/UDP header is
+//!   written in front of it: Ethernet `dst = UdpConfig::mac, src =
+//!   UdpConfig::peer_mac`, IPv4 `src = sender, dst = local address`, TTL 64, DF, a
+//!   valid header checksum, UDP `sport = sender port, dport = local port`, checksum
+//!   0. The pipeline then checks the sending node exactly as for a real VXLAN frame.
+//!   With UDP GRO the kernel may return a train of equal-size datagrams in one read;
+//!   each becomes its own frame.
+//! * tx: the outer headers the pipeline built are parsed for the destination address
+//!   and port only; the UDP payload is sent there. The rest of the outer header
+//!   (source port, TTL, DF) is the kernel's: the source port is always the bound
+//!   port, so this backend gives up the per-flow source port entropy for ECMP.
+//!   Consecutive frames to one destination with equal payload sizes leave in one
+//!   `sendmsg` with `UDP_SEGMENT` (GSO) when the kernel allows it.
+//!
+//! Several sockets may share the port with `SO_REUSEPORT` (one per worker).
+
+mod sys;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use super::{BATCH_SIZE, PacketBatch, Port, PortError};
+use crate::frame::{FRAME_HEADROOM, PortId};
+use crate::wire::MacAddr;
+
+/// Bytes of the synthetic outer Ethernet (14) + IPv4 (20) + UDP (8) header.
+pub const OUTER_LEN: usize = 42;
+const SCRATCH: usize = 65_536;
+/// Largest GSO send: the kernel caps UDP GSO at 64 segments and 64 KiB.
+const GSO_MAX_SEGMENTS: usize = 64;
+const GSO_MAX_BYTES: usize = 65_000;
+
+/// Settings of the VXLAN socket(s).
+#[derive(Clone, Debug)]
+pub struct UdpConfig {
+    /// Node address and VXLAN port to bind (`198.18.0.1:8472`).
+    pub local: SocketAddrV4,
+    pub port_id: PortId,
+    /// Destination MAC of the synthetic outer Ethernet header.
+    pub mac: MacAddr,
+    /// Source MAC of the synthetic outer Ethernet header.
+    pub peer_mac: MacAddr,
+    /// Ask for UDP GRO on receive.
+    pub gro: bool,
+    /// Use UDP GSO (`UDP_SEGMENT`) on send.
+    pub gso: bool,
+}
+
+impl UdpConfig {
+    pub fn new(local: SocketAddrV4, port_id: PortId) -> Self {
+        UdpConfig {
+            local,
+            port_id,
+            mac: MacAddr::local_from(format!("{local}-vtep").as_bytes()),
+            peer_mac: MacAddr::local_from(format!("{local}-net").as_bytes()),
+            gro: true,
+            gso: true,
+        }
+    }
+}
+
+/// What the socket did besides plain datagrams.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpCounters {
+    /// Reads that returned a GRO train of several datagrams.
+    pub rx_gro_trains: u64,
+    /// Datagrams too large for a frame buffer (dropped).
+    pub rx_oversize: u64,
+    /// `sendmsg` calls that carried several datagrams (GSO).
+    pub tx_gso_sends: u64,
+    /// Frames that were not Ethernet/IPv4/UDP (dropped).
+    pub tx_invalid: u64,
+    /// Datagrams the kernel refused (unreachable, too big; dropped).
+    pub tx_errors: u64,
+}
+
+#[derive(Debug)]
+struct Pending {
+    len: usize,
+    from: SocketAddrV4,
+    size: usize,
+    offset: usize,
+}
+
+/// One VXLAN UDP socket.
+#[derive(Debug)]
+pub struct UdpPort {
+    id: PortId,
+    name: String,
+    fd: OwnedFd,
+    local: SocketAddrV4,
+    mac: MacAddr,
+    peer_mac: MacAddr,
+    gro: bool,
+    gso: bool,
+    scratch: Box<[u8]>,
+    pending: Option<Pending>,
+    counters: UdpCounters,
+}
+
+impl UdpPort {
+    /// Binds `sockets` sockets to `config.local` (sharing it with `SO_REUSEPORT`
+    /// when more than one, so the kernel spreads flows over the workers).
+    pub fn open(config: &UdpConfig, sockets: usize) -> Result<Vec<UdpPort>, PortError> {
+        let name = format!("vxlan:{}", config.local);
+        if sockets == 0 {
+            return Err(PortError::Config(format!("{name}: at least one socket")));
+        }
+        let mut ports = Vec::with_capacity(sockets);
+        for i in 0..sockets {
+            let fd = sys::bind(config.local, sockets > 1)
+                .map_err(|e| PortError::io(&name, "binding the VXLAN UDP socket", e))?;
+            let local = sys::local_addr(fd.as_raw_fd())
+                .map_err(|e| PortError::io(&name, "getsockname", e))?;
+            let gro = config.gro && sys::enable_gro(fd.as_raw_fd()).is_ok();
+            if config.gro && !gro {
+                tracing::info!(socket = %name, "the kernel refused UDP_GRO (needs Linux 5.0+); one datagram per read");
+            }
+            ports.push(UdpPort {
+                id: config.port_id,
+                name: if sockets > 1 {
+                    format!("vxlan:{local}/{i}")
+                } else {
+                    format!("vxlan:{local}")
+                },
+                fd,
+                local,
+                mac: config.mac,
+                peer_mac: config.peer_mac,
+                gro,
+                gso: config.gso,
+                scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+                pending: None,
+                counters: UdpCounters::default(),
+            });
+        }
+        Ok(ports)
+    }
+
+    /// The bound address (the port is the kernel's choice when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddrV4 {
+        self.local
+    }
+
+    pub fn counters(&self) -> UdpCounters {
+        self.counters
+    }
+
+    /// Is UDP GRO on for this socket?
+    pub fn gro(&self) -> bool {
+        self.gro
+    }
+
+    fn drain_pending(&mut self, batch: &mut PacketBatch) -> usize {
+        let Some(p) = self.pending.as_mut() else {
+            return 0;
+        };
+        let mut added = 0;
+        while p.offset < p.len {
+            let Some(buf) = batch.free_buffer() else {
+                break;
+            };
+            let end = (p.offset + p.size).min(p.len);
+            let payload = self.scratch.get(p.offset..end).unwrap_or_default();
+            p.offset = end;
+            let at = FRAME_HEADROOM + OUTER_LEN;
+            let Some(dst) = buf.get_mut(at..at + payload.len()) else {
+                self.counters.rx_oversize += 1;
+                continue;
+            };
+            dst.copy_from_slice(payload);
+            let header = outer_header(self.mac, self.peer_mac, p.from, self.local, payload.len());
+            if let Some(dst) = buf.get_mut(FRAME_HEADROOM..at) {
+                dst.copy_from_slice(&header);
+            }
+            if batch
+                .commit_at(FRAME_HEADROOM, OUTER_LEN + payload.len(), self.id)
+                .is_ok()
+            {
+                added += 1;
+            }
+        }
+        if p.offset >= p.len {
+            self.pending = None;
+        }
+        added
+    }
+
+    /// Sends one group of datagrams to `to`; false when the socket buffer is full.
+    fn send_group(&mut self, to: SocketAddrV4, parts: &[&[u8]]) -> Result<bool, PortError> {
+        let size = parts.first().map_or(0, |p| p.len());
+        if self.gso && parts.len() > 1 {
+            match sys::send(self.fd.as_raw_fd(), to, parts, u16::try_from(size).ok()) {
+                Ok(sent) => {
+                    self.counters.tx_gso_sends += u64::from(sent);
+                    return Ok(sent);
+                }
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT)
+                    ) =>
+                {
+                    tracing::info!(socket = %self.name, error = %e, "UDP GSO refused; sending datagrams one by one");
+                    self.gso = false;
+                }
+                Err(e) => return self.send_error(e, parts.len()),
+            }
+        }
+        for part in parts {
+            match sys::send(self.fd.as_raw_fd(), to, &[part], None) {
+                Ok(true) => {}
+                Ok(false) => return Ok(false),
+                Err(e) => {
+                    self.send_error(e, 1)?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// A refused datagram (unreachable, too big) is a counted drop; a broken socket
+    /// is an error.
+    fn send_error(&mut self, e: std::io::Error, datagrams: usize) -> Result<bool, PortError> {
+        match e.raw_os_error() {
+            Some(libc::EBADF | libc::ENOTSOCK | libc::EFAULT) => {
+                Err(PortError::io(&self.name, "sending VXLAN datagrams", e))
+            }
+            _ => {
+                self.counters.tx_errors += datagrams as u64;
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// The synthetic outer header for a datagram of `payload` bytes from `from` to `to`.
+fn outer_header(
+    mac: MacAddr,
+    peer_mac: MacAddr,
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+    payload: usize,
+) -> [u8; OUTER_LEN] {
+    let mut h = [0u8; OUTER_LEN];
+    let ip_len = (20 + 8 + payload) as u16;
+    let udp_len = (8 + payload) as u16;
+    let parts: [&[u8]; 12] = [
+        &mac.octets(),
+        &peer_mac.octets(),
+        &[0x08, 0x00, 0x45, 0x00],
+        &ip_len.to_be_bytes(),
+        &[0, 0, 0x40, 0x00, 64, 17, 0, 0],
+        &from.ip().octets(),
+        &to.ip().octets(),
+        &from.port().to_be_bytes(),
+        &to.port().to_be_bytes(),
+        &udp_len.to_be_bytes(),
+        &[0, 0],
+        &[],
+    ];
+    for (d, s) in h.iter_mut().zip(parts.iter().flat_map(|p| p.iter())) {
+        *d = *s;
+    }
+    let sum = super::tun::gso::csum_fold(super::tun::gso::csum_add(
+        0,
+        h.get(14..34).unwrap_or_default(),
+    ));
+    if let Some(c) = h.get_mut(24..26) {
+        c.copy_from_slice(&sum.to_be_bytes());
+    }
+    h
+}
+
+/// The outer destination and UDP payload of an Ethernet/IPv4/UDP frame.
+fn parse_outer(frame: &[u8]) -> Option<(SocketAddrV4, &[u8])> {
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let ip = frame.get(14..)?;
+    let ver_ihl = *ip.first()?;
+    let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+    if ver_ihl >> 4 != 4 || ihl < 20 || total < ihl + 8 || *ip.get(9)? != 17 {
+        return None;
+    }
+    let dst = Ipv4Addr::new(*ip.get(16)?, *ip.get(17)?, *ip.get(18)?, *ip.get(19)?);
+    let udp = ip.get(ihl..total)?;
+    let dport = u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]);
+    let udp_len = usize::from(u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]));
+    Some((SocketAddrV4::new(dst, dport), udp.get(8..udp_len)?))
+}
+
+impl Port for UdpPort {
+    fn id(&self) -> PortId {
+        self.id
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, PortError> {
+        let mut added = self.drain_pending(batch);
+        while !batch.is_full() {
+            let got = sys::recv(self.fd.as_raw_fd(), &mut self.scratch)
+                .map_err(|e| PortError::io(&self.name, "receiving VXLAN datagrams", e))?;
+            let Some(r) = got else { break };
+            let size = r.gro_size.unwrap_or(r.len).max(1);
+            if size < r.len {
+                self.counters.rx_gro_trains += 1;
+            }
+            self.pending = Some(Pending {
+                len: r.len,
+                from: r.from,
+                size,
+                offset: 0,
+            });
+            added += self.drain_pending(batch);
+        }
+        Ok(added)
+    }
+
+    fn send(&mut self, frames: &[&[u8]]) -> Result<usize, PortError> {
+        let mut i = 0;
+        while i < frames.len() {
+            let Some((to, first)) = frames.get(i).and_then(|f| parse_outer(f)) else {
+                self.counters.tx_invalid += 1;
+                i += 1;
+                continue;
+            };
+            // Gather the run of frames that one GSO send can carry: same destination,
+            // same payload size (the last may be shorter).
+            let mut parts: [&[u8]; BATCH_SIZE] = [&[]; BATCH_SIZE];
+            parts[0] = first;
+            let mut n = 1;
+            let mut bytes = first.len();
+            if self.gso {
+                while n < GSO_MAX_SEGMENTS.min(BATCH_SIZE) {
+                    let Some((next_to, payload)) = frames.get(i + n).and_then(|f| parse_outer(f))
+                    else {
+                        break;
+                    };
+                    if next_to != to
+                        || payload.len() > first.len()
+                        || bytes + payload.len() > GSO_MAX_BYTES
+                    {
+                        break;
+                    }
+                    if let Some(slot) = parts.get_mut(n) {
+                        *slot = payload;
+                    }
+                    n += 1;
+                    bytes += payload.len();
+                    if payload.len() < first.len() {
+                        break;
+                    }
+                }
+            }
+            if !self.send_group(to, parts.get(..n).unwrap_or_default())? {
+                return Ok(i);
+            }
+            i += n;
+        }
+        Ok(frames.len())
+    }
+
+    fn flush(&mut self) -> Result<(), PortError> {
+        Ok(())
+    }
+
+    fn poll_fd(&self) -> Option<RawFd> {
+        Some(self.fd.as_raw_fd())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_synthetic_outer_header_parses_back_with_a_valid_checksum() {
+        let from = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40000);
+        let to = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8472);
+        let mut frame = outer_header(MacAddr([2; 6]), MacAddr([4; 6]), from, to, 5).to_vec();
+        frame.extend_from_slice(b"hello");
+        let p = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+            panic!("not IPv4")
+        };
+        let h = ip.header().to_header();
+        assert_eq!(h.header_checksum, h.calc_header_checksum());
+        assert_eq!(
+            (h.source, h.destination, h.time_to_live),
+            ([198, 18, 0, 2], [198, 18, 0, 1], 64)
+        );
+        assert!(h.dont_fragment);
+        let Some(etherparse::TransportSlice::Udp(udp)) = p.transport else {
+            panic!("not UDP")
+        };
+        assert_eq!(
+            (udp.source_port(), udp.destination_port(), udp.payload()),
+            (40000, 8472, &b"hello"[..])
+        );
+        assert_eq!(&frame[..12], &[2, 2, 2, 2, 2, 2, 4, 4, 4, 4, 4, 4]);
+        // parse_outer reads what the pipeline would build for the way out.
+        let (dst, payload) = parse_outer(&frame).unwrap();
+        assert_eq!((dst, payload), (to, &b"hello"[..]));
+    }
+
+    #[test]
+    fn frames_that_are_not_ipv4_udp_do_not_parse() {
+        let from = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 1);
+        let good = outer_header(MacAddr([2; 6]), MacAddr([4; 6]), from, from, 0).to_vec();
+        assert!(parse_outer(&good).is_some());
+        for cut in 0..good.len() {
+            assert!(parse_outer(&good[..cut]).is_none(), "truncated at {cut}");
+        }
+        let mut tcp = good.clone();
+        tcp[14 + 9] = 6;
+        assert!(parse_outer(&tcp).is_none());
+        let mut arp = good.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert!(parse_outer(&arp).is_none());
+        let mut long = good;
+        long[14 + 8 + 20 - 4] = 0xff; // UDP length past the end
+        assert!(parse_outer(&long).is_none());
+    }
+}

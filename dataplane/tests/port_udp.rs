@@ -1,0 +1,250 @@
+//! VXLAN UDP socket port against the kernel, for real: two namespaces joined by a
+//! veth, a port in each, and the Linux VXLAN device as a peer. Needs root; never skips.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod port_netns;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etherparse::{Icmpv4Type, PacketBuilder, SlicedPacket, TransportSlice};
+use hybridway_dataplane::PortId;
+use hybridway_dataplane::port::netns::NetnsGuard;
+use hybridway_dataplane::port::udp::{OUTER_LEN, UdpConfig, UdpPort};
+use hybridway_dataplane::port::{PacketBatch, Port};
+use port_netns::{Netns, parse_udp, udp_frame, veth_pair, wait_readable};
+
+fn open(ns: &Netns, addr: [u8; 4]) -> UdpPort {
+    let _inside = NetnsGuard::enter(&ns.name).unwrap();
+    let config = UdpConfig::new(SocketAddrV4::new(Ipv4Addr::from(addr), 8472), PortId(5));
+    UdpPort::open(&config, 1)
+        .expect("bind the VXLAN socket")
+        .pop()
+        .unwrap()
+}
+
+fn vxlan_payload(vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x08, 0, 0, 0];
+    p.extend_from_slice(&(vni << 8).to_be_bytes());
+    p.extend_from_slice(inner);
+    p
+}
+
+fn recv_frames(port: &mut UdpPort, want: usize) -> Vec<Vec<u8>> {
+    let mut batch = PacketBatch::new();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got.len() < want && Instant::now() < deadline {
+        batch.clear();
+        if port.recv(&mut batch).unwrap() == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        got.extend(batch.packets().map(<[u8]>::to_vec));
+    }
+    got
+}
+
+#[test]
+fn vxlan_payloads_cross_between_two_nodes_singly_and_with_gso() {
+    let a = Netns::new("udp");
+    let b = Netns::new("udp");
+    veth_pair(&a, "ua", "198.18.30.1/24", &b, "ub", "198.18.30.2/24");
+    let mut pa = open(&a, [198, 18, 30, 1]);
+    let mut pb = open(&b, [198, 18, 30, 2]);
+    assert!(pb.gro(), "UDP GRO available on this kernel");
+    assert_eq!(pb.name(), "vxlan:198.18.30.2:8472");
+
+    // What the pipeline builds: outer headers to the remote node, VXLAN, inner frame.
+    let inner = udp_frame(
+        [0xa; 6],
+        [0xb; 6],
+        [198, 19, 30, 5],
+        [198, 19, 31, 5],
+        1234,
+        80,
+        b"inner",
+    );
+    let payload = vxlan_payload(1, &inner);
+    let outer = udp_frame(
+        [1; 6],
+        [2; 6],
+        [198, 18, 30, 1],
+        [198, 18, 30, 2],
+        51000,
+        8472,
+        &payload,
+    );
+    assert!(!wait_readable(
+        pb.poll_fd().unwrap(),
+        Duration::from_millis(50)
+    ));
+    assert_eq!(pa.send(&[&outer]).unwrap(), 1);
+    pa.flush().unwrap();
+    assert!(
+        wait_readable(pb.poll_fd().unwrap(), Duration::from_secs(3)),
+        "the socket wakes a parked worker"
+    );
+    let got = recv_frames(&mut pb, 1);
+    assert_eq!(got.len(), 1);
+    let (src, dst, sport, dport, body) = parse_udp(&got[0]).expect("a synthesised outer header");
+    assert_eq!(
+        (src, dst, sport, dport),
+        ([198, 18, 30, 1], [198, 18, 30, 2], 8472, 8472)
+    );
+    assert_eq!(body, payload, "the VXLAN payload arrives unchanged");
+    assert_eq!(got[0].len(), OUTER_LEN + payload.len());
+
+    // A run of equal-size frames to one node leaves in one GSO send; a shorter last
+    // one rides along; every frame arrives, in order.
+    let frames: Vec<Vec<u8>> = (0..41u32)
+        .map(|i| {
+            let body = if i == 40 {
+                vec![7u8; 300]
+            } else {
+                vec![(i % 256) as u8; 1000]
+            };
+            let inner = udp_frame(
+                [0xa; 6],
+                [0xb; 6],
+                [198, 19, 30, 5],
+                [198, 19, 31, 5],
+                1234,
+                80,
+                &body,
+            );
+            udp_frame(
+                [1; 6],
+                [2; 6],
+                [198, 18, 30, 1],
+                [198, 18, 30, 2],
+                51000,
+                8472,
+                &vxlan_payload(1, &inner),
+            )
+        })
+        .collect();
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    assert_eq!(pa.send(&refs).unwrap(), 41);
+    assert!(pa.counters().tx_gso_sends >= 1, "{:?}", pa.counters());
+    let got = recv_frames(&mut pb, 41);
+    assert_eq!(got.len(), 41);
+    for (sent, received) in frames.iter().zip(&got) {
+        assert_eq!(parse_udp(received).unwrap().4, parse_udp(sent).unwrap().4);
+    }
+    // Across a veth the GSO datagrams stay one skb and reach the GRO socket as a train.
+    assert!(pb.counters().rx_gro_trains >= 1, "{:?}", pb.counters());
+
+    // Bad frames from the pipeline are dropped and counted, not sent.
+    let arp = [0u8; 60];
+    assert_eq!(pa.send(&[&arp, &outer[..20]]).unwrap(), 2);
+    assert_eq!(pa.counters().tx_invalid, 2);
+}
+
+#[test]
+fn the_linux_vxlan_device_is_a_peer() {
+    // Node B runs a kernel VXLAN device configured the way flannel configures it;
+    // node A is this port plus the test answering pings as a "pod".
+    let a = Netns::new("vxk");
+    let b = Netns::new("vxk");
+    veth_pair(&a, "ua", "198.18.32.1/24", &b, "ub", "198.18.32.2/24");
+    let pod_mac = [0x02, 0, 0, 0, 0x32, 0x05];
+    let vtep_a = "02:00:00:00:32:01";
+    b.sh(
+        "ip link add vxlan1 type vxlan id 1 dstport 8472 local 198.18.32.2 dev ub nolearning && \
+         ip addr add 198.19.33.0/32 dev vxlan1 && ip link set vxlan1 up && \
+         bridge fdb append 02:00:00:00:32:01 dev vxlan1 dst 198.18.32.1 && \
+         ip neigh replace 198.19.32.0 lladdr 02:00:00:00:32:01 dev vxlan1 nud permanent && \
+         ip route add 198.19.32.0/24 via 198.19.32.0 dev vxlan1 onlink",
+    );
+    let vtep_b = b.mac("vxlan1");
+    let mut port = open(&a, [198, 18, 32, 1]);
+
+    let ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &b.name,
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "3",
+            "198.19.32.5",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut batch = PacketBatch::new();
+    let mut answered = 0;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while answered < 3 && Instant::now() < deadline {
+        batch.clear();
+        if port.recv(&mut batch).unwrap() == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        for frame in batch.packets() {
+            let (src, dst, sport, dport, vxlan) = parse_udp(frame).unwrap();
+            assert_eq!(
+                (src, dst, dport),
+                ([198, 18, 32, 2], [198, 18, 32, 1], 8472)
+            );
+            assert_eq!(
+                &vxlan[..8],
+                &[0x08, 0, 0, 0, 0, 0, 1, 0],
+                "VNI 1 with the I flag"
+            );
+            let inner = &vxlan[8..];
+            assert_eq!(
+                &inner[..6],
+                &[2, 0, 0, 0, 0x32, 1],
+                "inner destination is our VTEP MAC {vtep_a}"
+            );
+            let p = SlicedPacket::from_ethernet(inner).unwrap();
+            let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+                continue;
+            };
+            let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else {
+                continue;
+            };
+            let Icmpv4Type::EchoRequest(echo) = icmp.icmp_type() else {
+                continue;
+            };
+            // The pod answers; we encapsulate as the pipeline would, to B's VTEP.
+            let mut reply_inner = Vec::new();
+            PacketBuilder::ethernet2(pod_mac, vtep_b)
+                .ipv4(ip.header().destination(), ip.header().source(), 64)
+                .icmpv4_echo_reply(echo.id, echo.seq)
+                .write(&mut reply_inner, icmp.payload())
+                .unwrap();
+            let outer = udp_frame(
+                [1; 6],
+                [2; 6],
+                [198, 18, 32, 1],
+                [198, 18, 32, 2],
+                40000,
+                8472,
+                &vxlan_payload(1, &reply_inner),
+            );
+            assert!(sport > 0);
+            assert_eq!(port.send(&[&outer]).unwrap(), 1);
+            answered += 1;
+        }
+    }
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the kernel's ping got its replies through VXLAN: {text}"
+    );
+    assert!(text.contains("3 received"), "{text}");
+}
