@@ -17,7 +17,7 @@ use hybridway_dataplane::wire::MacAddr;
 use hybridway_dataplane::worker::{MetricsServer, PoolConfig, PoolError, WorkerPool};
 use serde::Serialize;
 
-use super::attach::{PortOpener, rx_queues};
+use super::attach::{PortOpener, rx_queues, snat_port_range};
 use super::config::{AgentConfig, BackendConfig, ConfigError};
 use super::neighbors::{self, HostError};
 use super::table_builder::{BuildError, LocalPod, PodAttachment, UplinkFacts, build_tables, next_hops};
@@ -169,13 +169,19 @@ impl Agent {
             park_timeout: Duration::from_millis(cfg.dataplane.park_timeout_ms),
             ..PoolConfig::default()
         };
-        let snat = SnatConfig { workers: u16::try_from(workers).unwrap_or(u16::MAX), ..SnatConfig::default() };
+        let snat_ports = snat_port_range();
+        let snat = SnatConfig {
+            workers: u16::try_from(workers).unwrap_or(u16::MAX),
+            port_range: snat_ports.clone(),
+            ..SnatConfig::default()
+        };
         let pool = WorkerPool::start(&pool_cfg, Arc::clone(&tables), move |w| Pipeline::new(w, &snat))?;
 
         // One uplink queue per worker while the device has queues; a single-queue
         // uplink belongs to worker 0 and the others hand it their frames.
         let queues = rx_queues(&ifname).min(workers);
-        let ports = opener.open_uplink(&cfg, UPLINK_PORT, queues)?;
+        // The SNAT switch can be flipped by a reload, so replies are always steered.
+        let ports = opener.open_uplink(&cfg, UPLINK_PORT, queues, Some(snat_ports.clone()))?;
         let sole = queues < workers;
         for (w, port) in ports.into_iter().enumerate() {
             pool.add_port(w, port, sole)?;
