@@ -195,7 +195,7 @@ pub fn iperf(cluster: &Cluster, client: (u8, u8), server: (u8, u8), udp: bool, s
         .stderr(std::process::Stdio::null())
         .spawn()?;
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let flags = if udp { "-u -b 200M -l 1200" } else { "" };
+    let flags = if udp { "-u -b 100M -l 1200" } else { "" };
     let out = cli.ns.try_sh(&format!(
         "timeout {} iperf3 -c {} -t {seconds} {flags} --connect-timeout 3000 -J",
         seconds + 10,
