@@ -27,6 +27,10 @@ pub struct DemoArgs {
     /// Only the overlay part.
     #[arg(long)]
     pub overlay_only: bool,
+    /// Turn SNAT off (the outside routes pod blocks to their nodes, as BGP would
+    /// teach it, and sees pod addresses).
+    #[arg(long)]
+    pub no_snat: bool,
     /// Keep the namespaces after the demo (remove them with `ip -all netns del`).
     #[arg(long)]
     pub keep: bool,
@@ -104,7 +108,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         let spec = ClusterSpec {
             tag: tag.clone(),
             overlay,
-            snat: true,
+            snat: !args.no_snat,
             backend: args.backend.clone(),
             nodes: vec![NodeKind::Hybridway, NodeKind::Hybridway],
             pods_per_node: 2,
@@ -168,14 +172,14 @@ fn run_mode(cluster: &Cluster, args: &DemoArgs, overlay: bool, stop: &AtomicBool
         }
     }
     interrupted(stop)?;
-    println!("-- SNAT: pod p11 -> outside host {OUTSIDE_SERVER}");
+    println!("-- SNAT {}: pod p11 -> outside host {OUTSIDE_SERVER}", if cluster.spec.snat { "on" } else { "off" });
     match outside_sees(cluster, (1, 1)) {
         Ok(seen) => {
-            let ok = seen == node_addr(1);
+            let (want, what) = if cluster.spec.snat { (node_addr(1), "node") } else { (pod_ip(1, 1), "pod") };
             report.check(
-                &format!("{mode}: outside sees the node address"),
-                ok,
-                &format!("connection came from {seen} (node1 is {})", node_addr(1)),
+                &format!("{mode}: outside sees the {what} address"),
+                seen == want,
+                &format!("connection came from {seen} (expected {want})"),
             );
         }
         Err(e) => report.check(&format!("{mode}: SNAT to outside"), false, &e.to_string()),
