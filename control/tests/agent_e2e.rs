@@ -2,14 +2,21 @@
 //! backend), the Linux kernel as the peer node, iperf3 and ping as traffic.
 //! Needs root (CI runs as root); never skips. Tests run one at a time (they share
 //! the machine's cores with everything else).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hybridway_control::demo::topology::{Cluster, ClusterSpec, NodeKind, node_addr, pod_ip, vtep_mac};
+use hybridway_control::demo::topology::{
+    Cluster, ClusterSpec, NodeKind, node_addr, pod_ip, vtep_mac,
+};
 use hybridway_control::demo::{iperf, outside_sees};
 use hybridway_dataplane::port::netns::NetnsGuard;
 
@@ -42,14 +49,23 @@ fn metric(c: &Cluster, node: u8, name: &str, label: &str) -> u64 {
 }
 
 fn assert_ping(c: &Cluster, from: (u8, u8), to: Ipv4Addr) {
-    assert!(c.ping(from, to, 3).unwrap(), "ping p{}{} -> {to} failed", from.0, from.1);
+    assert!(
+        c.ping(from, to, 3).unwrap(),
+        "ping p{}{} -> {to} failed",
+        from.0,
+        from.1
+    );
 }
 
 fn assert_tcp_udp_both_ways(c: &Cluster, a: (u8, u8), b: (u8, u8)) {
     for (client, server) in [(a, b), (b, a)] {
         for udp in [false, true] {
             let r = iperf(c, client, server, udp, 1);
-            assert!(r.is_ok(), "iperf3 {} {client:?} -> {server:?}: {r:?}", if udp { "UDP" } else { "TCP" });
+            assert!(
+                r.is_ok(),
+                "iperf3 {} {client:?} -> {server:?}: {r:?}",
+                if udp { "UDP" } else { "TCP" }
+            );
         }
     }
 }
@@ -65,12 +81,21 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 #[test]
 fn overlay_pods_exchange_icmp_tcp_udp_both_ways_and_reach_the_outside_through_snat() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let c = cluster("ov", true, true, vec![NodeKind::Hybridway, NodeKind::Hybridway]);
+    let c = cluster(
+        "ov",
+        true,
+        true,
+        vec![NodeKind::Hybridway, NodeKind::Hybridway],
+    );
     assert_ping(&c, (1, 1), pod_ip(2, 1));
     assert_ping(&c, (2, 1), pod_ip(1, 1));
     assert_ping(&c, (1, 1), pod_ip(1, 2));
     assert_tcp_udp_both_ways(&c, (1, 1), (2, 2));
-    assert_eq!(outside_sees(&c, (1, 2)).unwrap(), node_addr(1), "SNAT: the outside sees the node");
+    assert_eq!(
+        outside_sees(&c, (1, 2)).unwrap(),
+        node_addr(1),
+        "SNAT: the outside sees the node"
+    );
     assert_eq!(outside_sees(&c, (2, 1)).unwrap(), node_addr(2));
     // The traffic crossed the dataplane: VXLAN in and out of both uplinks.
     for n in [1, 2] {
@@ -82,20 +107,50 @@ fn overlay_pods_exchange_icmp_tcp_udp_both_ways_and_reach_the_outside_through_sn
 #[test]
 fn kernel_vxlan_configured_like_flannel_is_a_peer() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let c = cluster("kv", true, true, vec![NodeKind::Hybridway, NodeKind::KernelVxlan]);
+    let c = cluster(
+        "kv",
+        true,
+        true,
+        vec![NodeKind::Hybridway, NodeKind::KernelVxlan],
+    );
     assert_ping(&c, (1, 1), pod_ip(2, 1));
     assert_ping(&c, (2, 2), pod_ip(1, 2));
     assert_tcp_udp_both_ways(&c, (1, 1), (2, 1));
-    let fdb = c.node(2).unwrap().ns.sh("bridge fdb show dev flannel.1").unwrap();
-    assert!(fdb.contains(&format!("{} dst {}", vtep_mac(1), node_addr(1))), "{fdb}");
-    assert_eq!(metric(&c, 1, "hybridway_drops_total", "reason=\"vxlan_unknown_source\""), 0);
+    let fdb = c
+        .node(2)
+        .unwrap()
+        .ns
+        .sh("bridge fdb show dev flannel.1")
+        .unwrap();
+    assert!(
+        fdb.contains(&format!("{} dst {}", vtep_mac(1), node_addr(1))),
+        "{fdb}"
+    );
+    assert_eq!(
+        metric(
+            &c,
+            1,
+            "hybridway_drops_total",
+            "reason=\"vxlan_unknown_source\""
+        ),
+        0
+    );
     assert!(metric(&c, 1, "hybridway_port_rx_packets_total", "port=\"eth0/q0\"") > 100);
 }
 
 #[test]
 fn underlay_pods_talk_to_each_other_and_to_a_kernel_routed_node() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let c = cluster("ul", false, true, vec![NodeKind::Hybridway, NodeKind::Hybridway, NodeKind::KernelRouting]);
+    let c = cluster(
+        "ul",
+        false,
+        true,
+        vec![
+            NodeKind::Hybridway,
+            NodeKind::Hybridway,
+            NodeKind::KernelRouting,
+        ],
+    );
     assert_ping(&c, (1, 1), pod_ip(2, 1));
     assert_ping(&c, (2, 1), pod_ip(1, 1));
     assert_tcp_udp_both_ways(&c, (1, 2), (2, 1));
@@ -110,7 +165,12 @@ fn underlay_pods_talk_to_each_other_and_to_a_kernel_routed_node() {
 #[test]
 fn with_snat_off_the_outside_sees_the_pod_address() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let c = cluster("ns", true, false, vec![NodeKind::Hybridway, NodeKind::Hybridway]);
+    let c = cluster(
+        "ns",
+        true,
+        false,
+        vec![NodeKind::Hybridway, NodeKind::Hybridway],
+    );
     // The outside routes pod blocks to their nodes (what BGP would teach it).
     assert_eq!(outside_sees(&c, (1, 1)).unwrap(), pod_ip(1, 1));
     assert_eq!(outside_sees(&c, (2, 2)).unwrap(), pod_ip(2, 2));
@@ -140,14 +200,36 @@ fn send_udp_from(ns: &str, src: Ipv4Addr, dst: Ipv4Addr, payloads: &[Vec<u8>]) {
 #[test]
 fn garbage_and_vxlan_from_strangers_are_counted_and_the_agent_stays_up() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let c = cluster("gb", true, true, vec![NodeKind::Hybridway, NodeKind::Hybridway]);
+    let c = cluster(
+        "gb",
+        true,
+        true,
+        vec![NodeKind::Hybridway, NodeKind::Hybridway],
+    );
     // Garbage to 8472 from a known node, and well-formed VXLAN from a stranger.
-    let garbage: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; usize::from(i) % 40 + 1]).collect();
-    send_udp_from(&c.node(2).unwrap().ns.name, node_addr(2), node_addr(1), &garbage);
+    let garbage: Vec<Vec<u8>> = (0..50u8)
+        .map(|i| vec![i; usize::from(i) % 40 + 1])
+        .collect();
+    send_udp_from(
+        &c.node(2).unwrap().ns.name,
+        node_addr(2),
+        node_addr(1),
+        &garbage,
+    );
     let stranger = vec![vxlan_payload(pod_ip(1, 1)); 20];
-    send_udp_from(&c.outside.name, Ipv4Addr::new(198, 18, 0, 254), node_addr(1), &stranger);
+    send_udp_from(
+        &c.outside.name,
+        Ipv4Addr::new(198, 18, 0, 254),
+        node_addr(1),
+        &stranger,
+    );
     wait_until("drops counted", || {
-        metric(&c, 1, "hybridway_drops_total", "reason=\"vxlan_unknown_source\"") >= 20
+        metric(
+            &c,
+            1,
+            "hybridway_drops_total",
+            "reason=\"vxlan_unknown_source\"",
+        ) >= 20
             && metric(&c, 1, "hybridway_drops_total", "reason=\"vxlan_") >= 70
     });
     // Nothing of it reached the pod, and the agent still forwards.
@@ -158,38 +240,75 @@ fn garbage_and_vxlan_from_strangers_are_counted_and_the_agent_stays_up() {
 #[test]
 fn a_node_removed_by_sighup_stops_receiving_and_comes_back_when_restored() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let c = cluster("hup", true, true, vec![NodeKind::Hybridway, NodeKind::Hybridway]);
+    let c = cluster(
+        "hup",
+        true,
+        true,
+        vec![NodeKind::Hybridway, NodeKind::Hybridway],
+    );
     assert_ping(&c, (2, 1), pod_ip(1, 1));
     let node1 = c.node(1).unwrap();
-    let before = metric(&c, 1, "hybridway_drops_total", "reason=\"vxlan_unknown_source\"");
+    let before = metric(
+        &c,
+        1,
+        "hybridway_drops_total",
+        "reason=\"vxlan_unknown_source\"",
+    );
     std::fs::write(&node1.config, c.agent_yaml_with_peers(1, &[])).unwrap();
     c.signal_agent(1, "HUP").unwrap();
-    wait_until("reload", || metric(&c, 1, "hybridway_remote_nodes", "") == 0);
+    wait_until("reload", || {
+        metric(&c, 1, "hybridway_remote_nodes", "") == 0
+    });
     // Node 2 still sends; node 1 no longer accepts it, and counts why.
-    assert!(!c.ping((2, 1), pod_ip(1, 1), 2).unwrap(), "node1 still accepts traffic from a removed node");
+    assert!(
+        !c.ping((2, 1), pod_ip(1, 1), 2).unwrap(),
+        "node1 still accepts traffic from a removed node"
+    );
     assert!(!c.ping((1, 1), pod_ip(2, 1), 2).unwrap());
-    assert!(metric(&c, 1, "hybridway_drops_total", "reason=\"vxlan_unknown_source\"") > before);
+    assert!(
+        metric(
+            &c,
+            1,
+            "hybridway_drops_total",
+            "reason=\"vxlan_unknown_source\""
+        ) > before
+    );
     // A pod on the same node kept working the whole time.
     assert_ping(&c, (1, 1), pod_ip(1, 2));
     std::fs::write(&node1.config, c.agent_yaml(1)).unwrap();
     c.signal_agent(1, "HUP").unwrap();
-    wait_until("reload back", || metric(&c, 1, "hybridway_remote_nodes", "") == 1);
+    wait_until("reload back", || {
+        metric(&c, 1, "hybridway_remote_nodes", "") == 1
+    });
     assert_ping(&c, (2, 1), pod_ip(1, 1));
     // A broken file is refused and the running tables stay.
     std::fs::write(&node1.config, "node: {name: broken}\n").unwrap();
     c.signal_agent(1, "HUP").unwrap();
-    wait_until("refusal counted", || metric(&c, 1, "hybridway_config_reload_failures", "") == 1);
+    wait_until("refusal counted", || {
+        metric(&c, 1, "hybridway_config_reload_failures", "") == 1
+    });
     assert_ping(&c, (1, 1), pod_ip(2, 1));
 }
 
 #[test]
 fn killed_agent_restarts_with_its_pods_and_sigterm_leaves_no_xdp_behind() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut c = cluster("rs", true, true, vec![NodeKind::Hybridway, NodeKind::Hybridway]);
+    let mut c = cluster(
+        "rs",
+        true,
+        true,
+        vec![NodeKind::Hybridway, NodeKind::Hybridway],
+    );
     assert_ping(&c, (1, 1), pod_ip(2, 1));
     // Mid-transfer: a TCP stream runs while the agent is killed and restarted.
     let srv = c.pod(2, 1).unwrap();
-    let mut server = srv.ns.command("iperf3").args(["-s", "-1"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut server = srv
+        .ns
+        .command("iperf3")
+        .args(["-s", "-1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let cli = c.pod(1, 1).unwrap();
     let client = cli
@@ -207,8 +326,14 @@ fn killed_agent_restarts_with_its_pods_and_sigterm_leaves_no_xdp_behind() {
     let _ = server.kill();
     let _ = server.wait();
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(json.get("error").is_none(), "the transfer did not survive the restart: {json}");
-    let received = json.pointer("/end/sum_received/bytes").and_then(|v| v.as_u64()).unwrap();
+    assert!(
+        json.get("error").is_none(),
+        "the transfer did not survive the restart: {json}"
+    );
+    let received = json
+        .pointer("/end/sum_received/bytes")
+        .and_then(|v| v.as_u64())
+        .unwrap();
     assert!(received > 0);
     // The pods came back from the state file without being added again.
     assert_ping(&c, (1, 1), pod_ip(2, 1));
@@ -219,7 +344,10 @@ fn killed_agent_restarts_with_its_pods_and_sigterm_leaves_no_xdp_behind() {
     let ns = &c.node(1).unwrap().ns;
     for dev in ["eth0", "hwp1", "hwp2"] {
         let link = ns.sh(&format!("ip -d link show {dev}")).unwrap();
-        assert!(!link.contains("xdp"), "{dev} still has an XDP program: {link}");
+        assert!(
+            !link.contains("xdp"),
+            "{dev} still has an XDP program: {link}"
+        );
     }
     // The node's own stack works as before: it reaches the other node.
     ns.sh(&format!("ping -c 1 -W 2 {}", node_addr(2))).unwrap();

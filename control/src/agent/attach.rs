@@ -10,7 +10,9 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use hybridway_dataplane::frame::PortId;
-use hybridway_dataplane::port::xdp::{AttachMode, SnatSteer, SteerRules, XdpConfig, XdpPort, XdpSteering};
+use hybridway_dataplane::port::xdp::{
+    AttachMode, SnatSteer, SteerRules, XdpConfig, XdpPort, XdpSteering,
+};
 use hybridway_dataplane::port::{Backend, Port, PortError};
 
 use super::config::{AgentConfig, ModeConfig};
@@ -25,8 +27,11 @@ const POD_RING: u32 = 512;
 /// connections to the kernel. Above the kernel's range when there is room for at
 /// least 1024 ports, else below it.
 pub fn snat_port_range() -> RangeInclusive<u16> {
-    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-    let mut it = text.split_whitespace().filter_map(|v| v.parse::<u16>().ok());
+    let text =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = text
+        .split_whitespace()
+        .filter_map(|v| v.parse::<u16>().ok());
     let (lo, hi) = (it.next().unwrap_or(32768), it.next().unwrap_or(60999));
     snat_range_beside(lo, hi)
 }
@@ -38,7 +43,11 @@ pub fn snat_range_beside(lo: u16, hi: u16) -> RangeInclusive<u16> {
     } else if lo >= 2048 {
         1024..=lo - 1
     } else {
-        tracing::warn!(lo, hi, "ip_local_port_range leaves no room for SNAT ports; sharing 61000-65535 with the kernel");
+        tracing::warn!(
+            lo,
+            hi,
+            "ip_local_port_range leaves no room for SNAT ports; sharing 61000-65535 with the kernel"
+        );
         61000..=65535
     }
 }
@@ -46,7 +55,11 @@ pub fn snat_range_beside(lo: u16, hi: u16) -> RangeInclusive<u16> {
 /// Number of receive queues of `ifname` (1 when sysfs does not say).
 pub fn rx_queues(ifname: &str) -> usize {
     std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
-        .map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count()
+        })
         .unwrap_or(1)
         .max(1)
 }
@@ -60,7 +73,10 @@ pub struct PortOpener {
 
 impl PortOpener {
     pub fn new(backend: Backend, cfg: &AgentConfig) -> Self {
-        PortOpener { backend, hugepages: cfg.dataplane.hugepages }
+        PortOpener {
+            backend,
+            hugepages: cfg.dataplane.hugepages,
+        }
     }
 
     /// What the uplink's steering program sends to the dataplane.
@@ -73,8 +89,11 @@ impl PortOpener {
         match cfg.mode {
             // Plain packets for local pods come too: replies from outside when SNAT is
             // off arrive routed (BGP), not encapsulated.
-            ModeConfig::Overlay => SteerRules { vxlan_port: cfg.vxlan.port, ..SteerRules::vxlan_to(cfg.node.address) }
-                .with_pod_block(block_v4, block.len()),
+            ModeConfig::Overlay => SteerRules {
+                vxlan_port: cfg.vxlan.port,
+                ..SteerRules::vxlan_to(cfg.node.address)
+            }
+            .with_pod_block(block_v4, block.len()),
             ModeConfig::Underlay => SteerRules {
                 steer_all: false,
                 node_addr: None,
@@ -97,19 +116,28 @@ impl PortOpener {
         match self.backend {
             Backend::AfXdp | Backend::Auto => {
                 let ifname = &cfg.uplink.interface;
-                let snat = snat_ports.map(|ports| SnatSteer { addr: cfg.node.address, ports });
-                let steering =
-                    XdpSteering::attach_with_snat(ifname, Self::uplink_rules(cfg), snat, AttachMode::Auto)?;
+                let snat = snat_ports.map(|ports| SnatSteer {
+                    addr: cfg.node.address,
+                    ports,
+                });
+                let steering = XdpSteering::attach_with_snat(
+                    ifname,
+                    Self::uplink_rules(cfg),
+                    snat,
+                    AttachMode::Auto,
+                )?;
                 (0..queues)
                     .map(|q| {
                         let mut c = XdpConfig::new(ifname, u32::try_from(q).unwrap_or(0), id);
                         c.hugepages = self.hugepages;
-                        XdpPort::open(&c, Arc::clone(&steering)).map(|p| Box::new(p) as Box<dyn Port>)
+                        XdpPort::open(&c, Arc::clone(&steering))
+                            .map(|p| Box::new(p) as Box<dyn Port>)
                     })
                     .collect()
             }
             Backend::Tun => Err(PortError::TunUnavailable {
-                missing: "the TUN backend is not wired into the agent yet; use backend: af_xdp".into(),
+                missing: "the TUN backend is not wired into the agent yet; use backend: af_xdp"
+                    .into(),
             }),
         }
     }
@@ -118,7 +146,8 @@ impl PortOpener {
     pub fn open_pod(&self, ifname: &str, id: PortId) -> Result<Box<dyn Port>, PortError> {
         match self.backend {
             Backend::AfXdp | Backend::Auto => {
-                let steering = XdpSteering::attach(ifname, SteerRules::everything(), AttachMode::Auto)?;
+                let steering =
+                    XdpSteering::attach(ifname, SteerRules::everything(), AttachMode::Auto)?;
                 let mut c = XdpConfig::new(ifname, 0, id);
                 c.hugepages = self.hugepages;
                 c.frames = POD_FRAMES;
@@ -126,14 +155,20 @@ impl PortOpener {
                 Ok(Box::new(XdpPort::open(&c, steering)?))
             }
             Backend::Tun => Err(PortError::TunUnavailable {
-                missing: "the TUN backend is not wired into the agent yet; use backend: af_xdp".into(),
+                missing: "the TUN backend is not wired into the agent yet; use backend: af_xdp"
+                    .into(),
             }),
         }
     }
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 mod tests {
     use super::*;
 

@@ -60,8 +60,16 @@ fn respond(agent: &mut Agent, req: Request) -> Response {
         Request::Reload => agent.reload().map(|()| None),
     };
     match result {
-        Ok(status) => Response { ok: true, error: None, status: status.and_then(|s| serde_json::to_value(s).ok()) },
-        Err(e) => Response { ok: false, error: Some(e.to_string()), status: None },
+        Ok(status) => Response {
+            ok: true,
+            error: None,
+            status: status.and_then(|s| serde_json::to_value(s).ok()),
+        },
+        Err(e) => Response {
+            ok: false,
+            error: Some(e.to_string()),
+            status: None,
+        },
     }
 }
 
@@ -74,7 +82,11 @@ async fn serve_one(agent: &mut Agent, stream: UnixStream) -> std::io::Result<()>
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
     let resp = match serde_json::from_str::<Request>(line.trim()) {
         Ok(req) => respond(agent, req),
-        Err(e) => Response { ok: false, error: Some(format!("bad request: {e}")), status: None },
+        Err(e) => Response {
+            ok: false,
+            error: Some(format!("bad request: {e}")),
+            status: None,
+        },
     };
     let mut text = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"ok\":false}".into());
     text.push('\n');
@@ -85,7 +97,10 @@ async fn serve_one(agent: &mut Agent, stream: UnixStream) -> std::io::Result<()>
 use tokio::io::AsyncReadExt as _;
 
 fn bind(path: &Path) -> Result<UnixListener, ControlError> {
-    let err = |source| ControlError::Socket { path: path.to_owned(), source };
+    let err = |source| ControlError::Socket {
+        path: path.to_owned(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
@@ -100,7 +115,10 @@ fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 pub async fn run(mut agent: Agent) -> Result<(), ControlError> {
     let path = agent.config().control.socket.clone();
     let listener = bind(&path)?;
-    let sig_err = |source| ControlError::Socket { path: PathBuf::from("<signals>"), source };
+    let sig_err = |source| ControlError::Socket {
+        path: PathBuf::from("<signals>"),
+        source,
+    };
     let mut hup = signal(SignalKind::hangup()).map_err(sig_err)?;
     let mut term = signal(SignalKind::terminate()).map_err(sig_err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(sig_err)?;
@@ -138,15 +156,24 @@ pub async fn run(mut agent: Agent) -> Result<(), ControlError> {
 /// Sends one request to the agent at `socket` and returns its response.
 pub fn call(socket: &Path, req: &Request) -> Result<Response, ControlError> {
     use std::io::{BufRead, Write};
-    let err = |source| ControlError::Socket { path: socket.to_owned(), source };
+    let err = |source| ControlError::Socket {
+        path: socket.to_owned(),
+        source,
+    };
     let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(err)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(err)?;
-    let mut text = serde_json::to_string(req).map_err(|e| ControlError::BadResponse(e.to_string()))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(err)?;
+    let mut text =
+        serde_json::to_string(req).map_err(|e| ControlError::BadResponse(e.to_string()))?;
     text.push('\n');
     stream.write_all(text.as_bytes()).map_err(err)?;
     let mut line = String::new();
-    std::io::BufReader::new(&stream).read_line(&mut line).map_err(err)?;
-    let resp: Response = serde_json::from_str(line.trim()).map_err(|_| ControlError::BadResponse(line.clone()))?;
+    std::io::BufReader::new(&stream)
+        .read_line(&mut line)
+        .map_err(err)?;
+    let resp: Response =
+        serde_json::from_str(line.trim()).map_err(|_| ControlError::BadResponse(line.clone()))?;
     if !resp.ok {
         return Err(ControlError::Refused(resp.error.unwrap_or_default()));
     }
@@ -154,7 +181,12 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, ControlError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 mod tests {
     use super::*;
 

@@ -20,7 +20,9 @@ use serde::Serialize;
 use super::attach::{PortOpener, rx_queues, snat_port_range};
 use super::config::{AgentConfig, BackendConfig, ConfigError};
 use super::neighbors::{self, HostError};
-use super::table_builder::{BuildError, LocalPod, PodAttachment, UplinkFacts, build_tables, next_hops};
+use super::table_builder::{
+    BuildError, LocalPod, PodAttachment, UplinkFacts, build_tables, next_hops,
+};
 
 /// The uplink's port id; pods get 1, 2, ...
 pub const UPLINK_PORT: PortId = PortId(0);
@@ -141,7 +143,13 @@ impl Agent {
             Some(g) => Some(g),
             None => neighbors::default_gateway(&ifname)?,
         };
-        let uplink = UplinkFacts { port: UPLINK_PORT, mac: info.mac, mtu: info.mtu, prefix_len, gateway };
+        let uplink = UplinkFacts {
+            port: UPLINK_PORT,
+            mac: info.mac,
+            mtu: info.mtu,
+            prefix_len,
+            gateway,
+        };
 
         let wanted = match cfg.dataplane.backend {
             BackendConfig::Auto => Backend::Auto,
@@ -175,7 +183,9 @@ impl Agent {
             port_range: snat_ports.clone(),
             ..SnatConfig::default()
         };
-        let pool = WorkerPool::start(&pool_cfg, Arc::clone(&tables), move |w| Pipeline::new(w, &snat))?;
+        let pool = WorkerPool::start(&pool_cfg, Arc::clone(&tables), move |w| {
+            Pipeline::new(w, &snat)
+        })?;
 
         // One uplink queue per worker while the device has queues; a single-queue
         // uplink belongs to worker 0 and the others hand it their frames.
@@ -217,39 +227,89 @@ impl Agent {
     }
 
     fn pool(&self) -> Result<&WorkerPool, AgentError> {
-        self.pool.as_ref().ok_or_else(|| AgentError::Refused("the agent is stopping".into()))
+        self.pool
+            .as_ref()
+            .ok_or_else(|| AgentError::Refused("the agent is stopping".into()))
     }
 
     fn start_metrics(&mut self) -> Result<(), AgentError> {
-        let Some(addr) = self.cfg.metrics.listen else { return Ok(()) };
+        let Some(addr) = self.cfg.metrics.listen else {
+            return Ok(());
+        };
         let counters = Arc::clone(self.pool()?.counters());
         let gauges = Arc::clone(&self.gauges);
         let render = Arc::new(move |out: &mut String| {
             use std::fmt::Write as _;
             counters.render_prometheus(out);
             let g = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", v.load(Ordering::Relaxed));
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                    v.load(Ordering::Relaxed)
+                );
             };
-            g(out, "hybridway_tables_generation", "Generation of the published table snapshot.", &gauges.generation);
-            g(out, "hybridway_local_pods", "Pods attached on this node.", &gauges.pods);
-            g(out, "hybridway_remote_nodes", "Other nodes in the tables.", &gauges.nodes);
-            g(out, "hybridway_unresolved_next_hops", "Next hops without a known MAC.", &gauges.unresolved);
-            g(out, "hybridway_config_reloads", "Successful configuration reloads.", &gauges.reloads);
-            g(out, "hybridway_config_reload_failures", "Refused configuration reloads.", &gauges.reload_failures);
+            g(
+                out,
+                "hybridway_tables_generation",
+                "Generation of the published table snapshot.",
+                &gauges.generation,
+            );
+            g(
+                out,
+                "hybridway_local_pods",
+                "Pods attached on this node.",
+                &gauges.pods,
+            );
+            g(
+                out,
+                "hybridway_remote_nodes",
+                "Other nodes in the tables.",
+                &gauges.nodes,
+            );
+            g(
+                out,
+                "hybridway_unresolved_next_hops",
+                "Next hops without a known MAC.",
+                &gauges.unresolved,
+            );
+            g(
+                out,
+                "hybridway_config_reloads",
+                "Successful configuration reloads.",
+                &gauges.reloads,
+            );
+            g(
+                out,
+                "hybridway_config_reload_failures",
+                "Refused configuration reloads.",
+                &gauges.reload_failures,
+            );
         });
-        let server = MetricsServer::start(addr, render).map_err(|source| AgentError::Metrics { addr, source })?;
+        let server = MetricsServer::start(addr, render)
+            .map_err(|source| AgentError::Metrics { addr, source })?;
         tracing::info!(addr = %server.local_addr(), "Prometheus metrics at /metrics");
         self.metrics = Some(server);
         Ok(())
     }
 
     fn attachments(&self) -> Vec<PodAttachment> {
-        self.pods.values().map(|e| PodAttachment { pod: e.pod.clone(), port: e.port }).collect()
+        self.pods
+            .values()
+            .map(|e| PodAttachment {
+                pod: e.pod.clone(),
+                port: e.port,
+            })
+            .collect()
     }
 
     /// Builds a snapshot from the current state and publishes it.
     fn publish(&mut self) -> Result<(), AgentError> {
-        let built = build_tables(&self.cfg, &self.uplink, &self.attachments(), &self.neighbors)?;
+        let built = build_tables(
+            &self.cfg,
+            &self.uplink,
+            &self.attachments(),
+            &self.neighbors,
+        )?;
         self.unresolved = built.unresolved;
         if !self.unresolved.is_empty() {
             tracing::warn!(next_hops = ?self.unresolved, "next hops without a MAC yet; their routes go nowhere until resolved");
@@ -257,9 +317,15 @@ impl Agent {
         self.tables.publish(built.tables);
         let generation = self.tables.load().generation;
         self.gauges.generation.store(generation, Ordering::Relaxed);
-        self.gauges.pods.store(self.pods.len() as u64, Ordering::Relaxed);
-        self.gauges.nodes.store(self.cfg.nodes.len() as u64, Ordering::Relaxed);
-        self.gauges.unresolved.store(self.unresolved.len() as u64, Ordering::Relaxed);
+        self.gauges
+            .pods
+            .store(self.pods.len() as u64, Ordering::Relaxed);
+        self.gauges
+            .nodes
+            .store(self.cfg.nodes.len() as u64, Ordering::Relaxed);
+        self.gauges
+            .unresolved
+            .store(self.unresolved.len() as u64, Ordering::Relaxed);
         tracing::debug!(generation, "tables published");
         Ok(())
     }
@@ -268,7 +334,11 @@ impl Agent {
     /// periodically by the control loop.
     pub fn refresh_neighbors(&mut self) -> Result<(), AgentError> {
         let hops = next_hops(&self.cfg, &self.uplink);
-        let wait = if self.unresolved.is_empty() { Duration::ZERO } else { RESOLVE_WAIT };
+        let wait = if self.unresolved.is_empty() {
+            Duration::ZERO
+        } else {
+            RESOLVE_WAIT
+        };
         let mut found = neighbors::resolve(&self.cfg.uplink.interface, &hops, wait);
         found.retain(|ip, _| hops.contains(ip));
         // Keep what we knew if the kernel's entry went stale and vanished for a moment.
@@ -298,13 +368,28 @@ impl Agent {
         let next = AgentConfig::load(&self.config_path)?;
         let cur = &self.cfg;
         let fixed: [(&str, bool); 8] = [
-            ("node", next.node.name == cur.node.name && next.node.address == cur.node.address),
+            (
+                "node",
+                next.node.name == cur.node.name && next.node.address == cur.node.address,
+            ),
             ("mode", next.mode == cur.mode),
-            ("uplink.interface", next.uplink.interface == cur.uplink.interface),
-            ("pods", next.pods.block == cur.pods.block && next.pods.gateway == cur.pods.gateway),
+            (
+                "uplink.interface",
+                next.uplink.interface == cur.uplink.interface,
+            ),
+            (
+                "pods",
+                next.pods.block == cur.pods.block && next.pods.gateway == cur.pods.gateway,
+            ),
             ("vxlan.port", next.vxlan.port == cur.vxlan.port),
-            ("dataplane.backend", next.dataplane.backend == cur.dataplane.backend),
-            ("dataplane.workers", next.dataplane.workers == cur.dataplane.workers),
+            (
+                "dataplane.backend",
+                next.dataplane.backend == cur.dataplane.backend,
+            ),
+            (
+                "dataplane.workers",
+                next.dataplane.workers == cur.dataplane.workers,
+            ),
             ("control.socket", next.control.socket == cur.control.socket),
         ];
         if let Some((field, _)) = fixed.iter().find(|(_, same)| !same) {
@@ -318,9 +403,17 @@ impl Agent {
         let before: Vec<String> = self.cfg.nodes.iter().map(|n| n.name.clone()).collect();
         let previous = std::mem::replace(&mut self.cfg, next);
         let hops = next_hops(&self.cfg, &self.uplink);
-        let missing: Vec<Ipv4Addr> = hops.iter().copied().filter(|h| !self.neighbors.contains_key(h)).collect();
+        let missing: Vec<Ipv4Addr> = hops
+            .iter()
+            .copied()
+            .filter(|h| !self.neighbors.contains_key(h))
+            .collect();
         if !missing.is_empty() {
-            self.neighbors.extend(neighbors::resolve(&self.cfg.uplink.interface, &missing, RESOLVE_WAIT));
+            self.neighbors.extend(neighbors::resolve(
+                &self.cfg.uplink.interface,
+                &missing,
+                RESOLVE_WAIT,
+            ));
         }
         if let Err(e) = self.publish() {
             self.cfg = previous;
@@ -332,7 +425,9 @@ impl Agent {
     }
 
     fn free_port_id(&self) -> Option<PortId> {
-        (1..=u16::MAX).map(PortId).find(|id| self.pods.values().all(|e| e.port != *id))
+        (1..=u16::MAX)
+            .map(PortId)
+            .find(|id| self.pods.values().all(|e| e.port != *id))
     }
 
     /// Attaches a pod: opens its port on the least loaded worker, then publishes a
@@ -345,9 +440,16 @@ impl Agent {
 
     fn attach_pod(&mut self, pod: LocalPod) -> Result<(), AgentError> {
         if self.pods.contains_key(&pod.name) {
-            return Err(AgentError::Refused(format!("pod {} is already attached; remove it first", pod.name)));
+            return Err(AgentError::Refused(format!(
+                "pod {} is already attached; remove it first",
+                pod.name
+            )));
         }
-        if let Some(other) = self.pods.values().find(|e| e.pod.interface == pod.interface) {
+        if let Some(other) = self
+            .pods
+            .values()
+            .find(|e| e.pod.interface == pod.interface)
+        {
             return Err(AgentError::Refused(format!(
                 "interface {} already belongs to pod {}",
                 pod.interface, other.pod.name
@@ -355,10 +457,15 @@ impl Agent {
         }
         // Validate against the tables before touching the interface.
         let mut trial = self.attachments();
-        trial.push(PodAttachment { pod: pod.clone(), port: PortId(u16::MAX) });
+        trial.push(PodAttachment {
+            pod: pod.clone(),
+            port: PortId(u16::MAX),
+        });
         build_tables(&self.cfg, &self.uplink, &trial, &self.neighbors)?;
 
-        let id = self.free_port_id().ok_or_else(|| AgentError::Refused("no free port ids".into()))?;
+        let id = self
+            .free_port_id()
+            .ok_or_else(|| AgentError::Refused("no free port ids".into()))?;
         let workers = self.pool()?.workers();
         let mut load = vec![0usize; workers];
         for e in self.pods.values() {
@@ -366,12 +473,21 @@ impl Agent {
                 *l += 1;
             }
         }
-        let worker = (0..workers).min_by_key(|w| load.get(*w).copied().unwrap_or(0)).unwrap_or(0);
+        let worker = (0..workers)
+            .min_by_key(|w| load.get(*w).copied().unwrap_or(0))
+            .unwrap_or(0);
         let port = self.opener.open_pod(&pod.interface, id)?;
         self.pool()?.add_port(worker, port, true)?;
         tracing::info!(pod = %pod.name, ip = %pod.ip, interface = %pod.interface, %id, worker, "pod attached");
         let name = pod.name.clone();
-        self.pods.insert(name.clone(), PodEntry { pod, port: id, worker });
+        self.pods.insert(
+            name.clone(),
+            PodEntry {
+                pod,
+                port: id,
+                worker,
+            },
+        );
         if let Err(e) = self.publish() {
             let _ = self.detach(&name);
             return Err(e);
@@ -387,7 +503,10 @@ impl Agent {
     }
 
     fn detach(&mut self, name: &str) -> Result<(), AgentError> {
-        let entry = self.pods.remove(name).ok_or_else(|| AgentError::Refused(format!("no pod named {name}")))?;
+        let entry = self
+            .pods
+            .remove(name)
+            .ok_or_else(|| AgentError::Refused(format!("no pod named {name}")))?;
         self.publish()?;
         self.pool()?.remove_port(entry.port)?;
         tracing::info!(pod = name, "pod detached");
@@ -413,7 +532,9 @@ impl Agent {
 
     fn restore_pods(&mut self) {
         let path = self.cfg.control.state_file.clone();
-        let Ok(text) = std::fs::read_to_string(&path) else { return };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
         let pods: Vec<LocalPod> = match serde_json::from_str(&text) {
             Ok(p) => p,
             Err(e) => {
@@ -469,7 +590,11 @@ impl Agent {
                 .cfg
                 .nodes
                 .iter()
-                .map(|n| NodeStatus { name: n.name.clone(), address: n.address, pod_block: n.pod_block.to_string() })
+                .map(|n| NodeStatus {
+                    name: n.name.clone(),
+                    address: n.address,
+                    pod_block: n.pod_block.to_string(),
+                })
                 .collect(),
             unresolved_next_hops: self.unresolved.clone(),
             drops,

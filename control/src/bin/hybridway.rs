@@ -10,7 +10,11 @@ use hybridway_control::agent::{Agent, LocalPod};
 use hybridway_dataplane::wire::MacAddr;
 
 #[derive(Debug, Parser)]
-#[command(name = "hybridway", version, about = "Kubernetes networking for hybrid cloud node pools")]
+#[command(
+    name = "hybridway",
+    version,
+    about = "Kubernetes networking for hybrid cloud node pools"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,7 +83,10 @@ enum PodAction {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn print_response(resp: &control::Response) -> anyhow::Result<()> {
@@ -96,8 +103,11 @@ fn main() -> anyhow::Result<()> {
         Command::Version => println!("hybridway {}", env!("CARGO_PKG_VERSION")),
         Command::Agent { config } => {
             init_logging();
-            let agent = Agent::start(&config).with_context(|| format!("starting the agent from {}", config.display()))?;
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let agent = Agent::start(&config)
+                .with_context(|| format!("starting the agent from {}", config.display()))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(control::run(agent))?;
         }
         Command::CheckConfig { config } => {
@@ -106,9 +116,19 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Pod { action, socket } => {
             let req = match action {
-                PodAction::Add { name, ip, mac, port } => {
-                    Request::PodAdd { pod: LocalPod { name, ip, mac, interface: port } }
-                }
+                PodAction::Add {
+                    name,
+                    ip,
+                    mac,
+                    port,
+                } => Request::PodAdd {
+                    pod: LocalPod {
+                        name,
+                        ip,
+                        mac,
+                        interface: port,
+                    },
+                },
                 PodAction::Remove { name } => Request::PodRemove { name },
             };
             print_response(&control::call(&socket, &req)?)?;

@@ -45,9 +45,17 @@ struct Report {
 
 impl Report {
     fn check(&mut self, what: &str, ok: bool, detail: &str) {
-        let line = if detail.is_empty() { what.to_string() } else { format!("{what}: {detail}") };
+        let line = if detail.is_empty() {
+            what.to_string()
+        } else {
+            format!("{what}: {detail}")
+        };
         println!("  [{}] {line}", if ok { "PASS" } else { "FAIL" });
-        if ok { self.passed.push(line) } else { self.failed.push(line) }
+        if ok {
+            self.passed.push(line)
+        } else {
+            self.failed.push(line)
+        }
     }
 }
 
@@ -63,18 +71,28 @@ fn interrupted(flag: &AtomicBool) -> anyhow::Result<()> {
 fn watch_signals() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
-    let _ = std::thread::Builder::new().name("demo-signals".into()).spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-        rt.block_on(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let _ = std::thread::Builder::new()
+        .name("demo-signals".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
-            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-            eprintln!("\ninterrupted: finishing the current step, then cleaning up");
-            f.store(true, Ordering::SeqCst);
+            rt.block_on(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut int), Ok(mut term)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) else {
+                    return;
+                };
+                tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+                eprintln!("\ninterrupted: finishing the current step, then cleaning up");
+                f.store(true, Ordering::SeqCst);
+            });
         });
-    });
     flag
 }
 
@@ -83,14 +101,18 @@ fn need(tool: &str) -> anyhow::Result<()> {
         .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
         .unwrap_or(false);
     if !found {
-        anyhow::bail!("`{tool}` is missing: run scripts/demo.sh (it installs the prerequisites) or apt-get install it");
+        anyhow::bail!(
+            "`{tool}` is missing: run scripts/demo.sh (it installs the prerequisites) or apt-get install it"
+        );
     }
     Ok(())
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     if !nix_is_root() {
-        anyhow::bail!("the demo creates network namespaces and attaches XDP programs: run it as root");
+        anyhow::bail!(
+            "the demo creates network namespaces and attaches XDP programs: run it as root"
+        );
     }
     for tool in ["ip", "ping", "iperf3", "ethtool", "bridge"] {
         need(tool)?;
@@ -99,12 +121,23 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let mut report = Report::default();
     let tag = format!("hwd{}", std::process::id() % 10_000);
-    let modes: &[bool] = if args.overlay_only { &[true] } else { &[true, false] };
+    let modes: &[bool] = if args.overlay_only {
+        &[true]
+    } else {
+        &[true, false]
+    };
     for &overlay in modes {
         interrupted(&stop)?;
-        let name = if overlay { "overlay (VXLAN, UDP 8472)" } else { "underlay (plain routing)" };
+        let name = if overlay {
+            "overlay (VXLAN, UDP 8472)"
+        } else {
+            "underlay (plain routing)"
+        };
         println!("\n=== {name}, backend {} ===", args.backend);
-        let dir = std::env::temp_dir().join(format!("{tag}-{}", if overlay { "overlay" } else { "underlay" }));
+        let dir = std::env::temp_dir().join(format!(
+            "{tag}-{}",
+            if overlay { "overlay" } else { "underlay" }
+        ));
         let spec = ClusterSpec {
             tag: tag.clone(),
             overlay,
@@ -115,7 +148,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             exe: exe.clone(),
             dir: dir.clone(),
         };
-        println!("building 2 nodes x 2 pods in namespaces {tag}-*; agent logs in {}", dir.display());
+        println!(
+            "building 2 nodes x 2 pods in namespaces {tag}-*; agent logs in {}",
+            dir.display()
+        );
         let cluster = Cluster::build(spec)?;
         let result = run_mode(&cluster, args, overlay, &stop, &mut report);
         print_counters(&cluster);
@@ -125,7 +161,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         }
         result?;
     }
-    println!("\n=== summary: {} passed, {} failed ===", report.passed.len(), report.failed.len());
+    println!(
+        "\n=== summary: {} passed, {} failed ===",
+        report.passed.len(),
+        report.failed.len()
+    );
     for f in &report.failed {
         println!("  FAILED: {f}");
     }
@@ -138,11 +178,21 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
-fn run_mode(cluster: &Cluster, args: &DemoArgs, overlay: bool, stop: &AtomicBool, report: &mut Report) -> anyhow::Result<()> {
+fn run_mode(
+    cluster: &Cluster,
+    args: &DemoArgs,
+    overlay: bool,
+    stop: &AtomicBool,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let mode = if overlay { "overlay" } else { "underlay" };
     println!("-- ping");
     for (from, to, what) in [
@@ -156,7 +206,11 @@ fn run_mode(cluster: &Cluster, args: &DemoArgs, overlay: bool, stop: &AtomicBool
         report.check(&format!("{mode}: ping {what}"), ok, "");
     }
     println!("-- iperf3 TCP and UDP between nodes");
-    for (client, server, udp) in [((1, 1), (2, 1), false), ((2, 2), (1, 2), false), ((1, 2), (2, 2), true)] {
+    for (client, server, udp) in [
+        ((1, 1), (2, 1), false),
+        ((2, 2), (1, 2), false),
+        ((1, 2), (2, 2), true),
+    ] {
         interrupted(stop)?;
         let what = format!(
             "{mode}: iperf3 {} p{}{} -> p{}{}",
@@ -172,10 +226,17 @@ fn run_mode(cluster: &Cluster, args: &DemoArgs, overlay: bool, stop: &AtomicBool
         }
     }
     interrupted(stop)?;
-    println!("-- SNAT {}: pod p11 -> outside host {OUTSIDE_SERVER}", if cluster.spec.snat { "on" } else { "off" });
+    println!(
+        "-- SNAT {}: pod p11 -> outside host {OUTSIDE_SERVER}",
+        if cluster.spec.snat { "on" } else { "off" }
+    );
     match outside_sees(cluster, (1, 1)) {
         Ok(seen) => {
-            let (want, what) = if cluster.spec.snat { (node_addr(1), "node") } else { (pod_ip(1, 1), "pod") };
+            let (want, what) = if cluster.spec.snat {
+                (node_addr(1), "node")
+            } else {
+                (pod_ip(1, 1), "pod")
+            };
             report.check(
                 &format!("{mode}: outside sees the {what} address"),
                 seen == want,
@@ -188,9 +249,19 @@ fn run_mode(cluster: &Cluster, args: &DemoArgs, overlay: bool, stop: &AtomicBool
 }
 
 /// Runs iperf3 between two pods; returns a one-line summary.
-pub fn iperf(cluster: &Cluster, client: (u8, u8), server: (u8, u8), udp: bool, seconds: u32) -> anyhow::Result<String> {
-    let srv = cluster.pod(server.0, server.1).ok_or_else(|| anyhow::anyhow!("no server pod"))?;
-    let cli = cluster.pod(client.0, client.1).ok_or_else(|| anyhow::anyhow!("no client pod"))?;
+pub fn iperf(
+    cluster: &Cluster,
+    client: (u8, u8),
+    server: (u8, u8),
+    udp: bool,
+    seconds: u32,
+) -> anyhow::Result<String> {
+    let srv = cluster
+        .pod(server.0, server.1)
+        .ok_or_else(|| anyhow::anyhow!("no server pod"))?;
+    let cli = cluster
+        .pod(client.0, client.1)
+        .ok_or_else(|| anyhow::anyhow!("no client pod"))?;
     let mut server_proc = srv
         .ns
         .command("iperf3")
@@ -198,33 +269,63 @@ pub fn iperf(cluster: &Cluster, client: (u8, u8), server: (u8, u8), udp: bool, s
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
-    std::thread::sleep(std::time::Duration::from_millis(300));
     let flags = if udp { "-u -b 100M -l 1200" } else { "" };
-    let out = cli.ns.try_sh(&format!(
-        "timeout {} iperf3 -c {} -t {seconds} {flags} --connect-timeout 3000 -J",
-        seconds + 10,
-        srv.ip
-    ));
+    // The server may need a moment to listen on a busy machine: retry the start.
+    let mut out = None;
+    for _ in 0..5 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let o = cli.ns.try_sh(&format!(
+            "timeout {} iperf3 -c {} -t {seconds} {flags} --connect-timeout 3000 -J",
+            seconds + 10,
+            srv.ip
+        ));
+        let refused = o
+            .as_ref()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Connection refused"));
+        out = Some(o);
+        if !refused {
+            break;
+        }
+    }
+    let out = out.ok_or_else(|| anyhow::anyhow!("iperf3 did not run"))?;
     let _ = server_proc.kill();
     let _ = server_proc.wait();
     let out = out?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|_| anyhow::anyhow!("iperf3 gave no JSON: {}", text.trim()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|_| anyhow::anyhow!("iperf3 gave no JSON: {}", text.trim()))?;
     if let Some(err) = json.get("error").and_then(|e| e.as_str()) {
         anyhow::bail!("iperf3: {err}");
     }
-    let end = json.get("end").ok_or_else(|| anyhow::anyhow!("iperf3: no result"))?;
+    let end = json
+        .get("end")
+        .ok_or_else(|| anyhow::anyhow!("iperf3: no result"))?;
     if udp {
-        let sum = end.get("sum").ok_or_else(|| anyhow::anyhow!("iperf3: no UDP sum"))?;
-        let bps = sum.get("bits_per_second").and_then(|v| v.as_f64()).unwrap_or(0.0);
-        let lost = sum.get("lost_percent").and_then(|v| v.as_f64()).unwrap_or(100.0);
+        let sum = end
+            .get("sum")
+            .ok_or_else(|| anyhow::anyhow!("iperf3: no UDP sum"))?;
+        let bps = sum
+            .get("bits_per_second")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0);
+        let lost = sum
+            .get("lost_percent")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(100.0);
         let packets = sum.get("packets").and_then(|v| v.as_u64()).unwrap_or(0);
         if packets == 0 || lost > 50.0 {
             anyhow::bail!("UDP: {packets} packets, {lost:.1}% lost");
         }
-        Ok(format!("{:.0} Mbit/s, {packets} datagrams, {lost:.2}% lost", bps / 1e6))
+        Ok(format!(
+            "{:.0} Mbit/s, {packets} datagrams, {lost:.2}% lost",
+            bps / 1e6
+        ))
     } else {
-        let recv = end.get("sum_received").and_then(|s| s.get("bits_per_second")).and_then(|v| v.as_f64()).unwrap_or(0.0);
+        let recv = end
+            .get("sum_received")
+            .and_then(|s| s.get("bits_per_second"))
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0);
         if recv <= 0.0 {
             anyhow::bail!("TCP: nothing received");
         }
@@ -235,25 +336,47 @@ pub fn iperf(cluster: &Cluster, client: (u8, u8), server: (u8, u8), udp: bool, s
 /// Connects from pod `from` to the outside server and returns the source address the
 /// outside saw (its iperf3 server reports the peer).
 pub fn outside_sees(cluster: &Cluster, from: (u8, u8)) -> anyhow::Result<Ipv4Addr> {
-    let cli = cluster.pod(from.0, from.1).ok_or_else(|| anyhow::anyhow!("no client pod"))?;
+    let cli = cluster
+        .pod(from.0, from.1)
+        .ok_or_else(|| anyhow::anyhow!("no client pod"))?;
     let log = cluster.spec.dir.join("outside-iperf.json");
     let _ = std::fs::remove_file(&log);
     let mut server = cluster
         .outside
         .command("iperf3")
-        .args(["-s", "-1", "-J", "-B", &OUTSIDE_SERVER.to_string(), "--logfile", &log.display().to_string()])
+        .args([
+            "-s",
+            "-1",
+            "-J",
+            "-B",
+            &OUTSIDE_SERVER.to_string(),
+            "--logfile",
+            &log.display().to_string(),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let out = cli.ns.try_sh(&format!("timeout 10 iperf3 -c {OUTSIDE_SERVER} -t 1 --connect-timeout 3000 -J"))?;
+    let mut out = None;
+    for _ in 0..5 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let o = cli.ns.try_sh(&format!(
+            "timeout 10 iperf3 -c {OUTSIDE_SERVER} -t 1 --connect-timeout 3000 -J"
+        ))?;
+        let refused = String::from_utf8_lossy(&o.stdout).contains("Connection refused");
+        out = Some(o);
+        if !refused {
+            break;
+        }
+    }
+    let out = out.ok_or_else(|| anyhow::anyhow!("iperf3 did not run"))?;
     let _ = server.kill();
     let _ = server.wait();
     if !out.status.success() {
         anyhow::bail!("the pod could not reach {OUTSIDE_SERVER}");
     }
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|_| anyhow::anyhow!("no report from the outside server"))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|_| anyhow::anyhow!("no report from the outside server"))?;
     json.pointer("/start/connected/0/remote_host")
         .and_then(|v| v.as_str())
         .and_then(|s| s.parse().ok())
@@ -269,7 +392,10 @@ fn print_counters(cluster: &Cluster) {
         match cluster.metrics_of(node.index) {
             Ok(text) => {
                 println!("  node{}:", node.index);
-                for line in text.lines().filter(|l| !l.starts_with('#') && !l.ends_with(" 0")) {
+                for line in text
+                    .lines()
+                    .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))
+                {
                     println!("    {line}");
                 }
             }

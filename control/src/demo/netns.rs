@@ -10,7 +10,13 @@ pub enum NetError {
 }
 
 fn out_text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim().to_string()
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .trim()
+    .to_string()
 }
 
 /// Runs a program (outside any namespace) and fails with its output.
@@ -19,9 +25,15 @@ pub fn run(cmd: &str, args: &[&str]) -> Result<String, NetError> {
     let out = Command::new(cmd)
         .args(args)
         .output()
-        .map_err(|e| NetError::Command { cmd: line.clone(), detail: e.to_string() })?;
+        .map_err(|e| NetError::Command {
+            cmd: line.clone(),
+            detail: e.to_string(),
+        })?;
     if !out.status.success() {
-        return Err(NetError::Command { cmd: line, detail: out_text(&out) });
+        return Err(NetError::Command {
+            cmd: line,
+            detail: out_text(&out),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -38,7 +50,9 @@ impl Netns {
     pub fn new(name: &str) -> Result<Self, NetError> {
         let _ = run("ip", &["netns", "del", name]);
         run("ip", &["netns", "add", name])?;
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         ns.sh("ip link set lo up")?;
         Ok(ns)
     }
@@ -47,7 +61,10 @@ impl Netns {
     pub fn sh(&self, cmd: &str) -> Result<String, NetError> {
         let out = self.try_sh(cmd)?;
         if !out.status.success() {
-            return Err(NetError::Command { cmd: format!("[{}] {cmd}", self.name), detail: out_text(&out) });
+            return Err(NetError::Command {
+                cmd: format!("[{}] {cmd}", self.name),
+                detail: out_text(&out),
+            });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -57,7 +74,10 @@ impl Netns {
         Command::new("ip")
             .args(["netns", "exec", &self.name, "sh", "-c", cmd])
             .output()
-            .map_err(|e| NetError::Command { cmd: format!("[{}] {cmd}", self.name), detail: e.to_string() })
+            .map_err(|e| NetError::Command {
+                cmd: format!("[{}] {cmd}", self.name),
+                detail: e.to_string(),
+            })
     }
 
     /// A command to run inside the namespace (for children the caller manages).
@@ -69,7 +89,10 @@ impl Netns {
 
     /// MAC address of `dev` here.
     pub fn mac(&self, dev: &str) -> Result<String, NetError> {
-        Ok(self.sh(&format!("cat /sys/class/net/{dev}/address"))?.trim().to_string())
+        Ok(self
+            .sh(&format!("cat /sys/class/net/{dev}/address"))?
+            .trim()
+            .to_string())
     }
 
     /// Turns off checksum and segmentation offloads on `dev`. AF_XDP hands frames
@@ -84,15 +107,24 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
 /// A veth pair with `a_dev` in `a` and `b_dev` in `b`, both up.
 pub fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> Result<(), NetError> {
     // Created in `a` with a temporary peer name so that names never clash in the root namespace.
-    a.sh(&format!("ip link add {a_dev} type veth peer name hwtmp{}", std::process::id() % 100_000))?;
-    a.sh(&format!("ip link set hwtmp{} netns {} name {b_dev}", std::process::id() % 100_000, b.name))?;
+    a.sh(&format!(
+        "ip link add {a_dev} type veth peer name hwtmp{}",
+        std::process::id() % 100_000
+    ))?;
+    a.sh(&format!(
+        "ip link set hwtmp{} netns {} name {b_dev}",
+        std::process::id() % 100_000,
+        b.name
+    ))?;
     a.sh(&format!("ip link set {a_dev} up"))?;
     b.sh(&format!("ip link set {b_dev} up"))?;
     Ok(())

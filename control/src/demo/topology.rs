@@ -130,10 +130,18 @@ impl Cluster {
         let outside = Netns::new(&format!("{tag}-out"))?;
         veth(&outside, "eth0", &fabric, "out")?;
         fabric.sh("ip link set out master br0")?;
-        outside.sh(&format!("ip addr add {GATEWAY}/24 dev eth0 && ip addr add {OUTSIDE_SERVER}/32 dev lo"))?;
+        outside.sh(&format!(
+            "ip addr add {GATEWAY}/24 dev eth0 && ip addr add {OUTSIDE_SERVER}/32 dev lo"
+        ))?;
         outside.no_offloads("eth0")?;
         fabric.no_offloads("out")?;
-        let mut cluster = Cluster { spec, pods: Vec::new(), nodes: Vec::new(), outside, fabric };
+        let mut cluster = Cluster {
+            spec,
+            pods: Vec::new(),
+            nodes: Vec::new(),
+            outside,
+            fabric,
+        };
         let count = u8::try_from(cluster.spec.nodes.len()).unwrap_or(2);
         for n in 1..=count {
             cluster.add_node(n)?;
@@ -156,20 +164,34 @@ impl Cluster {
     }
 
     pub fn pod(&self, n: u8, j: u8) -> Option<&Pod> {
-        self.pods.iter().find(|p| p.node == n && p.ip == pod_ip(n, j))
+        self.pods
+            .iter()
+            .find(|p| p.node == n && p.ip == pod_ip(n, j))
     }
 
     fn add_node(&mut self, n: u8) -> Result<(), ClusterError> {
-        let kind = self.spec.nodes.get(usize::from(n - 1)).copied().unwrap_or(NodeKind::Hybridway);
+        let kind = self
+            .spec
+            .nodes
+            .get(usize::from(n - 1))
+            .copied()
+            .unwrap_or(NodeKind::Hybridway);
         let ns = Netns::new(&format!("{}-n{n}", self.spec.tag))?;
         veth(&ns, "eth0", &self.fabric, &format!("n{n}"))?;
         self.fabric.sh(&format!("ip link set n{n} master br0"))?;
-        ns.sh(&format!("ip addr add {}/24 dev eth0 && ip route add default via {GATEWAY}", node_addr(n)))?;
+        ns.sh(&format!(
+            "ip addr add {}/24 dev eth0 && ip route add default via {GATEWAY}",
+            node_addr(n)
+        ))?;
         ns.no_offloads("eth0")?;
         self.fabric.no_offloads(&format!("n{n}"))?;
         // The outside routes pod blocks to their node (what BGP does for underlay /
         // SNAT-off); with SNAT on it never needs them.
-        self.outside.sh(&format!("ip route replace {} via {}", pod_block(n), node_addr(n)))?;
+        self.outside.sh(&format!(
+            "ip route replace {} via {}",
+            pod_block(n),
+            node_addr(n)
+        ))?;
         let dir = &self.spec.dir;
         let node = Node {
             index: n,
@@ -219,7 +241,11 @@ impl Cluster {
              control: {{socket: {dir}/n{n}.sock, stateFile: {dir}/n{n}-pods.json}}\n\
              nodes:\n",
             addr = node_addr(n),
-            mode = if self.spec.overlay { "overlay" } else { "underlay" },
+            mode = if self.spec.overlay {
+                "overlay"
+            } else {
+                "underlay"
+            },
             block = pod_block(n),
             gw = pod_gateway(n),
             snat = self.spec.snat,
@@ -271,7 +297,11 @@ impl Cluster {
     fn kernel_routing(&self, ns: &Netns, n: u8) -> Result<(), ClusterError> {
         ns.sh("sysctl -qw net.ipv4.ip_forward=1")?;
         for m in self.peer_indices(n) {
-            ns.sh(&format!("ip route replace {} via {}", pod_block(m), node_addr(m)))?;
+            ns.sh(&format!(
+                "ip route replace {} via {}",
+                pod_block(m),
+                node_addr(m)
+            ))?;
         }
         Ok(())
     }
@@ -279,13 +309,23 @@ impl Cluster {
     /// Starts (or restarts) the agent of node `n` and waits until it answers.
     pub fn start_agent(&mut self, n: u8) -> Result<(), ClusterError> {
         let exe = self.spec.exe.clone();
-        let node = self.nodes.iter_mut().find(|x| x.index == n).ok_or_else(|| ClusterError::Agent(format!("no node {n}")))?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|x| x.index == n)
+            .ok_or_else(|| ClusterError::Agent(format!("no node {n}")))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
         let child = node
             .ns
             .command(&exe.display().to_string())
             .args(["agent", "--config", &node.config.display().to_string()])
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -308,22 +348,37 @@ impl Cluster {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(ClusterError::Agent(format!("agent of node{n} did not answer within 20 s; see {}", node.log.display())));
+                return Err(ClusterError::Agent(format!(
+                    "agent of node{n} did not answer within 20 s; see {}",
+                    node.log.display()
+                )));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// Stops the agent of node `n` with `signal` ("TERM" or "KILL"); waits for it.
-    pub fn stop_agent(&mut self, n: u8, signal: &str) -> Result<Option<std::process::ExitStatus>, ClusterError> {
-        let node = self.nodes.iter_mut().find(|x| x.index == n).ok_or_else(|| ClusterError::Agent(format!("no node {n}")))?;
+    pub fn stop_agent(
+        &mut self,
+        n: u8,
+        signal: &str,
+    ) -> Result<Option<std::process::ExitStatus>, ClusterError> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|x| x.index == n)
+            .ok_or_else(|| ClusterError::Agent(format!("no node {n}")))?;
         Ok(node.stop_agent(signal))
     }
 
     /// Sends SIGHUP to node `n`'s agent.
     pub fn signal_agent(&self, n: u8, signal: &str) -> Result<(), ClusterError> {
-        let node = self.node(n).ok_or_else(|| ClusterError::Agent(format!("no node {n}")))?;
-        let pid = node.agent_pid().ok_or_else(|| ClusterError::Agent(format!("node{n} runs no agent")))?;
+        let node = self
+            .node(n)
+            .ok_or_else(|| ClusterError::Agent(format!("no node {n}")))?;
+        let pid = node
+            .agent_pid()
+            .ok_or_else(|| ClusterError::Agent(format!("node{n} runs no agent")))?;
         super::netns::run("kill", &[&format!("-{signal}"), &pid.to_string()])?;
         Ok(())
     }
@@ -332,7 +387,9 @@ impl Cluster {
     fn add_pod(&mut self, n: u8, j: u8) -> Result<(), ClusterError> {
         let name = format!("p{n}{j}");
         let ns = Netns::new(&format!("{}-{name}", self.spec.tag))?;
-        let node = self.node(n).ok_or_else(|| ClusterError::Agent(format!("no node {n}")))?;
+        let node = self
+            .node(n)
+            .ok_or_else(|| ClusterError::Agent(format!("no node {n}")))?;
         let host_dev = format!("hwp{j}");
         veth(&ns, "eth0", &node.ns, &host_dev)?;
         let (ip, gw, mac) = (pod_ip(n, j), pod_gateway(n), pod_mac(n, j));
@@ -345,8 +402,14 @@ impl Cluster {
         node.ns.no_offloads(&host_dev)?;
         match node.kind {
             NodeKind::Hybridway => {
-                let pod = LocalPod { name: name.clone(), ip, mac: mac.parse().map_err(|_| ClusterError::Agent(mac.clone()))?, interface: host_dev };
-                control::call(&node.socket, &Request::PodAdd { pod }).map_err(|e| ClusterError::Agent(format!("attaching {name}: {e}")))?;
+                let pod = LocalPod {
+                    name: name.clone(),
+                    ip,
+                    mac: mac.parse().map_err(|_| ClusterError::Agent(mac.clone()))?,
+                    interface: host_dev,
+                };
+                control::call(&node.socket, &Request::PodAdd { pod })
+                    .map_err(|e| ClusterError::Agent(format!("attaching {name}: {e}")))?;
             }
             NodeKind::KernelVxlan | NodeKind::KernelRouting => {
                 node.ns.sh(&format!(
@@ -354,26 +417,40 @@ impl Cluster {
                 ))?;
             }
         }
-        self.pods.push(Pod { name, node: n, ip, ns });
+        self.pods.push(Pod {
+            name,
+            node: n,
+            ip,
+            ns,
+        });
         Ok(())
     }
 
     /// `ping` from pod (n, j) to `dst`: true when every probe was answered.
     pub fn ping(&self, from: (u8, u8), dst: Ipv4Addr, count: u32) -> Result<bool, ClusterError> {
-        let pod = self.pod(from.0, from.1).ok_or_else(|| ClusterError::Agent("no such pod".into()))?;
-        let out = pod.ns.try_sh(&format!("ping -c {count} -i 0.2 -W 2 -q {dst}"))?;
+        let pod = self
+            .pod(from.0, from.1)
+            .ok_or_else(|| ClusterError::Agent("no such pod".into()))?;
+        let out = pod
+            .ns
+            .try_sh(&format!("ping -c {count} -i 0.2 -W 2 -q {dst}"))?;
         Ok(out.status.success())
     }
 
     pub fn metrics_of(&self, n: u8) -> Result<String, ClusterError> {
-        let node = self.node(n).ok_or_else(|| ClusterError::Agent(format!("no node {n}")))?;
+        let node = self
+            .node(n)
+            .ok_or_else(|| ClusterError::Agent(format!("no node {n}")))?;
         let _inside = hybridway_dataplane::port::netns::NetnsGuard::enter(&node.ns.name)?;
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", node.metrics_port))?;
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
         let mut text = String::new();
         s.read_to_string(&mut text)?;
-        Ok(text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+        Ok(text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default())
     }
 
     pub fn log_path(&self, n: u8) -> Option<&Path> {

@@ -242,7 +242,11 @@ impl Counters {
             }
         }
         let worker_metrics: [Metric<WorkerCounters>; 6] = [
-            ("hybridway_to_host_total", "Frames the pipeline gave back to the host stack", |w| w.to_host.get()),
+            (
+                "hybridway_to_host_total",
+                "Frames the pipeline gave back to the host stack",
+                |w| w.to_host.get(),
+            ),
             (
                 "hybridway_handoff_out_total",
                 "Frames handed to another worker",
