@@ -33,6 +33,7 @@ fn cluster(name: &str, overlay: bool, snat: bool, nodes: Vec<NodeKind>) -> Clust
         backend: "af_xdp".into(),
         nodes,
         pods_per_node: 2,
+        kernel_offloads: false,
         exe: PathBuf::from(env!("CARGO_BIN_EXE_hybridway")),
         dir,
     })

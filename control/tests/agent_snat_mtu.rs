@@ -34,6 +34,7 @@ fn cluster(name: &str) -> Cluster {
         backend: "af_xdp".into(),
         nodes: vec![NodeKind::Hybridway, NodeKind::Hybridway],
         pods_per_node: 1,
+        kernel_offloads: false,
         exe: PathBuf::from(env!("CARGO_BIN_EXE_hybridway")),
         dir,
     })

@@ -57,6 +57,8 @@ enum Command {
     },
     /// Two nodes with two pods each in network namespaces: overlay, underlay, SNAT.
     Demo(hybridway_control::demo::DemoArgs),
+    /// End-to-end pod-to-pod benchmark: hybridway against the kernel's paths.
+    BenchE2e(hybridway_control::demo::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +140,10 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => {
             init_logging();
             hybridway_control::demo::run(&args)?;
+        }
+        Command::BenchE2e(args) => {
+            init_logging();
+            hybridway_control::demo::bench::run(&args)?;
         }
     }
     Ok(())

@@ -4,6 +4,7 @@
 //! on Ctrl-C (the namespaces and agents belong to guards that clean up on drop, and
 //! Ctrl-C is turned into an orderly stop between steps).
 
+pub mod bench;
 pub mod netns;
 pub mod topology;
 
@@ -145,6 +146,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             backend: args.backend.clone(),
             nodes: vec![NodeKind::Hybridway, NodeKind::Hybridway],
             pods_per_node: 2,
+            kernel_offloads: false,
             exe: exe.clone(),
             dir: dir.clone(),
         };

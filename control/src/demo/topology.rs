@@ -57,6 +57,9 @@ pub struct ClusterSpec {
     pub backend: String,
     pub nodes: Vec<NodeKind>,
     pub pods_per_node: u8,
+    /// Leave the veths' checksum/segmentation offloads on (only meaningful for an
+    /// all-kernel cluster: the kernel baseline at its best; AF_XDP needs them off).
+    pub kernel_offloads: bool,
     /// The `hybridway` executable.
     pub exe: PathBuf,
     /// Where configs, sockets and logs go.
@@ -125,6 +128,7 @@ impl Cluster {
     pub fn build(spec: ClusterSpec) -> Result<Self, ClusterError> {
         std::fs::create_dir_all(&spec.dir)?;
         let tag = spec.tag.clone();
+        let spec_offloads = spec.kernel_offloads;
         let fabric = Netns::new(&format!("{tag}-fab"))?;
         fabric.sh("ip link add br0 type bridge && ip link set br0 up")?;
         let outside = Netns::new(&format!("{tag}-out"))?;
@@ -133,8 +137,8 @@ impl Cluster {
         outside.sh(&format!(
             "ip addr add {GATEWAY}/24 dev eth0 && ip addr add {OUTSIDE_SERVER}/32 dev lo"
         ))?;
-        outside.no_offloads("eth0")?;
-        fabric.no_offloads("out")?;
+        if !spec_offloads { outside.no_offloads("eth0")?; }
+        if !spec_offloads { fabric.no_offloads("out")?; }
         let mut cluster = Cluster {
             spec,
             pods: Vec::new(),
@@ -183,8 +187,10 @@ impl Cluster {
             "ip addr add {}/24 dev eth0 && ip route add default via {GATEWAY}",
             node_addr(n)
         ))?;
-        ns.no_offloads("eth0")?;
-        self.fabric.no_offloads(&format!("n{n}"))?;
+        if !self.spec.kernel_offloads {
+            ns.no_offloads("eth0")?;
+            self.fabric.no_offloads(&format!("n{n}"))?;
+        }
         // The outside routes pod blocks to their node (what BGP does for underlay /
         // SNAT-off); with SNAT on it never needs them.
         self.outside.sh(&format!(
@@ -279,7 +285,9 @@ impl Cluster {
             addr = node_addr(n),
             vtep = vtep_mac(n)
         ))?;
-        ns.no_offloads("flannel.1")?;
+        if !self.spec.kernel_offloads {
+            ns.no_offloads("flannel.1")?;
+        }
         for m in self.peer_indices(n) {
             ns.sh(&format!(
                 "bridge fdb append {vtep} dev flannel.1 dst {addr} && \
@@ -398,8 +406,10 @@ impl Cluster {
             "ip link set eth0 address {mac} mtu {mtu} && ip addr add {ip}/32 dev eth0 && \
              ip route add {gw} dev eth0 && ip route add default via {gw} dev eth0"
         ))?;
-        ns.no_offloads("eth0")?;
-        node.ns.no_offloads(&host_dev)?;
+        if !self.spec.kernel_offloads {
+            ns.no_offloads("eth0")?;
+            node.ns.no_offloads(&host_dev)?;
+        }
         match node.kind {
             NodeKind::Hybridway => {
                 let pod = LocalPod {
