@@ -3,4 +3,6 @@
 //! [`bgp`] is the embedded BGP speaker: a wire codec, a sans-IO session state
 //! machine and a thin tokio shell around sockets and timers.
 
+pub mod agent;
 pub mod bgp;
+pub mod demo;

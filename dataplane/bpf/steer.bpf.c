@@ -49,11 +49,21 @@ volatile const __u32 NODE_ADDR = 0;
 volatile const __u16 VXLAN_PORT = 0;
 volatile const __u32 POD_NET = 0;
 volatile const __u32 POD_MASK = 0;
+/* SNAT replies: TCP/UDP to NAT_ADDR with a destination port, or ICMP echo replies
+ * with an identifier, in NAT_PORT_MIN..=NAT_PORT_MAX (host byte order). The agent
+ * keeps this range outside the kernel's ip_local_port_range, so the node's own
+ * connections stay with the kernel. NAT_ADDR 0 turns the rule off. */
+volatile const __u32 NAT_ADDR = 0;
+volatile const __u16 NAT_PORT_MIN = 0;
+volatile const __u16 NAT_PORT_MAX = 0;
 
 #define ETH_P_IP_BE 0x0008     /* htons(0x0800) */
 #define ETH_P_8021Q_BE 0x0081  /* htons(0x8100) */
 #define ETH_P_8021AD_BE 0xa888 /* htons(0x88a8) */
 #define IPPROTO_UDP 17
+#define IPPROTO_TCP 6
+#define IPPROTO_ICMP 1
+#define ICMP_ECHOREPLY 0
 #define IP_OFFSET_MASK_BE 0xff1f /* htons(0x1fff) */
 
 struct ethhdr {
@@ -122,6 +132,31 @@ int hybridway_steer(struct xdp_md *ctx)
 		return XDP_PASS;
 	if (POD_MASK != 0 && (ip->daddr & POD_MASK) == POD_NET)
 		return to_socket(ctx);
+	if (NAT_ADDR != 0 && ip->daddr == NAT_ADDR && !(ip->frag_off & IP_OFFSET_MASK_BE)) {
+		__u32 nat_ihl = (ip->ver_ihl & 0x0f) * 4;
+		if (nat_ihl < sizeof(*ip))
+			return XDP_PASS;
+		void *l4 = (void *)ip + nat_ihl;
+		__u16 key = 0;
+		int have_key = 0;
+		if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
+			__u16 *ports = l4; /* source, destination */
+			if ((void *)(ports + 2) > data_end)
+				return XDP_PASS;
+			key = __builtin_bswap16(ports[1]);
+			have_key = 1;
+		} else if (ip->protocol == IPPROTO_ICMP) {
+			__u8 *icmp = l4; /* type, code, checksum, identifier */
+			if ((void *)(icmp + 6) > data_end)
+				return XDP_PASS;
+			if (icmp[0] == ICMP_ECHOREPLY) {
+				key = (__u16)(icmp[4] << 8 | icmp[5]);
+				have_key = 1;
+			}
+		}
+		if (have_key && key >= NAT_PORT_MIN && key <= NAT_PORT_MAX)
+			return to_socket(ctx);
+	}
 	if (NODE_ADDR == 0 || ip->daddr != NODE_ADDR || ip->protocol != IPPROTO_UDP)
 		return XDP_PASS;
 	// Non-first fragments carry no UDP header: leave reassembly to the kernel.

@@ -1,6 +1,13 @@
 //! The `hybridway` binary: one executable, one subcommand per role.
 
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use hybridway_control::agent::control::{self, Request};
+use hybridway_control::agent::{Agent, LocalPod};
+use hybridway_dataplane::wire::MacAddr;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -13,16 +20,131 @@ struct Cli {
     command: Command,
 }
 
+const DEFAULT_SOCKET: &str = "/run/hybridway/agent.sock";
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print the version and exit.
     Version,
+    /// Run the node agent (dataplane workers, control socket, metrics).
+    Agent {
+        /// YAML configuration (see deploy/agent-example.yaml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and exit (non-zero with the reason when invalid).
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Attach or detach pods on a running agent.
+    Pod {
+        #[command(subcommand)]
+        action: PodAction,
+        /// The agent's control socket.
+        #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Print a running agent's status as JSON.
+    Status {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Ask a running agent to re-read its configuration (same as SIGHUP).
+    Reload {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Two nodes with two pods each in network namespaces: overlay, underlay, SNAT.
+    Demo(hybridway_control::demo::DemoArgs),
+    /// End-to-end pod-to-pod benchmark: hybridway against the kernel's paths.
+    BenchE2e(hybridway_control::demo::bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum PodAction {
+    /// Attach a pod whose veth's host side is `--port`.
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        ip: Ipv4Addr,
+        #[arg(long)]
+        mac: MacAddr,
+        /// Host-side interface of the pod's veth.
+        #[arg(long)]
+        port: String,
+    },
+    /// Detach a pod.
+    Remove {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn print_response(resp: &control::Response) -> anyhow::Result<()> {
+    match &resp.status {
+        Some(s) => println!("{}", serde_json::to_string_pretty(s)?),
+        None => println!("ok"),
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => println!("hybridway {}", env!("CARGO_PKG_VERSION")),
+        Command::Agent { config } => {
+            init_logging();
+            let agent = Agent::start(&config)
+                .with_context(|| format!("starting the agent from {}", config.display()))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(control::run(agent))?;
+        }
+        Command::CheckConfig { config } => {
+            hybridway_control::agent::AgentConfig::load(&config)?;
+            println!("{}: ok", config.display());
+        }
+        Command::Pod { action, socket } => {
+            let req = match action {
+                PodAction::Add {
+                    name,
+                    ip,
+                    mac,
+                    port,
+                } => Request::PodAdd {
+                    pod: LocalPod {
+                        name,
+                        ip,
+                        mac,
+                        interface: port,
+                    },
+                },
+                PodAction::Remove { name } => Request::PodRemove { name },
+            };
+            print_response(&control::call(&socket, &req)?)?;
+        }
+        Command::Status { socket } => print_response(&control::call(&socket, &Request::Status)?)?,
+        Command::Reload { socket } => print_response(&control::call(&socket, &Request::Reload)?)?,
+        Command::Demo(args) => {
+            init_logging();
+            hybridway_control::demo::run(&args)?;
+        }
+        Command::BenchE2e(args) => {
+            init_logging();
+            hybridway_control::demo::bench::run(&args)?;
+        }
     }
     Ok(())
 }

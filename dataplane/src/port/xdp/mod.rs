@@ -17,7 +17,7 @@
 mod program;
 mod sys;
 
-pub use program::{AttachMode, SteerRules, VXLAN_PORT, XdpSteering};
+pub use program::{AttachMode, SnatSteer, SteerRules, VXLAN_PORT, XdpSteering};
 pub use sys::XdpStatistics;
 
 use std::os::fd::RawFd;

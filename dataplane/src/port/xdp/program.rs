@@ -57,6 +57,14 @@ impl SteerRules {
     }
 }
 
+/// Replies to masqueraded flows that the program steers (see
+/// [`XdpSteering::attach_with_snat`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnatSteer {
+    pub addr: Ipv4Addr,
+    pub ports: std::ops::RangeInclusive<u16>,
+}
+
 /// How to attach the program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AttachMode {
@@ -98,6 +106,18 @@ impl XdpSteering {
         rules: SteerRules,
         mode: AttachMode,
     ) -> Result<Arc<Self>, PortError> {
+        Self::attach_with_snat(ifname, rules, None, mode)
+    }
+
+    /// Like [`XdpSteering::attach`], and also steers replies to masqueraded flows:
+    /// TCP/UDP to `snat.addr` with a destination port in `snat.ports`, and ICMP echo
+    /// replies with an identifier in that range.
+    pub fn attach_with_snat(
+        ifname: &str,
+        rules: SteerRules,
+        snat: Option<SnatSteer>,
+        mode: AttachMode,
+    ) -> Result<Arc<Self>, PortError> {
         if super::super::probe::ifindex(ifname).is_none() {
             return Err(PortError::NoSuchInterface(ifname.to_owned()));
         }
@@ -114,12 +134,19 @@ impl XdpSteering {
         };
         let pod_net = u32::from_ne_bytes(pod_net.to_be_bytes());
         let pod_mask = u32::from_ne_bytes(pod_mask.to_be_bytes());
+        let (nat_addr, nat_min, nat_max) = match &snat {
+            Some(s) => (be32(s.addr), *s.ports.start(), *s.ports.end()),
+            None => (0, 0, 0),
+        };
         let mut ebpf = EbpfLoader::new()
             .set_global("STEER_ALL", &steer_all, true)
             .set_global("NODE_ADDR", &node_addr, true)
             .set_global("VXLAN_PORT", &vxlan_port, true)
             .set_global("POD_NET", &pod_net, true)
             .set_global("POD_MASK", &pod_mask, true)
+            .set_global("NAT_ADDR", &nat_addr, true)
+            .set_global("NAT_PORT_MIN", &nat_min, true)
+            .set_global("NAT_PORT_MAX", &nat_max, true)
             .load(STEER_OBJECT)
             .map_err(|e| {
                 prog_err(

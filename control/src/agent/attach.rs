@@ -1,0 +1,181 @@
+//! Opening the dataplane's ports for the uplink and for pods, per backend.
+//!
+//! AF_XDP: the steering program goes on the uplink (only VXLAN to this node, or the
+//! local pod block in underlay, reaches the sockets; SSH and kubelet stay with the
+//! kernel) and on each pod's host-side veth (everything the pod sends is ours). One
+//! socket per queue; the program is detached when the last socket of an interface
+//! is dropped, which is how SIGTERM leaves the node as it was found.
+
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+
+use hybridway_dataplane::frame::PortId;
+use hybridway_dataplane::port::xdp::{
+    AttachMode, SnatSteer, SteerRules, XdpConfig, XdpPort, XdpSteering,
+};
+use hybridway_dataplane::port::{Backend, Port, PortError};
+
+use super::config::{AgentConfig, ModeConfig};
+
+/// UMEM chunks of a pod port (a pod sees less traffic than the uplink; 2 MiB).
+const POD_FRAMES: u32 = 1024;
+const POD_RING: u32 = 512;
+
+/// The SNAT port range: the ports the kernel does not use for its own outgoing
+/// connections (`net.ipv4.ip_local_port_range`), so that the steering program can
+/// send replies in this range to the dataplane and leave the node's own
+/// connections to the kernel. Above the kernel's range when there is room for at
+/// least 1024 ports, else below it.
+pub fn snat_port_range() -> RangeInclusive<u16> {
+    let text =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = text
+        .split_whitespace()
+        .filter_map(|v| v.parse::<u16>().ok());
+    let (lo, hi) = (it.next().unwrap_or(32768), it.next().unwrap_or(60999));
+    snat_range_beside(lo, hi)
+}
+
+/// [`snat_port_range`] for a kernel range of `lo..=hi`.
+pub fn snat_range_beside(lo: u16, hi: u16) -> RangeInclusive<u16> {
+    if u32::from(hi) + 1024 <= 65535 {
+        hi + 1..=65535
+    } else if lo >= 2048 {
+        1024..=lo - 1
+    } else {
+        tracing::warn!(
+            lo,
+            hi,
+            "ip_local_port_range leaves no room for SNAT ports; sharing 61000-65535 with the kernel"
+        );
+        61000..=65535
+    }
+}
+
+/// Number of receive queues of `ifname` (1 when sysfs does not say).
+pub fn rx_queues(ifname: &str) -> usize {
+    std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count()
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Opens ports of one backend.
+#[derive(Debug)]
+pub struct PortOpener {
+    pub backend: Backend,
+    hugepages: bool,
+}
+
+impl PortOpener {
+    pub fn new(backend: Backend, cfg: &AgentConfig) -> Self {
+        PortOpener {
+            backend,
+            hugepages: cfg.dataplane.hugepages,
+        }
+    }
+
+    /// What the uplink's steering program sends to the dataplane.
+    fn uplink_rules(cfg: &AgentConfig) -> SteerRules {
+        let block = cfg.pods.block;
+        let block_v4 = match block.addr() {
+            std::net::IpAddr::V4(a) => a,
+            std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+        };
+        match cfg.mode {
+            // Plain packets for local pods come too: replies from outside when SNAT is
+            // off arrive routed (BGP), not encapsulated.
+            ModeConfig::Overlay => SteerRules {
+                vxlan_port: cfg.vxlan.port,
+                ..SteerRules::vxlan_to(cfg.node.address)
+            }
+            .with_pod_block(block_v4, block.len()),
+            ModeConfig::Underlay => SteerRules {
+                steer_all: false,
+                node_addr: None,
+                vxlan_port: cfg.vxlan.port,
+                pod_block: None,
+            }
+            .with_pod_block(block_v4, block.len()),
+        }
+    }
+
+    /// One port per queue of the uplink, `queues` of them, all with id `id`.
+    /// `snat_ports`: the SNAT range whose replies the dataplane must see (SNAT on).
+    pub fn open_uplink(
+        &self,
+        cfg: &AgentConfig,
+        id: PortId,
+        queues: usize,
+        snat_ports: Option<RangeInclusive<u16>>,
+    ) -> Result<Vec<Box<dyn Port>>, PortError> {
+        match self.backend {
+            Backend::AfXdp | Backend::Auto => {
+                let ifname = &cfg.uplink.interface;
+                let snat = snat_ports.map(|ports| SnatSteer {
+                    addr: cfg.node.address,
+                    ports,
+                });
+                let steering = XdpSteering::attach_with_snat(
+                    ifname,
+                    Self::uplink_rules(cfg),
+                    snat,
+                    AttachMode::Auto,
+                )?;
+                (0..queues)
+                    .map(|q| {
+                        let mut c = XdpConfig::new(ifname, u32::try_from(q).unwrap_or(0), id);
+                        c.hugepages = self.hugepages;
+                        XdpPort::open(&c, Arc::clone(&steering))
+                            .map(|p| Box::new(p) as Box<dyn Port>)
+                    })
+                    .collect()
+            }
+            Backend::Tun => Err(PortError::TunUnavailable {
+                missing: "the TUN backend is not wired into the agent yet; use backend: af_xdp"
+                    .into(),
+            }),
+        }
+    }
+
+    /// The port of a pod's host-side veth (queue 0).
+    pub fn open_pod(&self, ifname: &str, id: PortId) -> Result<Box<dyn Port>, PortError> {
+        match self.backend {
+            Backend::AfXdp | Backend::Auto => {
+                let steering =
+                    XdpSteering::attach(ifname, SteerRules::everything(), AttachMode::Auto)?;
+                let mut c = XdpConfig::new(ifname, 0, id);
+                c.hugepages = self.hugepages;
+                c.frames = POD_FRAMES;
+                c.ring_size = POD_RING;
+                Ok(Box::new(XdpPort::open(&c, steering)?))
+            }
+            Backend::Tun => Err(PortError::TunUnavailable {
+                missing: "the TUN backend is not wired into the agent yet; use backend: af_xdp"
+                    .into(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snat_range_avoids_the_kernels_ports() {
+        assert_eq!(snat_range_beside(32768, 60999), 61000..=65535);
+        assert_eq!(snat_range_beside(10000, 65000), 1024..=9999);
+        assert_eq!(snat_range_beside(1024, 65535), 61000..=65535);
+    }
+}

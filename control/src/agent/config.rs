@@ -1,0 +1,644 @@
+//! The agent's YAML configuration: what this node is, which other nodes exist, and
+//! how the dataplane runs.
+//!
+//! Until the Kubernetes watcher lands this file is the whole truth about the cluster
+//! for one agent; SIGHUP re-reads it. `deploy/agent-example.yaml` documents every
+//! field. [`AgentConfig::load`] parses *and* validates: a configuration that would
+//! build a wrong table (overlapping pod blocks, a gateway outside its block, two nodes
+//! with one address) is refused with the field path that is wrong, never half-applied.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use hybridway_dataplane::tables::Prefix;
+use hybridway_dataplane::wire::MacAddr;
+use serde::{Deserialize, Deserializer};
+
+/// Default VXLAN UDP port: the one Linux and flannel use (not IANA's 4789).
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+/// Default VNI, as flannel uses.
+pub const DEFAULT_VNI: u32 = 1;
+/// Largest VNI (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+/// A configuration that cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// YAML syntax, an unknown field, a missing field or a value of the wrong type;
+    /// serde_yaml's message names the field and the line.
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    /// Parsed, but the values contradict each other or the network.
+    #[error("invalid configuration at {field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// How pod traffic crosses between nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeConfig {
+    Overlay,
+    Underlay,
+}
+
+impl From<ModeConfig> for hybridway_dataplane::tables::Mode {
+    fn from(m: ModeConfig) -> Self {
+        match m {
+            ModeConfig::Overlay => hybridway_dataplane::tables::Mode::Overlay,
+            ModeConfig::Underlay => hybridway_dataplane::tables::Mode::Underlay,
+        }
+    }
+}
+
+/// Which port backend the dataplane uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendConfig {
+    /// AF_XDP where the kernel and NIC allow it, else TUN.
+    #[default]
+    Auto,
+    AfXdp,
+    Tun,
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentConfig {
+    pub node: NodeConfig,
+    pub mode: ModeConfig,
+    pub uplink: UplinkConfig,
+    pub pods: PodNetworkConfig,
+    #[serde(default)]
+    pub nodes: Vec<PeerNodeConfig>,
+    #[serde(default)]
+    pub snat: SnatSection,
+    #[serde(default)]
+    pub vxlan: VxlanSection,
+    #[serde(default)]
+    pub dataplane: DataplaneSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    #[serde(default)]
+    pub control: ControlSection,
+}
+
+/// This node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Unique node name (the Kubernetes Node name).
+    pub name: String,
+    /// The node's IPv4 address on the uplink: VXLAN source, SNAT address.
+    pub address: Ipv4Addr,
+}
+
+/// The interface that connects the node to the other nodes and the outside.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UplinkConfig {
+    pub interface: String,
+    /// Next hop for destinations outside the cluster; defaults to the kernel's
+    /// default route via this interface.
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    /// Prefix length of the uplink subnet; nodes outside it are reached via
+    /// `gateway`. Defaults to the interface's configured prefix.
+    #[serde(default)]
+    pub prefix_len: Option<u8>,
+}
+
+/// This node's pod block.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodNetworkConfig {
+    #[serde(deserialize_with = "de_prefix")]
+    pub block: Prefix,
+    /// The pods' default gateway; ARP for it is answered by the dataplane.
+    pub gateway: Ipv4Addr,
+}
+
+/// Another node of the cluster.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerNodeConfig {
+    pub name: String,
+    pub address: Ipv4Addr,
+    #[serde(deserialize_with = "de_prefix")]
+    pub pod_block: Prefix,
+    /// The node's VTEP MAC (flannel's `VtepMAC`); needed in overlay mode.
+    #[serde(default, deserialize_with = "de_opt_mac")]
+    pub vtep_mac: Option<MacAddr>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SnatSection {
+    /// Masquerade pod traffic leaving the cluster to the node address.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Destinations never masqueraded besides the pod blocks and node addresses,
+    /// which are always exempt (service CIDR, cloud pod CIDR, on-prem node CIDRs).
+    #[serde(default, deserialize_with = "de_prefixes")]
+    pub cluster_ranges: Vec<Prefix>,
+}
+
+impl Default for SnatSection {
+    fn default() -> Self {
+        SnatSection {
+            enabled: true,
+            cluster_ranges: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VxlanSection {
+    #[serde(default = "default_vni")]
+    pub vni: u32,
+    #[serde(default = "default_vxlan_port")]
+    pub port: u16,
+    /// This node's VTEP MAC; derived from the node name when absent, so it is stable
+    /// across restarts.
+    #[serde(default, deserialize_with = "de_opt_mac")]
+    pub vtep_mac: Option<MacAddr>,
+    /// Set DF on the VXLAN packets we send (the kernel's `df set`).
+    #[serde(default)]
+    pub df: bool,
+}
+
+impl Default for VxlanSection {
+    fn default() -> Self {
+        VxlanSection {
+            vni: DEFAULT_VNI,
+            port: DEFAULT_VXLAN_PORT,
+            vtep_mac: None,
+            df: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataplaneSection {
+    #[serde(default)]
+    pub backend: BackendConfig,
+    /// Worker threads, one per core; 0 means one per available core.
+    #[serde(default = "one")]
+    pub workers: usize,
+    /// Cores to pin workers to, in order; empty pins worker i to core i.
+    #[serde(default)]
+    pub cores: Vec<usize>,
+    /// Put AF_XDP packet memory on 2 MiB hugepages (falls back with a warning).
+    #[serde(default = "yes")]
+    pub hugepages: bool,
+    /// Empty polls in a row before a worker parks on epoll.
+    #[serde(default = "default_idle_polls")]
+    pub idle_polls: u32,
+    /// Longest a parked worker sleeps before looking again (ms); bounds SNAT sweep lag.
+    #[serde(default = "default_park_ms")]
+    pub park_timeout_ms: u64,
+}
+
+impl Default for DataplaneSection {
+    fn default() -> Self {
+        DataplaneSection {
+            backend: BackendConfig::Auto,
+            workers: 1,
+            cores: Vec::new(),
+            hugepages: true,
+            idle_polls: default_idle_polls(),
+            park_timeout_ms: default_park_ms(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address of the Prometheus endpoint (`GET /metrics`); `null` turns it off.
+    #[serde(default = "default_metrics")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            listen: default_metrics(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ControlSection {
+    /// Unix socket for `hybridway pod add|remove` and `hybridway status`.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Where local pods are remembered across restarts.
+    #[serde(default = "default_state")]
+    pub state_file: PathBuf,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        ControlSection {
+            socket: default_socket(),
+            state_file: default_state(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> usize {
+    1
+}
+fn default_vni() -> u32 {
+    DEFAULT_VNI
+}
+fn default_vxlan_port() -> u16 {
+    DEFAULT_VXLAN_PORT
+}
+fn default_idle_polls() -> u32 {
+    256
+}
+fn default_park_ms() -> u64 {
+    100
+}
+fn default_metrics() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+}
+fn default_socket() -> PathBuf {
+    PathBuf::from("/run/hybridway/agent.sock")
+}
+fn default_state() -> PathBuf {
+    PathBuf::from("/var/lib/hybridway/pods.json")
+}
+
+fn de_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Prefix, D::Error> {
+    let s = String::deserialize(d)?;
+    Prefix::from_str(&s).map_err(serde::de::Error::custom)
+}
+
+fn de_prefixes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Prefix>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    v.iter()
+        .map(|s| Prefix::from_str(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+fn de_opt_mac<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MacAddr>, D::Error> {
+    let s = Option::<String>::deserialize(d)?;
+    s.map(|s| MacAddr::from_str(&s).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+impl AgentConfig {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml_named(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates YAML text.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_yaml_named(text, "<config>")
+    }
+
+    fn from_yaml_named(text: &str, name: &str) -> Result<Self, ConfigError> {
+        let cfg: AgentConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: name.to_string(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// This node's VTEP MAC: configured, or derived from the node name.
+    pub fn vtep_mac(&self) -> MacAddr {
+        self.vxlan
+            .vtep_mac
+            .unwrap_or_else(|| MacAddr::local_from(self.node.name.as_bytes()))
+    }
+
+    /// Number of workers to start (0 in the file means one per core).
+    pub fn worker_count(&self) -> usize {
+        match self.dataplane.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        }
+    }
+
+    /// Checks everything that serde cannot: consistency between fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node.name.trim().is_empty() {
+            return Err(ConfigError::invalid("node.name", "must not be empty"));
+        }
+        check_unicast("node.address", self.node.address)?;
+        if self.uplink.interface.is_empty() || self.uplink.interface.len() > 15 {
+            return Err(ConfigError::invalid(
+                "uplink.interface",
+                "must be an interface name of 1 to 15 characters",
+            ));
+        }
+        if let Some(len) = self.uplink.prefix_len {
+            if len == 0 || len > 32 {
+                return Err(ConfigError::invalid(
+                    "uplink.prefixLen",
+                    format!("{len} is not 1..=32"),
+                ));
+            }
+        }
+        if let Some(gw) = self.uplink.gateway {
+            check_unicast("uplink.gateway", gw)?;
+        }
+
+        let block = self.pods.block;
+        if !block.is_ipv4() {
+            return Err(ConfigError::invalid("pods.block", "must be an IPv4 prefix"));
+        }
+        if block.len() > 30 {
+            return Err(ConfigError::invalid(
+                "pods.block",
+                format!("{block} is too small for pods (at most /30)"),
+            ));
+        }
+        if !block.contains(self.pods.gateway.into()) {
+            return Err(ConfigError::invalid(
+                "pods.gateway",
+                format!("{} is outside the pod block {block}", self.pods.gateway),
+            ));
+        }
+        if block.contains(self.node.address.into()) {
+            return Err(ConfigError::invalid(
+                "node.address",
+                format!(
+                    "{} is inside this node's pod block {block}",
+                    self.node.address
+                ),
+            ));
+        }
+
+        let mut names = HashSet::from([self.node.name.as_str()]);
+        let mut addrs = HashSet::from([self.node.address]);
+        for (i, peer) in self.nodes.iter().enumerate() {
+            let at = |f: &str| format!("nodes[{i}].{f}");
+            if peer.name.trim().is_empty() {
+                return Err(ConfigError::invalid(at("name"), "must not be empty"));
+            }
+            if !names.insert(peer.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    at("name"),
+                    format!("node name {:?} is used twice", peer.name),
+                ));
+            }
+            check_unicast(&at("address"), peer.address)?;
+            if !addrs.insert(peer.address) {
+                return Err(ConfigError::invalid(
+                    at("address"),
+                    format!("address {} is already used by another node", peer.address),
+                ));
+            }
+            if !peer.pod_block.is_ipv4() {
+                return Err(ConfigError::invalid(
+                    at("podBlock"),
+                    "must be an IPv4 prefix",
+                ));
+            }
+            if peer.pod_block.overlaps(&block) {
+                return Err(ConfigError::invalid(
+                    at("podBlock"),
+                    format!("{} overlaps this node's pod block {block}", peer.pod_block),
+                ));
+            }
+            if let Some((j, other)) = self
+                .nodes
+                .iter()
+                .enumerate()
+                .take(i)
+                .find(|(_, o)| o.pod_block.overlaps(&peer.pod_block))
+            {
+                return Err(ConfigError::invalid(
+                    at("podBlock"),
+                    format!(
+                        "{} overlaps nodes[{j}] ({}) block {}",
+                        peer.pod_block, other.name, other.pod_block
+                    ),
+                ));
+            }
+            if self.mode == ModeConfig::Overlay {
+                match peer.vtep_mac {
+                    None => {
+                        return Err(ConfigError::invalid(
+                            at("vtepMac"),
+                            "is required in overlay mode",
+                        ));
+                    }
+                    Some(mac) if mac.is_multicast() || mac == MacAddr::ZERO => {
+                        return Err(ConfigError::invalid(
+                            at("vtepMac"),
+                            format!("{mac} is not a unicast MAC"),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+
+        for (i, p) in self.snat.cluster_ranges.iter().enumerate() {
+            if !p.is_ipv4() {
+                return Err(ConfigError::invalid(
+                    format!("snat.clusterRanges[{i}]"),
+                    "must be an IPv4 prefix",
+                ));
+            }
+            if p.len() == 0 && self.snat.enabled {
+                return Err(ConfigError::invalid(
+                    format!("snat.clusterRanges[{i}]"),
+                    "0.0.0.0/0 exempts everything; set snat.enabled: false instead",
+                ));
+            }
+        }
+
+        if self.vxlan.vni == 0 || self.vxlan.vni > MAX_VNI {
+            return Err(ConfigError::invalid(
+                "vxlan.vni",
+                format!("{} is not 1..={MAX_VNI}", self.vxlan.vni),
+            ));
+        }
+        if self.vxlan.port == 0 {
+            return Err(ConfigError::invalid("vxlan.port", "must not be 0"));
+        }
+        if let Some(mac) = self.vxlan.vtep_mac {
+            if mac.is_multicast() || mac == MacAddr::ZERO {
+                return Err(ConfigError::invalid(
+                    "vxlan.vtepMac",
+                    format!("{mac} is not a unicast MAC"),
+                ));
+            }
+        }
+
+        if self.dataplane.workers > 256 {
+            return Err(ConfigError::invalid("dataplane.workers", "at most 256"));
+        }
+        let cores = core_count();
+        for (i, c) in self.dataplane.cores.iter().enumerate() {
+            if *c >= cores {
+                return Err(ConfigError::invalid(
+                    format!("dataplane.cores[{i}]"),
+                    format!("core {c} does not exist (this host has {cores})"),
+                ));
+            }
+        }
+        if self.dataplane.park_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "dataplane.parkTimeoutMs",
+                "must be at least 1",
+            ));
+        }
+        if self.control.socket.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("control.socket", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+fn core_count() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn check_unicast(field: &str, a: Ipv4Addr) -> Result<(), ConfigError> {
+    if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{a} is not a unicast host address"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+mod tests {
+    use super::*;
+
+    pub(crate) const GOOD: &str = r#"
+node: {name: node-a, address: 198.18.0.1}
+mode: overlay
+uplink: {interface: eth0, gateway: 198.18.0.254}
+pods: {block: 198.19.1.0/24, gateway: 198.19.1.1}
+nodes:
+  - {name: node-b, address: 198.18.0.2, podBlock: 198.19.2.0/24, vtepMac: "02:00:00:00:00:02"}
+snat: {enabled: true, clusterRanges: [10.96.0.0/12]}
+"#;
+
+    fn err_of(yaml: &str) -> String {
+        match AgentConfig::from_yaml(yaml) {
+            Ok(_) => panic!("accepted:\n{yaml}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn good_config_loads_with_defaults() {
+        let cfg = AgentConfig::from_yaml(GOOD).unwrap();
+        assert_eq!(cfg.vxlan.vni, 1);
+        assert_eq!(cfg.vxlan.port, 8472);
+        assert_eq!(cfg.dataplane.backend, BackendConfig::Auto);
+        assert_eq!(cfg.nodes.len(), 1);
+        assert_eq!(cfg.vtep_mac(), MacAddr::local_from(b"node-a"));
+        assert!(cfg.snat.enabled);
+    }
+
+    #[test]
+    fn example_in_deploy_is_valid() {
+        let text = include_str!("../../../deploy/agent-example.yaml");
+        AgentConfig::from_yaml(text).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = err_of(&GOOD.replace("198.19.1.1}", "198.19.9.1}"));
+        assert!(
+            e.contains("pods.gateway") && e.contains("outside the pod block"),
+            "{e}"
+        );
+        let e = err_of(&GOOD.replace("198.19.2.0/24", "198.19.1.128/25"));
+        assert!(
+            e.contains("nodes[0].podBlock") && e.contains("overlaps"),
+            "{e}"
+        );
+        let e = err_of(&GOOD.replace(", vtepMac: \"02:00:00:00:00:02\"", ""));
+        assert!(
+            e.contains("nodes[0].vtepMac") && e.contains("overlay"),
+            "{e}"
+        );
+        let e = err_of(&GOOD.replace("address: 198.18.0.2", "address: 198.18.0.1"));
+        assert!(e.contains("nodes[0].address"), "{e}");
+        let e = err_of(&GOOD.replace("mode: overlay", "mode: sideways"));
+        assert!(e.contains("mode") && e.contains("sideways"), "{e}");
+        let e = err_of(&format!("{GOOD}vxlan: {{vni: 0}}\n"));
+        assert!(e.contains("vxlan.vni"), "{e}");
+        let e = err_of(&format!("{GOOD}bogus: 1\n"));
+        assert!(e.contains("bogus"), "{e}");
+        let e = err_of(&GOOD.replace("198.19.1.0/24", "198.19.1.0/33"));
+        assert!(e.contains("pods") && e.contains("33"), "{e}");
+        let e = err_of(&GOOD.replace("02:00:00:00:00:02", "03:00:00:00:00:02"));
+        assert!(e.contains("nodes[0].vtepMac"), "{e}");
+        let e = err_of(&format!("{GOOD}dataplane: {{cores: [4096]}}\n"));
+        assert!(e.contains("dataplane.cores[0]"), "{e}");
+    }
+
+    #[test]
+    fn two_peers_overlapping_each_other_are_refused() {
+        let yaml = format!(
+            "{GOOD}  - {{name: node-c, address: 198.18.0.3, podBlock: 198.19.2.0/23, vtepMac: \"02:00:00:00:00:03\"}}\n"
+        )
+        .replace("snat: {enabled: true, clusterRanges: [10.96.0.0/12]}\n", "");
+        let e = err_of(&yaml);
+        assert!(
+            e.contains("nodes[1].podBlock") && e.contains("nodes[0]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn underlay_does_not_need_vtep_macs() {
+        let yaml = GOOD
+            .replace("mode: overlay", "mode: underlay")
+            .replace(", vtepMac: \"02:00:00:00:00:02\"", "");
+        AgentConfig::from_yaml(&yaml).unwrap();
+    }
+}

@@ -1,0 +1,23 @@
+//! The node agent: reads its configuration, builds table snapshots, runs the
+//! dataplane workers, and answers the local control socket.
+//!
+//! ```text
+//!  SIGHUP ──────────────┐
+//!  SIGTERM/SIGINT ──────┤
+//!  control socket ──────┼──► control loop (one thread, tokio current-thread)
+//!  neighbour refresh ───┘        │ owns Agent: config, pods, neighbours
+//!                                ├─► SharedTables::publish ──► workers (RCU)
+//!                                └─► WorkerPool::add_port/remove_port ──► workers
+//!  workers ──counters──► Prometheus thread (GET /metrics)
+//! ```
+
+pub mod attach;
+pub mod config;
+pub mod control;
+pub mod neighbors;
+pub mod runtime;
+pub mod table_builder;
+
+pub use config::AgentConfig;
+pub use runtime::{Agent, AgentError, Status};
+pub use table_builder::LocalPod;

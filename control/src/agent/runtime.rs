@@ -1,0 +1,619 @@
+//! The agent's state and what the control thread does with it: start the workers,
+//! open ports, build and publish table snapshots, add and remove pods and nodes
+//! while traffic flows, and stop cleanly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hybridway_dataplane::frame::PortId;
+use hybridway_dataplane::pipeline::Pipeline;
+use hybridway_dataplane::port::{Backend, HostSupport, PortError};
+use hybridway_dataplane::tables::{SharedTables, SnatConfig};
+use hybridway_dataplane::wire::MacAddr;
+use hybridway_dataplane::worker::{MetricsServer, PoolConfig, PoolError, WorkerPool};
+use serde::Serialize;
+
+use super::attach::{PortOpener, rx_queues, snat_port_range};
+use super::config::{AgentConfig, BackendConfig, ConfigError};
+use super::neighbors::{self, HostError};
+use super::table_builder::{
+    BuildError, LocalPod, PodAttachment, UplinkFacts, build_tables, next_hops,
+};
+
+/// The uplink's port id; pods get 1, 2, ...
+pub const UPLINK_PORT: PortId = PortId(0);
+
+/// How long a table build waits for the kernel to resolve a next hop.
+const RESOLVE_WAIT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("state file {path}: {message}")]
+    State { path: PathBuf, message: String },
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Gauges the Prometheus endpoint shows next to the workers' counters.
+#[derive(Debug, Default)]
+struct Gauges {
+    generation: AtomicU64,
+    pods: AtomicU64,
+    nodes: AtomicU64,
+    unresolved: AtomicU64,
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
+}
+
+#[derive(Debug)]
+struct PodEntry {
+    pod: LocalPod,
+    port: PortId,
+    worker: usize,
+}
+
+/// What `hybridway status` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub node: String,
+    pub address: Ipv4Addr,
+    pub mode: String,
+    pub backend: String,
+    pub workers: usize,
+    pub generation: u64,
+    pub pods: Vec<PodStatus>,
+    pub nodes: Vec<NodeStatus>,
+    pub unresolved_next_hops: Vec<Ipv4Addr>,
+    pub drops: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PodStatus {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    pub interface: String,
+    pub port: u16,
+    pub worker: usize,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub pod_block: String,
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    config_path: PathBuf,
+    cfg: AgentConfig,
+    backend: Backend,
+    opener: PortOpener,
+    uplink: UplinkFacts,
+    tables: Arc<SharedTables>,
+    pool: Option<WorkerPool>,
+    pods: BTreeMap<String, PodEntry>,
+    neighbors: HashMap<Ipv4Addr, MacAddr>,
+    unresolved: Vec<Ipv4Addr>,
+    gauges: Arc<Gauges>,
+    metrics: Option<MetricsServer>,
+}
+
+impl Agent {
+    /// Reads `config_path`, starts the workers on the uplink, restores the pods of
+    /// the state file and publishes the first snapshot.
+    pub fn start(config_path: &Path) -> Result<Self, AgentError> {
+        let cfg = AgentConfig::load(config_path)?;
+        let ifname = cfg.uplink.interface.clone();
+        let info = neighbors::uplink_info(&ifname)?;
+        let prefix_len = match cfg.uplink.prefix_len {
+            Some(l) => l,
+            None => neighbors::connected_prefix_len(&ifname, cfg.node.address)?.ok_or_else(|| {
+                AgentError::Refused(format!(
+                    "uplink {ifname} has no subnet holding node.address {}; assign the address or set uplink.prefixLen",
+                    cfg.node.address
+                ))
+            })?,
+        };
+        let gateway = match cfg.uplink.gateway {
+            Some(g) => Some(g),
+            None => neighbors::default_gateway(&ifname)?,
+        };
+        let uplink = UplinkFacts {
+            port: UPLINK_PORT,
+            mac: info.mac,
+            mtu: info.mtu,
+            prefix_len,
+            gateway,
+        };
+
+        let wanted = match cfg.dataplane.backend {
+            BackendConfig::Auto => Backend::Auto,
+            BackendConfig::AfXdp => Backend::AfXdp,
+            BackendConfig::Tun => Backend::Tun,
+        };
+        let backend = HostSupport::probe().resolve(wanted, &ifname)?;
+        let opener = PortOpener::new(backend, &cfg);
+
+        let mut neighbors = neighbors::resolve(&ifname, &next_hops(&cfg, &uplink), RESOLVE_WAIT);
+        neighbors.retain(|_, m| *m != MacAddr::ZERO);
+        let built = build_tables(&cfg, &uplink, &[], &neighbors)?;
+        let tables = Arc::new(SharedTables::new(built.tables));
+
+        let workers = cfg.worker_count();
+        let cores: Vec<Option<usize>> = if cfg.dataplane.cores.is_empty() {
+            (0..workers).map(Some).collect()
+        } else {
+            cfg.dataplane.cores.iter().copied().map(Some).collect()
+        };
+        let pool_cfg = PoolConfig {
+            workers,
+            cores,
+            idle_polls: cfg.dataplane.idle_polls,
+            park_timeout: Duration::from_millis(cfg.dataplane.park_timeout_ms),
+            ..PoolConfig::default()
+        };
+        let snat_ports = snat_port_range();
+        let snat = SnatConfig {
+            workers: u16::try_from(workers).unwrap_or(u16::MAX),
+            port_range: snat_ports.clone(),
+            ..SnatConfig::default()
+        };
+        let pool = WorkerPool::start(&pool_cfg, Arc::clone(&tables), move |w| {
+            Pipeline::new(w, &snat)
+        })?;
+
+        // One uplink queue per worker while the device has queues; a single-queue
+        // uplink belongs to worker 0 and the others hand it their frames.
+        let queues = rx_queues(&ifname).min(workers);
+        // The SNAT switch can be flipped by a reload, so replies are always steered.
+        let ports = opener.open_uplink(&cfg, UPLINK_PORT, queues, Some(snat_ports.clone()))?;
+        let sole = queues < workers;
+        for (w, port) in ports.into_iter().enumerate() {
+            pool.add_port(w, port, sole)?;
+        }
+
+        let gauges = Arc::new(Gauges::default());
+        let mut agent = Agent {
+            config_path: config_path.to_owned(),
+            cfg,
+            backend,
+            opener,
+            uplink,
+            tables,
+            pool: Some(pool),
+            pods: BTreeMap::new(),
+            neighbors,
+            unresolved: built.unresolved,
+            gauges,
+            metrics: None,
+        };
+        agent.restore_pods();
+        agent.publish()?;
+        agent.start_metrics()?;
+        tracing::info!(
+            node = %agent.cfg.node.name, backend = %agent.backend, workers, uplink = %ifname,
+            mode = ?agent.cfg.mode, "agent started"
+        );
+        Ok(agent)
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.cfg
+    }
+
+    fn pool(&self) -> Result<&WorkerPool, AgentError> {
+        self.pool
+            .as_ref()
+            .ok_or_else(|| AgentError::Refused("the agent is stopping".into()))
+    }
+
+    fn start_metrics(&mut self) -> Result<(), AgentError> {
+        let Some(addr) = self.cfg.metrics.listen else {
+            return Ok(());
+        };
+        let counters = Arc::clone(self.pool()?.counters());
+        let gauges = Arc::clone(&self.gauges);
+        let render = Arc::new(move |out: &mut String| {
+            use std::fmt::Write as _;
+            counters.render_prometheus(out);
+            let g = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                    v.load(Ordering::Relaxed)
+                );
+            };
+            g(
+                out,
+                "hybridway_tables_generation",
+                "Generation of the published table snapshot.",
+                &gauges.generation,
+            );
+            g(
+                out,
+                "hybridway_local_pods",
+                "Pods attached on this node.",
+                &gauges.pods,
+            );
+            g(
+                out,
+                "hybridway_remote_nodes",
+                "Other nodes in the tables.",
+                &gauges.nodes,
+            );
+            g(
+                out,
+                "hybridway_unresolved_next_hops",
+                "Next hops without a known MAC.",
+                &gauges.unresolved,
+            );
+            g(
+                out,
+                "hybridway_config_reloads",
+                "Successful configuration reloads.",
+                &gauges.reloads,
+            );
+            g(
+                out,
+                "hybridway_config_reload_failures",
+                "Refused configuration reloads.",
+                &gauges.reload_failures,
+            );
+        });
+        let server = MetricsServer::start(addr, render)
+            .map_err(|source| AgentError::Metrics { addr, source })?;
+        tracing::info!(addr = %server.local_addr(), "Prometheus metrics at /metrics");
+        self.metrics = Some(server);
+        Ok(())
+    }
+
+    fn attachments(&self) -> Vec<PodAttachment> {
+        self.pods
+            .values()
+            .map(|e| PodAttachment {
+                pod: e.pod.clone(),
+                port: e.port,
+            })
+            .collect()
+    }
+
+    /// Builds a snapshot from the current state and publishes it.
+    fn publish(&mut self) -> Result<(), AgentError> {
+        let built = build_tables(
+            &self.cfg,
+            &self.uplink,
+            &self.attachments(),
+            &self.neighbors,
+        )?;
+        self.unresolved = built.unresolved;
+        if !self.unresolved.is_empty() {
+            tracing::warn!(next_hops = ?self.unresolved, "next hops without a MAC yet; their routes go nowhere until resolved");
+        }
+        self.tables.publish(built.tables);
+        let generation = self.tables.load().generation;
+        self.gauges.generation.store(generation, Ordering::Relaxed);
+        self.gauges
+            .pods
+            .store(self.pods.len() as u64, Ordering::Relaxed);
+        self.gauges
+            .nodes
+            .store(self.cfg.nodes.len() as u64, Ordering::Relaxed);
+        self.gauges
+            .unresolved
+            .store(self.unresolved.len() as u64, Ordering::Relaxed);
+        tracing::debug!(generation, "tables published");
+        Ok(())
+    }
+
+    /// Looks up next-hop MACs again; republishes when something changed. Called
+    /// periodically by the control loop.
+    pub fn refresh_neighbors(&mut self) -> Result<(), AgentError> {
+        let hops = next_hops(&self.cfg, &self.uplink);
+        let wait = if self.unresolved.is_empty() {
+            Duration::ZERO
+        } else {
+            RESOLVE_WAIT
+        };
+        let mut found = neighbors::resolve(&self.cfg.uplink.interface, &hops, wait);
+        found.retain(|ip, _| hops.contains(ip));
+        // Keep what we knew if the kernel's entry went stale and vanished for a moment.
+        let mut merged = self.neighbors.clone();
+        merged.extend(found);
+        if merged != self.neighbors {
+            self.neighbors = merged;
+            self.publish()?;
+        }
+        Ok(())
+    }
+
+    /// Re-reads the configuration file (SIGHUP). Peers, SNAT ranges and the uplink
+    /// gateway change live; what the running ports and workers were built from (node,
+    /// mode, uplink interface, pod block, VXLAN port, backend, workers) needs a restart
+    /// and is refused. A refused file leaves the running tables untouched.
+    pub fn reload(&mut self) -> Result<(), AgentError> {
+        let result = self.try_reload();
+        match &result {
+            Ok(()) => self.gauges.reloads.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.gauges.reload_failures.fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+
+    fn try_reload(&mut self) -> Result<(), AgentError> {
+        let next = AgentConfig::load(&self.config_path)?;
+        let cur = &self.cfg;
+        let fixed: [(&str, bool); 8] = [
+            (
+                "node",
+                next.node.name == cur.node.name && next.node.address == cur.node.address,
+            ),
+            ("mode", next.mode == cur.mode),
+            (
+                "uplink.interface",
+                next.uplink.interface == cur.uplink.interface,
+            ),
+            (
+                "pods",
+                next.pods.block == cur.pods.block && next.pods.gateway == cur.pods.gateway,
+            ),
+            ("vxlan.port", next.vxlan.port == cur.vxlan.port),
+            (
+                "dataplane.backend",
+                next.dataplane.backend == cur.dataplane.backend,
+            ),
+            (
+                "dataplane.workers",
+                next.dataplane.workers == cur.dataplane.workers,
+            ),
+            ("control.socket", next.control.socket == cur.control.socket),
+        ];
+        if let Some((field, _)) = fixed.iter().find(|(_, same)| !same) {
+            return Err(AgentError::Refused(format!(
+                "reload refused: {field} changed, which needs an agent restart; the running configuration is kept"
+            )));
+        }
+        if let Some(g) = next.uplink.gateway {
+            self.uplink.gateway = Some(g);
+        }
+        let before: Vec<String> = self.cfg.nodes.iter().map(|n| n.name.clone()).collect();
+        let previous = std::mem::replace(&mut self.cfg, next);
+        let hops = next_hops(&self.cfg, &self.uplink);
+        let missing: Vec<Ipv4Addr> = hops
+            .iter()
+            .copied()
+            .filter(|h| !self.neighbors.contains_key(h))
+            .collect();
+        if !missing.is_empty() {
+            self.neighbors.extend(neighbors::resolve(
+                &self.cfg.uplink.interface,
+                &missing,
+                RESOLVE_WAIT,
+            ));
+        }
+        if let Err(e) = self.publish() {
+            self.cfg = previous;
+            return Err(e);
+        }
+        let after: Vec<String> = self.cfg.nodes.iter().map(|n| n.name.clone()).collect();
+        tracing::info!(?before, ?after, "configuration reloaded");
+        Ok(())
+    }
+
+    fn free_port_id(&self) -> Option<PortId> {
+        (1..=u16::MAX)
+            .map(PortId)
+            .find(|id| self.pods.values().all(|e| e.port != *id))
+    }
+
+    /// Attaches a pod: opens its port on the least loaded worker, then publishes a
+    /// snapshot with its route. Nothing else stops.
+    pub fn add_pod(&mut self, pod: LocalPod) -> Result<(), AgentError> {
+        self.attach_pod(pod)?;
+        self.save_pods();
+        Ok(())
+    }
+
+    fn attach_pod(&mut self, pod: LocalPod) -> Result<(), AgentError> {
+        if self.pods.contains_key(&pod.name) {
+            return Err(AgentError::Refused(format!(
+                "pod {} is already attached; remove it first",
+                pod.name
+            )));
+        }
+        if let Some(other) = self
+            .pods
+            .values()
+            .find(|e| e.pod.interface == pod.interface)
+        {
+            return Err(AgentError::Refused(format!(
+                "interface {} already belongs to pod {}",
+                pod.interface, other.pod.name
+            )));
+        }
+        // Validate against the tables before touching the interface.
+        let mut trial = self.attachments();
+        trial.push(PodAttachment {
+            pod: pod.clone(),
+            port: PortId(u16::MAX),
+        });
+        build_tables(&self.cfg, &self.uplink, &trial, &self.neighbors)?;
+
+        let id = self
+            .free_port_id()
+            .ok_or_else(|| AgentError::Refused("no free port ids".into()))?;
+        let workers = self.pool()?.workers();
+        let mut load = vec![0usize; workers];
+        for e in self.pods.values() {
+            if let Some(l) = load.get_mut(e.worker) {
+                *l += 1;
+            }
+        }
+        let worker = (0..workers)
+            .min_by_key(|w| load.get(*w).copied().unwrap_or(0))
+            .unwrap_or(0);
+        let port = self.opener.open_pod(&pod.interface, id)?;
+        self.pool()?.add_port(worker, port, true)?;
+        tracing::info!(pod = %pod.name, ip = %pod.ip, interface = %pod.interface, %id, worker, "pod attached");
+        let name = pod.name.clone();
+        self.pods.insert(
+            name.clone(),
+            PodEntry {
+                pod,
+                port: id,
+                worker,
+            },
+        );
+        if let Err(e) = self.publish() {
+            let _ = self.detach(&name);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Detaches a pod: its route leaves the tables first, then its port closes.
+    pub fn remove_pod(&mut self, name: &str) -> Result<(), AgentError> {
+        self.detach(name)?;
+        self.save_pods();
+        Ok(())
+    }
+
+    fn detach(&mut self, name: &str) -> Result<(), AgentError> {
+        let entry = self
+            .pods
+            .remove(name)
+            .ok_or_else(|| AgentError::Refused(format!("no pod named {name}")))?;
+        self.publish()?;
+        self.pool()?.remove_port(entry.port)?;
+        tracing::info!(pod = name, "pod detached");
+        Ok(())
+    }
+
+    fn save_pods(&self) {
+        let path = &self.cfg.control.state_file;
+        let pods: Vec<&LocalPod> = self.pods.values().map(|e| &e.pod).collect();
+        let result = (|| -> Result<(), String> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            }
+            let text = serde_json::to_string_pretty(&pods).map_err(|e| e.to_string())?;
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text).map_err(|e| e.to_string())?;
+            std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+        })();
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), error = %e, "could not save the pod list; it will not survive a restart");
+        }
+    }
+
+    fn restore_pods(&mut self) {
+        let path = self.cfg.control.state_file.clone();
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        let pods: Vec<LocalPod> = match serde_json::from_str(&text) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable pod state file");
+                return;
+            }
+        };
+        for pod in pods {
+            let name = pod.name.clone();
+            if let Err(e) = self.attach_pod(pod) {
+                tracing::warn!(pod = %name, error = %e, "could not restore pod");
+            }
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let counters = self.pool.as_ref().map(|p| Arc::clone(p.counters()));
+        let pods = self
+            .pods
+            .values()
+            .map(|e| {
+                let (rx, tx) = counters.as_ref().map_or((0, 0), |c| c.port_totals(e.port));
+                PodStatus {
+                    name: e.pod.name.clone(),
+                    ip: e.pod.ip,
+                    mac: e.pod.mac.to_string(),
+                    interface: e.pod.interface.clone(),
+                    port: e.port.0,
+                    worker: e.worker,
+                    rx_packets: rx,
+                    tx_packets: tx,
+                }
+            })
+            .collect();
+        let mut drops = BTreeMap::new();
+        if let Some(c) = &counters {
+            for r in hybridway_dataplane::DropReason::ALL {
+                let n = c.total_drops(*r);
+                if n > 0 {
+                    drops.insert(r.label().to_string(), n);
+                }
+            }
+        }
+        Status {
+            node: self.cfg.node.name.clone(),
+            address: self.cfg.node.address,
+            mode: format!("{:?}", self.cfg.mode).to_lowercase(),
+            backend: self.backend.to_string(),
+            workers: self.pool.as_ref().map_or(0, WorkerPool::workers),
+            generation: self.tables.load().generation,
+            pods,
+            nodes: self
+                .cfg
+                .nodes
+                .iter()
+                .map(|n| NodeStatus {
+                    name: n.name.clone(),
+                    address: n.address,
+                    pod_block: n.pod_block.to_string(),
+                })
+                .collect(),
+            unresolved_next_hops: self.unresolved.clone(),
+            drops,
+        }
+    }
+
+    /// Stops the workers and closes every port, which detaches every XDP program
+    /// this agent attached. The pod list stays in the state file for the next start.
+    pub fn shutdown(&mut self) {
+        self.metrics = None;
+        if let Some(pool) = self.pool.take() {
+            pool.shutdown();
+        }
+        tracing::info!("agent stopped; XDP programs detached");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

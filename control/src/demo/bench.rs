@@ -1,0 +1,140 @@
+//! `hybridway bench-e2e`: pod-to-pod throughput on the demo's namespace topology,
+//! through hybridway and through the kernel, in one run, with the ratio of each
+//! hybridway figure to the kernel's path in the same mode.
+//!
+//! Figures per path: TCP throughput with one and with four streams (iperf3, 128 KiB
+//! writes) and the 64-byte UDP packet rate (iperf3 `-u -l 18 -b 0`: 18 bytes of
+//! payload make a 60-byte frame, 64 with the FCS a real wire would add), measured
+//! as datagrams received per second.
+//!
+//! Paths: hybridway AF_XDP overlay and underlay; the kernel's VXLAN configured like
+//! flannel (overlay baseline) and kernel routing (underlay baseline), both with the
+//! veths' offloads left on — the kernel at its best. hybridway's veths run with
+//! offloads off because AF_XDP sees frames as they are (see `Netns::no_offloads`).
+//! The TUN backend is not wired into the agent yet and is reported as such.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::topology::{Cluster, ClusterSpec, NodeKind};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    tcp1_gbps: f64,
+    tcp4_gbps: f64,
+    udp64_kpps: f64,
+}
+
+fn iperf_json(c: &Cluster, args: &str, seconds: u32) -> anyhow::Result<serde_json::Value> {
+    let srv = c.pod(2, 1).ok_or_else(|| anyhow::anyhow!("no server pod"))?;
+    let cli = c.pod(1, 1).ok_or_else(|| anyhow::anyhow!("no client pod"))?;
+    let mut server = srv
+        .ns
+        .command("iperf3")
+        .args(["-s", "-1", "-B", &srv.ip.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut result = Err(anyhow::anyhow!("iperf3 did not run"));
+    for _ in 0..5 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let out = cli.ns.try_sh(&format!(
+            "timeout {} iperf3 -c {} -t {seconds} {args} --connect-timeout 3000 -J",
+            seconds + 15,
+            srv.ip
+        ))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let refused = text.contains("Connection refused");
+        result = serde_json::from_str::<serde_json::Value>(&text).map_err(|_| anyhow::anyhow!("no JSON: {text}"));
+        if !refused {
+            break;
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let json = result?;
+    if let Some(e) = json.get("error").and_then(|e| e.as_str()) {
+        anyhow::bail!("iperf3: {e}");
+    }
+    Ok(json)
+}
+
+fn measure(c: &Cluster, seconds: u32) -> anyhow::Result<Figures> {
+    let tcp = |streams: u32| -> anyhow::Result<f64> {
+        let j = iperf_json(c, &format!("-P {streams}"), seconds)?;
+        Ok(j.pointer("/end/sum_received/bits_per_second").and_then(|v| v.as_f64()).unwrap_or(0.0) / 1e9)
+    };
+    let tcp1_gbps = tcp(1)?;
+    let tcp4_gbps = tcp(4)?;
+    let j = iperf_json(c, "-u -l 18 -b 0", seconds)?;
+    let sum = j.pointer("/end/sum").ok_or_else(|| anyhow::anyhow!("no UDP summary"))?;
+    let packets = sum.get("packets").and_then(|v| v.as_f64()).unwrap_or(0.0);
+    let lost = sum.get("lost_packets").and_then(|v| v.as_f64()).unwrap_or(0.0);
+    let secs = sum.get("seconds").and_then(|v| v.as_f64()).unwrap_or(f64::from(seconds)).max(0.001);
+    Ok(Figures { tcp1_gbps, tcp4_gbps, udp64_kpps: (packets - lost).max(0.0) / secs / 1e3 })
+}
+
+fn build(tag: &str, overlay: bool, kernel: bool, exe: &std::path::Path) -> anyhow::Result<Cluster> {
+    let kind = match (kernel, overlay) {
+        (false, _) => NodeKind::Hybridway,
+        (true, true) => NodeKind::KernelVxlan,
+        (true, false) => NodeKind::KernelRouting,
+    };
+    Ok(Cluster::build(ClusterSpec {
+        tag: tag.to_string(),
+        overlay,
+        snat: true,
+        backend: "af_xdp".into(),
+        nodes: vec![kind, kind],
+        pods_per_node: 1,
+        kernel_offloads: kernel,
+        exe: exe.to_path_buf(),
+        dir: std::env::temp_dir().join(tag),
+    })?)
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let exe: PathBuf = std::env::current_exe()?;
+    let base = format!("hwb{}", std::process::id() % 10_000);
+    println!("end-to-end pod-to-pod benchmark, {} s per figure (same run, same topology)", args.seconds);
+    println!("{:<34} {:>12} {:>12} {:>14}", "path", "TCP x1 Gb/s", "TCP x4 Gb/s", "UDP 64B kpps");
+    let mut rows: Vec<(String, bool, bool, Figures)> = Vec::new();
+    for (name, overlay, kernel) in [
+        ("kernel VXLAN (flannel-style)", true, true),
+        ("hybridway AF_XDP overlay", true, false),
+        ("kernel routing (underlay)", false, true),
+        ("hybridway AF_XDP underlay", false, false),
+    ] {
+        let tag = format!("{base}{}{}", if overlay { "o" } else { "u" }, if kernel { "k" } else { "h" });
+        let cluster = build(&tag, overlay, kernel, &exe)?;
+        let f = measure(&cluster, args.seconds)?;
+        drop(cluster);
+        println!("{name:<34} {:>12.2} {:>12.2} {:>14.1}", f.tcp1_gbps, f.tcp4_gbps, f.udp64_kpps);
+        rows.push((name.to_string(), overlay, kernel, f));
+    }
+    println!("{:<34} {:>12} {:>12} {:>14}", "hybridway TUN (overlay/underlay)", "n/a", "n/a", "n/a");
+    println!("\nratio hybridway / kernel (goal >= 1.0):");
+    for overlay in [true, false] {
+        let k = rows.iter().find(|r| r.1 == overlay && r.2).map(|r| r.3);
+        let h = rows.iter().find(|r| r.1 == overlay && !r.2).map(|r| r.3);
+        if let (Some(k), Some(h)) = (k, h) {
+            let r = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+            println!(
+                "  {:<9} TCP x1 {:.2}x   TCP x4 {:.2}x   UDP 64B {:.2}x",
+                if overlay { "overlay" } else { "underlay" },
+                r(h.tcp1_gbps, k.tcp1_gbps),
+                r(h.tcp4_gbps, k.tcp4_gbps),
+                r(h.udp64_kpps, k.udp64_kpps)
+            );
+        }
+    }
+    Ok(())
+}

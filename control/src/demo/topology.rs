@@ -1,0 +1,496 @@
+//! The demo's (and the end-to-end tests') cluster in network namespaces:
+//!
+//! ```text
+//!   pod ns p{n}{j} (eth0 198.19.n.(10+j)/32, default via 198.19.n.1)
+//!        │ veth (host side hwp{j})
+//!   node ns n{n} (eth0 198.18.0.n/24, default via 198.18.0.254) ── agent or kernel VXLAN
+//!        │ veth
+//!   fabric ns fab (bridge br0) ── outside ns out (eth0 198.18.0.254/24,
+//!                                                 server 198.18.100.1 on lo)
+//! ```
+//!
+//! Every namespace is named `<tag>-<role>`; dropping the [`Cluster`] stops the agents
+//! (SIGTERM, then SIGKILL) and deletes every namespace.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::agent::control::{self, Request};
+use crate::agent::table_builder::LocalPod;
+
+use super::netns::{NetError, Netns, veth};
+
+/// The outside host's service address (on the outside namespace's loopback).
+pub const OUTSIDE_SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+/// The uplink gateway (the outside namespace).
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("{0}")]
+    Agent(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What runs on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeKind {
+    /// A hybridway agent.
+    Hybridway,
+    /// The Linux kernel's VXLAN device configured as flannel does (overlay only).
+    KernelVxlan,
+    /// Plain kernel routing (underlay only).
+    KernelRouting,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// Prefix of every namespace name; keep it short and unique (pid).
+    pub tag: String,
+    pub overlay: bool,
+    pub snat: bool,
+    pub backend: String,
+    pub nodes: Vec<NodeKind>,
+    pub pods_per_node: u8,
+    /// Leave the veths' checksum/segmentation offloads on (only meaningful for an
+    /// all-kernel cluster: the kernel baseline at its best; AF_XDP needs them off).
+    pub kernel_offloads: bool,
+    /// The `hybridway` executable.
+    pub exe: PathBuf,
+    /// Where configs, sockets and logs go.
+    pub dir: PathBuf,
+}
+
+/// One node.
+#[derive(Debug)]
+pub struct Node {
+    pub index: u8,
+    pub kind: NodeKind,
+    pub ns: Netns,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+    agent: Option<Child>,
+}
+
+/// One pod.
+#[derive(Debug)]
+pub struct Pod {
+    pub name: String,
+    pub node: u8,
+    pub ip: Ipv4Addr,
+    pub ns: Netns,
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub spec: ClusterSpec,
+    // Field order is drop order: pods and nodes go before the fabric.
+    pub pods: Vec<Pod>,
+    pub nodes: Vec<Node>,
+    pub outside: Netns,
+    pub fabric: Netns,
+}
+
+pub fn node_addr(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, n)
+}
+
+pub fn pod_block(n: u8) -> String {
+    format!("198.19.{n}.0/24")
+}
+
+pub fn pod_gateway(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 19, n, 1)
+}
+
+pub fn pod_ip(n: u8, j: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 19, n, 10 + j)
+}
+
+pub fn vtep_mac(n: u8) -> String {
+    format!("02:76:74:65:70:{n:02x}")
+}
+
+fn pod_mac(n: u8, j: u8) -> String {
+    format!("02:00:c6:13:{n:02x}:{:02x}", 10 + j)
+}
+
+impl Cluster {
+    /// Builds the namespaces, starts an agent on every hybridway node and attaches
+    /// the pods.
+    pub fn build(spec: ClusterSpec) -> Result<Self, ClusterError> {
+        std::fs::create_dir_all(&spec.dir)?;
+        let tag = spec.tag.clone();
+        let spec_offloads = spec.kernel_offloads;
+        let fabric = Netns::new(&format!("{tag}-fab"))?;
+        fabric.sh("ip link add br0 type bridge && ip link set br0 up")?;
+        let outside = Netns::new(&format!("{tag}-out"))?;
+        veth(&outside, "eth0", &fabric, "out")?;
+        fabric.sh("ip link set out master br0")?;
+        outside.sh(&format!(
+            "ip addr add {GATEWAY}/24 dev eth0 && ip addr add {OUTSIDE_SERVER}/32 dev lo"
+        ))?;
+        if !spec_offloads { outside.no_offloads("eth0")?; }
+        if !spec_offloads { fabric.no_offloads("out")?; }
+        let mut cluster = Cluster {
+            spec,
+            pods: Vec::new(),
+            nodes: Vec::new(),
+            outside,
+            fabric,
+        };
+        let count = u8::try_from(cluster.spec.nodes.len()).unwrap_or(2);
+        for n in 1..=count {
+            cluster.add_node(n)?;
+        }
+        for n in 1..=count {
+            if cluster.node(n).map(|x| x.kind) == Some(NodeKind::Hybridway) {
+                cluster.start_agent(n)?;
+            }
+        }
+        for n in 1..=count {
+            for j in 1..=cluster.spec.pods_per_node {
+                cluster.add_pod(n, j)?;
+            }
+        }
+        Ok(cluster)
+    }
+
+    pub fn node(&self, n: u8) -> Option<&Node> {
+        self.nodes.iter().find(|x| x.index == n)
+    }
+
+    pub fn pod(&self, n: u8, j: u8) -> Option<&Pod> {
+        self.pods
+            .iter()
+            .find(|p| p.node == n && p.ip == pod_ip(n, j))
+    }
+
+    fn add_node(&mut self, n: u8) -> Result<(), ClusterError> {
+        let kind = self
+            .spec
+            .nodes
+            .get(usize::from(n - 1))
+            .copied()
+            .unwrap_or(NodeKind::Hybridway);
+        let ns = Netns::new(&format!("{}-n{n}", self.spec.tag))?;
+        veth(&ns, "eth0", &self.fabric, &format!("n{n}"))?;
+        self.fabric.sh(&format!("ip link set n{n} master br0"))?;
+        ns.sh(&format!(
+            "ip addr add {}/24 dev eth0 && ip route add default via {GATEWAY}",
+            node_addr(n)
+        ))?;
+        if !self.spec.kernel_offloads {
+            ns.no_offloads("eth0")?;
+            self.fabric.no_offloads(&format!("n{n}"))?;
+        }
+        // The outside routes pod blocks to their node (what BGP does for underlay /
+        // SNAT-off); with SNAT on it never needs them.
+        self.outside.sh(&format!(
+            "ip route replace {} via {}",
+            pod_block(n),
+            node_addr(n)
+        ))?;
+        let dir = &self.spec.dir;
+        let node = Node {
+            index: n,
+            kind,
+            ns,
+            config: dir.join(format!("n{n}.yaml")),
+            socket: dir.join(format!("n{n}.sock")),
+            metrics_port: 9460 + u16::from(n),
+            log: dir.join(format!("n{n}.log")),
+            agent: None,
+        };
+        match kind {
+            NodeKind::Hybridway => {
+                std::fs::write(&node.config, self.agent_yaml(n))?;
+                let _ = std::fs::remove_file(dir.join(format!("n{n}-pods.json")));
+            }
+            NodeKind::KernelVxlan => self.kernel_vxlan(&node.ns, n)?,
+            NodeKind::KernelRouting => self.kernel_routing(&node.ns, n)?,
+        }
+        self.nodes.push(node);
+        Ok(())
+    }
+
+    /// The agent configuration of node `n`: every other node is a peer.
+    pub fn agent_yaml(&self, n: u8) -> String {
+        self.agent_yaml_with_peers(n, &self.peer_indices(n))
+    }
+
+    fn peer_indices(&self, n: u8) -> Vec<u8> {
+        let count = u8::try_from(self.spec.nodes.len()).unwrap_or(2);
+        (1..=count).filter(|m| *m != n).collect()
+    }
+
+    /// The agent configuration of node `n` with only `peers` as other nodes.
+    pub fn agent_yaml_with_peers(&self, n: u8, peers: &[u8]) -> String {
+        let dir = self.spec.dir.display();
+        let mut y = format!(
+            "# generated by hybridway demo\n\
+             node: {{name: node{n}, address: {addr}}}\n\
+             mode: {mode}\n\
+             uplink: {{interface: eth0, gateway: {GATEWAY}}}\n\
+             pods: {{block: {block}, gateway: {gw}}}\n\
+             snat: {{enabled: {snat}}}\n\
+             vxlan: {{vni: 1, port: 8472, vtepMac: \"{vtep}\"}}\n\
+             dataplane: {{backend: {backend}, workers: 1, cores: [0], hugepages: false, idlePolls: 512, parkTimeoutMs: 50}}\n\
+             metrics: {{listen: \"127.0.0.1:{metrics}\"}}\n\
+             control: {{socket: {dir}/n{n}.sock, stateFile: {dir}/n{n}-pods.json}}\n\
+             nodes:\n",
+            addr = node_addr(n),
+            mode = if self.spec.overlay {
+                "overlay"
+            } else {
+                "underlay"
+            },
+            block = pod_block(n),
+            gw = pod_gateway(n),
+            snat = self.spec.snat,
+            vtep = vtep_mac(n),
+            backend = self.spec.backend,
+            metrics = 9460 + u16::from(n),
+        );
+        for m in peers {
+            y.push_str(&format!(
+                "  - {{name: node{m}, address: {}, podBlock: {}, vtepMac: \"{}\"}}\n",
+                node_addr(*m),
+                pod_block(*m),
+                vtep_mac(*m)
+            ));
+        }
+        if peers.is_empty() {
+            y = y.replace("nodes:\n", "nodes: []\n");
+        }
+        y
+    }
+
+    /// flannel's vxlan backend, by hand: flannel.1 with VNI 1 on port 8472, the
+    /// node's pod block gateway, and for every other node a static FDB entry, a
+    /// permanent neighbour for its VTEP address and a route via it, onlink.
+    fn kernel_vxlan(&self, ns: &Netns, n: u8) -> Result<(), ClusterError> {
+        ns.sh(&format!(
+            "sysctl -qw net.ipv4.ip_forward=1 && \
+             ip link add flannel.1 type vxlan id 1 local {addr} dev eth0 dstport 8472 nolearning && \
+             ip link set flannel.1 address {vtep} mtu 1450 && \
+             ip addr add 198.19.{n}.0/32 dev flannel.1 && ip link set flannel.1 up",
+            addr = node_addr(n),
+            vtep = vtep_mac(n)
+        ))?;
+        if !self.spec.kernel_offloads {
+            ns.no_offloads("flannel.1")?;
+        }
+        for m in self.peer_indices(n) {
+            ns.sh(&format!(
+                "bridge fdb append {vtep} dev flannel.1 dst {addr} && \
+                 ip neigh replace 198.19.{m}.0 lladdr {vtep} dev flannel.1 nud permanent && \
+                 ip route replace {block} via 198.19.{m}.0 dev flannel.1 onlink",
+                vtep = vtep_mac(m),
+                addr = node_addr(m),
+                block = pod_block(m)
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Underlay by the kernel: forward, and route every other block via its node.
+    fn kernel_routing(&self, ns: &Netns, n: u8) -> Result<(), ClusterError> {
+        ns.sh("sysctl -qw net.ipv4.ip_forward=1")?;
+        for m in self.peer_indices(n) {
+            ns.sh(&format!(
+                "ip route replace {} via {}",
+                pod_block(m),
+                node_addr(m)
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Starts (or restarts) the agent of node `n` and waits until it answers.
+    pub fn start_agent(&mut self, n: u8) -> Result<(), ClusterError> {
+        let exe = self.spec.exe.clone();
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|x| x.index == n)
+            .ok_or_else(|| ClusterError::Agent(format!("no node {n}")))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
+        let child = node
+            .ns
+            .command(&exe.display().to_string())
+            .args(["agent", "--config", &node.config.display().to_string()])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        node.agent = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = node.agent.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    return Err(ClusterError::Agent(format!(
+                        "agent of node{n} exited with {status}:\n{}",
+                        tail.join("\n")
+                    )));
+                }
+            }
+            if control::call(&node.socket, &Request::Status).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(ClusterError::Agent(format!(
+                    "agent of node{n} did not answer within 20 s; see {}",
+                    node.log.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the agent of node `n` with `signal` ("TERM" or "KILL"); waits for it.
+    pub fn stop_agent(
+        &mut self,
+        n: u8,
+        signal: &str,
+    ) -> Result<Option<std::process::ExitStatus>, ClusterError> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|x| x.index == n)
+            .ok_or_else(|| ClusterError::Agent(format!("no node {n}")))?;
+        Ok(node.stop_agent(signal))
+    }
+
+    /// Sends SIGHUP to node `n`'s agent.
+    pub fn signal_agent(&self, n: u8, signal: &str) -> Result<(), ClusterError> {
+        let node = self
+            .node(n)
+            .ok_or_else(|| ClusterError::Agent(format!("no node {n}")))?;
+        let pid = node
+            .agent_pid()
+            .ok_or_else(|| ClusterError::Agent(format!("node{n} runs no agent")))?;
+        super::netns::run("kill", &[&format!("-{signal}"), &pid.to_string()])?;
+        Ok(())
+    }
+
+    /// Creates pod `j` of node `n` and, on a hybridway node, attaches it.
+    fn add_pod(&mut self, n: u8, j: u8) -> Result<(), ClusterError> {
+        let name = format!("p{n}{j}");
+        let ns = Netns::new(&format!("{}-{name}", self.spec.tag))?;
+        let node = self
+            .node(n)
+            .ok_or_else(|| ClusterError::Agent(format!("no node {n}")))?;
+        let host_dev = format!("hwp{j}");
+        veth(&ns, "eth0", &node.ns, &host_dev)?;
+        let (ip, gw, mac) = (pod_ip(n, j), pod_gateway(n), pod_mac(n, j));
+        let mtu = if self.spec.overlay { 1450 } else { 1500 };
+        ns.sh(&format!(
+            "ip link set eth0 address {mac} mtu {mtu} && ip addr add {ip}/32 dev eth0 && \
+             ip route add {gw} dev eth0 && ip route add default via {gw} dev eth0"
+        ))?;
+        if !self.spec.kernel_offloads {
+            ns.no_offloads("eth0")?;
+            node.ns.no_offloads(&host_dev)?;
+        }
+        match node.kind {
+            NodeKind::Hybridway => {
+                let pod = LocalPod {
+                    name: name.clone(),
+                    ip,
+                    mac: mac.parse().map_err(|_| ClusterError::Agent(mac.clone()))?,
+                    interface: host_dev,
+                };
+                control::call(&node.socket, &Request::PodAdd { pod })
+                    .map_err(|e| ClusterError::Agent(format!("attaching {name}: {e}")))?;
+            }
+            NodeKind::KernelVxlan | NodeKind::KernelRouting => {
+                node.ns.sh(&format!(
+                    "sysctl -qw net.ipv4.conf.{host_dev}.proxy_arp=1 && ip route replace {ip}/32 dev {host_dev}"
+                ))?;
+            }
+        }
+        self.pods.push(Pod {
+            name,
+            node: n,
+            ip,
+            ns,
+        });
+        Ok(())
+    }
+
+    /// `ping` from pod (n, j) to `dst`: true when every probe was answered.
+    pub fn ping(&self, from: (u8, u8), dst: Ipv4Addr, count: u32) -> Result<bool, ClusterError> {
+        let pod = self
+            .pod(from.0, from.1)
+            .ok_or_else(|| ClusterError::Agent("no such pod".into()))?;
+        let out = pod
+            .ns
+            .try_sh(&format!("ping -c {count} -i 0.2 -W 2 -q {dst}"))?;
+        Ok(out.status.success())
+    }
+
+    pub fn metrics_of(&self, n: u8) -> Result<String, ClusterError> {
+        let node = self
+            .node(n)
+            .ok_or_else(|| ClusterError::Agent(format!("no node {n}")))?;
+        let _inside = hybridway_dataplane::port::netns::NetnsGuard::enter(&node.ns.name)?;
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", node.metrics_port))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default())
+    }
+
+    pub fn log_path(&self, n: u8) -> Option<&Path> {
+        self.node(n).map(|x| x.log.as_path())
+    }
+}
+
+impl Node {
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
+    fn stop_agent(&mut self, signal: &str) -> Option<std::process::ExitStatus> {
+        let mut child = self.agent.take()?;
+        // `ip netns exec` execs the agent, so the child's pid is the agent's.
+        let _ = super::netns::run("kill", &[&format!("-{signal}"), &child.id().to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop_agent("TERM");
+    }
+}

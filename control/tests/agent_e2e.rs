@@ -1,0 +1,355 @@
+//! End to end, for real: network namespaces, hybridway agents as processes (AF_XDP
+//! backend), the Linux kernel as the peer node, iperf3 and ping as traffic.
+//! Needs root (CI runs as root); never skips. Tests run one at a time (they share
+//! the machine's cores with everything else).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hybridway_control::demo::topology::{
+    Cluster, ClusterSpec, NodeKind, node_addr, pod_ip, vtep_mac,
+};
+use hybridway_control::demo::{iperf, outside_sees};
+use hybridway_dataplane::port::netns::NetnsGuard;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn cluster(name: &str, overlay: bool, snat: bool, nodes: Vec<NodeKind>) -> Cluster {
+    let tag = format!("hwt{name}{}", std::process::id() % 10_000);
+    let dir = std::env::temp_dir().join(&tag);
+    let _ = std::fs::remove_dir_all(&dir);
+    Cluster::build(ClusterSpec {
+        tag,
+        overlay,
+        snat,
+        backend: "af_xdp".into(),
+        nodes,
+        pods_per_node: 2,
+        kernel_offloads: false,
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_hybridway")),
+        dir,
+    })
+    .unwrap_or_else(|e| panic!("building the cluster: {e}"))
+}
+
+/// Sum of a metric's samples whose line contains `label` (e.g. `reason="no_route"`).
+fn metric(c: &Cluster, node: u8, name: &str, label: &str) -> u64 {
+    let text = c.metrics_of(node).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<u64>().ok()))
+        .sum()
+}
+
+fn assert_ping(c: &Cluster, from: (u8, u8), to: Ipv4Addr) {
+    assert!(
+        c.ping(from, to, 3).unwrap(),
+        "ping p{}{} -> {to} failed",
+        from.0,
+        from.1
+    );
+}
+
+fn assert_tcp_udp_both_ways(c: &Cluster, a: (u8, u8), b: (u8, u8)) {
+    for (client, server) in [(a, b), (b, a)] {
+        for udp in [false, true] {
+            let r = iperf(c, client, server, udp, 1);
+            assert!(
+                r.is_ok(),
+                "iperf3 {} {client:?} -> {server:?}: {r:?}",
+                if udp { "UDP" } else { "TCP" }
+            );
+        }
+    }
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn overlay_pods_exchange_icmp_tcp_udp_both_ways_and_reach_the_outside_through_snat() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = cluster(
+        "ov",
+        true,
+        true,
+        vec![NodeKind::Hybridway, NodeKind::Hybridway],
+    );
+    assert_ping(&c, (1, 1), pod_ip(2, 1));
+    assert_ping(&c, (2, 1), pod_ip(1, 1));
+    assert_ping(&c, (1, 1), pod_ip(1, 2));
+    assert_tcp_udp_both_ways(&c, (1, 1), (2, 2));
+    assert_eq!(
+        outside_sees(&c, (1, 2)).unwrap(),
+        node_addr(1),
+        "SNAT: the outside sees the node"
+    );
+    assert_eq!(outside_sees(&c, (2, 1)).unwrap(), node_addr(2));
+    // The traffic crossed the dataplane: VXLAN in and out of both uplinks.
+    for n in [1, 2] {
+        assert!(metric(&c, n, "hybridway_port_rx_packets_total", "port=\"eth0/q0\"") > 100);
+        assert!(metric(&c, n, "hybridway_port_tx_packets_total", "port=\"eth0/q0\"") > 100);
+    }
+}
+
+#[test]
+fn kernel_vxlan_configured_like_flannel_is_a_peer() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = cluster(
+        "kv",
+        true,
+        true,
+        vec![NodeKind::Hybridway, NodeKind::KernelVxlan],
+    );
+    assert_ping(&c, (1, 1), pod_ip(2, 1));
+    assert_ping(&c, (2, 2), pod_ip(1, 2));
+    assert_tcp_udp_both_ways(&c, (1, 1), (2, 1));
+    let fdb = c
+        .node(2)
+        .unwrap()
+        .ns
+        .sh("bridge fdb show dev flannel.1")
+        .unwrap();
+    assert!(
+        fdb.contains(&format!("{} dst {}", vtep_mac(1), node_addr(1))),
+        "{fdb}"
+    );
+    assert_eq!(
+        metric(
+            &c,
+            1,
+            "hybridway_drops_total",
+            "reason=\"vxlan_unknown_source\""
+        ),
+        0
+    );
+    assert!(metric(&c, 1, "hybridway_port_rx_packets_total", "port=\"eth0/q0\"") > 100);
+}
+
+#[test]
+fn underlay_pods_talk_to_each_other_and_to_a_kernel_routed_node() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = cluster(
+        "ul",
+        false,
+        true,
+        vec![
+            NodeKind::Hybridway,
+            NodeKind::Hybridway,
+            NodeKind::KernelRouting,
+        ],
+    );
+    assert_ping(&c, (1, 1), pod_ip(2, 1));
+    assert_ping(&c, (2, 1), pod_ip(1, 1));
+    assert_tcp_udp_both_ways(&c, (1, 2), (2, 1));
+    // Node 3 is plain kernel routing (what the rest of an underlay network does).
+    assert_ping(&c, (1, 1), pod_ip(3, 1));
+    assert_ping(&c, (3, 2), pod_ip(2, 2));
+    let r = iperf(&c, (3, 1), (1, 1), false, 1);
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(outside_sees(&c, (2, 2)).unwrap(), node_addr(2));
+}
+
+#[test]
+fn with_snat_off_the_outside_sees_the_pod_address() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = cluster(
+        "ns",
+        true,
+        false,
+        vec![NodeKind::Hybridway, NodeKind::Hybridway],
+    );
+    // The outside routes pod blocks to their nodes (what BGP would teach it).
+    assert_eq!(outside_sees(&c, (1, 1)).unwrap(), pod_ip(1, 1));
+    assert_eq!(outside_sees(&c, (2, 2)).unwrap(), pod_ip(2, 2));
+}
+
+/// A VXLAN payload (VNI 1) carrying a minimal IPv4/ICMP echo to `dst`.
+fn vxlan_payload(dst: Ipv4Addr) -> Vec<u8> {
+    let mut p = vec![0x08, 0, 0, 0, 0, 0, 1, 0]; // I flag, VNI 1
+    p.extend_from_slice(&[0x02, 0x76, 0x74, 0x65, 0x70, 0x01]); // inner dst: node1's VTEP
+    p.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99, 0x08, 0x00]);
+    let mut ip = vec![0x45, 0, 0, 28, 0, 0, 0, 0, 64, 1, 0, 0, 198, 18, 0, 254];
+    ip.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&ip);
+    p.extend_from_slice(&[8, 0, 0xf7, 0xff, 0, 0, 0, 0]);
+    p
+}
+
+fn send_udp_from(ns: &str, src: Ipv4Addr, dst: Ipv4Addr, payloads: &[Vec<u8>]) {
+    let _inside = NetnsGuard::enter(ns).unwrap();
+    let s = UdpSocket::bind((src, 0)).unwrap();
+    for p in payloads {
+        s.send_to(p, (dst, 8472)).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn garbage_and_vxlan_from_strangers_are_counted_and_the_agent_stays_up() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = cluster(
+        "gb",
+        true,
+        true,
+        vec![NodeKind::Hybridway, NodeKind::Hybridway],
+    );
+    // Garbage to 8472 from a known node, and well-formed VXLAN from a stranger.
+    let garbage: Vec<Vec<u8>> = (0..50u8)
+        .map(|i| vec![i; usize::from(i) % 40 + 1])
+        .collect();
+    send_udp_from(
+        &c.node(2).unwrap().ns.name,
+        node_addr(2),
+        node_addr(1),
+        &garbage,
+    );
+    let stranger = vec![vxlan_payload(pod_ip(1, 1)); 20];
+    send_udp_from(
+        &c.outside.name,
+        Ipv4Addr::new(198, 18, 0, 254),
+        node_addr(1),
+        &stranger,
+    );
+    wait_until("drops counted", || {
+        metric(
+            &c,
+            1,
+            "hybridway_drops_total",
+            "reason=\"vxlan_unknown_source\"",
+        ) >= 20
+            && metric(&c, 1, "hybridway_drops_total", "reason=\"vxlan_") >= 70
+    });
+    // Nothing of it reached the pod, and the agent still forwards.
+    assert_ping(&c, (2, 1), pod_ip(1, 1));
+    assert_ping(&c, (1, 2), pod_ip(2, 2));
+}
+
+#[test]
+fn a_node_removed_by_sighup_stops_receiving_and_comes_back_when_restored() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = cluster(
+        "hup",
+        true,
+        true,
+        vec![NodeKind::Hybridway, NodeKind::Hybridway],
+    );
+    assert_ping(&c, (2, 1), pod_ip(1, 1));
+    let node1 = c.node(1).unwrap();
+    let before = metric(
+        &c,
+        1,
+        "hybridway_drops_total",
+        "reason=\"vxlan_unknown_source\"",
+    );
+    std::fs::write(&node1.config, c.agent_yaml_with_peers(1, &[])).unwrap();
+    c.signal_agent(1, "HUP").unwrap();
+    wait_until("reload", || {
+        metric(&c, 1, "hybridway_remote_nodes", "") == 0
+    });
+    // Node 2 still sends; node 1 no longer accepts it, and counts why.
+    assert!(
+        !c.ping((2, 1), pod_ip(1, 1), 2).unwrap(),
+        "node1 still accepts traffic from a removed node"
+    );
+    assert!(!c.ping((1, 1), pod_ip(2, 1), 2).unwrap());
+    assert!(
+        metric(
+            &c,
+            1,
+            "hybridway_drops_total",
+            "reason=\"vxlan_unknown_source\""
+        ) > before
+    );
+    // A pod on the same node kept working the whole time.
+    assert_ping(&c, (1, 1), pod_ip(1, 2));
+    std::fs::write(&node1.config, c.agent_yaml(1)).unwrap();
+    c.signal_agent(1, "HUP").unwrap();
+    wait_until("reload back", || {
+        metric(&c, 1, "hybridway_remote_nodes", "") == 1
+    });
+    assert_ping(&c, (2, 1), pod_ip(1, 1));
+    // A broken file is refused and the running tables stay.
+    std::fs::write(&node1.config, "node: {name: broken}\n").unwrap();
+    c.signal_agent(1, "HUP").unwrap();
+    wait_until("refusal counted", || {
+        metric(&c, 1, "hybridway_config_reload_failures", "") == 1
+    });
+    assert_ping(&c, (1, 1), pod_ip(2, 1));
+}
+
+#[test]
+fn killed_agent_restarts_with_its_pods_and_sigterm_leaves_no_xdp_behind() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = cluster(
+        "rs",
+        true,
+        true,
+        vec![NodeKind::Hybridway, NodeKind::Hybridway],
+    );
+    assert_ping(&c, (1, 1), pod_ip(2, 1));
+    // Mid-transfer: a TCP stream runs while the agent is killed and restarted.
+    let srv = c.pod(2, 1).unwrap();
+    let mut server = srv
+        .ns
+        .command("iperf3")
+        .args(["-s", "-1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let cli = c.pod(1, 1).unwrap();
+    let client = cli
+        .ns
+        .command("iperf3")
+        .args(["-c", &pod_ip(2, 1).to_string(), "-t", "6", "-J"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    c.stop_agent(1, "KILL").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    c.start_agent(1).unwrap();
+    let out = client.wait_with_output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        json.get("error").is_none(),
+        "the transfer did not survive the restart: {json}"
+    );
+    let received = json
+        .pointer("/end/sum_received/bytes")
+        .and_then(|v| v.as_u64())
+        .unwrap();
+    assert!(received > 0);
+    // The pods came back from the state file without being added again.
+    assert_ping(&c, (1, 1), pod_ip(2, 1));
+    assert_ping(&c, (2, 2), pod_ip(1, 2));
+
+    let status = c.stop_agent(1, "TERM").unwrap().unwrap();
+    assert!(status.success(), "agent exit status {status}");
+    let ns = &c.node(1).unwrap().ns;
+    for dev in ["eth0", "hwp1", "hwp2"] {
+        let link = ns.sh(&format!("ip -d link show {dev}")).unwrap();
+        assert!(
+            !link.contains("xdp"),
+            "{dev} still has an XDP program: {link}"
+        );
+    }
+    // The node's own stack works as before: it reaches the other node.
+    ns.sh(&format!("ping -c 1 -W 2 {}", node_addr(2))).unwrap();
+}
