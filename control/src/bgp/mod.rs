@@ -5,3 +5,4 @@
 //! - [`speaker`]: the tokio shell: sockets, timers, one task per peer.
 
 pub mod codec;
+pub mod fsm;
