@@ -126,7 +126,9 @@ pub enum Action {
 
 /// What both sides agreed on in their OPENs.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Negotiated {
+    #[serde(rename = "peerASN")]
     pub peer_asn: u32,
     pub peer_id: Ipv4Addr,
     pub hold_time: u16,
@@ -137,6 +139,7 @@ pub struct Negotiated {
     #[serde(serialize_with = "ser_families")]
     pub families: Vec<AfiSafi>,
     /// The peer's graceful-restart restart time when both announced the capability.
+    #[serde(rename = "gracefulRestartTime")]
     pub graceful_restart: Option<u16>,
 }
 

@@ -17,12 +17,15 @@ struct Cli {
 enum Command {
     /// Print the version and exit.
     Version,
+    /// Run the BGP speaker alone from a YAML file with a `bgp:` section.
+    BgpSpeaker(hybridway_control::bgp::cli::BgpSpeakerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => println!("hybridway {}", env!("CARGO_PKG_VERSION")),
+        Command::BgpSpeaker(args) => hybridway_control::bgp::cli::run(&args)?,
     }
     Ok(())
 }
