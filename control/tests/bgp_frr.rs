@@ -10,7 +10,11 @@ use common::*;
 const T: Duration = Duration::from_secs(30);
 
 fn neighbor(i: usize) -> FrrNeighbor {
-    FrrNeighbor { addr: speaker_addr(i), asn: 65010, password: None }
+    FrrNeighbor {
+        addr: speaker_addr(i),
+        asn: 65010,
+        password: None,
+    }
 }
 
 fn pool() -> Vec<Route> {
@@ -28,87 +32,151 @@ fn frr_established_routes_next_hops_and_withdraw() {
     let frr = Frr::start(&mut lab, &[neighbor(0)]);
     let mut sp = start_speaker(&mut lab, SpeakerSpec::new(0, pool()));
 
-    wait_for(T, "FRR Established", || frr.peer_state(&speaker_addr(0)).filter(|s| s == "Established"));
+    wait_for(T, "FRR Established", || {
+        frr.peer_state(&speaker_addr(0))
+            .filter(|s| s == "Established")
+    });
     let st = sp.wait_state("Established", T);
     assert_eq!(st["negotiated"]["peerASN"], 65001);
     assert_eq!(st["negotiated"]["fourOctetAs"], true);
     assert_eq!(st["negotiated"]["routeRefresh"], true);
     assert_eq!(st["negotiated"]["families"][0], "ipv4-unicast");
 
-    wait_for(T, "three pod blocks in FRR", || (frr.routes().len() == 3).then_some(()));
-    assert_eq!(frr.paths("198.19.1.0/24"), vec![("198.18.0.20".to_string(), false)]);
+    wait_for(T, "three pod blocks in FRR", || {
+        (frr.routes().len() == 3).then_some(())
+    });
+    assert_eq!(
+        frr.paths("198.19.1.0/24"),
+        vec![("198.18.0.20".to_string(), false)]
+    );
     assert_eq!(frr.paths("198.19.2.0/24"), vec![(speaker_addr(0), false)]);
     assert_eq!(frr.paths(&sp.own_block()), vec![(speaker_addr(0), false)]);
     let routes = frr.routes();
     assert_eq!(routes["198.19.1.0/24"][0]["path"], "65010");
-    wait_for(T, "status counts 3 prefixes", || sp.status().filter(|p| p["prefixesAdvertised"] == 3));
+    wait_for(T, "status counts 3 prefixes", || {
+        sp.status().filter(|p| p["prefixesAdvertised"] == 3)
+    });
 
     // Remove one block and add another while the session runs.
     let mut changed = pool();
     changed.remove(0);
     changed.push(route("node-d", "198.18.0.40", "198.19.4.0/24"));
     sp.set_routes(&mut lab, changed);
-    wait_for(T, "198.19.1.0/24 withdrawn and 198.19.4.0/24 announced", || {
-        let r = frr.routes();
-        (!r.contains_key("198.19.1.0/24") && r.contains_key("198.19.4.0/24")).then_some(())
-    });
-    assert_eq!(frr.paths("198.19.4.0/24"), vec![("198.18.0.40".to_string(), false)]);
-    assert_eq!(frr.peer_state(&speaker_addr(0)).as_deref(), Some("Established"), "no session reset");
+    wait_for(
+        T,
+        "198.19.1.0/24 withdrawn and 198.19.4.0/24 announced",
+        || {
+            let r = frr.routes();
+            (!r.contains_key("198.19.1.0/24") && r.contains_key("198.19.4.0/24")).then_some(())
+        },
+    );
+    assert_eq!(
+        frr.paths("198.19.4.0/24"),
+        vec![("198.18.0.40".to_string(), false)]
+    );
+    assert_eq!(
+        frr.peer_state(&speaker_addr(0)).as_deref(),
+        Some("Established"),
+        "no session reset"
+    );
 
     let metrics = std::fs::read_to_string(&sp.metrics).unwrap();
-    assert!(metrics.contains("hybridway_bgp_peer_state{peer=\"switch\",state=\"Established\"} 1"), "{metrics}");
-    assert!(metrics.contains("hybridway_bgp_peer_prefixes_advertised{peer=\"switch\"} 3"), "{metrics}");
+    assert!(
+        metrics.contains("hybridway_bgp_peer_state{peer=\"switch\",state=\"Established\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hybridway_bgp_peer_prefixes_advertised{peer=\"switch\"} 3"),
+        "{metrics}"
+    );
 }
 
 #[test]
 fn frr_md5_matching_password_establishes() {
     let mut lab = Lab::new("md5ok", 1);
-    let frr = Frr::start(&mut lab, &[FrrNeighbor { password: Some("s3cret-pw".into()), ..neighbor(0) }]);
+    let frr = Frr::start(
+        &mut lab,
+        &[FrrNeighbor {
+            password: Some("s3cret-pw".into()),
+            ..neighbor(0)
+        }],
+    );
     let mut spec = SpeakerSpec::new(0, pool());
     spec.password_file = Some(password_file(&lab, "pw", "s3cret-pw"));
     let sp = start_speaker(&mut lab, spec);
     sp.wait_state("Established", T);
-    wait_for(T, "routes in FRR", || (frr.routes().len() == 3).then_some(()));
+    wait_for(T, "routes in FRR", || {
+        (frr.routes().len() == 3).then_some(())
+    });
     let log = std::fs::read_dir(&lab.dir)
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with("speaker0-"))
         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
         .collect::<String>();
-    assert!(!log.contains("s3cret-pw"), "the password must never be logged");
+    assert!(
+        !log.contains("s3cret-pw"),
+        "the password must never be logged"
+    );
 }
 
 #[test]
 fn frr_md5_wrong_password_never_establishes_and_status_says_why() {
     let mut lab = Lab::new("md5bad", 1);
-    let frr = Frr::start(&mut lab, &[FrrNeighbor { password: Some("switch-pw".into()), ..neighbor(0) }]);
+    let frr = Frr::start(
+        &mut lab,
+        &[FrrNeighbor {
+            password: Some("switch-pw".into()),
+            ..neighbor(0)
+        }],
+    );
     let mut spec = SpeakerSpec::new(0, pool());
     spec.password_file = Some(password_file(&lab, "pw", "other-pw"));
     let sp = start_speaker(&mut lab, spec);
     let st = wait_for(T, "status explains the MD5 failure", || {
-        sp.status().filter(|p| p["lastError"].as_str().is_some_and(|e| e.contains("password differs")))
+        sp.status().filter(|p| {
+            p["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("password differs"))
+        })
     });
     assert_ne!(st["state"], "Established");
     // Give it several retry rounds: it must never come up.
     std::thread::sleep(Duration::from_secs(6));
     assert_ne!(sp.status().unwrap()["state"], "Established");
     assert_eq!(sp.status().unwrap()["establishedCount"], 0);
-    assert_ne!(frr.peer_state(&speaker_addr(0)).as_deref(), Some("Established"));
+    assert_ne!(
+        frr.peer_state(&speaker_addr(0)).as_deref(),
+        Some("Established")
+    );
     assert!(frr.routes().is_empty());
 }
 
 #[test]
 fn frr_missing_password_source_is_reported_not_a_crash() {
     let mut lab = Lab::new("md5none", 1);
-    let _frr = Frr::start(&mut lab, &[FrrNeighbor { password: Some("switch-pw".into()), ..neighbor(0) }]);
+    let _frr = Frr::start(
+        &mut lab,
+        &[FrrNeighbor {
+            password: Some("switch-pw".into()),
+            ..neighbor(0)
+        }],
+    );
     let mut spec = SpeakerSpec::new(0, pool());
     spec.password_file = Some(lab.path("does-not-exist"));
     let sp = start_speaker(&mut lab, spec);
     let st = wait_for(T, "status names the missing password file", || {
-        sp.status().filter(|p| p["lastError"].as_str().is_some_and(|e| e.contains("cannot read password file")))
+        sp.status().filter(|p| {
+            p["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("cannot read password file"))
+        })
     });
     assert_ne!(st["state"], "Established");
-    assert!(lab.child(sp.idx).try_wait().unwrap().is_none(), "speaker still running");
+    assert!(
+        lab.child(sp.idx).try_wait().unwrap().is_none(),
+        "speaker still running"
+    );
 }
 
 #[test]
@@ -116,13 +184,21 @@ fn frr_graceful_restart_kill_and_come_back() {
     let mut lab = Lab::new("grback", 1);
     let frr = Frr::start(&mut lab, &[neighbor(0)]);
     let sp = start_speaker(&mut lab, SpeakerSpec::new(0, pool()));
-    wait_for(T, "routes in FRR", || (frr.routes().len() == 3).then_some(()));
+    wait_for(T, "routes in FRR", || {
+        (frr.routes().len() == 3).then_some(())
+    });
     let st = sp.wait_state("Established", T);
-    assert!(st["negotiated"]["gracefulRestartTime"].is_number(), "GR negotiated: {st}");
+    assert!(
+        st["negotiated"]["gracefulRestartTime"].is_number(),
+        "GR negotiated: {st}"
+    );
 
     sp.kill9(&mut lab);
     wait_for(T, "FRR marks our routes stale", || {
-        frr.paths("198.19.1.0/24").first().filter(|(_, stale)| *stale).map(|_| ())
+        frr.paths("198.19.1.0/24")
+            .first()
+            .filter(|(_, stale)| *stale)
+            .map(|_| ())
     });
     assert_eq!(frr.routes().len(), 3, "routes kept while we restart");
     assert!(frr.paths("198.19.2.0/24")[0].1);
@@ -132,10 +208,15 @@ fn frr_graceful_restart_kill_and_come_back() {
     sp2.wait_state("Established", T);
     wait_for(T, "stale marks cleared after End-of-RIB", || {
         let r = frr.routes();
-        let fresh = ["198.19.1.0/24", "198.19.2.0/24"].iter().all(|p| frr.paths(p).iter().all(|(_, s)| !s));
+        let fresh = ["198.19.1.0/24", "198.19.2.0/24"]
+            .iter()
+            .all(|p| frr.paths(p).iter().all(|(_, s)| !s));
         (r.len() == 3 && fresh).then_some(())
     });
-    assert_eq!(frr.paths("198.19.1.0/24"), vec![("198.18.0.20".to_string(), false)]);
+    assert_eq!(
+        frr.paths("198.19.1.0/24"),
+        vec![("198.18.0.20".to_string(), false)]
+    );
 }
 
 #[test]
@@ -145,13 +226,27 @@ fn frr_graceful_restart_routes_dropped_when_not_back_in_time() {
     let mut spec = SpeakerSpec::new(0, pool());
     spec.restart_time = 5;
     let sp = start_speaker(&mut lab, spec);
-    wait_for(T, "routes in FRR", || (frr.routes().len() == 3).then_some(()));
+    wait_for(T, "routes in FRR", || {
+        (frr.routes().len() == 3).then_some(())
+    });
     sp.kill9(&mut lab);
-    wait_for(T, "stale", || frr.paths("198.19.1.0/24").first().filter(|(_, s)| *s).map(|_| ()));
+    wait_for(T, "stale", || {
+        frr.paths("198.19.1.0/24")
+            .first()
+            .filter(|(_, s)| *s)
+            .map(|_| ())
+    });
     let start = std::time::Instant::now();
-    wait_for(Duration::from_secs(20), "FRR drops the stale routes", || frr.routes().is_empty().then_some(()));
+    wait_for(
+        Duration::from_secs(20),
+        "FRR drops the stale routes",
+        || frr.routes().is_empty().then_some(()),
+    );
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_secs(2), "dropped only after the restart time, not at once ({waited:?})");
+    assert!(
+        waited >= Duration::from_secs(2),
+        "dropped only after the restart time, not at once ({waited:?})"
+    );
 }
 
 #[test]
@@ -159,19 +254,35 @@ fn frr_planned_stop_keeps_routes_stale_but_final_stop_withdraws() {
     let mut lab = Lab::new("stop", 1);
     let frr = Frr::start(&mut lab, &[neighbor(0)]);
     let sp = start_speaker(&mut lab, SpeakerSpec::new(0, pool()));
-    wait_for(T, "routes in FRR", || (frr.routes().len() == 3).then_some(()));
+    wait_for(T, "routes in FRR", || {
+        (frr.routes().len() == 3).then_some(())
+    });
     // SIGTERM: planned restart, no Cease.
     sp.signal(&mut lab, "TERM");
     sp.wait_exit(&mut lab, T);
-    wait_for(T, "stale after planned stop", || frr.paths("198.19.1.0/24").first().filter(|(_, s)| *s).map(|_| ()));
+    wait_for(T, "stale after planned stop", || {
+        frr.paths("198.19.1.0/24")
+            .first()
+            .filter(|(_, s)| *s)
+            .map(|_| ())
+    });
 
     let sp2 = start_speaker(&mut lab, SpeakerSpec::new(0, pool()));
     sp2.wait_state("Established", T);
-    wait_for(T, "fresh again", || frr.paths("198.19.1.0/24").first().filter(|(_, s)| !*s).map(|_| ()));
+    wait_for(T, "fresh again", || {
+        frr.paths("198.19.1.0/24")
+            .first()
+            .filter(|(_, s)| !*s)
+            .map(|_| ())
+    });
     // SIGINT: final stop with a Cease: FRR withdraws immediately.
     sp2.signal(&mut lab, "INT");
     sp2.wait_exit(&mut lab, T);
-    wait_for(Duration::from_secs(5), "routes withdrawn after Cease", || frr.routes().is_empty().then_some(()));
+    wait_for(
+        Duration::from_secs(5),
+        "routes withdrawn after Cease",
+        || frr.routes().is_empty().then_some(()),
+    );
 }
 
 #[test]
@@ -181,8 +292,14 @@ fn frr_two_speakers_one_pool_survives_one_stopping() {
     let remote = vec![route("node-c", "198.18.7.30", "198.19.2.0/24")];
     let sp0 = start_speaker(&mut lab, SpeakerSpec::new(0, remote.clone()));
     let _sp1 = start_speaker(&mut lab, SpeakerSpec::new(1, remote));
-    wait_for(T, "two paths for the pool block", || (frr.paths("198.19.2.0/24").len() == 2).then_some(()));
-    let mut hops: Vec<String> = frr.paths("198.19.2.0/24").into_iter().map(|(nh, _)| nh).collect();
+    wait_for(T, "two paths for the pool block", || {
+        (frr.paths("198.19.2.0/24").len() == 2).then_some(())
+    });
+    let mut hops: Vec<String> = frr
+        .paths("198.19.2.0/24")
+        .into_iter()
+        .map(|(nh, _)| nh)
+        .collect();
     hops.sort();
     assert_eq!(hops, vec![speaker_addr(0), speaker_addr(1)]);
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use super::config::{BgpConfig, ConfigError};
@@ -41,7 +41,10 @@ pub fn run(args: &BgpSpeakerArgs) -> Result<(), CliError> {
         )
         .try_init();
     let cfg = BgpConfig::load(&args.config)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(CliError::Runtime)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
     rt.block_on(serve(cfg, args.config.clone()))
 }
 
@@ -50,11 +53,17 @@ async fn serve(cfg: BgpConfig, path: PathBuf) -> Result<(), CliError> {
     let (stop_tx, stop_rx) = watch::channel(StopMode::Running);
     let status = StatusHandle::default();
 
-    let writer = tokio::spawn(write_status(status.clone(), cfg.status_file.clone(), cfg.metrics_file.clone()));
+    let writer = tokio::spawn(write_status(
+        status.clone(),
+        cfg.status_file.clone(),
+        cfg.metrics_file.clone(),
+    ));
     let signals = tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-        else {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
             tracing::error!("cannot install signal handlers");
             return;
         };
@@ -69,7 +78,11 @@ async fn serve(cfg: BgpConfig, path: PathBuf) -> Result<(), CliError> {
     let result = speaker::run(cfg.clone(), routes_rx, stop_rx, status.clone()).await;
     signals.abort();
     writer.abort();
-    write_once(&status, cfg.status_file.as_deref(), cfg.metrics_file.as_deref());
+    write_once(
+        &status,
+        cfg.status_file.as_deref(),
+        cfg.metrics_file.as_deref(),
+    );
     result.map_err(CliError::from)
 }
 

@@ -28,9 +28,15 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid YAML in {path}: {source}")]
-    Yaml { path: PathBuf, source: serde_yaml::Error },
+    Yaml {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -144,9 +150,14 @@ mod prefix_str {
 
 impl BgpConfig {
     pub fn load(path: &Path) -> Result<BgpConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let file: ConfigFile =
-            serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let file: ConfigFile = serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml {
+            path: path.into(),
+            source,
+        })?;
         file.bgp.validate()?;
         Ok(file.bgp)
     }
@@ -154,13 +165,22 @@ impl BgpConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.restart_time > 4095 {
-            return bad(format!("restartTime {} is out of range: 1-4095 s (0 disables graceful restart)", self.restart_time));
+            return bad(format!(
+                "restartTime {} is out of range: 1-4095 s (0 disables graceful restart)",
+                self.restart_time
+            ));
         }
         if self.hold_time == 1 || self.hold_time == 2 {
-            return bad(format!("holdTime {} is invalid: 0 or at least 3 s", self.hold_time));
+            return bad(format!(
+                "holdTime {} is invalid: 0 or at least 3 s",
+                self.hold_time
+            ));
         }
         if self.speaker().is_none() {
-            return bad(format!("nodeName {:?} is not one of bgpSpeakers", self.node_name));
+            return bad(format!(
+                "nodeName {:?} is not one of bgpSpeakers",
+                self.node_name
+            ));
         }
         if self.router_id().is_none() {
             return bad(format!(
@@ -169,8 +189,16 @@ impl BgpConfig {
             ));
         }
         for (i, r) in self.routes.iter().enumerate() {
-            if self.routes.iter().skip(i + 1).any(|o| o.pod_block == r.pod_block) {
-                return bad(format!("pod block {} is listed twice in routes", r.pod_block));
+            if self
+                .routes
+                .iter()
+                .skip(i + 1)
+                .any(|o| o.pod_block == r.pod_block)
+            {
+                return bad(format!(
+                    "pod block {} is listed twice in routes",
+                    r.pod_block
+                ));
             }
         }
         Ok(())
@@ -182,10 +210,13 @@ impl BgpConfig {
 
     pub fn router_id(&self) -> Option<Ipv4Addr> {
         self.router_id.or_else(|| {
-            self.routes.iter().filter(|r| r.node == self.node_name).find_map(|r| match r.node_address {
-                IpAddr::V4(a) => Some(a),
-                IpAddr::V6(_) => None,
-            })
+            self.routes
+                .iter()
+                .filter(|r| r.node == self.node_name)
+                .find_map(|r| match r.node_address {
+                    IpAddr::V4(a) => Some(a),
+                    IpAddr::V6(_) => None,
+                })
         })
     }
 }

@@ -332,10 +332,13 @@ impl Session {
             ),
             (_, E::StopGraceful) => self.stop(None, now, out),
 
-            (S::Idle, E::TimerExpired(Timer::ConnectRetry)) if self.running => {
+            (S::Idle | S::Active, E::TimerExpired(Timer::ConnectRetry)) if self.running => {
                 self.start_connect(now, out)
             }
-            (S::Connect | S::Active, E::TimerExpired(Timer::ConnectRetry)) => {
+            (S::Connect, E::TimerExpired(Timer::ConnectRetry)) => {
+                // The attempt got no answer in time (RFC 4271 §8.2.2: drop it, retry).
+                // Count it, so an unreachable peer or a silent MD5 mismatch backs off.
+                self.failures = self.failures.saturating_add(1);
                 self.start_connect(now, out)
             }
             (_, E::TimerExpired(Timer::ConnectRetry)) => {}

@@ -32,10 +32,15 @@ impl fmt::Debug for Password {
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordError {
     #[error("cannot read password file {path}: {source}")]
-    File { path: PathBuf, source: std::io::Error },
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("password must be 1-80 bytes, got {0}")]
     Length(usize),
-    #[error("Secret kube-system/{name} key {key} is not available (Kubernetes wiring not configured)")]
+    #[error(
+        "Secret kube-system/{name} key {key} is not available (Kubernetes wiring not configured)"
+    )]
     SecretUnavailable { name: String, key: String },
     #[error("authPassword must name exactly one of file or secretKeyRef")]
     Ambiguous,
@@ -53,7 +58,10 @@ pub struct FilePassword(pub PathBuf);
 
 impl PasswordSource for FilePassword {
     fn password(&self) -> Result<Password, PasswordError> {
-        let mut bytes = std::fs::read(&self.0).map_err(|source| PasswordError::File { path: self.0.clone(), source })?;
+        let mut bytes = std::fs::read(&self.0).map_err(|source| PasswordError::File {
+            path: self.0.clone(),
+            source,
+        })?;
         while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             bytes.pop();
         }
@@ -71,7 +79,10 @@ pub struct UnwiredSecret {
 
 impl PasswordSource for UnwiredSecret {
     fn password(&self) -> Result<Password, PasswordError> {
-        Err(PasswordError::SecretUnavailable { name: self.name.clone(), key: self.key.clone() })
+        Err(PasswordError::SecretUnavailable {
+            name: self.name.clone(),
+            key: self.key.clone(),
+        })
     }
 }
 
@@ -79,7 +90,10 @@ impl PasswordSource for UnwiredSecret {
 pub fn from_ref(r: &PasswordRef) -> Result<Box<dyn PasswordSource>, PasswordError> {
     match (&r.file, &r.secret_key_ref) {
         (Some(path), None) => Ok(Box::new(FilePassword(path.clone()))),
-        (None, Some(s)) => Ok(Box::new(UnwiredSecret { name: s.name.clone(), key: s.key.clone() })),
+        (None, Some(s)) => Ok(Box::new(UnwiredSecret {
+            name: s.name.clone(),
+            key: s.key.clone(),
+        })),
         _ => Err(PasswordError::Ambiguous),
     }
 }

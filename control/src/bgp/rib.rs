@@ -10,7 +10,8 @@ use std::net::IpAddr;
 use hybridway_dataplane::tables::Prefix;
 
 use super::codec::{
-    self, prefix_wire_len, AfiSafi, AsSegment, Attribute, CodecOptions, Message, Origin, Update, MAX_MESSAGE_LEN,
+    self, AfiSafi, AsSegment, Attribute, CodecOptions, MAX_MESSAGE_LEN, Message, Origin, Update,
+    prefix_wire_len,
 };
 use super::config::RouteConfig;
 
@@ -29,13 +30,19 @@ pub struct PeerContext {
 
 impl PeerContext {
     fn family_of(p: &Prefix) -> AfiSafi {
-        if p.is_ipv4() { AfiSafi::IPV4_UNICAST } else { AfiSafi::IPV6_UNICAST }
+        if p.is_ipv4() {
+            AfiSafi::IPV4_UNICAST
+        } else {
+            AfiSafi::IPV6_UNICAST
+        }
     }
 
     /// The next hop for a node's block: the node itself when it is on the subnet we
     /// share with the peer (the switch forwards straight to it), else ourselves.
     pub fn next_hop(&self, route: &RouteConfig) -> IpAddr {
-        let on_shared = self.shared_subnet.is_some_and(|s| s.contains(route.node_address));
+        let on_shared = self
+            .shared_subnet
+            .is_some_and(|s| s.contains(route.node_address));
         let same_family = route.node_address.is_ipv4() == route.pod_block.is_ipv4();
         if on_shared && same_family {
             return route.node_address;
@@ -61,7 +68,11 @@ impl PeerContext {
         let ebgp = self.local_asn != self.peer_asn;
         let mut attrs = vec![
             Attribute::Origin(Origin::Igp),
-            Attribute::AsPath(if ebgp { vec![AsSegment::Sequence(vec![self.local_asn])] } else { vec![] }),
+            Attribute::AsPath(if ebgp {
+                vec![AsSegment::Sequence(vec![self.local_asn])]
+            } else {
+                vec![]
+            }),
         ];
         if !ebgp {
             attrs.push(Attribute::LocalPref(100));
@@ -79,11 +90,23 @@ impl PeerContext {
             match next_hop {
                 IpAddr::V4(nh) if v4 => {
                     attrs.push(Attribute::NextHop(nh));
-                    Update { withdrawn: vec![], attributes: attrs, nlri }
+                    Update {
+                        withdrawn: vec![],
+                        attributes: attrs,
+                        nlri,
+                    }
                 }
                 nh => {
-                    attrs.push(Attribute::MpReach { family: family(v4), next_hops: vec![nh], nlri });
-                    Update { withdrawn: vec![], attributes: attrs, nlri: vec![] }
+                    attrs.push(Attribute::MpReach {
+                        family: family(v4),
+                        next_hops: vec![nh],
+                        nlri,
+                    });
+                    Update {
+                        withdrawn: vec![],
+                        attributes: attrs,
+                        nlri: vec![],
+                    }
                 }
             }
         };
@@ -101,22 +124,40 @@ impl PeerContext {
         let v4 = prefixes.first().is_some_and(Prefix::is_ipv4);
         let make = |p: Vec<Prefix>| {
             if v4 {
-                Update { withdrawn: p, ..Update::default() }
+                Update {
+                    withdrawn: p,
+                    ..Update::default()
+                }
             } else {
-                Update { attributes: vec![Attribute::MpUnreach { family: family(v4), withdrawn: p }], ..Update::default() }
+                Update {
+                    attributes: vec![Attribute::MpUnreach {
+                        family: family(v4),
+                        withdrawn: p,
+                    }],
+                    ..Update::default()
+                }
             }
         };
         let fixed = encoded_len(&make(vec![]), self.codec) + 1;
-        pack(prefixes, MAX_MESSAGE_LEN.saturating_sub(fixed)).into_iter().map(make).collect()
+        pack(prefixes, MAX_MESSAGE_LEN.saturating_sub(fixed))
+            .into_iter()
+            .map(make)
+            .collect()
     }
 }
 
 fn family(v4: bool) -> AfiSafi {
-    if v4 { AfiSafi::IPV4_UNICAST } else { AfiSafi::IPV6_UNICAST }
+    if v4 {
+        AfiSafi::IPV4_UNICAST
+    } else {
+        AfiSafi::IPV6_UNICAST
+    }
 }
 
 fn encoded_len(u: &Update, opts: CodecOptions) -> usize {
-    codec::encode_to_vec(&Message::Update(u.clone()), opts).map(|b| b.len()).unwrap_or(MAX_MESSAGE_LEN)
+    codec::encode_to_vec(&Message::Update(u.clone()), opts)
+        .map(|b| b.len())
+        .unwrap_or(MAX_MESSAGE_LEN)
 }
 
 /// Split prefixes into chunks whose NLRI encoding fits `budget` bytes.
@@ -160,8 +201,12 @@ impl AdjRibOut {
     pub fn sync(&mut self, ctx: &PeerContext, wanted: &BTreeMap<Prefix, IpAddr>) -> Vec<Update> {
         let mut out = Vec::new();
         for v4 in [true, false] {
-            let gone: Vec<Prefix> =
-                self.advertised.keys().filter(|p| p.is_ipv4() == v4 && !wanted.contains_key(p)).copied().collect();
+            let gone: Vec<Prefix> = self
+                .advertised
+                .keys()
+                .filter(|p| p.is_ipv4() == v4 && !wanted.contains_key(p))
+                .copied()
+                .collect();
             if !gone.is_empty() {
                 out.extend(ctx.withdraw(&gone));
             }
@@ -188,7 +233,10 @@ impl AdjRibOut {
                 by_hop.entry(*nh).or_default().push(*p);
             }
         }
-        by_hop.into_iter().flat_map(|(nh, ps)| ctx.announce(nh, &ps)).collect()
+        by_hop
+            .into_iter()
+            .flat_map(|(nh, ps)| ctx.announce(nh, &ps))
+            .collect()
     }
 }
 
@@ -208,23 +256,43 @@ mod tests {
     }
 
     fn route(node: &str, addr: &str, block: &str) -> RouteConfig {
-        RouteConfig { node: node.into(), node_address: addr.parse().unwrap(), pod_block: block.parse().unwrap() }
+        RouteConfig {
+            node: node.into(),
+            node_address: addr.parse().unwrap(),
+            pod_block: block.parse().unwrap(),
+        }
     }
 
     #[test]
     fn next_hop_is_node_on_shared_subnet_else_us() {
         let c = ctx();
-        assert_eq!(c.next_hop(&route("a", "198.18.0.20", "198.19.1.0/24")), "198.18.0.20".parse::<IpAddr>().unwrap());
-        assert_eq!(c.next_hop(&route("b", "198.18.7.20", "198.19.2.0/24")), "198.18.0.10".parse::<IpAddr>().unwrap());
-        assert_eq!(c.next_hop(&route("c", "198.18.7.20", "2001:db8:1::/64")), "::ffff:198.18.0.10".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            c.next_hop(&route("a", "198.18.0.20", "198.19.1.0/24")),
+            "198.18.0.20".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            c.next_hop(&route("b", "198.18.7.20", "198.19.2.0/24")),
+            "198.18.0.10".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            c.next_hop(&route("c", "198.18.7.20", "2001:db8:1::/64")),
+            "::ffff:198.18.0.10".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
     fn sync_announces_withdraws_and_packs() {
         let c = ctx();
         let mut rib = AdjRibOut::default();
-        let routes: Vec<RouteConfig> =
-            (0..3000u32).map(|i| route("n", "198.18.0.20", &format!("198.19.{}.{}/32", i / 256, i % 256))).collect();
+        let routes: Vec<RouteConfig> = (0..3000u32)
+            .map(|i| {
+                route(
+                    "n",
+                    "198.18.0.20",
+                    &format!("198.19.{}.{}/32", i / 256, i % 256),
+                )
+            })
+            .collect();
         let ups = rib.sync(&c, &c.wanted(&routes));
         assert!(ups.len() >= 3, "3000 /32s need several UPDATEs");
         let mut total = 0;

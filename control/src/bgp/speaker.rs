@@ -30,7 +30,9 @@ use hybridway_dataplane::tables::Prefix;
 
 use super::codec::{self, AfiSafi, CodecOptions, Message, Update};
 use super::config::{BgpConfig, PeerConfig, RouteConfig};
-use super::fsm::{Action, ConnId, DownReason, Event, Negotiated, Session, SessionConfig, State, Timer};
+use super::fsm::{
+    Action, ConnId, DownReason, Event, Negotiated, Session, SessionConfig, State, Timer,
+};
 use super::password::{self, PasswordSource};
 use super::rib::{AdjRibOut, PeerContext};
 use super::status::{PeerStatus, StatusHandle};
@@ -67,34 +69,55 @@ pub async fn run(
     mut stop: watch::Receiver<StopMode>,
     status: StatusHandle,
 ) -> Result<(), SpeakerError> {
-    let speaker = cfg.speaker().cloned().ok_or_else(|| SpeakerError::NotASpeaker(cfg.node_name.clone()))?;
-    let router_id = cfg.router_id().ok_or_else(|| SpeakerError::NotASpeaker(cfg.node_name.clone()))?;
+    let speaker = cfg
+        .speaker()
+        .cloned()
+        .ok_or_else(|| SpeakerError::NotASpeaker(cfg.node_name.clone()))?;
+    let router_id = cfg
+        .router_id()
+        .ok_or_else(|| SpeakerError::NotASpeaker(cfg.node_name.clone()))?;
 
     // One listening socket for all peers, signed per peer (RFC 2385 keys are per
     // address, so peers without a password stay unsigned).
     let listen_ip = cfg.listen_address.unwrap_or(IpAddr::from([0u8; 4]));
     let listen_addr = SocketAddr::new(listen_ip, cfg.listen_port);
-    let listen_sock = if listen_ip.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-        .map_err(|source| SpeakerError::Listen { addr: listen_addr, source })?;
-    listen_sock.set_reuseaddr(true).map_err(|source| SpeakerError::Listen { addr: listen_addr, source })?;
+    let listen_sock = if listen_ip.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|source| SpeakerError::Listen {
+        addr: listen_addr,
+        source,
+    })?;
+    listen_sock
+        .set_reuseaddr(true)
+        .map_err(|source| SpeakerError::Listen {
+            addr: listen_addr,
+            source,
+        })?;
 
     let mut peer_txs: HashMap<IpAddr, mpsc::Sender<TcpStream>> = HashMap::new();
     let mut tasks = Vec::new();
     for peer in &speaker.peers {
-        let pw: Option<Arc<dyn PasswordSource>> = match peer.auth_password.as_ref().map(password::from_ref) {
-            None => None,
-            Some(Ok(src)) => Some(Arc::from(src)),
-            Some(Err(e)) => {
-                // A bad reference is reported per peer; the session does not start
-                // unauthenticated.
-                status.insert(new_status(peer, Some(e.to_string())));
-                continue;
-            }
-        };
+        let pw: Option<Arc<dyn PasswordSource>> =
+            match peer.auth_password.as_ref().map(password::from_ref) {
+                None => None,
+                Some(Ok(src)) => Some(Arc::from(src)),
+                Some(Err(e)) => {
+                    // A bad reference is reported per peer; the session does not start
+                    // unauthenticated.
+                    status.insert(new_status(peer, Some(e.to_string())));
+                    continue;
+                }
+            };
         if let Some(pw) = &pw {
             match pw.password() {
                 Ok(p) => sys::set_tcp_md5(listen_sock.as_fd(), peer.peer_address, p.bytes())
-                    .map_err(|source| SpeakerError::ListenMd5 { peer: peer.peer_address, source })?,
+                    .map_err(|source| SpeakerError::ListenMd5 {
+                        peer: peer.peer_address,
+                        source,
+                    })?,
                 Err(e) => tracing::warn!(peer = %peer.name, error = %e, "password not available"),
             }
         }
@@ -106,12 +129,31 @@ pub async fn run(
         scfg.restart_time = (cfg.restart_time > 0).then_some(cfg.restart_time);
         scfg.families = vec![AfiSafi::IPV4_UNICAST, AfiSafi::IPV6_UNICAST];
         status.insert(new_status(peer, None));
-        let task = PeerTask::new(peer.clone(), scfg, pw, cfg.listen_address, rx, routes.clone(), stop.clone(), status.clone());
+        let task = PeerTask::new(
+            peer.clone(),
+            scfg,
+            pw,
+            cfg.listen_address,
+            rx,
+            routes.clone(),
+            stop.clone(),
+            status.clone(),
+        );
         tasks.push(tokio::spawn(task.run()));
     }
 
-    listen_sock.bind(listen_addr).map_err(|source| SpeakerError::Listen { addr: listen_addr, source })?;
-    let listener = listen_sock.listen(64).map_err(|source| SpeakerError::Listen { addr: listen_addr, source })?;
+    listen_sock
+        .bind(listen_addr)
+        .map_err(|source| SpeakerError::Listen {
+            addr: listen_addr,
+            source,
+        })?;
+    let listener = listen_sock
+        .listen(64)
+        .map_err(|source| SpeakerError::Listen {
+            addr: listen_addr,
+            source,
+        })?;
     tracing::info!(%listen_addr, peers = peer_txs.len(), "BGP speaker listening");
     let accept = tokio::spawn(accept_loop(listener, peer_txs, stop.clone()));
 
@@ -291,10 +333,19 @@ impl PeerTask {
     fn register(&mut self, stream: TcpStream) -> ConnId {
         let id = self.conn_id();
         let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0u8; 4]), 0));
+        let local = stream
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0u8; 4]), 0));
         let (r, w) = stream.into_split();
         let reader = tokio::spawn(read_loop(id, r, self.inputs_tx.clone()));
-        self.conns.insert(id, Conn { writer: w, reader, local });
+        self.conns.insert(
+            id,
+            Conn {
+                writer: w,
+                reader,
+                local,
+            },
+        );
         id
     }
 
@@ -309,7 +360,8 @@ impl PeerTask {
                 self.connecting = None;
                 let why = self.explain_connect_failure(why);
                 tracing::info!(peer = %self.peer.name, error = %why, "connect failed");
-                self.status.update(&self.peer.name, |s| s.last_error = Some(why));
+                self.status
+                    .update(&self.peer.name, |s| s.last_error = Some(why));
                 self.event(Event::ConnectFailed).await;
             }
             Input::Received(id, msg) => self.event(Event::Received(id, msg)).await,
@@ -330,10 +382,10 @@ impl PeerTask {
         if self.password.is_none() {
             return why;
         }
-        let (before, now) = (self.md5_failures_before.take(), md5_failure_count());
-        match (before, now) {
+        match (self.md5_failures_before, md5_failure_count()) {
             (Some(b), Some(n)) if n > b => format!(
-                "{why}; {} TCP-MD5 signature failure(s) from peers since the attempt started: the peer's password differs from ours",
+                "{why}; {} segment(s) from peers failed TCP-MD5 verification since we started connecting: \
+                 the peer's password differs from ours",
                 n - b
             ),
             _ => format!("{why} (TCP-MD5 is on: a password mismatch drops SYNs silently)"),
@@ -363,7 +415,8 @@ impl PeerTask {
             Action::Send(id, msg) => {
                 if let Message::Notification(n) = &msg {
                     let why = format!("sent NOTIFICATION: {}", n.describe());
-                    self.status.update(&self.peer.name, |s| s.last_error = Some(why));
+                    self.status
+                        .update(&self.peer.name, |s| s.last_error = Some(why));
                 }
                 if let Err(e) = self.send(id, &[msg]).await {
                     tracing::debug!(peer = %self.peer.name, error = %e, "write failed");
@@ -390,6 +443,7 @@ impl PeerTask {
                 });
             }
             Action::Established(n) => {
+                self.md5_failures_before = None;
                 self.status.update(&self.peer.name, |s| {
                     s.negotiated = Some(n.clone());
                     s.established_count += 1;
@@ -402,14 +456,21 @@ impl PeerTask {
                     }
                 }
             }
-            Action::Down { reason, peer_graceful } => {
+            Action::Down {
+                reason,
+                peer_graceful,
+            } => {
                 self.rib.clear();
                 self.ctx = None;
                 let why = match &reason {
                     DownReason::Sent(n) => Some(format!("sent NOTIFICATION: {}", n.describe())),
-                    DownReason::Received(n) => Some(format!("peer sent NOTIFICATION: {}", n.describe())),
+                    DownReason::Received(n) => {
+                        Some(format!("peer sent NOTIFICATION: {}", n.describe()))
+                    }
                     DownReason::ConnectionClosed => Some("peer closed the TCP connection".into()),
-                    DownReason::PeerRestarted => Some("peer restarted (graceful restart helper)".into()),
+                    DownReason::PeerRestarted => {
+                        Some("peer restarted (graceful restart helper)".into())
+                    }
                     DownReason::Stopped => None,
                 };
                 tracing::info!(peer = %self.peer.name, ?reason, peer_graceful, "session down");
@@ -430,7 +491,12 @@ impl PeerTask {
             }
             Action::RouteRefresh(family) => {
                 if let (Some(ctx), Some(id)) = (&self.ctx, self.session.primary()) {
-                    let mut msgs: Vec<Message> = self.rib.refresh(ctx, family).into_iter().map(Message::Update).collect();
+                    let mut msgs: Vec<Message> = self
+                        .rib
+                        .refresh(ctx, family)
+                        .into_iter()
+                        .map(Message::Update)
+                        .collect();
                     msgs.push(Message::Update(Update::end_of_rib(family)));
                     if self.send(id, &msgs).await.is_err() {
                         queue.push_back(Event::Closed(id));
@@ -441,7 +507,10 @@ impl PeerTask {
     }
 
     fn codec_opts(&self) -> CodecOptions {
-        self.session.negotiated().map(Negotiated::codec).unwrap_or_default()
+        self.session
+            .negotiated()
+            .map(Negotiated::codec)
+            .unwrap_or_default()
     }
 
     /// Encode `msgs` into one buffer and write it: one syscall for a whole table.
@@ -451,13 +520,24 @@ impl PeerTask {
         for m in msgs {
             codec::encode(m, opts, &mut buf).map_err(io::Error::other)?;
         }
-        let conn = self.conns.get_mut(&id).ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        let conn = self
+            .conns
+            .get_mut(&id)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
         conn.writer.write_all(&buf).await
     }
 
     fn connect(&mut self) {
         if let Some(c) = self.connecting.take() {
+            // The session gave up on the attempt in flight: nothing answered.
             c.abort();
+            let why = self.explain_connect_failure(format!(
+                "TCP connect to {}:179: no answer before the connect-retry timer",
+                self.peer.peer_address
+            ));
+            tracing::info!(peer = %self.peer.name, error = %why, "connect attempt abandoned");
+            self.status
+                .update(&self.peer.name, |s| s.last_error = Some(why));
         }
         let key = match &self.password {
             None => None,
@@ -469,13 +549,19 @@ impl PeerTask {
                 }
             },
         };
-        self.md5_failures_before = md5_failure_count();
+        if self.md5_failures_before.is_none() {
+            self.md5_failures_before = md5_failure_count();
+        }
         let peer = SocketAddr::new(self.peer.peer_address, 179);
         let bind = self.bind;
         let tx = self.inputs_tx.clone();
         self.connecting = Some(tokio::spawn(async move {
             let r = async {
-                let sock = if peer.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                let sock = if peer.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
                 if let Some(key) = &key {
                     sys::set_tcp_md5(sock.as_fd(), peer.ip(), key.bytes())?;
                 }
@@ -511,34 +597,57 @@ impl PeerTask {
 
     /// The whole table, then End-of-RIB for each negotiated family (RFC 4724 §2).
     async fn advertise_initial(&mut self, n: Negotiated) -> io::Result<()> {
-        let ctx = self.context(&n).ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
-        let id = self.session.primary().ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        let ctx = self
+            .context(&n)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        let id = self
+            .session
+            .primary()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
         self.rib.clear();
         let routes = self.routes.borrow_and_update().clone();
         let wanted = ctx.wanted(&routes);
-        let mut msgs: Vec<Message> = self.rib.sync(&ctx, &wanted).into_iter().map(Message::Update).collect();
-        msgs.extend(n.families.iter().map(|f| Message::Update(Update::end_of_rib(*f))));
+        let mut msgs: Vec<Message> = self
+            .rib
+            .sync(&ctx, &wanted)
+            .into_iter()
+            .map(Message::Update)
+            .collect();
+        msgs.extend(
+            n.families
+                .iter()
+                .map(|f| Message::Update(Update::end_of_rib(*f))),
+        );
         let count = self.rib.len();
         self.ctx = Some(ctx);
         self.send(id, &msgs).await?;
-        self.status.update(&self.peer.name, |s| s.prefixes_advertised = count);
+        self.status
+            .update(&self.peer.name, |s| s.prefixes_advertised = count);
         tracing::info!(peer = %self.peer.name, prefixes = count, "initial table sent with End-of-RIB");
         Ok(())
     }
 
     async fn sync_routes(&mut self) {
         let routes = self.routes.borrow_and_update().clone();
-        let (Some(ctx), Some(id), State::Established) = (&self.ctx, self.session.primary(), self.session.state()) else {
+        let (Some(ctx), Some(id), State::Established) =
+            (&self.ctx, self.session.primary(), self.session.state())
+        else {
             return;
         };
         let wanted: BTreeMap<Prefix, IpAddr> = ctx.wanted(&routes);
-        let msgs: Vec<Message> = self.rib.sync(ctx, &wanted).into_iter().map(Message::Update).collect();
+        let msgs: Vec<Message> = self
+            .rib
+            .sync(ctx, &wanted)
+            .into_iter()
+            .map(Message::Update)
+            .collect();
         let count = self.rib.len();
         if !msgs.is_empty() && self.send(id, &msgs).await.is_err() {
             self.event(Event::Closed(id)).await;
             return;
         }
-        self.status.update(&self.peer.name, |s| s.prefixes_advertised = count);
+        self.status
+            .update(&self.peer.name, |s| s.prefixes_advertised = count);
     }
 }
 
@@ -555,7 +664,9 @@ async fn read_loop(id: ConnId, mut r: OwnedReadHalf, tx: mpsc::Sender<Input>) {
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 65536];
     // Until the peer's OPEN says otherwise, assume 4-octet ASNs (we always offer it).
-    let mut opts = CodecOptions { four_octet_as: true };
+    let mut opts = CodecOptions {
+        four_octet_as: true,
+    };
     loop {
         loop {
             let len = match codec::frame_len(&buf) {
@@ -571,7 +682,8 @@ async fn read_loop(id: ConnId, mut r: OwnedReadHalf, tx: mpsc::Sender<Input>) {
             match decoded {
                 Ok(msg) => {
                     if let Message::Open(open) = &msg {
-                        opts.four_octet_as = open.has(|c| matches!(c, codec::Capability::FourOctetAs(_)));
+                        opts.four_octet_as =
+                            open.has(|c| matches!(c, codec::Capability::FourOctetAs(_)));
                     }
                     if tx.send(Input::Received(id, msg)).await.is_err() {
                         return;
@@ -597,8 +709,15 @@ async fn read_loop(id: ConnId, mut r: OwnedReadHalf, tx: mpsc::Sender<Input>) {
 pub fn shared_subnet(peer: IpAddr) -> Option<Prefix> {
     let addrs = nix::ifaddrs::getifaddrs().ok()?;
     for ifa in addrs {
-        let (Some(addr), Some(mask)) = (ifa.address, ifa.netmask) else { continue };
-        let (ip, len) = match (addr.as_sockaddr_in(), mask.as_sockaddr_in(), addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
+        let (Some(addr), Some(mask)) = (ifa.address, ifa.netmask) else {
+            continue;
+        };
+        let (ip, len) = match (
+            addr.as_sockaddr_in(),
+            mask.as_sockaddr_in(),
+            addr.as_sockaddr_in6(),
+            mask.as_sockaddr_in6(),
+        ) {
             (Some(a), Some(m), _, _) => (IpAddr::V4(a.ip()), u32::from(m.ip()).count_ones() as u8),
             (_, _, Some(a), Some(m)) => (IpAddr::V6(a.ip()), u128::from(m.ip()).count_ones() as u8),
             _ => continue,

@@ -83,18 +83,31 @@ impl StatusHandle {
 }
 
 pub fn to_json(peers: &[PeerStatusView]) -> String {
-    serde_json::to_string_pretty(&serde_json::json!({ "peers": peers })).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    serde_json::to_string_pretty(&serde_json::json!({ "peers": peers }))
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
 fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Prometheus text exposition format.
 pub fn to_prometheus(peers: &[PeerStatusView]) -> String {
     let mut out = String::new();
-    let states = [State::Idle, State::Connect, State::Active, State::OpenSent, State::OpenConfirm, State::Established];
-    let _ = writeln!(out, "# HELP hybridway_bgp_peer_state 1 for the peer's current BGP session state.");
+    let states = [
+        State::Idle,
+        State::Connect,
+        State::Active,
+        State::OpenSent,
+        State::OpenConfirm,
+        State::Established,
+    ];
+    let _ = writeln!(
+        out,
+        "# HELP hybridway_bgp_peer_state 1 for the peer's current BGP session state."
+    );
     let _ = writeln!(out, "# TYPE hybridway_bgp_peer_state gauge");
     for p in peers {
         for s in states {
@@ -108,18 +121,38 @@ pub fn to_prometheus(peers: &[PeerStatusView]) -> String {
         }
     }
     let gauges: [(&str, &str, fn(&PeerStatusView) -> f64); 5] = [
-        ("hybridway_bgp_peer_seconds_in_state", "Seconds since the last state change.", |p| p.seconds_in_state),
-        ("hybridway_bgp_peer_prefixes_advertised", "Prefixes currently advertised to the peer.", |p| {
-            p.prefixes_advertised as f64
-        }),
-        ("hybridway_bgp_peer_prefixes_received_total", "Prefixes announced by the peer.", |p| p.prefixes_received as f64),
-        ("hybridway_bgp_peer_updates_received_total", "UPDATE messages from the peer.", |p| p.updates_received as f64),
-        ("hybridway_bgp_peer_established_total", "Times the session reached Established.", |p| {
-            p.established_count as f64
-        }),
+        (
+            "hybridway_bgp_peer_seconds_in_state",
+            "Seconds since the last state change.",
+            |p| p.seconds_in_state,
+        ),
+        (
+            "hybridway_bgp_peer_prefixes_advertised",
+            "Prefixes currently advertised to the peer.",
+            |p| p.prefixes_advertised as f64,
+        ),
+        (
+            "hybridway_bgp_peer_prefixes_received_total",
+            "Prefixes announced by the peer.",
+            |p| p.prefixes_received as f64,
+        ),
+        (
+            "hybridway_bgp_peer_updates_received_total",
+            "UPDATE messages from the peer.",
+            |p| p.updates_received as f64,
+        ),
+        (
+            "hybridway_bgp_peer_established_total",
+            "Times the session reached Established.",
+            |p| p.established_count as f64,
+        ),
     ];
     for (name, help, get) in gauges {
-        let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
         for p in peers {

@@ -17,7 +17,10 @@ const MD5SIG_LEN: usize = SOCKADDR_STORAGE_LEN + 1 + 1 + 2 + 4 + MD5_MAX_KEY_LEN
 
 fn md5sig_bytes(peer: IpAddr, key: &[u8]) -> io::Result<[u8; MD5SIG_LEN]> {
     if key.len() > MD5_MAX_KEY_LEN {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "TCP MD5 key longer than 80 bytes"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "TCP MD5 key longer than 80 bytes",
+        ));
     }
     let mut buf = [0u8; MD5SIG_LEN];
     // sockaddr_in / sockaddr_in6: family in host order, port 0, then the address.
@@ -33,7 +36,11 @@ fn md5sig_bytes(peer: IpAddr, key: &[u8]) -> io::Result<[u8; MD5SIG_LEN]> {
     fill(&mut buf, 0, &family.to_ne_bytes());
     fill(&mut buf, addr_at, &octets);
     // tcpm_flags = 0, tcpm_prefixlen = 0 (exact address), tcpm_keylen, tcpm_ifindex = 0.
-    fill(&mut buf, SOCKADDR_STORAGE_LEN + 2, &(key.len() as u16).to_ne_bytes());
+    fill(
+        &mut buf,
+        SOCKADDR_STORAGE_LEN + 2,
+        &(key.len() as u16).to_ne_bytes(),
+    );
     fill(&mut buf, SOCKADDR_STORAGE_LEN + 8, key);
     Ok(buf)
 }
@@ -54,7 +61,11 @@ pub fn set_tcp_md5(fd: BorrowedFd<'_>, peer: IpAddr, key: &[u8]) -> io::Result<(
             MD5SIG_LEN as libc::socklen_t,
         )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]

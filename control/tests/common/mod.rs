@@ -1,7 +1,13 @@
 //! Shared helpers for the BGP tests that need root: namespaces, FRR, BIRD and the
 //! `hybridway bgp-speaker` process. Everything the helpers start or create is
 //! stopped or removed by a `Drop` guard, also when a test fails.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -16,20 +22,34 @@ fn unique() -> u32 {
 }
 
 pub fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn require_root() {
     // These tests create namespaces and start routing daemons: they need root and
     // must not pass silently without it.
-    assert!(nix_is_root(), "BGP integration tests must run as root (they create network namespaces)");
+    assert!(
+        nix_is_root(),
+        "BGP integration tests must run as root (they create network namespaces)"
+    );
 }
 
 fn nix_is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -40,7 +60,10 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -67,11 +90,25 @@ impl Lab {
         let dir = std::env::temp_dir().join(format!("hw-bgp-{tag}-{id}"));
         fs::create_dir_all(&dir).unwrap();
         let switch = format!("hwbgp-{tag}-sw-{id}");
-        let mut lab = Lab { switch: switch.clone(), speakers: vec![], dir, children: vec![] };
+        let mut lab = Lab {
+            switch: switch.clone(),
+            speakers: vec![],
+            dir,
+            children: vec![],
+        };
         sh(&["ip", "netns", "add", &switch]);
         sh(&["ip", "-n", &switch, "link", "set", "lo", "up"]);
         sh(&["ip", "-n", &switch, "link", "add", "br0", "type", "bridge"]);
-        sh(&["ip", "-n", &switch, "addr", "add", &format!("{SWITCH_ADDR}/24"), "dev", "br0"]);
+        sh(&[
+            "ip",
+            "-n",
+            &switch,
+            "addr",
+            "add",
+            &format!("{SWITCH_ADDR}/24"),
+            "dev",
+            "br0",
+        ]);
         sh(&["ip", "-n", &switch, "link", "set", "br0", "up"]);
         for i in 0..speakers {
             let ns = format!("hwbgp-{tag}-sp{i}-{id}");
@@ -79,10 +116,22 @@ impl Lab {
             lab.speakers.push(ns.clone());
             sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
             let port = format!("sp{i}");
-            sh(&["ip", "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &switch]);
+            sh(&[
+                "ip", "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port,
+                "netns", &switch,
+            ]);
             sh(&["ip", "-n", &switch, "link", "set", &port, "master", "br0"]);
             sh(&["ip", "-n", &switch, "link", "set", &port, "up"]);
-            sh(&["ip", "-n", &ns, "addr", "add", &format!("{}/24", speaker_addr(i)), "dev", "eth0"]);
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", speaker_addr(i)),
+                "dev",
+                "eth0",
+            ]);
             sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
         }
         lab
@@ -138,7 +187,11 @@ pub struct Route {
 }
 
 pub fn route(node: &str, addr: &str, block: &str) -> Route {
-    Route { node: node.into(), node_address: addr.into(), block: block.into() }
+    Route {
+        node: node.into(),
+        node_address: addr.into(),
+        block: block.into(),
+    }
 }
 
 /// Settings for one `hybridway bgp-speaker`.
@@ -154,7 +207,14 @@ pub struct SpeakerSpec {
 
 impl SpeakerSpec {
     pub fn new(index: usize, routes: Vec<Route>) -> Self {
-        SpeakerSpec { index, local_asn: 65010, peer_asn: 65001, password_file: None, restart_time: 600, routes }
+        SpeakerSpec {
+            index,
+            local_asn: 65010,
+            peer_asn: 65001,
+            password_file: None,
+            restart_time: 600,
+            routes,
+        }
     }
 }
 
@@ -193,9 +253,17 @@ pub fn write_speaker_config(lab: &Lab, spec: &SpeakerSpec) -> (PathBuf, PathBuf,
         spec.peer_asn,
     );
     // Our own node entry gives the router ID.
-    yaml.push_str(&format!("  - {{node: {}, nodeAddress: {}, podBlock: 198.19.{}0.0/24}}\n", node_name(i), speaker_addr(i), 20 + i));
+    yaml.push_str(&format!(
+        "  - {{node: {}, nodeAddress: {}, podBlock: 198.19.{}0.0/24}}\n",
+        node_name(i),
+        speaker_addr(i),
+        20 + i
+    ));
     for r in &spec.routes {
-        yaml.push_str(&format!("  - {{node: {}, nodeAddress: {}, podBlock: {}}}\n", r.node, r.node_address, r.block));
+        yaml.push_str(&format!(
+            "  - {{node: {}, nodeAddress: {}, podBlock: {}}}\n",
+            r.node, r.node_address, r.block
+        ));
     }
     fs::write(&config, yaml).unwrap();
     (config, status, metrics)
@@ -211,7 +279,14 @@ pub fn start_speaker(lab: &mut Lab, spec: SpeakerSpec) -> Speaker {
         &[bin, "bgp-speaker", "--config", config.to_str().unwrap()],
         &format!("speaker{}-{}.log", spec.index, unique()),
     );
-    Speaker { idx, config, status, metrics, spec, ns }
+    Speaker {
+        idx,
+        config,
+        status,
+        metrics,
+        spec,
+        ns,
+    }
 }
 
 impl Speaker {
@@ -246,9 +321,11 @@ impl Speaker {
     }
 
     pub fn wait_state(&self, state: &str, timeout: Duration) -> serde_json::Value {
-        wait_for(timeout, &format!("speaker {} state {state}", self.spec.index), || {
-            self.status().filter(|p| p["state"] == state)
-        })
+        wait_for(
+            timeout,
+            &format!("speaker {} state {state}", self.spec.index),
+            || self.status().filter(|p| p["state"] == state),
+        )
     }
 
     pub fn own_block(&self) -> String {
@@ -277,7 +354,10 @@ impl Frr {
             dir.display()
         );
         for n in neighbors {
-            conf.push_str(&format!(" neighbor {} remote-as {}\n neighbor {} timers connect 1\n", n.addr, n.asn, n.addr));
+            conf.push_str(&format!(
+                " neighbor {} remote-as {}\n neighbor {} timers connect 1\n",
+                n.addr, n.asn, n.addr
+            ));
             if let Some(p) = &n.password {
                 conf.push_str(&format!(" neighbor {} password {p}\n", n.addr));
             }
@@ -310,12 +390,17 @@ impl Frr {
             &format!("frr{}.out", unique()),
         );
         let frr = Frr { dir, idx };
-        wait_for(Duration::from_secs(10), "bgpd vty socket", || frr.vtysh("show bgp summary json"));
+        wait_for(Duration::from_secs(10), "bgpd vty socket", || {
+            frr.vtysh("show bgp summary json")
+        });
         frr
     }
 
     pub fn vtysh(&self, cmd: &str) -> Option<serde_json::Value> {
-        let out = Command::new("vtysh").args(["--vty_socket", self.dir.to_str().unwrap(), "-c", cmd]).output().ok()?;
+        let out = Command::new("vtysh")
+            .args(["--vty_socket", self.dir.to_str().unwrap(), "-c", cmd])
+            .output()
+            .ok()?;
         if !out.status.success() {
             return None;
         }
@@ -331,17 +416,24 @@ impl Frr {
 
     pub fn peer_state(&self, addr: &str) -> Option<String> {
         let v = self.vtysh("show bgp summary json")?;
-        v["ipv4Unicast"]["peers"][addr]["state"].as_str().map(String::from)
+        v["ipv4Unicast"]["peers"][addr]["state"]
+            .as_str()
+            .map(String::from)
     }
 
     /// Next hops of the paths for `prefix`, and whether each path is stale.
     pub fn paths(&self, prefix: &str) -> Vec<(String, bool)> {
         let routes = self.routes();
-        let Some(paths) = routes.get(prefix).and_then(|p| p.as_array()) else { return vec![] };
+        let Some(paths) = routes.get(prefix).and_then(|p| p.as_array()) else {
+            return vec![];
+        };
         paths
             .iter()
             .map(|p| {
-                let nh = p["nexthops"][0]["ip"].as_str().unwrap_or_default().to_string();
+                let nh = p["nexthops"][0]["ip"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 (nh, p["stale"].as_bool().unwrap_or(false))
             })
             .collect()
@@ -362,7 +454,11 @@ impl Bird {
             dir.display()
         );
         for (i, n) in neighbors.iter().enumerate() {
-            let pw = n.password.as_ref().map(|p| format!("  password \"{p}\";\n")).unwrap_or_default();
+            let pw = n
+                .password
+                .as_ref()
+                .map(|p| format!("  password \"{p}\";\n"))
+                .unwrap_or_default();
             conf.push_str(&format!(
                 "protocol bgp speaker{i} {{\n  local {SWITCH_ADDR} as 65001;\n  neighbor {} as {};\n  connect retry time 1;\n  graceful restart on;\n{pw}  ipv4 {{ import all; export none; }};\n}}\n",
                 n.addr, n.asn
@@ -372,9 +468,23 @@ impl Bird {
         fs::write(&cfg, conf).unwrap();
         let sock = dir.join("bird.ctl");
         let ns = lab.switch.clone();
-        lab.spawn(&ns, &["bird", "-f", "-c", cfg.to_str().unwrap(), "-s", sock.to_str().unwrap()], "bird.out");
+        lab.spawn(
+            &ns,
+            &[
+                "bird",
+                "-f",
+                "-c",
+                cfg.to_str().unwrap(),
+                "-s",
+                sock.to_str().unwrap(),
+            ],
+            "bird.out",
+        );
         let bird = Bird { sock };
-        wait_for(Duration::from_secs(10), "bird control socket", || bird.birdc("show status").filter(|s| s.contains("Daemon is up")));
+        wait_for(Duration::from_secs(10), "bird control socket", || {
+            bird.birdc("show status")
+                .filter(|s| s.contains("Daemon is up"))
+        });
         bird
     }
 
@@ -382,12 +492,16 @@ impl Bird {
         let mut args = vec!["-s", self.sock.to_str().unwrap()];
         args.extend(cmd.split_whitespace());
         let out = Command::new("birdc").args(args).output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Prefix → next hops of BGP routes, from `show route protocol ... all`-style output.
     pub fn bgp_routes(&self) -> Vec<(String, String)> {
-        let Some(text) = self.birdc("show route where source = RTS_BGP") else { return vec![] };
+        let Some(text) = self.birdc("show route where source = RTS_BGP") else {
+            return vec![];
+        };
         parse_bird_routes(&text)
     }
 }
