@@ -1,5 +1,6 @@
 //! BGP UPDATE encoding and decoding rates: how fast the speaker can turn a pool's
 //! pod blocks into wire bytes (the initial table after a restart), in prefixes/s.
+#![allow(clippy::panic)]
 
 use std::hint::black_box;
 use std::net::IpAddr;

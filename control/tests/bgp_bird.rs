@@ -1,5 +1,12 @@
 //! The speaker against BIRD 2 acting as the switch (eBGP). Needs root; runs for real.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,13 @@
 //! Golden-byte round trips for every BGP message and capability we speak, and one
 //! test per RFC 4271 §6 error that decoding reports.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use std::net::{IpAddr, Ipv4Addr};
 
 use hybridway_control::bgp::codec::{

@@ -1,6 +1,13 @@
 //! The speaker against FRR's bgpd acting as the data-centre switch (eBGP), each in
 //! its own network namespace. Needs root; runs for real.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 mod common;
 
 use std::time::Duration;

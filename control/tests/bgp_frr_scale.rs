@@ -2,6 +2,13 @@
 //! 10,000 pod blocks to all of them in FRR's BGP table. Run with
 //! `cargo test --release -p hybridway-control --test bgp_frr_scale -- --ignored --nocapture`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 mod common;
 
 use std::time::{Duration, Instant};

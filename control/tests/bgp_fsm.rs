@@ -1,5 +1,12 @@
 //! The session state machine, one test per transition and per error path.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -74,13 +81,13 @@ impl Harness {
         self.now += Duration::from_millis(1);
         self.s.handle(e, self.now)
     }
-    fn to_open_sent(&mut self) {
+    fn reach_open_sent(&mut self) {
         self.ev(Event::Start);
         self.ev(Event::Connected(OUT));
         assert_eq!(self.s.state(), State::OpenSent);
     }
-    fn to_open_confirm(&mut self, gr: bool) -> Vec<Action> {
-        self.to_open_sent();
+    fn reach_open_confirm(&mut self, gr: bool) -> Vec<Action> {
+        self.reach_open_sent();
         let a = self.ev(Event::Received(
             OUT,
             Message::Open(peer_open(PEER_ID, 30, gr)),
@@ -88,8 +95,8 @@ impl Harness {
         assert_eq!(self.s.state(), State::OpenConfirm);
         a
     }
-    fn to_established(&mut self, gr: bool) -> Vec<Action> {
-        self.to_open_confirm(gr);
+    fn reach_established(&mut self, gr: bool) -> Vec<Action> {
+        self.reach_open_confirm(gr);
         let a = self.ev(Event::Received(OUT, Message::Keepalive));
         assert_eq!(self.s.state(), State::Established);
         a
@@ -175,7 +182,7 @@ fn connected_sends_open_with_our_capabilities() {
 #[test]
 fn open_negotiates_hold_and_keepalive() {
     let mut h = Harness::new();
-    let a = h.to_open_confirm(true);
+    let a = h.reach_open_confirm(true);
     assert_eq!(sent(&a), vec![(OUT, Message::Keepalive)]);
     assert!(has(
         &a,
@@ -196,7 +203,7 @@ fn open_negotiates_hold_and_keepalive() {
 #[test]
 fn keepalive_in_open_confirm_establishes() {
     let mut h = Harness::new();
-    let a = h.to_established(false);
+    let a = h.reach_established(false);
     assert!(
         a.iter()
             .any(|a| matches!(a, Action::Established(n) if n.peer_id == PEER_ID))
@@ -213,7 +220,7 @@ fn keepalive_in_open_confirm_establishes() {
 #[test]
 fn hold_time_zero_disables_timers() {
     let mut h = Harness::new();
-    h.to_open_sent();
+    h.reach_open_sent();
     let a = h.ev(Event::Received(
         OUT,
         Message::Open(peer_open(PEER_ID, 0, false)),
@@ -241,7 +248,7 @@ fn assert_error_path(a: &[Action], h: &Harness, code: (u8, u8)) {
 #[test]
 fn wrong_peer_as_is_bad_peer_as() {
     let mut h = Harness::new();
-    h.to_open_sent();
+    h.reach_open_sent();
     let open = Open::new(65002, 90, PEER_ID, vec![]);
     let a = h.ev(Event::Received(OUT, Message::Open(open)));
     assert_error_path(&a, &h, (err::OPEN, err::OPEN_BAD_PEER_AS));
@@ -250,7 +257,7 @@ fn wrong_peer_as_is_bad_peer_as() {
 #[test]
 fn own_router_id_is_bad_bgp_identifier() {
     let mut h = Harness::new();
-    h.to_open_sent();
+    h.reach_open_sent();
     let a = h.ev(Event::Received(
         OUT,
         Message::Open(peer_open(LOCAL_ID, 90, false)),
@@ -261,17 +268,17 @@ fn own_router_id_is_bad_bgp_identifier() {
 #[test]
 fn unexpected_messages_are_fsm_errors() {
     let mut h = Harness::new();
-    h.to_open_sent();
+    h.reach_open_sent();
     let a = h.ev(Event::Received(OUT, Message::Keepalive));
     assert_error_path(&a, &h, (err::FSM, err::FSM_UNEXPECTED_IN_OPEN_SENT));
 
     let mut h = Harness::new();
-    h.to_open_confirm(false);
+    h.reach_open_confirm(false);
     let a = h.ev(Event::Received(OUT, Message::Update(Update::default())));
     assert_error_path(&a, &h, (err::FSM, err::FSM_UNEXPECTED_IN_OPEN_CONFIRM));
 
     let mut h = Harness::new();
-    h.to_established(false);
+    h.reach_established(false);
     let a = h.ev(Event::Received(
         OUT,
         Message::Open(peer_open(PEER_ID, 90, false)),
@@ -282,12 +289,12 @@ fn unexpected_messages_are_fsm_errors() {
 #[test]
 fn hold_timer_expiry_in_each_state() {
     let mut h = Harness::new();
-    h.to_open_sent();
+    h.reach_open_sent();
     let a = h.ev(Event::TimerExpired(Timer::Hold));
     assert_error_path(&a, &h, (err::HOLD_TIMER_EXPIRED, 0));
 
     let mut h = Harness::new();
-    h.to_established(false);
+    h.reach_established(false);
     let a = h.ev(Event::TimerExpired(Timer::Hold));
     assert_error_path(&a, &h, (err::HOLD_TIMER_EXPIRED, 0));
 }
@@ -295,7 +302,7 @@ fn hold_timer_expiry_in_each_state() {
 #[test]
 fn keepalive_timer_sends_keepalive_and_rearms() {
     let mut h = Harness::new();
-    h.to_established(false);
+    h.reach_established(false);
     let a = h.ev(Event::TimerExpired(Timer::Keepalive));
     assert_eq!(sent(&a), vec![(OUT, Message::Keepalive)]);
     assert!(has(
@@ -313,7 +320,7 @@ fn keepalive_timer_sends_keepalive_and_rearms() {
 #[test]
 fn decode_error_sends_its_notification() {
     let mut h = Harness::new();
-    h.to_established(false);
+    h.reach_established(false);
     let n = Notification::new(err::UPDATE, err::UPDATE_MISSING_WELL_KNOWN, vec![3]);
     let a = h.ev(Event::DecodeError(OUT, n));
     assert_error_path(&a, &h, (err::UPDATE, err::UPDATE_MISSING_WELL_KNOWN));
@@ -322,7 +329,7 @@ fn decode_error_sends_its_notification() {
 #[test]
 fn notification_from_peer_closes() {
     let mut h = Harness::new();
-    h.to_established(true);
+    h.reach_established(true);
     let n = Notification::new(err::CEASE, err::CEASE_ADMIN_RESET, vec![]);
     let a = h.ev(Event::Received(OUT, Message::Notification(n.clone())));
     assert_eq!(
@@ -344,7 +351,7 @@ fn notification_from_peer_closes() {
 #[test]
 fn connection_closed_while_established() {
     let mut h = Harness::new();
-    h.to_established(true);
+    h.reach_established(true);
     let a = h.ev(Event::Closed(OUT));
     assert!(has(
         &a,
@@ -363,7 +370,7 @@ fn connection_closed_while_established() {
 #[test]
 fn stop_sends_cease_but_graceful_stop_does_not() {
     let mut h = Harness::new();
-    h.to_established(true);
+    h.reach_established(true);
     let a = h.ev(Event::Stop);
     assert_eq!(
         notification(&a),
@@ -375,7 +382,7 @@ fn stop_sends_cease_but_graceful_stop_does_not() {
     assert!(h.ev(Event::TimerExpired(Timer::ConnectRetry)).is_empty());
 
     let mut h = Harness::new();
-    h.to_established(true);
+    h.reach_established(true);
     let a = h.ev(Event::StopGraceful);
     assert_eq!(notification(&a), None);
     assert!(has(&a, &Action::Close(OUT)));
@@ -396,7 +403,7 @@ fn incoming_connection_in_active_is_adopted() {
 /// Both sides connected at once. `peer_id` decides who wins (RFC 4271 §6.8).
 fn collision(peer_id: Ipv4Addr) -> (Harness, Vec<Action>) {
     let mut h = Harness::new();
-    h.to_open_sent();
+    h.reach_open_sent();
     let a = h.ev(Event::Incoming(IN));
     assert!(matches!(sent(&a).as_slice(), [(IN, Message::Open(_))]));
     assert_eq!(h.s.primary(), Some(OUT));
@@ -442,7 +449,7 @@ fn collision_we_have_higher_id_keep_ours() {
 fn new_connection_while_established() {
     // Without graceful restart the new connection loses.
     let mut h = Harness::new();
-    h.to_established(false);
+    h.reach_established(false);
     let a = h.ev(Event::Incoming(IN));
     assert!(has(
         &a,
@@ -453,7 +460,7 @@ fn new_connection_while_established() {
 
     // With it, the peer restarted: helper mode, keep its routes, take the new one.
     let mut h = Harness::new();
-    h.to_established(true);
+    h.reach_established(true);
     let a = h.ev(Event::Incoming(IN));
     assert!(has(&a, &Action::Close(OUT)));
     assert!(has(
@@ -471,7 +478,7 @@ fn new_connection_while_established() {
 #[test]
 fn established_reports_updates_and_refreshes() {
     let mut h = Harness::new();
-    h.to_established(false);
+    h.reach_established(false);
     let u = Update::end_of_rib(AfiSafi::IPV4_UNICAST);
     let a = h.ev(Event::Received(OUT, Message::Update(u.clone())));
     assert!(has(&a, &Action::PeerUpdate(u)));
@@ -495,7 +502,7 @@ fn established_reports_updates_and_refreshes() {
 #[test]
 fn messages_on_unknown_connections_are_ignored() {
     let mut h = Harness::new();
-    h.to_established(false);
+    h.reach_established(false);
     assert!(
         h.ev(Event::Received(ConnId(99), Message::Keepalive))
             .is_empty()

@@ -93,6 +93,9 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// A metric name, its help text, and how to read it from a peer.
+type Gauge = (&'static str, &'static str, fn(&PeerStatusView) -> f64);
+
 /// Prometheus text exposition format.
 pub fn to_prometheus(peers: &[PeerStatusView]) -> String {
     let mut out = String::new();
@@ -120,7 +123,7 @@ pub fn to_prometheus(peers: &[PeerStatusView]) -> String {
             );
         }
     }
-    let gauges: [(&str, &str, fn(&PeerStatusView) -> f64); 5] = [
+    let gauges: [Gauge; 5] = [
         (
             "hybridway_bgp_peer_seconds_in_state",
             "Seconds since the last state change.",
