@@ -317,3 +317,34 @@ fn frr_two_speakers_one_pool_survives_one_stopping() {
         (frr.paths("198.19.2.0/24") == vec![(speaker_addr(1), false)]).then_some(())
     });
 }
+
+#[test]
+fn frr_restart_is_survived_as_helper_and_table_resent() {
+    let mut lab = Lab::new("peerrestart", 1);
+    let frr = Frr::start(&mut lab, &[neighbor(0)]);
+    let sp = start_speaker(&mut lab, SpeakerSpec::new(0, pool()));
+    wait_for(T, "routes in FRR", || {
+        (frr.routes().len() == 3).then_some(())
+    });
+    let st = sp.wait_state("Established", T);
+    assert!(st["negotiated"]["gracefulRestartTime"].is_number());
+
+    // The switch's BGP process dies hard and comes back.
+    let c = lab.child(frr.idx);
+    c.kill().unwrap();
+    c.wait().unwrap();
+    wait_for(T, "speaker notices the peer went away", || {
+        sp.status()
+            .filter(|p| p["state"] != "Established" && p["lastError"].as_str().is_some())
+    });
+    let frr2 = Frr::start(&mut lab, &[neighbor(0)]);
+    wait_for(T, "table re-sent to the restarted switch", || {
+        (frr2.routes().len() == 3).then_some(())
+    });
+    let st = sp.wait_state("Established", T);
+    assert_eq!(st["establishedCount"], 2);
+    assert_eq!(
+        frr2.paths("198.19.1.0/24"),
+        vec![("198.18.0.20".to_string(), false)]
+    );
+}
