@@ -97,6 +97,13 @@ pub async fn run(
             source,
         })?;
 
+    let listen_err = |source| SpeakerError::Listen {
+        addr: listen_addr,
+        source,
+    };
+    listen_sock.bind(listen_addr).map_err(listen_err)?;
+    let listener = Arc::new(listen_sock.listen(64).map_err(listen_err)?);
+
     let mut peer_txs: HashMap<IpAddr, mpsc::Sender<TcpStream>> = HashMap::new();
     let mut tasks = Vec::new();
     for peer in &speaker.peers {
@@ -113,11 +120,13 @@ pub async fn run(
             };
         if let Some(pw) = &pw {
             match pw.password() {
-                Ok(p) => sys::set_tcp_md5(listen_sock.as_fd(), peer.peer_address, p.bytes())
-                    .map_err(|source| SpeakerError::ListenMd5 {
+                Ok(p) => sys::set_tcp_md5(listener.as_fd(), peer.peer_address, p.bytes()).map_err(
+                    |source| SpeakerError::ListenMd5 {
                         peer: peer.peer_address,
                         source,
-                    })?,
+                    },
+                )?,
+                // Reported in status by the peer task on its first attempt.
                 Err(e) => tracing::warn!(peer = %peer.name, error = %e, "password not available"),
             }
         }
@@ -134,6 +143,7 @@ pub async fn run(
             scfg,
             pw,
             cfg.listen_address,
+            listener.clone(),
             rx,
             routes.clone(),
             stop.clone(),
@@ -142,18 +152,6 @@ pub async fn run(
         tasks.push(tokio::spawn(task.run()));
     }
 
-    listen_sock
-        .bind(listen_addr)
-        .map_err(|source| SpeakerError::Listen {
-            addr: listen_addr,
-            source,
-        })?;
-    let listener = listen_sock
-        .listen(64)
-        .map_err(|source| SpeakerError::Listen {
-            addr: listen_addr,
-            source,
-        })?;
     tracing::info!(%listen_addr, peers = peer_txs.len(), "BGP speaker listening");
     let accept = tokio::spawn(accept_loop(listener, peer_txs, stop.clone()));
 
@@ -186,7 +184,7 @@ fn new_status(peer: &PeerConfig, last_error: Option<String>) -> PeerStatus {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     peers: HashMap<IpAddr, mpsc::Sender<TcpStream>>,
     mut stop: watch::Receiver<StopMode>,
 ) {
@@ -230,6 +228,8 @@ struct PeerTask {
     session: Session,
     password: Option<Arc<dyn PasswordSource>>,
     bind: Option<IpAddr>,
+    /// Shared with the accept loop, so a rotated password reaches the listener too.
+    listener: Arc<TcpListener>,
     incoming: mpsc::Receiver<TcpStream>,
     inputs_tx: mpsc::Sender<Input>,
     inputs: mpsc::Receiver<Input>,
@@ -253,6 +253,7 @@ impl PeerTask {
         scfg: SessionConfig,
         password: Option<Arc<dyn PasswordSource>>,
         bind: Option<IpAddr>,
+        listener: Arc<TcpListener>,
         incoming: mpsc::Receiver<TcpStream>,
         routes: watch::Receiver<Arc<Vec<RouteConfig>>>,
         stop: watch::Receiver<StopMode>,
@@ -264,6 +265,7 @@ impl PeerTask {
             session: Session::new(scfg, std::time::Instant::now()),
             password,
             bind,
+            listener,
             incoming,
             inputs_tx,
             inputs,
@@ -524,7 +526,16 @@ impl PeerTask {
             .conns
             .get_mut(&id)
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
-        conn.writer.write_all(&buf).await
+        // A peer that stops reading must not stall this task past its hold time:
+        // the hold timer could not fire while we wait.
+        let limit = Duration::from_secs(u64::from(self.session.config().hold_time.max(3)));
+        match tokio::time::timeout(limit, conn.writer.write_all(&buf)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "peer stopped reading",
+            )),
+        }
     }
 
     fn connect(&mut self) {
@@ -549,6 +560,12 @@ impl PeerTask {
                 }
             },
         };
+        if let Some(key) = &key
+            && let Err(e) =
+                sys::set_tcp_md5(self.listener.as_fd(), self.peer.peer_address, key.bytes())
+        {
+            tracing::warn!(peer = %self.peer.name, error = %e, "cannot refresh the listener's TCP-MD5 key");
+        }
         if self.md5_failures_before.is_none() {
             self.md5_failures_before = md5_failure_count();
         }
