@@ -348,3 +348,49 @@ fn frr_restart_is_survived_as_helper_and_table_resent() {
         vec![("198.18.0.20".to_string(), false)]
     );
 }
+
+#[test]
+fn frr_ipv6_block_over_ipv4_session_via_mp_reach() {
+    let mut lab = Lab::new("v6", 1);
+    // IPv6 unicast activated on the IPv4 session: blocks travel in MP_REACH_NLRI with
+    // an IPv4-mapped next hop. The block is the IPv4-mapped form of a 198.19 range,
+    // to stay inside the test address space.
+    let extra = format!(
+        " address-family ipv6 unicast\n  neighbor {} activate\n exit-address-family\n",
+        speaker_addr(0)
+    );
+    let frr = Frr::start_with(&mut lab, &[neighbor(0)], &extra);
+    let mut routes = pool();
+    routes.push(route("node-v6", "198.18.7.40", "::ffff:198.19.60.0/120"));
+    let mut sp = start_speaker(&mut lab, SpeakerSpec::new(0, routes.clone()));
+    let st = sp.wait_state("Established", T);
+    assert_eq!(
+        st["negotiated"]["families"],
+        serde_json::json!(["ipv4-unicast", "ipv6-unicast"])
+    );
+    let v6 = || {
+        frr.vtysh("show bgp ipv6 unicast json")
+            .and_then(|v| v["routes"].as_object().cloned())
+            .unwrap_or_default()
+    };
+    let r = wait_for(T, "IPv6 block in FRR", || {
+        Some(v6()).filter(|r| !r.is_empty())
+    });
+    let (prefix, paths) = r.iter().next().unwrap();
+    assert!(
+        prefix.contains("198.19.60.0") || prefix.contains("c613:3c00"),
+        "{prefix}"
+    );
+    assert!(prefix.ends_with("/120"), "{prefix}");
+    let nh = paths[0]["nexthops"][0]["ip"].as_str().unwrap();
+    assert!(
+        nh == "::ffff:198.18.0.10" || nh == "::ffff:c612:a",
+        "next hop {nh}"
+    );
+    assert_eq!(frr.routes().len(), 3, "IPv4 table unaffected");
+
+    // Withdraw it: MP_UNREACH_NLRI.
+    routes.pop();
+    sp.set_routes(&mut lab, routes);
+    wait_for(T, "IPv6 block withdrawn", || v6().is_empty().then_some(()));
+}

@@ -261,7 +261,7 @@ pub fn write_speaker_config(lab: &Lab, spec: &SpeakerSpec) -> (PathBuf, PathBuf,
     ));
     for r in &spec.routes {
         yaml.push_str(&format!(
-            "  - {{node: {}, nodeAddress: {}, podBlock: {}}}\n",
+            "  - {{node: {}, nodeAddress: \"{}\", podBlock: \"{}\"}}\n",
             r.node, r.node_address, r.block
         ));
     }
@@ -347,6 +347,11 @@ pub struct FrrNeighbor {
 
 impl Frr {
     pub fn start(lab: &mut Lab, neighbors: &[FrrNeighbor]) -> Frr {
+        Frr::start_with(lab, neighbors, "")
+    }
+
+    /// Start with extra lines appended under `router bgp`.
+    pub fn start_with(lab: &mut Lab, neighbors: &[FrrNeighbor], extra: &str) -> Frr {
         let dir = lab.path(&format!("frr{}", unique()));
         fs::create_dir_all(&dir).unwrap();
         let mut conf = format!(
@@ -362,6 +367,7 @@ impl Frr {
                 conf.push_str(&format!(" neighbor {} password {p}\n", n.addr));
             }
         }
+        conf.push_str(extra);
         let cfg = dir.join("bgpd.conf");
         fs::write(&cfg, conf).unwrap();
         let ns = lab.switch.clone();
