@@ -439,6 +439,17 @@ fn memory_per_flow_is_at_most_128_bytes_when_full() {
 }
 
 #[test]
+fn shards_and_tables_move_between_threads() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send::<SnatShard>();
+    send_sync::<hybridway_dataplane::tables::RouteTable>();
+    let shard = SnatShard::new(0, &config(4));
+    let len = std::thread::spawn(move || shard.len()).join().unwrap();
+    assert_eq!(len, 0);
+}
+
+#[test]
 fn zero_and_huge_capacities_are_handled() {
     let mut none = SnatShard::new(0, &config(0));
     assert_eq!(none.outbound(&key(L4Proto::Udp, 1, 1), NAT, 0, secs(0)), Err(SnatError::TableFull));

@@ -63,6 +63,9 @@ impl Dir16_8_8 {
                 .ok_or(TooManyRoutes)?;
             t.paint(net, len.min(32), leaf)?;
         }
+        // Growth slack would be up to half the table; it is immutable from here on.
+        t.l2.shrink_to_fit();
+        t.l3.shrink_to_fit();
         Ok(t)
     }
 
