@@ -452,16 +452,31 @@ fn shards_and_tables_move_between_threads() {
 #[test]
 fn zero_and_huge_capacities_are_handled() {
     let mut none = SnatShard::new(0, &config(0));
-    assert_eq!(none.outbound(&key(L4Proto::Udp, 1, 1), NAT, 0, secs(0)), Err(SnatError::TableFull));
+    assert_eq!(
+        none.outbound(&key(L4Proto::Udp, 1, 1), NAT, 0, secs(0)),
+        Err(SnatError::TableFull)
+    );
     let huge = SnatShard::new(0, &config(usize::MAX));
-    assert_eq!(huge.capacity(), hybridway_dataplane::tables::snat::MAX_CAPACITY_PER_WORKER);
+    assert_eq!(
+        huge.capacity(),
+        hybridway_dataplane::tables::snat::MAX_CAPACITY_PER_WORKER
+    );
 }
 
 #[test]
 fn timeouts_longer_than_the_wheel_still_expire_on_time() {
     // 5 h, beyond the wheel's ~2 h 20 min horizon: queued at the horizon, re-queued.
-    let t = Timeouts { udp: Duration::from_secs(5 * 3600), ..timeouts() };
-    let mut shard = SnatShard::new(0, &SnatConfig { timeouts: t, ..config(8) });
+    let t = Timeouts {
+        udp: Duration::from_secs(5 * 3600),
+        ..timeouts()
+    };
+    let mut shard = SnatShard::new(
+        0,
+        &SnatConfig {
+            timeouts: t,
+            ..config(8)
+        },
+    );
     let k = key(L4Proto::Udp, 7, 7);
     let b = shard.outbound(&k, NAT, 0, secs(0)).unwrap();
     assert_eq!(shard.sweep(secs(3 * 3600), usize::MAX), 0);
