@@ -132,7 +132,7 @@ pub const MAX_CAPACITY_PER_WORKER: usize = 1 << 24;
 const RECLAIM_BUDGET: usize = 1024;
 
 /// How many packets the batch calls look up ahead of resolving them.
-const BATCH: usize = 16;
+const BATCH: usize = 32;
 
 /// Remote port as the index stores it. An ICMP echo reply carries the NAT
 /// identifier, not the pod's, so for ICMP only the pod side keeps an identifier.
