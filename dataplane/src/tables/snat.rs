@@ -11,10 +11,20 @@
 //! for different destinations. Filtering is the same: only the remote a flow was
 //! opened to can use it.
 //!
-//! Layout: flows live in a slab of 32-byte entries (never straddling a cache line); two open-addressing indexes of
-//! 8-byte buckets (outbound key, inbound key) at most half full map keys to slab
-//! slots, and a lazy timing wheel finds expired entries. All of it is allocated when
-//! the shard is created, so the packet path never allocates.
+//! Layout: flows live in a slab of 32-byte entries (never straddling a cache
+//! line); two open-addressing indexes of 8-byte buckets (outbound key, inbound
+//! key), at most half full, map keys to slab slots; a lazy timing wheel finds
+//! expired entries. About 65 bytes per flow, all allocated when the shard is
+//! created, so the packet path never allocates.
+//!
+//! Expiry: a packet for an expired flow never matches it (an outbound packet starts
+//! a new flow in its place). Expired entries are reclaimed by [`SnatShard::sweep`],
+//! or by a new flow finding the table full, once the 1.024 s wheel tick they
+//! expired in has passed.
+//!
+//! With many flows, prefer [`SnatShard::outbound_batch`] and
+//! [`SnatShard::inbound_batch`]: they read the buckets and entries of a group of
+//! packets before resolving any, so the cache misses overlap.
 
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
