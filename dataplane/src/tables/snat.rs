@@ -141,6 +141,10 @@ pub const MAX_CAPACITY_PER_WORKER: usize = 1 << 24;
 /// How many expired entries a full table examines before giving up.
 const RECLAIM_BUDGET: usize = 1024;
 
+/// Below this many flows (about 2 MiB of entries and buckets) the shard sits in
+/// the L2 cache and batches skip the warming pass.
+const WARM_ABOVE: usize = 32_768;
+
 /// How many packets the batch calls look up ahead of resolving them.
 const BATCH: usize = 32;
 
@@ -431,6 +435,9 @@ impl SnatShard {
     /// that follow find them in cache. Pure loads: no state changes.
     #[inline]
     fn warm(&self, index: &FlowIndex, hashes: &[u32]) {
+        if self.slab.len() < WARM_ABOVE {
+            return; // everything is in cache already; warming would only cost time
+        }
         let mut buckets = [0u64; BATCH];
         for (b, &h) in buckets.iter_mut().zip(hashes) {
             *b = index.home_bucket(h);
