@@ -194,3 +194,64 @@ fn hex(s: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
 }
+
+/// Both sides connect at once (RFC 4271 §6.8). The scripted peer accepts the
+/// speaker's connection (A), opens its own (B), sends its OPEN on B and reports the
+/// next message the speaker sends on A and on B.
+fn collision(peer_id: Ipv4Addr) -> (Message, Message) {
+    let mut lab = Lab::new("wirecoll", 1);
+    let peer = scripted_peer(&lab, move |l| {
+        let (mut a, _) = l.accept().unwrap();
+        a.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        assert!(matches!(read_msg(&mut a), Message::Open(_)));
+        let mut b = TcpStream::connect((speaker_addr(0).as_str(), 179)).unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        assert!(
+            matches!(read_msg(&mut b), Message::Open(_)),
+            "speaker sends its OPEN on the second connection too"
+        );
+        let open = Open::new(
+            65001,
+            90,
+            peer_id,
+            vec![Capability::Multiprotocol(AfiSafi::IPV4_UNICAST)],
+        );
+        write_msg(&mut b, &Message::Open(open.clone()));
+        let on_b = read_msg(&mut b);
+        let on_a = if is_collision_cease(&on_b) {
+            // B lost; A is still waiting for our OPEN, and goes on normally.
+            write_msg(&mut a, &Message::Open(open));
+            read_msg(&mut a)
+        } else {
+            read_msg(&mut a)
+        };
+        (on_a, on_b)
+    });
+    let _sp = start_speaker(&mut lab, SpeakerSpec::new(0, vec![]));
+    peer.join().unwrap()
+}
+
+fn is_collision_cease(m: &Message) -> bool {
+    matches!(m, Message::Notification(n) if (n.code, n.subcode) == (6, 7))
+}
+
+#[test]
+fn collision_lower_peer_id_keeps_our_connection() {
+    // Our BGP Identifier (198.18.0.10) is higher: the connection we opened wins.
+    let (on_a, on_b) = collision(Ipv4Addr::new(198, 18, 0, 1));
+    assert!(
+        is_collision_cease(&on_b),
+        "B closed with Cease/collision: {on_b:?}"
+    );
+    assert_eq!(on_a, Message::Keepalive, "A continues to OpenConfirm");
+}
+
+#[test]
+fn collision_higher_peer_id_keeps_its_connection() {
+    let (on_a, on_b) = collision(Ipv4Addr::new(198, 18, 0, 200));
+    assert!(
+        is_collision_cease(&on_a),
+        "A closed with Cease/collision: {on_a:?}"
+    );
+    assert_eq!(on_b, Message::Keepalive, "B continues to OpenConfirm");
+}
