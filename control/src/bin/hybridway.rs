@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "hybridway", version, about = "Kubernetes networking for hybrid cloud node pools")]
+#[command(
+    name = "hybridway",
+    version,
+    about = "Kubernetes networking for hybrid cloud node pools"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
