@@ -140,3 +140,29 @@ fn bird_graceful_restart_keeps_routes_then_refreshes_or_drops() {
         "dropped only after the restart time"
     );
 }
+
+#[test]
+fn bird_md5_wrong_password_never_establishes() {
+    let mut lab = Lab::new("birdmd5", 1);
+    let bird = Bird::start(&mut lab, &[neighbor(0, Some("bird-pw"))]);
+    let mut spec = SpeakerSpec::new(0, vec![]);
+    spec.password_file = Some(password_file(&lab, "pw", "not-bird-pw"));
+    let sp = start_speaker(&mut lab, spec);
+    wait_for(T, "status explains the MD5 failure", || {
+        sp.status().filter(|p| {
+            p["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("password differs"))
+        })
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let st = sp.status().unwrap();
+    assert_eq!(st["establishedCount"], 0, "{st}");
+    assert!(
+        !bird
+            .birdc("show protocols speaker0")
+            .unwrap()
+            .contains("Established")
+    );
+    assert!(bird.bgp_routes().is_empty());
+}
