@@ -24,6 +24,14 @@ fn neighbor(i: usize) -> FrrNeighbor {
     }
 }
 
+/// FRR's view of our graceful-restart capability.
+fn grace_info(frr: &Frr) -> serde_json::Value {
+    let v = frr
+        .vtysh(&format!("show bgp neighbors {} json", speaker_addr(0)))
+        .unwrap();
+    v[speaker_addr(0)]["gracefulRestartInfo"].clone()
+}
+
 fn pool() -> Vec<Route> {
     vec![
         // On the subnet shared with the switch: next hop is the node itself.
@@ -200,6 +208,12 @@ fn frr_graceful_restart_kill_and_come_back() {
         "GR negotiated: {st}"
     );
 
+    assert_eq!(
+        grace_info(&frr)["rBit"],
+        false,
+        "a first start is not a restart"
+    );
+
     sp.kill9(&mut lab);
     wait_for(T, "FRR marks our routes stale", || {
         frr.paths("198.19.1.0/24")
@@ -213,6 +227,12 @@ fn frr_graceful_restart_kill_and_come_back() {
     // Come back (same config) within the restart time.
     let sp2 = start_speaker(&mut lab, SpeakerSpec::new(0, pool()));
     sp2.wait_state("Established", T);
+    // The restart marker was fresh: this OPEN says "I restarted" (R bit), with
+    // forwarding preserved (F bit) and our restart time.
+    let gr = grace_info(&frr);
+    assert_eq!(gr["rBit"], true, "{gr}");
+    assert_eq!(gr["ipv4Unicast"]["fBit"], true, "{gr}");
+    assert_eq!(gr["timers"]["receivedRestartTimer"], 600, "{gr}");
     wait_for(T, "stale marks cleared after End-of-RIB", || {
         let r = frr.routes();
         let fresh = ["198.19.1.0/24", "198.19.2.0/24"]

@@ -510,3 +510,25 @@ fn messages_on_unknown_connections_are_ignored() {
     assert!(h.ev(Event::Closed(ConnId(99))).is_empty());
     assert_eq!(h.s.state(), State::Established);
 }
+
+#[test]
+fn restart_bit_set_until_first_established() {
+    let now = Instant::now();
+    let mut c = cfg();
+    c.restarting = true;
+    let mut s = Session::new(c, now);
+    s.handle(Event::Start, now);
+    let a = s.handle(Event::Connected(OUT), now);
+    let msgs = sent(&a);
+    let [(_, Message::Open(open))] = msgs.as_slice() else {
+        panic!("{msgs:?}")
+    };
+    assert!(open.graceful_restart().unwrap().restarting);
+    s.handle(
+        Event::Received(OUT, Message::Open(peer_open(PEER_ID, 30, true))),
+        now,
+    );
+    s.handle(Event::Received(OUT, Message::Keepalive), now);
+    assert_eq!(s.state(), State::Established);
+    assert!(!s.local_open().graceful_restart().unwrap().restarting);
+}

@@ -73,6 +73,11 @@ pub struct BgpConfig {
     pub bgp_speakers: Vec<SpeakerConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// A file that survives restarts (e.g. under /var/lib): present and younger than
+    /// `restartTime` at start means this start is a restart, so our OPEN carries the
+    /// graceful-restart "R" bit. Removed on a final stop (SIGINT / Cease).
+    #[serde(default)]
+    pub restart_marker: Option<PathBuf>,
     /// Where to write peer status (JSON) and metrics (Prometheus text) every second.
     #[serde(default)]
     pub status_file: Option<PathBuf>,

@@ -170,6 +170,9 @@ pub struct SessionConfig {
     pub families: Vec<AfiSafi>,
     /// Graceful restart: our restart time (1-4095 s), `None` to not announce it.
     pub restart_time: Option<u16>,
+    /// We are coming back from a restart: set the Restart State ("R") bit in our
+    /// OPENs until the first session is Established (RFC 4724 §4.1).
+    pub restarting: bool,
 }
 
 impl SessionConfig {
@@ -183,6 +186,7 @@ impl SessionConfig {
             retry_max: Duration::from_secs(60),
             families: vec![AfiSafi::IPV4_UNICAST],
             restart_time: Some(600),
+            restarting: false,
         }
     }
 }
@@ -256,7 +260,7 @@ impl Session {
         caps.push(Capability::RouteRefresh);
         if let Some(t) = self.cfg.restart_time {
             caps.push(Capability::GracefulRestart(GracefulRestart {
-                restarting: false,
+                restarting: self.cfg.restarting,
                 restart_time: t.clamp(1, 4095),
                 // Forwarding survives a speaker restart: the dataplane runs on.
                 families: self
@@ -423,6 +427,7 @@ impl Session {
             }
             (S::OpenConfirm, E::Received(_, Message::Keepalive)) => {
                 self.failures = 0;
+                self.cfg.restarting = false;
                 self.restart_hold(out);
                 self.goto(S::Established, now, out);
                 if let Some(n) = &self.negotiated {

@@ -97,6 +97,19 @@ pub async fn run(
             source,
         })?;
 
+    let restarting = cfg.restart_time > 0
+        && cfg
+            .restart_marker
+            .as_deref()
+            .is_some_and(|p| is_recent(p, cfg.restart_time));
+    if restarting {
+        tracing::info!("restarting within the graceful-restart time: setting the R bit");
+    }
+    let marker = cfg
+        .restart_marker
+        .clone()
+        .map(|p| tokio::spawn(keep_marker(p)));
+
     let listen_err = |source| SpeakerError::Listen {
         addr: listen_addr,
         source,
@@ -136,6 +149,7 @@ pub async fn run(
         scfg.hold_time = cfg.hold_time;
         scfg.retry_base = Duration::from_millis(cfg.connect_retry_ms.max(1));
         scfg.restart_time = (cfg.restart_time > 0).then_some(cfg.restart_time);
+        scfg.restarting = restarting;
         scfg.families = vec![AfiSafi::IPV4_UNICAST, AfiSafi::IPV6_UNICAST];
         status.insert(new_status(peer, None));
         let task = PeerTask::new(
@@ -163,8 +177,37 @@ pub async fn run(
     for t in tasks {
         let _ = t.await;
     }
+    if let Some(m) = marker {
+        m.abort();
+    }
+    // A final stop is not a restart: the next start must not claim to be one.
+    if *stop.borrow() == StopMode::Cease
+        && let Some(p) = &cfg.restart_marker
+    {
+        let _ = std::fs::remove_file(p);
+    }
     accept.abort();
     Ok(())
+}
+
+/// Whether the restart marker was touched less than `restart_time` seconds ago.
+fn is_recent(path: &std::path::Path, restart_time: u16) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < Duration::from_secs(u64::from(restart_time)))
+}
+
+/// Touch the restart marker every second while we run, so its age after a crash
+/// says how long ago we were alive.
+async fn keep_marker(path: std::path::PathBuf) {
+    loop {
+        if let Err(e) = std::fs::write(&path, b"hybridway bgp speaker alive\n") {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the restart marker");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 fn new_status(peer: &PeerConfig, last_error: Option<String>) -> PeerStatus {

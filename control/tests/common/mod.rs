@@ -243,10 +243,11 @@ pub fn write_speaker_config(lab: &Lab, spec: &SpeakerSpec) -> (PathBuf, PathBuf,
         None => String::new(),
     };
     let mut yaml = format!(
-        "bgp:\n  localASN: {}\n  nodeName: {}\n  connectRetryMs: 300\n  restartTime: {}\n  statusFile: {}\n  metricsFile: {}\n  bgpSpeakers:\n  - name: {}\n    peers:\n    - {{name: switch, peerASN: {}, peerAddress: {SWITCH_ADDR}{auth}}}\n  routes:\n",
+        "bgp:\n  localASN: {}\n  nodeName: {}\n  connectRetryMs: 300\n  restartTime: {}\n  restartMarker: {}\n  statusFile: {}\n  metricsFile: {}\n  bgpSpeakers:\n  - name: {}\n    peers:\n    - {{name: switch, peerASN: {}, peerAddress: {SWITCH_ADDR}{auth}}}\n  routes:\n",
         spec.local_asn,
         node_name(i),
         spec.restart_time,
+        lab.path(&format!("speaker{i}.marker")).display(),
         status.display(),
         metrics.display(),
         node_name(i),
