@@ -249,3 +249,48 @@ fn the_linux_vxlan_device_is_a_peer() {
     );
     assert!(text.contains("3 received"), "{text}");
 }
+
+#[test]
+fn several_sockets_share_the_vxlan_port_and_split_the_flows() {
+    let a = Netns::new("urp");
+    let b = Netns::new("urp");
+    veth_pair(&a, "ua", "198.18.31.1/24", &b, "ub", "198.18.31.2/24");
+    let mut group = {
+        let _inside = NetnsGuard::enter(&b.name).unwrap();
+        let config = UdpConfig::new(
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 31, 2), 8472),
+            PortId(5),
+        );
+        UdpPort::open(&config, 2).unwrap()
+    };
+    assert_eq!(group.len(), 2);
+    assert_eq!(group[1].name(), "vxlan:198.18.31.2:8472/1");
+    // Sixty-four sender sockets: sixty-four flows for SO_REUSEPORT to hash.
+    let senders: Vec<std::net::UdpSocket> = {
+        let _inside = NetnsGuard::enter(&a.name).unwrap();
+        (0..64)
+            .map(|_| std::net::UdpSocket::bind("198.18.31.1:0").unwrap())
+            .collect()
+    };
+    for (i, s) in senders.iter().enumerate() {
+        s.send_to(
+            &vxlan_payload(1, format!("flow-{i}").as_bytes()),
+            "198.18.31.2:8472",
+        )
+        .unwrap();
+    }
+    let mut per_socket = [0usize; 2];
+    let mut batch = PacketBatch::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while per_socket.iter().sum::<usize>() < 64 && Instant::now() < deadline {
+        for (i, port) in group.iter_mut().enumerate() {
+            batch.clear();
+            per_socket[i] += port.recv(&mut batch).unwrap();
+        }
+    }
+    assert_eq!(per_socket.iter().sum::<usize>(), 64, "{per_socket:?}");
+    assert!(
+        per_socket.iter().all(|&n| n > 0),
+        "both sockets get flows: {per_socket:?}"
+    );
+}
