@@ -94,9 +94,13 @@ fn vxlan_payloads_cross_between_two_nodes_singly_and_with_gso() {
     assert_eq!(got.len(), 1);
     let (src, dst, sport, dport, body) = parse_udp(&got[0]).expect("a synthesised outer header");
     assert_eq!(
-        (src, dst, sport, dport),
-        ([198, 18, 30, 1], [198, 18, 30, 2], 8472, 8472)
+        (src, dst, dport),
+        ([198, 18, 30, 1], [198, 18, 30, 2], 8472)
     );
+    // Sent from the source-port socket the pipeline's outer source port picks.
+    let source_ports = pa.tx_source_ports();
+    assert_eq!(source_ports.len(), 8);
+    assert_eq!(sport, source_ports[51000 % 8]);
     assert_eq!(body, payload, "the VXLAN payload arrives unchanged");
     assert_eq!(got[0].len(), OUTER_LEN + payload.len());
 
@@ -139,6 +143,31 @@ fn vxlan_payloads_cross_between_two_nodes_singly_and_with_gso() {
     }
     // Across a veth the GSO datagrams stay one skb and reach the GRO socket as a train.
     assert!(pb.counters().rx_gro_trains >= 1, "{:?}", pb.counters());
+
+    // Inner flows with different outer source ports leave from different ports.
+    let spread: Vec<Vec<u8>> = (0..8u16)
+        .map(|sport| {
+            udp_frame(
+                [1; 6],
+                [2; 6],
+                [198, 18, 30, 1],
+                [198, 18, 30, 2],
+                sport,
+                8472,
+                &payload,
+            )
+        })
+        .collect();
+    let refs: Vec<&[u8]> = spread.iter().map(Vec::as_slice).collect();
+    assert_eq!(pa.send(&refs).unwrap(), 8);
+    let got = recv_frames(&mut pb, 8);
+    let ports: std::collections::BTreeSet<u16> =
+        got.iter().map(|f| parse_udp(f).unwrap().2).collect();
+    assert_eq!(
+        ports.len(),
+        8,
+        "one outer source port per socket: {ports:?}"
+    );
 
     // Bad frames from the pipeline are dropped and counted, not sent.
     let arp = [0u8; 60];
