@@ -4,6 +4,8 @@
 //!   by another on the other end (both in copy mode, steering everything).
 //! * `tun_forward`: 64 UDP packets written to a TUN, forwarded by the kernel back
 //!   into the same TUN and read again (write + kernel routing + read).
+//! * `vxlan_udp`: 64 VXLAN frames of 1000-byte payload from one VXLAN UDP port to
+//!   another across a veth (UDP GSO on send, GRO on receive).
 #![allow(
     clippy::expect_used,
     clippy::unwrap_used,
@@ -18,6 +20,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hybridway_dataplane::PortId;
 use hybridway_dataplane::port::netns::NetnsGuard;
 use hybridway_dataplane::port::tun::{TunConfig, TunPort};
+use hybridway_dataplane::port::udp::{UdpConfig, UdpPort};
 use hybridway_dataplane::port::xdp::{AttachMode, SteerRules, XdpConfig, XdpPort, XdpSteering};
 use hybridway_dataplane::port::{BATCH_SIZE, PacketBatch, Port};
 
@@ -166,6 +169,44 @@ fn bench(c: &mut Criterion) {
                 }
                 got
             });
+        });
+    }
+
+    {
+        let a = Netns::new("ua");
+        let b = Netns::new("ub");
+        sh(&format!(
+            "ip link add bua netns {a} type veth peer name bub netns {b} && \
+             ip -n {a} addr add 198.18.42.1/24 dev bua && ip -n {a} link set bua up && \
+             ip -n {b} addr add 198.18.42.2/24 dev bub && ip -n {b} link set bub up",
+            a = a.0,
+            b = b.0
+        ));
+        let open = |ns: &Netns, addr: [u8; 4]| {
+            let _inside = NetnsGuard::enter(&ns.0).unwrap();
+            let local = std::net::SocketAddrV4::new(addr.into(), 8472);
+            UdpPort::open(&UdpConfig::new(local, PortId(3)), 1)
+                .unwrap()
+                .pop()
+                .unwrap()
+        };
+        let mut pa = open(&a, [198, 18, 42, 1]);
+        let mut pb = open(&b, [198, 18, 42, 2]);
+        let frames: Vec<Vec<u8>> = (0..BATCH_SIZE)
+            .map(|_| udp_frame([0; 6], [198, 18, 42, 1], [198, 18, 42, 2], 8472, 1000))
+            .collect();
+        // udp_frame's destination port is 9; VXLAN goes to 8472.
+        let frames: Vec<Vec<u8>> = frames
+            .into_iter()
+            .map(|mut f| {
+                f[36..38].copy_from_slice(&8472u16.to_be_bytes());
+                f
+            })
+            .collect();
+        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        let mut batch = PacketBatch::new();
+        group.bench_function("vxlan_udp_1000B", |bench| {
+            bench.iter(|| round(&mut pa, &mut pb, &refs, &mut batch));
         });
     }
     group.finish();
