@@ -353,3 +353,69 @@ fn killed_agent_restarts_with_its_pods_and_sigterm_leaves_no_xdp_behind() {
     // The node's own stack works as before: it reaches the other node.
     ns.sh(&format!("ping -c 1 -W 2 {}", node_addr(2))).unwrap();
 }
+
+fn tun_cluster(name: &str, nodes: Vec<NodeKind>) -> Cluster {
+    let tag = format!("hwt{name}{}", std::process::id() % 10_000);
+    let dir = std::env::temp_dir().join(&tag);
+    let _ = std::fs::remove_dir_all(&dir);
+    Cluster::build(ClusterSpec {
+        tag,
+        overlay: true,
+        snat: false,
+        backend: "tun".into(),
+        nodes,
+        pods_per_node: 2,
+        kernel_offloads: false,
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_hybridway")),
+        dir,
+    })
+    .unwrap_or_else(|e| panic!("building the cluster: {e}"))
+}
+
+#[test]
+fn tun_backend_overlay_talks_to_hybridway_and_kernel_vxlan_and_sigterm_removes_device_and_routes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = tun_cluster(
+        "tun",
+        vec![
+            NodeKind::Hybridway,
+            NodeKind::Hybridway,
+            NodeKind::KernelVxlan,
+        ],
+    );
+    assert_ping(&c, (1, 1), pod_ip(2, 1));
+    assert_ping(&c, (2, 2), pod_ip(1, 2));
+    assert_tcp_udp_both_ways(&c, (1, 1), (2, 1));
+    // The Linux VXLAN device (flannel-style) as the peer of a TUN-backend node.
+    assert_ping(&c, (1, 2), pod_ip(3, 1));
+    assert_ping(&c, (3, 2), pod_ip(2, 1));
+    let r = iperf(&c, (3, 1), (1, 1), false, 1);
+    assert!(r.is_ok(), "{r:?}");
+    assert!(metric(&c, 1, "hybridway_port_rx_packets_total", "port=\"hw0/q0\"") > 100);
+
+    let ns_name = c.node(1).unwrap().ns.name.clone();
+    let before = c.node(1).unwrap().ns.sh("ip route show").unwrap();
+    assert!(before.contains("198.19.2.0/24 dev hw0"), "{before}");
+    assert!(before.contains("198.19.1.11 dev hwp1"), "{before}");
+    let status = c.stop_agent(1, "TERM").unwrap().unwrap();
+    assert!(status.success(), "agent exit status {status}");
+    let ns = &c.node(1).unwrap().ns;
+    assert!(
+        ns.try_sh("ip link show hw0")
+            .unwrap()
+            .status
+            .success()
+            .eq(&false),
+        "the TUN device outlived the agent"
+    );
+    let after = ns.sh("ip route show").unwrap();
+    assert!(
+        !after.contains("hw0") && !after.contains("dev hwp"),
+        "routes left behind in {ns_name}: {after}"
+    );
+    assert_eq!(
+        ns.sh("cat /proc/sys/net/ipv4/ip_forward").unwrap().trim(),
+        "0",
+        "ip_forward not restored"
+    );
+}

@@ -122,7 +122,14 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let mut report = Report::default();
     let tag = format!("hwd{}", std::process::id() % 10_000);
-    let modes: &[bool] = if args.overlay_only {
+    // On the TUN backend underlay is the kernel's own routing: nothing to show.
+    let tun = args.backend == "tun";
+    if tun && !args.overlay_only {
+        println!(
+            "backend tun: overlay only (its underlay is plain kernel routing), SNAT off (needs af_xdp)"
+        );
+    }
+    let modes: &[bool] = if args.overlay_only || tun {
         &[true]
     } else {
         &[true, false]
@@ -142,7 +149,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         let spec = ClusterSpec {
             tag: tag.clone(),
             overlay,
-            snat: !args.no_snat,
+            // The TUN backend cannot masquerade: the agent refuses SNAT there.
+            snat: !args.no_snat && args.backend != "tun",
             backend: args.backend.clone(),
             nodes: vec![NodeKind::Hybridway, NodeKind::Hybridway],
             pods_per_node: 2,

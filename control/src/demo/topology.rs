@@ -137,8 +137,12 @@ impl Cluster {
         outside.sh(&format!(
             "ip addr add {GATEWAY}/24 dev eth0 && ip addr add {OUTSIDE_SERVER}/32 dev lo"
         ))?;
-        if !spec_offloads { outside.no_offloads("eth0")?; }
-        if !spec_offloads { fabric.no_offloads("out")?; }
+        if !spec_offloads {
+            outside.no_offloads("eth0")?;
+        }
+        if !spec_offloads {
+            fabric.no_offloads("out")?;
+        }
         let mut cluster = Cluster {
             spec,
             pods: Vec::new(),
