@@ -150,10 +150,7 @@ fn two_queues_receive_the_kernels_packets_and_written_packets_reach_the_kernel()
         assert_eq!(&buf[..n], format!("reply-{i}").as_bytes());
         assert_eq!(from, SocketAddr::from(([198, 19, 20, 5], 5000 + i as u16)));
     }
-    assert_eq!(
-        ports[0].counters().tx_not_ip + ports[1].counters().tx_not_ip,
-        8
-    );
+    assert_eq!(ports[0].drops().tx + ports[1].drops().tx, 8);
 
     // The device was ours: it disappears with its last queue, routes with it.
     drop(ports);
@@ -334,4 +331,87 @@ fn a_kernel_udp_gso_super_packet_is_segmented_into_datagrams() {
         counters.rx_gso_packets >= 1,
         "the kernel sent a UDP GSO packet: {counters:?}"
     );
+}
+
+#[test]
+fn a_run_of_tcp_segments_is_written_as_one_gso_packet_the_kernel_accepts() {
+    let ns = Netns::new("gro");
+    let (mut ports, config) = open(&ns, "hwt3", 1);
+    ns.sh("ip addr add 198.18.23.1/24 dev hwt3 && ip route add 198.19.23.0/24 dev hwt3");
+    let listener = {
+        let _inside = NetnsGuard::enter(&ns.name).unwrap();
+        std::net::TcpListener::bind("198.18.23.1:8080").unwrap()
+    };
+    // The "pod" 198.19.23.9 connects through the TUN; the test plays its TCP.
+    let frame = |seq: u32, ack: Option<u32>, syn: bool, psh: bool, payload: &[u8]| {
+        let mut b = PacketBuilder::ethernet2(config.peer_mac.octets(), config.mac.octets())
+            .ipv4([198, 19, 23, 9], [198, 18, 23, 1], 64)
+            .tcp(41000, 8080, seq, 65535);
+        if syn {
+            b = b
+                .syn()
+                .options(&[TcpOptionElement::MaximumSegmentSize(1460)])
+                .unwrap();
+        }
+        if let Some(ack) = ack {
+            b = b.ack(ack);
+        }
+        if psh {
+            b = b.psh();
+        }
+        let mut out = Vec::new();
+        b.write(&mut out, payload).unwrap();
+        out
+    };
+    assert_eq!(
+        ports[0]
+            .send(&[&frame(1000, None, true, false, &[])])
+            .unwrap(),
+        1
+    );
+    let is_syn_ack = |f: &Vec<u8>| {
+        SlicedPacket::from_ethernet(f).is_ok_and(
+            |p| matches!(p.transport, Some(TransportSlice::Tcp(t)) if t.syn() && t.ack()),
+        )
+    };
+    let got = collect(&mut ports, |got| got[0].iter().any(is_syn_ack));
+    let syn_ack = got[0]
+        .iter()
+        .find(|f| is_syn_ack(f))
+        .expect("the kernel answers the SYN");
+    let Some(TransportSlice::Tcp(t)) = SlicedPacket::from_ethernet(syn_ack).unwrap().transport
+    else {
+        panic!()
+    };
+    let server_ack = t.sequence_number().wrapping_add(1);
+    assert_eq!(
+        ports[0]
+            .send(&[&frame(1001, Some(server_ack), false, false, &[])])
+            .unwrap(),
+        1
+    );
+    let (mut stream, _) = listener.accept().unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+
+    // Twenty segments in one send: merged into one GSO write.
+    let segments: Vec<Vec<u8>> = (0..20u32)
+        .map(|i| {
+            let payload = vec![b'a' + i as u8; 1000];
+            frame(1001 + i * 1000, Some(server_ack), false, i == 19, &payload)
+        })
+        .collect();
+    let refs: Vec<&[u8]> = segments.iter().map(Vec::as_slice).collect();
+    assert_eq!(ports[0].send(&refs).unwrap(), 20);
+    let mut received = vec![0u8; 20_000];
+    std::io::Read::read_exact(&mut stream, &mut received).expect("the kernel delivers every byte");
+    for (i, chunk) in received.chunks(1000).enumerate() {
+        assert!(
+            chunk.iter().all(|&b| b == b'a' + i as u8),
+            "segment {i} in order and intact"
+        );
+    }
+    let c = ports[0].counters();
+    assert_eq!((c.tx_gso_packets, c.tx_gso_segments), (1, 20), "{c:?}");
 }

@@ -144,6 +144,7 @@ fn vxlan_payloads_cross_between_two_nodes_singly_and_with_gso() {
     let arp = [0u8; 60];
     assert_eq!(pa.send(&[&arp, &outer[..20]]).unwrap(), 2);
     assert_eq!(pa.counters().tx_invalid, 2);
+    assert_eq!(pa.drops().tx, 2);
 }
 
 #[test]

@@ -22,6 +22,27 @@
 //!   batch can be reused at once; a frame the port cannot take now is not accepted and
 //!   the worker counts it as a `TxRingFull` drop.
 //!
+//! One poll of a worker, in outline:
+//!
+//! ```
+//! use hybridway_dataplane::port::{BATCH_SIZE, PacketBatch, Port, PortError};
+//!
+//! fn poll_once(port: &mut dyn Port, batch: &mut PacketBatch) -> Result<usize, PortError> {
+//!     batch.clear();
+//!     port.recv(batch)?;
+//!     batch.for_each_frame(|_, _frame| { /* pipeline: rewrite, encapsulate, decide */ });
+//!     let mut out: [&[u8]; BATCH_SIZE] = [&[]; BATCH_SIZE];
+//!     let mut n = 0;
+//!     for (slot, packet) in out.iter_mut().zip(batch.packets()) {
+//!         *slot = packet;
+//!         n += 1;
+//!     }
+//!     let sent = port.send(out.get(..n).unwrap_or_default())?; // n - sent: TxRingFull drops
+//!     port.flush()?;
+//!     Ok(sent)
+//! }
+//! ```
+//!
 //! Backends: `xdp` (AF_XDP sockets with an XDP steering program), `tun`
 //! (multi-queue TUN with the virtio-net header) and `udp` (the VXLAN side of the
 //! overlay on the TUN backend). [`Backend`] chooses between them.
@@ -69,6 +90,19 @@ pub trait Port: Send {
     /// A file descriptor that becomes readable when frames wait, so an idle worker
     /// can park on epoll (`mio::unix::SourceFd`) instead of spinning.
     fn poll_fd(&self) -> Option<RawFd>;
+
+    /// Frames the port itself dropped (malformed or oversized from the OS, refused
+    /// by the kernel on send), for the worker's counters.
+    fn drops(&self) -> PortDrops {
+        PortDrops::default()
+    }
+}
+
+/// Totals of frames a port dropped on its own, outside the pipeline's verdicts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortDrops {
+    pub rx: u64,
+    pub tx: u64,
 }
 
 /// Errors from setting up or driving a port. Messages name what is missing and

@@ -126,21 +126,29 @@ fn put16(p: &mut [u8], at: usize, v: u16) -> Option<()> {
     Some(())
 }
 
-/// Ones'-complement sum of `data` added to `sum` (not folded).
-pub fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        if let [a, b] = c {
-            sum = sum.wrapping_add(u32::from(u16::from_be_bytes([*a, *b])));
-        }
-        if sum & 0x8000_0000 != 0 {
-            sum = (sum & 0xffff) + (sum >> 16);
+/// Ones'-complement sum of `data` (as big-endian 16-bit words, an odd last byte
+/// padded with zero) added to `sum`; the result is folded to 16 bits so callers may
+/// add a few more small terms before [`csum_fold`].
+pub fn csum_add(sum: u32, data: &[u8]) -> u32 {
+    // 32-bit words into a 64-bit accumulator: no carry handling in the loop (the
+    // ones'-complement sum is the same whatever the word size, once folded).
+    let mut acc = u64::from(sum);
+    let mut words = data.chunks_exact(4);
+    for w in &mut words {
+        if let [a, b, c, d] = *w {
+            acc += u64::from(u32::from_be_bytes([a, b, c, d]));
         }
     }
-    if let [last] = chunks.remainder() {
-        sum = sum.wrapping_add(u32::from(*last) << 8);
+    match *words.remainder() {
+        [a, b, c] => acc += u64::from(u16::from_be_bytes([a, b])) + (u64::from(c) << 8),
+        [a, b] => acc += u64::from(u16::from_be_bytes([a, b])),
+        [a] => acc += u64::from(a) << 8,
+        _ => {}
     }
-    sum
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u32
 }
 
 /// Folds and inverts a sum into a checksum field value.

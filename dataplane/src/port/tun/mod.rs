@@ -16,14 +16,16 @@
 //! queue closes: dropping every [`TunPort`] of a device removes it (and its routes).
 //! A device that already existed is attached to and left as it was.
 
+pub mod coalesce;
 pub mod gso;
 mod sys;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use super::{PacketBatch, Port, PortError};
+use super::{PacketBatch, Port, PortDrops, PortError};
 use crate::frame::{FRAME_BUFFER_SIZE, FRAME_HEADROOM, PortId};
 use crate::wire::MacAddr;
+use coalesce::Coalescer;
 use gso::{GsoError, Segmenter, VNET_HDR_LEN, VirtioNetHdr};
 
 const ETH_LEN: usize = 14;
@@ -48,6 +50,8 @@ pub struct TunConfig {
     pub mtu: Option<u32>,
     /// Ask the kernel for TSO/USO super-packets and partial checksums.
     pub offload: bool,
+    /// Merge runs of TCP segments of one flow into one GSO write ([`coalesce`]).
+    pub coalesce: bool,
 }
 
 impl TunConfig {
@@ -60,6 +64,7 @@ impl TunConfig {
             peer_mac: MacAddr::local_from(format!("{name}-host").as_bytes()),
             mtu: None,
             offload: true,
+            coalesce: true,
         }
     }
 }
@@ -77,6 +82,10 @@ pub struct TunCounters {
     pub rx_oversize: u64,
     /// Frames dropped on send because they carry neither IPv4 nor IPv6.
     pub tx_not_ip: u64,
+    /// GSO super-packets written (merged TCP runs).
+    pub tx_gso_packets: u64,
+    /// Segments merged into them.
+    pub tx_gso_segments: u64,
 }
 
 /// A packet read from the device whose segments did not all fit the last batch.
@@ -100,6 +109,7 @@ pub struct TunPort {
     offloads: u32,
     buf: Box<[u8]>,
     pending: Option<Pending>,
+    coalescer: Option<Coalescer>,
     counters: TunCounters,
 }
 
@@ -141,6 +151,7 @@ impl TunPort {
                 offloads,
                 buf: vec![0u8; READ_BUFFER].into_boxed_slice(),
                 pending: None,
+                coalescer: config.coalesce.then(Coalescer::new),
                 counters: TunCounters::default(),
             });
         }
@@ -175,6 +186,33 @@ impl TunPort {
 
     pub fn counters(&self) -> TunCounters {
         self.counters
+    }
+
+    /// Writes the open TCP run, if any; false when the queue is full (the run is
+    /// then dropped by the caller's accounting).
+    fn write_run(&mut self) -> Result<bool, PortError> {
+        let Some(co) = self.coalescer.as_mut() else {
+            return Ok(true);
+        };
+        let segments = co.segments() as u64;
+        let Some((hdr, packet)) = co.take() else {
+            return Ok(true);
+        };
+        match sys::writev(self.fd.as_raw_fd(), &hdr, packet) {
+            Ok(true) => {
+                if segments > 1 {
+                    self.counters.tx_gso_packets += 1;
+                    self.counters.tx_gso_segments += segments;
+                }
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.counters.tx_not_ip += segments;
+                Ok(true)
+            }
+            Err(e) => Err(PortError::io(&self.name, "writing to the TUN queue", e)),
+        }
     }
 
     /// Moves segments of the pending packet into `batch`; returns how many.
@@ -291,8 +329,11 @@ impl Port for TunPort {
     }
 
     fn send(&mut self, frames: &[&[u8]]) -> Result<usize, PortError> {
-        // No offload on the way in: an all-zero header says "complete packet".
+        // A complete packet: an all-zero header, no offload.
         let hdr = VirtioNetHdr::default().emit();
+        // Index of the first frame of the open TCP run: if writing the run fails,
+        // the frames from there on were not accepted.
+        let mut run_start = 0;
         for (i, frame) in frames.iter().enumerate() {
             let ip = match (frame.get(12..14), frame.get(ETH_LEN..)) {
                 (Some([0x08, 0x00]) | Some([0x86, 0xdd]), Some(ip)) if !ip.is_empty() => ip,
@@ -301,6 +342,18 @@ impl Port for TunPort {
                     continue;
                 }
             };
+            if let Some(co) = self.coalescer.as_mut() {
+                if co.segments() > 0 && co.push(ip) {
+                    continue;
+                }
+                if !self.write_run()? {
+                    return Ok(run_start);
+                }
+                run_start = i;
+                if self.coalescer.as_mut().is_some_and(|co| co.push(ip)) {
+                    continue;
+                }
+            }
             match sys::writev(self.fd.as_raw_fd(), &hdr, ip) {
                 Ok(true) => {}
                 Ok(false) => return Ok(i),
@@ -308,6 +361,10 @@ impl Port for TunPort {
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.counters.tx_not_ip += 1,
                 Err(e) => return Err(PortError::io(&self.name, "writing to the TUN queue", e)),
             }
+            run_start = i + 1;
+        }
+        if !self.write_run()? {
+            return Ok(run_start);
         }
         Ok(frames.len())
     }
@@ -318,6 +375,14 @@ impl Port for TunPort {
 
     fn poll_fd(&self) -> Option<RawFd> {
         Some(self.fd.as_raw_fd())
+    }
+
+    fn drops(&self) -> PortDrops {
+        let c = self.counters;
+        PortDrops {
+            rx: c.rx_malformed + c.rx_oversize,
+            tx: c.tx_not_ip,
+        }
     }
 }
 

@@ -25,7 +25,7 @@ mod sys;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use super::{BATCH_SIZE, PacketBatch, Port, PortError};
+use super::{BATCH_SIZE, PacketBatch, Port, PortDrops, PortError};
 use crate::frame::{FRAME_HEADROOM, PortId};
 use crate::wire::MacAddr;
 
@@ -278,8 +278,9 @@ fn outer_header(
     h
 }
 
-/// The outer destination and UDP payload of an Ethernet/IPv4/UDP frame.
-fn parse_outer(frame: &[u8]) -> Option<(SocketAddrV4, &[u8])> {
+/// The outer destination and UDP payload of an Ethernet/IPv4/UDP frame (what the
+/// port sends, and where); `None` for anything else.
+pub fn parse_outer(frame: &[u8]) -> Option<(SocketAddrV4, &[u8])> {
     if frame.get(12..14)? != [0x08, 0x00] {
         return None;
     }
@@ -377,6 +378,14 @@ impl Port for UdpPort {
 
     fn poll_fd(&self) -> Option<RawFd> {
         Some(self.fd.as_raw_fd())
+    }
+
+    fn drops(&self) -> PortDrops {
+        let c = self.counters;
+        PortDrops {
+            rx: c.rx_oversize,
+            tx: c.tx_invalid + c.tx_errors,
+        }
     }
 }
 

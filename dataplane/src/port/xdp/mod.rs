@@ -23,7 +23,7 @@ pub use sys::XdpStatistics;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use super::{PacketBatch, Port, PortError};
+use super::{PacketBatch, Port, PortDrops, PortError};
 use crate::frame::PortId;
 
 /// Size of one UMEM chunk: one frame buffer.
@@ -235,6 +235,19 @@ impl XdpPort {
     }
 }
 
+/// Receive queues of interface `ifname` (one AF_XDP socket, and so one worker, per
+/// queue); 1 when sysfs does not say.
+pub fn rx_queues(ifname: &str) -> usize {
+    std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count()
+        })
+        .unwrap_or(0)
+        .max(1)
+}
+
 fn allocate_umem(
     name: &str,
     len: usize,
@@ -359,5 +372,16 @@ impl Port for XdpPort {
 
     fn poll_fd(&self) -> Option<RawFd> {
         Some(self.rings.fd())
+    }
+
+    fn drops(&self) -> PortDrops {
+        let kernel = self.rings.statistics().unwrap_or_default();
+        PortDrops {
+            rx: self.rx_oversize
+                + kernel.rx_dropped
+                + kernel.rx_ring_full
+                + kernel.rx_invalid_descs,
+            tx: kernel.tx_invalid_descs,
+        }
     }
 }
