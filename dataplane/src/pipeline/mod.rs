@@ -71,6 +71,7 @@ pub struct Pipeline {
     /// Identification of IPv4 headers we originate (outer VXLAN, ICMP errors).
     ip_id: u16,
     icmp_limit: IcmpRateLimit,
+    vteps: VtepSet,
 }
 
 type Step = Result<Verdict, DropReason>;
@@ -84,6 +85,7 @@ impl Pipeline {
             // Start each worker elsewhere so two workers' ids rarely collide.
             ip_id: worker.wrapping_mul(0x9e37),
             icmp_limit: IcmpRateLimit::new(),
+            vteps: VtepSet::default(),
         }
     }
 
@@ -414,7 +416,8 @@ impl Pipeline {
                 && l4.proto == parse::PROTO_UDP
                 && l4.dport == node.vxlan_port
             {
-                if node.snat && !tables.is_known_vtep(ip.src) {
+                let known = self.vteps.contains(tables, ip.src);
+                if node.snat && !known {
                     // The SNAT port range may include the VXLAN port: a reply to a
                     // masqueraded flow from a non-node wins, else it is bad VXLAN.
                     return match self.unmasquerade(frame, ip, tables)? {
@@ -426,7 +429,7 @@ impl Pipeline {
                         other => Ok(other),
                     };
                 }
-                return self.decap(frame, ip, tables).map(Action::Done);
+                return self.decap(frame, ip, known, tables).map(Action::Done);
             }
             if node.snat {
                 return self.unmasquerade(frame, ip, tables);
@@ -458,8 +461,14 @@ impl Pipeline {
         }
     }
 
-    fn decap(&mut self, frame: &mut Frame<'_>, outer: &V4, tables: &Tables) -> Step {
-        vxlan::decapsulate(frame, outer, tables)?;
+    fn decap(
+        &mut self,
+        frame: &mut Frame<'_>,
+        outer: &V4,
+        known_source: bool,
+        tables: &Tables,
+    ) -> Step {
+        vxlan::decapsulate(frame, outer, known_source, &tables.node)?;
         let inner = match parse::classify(frame.data()) {
             Ok(p) => p,
             Err(_) => return Err(DropReason::VxlanMalformed),
@@ -716,6 +725,36 @@ impl Pipeline {
     fn next_ip_id(&mut self) -> u16 {
         self.ip_id = self.ip_id.wrapping_add(1);
         self.ip_id
+    }
+}
+
+/// `Tables::known_vteps` as a sorted set, rebuilt when a different snapshot comes in
+/// (allocation happens then, never per packet). A cluster has hundreds of nodes, and
+/// a linear scan of them per VXLAN packet would cost more than the decapsulation.
+#[derive(Debug, Default)]
+struct VtepSet {
+    /// Generation, list address and length of the snapshot list this was built from.
+    source: Option<(u64, usize, usize)>,
+    sorted: Vec<u32>,
+}
+
+impl VtepSet {
+    /// Below this many nodes a scan of the snapshot's list is as fast as a search.
+    const SCAN_MAX: usize = 8;
+
+    fn contains(&mut self, tables: &Tables, addr: Ipv4Addr) -> bool {
+        let list = &tables.known_vteps;
+        if list.len() <= Self::SCAN_MAX {
+            return list.contains(&addr);
+        }
+        let source = Some((tables.generation, list.as_ptr() as usize, list.len()));
+        if self.source != source {
+            self.sorted.clear();
+            self.sorted.extend(list.iter().map(|a| a.to_bits()));
+            self.sorted.sort_unstable();
+            self.source = source;
+        }
+        self.sorted.binary_search(&addr.to_bits()).is_ok()
     }
 }
 
