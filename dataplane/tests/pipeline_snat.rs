@@ -416,3 +416,131 @@ proptest! {
         assert_checksums(&back, 0);
     }
 }
+
+#[test]
+fn a_nat_port_equal_to_the_vxlan_port_still_gets_its_replies() {
+    let t = tables(true);
+    // A one-port range: the only NAT port is 8472.
+    let config = SnatConfig {
+        port_range: 8472..=8472,
+        ..SnatConfig::default()
+    };
+    let mut p = Pipeline::new(0, &config);
+    let (v, out) = run(
+        &mut p,
+        &t,
+        &udp4(POD1, OUTSIDE, 5000, 53, 64, b"q"),
+        POD1_PORT,
+    );
+    assert_eq!(v, Verdict::Forward { port: UPLINK });
+    assert_eq!(u16_at(&out, 34), 8472);
+    let (v, back) = run(&mut p, &t, &reply_to(&out), UPLINK);
+    assert_eq!(v, Verdict::Forward { port: POD1_PORT });
+    assert_eq!(ip4(&back, 30), POD1);
+    // Real VXLAN from a known node is still decapsulated, and from others dropped.
+    let inner = with_macs(
+        udp4(REMOTE_POD, POD1, 1, 2, 64, b"x"),
+        REMOTE_VTEP_MAC,
+        VTEP_MAC,
+    );
+    assert_eq!(
+        run(&mut p, &t, &vxlan_in(REMOTE_NODE, 1, 0x08, &inner), UPLINK).0,
+        Verdict::Forward { port: POD1_PORT }
+    );
+    assert_eq!(
+        run(
+            &mut p,
+            &t,
+            &vxlan_in(Ipv4Addr::new(198, 18, 100, 9), 1, 0x08, &inner),
+            UPLINK
+        )
+        .0,
+        Verdict::Drop(DropReason::VxlanUnknownSource)
+    );
+}
+
+#[test]
+fn a_batch_decides_exactly_like_one_frame_at_a_time() {
+    use hybridway_dataplane::frame::{FRAME_BUFFER_SIZE, Frame, FrameMeta};
+    let t = tables(true);
+    let config = SnatConfig {
+        workers: 2,
+        ..SnatConfig::default()
+    };
+    // Flows established on worker 0 first, so the batch holds replies too.
+    let mut seed = Pipeline::new(0, &config);
+    let mut replies = Vec::new();
+    for i in 0..20u16 {
+        let (_, out) = run(
+            &mut seed,
+            &t,
+            &udp4(POD1, OUTSIDE, 6000 + i, 53, 64, b"q"),
+            POD1_PORT,
+        );
+        replies.push(reply_to(&out));
+    }
+    let mut inputs: Vec<(Vec<u8>, hybridway_dataplane::frame::PortId)> = Vec::new();
+    for i in 0..150u16 {
+        let f = match i % 6 {
+            0 => (udp4(POD1, OUTSIDE, 7000 + i, 53, 64, b"new"), POD1_PORT),
+            1 => (replies[usize::from(i) % 20].clone(), UPLINK),
+            2 => (tcp4(POD1, POD2, 1, 2, 64, true, b""), POD1_PORT),
+            3 => (udp4(POD1, REMOTE_POD, 1, 2, 64, b"x"), POD1_PORT),
+            4 => (
+                with_macs(
+                    tcp4(OUTSIDE, NODE, 5555, 7000 + i, 64, true, b""),
+                    ROUTER_MAC,
+                    UPLINK_MAC,
+                ),
+                UPLINK,
+            ),
+            _ => (udp4(POD1, OUTSIDE, 7000 + i, 53, 1, b"expiring"), POD1_PORT),
+        };
+        inputs.push(f);
+    }
+    // One at a time.
+    let mut one = Pipeline::new(0, &config);
+    let _ = clone_state(&mut one, &t);
+    let expected: Vec<(Verdict, Vec<u8>)> = inputs
+        .iter()
+        .map(|(f, port)| run(&mut one, &t, f, *port))
+        .collect();
+    // As one batch (three groups of at most 64).
+    let mut batched = Pipeline::new(0, &config);
+    let _ = clone_state(&mut batched, &t);
+    let mut bufs: Vec<Vec<u8>> = inputs
+        .iter()
+        .map(|_| vec![0u8; FRAME_BUFFER_SIZE])
+        .collect();
+    let mut frames: Vec<Frame<'_>> = bufs
+        .iter_mut()
+        .zip(&inputs)
+        .map(|(b, (f, port))| Frame::copy_from(b, f, FrameMeta { in_port: *port }).unwrap())
+        .collect();
+    let mut verdicts = vec![Verdict::ToHost; frames.len()];
+    batched.process_batch(&mut frames, &t, T0, &mut verdicts);
+    for (i, ((v, bytes), frame)) in expected.iter().zip(&frames).enumerate() {
+        assert_eq!(verdicts[i], *v, "frame {i}");
+        assert_eq!(frame.data(), &bytes[..], "frame {i}");
+    }
+    assert!(
+        verdicts
+            .iter()
+            .any(|v| *v == Verdict::Forward { port: POD1_PORT }),
+        "replies were translated"
+    );
+}
+
+/// Puts the same 20 established flows into a fresh pipeline (NAT ports are
+/// deterministic for a fresh shard).
+fn clone_state(p: &mut Pipeline, t: &hybridway_dataplane::tables::Tables) -> usize {
+    for i in 0..20u16 {
+        let _ = run(
+            p,
+            t,
+            &udp4(POD1, OUTSIDE, 6000 + i, 53, 64, b"q"),
+            POD1_PORT,
+        );
+    }
+    p.snat().len()
+}

@@ -438,6 +438,42 @@ fn memory_per_flow_is_at_most_128_bytes_when_full() {
     assert!(per_flow <= 128, "{per_flow} bytes per flow");
 }
 
+#[test]
+fn zero_and_huge_capacities_are_handled() {
+    let mut none = SnatShard::new(0, &config(0));
+    assert_eq!(
+        none.outbound(&key(L4Proto::Udp, 1, 1), NAT, 0, secs(0)),
+        Err(SnatError::TableFull)
+    );
+    let huge = SnatShard::new(0, &config(usize::MAX));
+    assert_eq!(
+        huge.capacity(),
+        hybridway_dataplane::tables::snat::MAX_CAPACITY_PER_WORKER
+    );
+}
+
+#[test]
+fn timeouts_longer_than_the_wheel_still_expire_on_time() {
+    // 5 h, beyond the wheel's ~2 h 20 min horizon: queued at the horizon, re-queued.
+    let t = Timeouts {
+        udp: Duration::from_secs(5 * 3600),
+        ..timeouts()
+    };
+    let mut shard = SnatShard::new(
+        0,
+        &SnatConfig {
+            timeouts: t,
+            ..config(8)
+        },
+    );
+    let k = key(L4Proto::Udp, 7, 7);
+    let b = shard.outbound(&k, NAT, 0, secs(0)).unwrap();
+    assert_eq!(shard.sweep(secs(3 * 3600), usize::MAX), 0);
+    assert_eq!(shard.sweep(secs(5 * 3600 - 2), usize::MAX), 0);
+    assert!(shard.peek_inbound(&reply(&k, b)).is_some());
+    assert_eq!(shard.sweep(secs(5 * 3600 + 2), usize::MAX), 1);
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Out { flow: usize, flags: u8 },
@@ -499,6 +535,43 @@ proptest! {
             let owner = owner_of_port(&cfg, b.port).unwrap();
             let got = shards[owner as usize].inbound(&reply(&k, b), SYN | ACK, Now(1));
             prop_assert_eq!(got, Some(NatBinding { addr: k.src, port: k.src_port }));
+        }
+    }
+
+    /// The batch calls give exactly the results of one call per packet in order,
+    /// including duplicates within a batch and flows created mid-batch.
+    #[test]
+    fn batches_equal_single_calls(
+        rounds in prop::collection::vec(
+            prop::collection::vec((0..40usize, prop::sample::select(vec![0u8, SYN, ACK, FIN | ACK, RST])), 0..50),
+            1..6),
+    ) {
+        let cfg = SnatConfig { port_range: 40_000..=40_005, ..config(30) };
+        let mut single = SnatShard::new(0, &cfg);
+        let mut batched = SnatShard::new(0, &cfg);
+        for (round, ops) in rounds.iter().enumerate() {
+            let now = Now((round as u64) * 4000);
+            let keys: Vec<FlowKey> = ops.iter().map(|&(f, _)| flow_key(f)).collect();
+            let flags: Vec<u8> = ops.iter().map(|&(_, fl)| fl).collect();
+            let mut out = vec![Err(SnatError::TableFull); keys.len()];
+            batched.outbound_batch(&keys, &flags, NAT, now, &mut out);
+            let mut replies = Vec::new();
+            for ((k, &fl), got) in keys.iter().zip(&flags).zip(&out) {
+                let want = single.outbound(k, NAT, fl, now);
+                prop_assert_eq!(*got, want);
+                if let Ok(b) = want {
+                    replies.push(reply(k, b));
+                }
+            }
+            let rflags = vec![ACK; replies.len()];
+            let mut back = vec![None; replies.len()];
+            let later = Now(now.millis() + 1000);
+            batched.inbound_batch(&replies, &rflags, later, &mut back);
+            for (r, got) in replies.iter().zip(&back) {
+                prop_assert_eq!(*got, single.inbound(r, ACK, later));
+                prop_assert!(got.is_some());
+            }
+            prop_assert_eq!(single.len(), batched.len());
         }
     }
 

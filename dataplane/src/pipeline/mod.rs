@@ -42,13 +42,16 @@ mod vxlan;
 use std::net::Ipv4Addr;
 
 use self::icmp::{IcmpError, IcmpRateLimit};
-use self::parse::{Packet, V4, V6};
+use self::parse::{L4, Packet, V4, V6};
 use self::vxlan::Tunnel;
 use crate::frame::{Frame, PortId};
-use crate::tables::{NodeSettings, RouteTarget, SnatConfig, SnatShard, Tables, owner_of_port};
+use crate::tables::{
+    FlowKey, L4Proto, NatBinding, NodeSettings, RouteTarget, SnatConfig, SnatError, SnatShard,
+    Tables, owner_of_port,
+};
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict, WorkerId};
-use crate::wire::checksum;
+use crate::wire::{MacAddr, checksum};
 
 pub use self::vxlan::source_port as vxlan_source_port;
 
@@ -68,6 +71,7 @@ pub struct Pipeline {
     /// Identification of IPv4 headers we originate (outer VXLAN, ICMP errors).
     ip_id: u16,
     icmp_limit: IcmpRateLimit,
+    vteps: VtepSet,
 }
 
 type Step = Result<Verdict, DropReason>;
@@ -81,6 +85,7 @@ impl Pipeline {
             // Start each worker elsewhere so two workers' ids rarely collide.
             ip_id: worker.wrapping_mul(0x9e37),
             icmp_limit: IcmpRateLimit::new(),
+            vteps: VtepSet::default(),
         }
     }
 
@@ -100,18 +105,32 @@ impl Pipeline {
 
     /// Decides what happens to one frame, rewriting it as needed.
     pub fn process(&mut self, frame: &mut Frame<'_>, tables: &Tables, now: Now) -> Verdict {
-        match self.step(frame, tables, now) {
-            Ok(v) => v,
-            Err(reason) => Verdict::Drop(reason),
-        }
+        let step = match self.step(frame, tables, now) {
+            Ok(Action::Done(v)) => Ok(v),
+            Ok(Action::Masquerade(p)) => {
+                let r = self
+                    .snat
+                    .outbound(&p.key, tables.node.node_addr, p.l4.tcp_flags, now);
+                self.finish_masquerade(frame, &p, r, tables)
+            }
+            Ok(Action::Unmasquerade(p)) => {
+                let r = self.snat.inbound(&p.key, p.l4.tcp_flags, now);
+                self.finish_unmasquerade(frame, &p, r, tables)
+            }
+            Err(reason) => Err(reason),
+        };
+        step.unwrap_or_else(Verdict::Drop)
     }
 
     /// Processes a batch: `verdicts[i]` is the verdict for `frames[i]`. Extra verdict
     /// slots are left alone; frames without a slot are not processed.
     ///
-    /// Frames are classified and resolved one after the other: the per-frame work is
-    /// short enough that the CPU's out-of-order window already overlaps the next
-    /// frame's header loads with this frame's table lookups.
+    /// In groups of [`MAX_BATCH`]: every frame is classified and routed first; frames
+    /// that need the SNAT table only have their flow key taken. Then the keys are
+    /// resolved together with [`SnatShard::outbound_batch`] and
+    /// [`SnatShard::inbound_batch`], which overlap their cache misses, and those frames
+    /// are finished. With a million tracked flows this is what keeps a lookup from
+    /// costing one full memory latency per packet.
     pub fn process_batch(
         &mut self,
         frames: &mut [Frame<'_>],
@@ -119,12 +138,78 @@ impl Pipeline {
         now: Now,
         verdicts: &mut [Verdict],
     ) {
-        for (frame, verdict) in frames.iter_mut().zip(verdicts.iter_mut()) {
-            *verdict = self.process(frame, tables, now);
+        let n = frames.len().min(verdicts.len());
+        let (Some(frames), Some(verdicts)) = (frames.get_mut(..n), verdicts.get_mut(..n)) else {
+            return;
+        };
+        for (f, v) in frames
+            .chunks_mut(MAX_BATCH)
+            .zip(verdicts.chunks_mut(MAX_BATCH))
+        {
+            self.process_group(f, tables, now, v);
         }
     }
 
-    fn step(&mut self, frame: &mut Frame<'_>, tables: &Tables, now: Now) -> Step {
+    fn process_group(
+        &mut self,
+        frames: &mut [Frame<'_>],
+        tables: &Tables,
+        now: Now,
+        verdicts: &mut [Verdict],
+    ) {
+        let mut outs = Lookups::new();
+        let mut ins = Lookups::new();
+        for (i, (frame, verdict)) in frames.iter_mut().zip(verdicts.iter_mut()).enumerate() {
+            *verdict = match self.step(frame, tables, now) {
+                Ok(Action::Done(v)) => v,
+                Ok(Action::Masquerade(p)) => {
+                    outs.push(i, p);
+                    continue;
+                }
+                Ok(Action::Unmasquerade(p)) => {
+                    ins.push(i, p);
+                    continue;
+                }
+                Err(reason) => Verdict::Drop(reason),
+            };
+        }
+        if outs.len > 0 {
+            let mut results = [Err(SnatError::TableFull); MAX_BATCH];
+            let res = results.get_mut(..outs.len).unwrap_or_default();
+            let node_addr = tables.node.node_addr;
+            self.snat
+                .outbound_batch(outs.keys(), outs.flags(), node_addr, now, res);
+            for (j, r) in res.iter().enumerate() {
+                let Some((i, p)) = outs.get(j) else { continue };
+                if let (Some(frame), Some(v)) = (frames.get_mut(i), verdicts.get_mut(i)) {
+                    *v = self
+                        .finish_masquerade(frame, p, *r, tables)
+                        .unwrap_or_else(Verdict::Drop);
+                }
+            }
+        }
+        if ins.len > 0 {
+            let mut results = [None; MAX_BATCH];
+            let res = results.get_mut(..ins.len).unwrap_or_default();
+            self.snat.inbound_batch(ins.keys(), ins.flags(), now, res);
+            for (j, r) in res.iter().enumerate() {
+                let Some((i, p)) = ins.get(j) else { continue };
+                if let (Some(frame), Some(v)) = (frames.get_mut(i), verdicts.get_mut(i)) {
+                    *v = self
+                        .finish_unmasquerade(frame, p, *r, tables)
+                        .unwrap_or_else(Verdict::Drop);
+                }
+            }
+        }
+    }
+
+    /// First pass over a frame: everything but the SNAT table lookup.
+    fn step(
+        &mut self,
+        frame: &mut Frame<'_>,
+        tables: &Tables,
+        now: Now,
+    ) -> Result<Action, DropReason> {
         let node = &tables.node;
         let from_uplink = frame.meta.in_port == node.uplink_port;
         let packet = parse::classify(frame.data());
@@ -134,22 +219,28 @@ impl Pipeline {
             let to_us = bytes::rd_mac(frame.data(), 0) == Some(node.uplink_mac);
             return match packet {
                 Ok(Packet::V4(ip)) if to_us => self.uplink_v4(frame, &ip, tables, now),
-                Ok(Packet::V6(ip)) if to_us => self.uplink_v6(frame, &ip, tables),
+                Ok(Packet::V6(ip)) if to_us => self.uplink_v6(frame, &ip, tables).map(Action::Done),
                 Err(reason) if to_us => Err(reason),
-                _ => Ok(Verdict::ToHost),
+                _ => Ok(Action::Done(Verdict::ToHost)),
             };
         }
         match packet? {
-            Packet::Arp => neighbor::answer_arp(frame, node).map(|()| Verdict::Reply),
+            Packet::Arp => neighbor::answer_arp(frame, node).map(|()| Action::Done(Verdict::Reply)),
             Packet::V4(ip) => self.pod_v4(frame, &ip, tables, now),
-            Packet::V6(ip) => self.pod_v6(frame, &ip, tables, now),
+            Packet::V6(ip) => self.pod_v6(frame, &ip, tables, now).map(Action::Done),
             Packet::Other => Err(DropReason::UnsupportedEtherType),
         }
     }
 
     // ── IPv4 from a pod ─────────────────────────────────────────────────────────
 
-    fn pod_v4(&mut self, frame: &mut Frame<'_>, ip: &V4, tables: &Tables, now: Now) -> Step {
+    fn pod_v4(
+        &mut self,
+        frame: &mut Frame<'_>,
+        ip: &V4,
+        tables: &Tables,
+        now: Now,
+    ) -> Result<Action, DropReason> {
         let node = &tables.node;
         let in_port = frame.meta.in_port;
         match tables.routes.lookup_v4(ip.src) {
@@ -160,18 +251,20 @@ impl Pipeline {
             return Err(DropReason::Unsupported);
         }
         if ip.dst == node.node_addr || ip.dst == node.gateway_v4 {
-            return Ok(Verdict::ToHost);
+            return Ok(Action::Done(Verdict::ToHost));
         }
         let target = *tables.routes.lookup_v4(ip.dst).ok_or(DropReason::NoRoute)?;
         if ip.ttl <= 1 {
-            return self.icmp_v4(
-                frame,
-                ip,
-                IcmpError::TimeExceeded,
-                node.gateway_v4,
-                node,
-                now,
-            );
+            return self
+                .icmp_v4(
+                    frame,
+                    ip,
+                    IcmpError::TimeExceeded,
+                    node.gateway_v4,
+                    node,
+                    now,
+                )
+                .map(Action::Done);
         }
         match target {
             RouteTarget::LocalPod { port, mac } => {
@@ -179,7 +272,7 @@ impl Pipeline {
                 decrement_ttl_v4(d, ip)?;
                 bytes::set_macs(d, 0, mac, node.gateway_mac)
                     .ok_or(DropReason::MalformedEthernet)?;
-                Ok(Verdict::Forward { port })
+                Ok(Action::Done(Verdict::Forward { port }))
             }
             RouteTarget::VxlanNode {
                 node_addr,
@@ -189,7 +282,7 @@ impl Pipeline {
             } => {
                 let mtu = overlay_mtu(node);
                 if ip.total_len > usize::from(mtu) {
-                    return self.too_big_v4(frame, ip, mtu, node, now);
+                    return self.too_big_v4(frame, ip, mtu, node, now).map(Action::Done);
                 }
                 decrement_ttl_v4(frame.data_mut(), ip)?;
                 let tunnel = Tunnel {
@@ -200,9 +293,9 @@ impl Pipeline {
                 };
                 let id = self.next_ip_id();
                 vxlan::encapsulate(frame, node, &tunnel, ip.flow_hash(), id, ip.tos)?;
-                Ok(Verdict::Forward {
+                Ok(Action::Done(Verdict::Forward {
                     port: node.uplink_port,
-                })
+                }))
             }
             RouteTarget::UnderlayNode { next_hop_mac, .. } => {
                 self.out_uplink_v4(frame, ip, next_hop_mac, false, tables, now)
@@ -214,58 +307,54 @@ impl Pipeline {
         }
     }
 
-    /// Routes a pod's packet out of the uplink unencapsulated, masquerading it first
-    /// when asked.
+    /// Routes a pod's packet out of the uplink unencapsulated, or leaves it for the
+    /// SNAT lookup when it is to be masqueraded.
     fn out_uplink_v4(
         &mut self,
         frame: &mut Frame<'_>,
         ip: &V4,
-        next_hop_mac: crate::wire::MacAddr,
+        next_hop_mac: MacAddr,
         masquerade: bool,
         tables: &Tables,
         now: Now,
-    ) -> Step {
+    ) -> Result<Action, DropReason> {
         let node = &tables.node;
         if ip.total_len > usize::from(node.uplink_mtu) {
-            return self.too_big_v4(frame, ip, node.uplink_mtu, node, now);
+            return self
+                .too_big_v4(frame, ip, node.uplink_mtu, node, now)
+                .map(Action::Done);
         }
         if masquerade {
-            self.masquerade(frame, ip, node.node_addr, now)?;
+            return masquerade_key(ip, next_hop_mac).map(Action::Masquerade);
         }
         let d = frame.data_mut();
-        // After masquerading `ip.src` is stale, but the TTL/checksum update only reads
-        // the header words it changes from the frame.
         decrement_ttl_v4(d, ip)?;
         bytes::set_macs(d, 0, next_hop_mac, node.uplink_mac)
+            .ok_or(DropReason::MalformedEthernet)?;
+        Ok(Action::Done(Verdict::Forward {
+            port: node.uplink_port,
+        }))
+    }
+
+    /// Second half of masquerading, once the SNAT shard answered.
+    fn finish_masquerade(
+        &mut self,
+        frame: &mut Frame<'_>,
+        p: &Pending,
+        binding: Result<NatBinding, SnatError>,
+        tables: &Tables,
+    ) -> Step {
+        let node = &tables.node;
+        let binding = binding.map_err(DropReason::from)?;
+        let d = frame.data_mut();
+        snat::rewrite_source(d, &p.ip, &p.l4, binding).ok_or(DropReason::MalformedTransport)?;
+        // `p.ip.src` is stale now, but the TTL update reads the words it changes.
+        decrement_ttl_v4(d, &p.ip)?;
+        bytes::set_macs(d, 0, p.next_hop_mac, node.uplink_mac)
             .ok_or(DropReason::MalformedEthernet)?;
         Ok(Verdict::Forward {
             port: node.uplink_port,
         })
-    }
-
-    fn masquerade(
-        &mut self,
-        frame: &mut Frame<'_>,
-        ip: &V4,
-        nat_addr: Ipv4Addr,
-        now: Now,
-    ) -> Result<(), DropReason> {
-        if ip.frag_offset != 0 {
-            return Err(DropReason::UntranslatableFragment);
-        }
-        let l4 = ip.l4.ok_or(DropReason::Unsupported)?;
-        let key = snat::flow_key(ip, &l4).ok_or(DropReason::Unsupported)?;
-        if key.proto == crate::tables::L4Proto::IcmpEcho && l4.icmp_type != parse::ICMP_ECHO_REQUEST
-        {
-            // A pod answering a ping from outside: there is no flow to answer for.
-            return Err(DropReason::Unsupported);
-        }
-        let binding = self
-            .snat
-            .outbound(&key, nat_addr, l4.tcp_flags, now)
-            .map_err(DropReason::from)?;
-        snat::rewrite_source(frame.data_mut(), ip, &l4, binding)
-            .ok_or(DropReason::MalformedTransport)
     }
 
     fn too_big_v4(
@@ -314,45 +403,72 @@ impl Pipeline {
 
     // ── IPv4 from the uplink ────────────────────────────────────────────────────
 
-    fn uplink_v4(&mut self, frame: &mut Frame<'_>, ip: &V4, tables: &Tables, now: Now) -> Step {
+    fn uplink_v4(
+        &mut self,
+        frame: &mut Frame<'_>,
+        ip: &V4,
+        tables: &Tables,
+        now: Now,
+    ) -> Result<Action, DropReason> {
         let node = &tables.node;
         if ip.dst == node.node_addr {
             if let Some(l4) = ip.l4
                 && l4.proto == parse::PROTO_UDP
                 && l4.dport == node.vxlan_port
             {
-                return self.decap(frame, ip, tables);
+                let known = self.vteps.contains(tables, ip.src);
+                if node.snat && !known {
+                    // The SNAT port range may include the VXLAN port: a reply to a
+                    // masqueraded flow from a non-node wins, else it is bad VXLAN.
+                    return match self.unmasquerade(frame, ip, tables)? {
+                        Action::Done(Verdict::ToHost) => Err(DropReason::VxlanUnknownSource),
+                        Action::Unmasquerade(p) => Ok(Action::Unmasquerade(Pending {
+                            not_vxlan: true,
+                            ..p
+                        })),
+                        other => Ok(other),
+                    };
+                }
+                return self.decap(frame, ip, known, tables).map(Action::Done);
             }
             if node.snat {
-                return self.unmasquerade(frame, ip, tables, now);
+                return self.unmasquerade(frame, ip, tables);
             }
-            return Ok(Verdict::ToHost);
+            return Ok(Action::Done(Verdict::ToHost));
         }
         match tables.routes.lookup_v4(ip.dst) {
             Some(RouteTarget::LocalPod { port, mac }) => {
                 if ip.ttl <= 1 {
-                    return self.icmp_v4(
-                        frame,
-                        ip,
-                        IcmpError::TimeExceeded,
-                        node.node_addr,
-                        node,
-                        now,
-                    );
+                    return self
+                        .icmp_v4(
+                            frame,
+                            ip,
+                            IcmpError::TimeExceeded,
+                            node.node_addr,
+                            node,
+                            now,
+                        )
+                        .map(Action::Done);
                 }
                 let (port, mac) = (*port, *mac);
                 let d = frame.data_mut();
                 decrement_ttl_v4(d, ip)?;
                 bytes::set_macs(d, 0, mac, node.gateway_mac)
                     .ok_or(DropReason::MalformedEthernet)?;
-                Ok(Verdict::Forward { port })
+                Ok(Action::Done(Verdict::Forward { port }))
             }
-            _ => Ok(Verdict::ToHost),
+            _ => Ok(Action::Done(Verdict::ToHost)),
         }
     }
 
-    fn decap(&mut self, frame: &mut Frame<'_>, outer: &V4, tables: &Tables) -> Step {
-        vxlan::decapsulate(frame, outer, tables)?;
+    fn decap(
+        &mut self,
+        frame: &mut Frame<'_>,
+        outer: &V4,
+        known_source: bool,
+        tables: &Tables,
+    ) -> Step {
+        vxlan::decapsulate(frame, outer, known_source, &tables.node)?;
         let inner = match parse::classify(frame.data()) {
             Ok(p) => p,
             Err(_) => return Err(DropReason::VxlanMalformed),
@@ -380,44 +496,74 @@ impl Pipeline {
     }
 
     /// A packet to the node address while SNAT is on: a reply to a masqueraded flow
-    /// (translated back to the pod), an ICMP error about one, or the host's own.
-    fn unmasquerade(&mut self, frame: &mut Frame<'_>, ip: &V4, tables: &Tables, now: Now) -> Step {
+    /// (left for the SNAT lookup), an ICMP error about one, or the host's own.
+    fn unmasquerade(
+        &mut self,
+        frame: &mut Frame<'_>,
+        ip: &V4,
+        tables: &Tables,
+    ) -> Result<Action, DropReason> {
+        let host = Ok(Action::Done(Verdict::ToHost));
         if ip.frag_offset != 0 {
             // Without the transport header the flow is unknown; the host reassembles
             // its own fragments.
-            return Ok(Verdict::ToHost);
+            return host;
         }
         let Some(l4) = ip.l4 else {
-            return Ok(Verdict::ToHost);
+            return host;
         };
         if l4.proto == parse::PROTO_ICMP && snat::is_translatable_error(l4.icmp_type) {
-            return self.unmasquerade_icmp_error(frame, ip, &l4, tables);
+            return self
+                .unmasquerade_icmp_error(frame, ip, &l4, tables)
+                .map(Action::Done);
         }
         let Some(key) = snat::flow_key(ip, &l4) else {
-            return Ok(Verdict::ToHost);
+            return host;
         };
-        if key.proto == crate::tables::L4Proto::IcmpEcho && l4.icmp_type != parse::ICMP_ECHO_REPLY {
+        if key.proto == L4Proto::IcmpEcho && l4.icmp_type != parse::ICMP_ECHO_REPLY {
             // A ping to the node itself.
-            return Ok(Verdict::ToHost);
+            return host;
         }
         match owner_of_port(&self.snat_config, key.dst_port) {
-            None => return Ok(Verdict::ToHost),
-            Some(owner) if owner != self.worker => return Ok(Verdict::HandOff { worker: owner }),
-            Some(_) => {}
+            None => host,
+            Some(owner) if owner != self.worker => {
+                Ok(Action::Done(Verdict::HandOff { worker: owner }))
+            }
+            Some(_) => Ok(Action::Unmasquerade(Pending {
+                ip: *ip,
+                l4,
+                key,
+                next_hop_mac: MacAddr::ZERO,
+                not_vxlan: false,
+            })),
         }
-        let Some(pod) = self.snat.inbound(&key, l4.tcp_flags, now) else {
-            return Ok(Verdict::ToHost);
+    }
+
+    /// Second half of un-masquerading, once the SNAT shard answered.
+    fn finish_unmasquerade(
+        &mut self,
+        frame: &mut Frame<'_>,
+        p: &Pending,
+        pod: Option<NatBinding>,
+        tables: &Tables,
+    ) -> Step {
+        let Some(pod) = pod else {
+            return if p.not_vxlan {
+                Err(DropReason::VxlanUnknownSource)
+            } else {
+                Ok(Verdict::ToHost)
+            };
         };
         let Some(RouteTarget::LocalPod { port, mac }) = tables.routes.lookup_v4(pod.addr) else {
             // The pod is gone; its flow will time out.
             return Err(DropReason::NoRoute);
         };
-        if ip.ttl <= 1 {
+        if p.ip.ttl <= 1 {
             return Err(DropReason::TtlExpired);
         }
         let d = frame.data_mut();
-        snat::rewrite_destination(d, ip, &l4, pod).ok_or(DropReason::MalformedTransport)?;
-        decrement_ttl_v4(d, ip)?;
+        snat::rewrite_destination(d, &p.ip, &p.l4, pod).ok_or(DropReason::MalformedTransport)?;
+        decrement_ttl_v4(d, &p.ip)?;
         bytes::set_macs(d, 0, *mac, tables.node.gateway_mac)
             .ok_or(DropReason::MalformedEthernet)?;
         Ok(Verdict::Forward { port: *port })
@@ -582,13 +728,136 @@ impl Pipeline {
     }
 }
 
+/// `Tables::known_vteps` as a sorted set, rebuilt when a different snapshot comes in
+/// (allocation happens then, never per packet). A cluster has hundreds of nodes, and
+/// a linear scan of them per VXLAN packet would cost more than the decapsulation.
+#[derive(Debug, Default)]
+struct VtepSet {
+    /// Generation, list address and length of the snapshot list this was built from.
+    source: Option<(u64, usize, usize)>,
+    sorted: Vec<u32>,
+}
+
+impl VtepSet {
+    /// Below this many nodes a scan of the snapshot's list is as fast as a search.
+    const SCAN_MAX: usize = 8;
+
+    fn contains(&mut self, tables: &Tables, addr: Ipv4Addr) -> bool {
+        let list = &tables.known_vteps;
+        if list.len() <= Self::SCAN_MAX {
+            return list.contains(&addr);
+        }
+        let source = Some((tables.generation, list.as_ptr() as usize, list.len()));
+        if self.source != source {
+            self.sorted.clear();
+            self.sorted.extend(list.iter().map(|a| a.to_bits()));
+            self.sorted.sort_unstable();
+            self.source = source;
+        }
+        self.sorted.binary_search(&addr.to_bits()).is_ok()
+    }
+}
+
+/// What the first pass decided about a frame.
+enum Action {
+    Done(Verdict),
+    /// A pod's packet to masquerade, waiting for its SNAT binding.
+    Masquerade(Pending),
+    /// A packet to the node address that may be a reply to a masqueraded flow.
+    Unmasquerade(Pending),
+}
+
+/// A frame waiting for the SNAT shard: what the second pass needs to finish it.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    ip: V4,
+    l4: L4,
+    key: FlowKey,
+    next_hop_mac: MacAddr,
+    /// UDP to the VXLAN port from a non-node: without a flow it is bad VXLAN, not the
+    /// host's.
+    not_vxlan: bool,
+}
+
+/// The flow key of a pod's packet to masquerade, or why it cannot be.
+fn masquerade_key(ip: &V4, next_hop_mac: MacAddr) -> Result<Pending, DropReason> {
+    if ip.frag_offset != 0 {
+        return Err(DropReason::UntranslatableFragment);
+    }
+    let l4 = ip.l4.ok_or(DropReason::Unsupported)?;
+    let key = snat::flow_key(ip, &l4).ok_or(DropReason::Unsupported)?;
+    if key.proto == L4Proto::IcmpEcho && l4.icmp_type != parse::ICMP_ECHO_REQUEST {
+        // A pod answering a ping from outside: there is no flow to answer for.
+        return Err(DropReason::Unsupported);
+    }
+    Ok(Pending {
+        ip: *ip,
+        l4,
+        key,
+        next_hop_mac,
+        not_vxlan: false,
+    })
+}
+
+/// The SNAT lookups of one group of frames: frame index and pending state per key,
+/// keys and TCP flags in the contiguous slices the batch calls take.
+struct Lookups {
+    len: usize,
+    keys: [FlowKey; MAX_BATCH],
+    flags: [u8; MAX_BATCH],
+    pending: [Option<(usize, Pending)>; MAX_BATCH],
+}
+
+impl Lookups {
+    fn new() -> Self {
+        const NO_KEY: FlowKey = FlowKey {
+            proto: L4Proto::Udp,
+            src: Ipv4Addr::UNSPECIFIED,
+            src_port: 0,
+            dst: Ipv4Addr::UNSPECIFIED,
+            dst_port: 0,
+        };
+        Lookups {
+            len: 0,
+            keys: [NO_KEY; MAX_BATCH],
+            flags: [0; MAX_BATCH],
+            pending: [None; MAX_BATCH],
+        }
+    }
+
+    fn push(&mut self, frame: usize, p: Pending) {
+        if let (Some(k), Some(f), Some(slot)) = (
+            self.keys.get_mut(self.len),
+            self.flags.get_mut(self.len),
+            self.pending.get_mut(self.len),
+        ) {
+            *k = p.key;
+            *f = p.l4.tcp_flags;
+            *slot = Some((frame, p));
+            self.len += 1;
+        }
+    }
+
+    fn keys(&self) -> &[FlowKey] {
+        self.keys.get(..self.len).unwrap_or_default()
+    }
+
+    fn flags(&self) -> &[u8] {
+        self.flags.get(..self.len).unwrap_or_default()
+    }
+
+    fn get(&self, j: usize) -> Option<(usize, &Pending)> {
+        self.pending.get(j)?.as_ref().map(|(i, p)| (*i, p))
+    }
+}
+
 /// The pod MTU in overlay mode: the uplink's minus the VXLAN overhead.
 fn overlay_mtu(node: &NodeSettings) -> u16 {
     node.uplink_mtu.saturating_sub(VXLAN_OVERHEAD as u16)
 }
 
 /// The MAC the dataplane speaks with on `port`.
-fn port_mac(port: PortId, node: &NodeSettings) -> crate::wire::MacAddr {
+fn port_mac(port: PortId, node: &NodeSettings) -> MacAddr {
     if port == node.uplink_port {
         node.uplink_mac
     } else {

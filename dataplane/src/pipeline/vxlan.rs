@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use super::bytes::{rd_mac, rd8, rd16, set_macs};
 use super::parse::{ETH_LEN, ETHERTYPE_IPV4, PROTO_UDP, V4};
 use crate::frame::Frame;
-use crate::tables::{NodeSettings, Tables};
+use crate::tables::NodeSettings;
 use crate::verdict::DropReason;
 use crate::wire::{MacAddr, checksum};
 
@@ -108,15 +108,15 @@ pub(crate) fn encapsulate(
 pub(crate) fn decapsulate(
     frame: &mut Frame<'_>,
     outer: &V4,
-    tables: &Tables,
+    known_source: bool,
+    node: &NodeSettings,
 ) -> Result<(), DropReason> {
-    let node = &tables.node;
     if outer.is_fragment() {
         // We do not reassemble; Linux would, but flannel sets the overlay MTU so that
         // VXLAN is never fragmented.
         return Err(DropReason::VxlanMalformed);
     }
-    if !tables.is_known_vtep(outer.src) {
+    if !known_source {
         return Err(DropReason::VxlanUnknownSource);
     }
     let d = frame.data();

@@ -1,0 +1,231 @@
+//! Arbitrary frames, from the uplink or from a pod port, through a populated table
+//! and a pipeline that already has masqueraded flows: no panic, the frame stays in its
+//! buffer, and every verdict is well-formed.
+#![no_main]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::OnceLock;
+
+use hybridway_dataplane::frame::{FRAME_BUFFER_SIZE, Frame, FrameMeta, PortId};
+use hybridway_dataplane::pipeline::Pipeline;
+use hybridway_dataplane::tables::{
+    Mode, NodeSettings, Prefix, RouteTableBuilder, RouteTarget, SnatConfig, Tables,
+};
+use hybridway_dataplane::time::Now;
+use hybridway_dataplane::verdict::Verdict;
+use hybridway_dataplane::wire::{MacAddr, PacketInfo, checksum};
+use libfuzzer_sys::fuzz_target;
+
+const UPLINK: PortId = PortId(0);
+const POD_PORTS: [PortId; 2] = [PortId(1), PortId(2)];
+const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
+const POD1: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 10);
+
+fn tables(snat: bool) -> Tables {
+    let mut b = RouteTableBuilder::new();
+    let mut add = |p: &str, t| {
+        if let Ok(p) = p.parse::<Prefix>() {
+            let _ = b.add(p, t);
+        }
+    };
+    let pod = |i: usize, last: u8| RouteTarget::LocalPod {
+        port: POD_PORTS[i],
+        mac: MacAddr([2, 0, 0, 0, 0xbb, last]),
+    };
+    add("198.19.1.10/32", pod(0, 10));
+    add("198.19.1.11/32", pod(1, 11));
+    add("2001:db8:1::10/128", pod(0, 10));
+    let vx = RouteTarget::VxlanNode {
+        node_addr: Ipv4Addr::new(198, 18, 0, 2),
+        vtep_mac: MacAddr([2, 0, 0, 0, 0x0f, 2]),
+        vni: 1,
+        next_hop_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+    };
+    add("198.19.2.0/24", vx);
+    add("2001:db8:2::/64", vx);
+    let under = RouteTarget::UnderlayNode {
+        next_hop: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 3)),
+        next_hop_mac: MacAddr([2, 0, 0, 0, 0, 3]),
+    };
+    add("198.19.3.0/24", under);
+    add(
+        "0.0.0.0/0",
+        RouteTarget::Outside {
+            next_hop_mac: MacAddr([2, 0, 0, 0, 0, 0xfe]),
+        },
+    );
+    add(
+        "::/0",
+        RouteTarget::Outside {
+            next_hop_mac: MacAddr([2, 0, 0, 0, 0, 0xfe]),
+        },
+    );
+    Tables {
+        generation: 1,
+        node: NodeSettings {
+            mode: Mode::Overlay,
+            node_addr: NODE,
+            node_addr_v6: None,
+            uplink_port: UPLINK,
+            uplink_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            uplink_mtu: 1500,
+            vtep_mac: MacAddr([2, 0, 0, 0, 0x0f, 1]),
+            vni: 1,
+            vxlan_port: 8472,
+            vxlan_df: snat,
+            gateway_v4: Ipv4Addr::new(198, 19, 1, 1),
+            gateway_v6: Some(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1)),
+            gateway_mac: MacAddr([2, 0, 0, 0, 0xaa, 1]),
+            snat,
+        },
+        routes: b.build(),
+        no_snat: ["198.19.0.0/16", "198.18.0.0/24"]
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+        known_vteps: vec![Ipv4Addr::new(198, 18, 0, 2)],
+    }
+}
+
+fn both_tables() -> &'static [Tables; 2] {
+    static T: OnceLock<[Tables; 2]> = OnceLock::new();
+    T.get_or_init(|| [tables(false), tables(true)])
+}
+
+fn config() -> SnatConfig {
+    SnatConfig {
+        workers: 2,
+        capacity_per_worker: 64,
+        ..SnatConfig::default()
+    }
+}
+
+/// A UDP packet from POD1 so the shard holds a flow whose replies the fuzzer can hit
+/// (the first port of worker 0's slice).
+fn seed_flow(p: &mut Pipeline, t: &Tables) {
+    let mut f = vec![0u8; 14 + 28];
+    f[0..6].copy_from_slice(&t.node.gateway_mac.0);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0xbb, 10]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip = &mut f[14..];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&28u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&POD1.octets());
+    ip[16..20].copy_from_slice(&OUTSIDE.octets());
+    let c = checksum::checksum(&ip[..20]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip[20..22].copy_from_slice(&5000u16.to_be_bytes());
+    ip[22..24].copy_from_slice(&53u16.to_be_bytes());
+    ip[24..26].copy_from_slice(&8u16.to_be_bytes());
+    let mut buf = [0u8; FRAME_BUFFER_SIZE];
+    if let Ok(mut frame) = Frame::copy_from(
+        &mut buf,
+        &f,
+        FrameMeta {
+            in_port: POD_PORTS[0],
+        },
+    ) {
+        let _ = p.process(&mut frame, t, Now(0));
+    }
+}
+
+fn check(verdict: Verdict, frame: &Frame<'_>, t: &Tables, config: &SnatConfig, worker: u16) {
+    assert!(frame.offset() + frame.len() <= FRAME_BUFFER_SIZE);
+    match verdict {
+        Verdict::Forward { port } => {
+            let known = port == t.node.uplink_port
+                || t.routes
+                    .iter()
+                    .any(|(_, r)| matches!(r, RouteTarget::LocalPod { port: p, .. } if *p == port));
+            assert!(known, "forward to unknown {port}");
+            well_formed(frame);
+        }
+        Verdict::Reply => well_formed(frame),
+        Verdict::HandOff { worker: w } => {
+            assert!(w < config.workers && w != worker, "hand-off to {w}")
+        }
+        Verdict::ToHost | Verdict::Drop(_) => {}
+    }
+}
+
+/// Whatever we transmit classifies cleanly and has a correct IPv4 header checksum.
+fn well_formed(frame: &Frame<'_>) {
+    let info = PacketInfo::parse(frame.data());
+    assert!(info.is_ok(), "sending a frame we cannot parse: {info:?}");
+    if let Ok(info) = info {
+        assert!(info.ipv4_checksum_ok, "sending a bad IPv4 header checksum");
+    }
+}
+
+fn fix_ipv4_checksum(f: &mut [u8], l3: usize) {
+    let Some(&ver_ihl) = f.get(l3) else { return };
+    let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    if ver_ihl >> 4 != 4 || ihl < 20 {
+        return;
+    }
+    let Some(header) = f.get_mut(l3..l3 + ihl) else {
+        return;
+    };
+    header[10] = 0;
+    header[11] = 0;
+    let c = checksum::checksum(header);
+    header[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, bytes)) = data.split_first() else {
+        return;
+    };
+    let t = &both_tables()[usize::from(selector & 1)];
+    let in_port = match (selector >> 1) & 3 {
+        0 | 3 => UPLINK,
+        1 => POD_PORTS[0],
+        _ => POD_PORTS[1],
+    };
+    let config = config();
+    let worker = u16::from(selector >> 7);
+    let mut p = Pipeline::new(worker, &config);
+    seed_flow(&mut p, t);
+
+    let mut fixed;
+    let bytes = if selector & 0x08 != 0 {
+        // Let the fuzzer past header checksum validation: fix the IPv4 header checksum
+        // of the frame and of a VXLAN inner frame, where they would be.
+        fixed = bytes.to_vec();
+        fix_ipv4_checksum(&mut fixed, 14);
+        fix_ipv4_checksum(&mut fixed, 14 + 50);
+        &fixed[..]
+    } else {
+        bytes
+    };
+    let mut buf = [0u8; FRAME_BUFFER_SIZE];
+    let Ok(mut frame) = Frame::copy_from(&mut buf, bytes, FrameMeta { in_port }) else {
+        return;
+    };
+    let verdict = p.process(&mut frame, t, Now(1));
+    check(verdict, &frame, t, &config, worker);
+
+    // The same bytes as a batch of two, with a small buffer (little headroom) second.
+    let mut a = [0u8; FRAME_BUFFER_SIZE];
+    let mut small = vec![0u8; bytes.len() + 8];
+    let (Ok(fa), Ok(fb)) = (
+        Frame::copy_from(&mut a, bytes, FrameMeta { in_port }),
+        Frame::copy_from(&mut small, bytes, FrameMeta { in_port }),
+    ) else {
+        return;
+    };
+    let mut frames = [fa, fb];
+    let mut verdicts = [Verdict::ToHost; 2];
+    p.process_batch(&mut frames, t, Now(2), &mut verdicts);
+    check(verdicts[0], &frames[0], t, &config, worker);
+    assert!(frames[1].offset() + frames[1].len() <= bytes.len() + 8);
+    if !matches!(
+        verdicts[1],
+        Verdict::Drop(_) | Verdict::ToHost | Verdict::HandOff { .. }
+    ) {
+        well_formed(&frames[1]);
+    }
+});
