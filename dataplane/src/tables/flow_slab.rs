@@ -23,8 +23,10 @@ const TICK_SHIFT: u32 = 10;
 const WHEEL_SLOTS: usize = 8192;
 const WHEEL_MASK: u64 = WHEEL_SLOTS as u64 - 1;
 
-/// One tracked flow: 40 bytes.
+/// One tracked flow: 40 bytes. `repr(C)` so that the first and last fields sit at
+/// the two ends of the entry (see `SnatShard::warm`).
 #[derive(Clone, Copy, Debug)]
+#[repr(C)]
 pub(crate) struct Entry {
     /// Milliseconds ([`Now`]) at which the flow is idle too long.
     pub expires: u64,

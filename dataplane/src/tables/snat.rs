@@ -429,7 +429,8 @@ impl SnatShard {
         for b in buckets.iter().take(hashes.len()) {
             if *b != 0 {
                 let slot = (*b as u32).wrapping_sub(1);
-                sink ^= self.slab.get(slot).map_or(0, |e| e.expires);
+                // First and last byte: an entry may straddle two cache lines.
+                sink ^= self.slab.get(slot).map_or(0, |e| e.expires ^ u64::from(e.state));
             }
         }
         // Keep the loads: their only purpose is the cache lines they bring in.
