@@ -59,6 +59,8 @@ enum Command {
     Demo(hybridway_control::demo::DemoArgs),
     /// End-to-end pod-to-pod benchmark: hybridway against the kernel's paths.
     BenchE2e(hybridway_control::demo::bench::BenchArgs),
+    /// Run the BGP speaker alone from a YAML file with a `bgp:` section.
+    BgpSpeaker(hybridway_control::bgp::cli::BgpSpeakerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +147,7 @@ fn main() -> anyhow::Result<()> {
             init_logging();
             hybridway_control::demo::bench::run(&args)?;
         }
+        Command::BgpSpeaker(args) => hybridway_control::bgp::cli::run(&args)?,
     }
     Ok(())
 }

@@ -1,0 +1,554 @@
+//! UPDATE message and path attributes (RFC 4271 §4.3, §5; RFC 4760; RFC 4724 §2).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use hybridway_dataplane::tables::Prefix;
+
+use super::{
+    AS_TRANS, Afi, AfiSafi, CodecOptions, DecodeError, EncodeError, Reader, Safi, err,
+    patch_len_u16,
+};
+
+const FLAG_OPTIONAL: u8 = 0x80;
+const FLAG_TRANSITIVE: u8 = 0x40;
+const FLAG_EXTENDED: u8 = 0x10;
+
+const ORIGIN: u8 = 1;
+const AS_PATH: u8 = 2;
+const NEXT_HOP: u8 = 3;
+const MED: u8 = 4;
+const LOCAL_PREF: u8 = 5;
+const ATOMIC_AGGREGATE: u8 = 6;
+const MP_REACH: u8 = 14;
+const MP_UNREACH: u8 = 15;
+
+/// ORIGIN attribute values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Igp,
+    Egp,
+    Incomplete,
+}
+
+/// One AS_PATH segment, ASNs always held as 4 octets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AsSegment {
+    Set(Vec<u32>),
+    Sequence(Vec<u32>),
+    ConfedSequence(Vec<u32>),
+    ConfedSet(Vec<u32>),
+}
+
+impl AsSegment {
+    fn parts(&self) -> (u8, &[u32]) {
+        match self {
+            AsSegment::Set(v) => (1, v),
+            AsSegment::Sequence(v) => (2, v),
+            AsSegment::ConfedSequence(v) => (3, v),
+            AsSegment::ConfedSet(v) => (4, v),
+        }
+    }
+}
+
+/// A path attribute. Attributes we do not interpret are carried as bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attribute {
+    Origin(Origin),
+    AsPath(Vec<AsSegment>),
+    NextHop(Ipv4Addr),
+    Med(u32),
+    LocalPref(u32),
+    /// RFC 4760 MP_REACH_NLRI for IPv4/IPv6 unicast. IPv6 may carry a global and a
+    /// link-local next hop.
+    MpReach {
+        family: AfiSafi,
+        next_hops: Vec<IpAddr>,
+        nlri: Vec<Prefix>,
+    },
+    /// RFC 4760 MP_UNREACH_NLRI. Empty `withdrawn` is the End-of-RIB marker (RFC 4724).
+    MpUnreach {
+        family: AfiSafi,
+        withdrawn: Vec<Prefix>,
+    },
+    Other {
+        flags: u8,
+        code: u8,
+        value: Vec<u8>,
+    },
+}
+
+impl Attribute {
+    pub fn code(&self) -> u8 {
+        match self {
+            Attribute::Origin(_) => ORIGIN,
+            Attribute::AsPath(_) => AS_PATH,
+            Attribute::NextHop(_) => NEXT_HOP,
+            Attribute::Med(_) => MED,
+            Attribute::LocalPref(_) => LOCAL_PREF,
+            Attribute::MpReach { .. } => MP_REACH,
+            Attribute::MpUnreach { .. } => MP_UNREACH,
+            Attribute::Other { code, .. } => *code,
+        }
+    }
+
+    fn flags(&self) -> u8 {
+        match self {
+            Attribute::Origin(_)
+            | Attribute::AsPath(_)
+            | Attribute::NextHop(_)
+            | Attribute::LocalPref(_) => FLAG_TRANSITIVE,
+            Attribute::Med(_) | Attribute::MpReach { .. } | Attribute::MpUnreach { .. } => {
+                FLAG_OPTIONAL
+            }
+            Attribute::Other { flags, .. } => *flags & !FLAG_EXTENDED,
+        }
+    }
+
+    fn encode_value(&self, opts: CodecOptions, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        match self {
+            Attribute::Origin(o) => out.push(match o {
+                Origin::Igp => 0,
+                Origin::Egp => 1,
+                Origin::Incomplete => 2,
+            }),
+            Attribute::AsPath(segments) => {
+                for seg in segments {
+                    let (ty, asns) = seg.parts();
+                    for chunk in asns.chunks(255) {
+                        out.push(ty);
+                        out.push(chunk.len() as u8);
+                        for &asn in chunk {
+                            if opts.four_octet_as {
+                                out.extend_from_slice(&asn.to_be_bytes());
+                            } else {
+                                let short = u16::try_from(asn).unwrap_or(AS_TRANS);
+                                out.extend_from_slice(&short.to_be_bytes());
+                            }
+                        }
+                    }
+                }
+            }
+            Attribute::NextHop(nh) => out.extend_from_slice(&nh.octets()),
+            Attribute::Med(v) | Attribute::LocalPref(v) => out.extend_from_slice(&v.to_be_bytes()),
+            Attribute::MpReach {
+                family,
+                next_hops,
+                nlri,
+            } => {
+                out.extend_from_slice(&u16::from(family.afi).to_be_bytes());
+                out.push(u8::from(family.safi));
+                let nh_len: usize = next_hops
+                    .iter()
+                    .map(|a| if a.is_ipv4() { 4 } else { 16 })
+                    .sum();
+                out.push(u8::try_from(nh_len).map_err(|_| EncodeError::FieldTooLong("next hop"))?);
+                for nh in next_hops {
+                    match nh {
+                        IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
+                        IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
+                    }
+                }
+                out.push(0); // reserved (SNPA count in RFC 2858)
+                encode_prefixes(nlri, out);
+            }
+            Attribute::MpUnreach { family, withdrawn } => {
+                out.extend_from_slice(&u16::from(family.afi).to_be_bytes());
+                out.push(u8::from(family.safi));
+                encode_prefixes(withdrawn, out);
+            }
+            Attribute::Other { value, .. } => out.extend_from_slice(value),
+        }
+        Ok(())
+    }
+
+    fn encode(&self, opts: CodecOptions, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let flags_at = out.len();
+        out.push(self.flags());
+        out.push(self.code());
+        // Write with a 2-byte length, then shrink to 1 byte when it fits: one pass,
+        // and the value is moved at most once.
+        let len_at = out.len();
+        out.extend_from_slice(&[0, 0]);
+        self.encode_value(opts, out)?;
+        let value_len = out.len() - len_at - 2;
+        if value_len <= 255 {
+            out.remove(len_at);
+            if let Some(b) = out.get_mut(len_at) {
+                *b = value_len as u8;
+            }
+        } else {
+            let v = u16::try_from(value_len).map_err(|_| EncodeError::FieldTooLong("attribute"))?;
+            if let Some(f) = out.get_mut(flags_at) {
+                *f |= FLAG_EXTENDED;
+            }
+            if let Some(b) = out.get_mut(len_at..len_at + 2) {
+                b.copy_from_slice(&v.to_be_bytes());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bytes needed for one prefix in NLRI encoding.
+pub fn prefix_wire_len(p: &Prefix) -> usize {
+    1 + usize::from(p.len()).div_ceil(8)
+}
+
+fn encode_prefixes(prefixes: &[Prefix], out: &mut Vec<u8>) {
+    for p in prefixes {
+        let n = usize::from(p.len()).div_ceil(8);
+        out.push(p.len());
+        match p.addr() {
+            IpAddr::V4(a) => out.extend_from_slice(a.octets().get(..n).unwrap_or_default()),
+            IpAddr::V6(a) => out.extend_from_slice(a.octets().get(..n).unwrap_or_default()),
+        }
+    }
+}
+
+fn decode_prefixes(bytes: &[u8], afi: Afi, error: (u8, u8)) -> Result<Vec<Prefix>, DecodeError> {
+    let mut r = Reader::new(bytes, error);
+    let mut out = Vec::new();
+    let max: u8 = if afi == Afi::Ipv4 { 32 } else { 128 };
+    while !r.is_empty() {
+        let len = r.u8()?;
+        if len > max {
+            return Err(r.short_err());
+        }
+        let n = usize::from(len).div_ceil(8);
+        let raw = r.bytes(n)?;
+        let addr = if afi == Afi::Ipv4 {
+            let mut o = [0u8; 4];
+            o.get_mut(..n)
+                .ok_or_else(|| r.short_err())?
+                .copy_from_slice(raw);
+            IpAddr::V4(Ipv4Addr::from(o))
+        } else {
+            let mut o = [0u8; 16];
+            o.get_mut(..n)
+                .ok_or_else(|| r.short_err())?
+                .copy_from_slice(raw);
+            IpAddr::V6(Ipv6Addr::from(o))
+        };
+        out.push(Prefix::new(addr, len).map_err(|_| r.short_err())?);
+    }
+    Ok(out)
+}
+
+/// An UPDATE message. `withdrawn` and `nlri` are the IPv4 fields of the base
+/// message; other families travel in MP_REACH/MP_UNREACH attributes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Update {
+    pub withdrawn: Vec<Prefix>,
+    pub attributes: Vec<Attribute>,
+    pub nlri: Vec<Prefix>,
+}
+
+impl Update {
+    /// The End-of-RIB marker for `family` (RFC 4724 §2).
+    pub fn end_of_rib(family: AfiSafi) -> Update {
+        if family == AfiSafi::IPV4_UNICAST {
+            Update::default()
+        } else {
+            Update {
+                attributes: vec![Attribute::MpUnreach {
+                    family,
+                    withdrawn: Vec::new(),
+                }],
+                ..Update::default()
+            }
+        }
+    }
+
+    /// Which family's End-of-RIB this is, if it is one.
+    pub fn end_of_rib_family(&self) -> Option<AfiSafi> {
+        if !self.withdrawn.is_empty() || !self.nlri.is_empty() {
+            return None;
+        }
+        match self.attributes.as_slice() {
+            [] => Some(AfiSafi::IPV4_UNICAST),
+            [Attribute::MpUnreach { family, withdrawn }] if withdrawn.is_empty() => Some(*family),
+            _ => None,
+        }
+    }
+
+    /// Count of prefixes announced (all families).
+    pub fn announced(&self) -> impl Iterator<Item = &Prefix> {
+        self.nlri
+            .iter()
+            .chain(self.attributes.iter().flat_map(|a| match a {
+                Attribute::MpReach { nlri, .. } => nlri.as_slice(),
+                _ => &[],
+            }))
+    }
+
+    /// Prefixes withdrawn (all families).
+    pub fn withdrawn_all(&self) -> impl Iterator<Item = &Prefix> {
+        self.withdrawn
+            .iter()
+            .chain(self.attributes.iter().flat_map(|a| match a {
+                Attribute::MpUnreach { withdrawn, .. } => withdrawn.as_slice(),
+                _ => &[],
+            }))
+    }
+
+    pub(super) fn decode(body: &[u8], opts: CodecOptions) -> Result<Update, DecodeError> {
+        let malformed = (err::UPDATE, err::UPDATE_MALFORMED_ATTRIBUTE_LIST);
+        let mut r = Reader::new(body, malformed);
+        let wlen = usize::from(r.u16()?);
+        let wbytes = r.bytes(wlen)?;
+        let withdrawn = decode_prefixes(
+            wbytes,
+            Afi::Ipv4,
+            (err::UPDATE, err::UPDATE_INVALID_NETWORK),
+        )?;
+        let alen = usize::from(r.u16()?);
+        let abytes = r.bytes(alen)?;
+        let nlri = decode_prefixes(
+            r.rest(),
+            Afi::Ipv4,
+            (err::UPDATE, err::UPDATE_INVALID_NETWORK),
+        )?;
+
+        let mut attributes = Vec::new();
+        let mut seen = [false; 256];
+        let mut ar = Reader::new(abytes, malformed);
+        while !ar.is_empty() {
+            let start = ar.rest();
+            let flags = ar.u8()?;
+            let code = ar.u8()?;
+            let len = if flags & FLAG_EXTENDED != 0 {
+                usize::from(ar.u16()?)
+            } else {
+                usize::from(ar.u8()?)
+            };
+            let header_len = if flags & FLAG_EXTENDED != 0 { 4 } else { 3 };
+            // A value running past the attribute list is a length error on this
+            // attribute (RFC 4271 §6.3), reported with the attribute's bytes.
+            let Ok(value) = ar.bytes(len) else {
+                return Err(DecodeError::new(
+                    err::UPDATE,
+                    err::UPDATE_ATTRIBUTE_LENGTH,
+                    start.to_vec(),
+                ));
+            };
+            let whole = start.get(..header_len + len).unwrap_or(start).to_vec();
+            let slot = seen
+                .get_mut(usize::from(code))
+                .ok_or_else(|| ar.short_err())?;
+            if *slot {
+                return Err(DecodeError::new(
+                    err::UPDATE,
+                    err::UPDATE_MALFORMED_ATTRIBUTE_LIST,
+                    Vec::new(),
+                ));
+            }
+            *slot = true;
+            attributes.push(decode_attribute(flags, code, value, whole, opts)?);
+        }
+
+        let update = Update {
+            withdrawn,
+            attributes,
+            nlri,
+        };
+        update.check_mandatory()?;
+        Ok(update)
+    }
+
+    fn check_mandatory(&self) -> Result<(), DecodeError> {
+        let has = |c: u8| self.attributes.iter().any(|a| a.code() == c);
+        let mp_reach = has(MP_REACH);
+        let mut required: &[u8] = &[];
+        if !self.nlri.is_empty() {
+            required = &[ORIGIN, AS_PATH, NEXT_HOP];
+        } else if mp_reach {
+            required = &[ORIGIN, AS_PATH];
+        }
+        for &c in required {
+            if !has(c) {
+                return Err(DecodeError::new(
+                    err::UPDATE,
+                    err::UPDATE_MISSING_WELL_KNOWN,
+                    vec![c],
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn encode(&self, opts: CodecOptions, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let wl_at = out.len();
+        out.extend_from_slice(&[0, 0]);
+        encode_prefixes(&self.withdrawn, out);
+        patch_len_u16(out, wl_at, "withdrawn routes")?;
+        let al_at = out.len();
+        out.extend_from_slice(&[0, 0]);
+        for a in &self.attributes {
+            a.encode(opts, out)?;
+        }
+        patch_len_u16(out, al_at, "path attributes")?;
+        encode_prefixes(&self.nlri, out);
+        Ok(())
+    }
+}
+
+fn decode_attribute(
+    flags: u8,
+    code: u8,
+    value: &[u8],
+    whole: Vec<u8>,
+    opts: CodecOptions,
+) -> Result<Attribute, DecodeError> {
+    let well_known = matches!(
+        code,
+        ORIGIN | AS_PATH | NEXT_HOP | LOCAL_PREF | ATOMIC_AGGREGATE
+    );
+    let optional_non_transitive = matches!(code, MED | MP_REACH | MP_UNREACH);
+    let flag_bits = flags & (FLAG_OPTIONAL | FLAG_TRANSITIVE);
+    if (well_known && flag_bits != FLAG_TRANSITIVE)
+        || (optional_non_transitive && flag_bits != FLAG_OPTIONAL)
+    {
+        return Err(DecodeError::new(
+            err::UPDATE,
+            err::UPDATE_ATTRIBUTE_FLAGS,
+            whole,
+        ));
+    }
+    if flags & FLAG_OPTIONAL == 0 && !well_known {
+        return Err(DecodeError::new(
+            err::UPDATE,
+            err::UPDATE_UNRECOGNIZED_WELL_KNOWN,
+            whole,
+        ));
+    }
+    let len_err =
+        |w: &Vec<u8>| DecodeError::new(err::UPDATE, err::UPDATE_ATTRIBUTE_LENGTH, w.clone());
+    let fixed = |n: usize| {
+        if value.len() == n {
+            Ok(())
+        } else {
+            Err(len_err(&whole))
+        }
+    };
+    let u32_of = |v: &[u8]| {
+        v.try_into()
+            .map(u32::from_be_bytes)
+            .map_err(|_| len_err(&whole))
+    };
+    Ok(match code {
+        ORIGIN => {
+            fixed(1)?;
+            match value.first() {
+                Some(0) => Attribute::Origin(Origin::Igp),
+                Some(1) => Attribute::Origin(Origin::Egp),
+                Some(2) => Attribute::Origin(Origin::Incomplete),
+                _ => {
+                    return Err(DecodeError::new(
+                        err::UPDATE,
+                        err::UPDATE_INVALID_ORIGIN,
+                        whole,
+                    ));
+                }
+            }
+        }
+        AS_PATH => Attribute::AsPath(decode_as_path(value, opts)?),
+        NEXT_HOP => {
+            fixed(4)?;
+            let nh = Ipv4Addr::from(u32_of(value)?);
+            if nh.is_unspecified() || nh.is_broadcast() || nh.is_multicast() {
+                return Err(DecodeError::new(
+                    err::UPDATE,
+                    err::UPDATE_INVALID_NEXT_HOP,
+                    whole,
+                ));
+            }
+            Attribute::NextHop(nh)
+        }
+        MED => {
+            fixed(4)?;
+            Attribute::Med(u32_of(value)?)
+        }
+        LOCAL_PREF => {
+            fixed(4)?;
+            Attribute::LocalPref(u32_of(value)?)
+        }
+        MP_REACH | MP_UNREACH => decode_mp(code, flags, value, whole)?,
+        _ => Attribute::Other {
+            flags: flags & !FLAG_EXTENDED,
+            code,
+            value: value.to_vec(),
+        },
+    })
+}
+
+fn decode_mp(code: u8, flags: u8, value: &[u8], whole: Vec<u8>) -> Result<Attribute, DecodeError> {
+    let opt_err = (err::UPDATE, err::UPDATE_OPTIONAL_ATTRIBUTE);
+    let mut r = Reader::new(value, opt_err);
+    let afi = Afi::from(r.u16()?);
+    let safi = Safi::from(r.u8()?);
+    let family = AfiSafi { afi, safi };
+    if !matches!(afi, Afi::Ipv4 | Afi::Ipv6) || safi != Safi::Unicast {
+        // A family we never negotiated: keep the bytes, interpret nothing.
+        return Ok(Attribute::Other {
+            flags: flags & !FLAG_EXTENDED,
+            code,
+            value: value.to_vec(),
+        });
+    }
+    if code == MP_UNREACH {
+        let withdrawn = decode_prefixes(r.rest(), afi, opt_err)?;
+        return Ok(Attribute::MpUnreach { family, withdrawn });
+    }
+    let nh_len = usize::from(r.u8()?);
+    let nh = r.bytes(nh_len)?;
+    let next_hops = match (afi, nh_len) {
+        (Afi::Ipv4, 4) => nh.try_into().map(|o: [u8; 4]| vec![IpAddr::from(o)]).ok(),
+        (Afi::Ipv6, 16) => nh.try_into().map(|o: [u8; 16]| vec![IpAddr::from(o)]).ok(),
+        (Afi::Ipv6, 32) => match (nh.get(..16), nh.get(16..)) {
+            (Some(a), Some(b)) => match (<[u8; 16]>::try_from(a), <[u8; 16]>::try_from(b)) {
+                (Ok(a), Ok(b)) => Some(vec![IpAddr::from(a), IpAddr::from(b)]),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    };
+    let Some(next_hops) = next_hops else {
+        return Err(DecodeError::new(opt_err.0, opt_err.1, whole));
+    };
+    let _reserved = r.u8()?;
+    let nlri = decode_prefixes(r.rest(), afi, opt_err)?;
+    Ok(Attribute::MpReach {
+        family,
+        next_hops,
+        nlri,
+    })
+}
+
+fn decode_as_path(value: &[u8], opts: CodecOptions) -> Result<Vec<AsSegment>, DecodeError> {
+    let mut r = Reader::new(value, (err::UPDATE, err::UPDATE_MALFORMED_AS_PATH));
+    let mut segments = Vec::new();
+    while !r.is_empty() {
+        let ty = r.u8()?;
+        let count = usize::from(r.u8()?);
+        if count == 0 {
+            return Err(r.short_err());
+        }
+        let mut asns = Vec::with_capacity(count);
+        for _ in 0..count {
+            asns.push(if opts.four_octet_as {
+                r.u32()?
+            } else {
+                u32::from(r.u16()?)
+            });
+        }
+        segments.push(match ty {
+            1 => AsSegment::Set(asns),
+            2 => AsSegment::Sequence(asns),
+            3 => AsSegment::ConfedSequence(asns),
+            4 => AsSegment::ConfedSet(asns),
+            _ => return Err(r.short_err()),
+        });
+    }
+    Ok(segments)
+}

@@ -1,0 +1,523 @@
+//! Golden-byte round trips for every BGP message and capability we speak, and one
+//! test per RFC 4271 §6 error that decoding reports.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use hybridway_control::bgp::codec::{
+    self, AfiSafi, AsSegment, Attribute, Capability, CodecOptions, GrFamily, GracefulRestart,
+    Message, Notification, Open, Origin, RouteRefresh, Update, err,
+};
+use hybridway_dataplane::tables::Prefix;
+
+fn hex(s: &str) -> Vec<u8> {
+    let s: String = s.split_whitespace().collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+const MARKER: &str = "ffffffffffffffffffffffffffffffff";
+
+fn msg(len_type: &str, body: &str) -> Vec<u8> {
+    hex(&format!("{MARKER} {len_type} {body}"))
+}
+
+fn p(s: &str) -> Prefix {
+    s.parse().unwrap()
+}
+
+const OPTS: CodecOptions = CodecOptions {
+    four_octet_as: true,
+};
+
+/// Decode the golden bytes, compare with the expected value, encode back to the same
+/// bytes, and encode once more into a buffer full of 0xa5 (nothing before it touched).
+fn round_trip(bytes: &[u8], expected: &Message) {
+    let decoded = codec::decode(bytes, OPTS).unwrap();
+    assert_eq!(&decoded, expected);
+    assert_eq!(codec::encode_to_vec(expected, OPTS).unwrap(), bytes);
+    let mut buf = vec![0xa5; 7];
+    codec::encode(expected, OPTS, &mut buf).unwrap();
+    assert_eq!(&buf[..7], &[0xa5; 7]);
+    assert_eq!(&buf[7..], bytes);
+    assert_eq!(codec::frame_len(&buf[7..]).unwrap(), Some(bytes.len()));
+    assert_eq!(codec::frame_len(&buf[7..buf.len() - 1]).unwrap(), None);
+}
+
+#[test]
+fn keepalive() {
+    round_trip(&msg("0013 04", ""), &Message::Keepalive);
+}
+
+#[test]
+fn open_with_every_capability() {
+    let bytes = msg(
+        "003b 01",
+        "04 fdf2 005a c6120001 1e 02 1c
+         01 04 0001 00 01
+         01 04 0002 00 01
+         02 00
+         40 06 8258 0001 01 80
+         41 04 0000fdf2",
+    );
+    let open = Open {
+        version: 4,
+        my_as: 65010,
+        hold_time: 90,
+        bgp_id: Ipv4Addr::new(198, 18, 0, 1),
+        capabilities: vec![
+            Capability::Multiprotocol(AfiSafi::IPV4_UNICAST),
+            Capability::Multiprotocol(AfiSafi::IPV6_UNICAST),
+            Capability::RouteRefresh,
+            Capability::GracefulRestart(GracefulRestart {
+                restarting: true,
+                restart_time: 600,
+                families: vec![GrFamily {
+                    family: AfiSafi::IPV4_UNICAST,
+                    forwarding_preserved: true,
+                }],
+            }),
+            Capability::FourOctetAs(65010),
+        ],
+    };
+    round_trip(&bytes, &Message::Open(open.clone()));
+    assert_eq!(open.asn(), 65010);
+}
+
+#[test]
+fn open_four_octet_asn_uses_as_trans() {
+    let open = Open::new(4_200_000_001, 90, Ipv4Addr::new(198, 18, 0, 1), vec![]);
+    assert_eq!(open.my_as, 23456);
+    let bytes = msg("0025 01", "04 5ba0 005a c6120001 08 02 06 41 04 fa56ea01");
+    round_trip(&bytes, &Message::Open(open.clone()));
+    assert_eq!(open.asn(), 4_200_000_001);
+}
+
+#[test]
+fn open_without_parameters_and_unknown_capability() {
+    round_trip(
+        &msg("001d 01", "04 fdf2 0000 c6120001 00"),
+        &Message::Open(Open {
+            version: 4,
+            my_as: 65010,
+            hold_time: 0,
+            bgp_id: Ipv4Addr::new(198, 18, 0, 1),
+            capabilities: vec![],
+        }),
+    );
+    // An unknown capability (code 73, FQDN) is kept as bytes.
+    round_trip(
+        &msg("0022 01", "04 fdf2 0003 c6120001 05 02 03 49 01 aa"),
+        &Message::Open(Open {
+            version: 4,
+            my_as: 65010,
+            hold_time: 3,
+            bgp_id: Ipv4Addr::new(198, 18, 0, 1),
+            capabilities: vec![Capability::Unknown {
+                code: 73,
+                value: vec![0xaa],
+            }],
+        }),
+    );
+}
+
+fn ipv4_attrs() -> Vec<Attribute> {
+    vec![
+        Attribute::Origin(Origin::Igp),
+        Attribute::AsPath(vec![AsSegment::Sequence(vec![65010])]),
+        Attribute::NextHop(Ipv4Addr::new(198, 18, 0, 1)),
+    ]
+}
+
+#[test]
+fn update_ipv4_announce() {
+    let bytes = msg(
+        "002f 02",
+        "0000 0014 40 01 01 00  40 02 06 02 01 0000fdf2  40 03 04 c6120001  18 c61301",
+    );
+    round_trip(
+        &bytes,
+        &Message::Update(Update {
+            withdrawn: vec![],
+            attributes: ipv4_attrs(),
+            nlri: vec![p("198.19.1.0/24")],
+        }),
+    );
+}
+
+#[test]
+fn update_ipv4_withdraw() {
+    round_trip(
+        &msg("001b 02", "0004 18c61301 0000"),
+        &Message::Update(Update {
+            withdrawn: vec![p("198.19.1.0/24")],
+            ..Update::default()
+        }),
+    );
+}
+
+#[test]
+fn update_with_med_local_pref_set_and_other() {
+    let bytes = msg(
+        "0035 02",
+        "0000 001e 40 01 01 02  40 02 06 01 01 0000fdf2  80 04 04 00000064  40 05 04 000000c8 c0 08 00",
+    );
+    round_trip(
+        &bytes,
+        &Message::Update(Update {
+            withdrawn: vec![],
+            attributes: vec![
+                Attribute::Origin(Origin::Incomplete),
+                Attribute::AsPath(vec![AsSegment::Set(vec![65010])]),
+                Attribute::Med(100),
+                Attribute::LocalPref(200),
+                Attribute::Other {
+                    flags: 0xc0,
+                    code: 8,
+                    value: vec![],
+                },
+            ],
+            nlri: vec![],
+        }),
+    );
+}
+
+#[test]
+fn update_two_octet_as_path() {
+    let opts = CodecOptions {
+        four_octet_as: false,
+    };
+    let bytes = msg("0022 02", "0000 000b 40 02 04 02 01 fdf2 40 01 01 01");
+    let upd = Update {
+        withdrawn: vec![],
+        attributes: vec![
+            Attribute::AsPath(vec![AsSegment::Sequence(vec![65010])]),
+            Attribute::Origin(Origin::Egp),
+        ],
+        nlri: vec![],
+    };
+    assert_eq!(
+        codec::decode(&bytes, opts).unwrap(),
+        Message::Update(upd.clone())
+    );
+    assert_eq!(
+        codec::encode_to_vec(&Message::Update(upd), opts).unwrap(),
+        bytes
+    );
+}
+
+#[test]
+fn update_ipv6_mp_reach_and_unreach() {
+    let reach = msg(
+        "0043 02",
+        "0000 002c 40 01 01 00  40 02 06 02 01 0000fdf2
+         80 0e 1c 0002 01 10 20010db8000000000000000000000001 00 30 20010db80001",
+    );
+    let attrs = vec![
+        Attribute::Origin(Origin::Igp),
+        Attribute::AsPath(vec![AsSegment::Sequence(vec![65010])]),
+        Attribute::MpReach {
+            family: AfiSafi::IPV6_UNICAST,
+            next_hops: vec!["2001:db8::1".parse::<IpAddr>().unwrap()],
+            nlri: vec![p("2001:db8:1::/48")],
+        },
+    ];
+    round_trip(
+        &reach,
+        &Message::Update(Update {
+            withdrawn: vec![],
+            attributes: attrs,
+            nlri: vec![],
+        }),
+    );
+
+    let unreach = msg("0024 02", "0000 000d 80 0f 0a 0002 01 30 20010db80001");
+    round_trip(
+        &unreach,
+        &Message::Update(Update {
+            attributes: vec![Attribute::MpUnreach {
+                family: AfiSafi::IPV6_UNICAST,
+                withdrawn: vec![p("2001:db8:1::/48")],
+            }],
+            ..Update::default()
+        }),
+    );
+}
+
+#[test]
+fn update_ipv6_global_and_link_local_next_hops() {
+    let bytes = msg(
+        "0047 02",
+        "0000 0030 40 01 01 00 40 02 00
+         80 0e 26 0002 01 20 20010db8000000000000000000000001 fe800000000000000000000000000001 00 00",
+    );
+    let m = codec::decode(&bytes, OPTS).unwrap();
+    let Message::Update(u) = &m else {
+        panic!("not an update")
+    };
+    assert!(
+        matches!(&u.attributes[2], Attribute::MpReach { next_hops, nlri, .. }
+        if next_hops.len() == 2 && nlri == &vec![p("::/0")])
+    );
+    assert_eq!(codec::encode_to_vec(&m, OPTS).unwrap(), bytes);
+}
+
+#[test]
+fn end_of_rib_markers() {
+    let v4 = msg("0017 02", "0000 0000");
+    round_trip(
+        &v4,
+        &Message::Update(Update::end_of_rib(AfiSafi::IPV4_UNICAST)),
+    );
+    assert_eq!(
+        Update::end_of_rib(AfiSafi::IPV4_UNICAST).end_of_rib_family(),
+        Some(AfiSafi::IPV4_UNICAST)
+    );
+    let v6 = msg("001d 02", "0000 0006 80 0f 03 0002 01");
+    round_trip(
+        &v6,
+        &Message::Update(Update::end_of_rib(AfiSafi::IPV6_UNICAST)),
+    );
+    assert_eq!(
+        Update::end_of_rib(AfiSafi::IPV6_UNICAST).end_of_rib_family(),
+        Some(AfiSafi::IPV6_UNICAST)
+    );
+    let real = Update {
+        withdrawn: vec![p("198.19.1.0/24")],
+        ..Update::default()
+    };
+    assert_eq!(real.end_of_rib_family(), None);
+}
+
+#[test]
+fn notification_and_route_refresh() {
+    round_trip(
+        &msg("0015 03", "06 02"),
+        &Message::Notification(Notification::new(6, 2, vec![])),
+    );
+    round_trip(
+        &msg("0017 03", "02 01 0004"),
+        &Message::Notification(Notification::new(
+            err::OPEN,
+            err::OPEN_UNSUPPORTED_VERSION,
+            vec![0, 4],
+        )),
+    );
+    round_trip(
+        &msg("0017 05", "0001 00 01"),
+        &Message::RouteRefresh(RouteRefresh {
+            family: AfiSafi::IPV4_UNICAST,
+        }),
+    );
+    round_trip(
+        &msg("0017 05", "0002 00 01"),
+        &Message::RouteRefresh(RouteRefresh {
+            family: AfiSafi::IPV6_UNICAST,
+        }),
+    );
+}
+
+#[test]
+fn long_attribute_uses_extended_length() {
+    let nlri: Vec<Prefix> = (0..=255u8)
+        .map(|i| p(&format!("2001:db8:{i:x}::/48")))
+        .collect();
+    let upd = Update {
+        withdrawn: vec![],
+        attributes: vec![
+            Attribute::Origin(Origin::Igp),
+            Attribute::AsPath(vec![]),
+            Attribute::MpReach {
+                family: AfiSafi::IPV6_UNICAST,
+                next_hops: vec!["2001:db8::1".parse().unwrap()],
+                nlri,
+            },
+        ],
+        nlri: vec![],
+    };
+    let bytes = codec::encode_to_vec(&Message::Update(upd.clone()), OPTS).unwrap();
+    // ORIGIN (4) + empty AS_PATH (3), then MP_REACH with the extended-length flag.
+    assert_eq!(bytes[19 + 4 + 7], 0x90);
+    assert_eq!(codec::decode(&bytes, OPTS).unwrap(), Message::Update(upd));
+}
+
+#[test]
+fn too_long_message_is_an_encode_error() {
+    let nlri: Vec<Prefix> = (0..1100u32)
+        .map(|i| p(&format!("198.19.{}.{}/32", i / 256, i % 256)))
+        .collect();
+    let upd = Update {
+        withdrawn: vec![],
+        attributes: ipv4_attrs(),
+        nlri,
+    };
+    assert!(matches!(
+        codec::encode_to_vec(&Message::Update(upd), OPTS),
+        Err(codec::EncodeError::TooLong(_))
+    ));
+}
+
+fn decode_err(bytes: &[u8]) -> (u8, u8, Vec<u8>) {
+    let e = codec::decode(bytes, OPTS).unwrap_err();
+    let n = e.notification();
+    (n.code, n.subcode, n.data.clone())
+}
+
+#[test]
+fn header_errors() {
+    let mut bad_marker = msg("0013 04", "");
+    bad_marker[3] = 0;
+    assert_eq!(decode_err(&bad_marker), (1, 1, vec![]));
+    assert!(codec::frame_len(&bad_marker).is_err());
+    assert_eq!(decode_err(&msg("0012 04", "")), (1, 2, vec![0, 0x12]));
+    assert_eq!(decode_err(&msg("1001 04", "")), (1, 2, vec![0x10, 0x01]));
+    assert_eq!(decode_err(&msg("0014 04", "00")), (1, 2, vec![0, 0x14]));
+    assert_eq!(decode_err(&msg("0013 09", "")), (1, 3, vec![9]));
+    assert_eq!(decode_err(&msg("0016 05", "000100")), (1, 2, vec![0, 0x16]));
+    assert_eq!(decode_err(&msg("0014 03", "06")), (1, 2, vec![0, 0x14]));
+    // Header says 0x17 bytes but the buffer holds more: the framing is wrong.
+    assert_eq!(decode_err(&msg("0017 02", "0000 0000 00")).0, 1);
+    assert_eq!(decode_err(&hex("ffff")), (1, 2, vec![]));
+}
+
+#[test]
+fn open_errors() {
+    assert_eq!(
+        decode_err(&msg("001d 01", "03 fdf2 005a c6120001 00")),
+        (2, 1, vec![0, 4])
+    );
+    assert_eq!(
+        decode_err(&msg("001d 01", "04 fdf2 0001 c6120001 00")),
+        (2, 6, vec![])
+    );
+    assert_eq!(
+        decode_err(&msg("001d 01", "04 fdf2 0002 c6120001 00")),
+        (2, 6, vec![])
+    );
+    assert_eq!(
+        decode_err(&msg("001d 01", "04 fdf2 005a 00000000 00")),
+        (2, 3, vec![])
+    );
+    assert_eq!(
+        decode_err(&msg("0020 01", "04 fdf2 005a c6120001 03 01 01 00")),
+        (2, 4, vec![])
+    );
+    // Parameter length disagrees with what follows.
+    assert_eq!(
+        decode_err(&msg("001e 01", "04 fdf2 005a c6120001 02 02")).0,
+        2
+    );
+    // Capability length runs past its parameter.
+    assert_eq!(
+        decode_err(&msg("0021 01", "04 fdf2 005a c6120001 04 02 02 41 04")),
+        (2, 0, vec![])
+    );
+    // Four-octet AS capability with 3 bytes.
+    assert_eq!(
+        decode_err(&msg(
+            "0024 01",
+            "04 fdf2 005a c6120001 07 02 05 41 03 000000"
+        )),
+        (2, 0, vec![])
+    );
+}
+
+#[test]
+fn update_errors() {
+    // NLRI without NEXT_HOP.
+    assert_eq!(
+        decode_err(&msg(
+            "0028 02",
+            "0000 000d 40 01 01 00 40 02 06 02 01 0000fdf2 18 c61301"
+        )),
+        (3, 3, vec![3])
+    );
+    // MP_REACH without ORIGIN.
+    assert_eq!(
+        decode_err(&msg(
+            "002f 02",
+            "0000 0018 80 0e 15 0002 01 10 20010db8000000000000000000000001 00"
+        ))
+        .0,
+        3
+    );
+    // ORIGIN value 5, ORIGIN flagged optional, ORIGIN of length 2.
+    assert_eq!(
+        decode_err(&msg("001b 02", "0000 0004 40 01 01 05")),
+        (3, 6, hex("40010105"))
+    );
+    assert_eq!(
+        decode_err(&msg("001b 02", "0000 0004 c0 01 01 00")),
+        (3, 4, hex("c0010100"))
+    );
+    assert_eq!(
+        decode_err(&msg("001c 02", "0000 0005 40 01 02 0000")),
+        (3, 5, hex("4001020000"))
+    );
+    // The same attribute twice.
+    assert_eq!(
+        decode_err(&msg("001f 02", "0000 0008 40 01 01 00 40 01 01 00")),
+        (3, 1, vec![])
+    );
+    // Withdrawn length longer than the message.
+    assert_eq!(decode_err(&msg("0017 02", "0009 0000")), (3, 1, vec![]));
+    // Attribute length past the end of the attribute list.
+    assert_eq!(
+        decode_err(&msg("001b 02", "0000 0004 40 01 09 00")),
+        (3, 5, hex("40010900"))
+    );
+    // A /33 in the IPv4 NLRI.
+    assert_eq!(
+        decode_err(&msg("001c 02", "0000 0000 21 c6130100")),
+        (3, 10, vec![])
+    );
+    // Truncated prefix bytes in the withdrawn routes.
+    assert_eq!(
+        decode_err(&msg("0019 02", "0002 18c6 0000")),
+        (3, 10, vec![])
+    );
+    // AS_PATH segment type 7, and a segment with zero ASNs.
+    assert_eq!(
+        decode_err(&msg("0020 02", "0000 0009 40 02 06 07 01 0000fdf2")),
+        (3, 11, vec![])
+    );
+    assert_eq!(
+        decode_err(&msg("001c 02", "0000 0005 40 02 02 02 00")),
+        (3, 11, vec![])
+    );
+    // Unknown attribute claiming to be well-known.
+    assert_eq!(
+        decode_err(&msg("001b 02", "0000 0004 40 63 01 00")),
+        (3, 2, hex("40630100"))
+    );
+    // NEXT_HOP 0.0.0.0.
+    assert_eq!(
+        decode_err(&msg("001e 02", "0000 0007 40 03 04 00000000")),
+        (3, 8, hex("40030400000000"))
+    );
+    // MP_REACH with a 5-byte IPv6 next hop.
+    assert_eq!(
+        decode_err(&msg(
+            "0024 02",
+            "0000 000d 80 0e 0a 0002 01 05 0000000000 00"
+        ))
+        .0,
+        3
+    );
+    assert_eq!(
+        decode_err(&msg(
+            "0024 02",
+            "0000 000d 80 0e 0a 0002 01 05 0000000000 00"
+        ))
+        .1,
+        9
+    );
+}
