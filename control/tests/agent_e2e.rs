@@ -233,7 +233,41 @@ fn garbage_and_vxlan_from_strangers_are_counted_and_the_agent_stays_up() {
         ) >= 20
             && metric(&c, 1, "hybridway_drops_total", "reason=\"vxlan_") >= 70
     });
-    // Nothing of it reached the pod, and the agent still forwards.
+    // Malformed frames from a pod (raw AF_PACKET from inside it): Ethernet with no
+    // IPv4 header behind it, an unknown EtherType, IPv4 with a bad IHL, IPv4 cut short.
+    let pod = c.pod(1, 1).unwrap();
+    let gw = "02:00:00:00:00:01";
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+         s.bind(('eth0', 0))\n\
+         dst = bytes.fromhex('{dst}'); src = bytes.fromhex('020000c6130b')\n\
+         frames = [dst + src + bytes.fromhex('0800'),\n\
+                   dst + src + bytes.fromhex('88b5') + bytes(46),\n\
+                   dst + src + bytes.fromhex('0800') + bytes.fromhex('41') + bytes(45),\n\
+                   dst + src + bytes.fromhex('0800') + bytes.fromhex('4500ffff')]\n\
+         for _ in range(10):\n\
+         \x20   for f in frames: s.send(f)\n",
+        dst = gw.replace(':', "")
+    );
+    let before = metric(&c, 1, "hybridway_drops_total", "reason=\"malformed");
+    let before_other = metric(
+        &c,
+        1,
+        "hybridway_drops_total",
+        "reason=\"unsupported_ethertype\"",
+    );
+    pod.ns.sh(&format!("python3 -c \"{script}\"")).unwrap();
+    wait_until("malformed pod frames counted", || {
+        metric(&c, 1, "hybridway_drops_total", "reason=\"malformed") >= before + 30
+            && metric(
+                &c,
+                1,
+                "hybridway_drops_total",
+                "reason=\"unsupported_ethertype\"",
+            ) >= before_other + 10
+    });
+    // Nothing of it reached a pod, and the agent still forwards.
     assert_ping(&c, (2, 1), pod_ip(1, 1));
     assert_ping(&c, (1, 2), pod_ip(2, 2));
 }
