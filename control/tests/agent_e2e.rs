@@ -453,3 +453,102 @@ fn tun_backend_overlay_talks_to_hybridway_and_kernel_vxlan_and_sigterm_removes_d
         "ip_forward not restored"
     );
 }
+
+#[test]
+fn pods_removed_and_added_with_the_cli_while_traffic_flows() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = cluster(
+        "cli",
+        true,
+        true,
+        vec![NodeKind::Hybridway, NodeKind::Hybridway],
+    );
+    let exe = env!("CARGO_BIN_EXE_hybridway");
+    let socket = c.node(1).unwrap().socket.display().to_string();
+    // A 4-second TCP stream p11 -> p21 runs while p12 leaves and comes back.
+    let srv = c.pod(2, 1).unwrap();
+    let mut server = srv
+        .ns
+        .command("iperf3")
+        .args(["-s", "-1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let client = c
+        .pod(1, 1)
+        .unwrap()
+        .ns
+        .command("iperf3")
+        .args(["-c", &pod_ip(2, 1).to_string(), "-t", "4", "-J"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(exe).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "hybridway {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["pod", "remove", "--name", "p12", "--socket", &socket]);
+    assert!(
+        !c.ping((2, 1), pod_ip(1, 2), 1).unwrap(),
+        "a removed pod still receives"
+    );
+    let status = run(&["status", "--socket", &socket]);
+    assert!(
+        status.contains("\"p11\"") && !status.contains("\"p12\""),
+        "{status}"
+    );
+    run(&[
+        "pod",
+        "add",
+        "--name",
+        "p12",
+        "--ip",
+        &pod_ip(1, 2).to_string(),
+        "--mac",
+        "02:00:c6:13:01:0c",
+        "--port",
+        "hwp2",
+        "--socket",
+        &socket,
+    ]);
+    assert_ping(&c, (2, 1), pod_ip(1, 2));
+    let out = client.wait_with_output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        json.get("error").is_none(),
+        "the stream broke while another pod changed: {json}"
+    );
+    // A bad request is refused with the reason, and the agent stays up.
+    let out = std::process::Command::new(exe)
+        .args([
+            "pod",
+            "add",
+            "--name",
+            "x",
+            "--ip",
+            "198.19.9.9",
+            "--mac",
+            "02:00:00:00:00:09",
+            "--port",
+            "hwp1",
+        ])
+        .args(["--socket", &socket])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("outside this node's pod block") || err.contains("already belongs"),
+        "{err}"
+    );
+    assert_ping(&c, (1, 1), pod_ip(2, 1));
+}
