@@ -246,7 +246,7 @@ impl Cluster {
              pods: {{block: {block}, gateway: {gw}}}\n\
              snat: {{enabled: {snat}}}\n\
              vxlan: {{vni: 1, port: 8472, vtepMac: \"{vtep}\"}}\n\
-             dataplane: {{backend: {backend}, workers: 1, cores: [{core}], hugepages: false, idlePolls: 512, parkTimeoutMs: 50}}\n\
+             dataplane: {{backend: {backend}, workers: 1, cores: [{core}], hugepages: false, idlePolls: {idle}, parkTimeoutMs: 50}}\n\
              metrics: {{listen: \"127.0.0.1:{metrics}\"}}\n\
              control: {{socket: {dir}/n{n}.sock, stateFile: {dir}/n{n}-pods.json}}\n\
              nodes:\n",
@@ -262,6 +262,8 @@ impl Cluster {
             vtep = vtep_mac(n),
             backend = self.spec.backend,
             metrics = 9460 + u16::from(n),
+            // Tuning knob for experiments: empty polls before a worker parks.
+            idle = std::env::var("HYBRIDWAY_IDLE_POLLS").ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(512),
             // Spread the nodes' workers over the cores instead of stacking them.
             core = usize::from(n - 1) % std::thread::available_parallelism().map_or(1, |c| c.get()),
         );
