@@ -123,6 +123,7 @@ fn build(
         backend: backend.into(),
         nodes: vec![kind, kind],
         pods_per_node: 1,
+        workers: 1,
         kernel_offloads: kernel,
         exe: exe.to_path_buf(),
         dir: std::env::temp_dir().join(tag),

@@ -154,6 +154,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             backend: args.backend.clone(),
             nodes: vec![NodeKind::Hybridway, NodeKind::Hybridway],
             pods_per_node: 2,
+            workers: 1,
             kernel_offloads: false,
             exe: exe.clone(),
             dir: dir.clone(),
@@ -379,6 +380,11 @@ pub fn outside_sees(cluster: &Cluster, from: (u8, u8)) -> anyhow::Result<Ipv4Add
         }
     }
     let out = out.ok_or_else(|| anyhow::anyhow!("iperf3 did not run"))?;
+    // The server (-1) writes its JSON report as it exits: let it finish.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline && matches!(server.try_wait(), Ok(None)) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let _ = server.kill();
     let _ = server.wait();
     if !out.status.success() {

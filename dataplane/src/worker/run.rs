@@ -358,7 +358,7 @@ fn send_on(
         let (Some(p), Some(d)) = (ports.get_mut(slot), dirty.get_mut(slot)) else {
             return;
         };
-        let sent = match p.send(frames) {
+        let try_send = |p: &mut Box<dyn Port>, frames: &[&[u8]]| match p.send(frames) {
             Ok(n) => n.min(frames.len()),
             Err(e) => {
                 counters.port_errors.add(1);
@@ -366,6 +366,13 @@ fn send_on(
                 0
             }
         };
+        let mut sent = try_send(p, frames);
+        if sent < frames.len() {
+            // A full ring: kick the kernel and reclaim completions, then try the rest
+            // once more before counting them as drops.
+            let _ = p.flush();
+            sent += try_send(p, frames.get(sent..).unwrap_or_default());
+        }
         *d = true;
         let bytes: usize = frames.iter().take(sent).map(|f| f.len()).sum();
         counters.tx(port, sent as u64, bytes as u64);
