@@ -94,9 +94,13 @@ fn vxlan_payloads_cross_between_two_nodes_singly_and_with_gso() {
     assert_eq!(got.len(), 1);
     let (src, dst, sport, dport, body) = parse_udp(&got[0]).expect("a synthesised outer header");
     assert_eq!(
-        (src, dst, sport, dport),
-        ([198, 18, 30, 1], [198, 18, 30, 2], 8472, 8472)
+        (src, dst, dport),
+        ([198, 18, 30, 1], [198, 18, 30, 2], 8472)
     );
+    // Sent from the source-port socket the pipeline's outer source port picks.
+    let source_ports = pa.tx_source_ports();
+    assert_eq!(source_ports.len(), 8);
+    assert_eq!(sport, source_ports[51000 % 8]);
     assert_eq!(body, payload, "the VXLAN payload arrives unchanged");
     assert_eq!(got[0].len(), OUTER_LEN + payload.len());
 
@@ -139,6 +143,31 @@ fn vxlan_payloads_cross_between_two_nodes_singly_and_with_gso() {
     }
     // Across a veth the GSO datagrams stay one skb and reach the GRO socket as a train.
     assert!(pb.counters().rx_gro_trains >= 1, "{:?}", pb.counters());
+
+    // Inner flows with different outer source ports leave from different ports.
+    let spread: Vec<Vec<u8>> = (0..8u16)
+        .map(|sport| {
+            udp_frame(
+                [1; 6],
+                [2; 6],
+                [198, 18, 30, 1],
+                [198, 18, 30, 2],
+                sport,
+                8472,
+                &payload,
+            )
+        })
+        .collect();
+    let refs: Vec<&[u8]> = spread.iter().map(Vec::as_slice).collect();
+    assert_eq!(pa.send(&refs).unwrap(), 8);
+    let got = recv_frames(&mut pb, 8);
+    let ports: std::collections::BTreeSet<u16> =
+        got.iter().map(|f| parse_udp(f).unwrap().2).collect();
+    assert_eq!(
+        ports.len(),
+        8,
+        "one outer source port per socket: {ports:?}"
+    );
 
     // Bad frames from the pipeline are dropped and counted, not sent.
     let arp = [0u8; 60];
@@ -248,4 +277,49 @@ fn the_linux_vxlan_device_is_a_peer() {
         "the kernel's ping got its replies through VXLAN: {text}"
     );
     assert!(text.contains("3 received"), "{text}");
+}
+
+#[test]
+fn several_sockets_share_the_vxlan_port_and_split_the_flows() {
+    let a = Netns::new("urp");
+    let b = Netns::new("urp");
+    veth_pair(&a, "ua", "198.18.31.1/24", &b, "ub", "198.18.31.2/24");
+    let mut group = {
+        let _inside = NetnsGuard::enter(&b.name).unwrap();
+        let config = UdpConfig::new(
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 31, 2), 8472),
+            PortId(5),
+        );
+        UdpPort::open(&config, 2).unwrap()
+    };
+    assert_eq!(group.len(), 2);
+    assert_eq!(group[1].name(), "vxlan:198.18.31.2:8472/1");
+    // Sixty-four sender sockets: sixty-four flows for SO_REUSEPORT to hash.
+    let senders: Vec<std::net::UdpSocket> = {
+        let _inside = NetnsGuard::enter(&a.name).unwrap();
+        (0..64)
+            .map(|_| std::net::UdpSocket::bind("198.18.31.1:0").unwrap())
+            .collect()
+    };
+    for (i, s) in senders.iter().enumerate() {
+        s.send_to(
+            &vxlan_payload(1, format!("flow-{i}").as_bytes()),
+            "198.18.31.2:8472",
+        )
+        .unwrap();
+    }
+    let mut per_socket = [0usize; 2];
+    let mut batch = PacketBatch::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while per_socket.iter().sum::<usize>() < 64 && Instant::now() < deadline {
+        for (i, port) in group.iter_mut().enumerate() {
+            batch.clear();
+            per_socket[i] += port.recv(&mut batch).unwrap();
+        }
+    }
+    assert_eq!(per_socket.iter().sum::<usize>(), 64, "{per_socket:?}");
+    assert!(
+        per_socket.iter().all(|&n| n > 0),
+        "both sockets get flows: {per_socket:?}"
+    );
 }

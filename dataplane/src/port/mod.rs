@@ -15,12 +15,20 @@
 //!     pipeline validates the sending node exactly as for a real VXLAN frame); tx
 //!     parses the outer headers the pipeline built, sends the UDP payload to the outer
 //!     destination address and port, and ignores the rest of the outer header.
-//! * **Received packets start at [`FRAME_HEADROOM`]** in a [`FRAME_BUFFER_SIZE`]
+//! * **Received packets start at [`FRAME_HEADROOM`](crate::frame::FRAME_HEADROOM)** in a [`FRAME_BUFFER_SIZE`](crate::frame::FRAME_BUFFER_SIZE)
 //!   buffer owned by the worker's [`PacketBatch`], so encapsulation can prepend its
 //!   headers in place.
 //! * **`send` copies** the frames out (into the UMEM, the TUN fd, the socket) so the
 //!   batch can be reused at once; a frame the port cannot take now is not accepted and
 //!   the worker counts it as a `TxRingFull` drop.
+//!
+//! On the TUN backend the kernel keeps the node's layer 2: pods keep their veths and
+//! the kernel routes whatever the agent's routes point into the TUN device (other
+//! nodes' pod blocks; outside destinations when SNAT is on) to the dataplane, one
+//! queue per worker. Set `TunConfig::mac` to the MAC the pipeline expects on frames
+//! from pods (the gateway MAC) so TUN frames look like frames from a pod. In overlay
+//! the [`udp`] port is the uplink: VXLAN leaves through it and arrives on it, and
+//! decapsulated packets are written back into the TUN for the kernel to deliver.
 //!
 //! One poll of a worker, in outline:
 //!

@@ -1,7 +1,7 @@
 //! The TUN backend: a layer-3 multi-queue TUN device (one queue per worker) with the
 //! virtio-net header, so the kernel hands over TCP/UDP GSO super-packets in one read.
 //!
-//! The device is driven with ioctls on `/dev/net/tun` ([`sys`]) rather than the `tun`
+//! The device is driven with ioctls on `/dev/net/tun` (`sys`) rather than the `tun`
 //! crate, which does not expose `IFF_VNET_HDR`, `TUNSETVNETHDRSZ` or
 //! `TUNSETOFFLOAD` on multi-queue devices.
 //!

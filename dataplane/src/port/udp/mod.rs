@@ -12,9 +12,12 @@
 //!   With UDP GRO the kernel may return a train of equal-size datagrams in one read;
 //!   each becomes its own frame.
 //! * tx: the outer headers the pipeline built are parsed for the destination address
-//!   and port only; the UDP payload is sent there. The rest of the outer header
-//!   (source port, TTL, DF) is the kernel's: the source port is always the bound
-//!   port, so this backend gives up the per-flow source port entropy for ECMP.
+//!   and port and the source port; the UDP payload is sent to the destination from
+//!   one of `UdpConfig::tx_source_ports` sockets bound to the node address on
+//!   ephemeral ports, chosen by the pipeline's source port (a hash of the inner
+//!   flow), so a flow keeps one outer source port and flows spread over several for
+//!   ECMP and the receiver's RSS. The rest of the outer header (TTL, DF) is the
+//!   kernel's.
 //!   Consecutive frames to one destination with equal payload sizes leave in one
 //!   `sendmsg` with `UDP_SEGMENT` (GSO) when the kernel allows it.
 //!
@@ -50,6 +53,9 @@ pub struct UdpConfig {
     pub gro: bool,
     /// Use UDP GSO (`UDP_SEGMENT`) on send.
     pub gso: bool,
+    /// Sockets on distinct ephemeral source ports to send from (0: send from the
+    /// VXLAN port itself, one outer source port for every flow).
+    pub tx_source_ports: usize,
 }
 
 impl UdpConfig {
@@ -61,6 +67,7 @@ impl UdpConfig {
             peer_mac: MacAddr::local_from(format!("{local}-net").as_bytes()),
             gro: true,
             gso: true,
+            tx_source_ports: 8,
         }
     }
 }
@@ -94,6 +101,7 @@ pub struct UdpPort {
     id: PortId,
     name: String,
     fd: OwnedFd,
+    tx_fds: Vec<OwnedFd>,
     local: SocketAddrV4,
     mac: MacAddr,
     peer_mac: MacAddr,
@@ -122,6 +130,10 @@ impl UdpPort {
             if config.gro && !gro {
                 tracing::info!(socket = %name, "the kernel refused UDP_GRO (needs Linux 5.0+); one datagram per read");
             }
+            let tx_fds = (0..config.tx_source_ports)
+                .map(|_| sys::bind(SocketAddrV4::new(*config.local.ip(), 0), false))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| PortError::io(&name, "binding the VXLAN source-port sockets", e))?;
             ports.push(UdpPort {
                 id: config.port_id,
                 name: if sockets > 1 {
@@ -130,6 +142,7 @@ impl UdpPort {
                     format!("vxlan:{local}")
                 },
                 fd,
+                tx_fds,
                 local,
                 mac: config.mac,
                 peer_mac: config.peer_mac,
@@ -192,11 +205,40 @@ impl UdpPort {
         added
     }
 
-    /// Sends one group of datagrams to `to`; false when the socket buffer is full.
-    fn send_group(&mut self, to: SocketAddrV4, parts: &[&[u8]]) -> Result<bool, PortError> {
+    /// The socket that sends frames whose outer source port is `sport`.
+    fn tx_fd(&self, sport: u16) -> RawFd {
+        match self.tx_fds.len() {
+            0 => self.fd.as_raw_fd(),
+            n => self
+                .tx_fds
+                .get(usize::from(sport) % n)
+                .map_or(self.fd.as_raw_fd(), |fd| fd.as_raw_fd()),
+        }
+    }
+
+    /// The outer source ports this port sends from (the bound port when none).
+    pub fn tx_source_ports(&self) -> Vec<u16> {
+        if self.tx_fds.is_empty() {
+            return vec![self.local.port()];
+        }
+        self.tx_fds
+            .iter()
+            .filter_map(|fd| sys::local_addr(fd.as_raw_fd()).ok())
+            .map(|a| a.port())
+            .collect()
+    }
+
+    /// Sends one group of datagrams to `to` from `fd`; false when the socket buffer
+    /// is full.
+    fn send_group(
+        &mut self,
+        fd: RawFd,
+        to: SocketAddrV4,
+        parts: &[&[u8]],
+    ) -> Result<bool, PortError> {
         let size = parts.first().map_or(0, |p| p.len());
         if self.gso && parts.len() > 1 {
-            match sys::send(self.fd.as_raw_fd(), to, parts, u16::try_from(size).ok()) {
+            match sys::send(fd, to, parts, u16::try_from(size).ok()) {
                 Ok(sent) => {
                     self.counters.tx_gso_sends += u64::from(sent);
                     return Ok(sent);
@@ -214,7 +256,7 @@ impl UdpPort {
             }
         }
         for part in parts {
-            match sys::send(self.fd.as_raw_fd(), to, &[part], None) {
+            match sys::send(fd, to, &[part], None) {
                 Ok(true) => {}
                 Ok(false) => return Ok(false),
                 Err(e) => {
@@ -281,6 +323,11 @@ fn outer_header(
 /// The outer destination and UDP payload of an Ethernet/IPv4/UDP frame (what the
 /// port sends, and where); `None` for anything else.
 pub fn parse_outer(frame: &[u8]) -> Option<(SocketAddrV4, &[u8])> {
+    outer(frame).map(|(_, to, payload)| (to, payload))
+}
+
+/// [`parse_outer`] with the outer UDP source port first.
+fn outer(frame: &[u8]) -> Option<(u16, SocketAddrV4, &[u8])> {
     if frame.get(12..14)? != [0x08, 0x00] {
         return None;
     }
@@ -293,9 +340,10 @@ pub fn parse_outer(frame: &[u8]) -> Option<(SocketAddrV4, &[u8])> {
     }
     let dst = Ipv4Addr::new(*ip.get(16)?, *ip.get(17)?, *ip.get(18)?, *ip.get(19)?);
     let udp = ip.get(ihl..total)?;
+    let sport = u16::from_be_bytes([*udp.first()?, *udp.get(1)?]);
     let dport = u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]);
     let udp_len = usize::from(u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]));
-    Some((SocketAddrV4::new(dst, dport), udp.get(8..udp_len)?))
+    Some((sport, SocketAddrV4::new(dst, dport), udp.get(8..udp_len)?))
 }
 
 impl Port for UdpPort {
@@ -331,24 +379,27 @@ impl Port for UdpPort {
     fn send(&mut self, frames: &[&[u8]]) -> Result<usize, PortError> {
         let mut i = 0;
         while i < frames.len() {
-            let Some((to, first)) = frames.get(i).and_then(|f| parse_outer(f)) else {
+            let Some((sport, to, first)) = frames.get(i).and_then(|f| outer(f)) else {
                 self.counters.tx_invalid += 1;
                 i += 1;
                 continue;
             };
-            // Gather the run of frames that one GSO send can carry: same destination,
-            // same payload size (the last may be shorter).
+            // Gather the run of frames that one GSO send can carry: same destination
+            // and sending socket, same payload size (the last may be shorter).
+            let fd = self.tx_fd(sport);
             let mut parts: [&[u8]; BATCH_SIZE] = [&[]; BATCH_SIZE];
             parts[0] = first;
             let mut n = 1;
             let mut bytes = first.len();
             if self.gso {
                 while n < GSO_MAX_SEGMENTS.min(BATCH_SIZE) {
-                    let Some((next_to, payload)) = frames.get(i + n).and_then(|f| parse_outer(f))
+                    let Some((next_sport, next_to, payload)) =
+                        frames.get(i + n).and_then(|f| outer(f))
                     else {
                         break;
                     };
                     if next_to != to
+                        || self.tx_fd(next_sport) != fd
                         || payload.len() > first.len()
                         || bytes + payload.len() > GSO_MAX_BYTES
                     {
@@ -364,7 +415,7 @@ impl Port for UdpPort {
                     }
                 }
             }
-            if !self.send_group(to, parts.get(..n).unwrap_or_default())? {
+            if !self.send_group(fd, to, parts.get(..n).unwrap_or_default())? {
                 return Ok(i);
             }
             i += n;

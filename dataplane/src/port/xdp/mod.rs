@@ -2,7 +2,7 @@
 //! (ordinary pages with a logged warning when none are free), and the steering XDP
 //! program ([`XdpSteering`]) that sends only hybridway's traffic to the sockets.
 //!
-//! The rings are driven directly through `linux/if_xdp.h` ([`sys`]) rather than
+//! The rings are driven directly through `linux/if_xdp.h` (`sys`) rather than
 //! through `xsk-rs`: `xsk-rs` builds libxdp from C (which needs libpcap headers at
 //! build time) and loads libxdp's own redirect-everything program, while hybridway
 //! needs its own steering program and its own UMEM placement (huge pages with a

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every hybridway test on a fresh Debian machine, as root: installs what is
+# missing, runs the unit, property and network-namespace tests (TUN, AF_XDP, FRR,
+# BIRD and Linux VXLAN peers, for real), then a short run of every fuzz target.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ $EUID -ne 0 ]]; then
+  echo "scripts/test.sh must run as root: the tests create network namespaces, TUN devices and XDP sockets" >&2
+  exit 1
+fi
+
+./scripts/install-deps.sh
+
+echo "== formatting"
+cargo fmt --all -- --check
+
+echo "== unit, property and namespace tests"
+cargo test --workspace --all-targets --no-fail-fast
+
+echo "== fuzz smoke run"
+./scripts/fuzz-smoke.sh "${FUZZ_SECONDS:-15}"
