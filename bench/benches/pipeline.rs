@@ -10,8 +10,8 @@
 //!
 //! Clocks: by default the wall time of each `process_batch` call. On a shared
 //! machine, where the benchmark thread is preempted, set `PIPELINE_BENCH_CLOCK=cpu`:
-//! the thread's own CPU time (from `/proc/thread-self/schedstat`) over all batches of
-//! a sample, minus the CPU time of refilling the same number of batches alone.
+//! the thread's own CPU time (`CLOCK_THREAD_CPUTIME_ID`) over all batches of a
+//! sample, minus the CPU time of refilling the same number of batches alone.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -227,11 +227,11 @@ fn clock() -> Clock {
     }
 }
 
-/// CPU time this thread has run, in nanoseconds (first field of schedstat).
+/// CPU time this thread has run (`CLOCK_THREAD_CPUTIME_ID`).
 fn thread_cpu() -> Option<Duration> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_nanos(ns))
+    cpu_time::ThreadTime::try_now()
+        .ok()
+        .map(|t| t.as_duration())
 }
 
 /// Times `iters` batches: `fill` writes the next batch's packets (not counted), `run`
