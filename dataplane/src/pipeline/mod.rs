@@ -728,18 +728,20 @@ impl Pipeline {
     }
 }
 
-/// `Tables::known_vteps` as a sorted set, rebuilt when a different snapshot comes in
-/// (allocation happens then, never per packet). A cluster has hundreds of nodes, and
-/// a linear scan of them per VXLAN packet would cost more than the decapsulation.
+/// `Tables::known_vteps` as an open-addressing hash set, rebuilt when a different
+/// snapshot comes in (allocation happens then, never per packet). A cluster has
+/// hundreds of nodes: a scan, or even a binary search with its chain of dependent
+/// loads, per VXLAN packet would cost more than the decapsulation itself.
 #[derive(Debug, Default)]
 struct VtepSet {
     /// Generation, list address and length of the snapshot list this was built from.
     source: Option<(u64, usize, usize)>,
-    sorted: Vec<u32>,
+    /// Power-of-two sized, at most half full; 0 (0.0.0.0, never a node) is empty.
+    slots: Vec<u32>,
 }
 
 impl VtepSet {
-    /// Below this many nodes a scan of the snapshot's list is as fast as a search.
+    /// Below this many nodes a scan of the snapshot's list is as fast.
     const SCAN_MAX: usize = 8;
 
     fn contains(&mut self, tables: &Tables, addr: Ipv4Addr) -> bool {
@@ -749,12 +751,44 @@ impl VtepSet {
         }
         let source = Some((tables.generation, list.as_ptr() as usize, list.len()));
         if self.source != source {
-            self.sorted.clear();
-            self.sorted.extend(list.iter().map(|a| a.to_bits()));
-            self.sorted.sort_unstable();
+            self.rebuild(list);
             self.source = source;
         }
-        self.sorted.binary_search(&addr.to_bits()).is_ok()
+        let key = addr.to_bits();
+        let mask = self.slots.len().wrapping_sub(1);
+        let mut at = Self::home(key) & mask;
+        // At most half full, so an empty slot ends every probe sequence.
+        for _ in 0..self.slots.len() {
+            match self.slots.get(at) {
+                Some(&k) if k == key => return key != 0,
+                Some(0) | None => return false,
+                Some(_) => at = (at + 1) & mask,
+            }
+        }
+        false
+    }
+
+    fn rebuild(&mut self, list: &[Ipv4Addr]) {
+        let size = (list.len() * 2).next_power_of_two();
+        self.slots.clear();
+        self.slots.resize(size, 0);
+        let mask = size - 1;
+        for key in list.iter().map(|a| a.to_bits()).filter(|k| *k != 0) {
+            let mut at = Self::home(key) & mask;
+            while let Some(slot) = self.slots.get_mut(at) {
+                if *slot == 0 || *slot == key {
+                    *slot = key;
+                    break;
+                }
+                at = (at + 1) & mask;
+            }
+        }
+    }
+
+    #[inline]
+    fn home(key: u32) -> usize {
+        // Fibonacci hashing: node addresses are often consecutive.
+        (key.wrapping_mul(0x9e37_79b9) >> 8) as usize
     }
 }
 
