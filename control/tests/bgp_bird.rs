@@ -98,3 +98,71 @@ fn bird_md5_and_two_speakers() {
         (r == vec![("198.19.2.0/24".to_string(), speaker_addr(1))]).then_some(())
     });
 }
+
+#[test]
+fn bird_graceful_restart_keeps_routes_then_refreshes_or_drops() {
+    let mut lab = Lab::new("birdgr", 1);
+    let bird = Bird::start(&mut lab, &[neighbor(0, None)]);
+    let pool = vec![route("node-b", "198.18.0.20", "198.19.1.0/24")];
+    let mut spec = SpeakerSpec::new(0, pool);
+    spec.restart_time = 5;
+    let sp = start_speaker(&mut lab, spec.clone());
+    wait_for(T, "routes in BIRD", || {
+        (bird.bgp_routes().len() == 2).then_some(())
+    });
+
+    // Killed hard: BIRD keeps the routes while it waits for us (without graceful
+    // restart it would drop them as soon as TCP closes).
+    sp.kill9(&mut lab);
+    wait_for(T, "BIRD notices the session went down", || {
+        bird.birdc("show protocols speaker0")
+            .filter(|p| !p.contains("Established"))
+    });
+    assert_eq!(
+        bird.bgp_routes().len(),
+        2,
+        "routes kept during the restart time"
+    );
+    let sp2 = start_speaker(&mut lab, spec.clone());
+    sp2.wait_state("Established", T);
+    wait_for(T, "routes refreshed", || {
+        (bird.bgp_routes().len() == 2).then_some(())
+    });
+
+    // Killed again and not restarted: dropped once the 5 s restart time runs out.
+    sp2.kill9(&mut lab);
+    let start = std::time::Instant::now();
+    wait_for(Duration::from_secs(20), "BIRD drops the routes", || {
+        bird.bgp_routes().is_empty().then_some(())
+    });
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "dropped only after the restart time"
+    );
+}
+
+#[test]
+fn bird_md5_wrong_password_never_establishes() {
+    let mut lab = Lab::new("birdmd5", 1);
+    let bird = Bird::start(&mut lab, &[neighbor(0, Some("bird-pw"))]);
+    let mut spec = SpeakerSpec::new(0, vec![]);
+    spec.password_file = Some(password_file(&lab, "pw", "not-bird-pw"));
+    let sp = start_speaker(&mut lab, spec);
+    wait_for(T, "status explains the MD5 failure", || {
+        sp.status().filter(|p| {
+            p["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("password differs"))
+        })
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let st = sp.status().unwrap();
+    assert_eq!(st["establishedCount"], 0, "{st}");
+    assert!(
+        !bird
+            .birdc("show protocols speaker0")
+            .unwrap()
+            .contains("Established")
+    );
+    assert!(bird.bgp_routes().is_empty());
+}

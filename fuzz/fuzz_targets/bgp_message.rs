@@ -6,8 +6,12 @@ use hybridway_control::bgp::codec::{self, CodecOptions};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&flag, bytes)) = data.split_first() else { return };
-    let opts = CodecOptions { four_octet_as: flag & 1 == 1 };
+    let Some((&flag, bytes)) = data.split_first() else {
+        return;
+    };
+    let opts = CodecOptions {
+        four_octet_as: flag & 1 == 1,
+    };
     let _ = codec::frame_len(bytes);
     if let Ok(msg) = codec::decode(bytes, opts) {
         // Re-encoding may fail only for a size reason (e.g. a 2-byte-AS path that
