@@ -234,23 +234,21 @@ fn garbage_and_vxlan_from_strangers_are_counted_and_the_agent_stays_up() {
         ) >= 20
             && metric(&c, 1, "hybridway_drops_total", "reason=\"vxlan_") >= 70
     });
-    // Malformed frames from a pod (raw AF_PACKET from inside it): Ethernet with no
-    // IPv4 header behind it, an unknown EtherType, IPv4 with a bad IHL, IPv4 cut short.
+    // Malformed frames from a pod, sent raw from inside it with trafgen (netsniff-ng):
+    // Ethernet with no IPv4 header behind it, an unknown EtherType, IPv4 with a bad
+    // IHL, IPv4 cut short. 10 of each.
     let pod = c.pod(1, 1).unwrap();
-    let gw = "02:00:00:00:00:01";
-    let script = format!(
-        "import socket\n\
-         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
-         s.bind(('eth0', 0))\n\
-         dst = bytes.fromhex('{dst}'); src = bytes.fromhex('020000c6130b')\n\
-         frames = [dst + src + bytes.fromhex('0800'),\n\
-                   dst + src + bytes.fromhex('88b5') + bytes(46),\n\
-                   dst + src + bytes.fromhex('0800') + bytes.fromhex('41') + bytes(45),\n\
-                   dst + src + bytes.fromhex('0800') + bytes.fromhex('4500ffff')]\n\
-         for _ in range(10):\n\
-         \x20   for f in frames: s.send(f)\n",
-        dst = gw.replace(':', "")
-    );
+    let eth = "0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x00, 0xc6, 0x13, 0x01, 0x0b";
+    let zeros = |n: usize| vec!["0x00"; n].join(", ");
+    let conf = [
+        format!("{{ {eth}, 0x08, 0x00 }}"),
+        format!("{{ {eth}, 0x88, 0xb5, {} }}", zeros(46)),
+        format!("{{ {eth}, 0x08, 0x00, 0x41, {} }}", zeros(45)),
+        format!("{{ {eth}, 0x08, 0x00, 0x45, 0x00, 0xff, 0xff }}"),
+    ]
+    .join("\n");
+    let conf_path = c.spec.dir.join("malformed.trafgen");
+    std::fs::write(&conf_path, conf).unwrap();
     let before = metric(&c, 1, "hybridway_drops_total", "reason=\"malformed");
     let before_other = metric(
         &c,
@@ -258,7 +256,12 @@ fn garbage_and_vxlan_from_strangers_are_counted_and_the_agent_stays_up() {
         "hybridway_drops_total",
         "reason=\"unsupported_ethertype\"",
     );
-    pod.ns.sh(&format!("python3 -c \"{script}\"")).unwrap();
+    pod.ns
+        .sh(&format!(
+            "trafgen -i {} -o eth0 -n 40 -P 1 >/dev/null",
+            conf_path.display()
+        ))
+        .unwrap();
     wait_until("malformed pod frames counted", || {
         metric(&c, 1, "hybridway_drops_total", "reason=\"malformed") >= before + 30
             && metric(
