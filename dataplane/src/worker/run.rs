@@ -115,6 +115,7 @@ impl<P: Processor> WorkerLoop<P> {
             let wall = Instant::now();
             if wall >= self.next_sweep {
                 self.processor.sweep(now);
+                self.read_port_drops();
                 self.next_sweep = wall + self.sweep_every;
             }
         }
@@ -299,6 +300,17 @@ impl<P: Processor> WorkerLoop<P> {
             port,
             &[bytes],
         );
+    }
+
+    /// Copies the ports' own drop totals into this worker's counters.
+    fn read_port_drops(&self) {
+        let c = self.counters.worker(self.index);
+        for port in &self.ports {
+            let d = port.drops();
+            let pc = c.port(port.id());
+            pc.rx_dropped.set(d.rx);
+            pc.tx_dropped.set(d.tx);
+        }
     }
 
     fn flush_dirty(&mut self) {
