@@ -61,6 +61,19 @@ pub enum AgentError {
     },
 }
 
+/// The TUN backend cannot masquerade: the kernel forwards pod traffic to the outside.
+fn refuse_snat_on_tun(backend: Backend, cfg: &AgentConfig) -> Result<(), AgentError> {
+    if backend == Backend::Tun && cfg.snat.enabled {
+        return Err(AgentError::Refused(
+            "snat.enabled: true needs backend af_xdp: on the TUN backend the kernel forwards pod \
+             traffic to the outside and hybridway cannot masquerade it; set snat.enabled: false \
+             (outside routes pod blocks, e.g. via BGP) or backend: af_xdp"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Gauges the Prometheus endpoint shows next to the workers' counters.
 #[derive(Debug, Default)]
 struct Gauges {
@@ -165,16 +178,9 @@ impl Agent {
             BackendConfig::AfXdp => Backend::AfXdp,
             BackendConfig::Tun => Backend::Tun,
         };
-        let backend = HostSupport::probe().resolve(wanted, &ifname)?;
-        if backend == Backend::Tun && cfg.snat.enabled {
-            return Err(AgentError::Refused(
-                "snat.enabled: true needs backend af_xdp: on the TUN backend the kernel forwards pod \
-                 traffic to the outside and hybridway cannot masquerade it; set snat.enabled: false \
-                 (outside routes pod blocks, e.g. via BGP) or backend: af_xdp"
-                    .into(),
-            ));
-        }
-        let opener = PortOpener::new(backend, &cfg);
+        let mut backend = HostSupport::probe().resolve(wanted, &ifname)?;
+        refuse_snat_on_tun(backend, &cfg)?;
+        let mut opener = PortOpener::new(backend, &cfg);
 
         let mut neighbors = neighbors::resolve(&ifname, &next_hops(&cfg, &uplink), RESOLVE_WAIT);
         neighbors.retain(|_, m| *m != MacAddr::ZERO);
@@ -209,18 +215,40 @@ impl Agent {
         let queues = rx_queues(&ifname).min(workers);
         // The SNAT switch can be flipped by a reload, so replies are always steered.
         let mut kernel = KernelRoutes::default();
-        let (queues, sole) = match backend {
+        let (mut queues, mut sole) = match backend {
             // UDP sockets with SO_REUSEPORT: one per worker.
             Backend::Tun => (workers, false),
             _ => (queues, queues < workers),
         };
-        let ports = opener.open_uplink(
+        let ports = match opener.open_uplink(
             &cfg,
             UPLINK_PORT,
             queues,
             Some(snat_ports.clone()),
             info.mac,
-        )?;
+        ) {
+            Ok(ports) => ports,
+            // `auto`: an interface that refuses the XDP program means TUN.
+            Err(e)
+                if wanted == Backend::Auto
+                    && backend == Backend::AfXdp
+                    && !matches!(e, PortError::NoSuchInterface(_)) =>
+            {
+                tracing::warn!(uplink = %ifname, error = %e, "the uplink refused AF_XDP; using the TUN backend");
+                backend = Backend::Tun;
+                refuse_snat_on_tun(backend, &cfg)?;
+                opener = PortOpener::new(backend, &cfg);
+                (queues, sole) = (workers, false);
+                opener.open_uplink(
+                    &cfg,
+                    UPLINK_PORT,
+                    queues,
+                    Some(snat_ports.clone()),
+                    info.mac,
+                )?
+            }
+            Err(e) => return Err(e.into()),
+        };
         for (w, port) in ports.into_iter().enumerate() {
             pool.add_port(w, port, sole)?;
         }
