@@ -8,7 +8,9 @@
 //! written again: after `new_checked`, the getters of `EthernetFrame`, `ArpPacket`,
 //! `Ipv4Packet`, `Ipv6Packet`, `UdpPacket`, `TcpPacket`, `Icmpv4Packet` and
 //! `Icmpv6Packet` only read within the lengths `check_len` verified (the `wire_*`
-//! fuzz targets call every getter we use on arbitrary bytes to hold that).
+//! fuzz targets call every getter we use on arbitrary bytes to hold that). Note that
+//! smoltcp's `verify_checksum` methods return `true` when built with `cfg(fuzzing)`,
+//! so checksum agreement is tested in unit and property tests, not by the fuzzers.
 //!
 //! Where smoltcp falls short we have our own:
 //! - 802.1Q tags ([`vlan`]) and VXLAN ([`vxlan`]) are not in smoltcp;
@@ -41,8 +43,9 @@ pub use smoltcp::phy::ChecksumCapabilities;
 pub use smoltcp::wire::{
     ArpHardware, ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame,
     EthernetProtocol, EthernetRepr, Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, Icmpv4Repr,
-    Icmpv4TimeExceeded, Icmpv6Message, Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv4Packet, Ipv4Repr,
-    Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+    Icmpv4TimeExceeded, Icmpv6Message, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet,
+    Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket,
+    UdpRepr,
 };
 
 /// Why one of our own views refused a buffer.

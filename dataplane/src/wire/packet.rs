@@ -147,7 +147,7 @@ pub enum Transport {
         seq: u16,
     },
     /// An ICMP error (v4 types 3, 4, 5, 11, 12; v6 types 1–4). The quoted original
-    /// packet starts at [`PacketInfo::payload`]; see `wire::icmp_quote`.
+    /// packet starts at [`PacketInfo::payload_offset`]; see [`super::icmp_quote`].
     IcmpError {
         icmp_type: u8,
         code: u8,
@@ -404,7 +404,10 @@ fn parse_ipv4(frame: &[u8], at: usize, info: &mut PacketInfo) -> Result<(), Pars
     let header = packet.get(..header_len).ok_or(ParseError::MalformedIpv4)?;
     let id = be16(fixed, 4).ok_or(ParseError::MalformedIpv4)?;
     let frag = be16(fixed, 6).ok_or(ParseError::MalformedIpv4)?;
-    info.ipv4_checksum_ok = checksum::sum(header) == 0xffff;
+    info.ipv4_checksum_ok = match <&[u8; IPV4_MIN_HEADER_LEN]>::try_from(header) {
+        Ok(h) => checksum::sum_ipv4_header(h) == 0xffff,
+        Err(_) => checksum::sum(header) == 0xffff,
+    };
     info.src_ip = IpAddr::V4(ipv4_at(fixed, 12).ok_or(ParseError::MalformedIpv4)?);
     info.dst_ip = IpAddr::V4(ipv4_at(fixed, 16).ok_or(ParseError::MalformedIpv4)?);
     info.ttl = ttl;
