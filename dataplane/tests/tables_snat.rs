@@ -439,6 +439,65 @@ fn memory_per_flow_is_at_most_128_bytes_when_full() {
 }
 
 #[test]
+fn large_batches_equal_single_calls() {
+    // Enough flows that the batch calls take their cache-warming path.
+    let n = 50_000u32;
+    let cfg = SnatConfig {
+        capacity_per_worker: n as usize,
+        ..SnatConfig::default()
+    };
+    let mut single = SnatShard::new(0, &cfg);
+    let mut batched = SnatShard::new(0, &cfg);
+    let keys: Vec<FlowKey> = (0..n)
+        .map(|i| FlowKey {
+            proto: L4Proto::Tcp,
+            src: Ipv4Addr::from(0xc613_0000 | (i & 0xffff)),
+            src_port: 1000 + (i >> 16) as u16,
+            dst: Ipv4Addr::from(0xc612_0000 | (i.wrapping_mul(2_654_435_761) >> 16)),
+            dst_port: 443,
+        })
+        .collect();
+    let flags = vec![SYN; keys.len()];
+    let mut out = vec![Err(SnatError::TableFull); keys.len()];
+    batched.outbound_batch(&keys, &flags, NAT, secs(0), &mut out);
+    let mut replies = Vec::new();
+    for (k, got) in keys.iter().zip(&out) {
+        let want = single.outbound(k, NAT, SYN, secs(0));
+        assert_eq!(*got, want);
+        replies.push(reply(k, want.unwrap()));
+    }
+    let mut back = vec![None; replies.len()];
+    batched.inbound_batch(
+        &replies,
+        &vec![SYN | ACK; replies.len()],
+        secs(1),
+        &mut back,
+    );
+    for ((r, k), got) in replies.iter().zip(&keys).zip(&back) {
+        assert_eq!(
+            *got,
+            Some(NatBinding {
+                addr: k.src,
+                port: k.src_port
+            })
+        );
+        assert_eq!(single.inbound(r, SYN | ACK, secs(1)), *got);
+    }
+    assert_eq!(batched.state_of(&keys[7]), Some(FlowState::TcpEstablished));
+}
+
+#[test]
+fn shards_and_tables_move_between_threads() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send::<SnatShard>();
+    send_sync::<hybridway_dataplane::tables::RouteTable>();
+    let shard = SnatShard::new(0, &config(4));
+    let len = std::thread::spawn(move || shard.len()).join().unwrap();
+    assert_eq!(len, 0);
+}
+
+#[test]
 fn zero_and_huge_capacities_are_handled() {
     let mut none = SnatShard::new(0, &config(0));
     assert_eq!(

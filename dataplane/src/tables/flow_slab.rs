@@ -23,11 +23,16 @@ const TICK_SHIFT: u32 = 10;
 const WHEEL_SLOTS: usize = 8192;
 const WHEEL_MASK: u64 = WHEEL_SLOTS as u64 - 1;
 
-/// One tracked flow: 40 bytes.
+/// Largest expiry an entry can hold: 2^40 ms, about 34 years of worker uptime.
+const MAX_EXPIRES: u64 = (1 << 40) - 1;
+
+/// One tracked flow: 32 bytes, aligned so that it never straddles two cache lines
+/// and a lookup costs one line here.
 #[derive(Clone, Copy, Debug)]
+#[repr(C, align(32))]
 pub(crate) struct Entry {
-    /// Milliseconds ([`Now`]) at which the flow is idle too long.
-    pub expires: u64,
+    /// Low 32 bits of the expiry, in [`Now`] milliseconds.
+    expires_lo: u32,
     pub pod_addr: u32,
     pub remote_addr: u32,
     pub nat_addr: u32,
@@ -38,14 +43,16 @@ pub(crate) struct Entry {
     /// Zero for ICMP echo: the reply's identifier is the NAT one.
     pub remote_port: u16,
     pub nat_port: u16,
-    pub proto: u8,
-    pub state: u8,
+    /// Bits 32..40 of the expiry.
+    expires_hi: u8,
+    /// Protocol code in the high nibble, flow state in the low one.
+    proto_state: u8,
 }
 
 impl Entry {
     pub const fn new() -> Self {
         Entry {
-            expires: 0,
+            expires_lo: 0,
             pod_addr: 0,
             remote_addr: 0,
             nat_addr: 0,
@@ -54,9 +61,53 @@ impl Entry {
             pod_port: 0,
             remote_port: 0,
             nat_port: 0,
-            proto: 0,
-            state: 0,
+            expires_hi: 0,
+            proto_state: 0,
         }
+    }
+
+    /// An entry for a flow, not yet queued; expiry, protocol and state are set
+    /// separately.
+    pub const fn flow(pod: (u32, u16), remote: (u32, u16), nat: (u32, u16)) -> Self {
+        let mut e = Entry::new();
+        e.pod_addr = pod.0;
+        e.pod_port = pod.1;
+        e.remote_addr = remote.0;
+        e.remote_port = remote.1;
+        e.nat_addr = nat.0;
+        e.nat_port = nat.1;
+        e
+    }
+
+    /// When the flow is idle too long, in [`Now`] milliseconds.
+    #[inline]
+    pub fn expires(&self) -> u64 {
+        (u64::from(self.expires_hi) << 32) | u64::from(self.expires_lo)
+    }
+
+    /// Sets the expiry, saturating at about 34 years.
+    #[inline]
+    pub fn set_expires(&mut self, ms: u64) {
+        let ms = ms.min(MAX_EXPIRES);
+        self.expires_lo = ms as u32;
+        self.expires_hi = (ms >> 32) as u8;
+    }
+
+    /// Protocol code ([`crate::tables::L4Proto`]'s, 0..16).
+    #[inline]
+    pub fn proto(&self) -> u8 {
+        self.proto_state >> 4
+    }
+
+    /// [`crate::tables::FlowState`] as `u8` (0..16).
+    #[inline]
+    pub fn state(&self) -> u8 {
+        self.proto_state & 0x0f
+    }
+
+    #[inline]
+    pub fn set_proto_state(&mut self, proto: u8, state: u8) {
+        self.proto_state = (proto << 4) | (state & 0x0f);
     }
 }
 
@@ -141,7 +192,7 @@ impl FlowSlab {
         if let Some(e) = self.entries.get_mut(slot as usize) {
             e.next = self.free_head;
             e.prev = NIL;
-            e.expires = 0;
+            e.set_expires(0);
             self.free_head = slot;
             self.len -= 1;
         }
@@ -154,7 +205,7 @@ impl FlowSlab {
     }
 
     fn enqueue(&mut self, slot: u32) {
-        let Some(expires) = self.entries.get(slot as usize).map(|e| e.expires) else {
+        let Some(expires) = self.entries.get(slot as usize).map(Entry::expires) else {
             return;
         };
         // Never before the tick being processed, never a full turn ahead of it.
@@ -223,7 +274,7 @@ impl FlowSlab {
                     return None;
                 }
                 *budget -= 1;
-                let expires = self.entries.get(head as usize).map_or(0, |e| e.expires);
+                let expires = self.entries.get(head as usize).map_or(0, Entry::expires);
                 if expires <= now.millis() {
                     return Some(head);
                 }
@@ -243,15 +294,21 @@ mod tests {
     use super::*;
 
     fn entry(expires: u64) -> Entry {
-        Entry {
-            expires,
-            ..Entry::new()
-        }
+        let mut e = Entry::new();
+        e.set_expires(expires);
+        e
     }
 
     #[test]
     fn entry_stays_compact() {
-        assert_eq!(std::mem::size_of::<Entry>(), 40);
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+        assert_eq!(std::mem::align_of::<Entry>(), 32);
+        let mut e = Entry::new();
+        e.set_expires(0x12_3456_789a);
+        e.set_proto_state(3, 4);
+        assert_eq!((e.expires(), e.proto(), e.state()), (0x12_3456_789a, 3, 4));
+        e.set_expires(u64::MAX);
+        assert_eq!(e.expires(), MAX_EXPIRES);
     }
 
     #[test]
@@ -262,7 +319,7 @@ mod tests {
         let c = slab.alloc(entry(60_000), Now(0)).expect("room");
         // Refresh `a` lazily: only its expiry moves.
         if let Some(e) = slab.get_mut(a) {
-            e.expires = 20_000;
+            e.set_expires(20_000);
         }
         let drain = |slab: &mut FlowSlab, now: u64| {
             let mut gone = Vec::new();

@@ -63,6 +63,9 @@ impl Dir16_8_8 {
                 .ok_or(TooManyRoutes)?;
             t.paint(net, len.min(32), leaf)?;
         }
+        // Growth slack would be up to half the table; it is immutable from here on.
+        t.l2.shrink_to_fit();
+        t.l3.shrink_to_fit();
         Ok(t)
     }
 
@@ -129,25 +132,23 @@ impl Dir16_8_8 {
 
     /// Looks up every address of `addrs` into `out` (route number plus one, or zero)
     /// level by level: the loads of one level are independent of each other, so
-    /// their cache misses overlap instead of queueing behind each other.
+    /// their cache misses overlap instead of queueing behind each other. The levels
+    /// are branch-free: an address that already has its answer re-reads cell 0 of
+    /// the level (always cached) and keeps its value, so no misprediction stalls
+    /// the loads behind it.
     #[inline]
     pub fn lookup_batch<const N: usize>(&self, addrs: &[u32; N], out: &mut [u32; N]) {
         for (o, &a) in out.iter_mut().zip(addrs) {
             *o = self.l1.get((a >> 16) as usize).copied().unwrap_or(0);
         }
-        let mut deeper = false;
+        let mut deeper = 0;
         for (o, &a) in out.iter_mut().zip(addrs) {
-            if *o & CHUNK != 0 {
-                let i = (*o & !CHUNK) as usize * CHUNK_CELLS + ((a >> 8) & 0xff) as usize;
-                *o = self.l2.get(i).copied().unwrap_or(0);
-                deeper |= *o & CHUNK != 0;
-            }
+            *o = step(&self.l2, *o, (a >> 8) & 0xff);
+            deeper |= *o;
         }
-        if deeper {
+        if deeper & CHUNK != 0 {
             for (o, &a) in out.iter_mut().zip(addrs) {
-                if *o & CHUNK != 0 {
-                    *o = self.lookup_l3(*o, a);
-                }
+                *o = step(&self.l3, *o, a & 0xff);
             }
         }
     }
@@ -155,6 +156,16 @@ impl Dir16_8_8 {
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of::<[u32; L1_CELLS]>() + (self.l2.capacity() + self.l3.capacity()) * 4
     }
+}
+
+/// One level of a batch lookup without a branch: the cell below `cell` for
+/// `byte` when `cell` points to a chunk, else `cell` unchanged.
+#[inline(always)]
+fn step(level: &[u32], cell: u32, byte: u32) -> u32 {
+    let is_chunk = cell & CHUNK != 0;
+    let index = ((cell & !CHUNK) as usize * CHUNK_CELLS + byte as usize) * usize::from(is_chunk);
+    let below = level.get(index).copied().unwrap_or(0);
+    if is_chunk { below } else { cell }
 }
 
 /// The chunk below `cell` in `level`, creating it (filled with the route `cell`

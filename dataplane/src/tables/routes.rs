@@ -1,7 +1,7 @@
 //! Longest-prefix-match route table: where does a destination address live?
 //!
-//! IPv4 uses a DIR-16-8-8 multibit trie ([`super::lpm_v4`]), IPv6 per-length hash
-//! maps ([`super::lpm_v6`]); both map an address to a route number, an index into
+//! IPv4 uses a DIR-16-8-8 multibit trie (`lpm_v4`), IPv6 per-length hash
+//! maps (`lpm_v6`); both map an address to a route number, an index into
 //! one `Vec` of routes, so each target is stored once. The built table is behind an
 //! `Arc`: cloning a [`RouteTable`] (or the snapshot holding it) copies no cells.
 
@@ -244,7 +244,7 @@ impl RouteTable {
     }
 
     /// Looks up `dsts[i]` into `out[i]` for every `i` both slices have, with the
-    /// memory accesses of a batch overlapped (see [`super::lpm_v4`]); the same
+    /// memory accesses of a batch overlapped (see `lpm_v4`); the same
     /// results as [`RouteTable::lookup_v4`] one by one.
     pub fn lookup_v4_batch<'a>(&'a self, dsts: &[Ipv4Addr], out: &mut [Option<&'a RouteTarget>]) {
         let mut dst_chunks = dsts.chunks_exact(BATCH);

@@ -11,10 +11,20 @@
 //! for different destinations. Filtering is the same: only the remote a flow was
 //! opened to can use it.
 //!
-//! Layout: flows live in a slab of 40-byte entries; two open-addressing indexes of
-//! 8-byte buckets (outbound key, inbound key) at most half full map keys to slab
-//! slots, and a lazy timing wheel finds expired entries. All of it is allocated when
-//! the shard is created, so the packet path never allocates.
+//! Layout: flows live in a slab of 32-byte entries (never straddling a cache
+//! line); two open-addressing indexes of 8-byte buckets (outbound key, inbound
+//! key), at most half full, map keys to slab slots; a lazy timing wheel finds
+//! expired entries. About 65 bytes per flow, all allocated when the shard is
+//! created, so the packet path never allocates.
+//!
+//! Expiry: a packet for an expired flow never matches it (an outbound packet starts
+//! a new flow in its place). Expired entries are reclaimed by [`SnatShard::sweep`],
+//! or by a new flow finding the table full, once the 1.024 s wheel tick they
+//! expired in has passed.
+//!
+//! With many flows, prefer [`SnatShard::outbound_batch`] and
+//! [`SnatShard::inbound_batch`]: they read the buckets and entries of a group of
+//! packets before resolving any, so the cache misses overlap.
 
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
@@ -58,7 +68,7 @@ pub struct SnatConfig {
     /// NAT ports (and ICMP echo identifiers) to hand out, split between workers.
     pub port_range: RangeInclusive<u16>,
     /// Flows each worker tracks at most (clamped to [`MAX_CAPACITY_PER_WORKER`]);
-    /// each costs about 73 bytes, allocated when the shard is created.
+    /// each costs about 65 bytes, allocated when the shard is created.
     pub capacity_per_worker: usize,
     pub timeouts: Timeouts,
 }
@@ -131,8 +141,12 @@ pub const MAX_CAPACITY_PER_WORKER: usize = 1 << 24;
 /// How many expired entries a full table examines before giving up.
 const RECLAIM_BUDGET: usize = 1024;
 
+/// Below this many flows (about 2 MiB of entries and buckets) the shard sits in
+/// the L2 cache and batches skip the warming pass.
+const WARM_ABOVE: usize = 32_768;
+
 /// How many packets the batch calls look up ahead of resolving them.
-const BATCH: usize = 16;
+const BATCH: usize = 32;
 
 /// Remote port as the index stores it. An ICMP echo reply carries the NAT
 /// identifier, not the pod's, so for ICMP only the pod side keeps an identifier.
@@ -170,7 +184,7 @@ impl OutKey {
             remote: e.remote_addr,
             pod_port: e.pod_port,
             rport: e.remote_port,
-            proto: e.proto,
+            proto: e.proto(),
         }
     }
 
@@ -218,7 +232,7 @@ impl InKey {
             nat: e.nat_addr,
             rport: e.remote_port,
             nat_port: e.nat_port,
-            proto: e.proto,
+            proto: e.proto(),
         }
     }
 
@@ -317,12 +331,12 @@ impl SnatShard {
         let Some(e) = self.slab.get_mut(slot) else {
             return;
         };
-        let old = FlowState::from_u8(e.state);
+        let old = FlowState::from_u8(e.state());
         let new = old.next(dir, tcp_flags);
-        let old_expires = e.expires;
-        e.state = new as u8;
-        e.expires = now.after(new.timeout(&timeouts)).millis();
-        if e.expires < old_expires {
+        let old_expires = e.expires();
+        e.set_proto_state(e.proto(), new as u8);
+        e.set_expires(now.after(new.timeout(&timeouts)).millis());
+        if e.expires() < old_expires {
             self.slab.requeue(slot);
         }
     }
@@ -357,7 +371,7 @@ impl SnatShard {
             let (expires, entry_nat, nat_port) = self
                 .slab
                 .get(slot)
-                .map_or((0, 0, 0), |e| (e.expires, e.nat_addr, e.nat_port));
+                .map_or((0, 0, 0), |e| (e.expires(), e.nat_addr, e.nat_port));
             if expires > now.millis() && entry_nat == nat {
                 self.touch(slot, Direction::Outbound, tcp_flags, now);
                 return Ok(NatBinding {
@@ -421,6 +435,9 @@ impl SnatShard {
     /// that follow find them in cache. Pure loads: no state changes.
     #[inline]
     fn warm(&self, index: &FlowIndex, hashes: &[u32]) {
+        if self.slab.len() < WARM_ABOVE {
+            return; // everything is in cache already; warming would only cost time
+        }
         let mut buckets = [0u64; BATCH];
         for (b, &h) in buckets.iter_mut().zip(hashes) {
             *b = index.home_bucket(h);
@@ -429,7 +446,7 @@ impl SnatShard {
         for b in buckets.iter().take(hashes.len()) {
             if *b != 0 {
                 let slot = (*b as u32).wrapping_sub(1);
-                sink ^= self.slab.get(slot).map_or(0, |e| e.expires);
+                sink ^= self.slab.get(slot).map_or(0, |e| u64::from(e.pod_addr));
             }
         }
         // Keep the loads: their only purpose is the cache lines they bring in.
@@ -457,18 +474,9 @@ impl SnatShard {
         };
         let (nat_port, ih) = self.pick_port(k, nat)?;
         let state = FlowState::initial(proto, tcp_flags);
-        let entry = Entry {
-            expires: now.after(state.timeout(&self.timeouts)).millis(),
-            pod_addr: k.pod,
-            remote_addr: k.remote,
-            nat_addr: nat,
-            pod_port: k.pod_port,
-            remote_port: k.rport,
-            nat_port,
-            proto: k.proto,
-            state: state as u8,
-            ..Entry::new()
-        };
+        let mut entry = Entry::flow((k.pod, k.pod_port), (k.remote, k.rport), (nat, nat_port));
+        entry.set_expires(now.after(state.timeout(&self.timeouts)).millis());
+        entry.set_proto_state(k.proto, state as u8);
         let slot = self.slab.alloc(entry, now).ok_or(SnatError::TableFull)?;
         self.by_outbound.insert(h, slot);
         self.by_inbound.insert(ih, slot);
@@ -525,7 +533,7 @@ impl SnatShard {
     fn inbound_hashed(&mut self, k: &InKey, h: u32, tcp_flags: u8, now: Now) -> Option<NatBinding> {
         let slot = self.find_inbound(k, h)?;
         let e = self.slab.get(slot)?;
-        if e.expires <= now.millis() {
+        if e.expires() <= now.millis() {
             return None;
         }
         let binding = NatBinding {
@@ -597,7 +605,7 @@ impl SnatShard {
     pub fn state_of(&self, key: &FlowKey) -> Option<FlowState> {
         let k = OutKey::of(key);
         let slot = self.find_outbound(&k, self.hash(k.words()))?;
-        self.slab.get(slot).map(|e| FlowState::from_u8(e.state))
+        self.slab.get(slot).map(|e| FlowState::from_u8(e.state()))
     }
 
     fn reclaim(&mut self, now: Now, mut budget: usize, stop_after: usize) -> usize {
