@@ -352,7 +352,43 @@ fn parse_l4_v4(
     Ok(Some(l4))
 }
 
+/// A flow hash of the 5-tuple (addresses folded to 64 bits), stable across runs so
+/// that one flow always takes the same outer UDP source port and thus the same ECMP
+/// path and receive queue.
+#[inline]
+pub(crate) fn flow_hash(addrs: u64, proto: u8, sport: u16, dport: u16) -> u32 {
+    let ports = (u64::from(proto) << 32) | (u64::from(sport) << 16) | u64::from(dport);
+    let h = mix64(addrs ^ mix64(ports));
+    (h ^ (h >> 32)) as u32
+}
+
+/// splitmix64's finaliser: every input bit affects every output bit.
+#[inline]
+const fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl V4 {
+    pub fn flow_hash(&self) -> u32 {
+        let addrs = (u64::from(self.src.to_bits()) << 32) | u64::from(self.dst.to_bits());
+        let (s, d) = self.l4.map_or((0, 0), |l| (l.sport, l.dport));
+        flow_hash(addrs, self.proto, s, d)
+    }
+}
+
+impl V6 {
+    pub fn flow_hash(&self) -> u32 {
+        let x = self.src.to_bits() ^ self.dst.to_bits().rotate_left(64);
+        let addrs = (x as u64) ^ ((x >> 64) as u64);
+        let (s, d) = self.l4.map_or((0, 0), |l| (l.sport, l.dport));
+        flow_hash(addrs, self.proto, s, d)
+    }
+}
+
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -420,40 +456,5 @@ mod tests {
             let general = classify_with_packet_info(&f);
             assert_eq!(fast, general, "round {round}: {f:02x?}");
         }
-    }
-}
-
-/// A flow hash of the 5-tuple (addresses folded to 64 bits), stable across runs so
-/// that one flow always takes the same outer UDP source port and thus the same ECMP
-/// path and receive queue.
-#[inline]
-pub(crate) fn flow_hash(addrs: u64, proto: u8, sport: u16, dport: u16) -> u32 {
-    let ports = (u64::from(proto) << 32) | (u64::from(sport) << 16) | u64::from(dport);
-    let h = mix64(addrs ^ mix64(ports));
-    (h ^ (h >> 32)) as u32
-}
-
-/// splitmix64's finaliser: every input bit affects every output bit.
-#[inline]
-const fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-impl V4 {
-    pub fn flow_hash(&self) -> u32 {
-        let addrs = (u64::from(self.src.to_bits()) << 32) | u64::from(self.dst.to_bits());
-        let (s, d) = self.l4.map_or((0, 0), |l| (l.sport, l.dport));
-        flow_hash(addrs, self.proto, s, d)
-    }
-}
-
-impl V6 {
-    pub fn flow_hash(&self) -> u32 {
-        let x = self.src.to_bits() ^ self.dst.to_bits().rotate_left(64);
-        let addrs = (x as u64) ^ ((x >> 64) as u64);
-        let (s, d) = self.l4.map_or((0, 0), |l| (l.sport, l.dport));
-        flow_hash(addrs, self.proto, s, d)
     }
 }
