@@ -4,9 +4,14 @@
 //!
 //! Each iteration processes one batch of 64 frames with `Pipeline::process_batch`.
 //! Restoring the frames' headers between batches (what a NIC writing fresh packets
-//! would do) is not timed: `iter_custom` times only the batch.
+//! would do) is not counted.
 //!
 //! Run: `cargo bench -p hybridway-bench --bench pipeline -- --warm-up-time 1 --measurement-time 3`
+//!
+//! Clocks: by default the wall time of each `process_batch` call. On a shared
+//! machine, where the benchmark thread is preempted, set `PIPELINE_BENCH_CLOCK=cpu`:
+//! the thread's own CPU time (`CLOCK_THREAD_CPUTIME_ID`) over all batches of a
+//! sample, minus the CPU time of refilling the same number of batches alone.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -208,6 +213,62 @@ impl Batch {
     }
 }
 
+/// How a sample is timed (see the module docs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    Wall,
+    Cpu,
+}
+
+fn clock() -> Clock {
+    match std::env::var("PIPELINE_BENCH_CLOCK").as_deref() {
+        Ok("cpu") if thread_cpu().is_some() => Clock::Cpu,
+        _ => Clock::Wall,
+    }
+}
+
+/// CPU time this thread has run (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu() -> Option<Duration> {
+    cpu_time::ThreadTime::try_now()
+        .ok()
+        .map(|t| t.as_duration())
+}
+
+/// Times `iters` batches: `fill` writes the next batch's packets (not counted), `run`
+/// processes it and returns its wall time.
+fn timed(
+    iters: u64,
+    batch: &mut Batch,
+    mut fill: impl FnMut(&mut Batch),
+    mut run: impl FnMut(&mut Batch) -> Duration,
+) -> Duration {
+    match clock() {
+        Clock::Wall => {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                fill(batch);
+                total += run(batch);
+            }
+            total
+        }
+        Clock::Cpu => {
+            let start = thread_cpu().unwrap_or_default();
+            for _ in 0..iters {
+                fill(batch);
+                black_box(run(batch));
+            }
+            let both = thread_cpu().unwrap_or_default().saturating_sub(start);
+            let start = thread_cpu().unwrap_or_default();
+            for _ in 0..iters {
+                fill(batch);
+                black_box(&batch.lens);
+            }
+            let fill_only = thread_cpu().unwrap_or_default().saturating_sub(start);
+            both.saturating_sub(fill_only)
+        }
+    }
+}
+
 fn vxlan(c: &mut Criterion) {
     let t = tables();
     for (name, size) in [("64B", 64usize), ("1400B", 1400)] {
@@ -217,25 +278,24 @@ fn vxlan(c: &mut Criterion) {
         g.bench_function(BenchmarkId::from_parameter(name), |b| {
             let mut p = Pipeline::new(0, &SnatConfig::default());
             let mut batch = Batch::new();
+            // Only the headers change; later fills rewrite just those.
+            let mut fill = |batch: &mut Batch| {
+                batch.fill(|i, buf| {
+                    if body_missing(buf, size) {
+                        buf[..size].copy_from_slice(&pod_frame);
+                    } else {
+                        buf[..42].copy_from_slice(&pod_frame[..42]);
+                    }
+                    buf[35] = i as u8; // a different flow per packet (source port)
+                    size
+                })
+            };
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    // Only the headers change; rewrite them as fresh packets would be.
-                    batch.fill(|i, buf| {
-                        let hdr = 42;
-                        if batch_len_unset(buf, size) {
-                            buf[..size].copy_from_slice(&pod_frame);
-                        } else {
-                            buf[..hdr].copy_from_slice(&pod_frame[..hdr]);
-                        }
-                        buf[35] = i as u8; // a different flow per packet (source port)
-                        size
-                    });
-                    total += batch.run(&mut p, &t, POD_PORT);
-                }
-                batch.assert_all(Verdict::Forward { port: UPLINK });
-                total
+                timed(iters, &mut batch, &mut fill, |batch| {
+                    batch.run(&mut p, &t, POD_PORT)
+                })
             });
+            batch.assert_all(Verdict::Forward { port: UPLINK });
         });
         g.finish();
 
@@ -262,23 +322,22 @@ fn vxlan(c: &mut Criterion) {
         g.bench_function(BenchmarkId::from_parameter(name), |b| {
             let mut p = Pipeline::new(0, &SnatConfig::default());
             let mut batch = Batch::new();
+            let mut fill = |batch: &mut Batch| {
+                batch.fill(|_, buf| {
+                    if body_missing(buf, wire.len()) {
+                        buf[..wire.len()].copy_from_slice(&wire);
+                    } else {
+                        buf[..50 + 42].copy_from_slice(&wire[..50 + 42]);
+                    }
+                    wire.len()
+                })
+            };
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    batch.fill(|_, buf| {
-                        let hdr = 50 + 42;
-                        if batch_len_unset(buf, wire.len()) {
-                            buf[..wire.len()].copy_from_slice(&wire);
-                        } else {
-                            buf[..hdr].copy_from_slice(&wire[..hdr]);
-                        }
-                        wire.len()
-                    });
-                    total += batch.run(&mut p, &t, UPLINK);
-                }
-                batch.assert_all(Verdict::Forward { port: POD_PORT });
-                total
+                timed(iters, &mut batch, &mut fill, |batch| {
+                    batch.run(&mut p, &t, UPLINK)
+                })
             });
+            batch.assert_all(Verdict::Forward { port: POD_PORT });
         });
         g.finish();
     }
@@ -286,7 +345,7 @@ fn vxlan(c: &mut Criterion) {
 
 /// Whether the buffer does not yet hold the packet body (first fill): the payload is
 /// written once, later fills restore only the headers the pipeline rewrites.
-fn batch_len_unset(buf: &[u8], len: usize) -> bool {
+fn body_missing(buf: &[u8], len: usize) -> bool {
     buf[len - 1] != 0x5a || buf[12] != 0x08
 }
 
@@ -315,40 +374,31 @@ fn snat_new(c: &mut Criterion) {
     g.throughput(Throughput::Elements(BATCH as u64));
     g.bench_function("udp", |b| {
         let mut p = Pipeline::new(0, &SnatConfig::default());
-        let template = udp_frame(
-            POD_MAC,
-            GATEWAY_MAC,
-            POD,
-            Ipv4Addr::new(198, 18, 100, 7),
-            1,
-            53,
-            64,
-        );
         let mut batch = Batch::new();
         let mut next = 0usize;
         let mut now = T0.0;
+        let mut fill = |batch: &mut Batch| {
+            batch.fill(|_, buf| {
+                // Every packet a flow never seen: a new (port, remote) pair.
+                let (port, remote) = flow(next % 1_000_000);
+                next += 1;
+                let f = &mut buf[..64];
+                f[..14].copy_from_slice(&[2, 0, 0, 0, 0xaa, 1, 2, 0, 0, 0, 0xbb, 10, 8, 0]);
+                write_ip_udp(f, POD, remote, port, 53);
+                64
+            })
+        };
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                batch.fill(|_, buf| {
-                    buf[..64].copy_from_slice(&template);
-                    // Every packet a flow never seen: a new (port, remote) pair.
-                    let (port, remote) = flow(next % 1_000_000);
-                    next += 1;
-                    write_ip_udp(&mut buf[..64], POD, remote, port, 53);
-                    64
-                });
-                // Flows age out as time passes and the worker sweeps between batches
-                // (the sweep is timed: it is part of the cost of new flows).
+            timed(iters, &mut batch, &mut fill, |batch| {
+                // Flows age out as time passes and the worker sweeps between batches;
+                // the sweep is counted, it is part of the cost of new flows.
                 now += 5_000;
                 let start = Instant::now();
                 p.snat_mut().sweep(Now(now), 2 * BATCH);
-                total += start.elapsed();
-                total += run_at(&mut batch, &mut p, &t, POD_PORT, Now(now));
-            }
-            batch.assert_all(Verdict::Forward { port: UPLINK });
-            total
+                start.elapsed() + run_at(batch, &mut p, &t, POD_PORT, Now(now))
+            })
         });
+        batch.assert_all(Verdict::Forward { port: UPLINK });
     });
     g.finish();
 }
@@ -395,53 +445,53 @@ fn established(n: usize, t: &Tables) -> (Pipeline, Vec<u16>) {
 fn snat_established(c: &mut Criterion) {
     let t = tables();
     for (name, n) in [("10k", 10_000usize), ("1M", 1_000_000)] {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let mut g = c.benchmark_group("pipeline/snat_established");
         g.throughput(Throughput::Elements(BATCH as u64));
         g.bench_function(BenchmarkId::from_parameter(name), |b| {
             // Built here so that a filtered run does not pay for it.
-            let (mut p, nat_ports) = established(n, &t);
+            let (mut p, _) = established(n, &t);
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
             let mut batch = Batch::new();
+            let mut fill = |batch: &mut Batch| {
+                batch.fill(|_, buf| {
+                    let (port, remote) = flow(rng.next() as usize % n);
+                    let f = &mut buf[..64];
+                    f[..14].copy_from_slice(&[2, 0, 0, 0, 0xaa, 1, 2, 0, 0, 0, 0xbb, 10, 8, 0]);
+                    write_ip_udp(f, POD, remote, port, 53);
+                    64
+                })
+            };
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    batch.fill(|_, buf| {
-                        let (port, remote) = flow(rng.next() as usize % n);
-                        let f = &mut buf[..64];
-                        f[..14].copy_from_slice(&[2, 0, 0, 0, 0xaa, 1, 2, 0, 0, 0, 0xbb, 10, 8, 0]);
-                        write_ip_udp(f, POD, remote, port, 53);
-                        64
-                    });
-                    total += batch.run(&mut p, &t, POD_PORT);
-                }
-                batch.assert_all(Verdict::Forward { port: UPLINK });
-                total
+                timed(iters, &mut batch, &mut fill, |batch| {
+                    batch.run(&mut p, &t, POD_PORT)
+                })
             });
+            batch.assert_all(Verdict::Forward { port: UPLINK });
         });
         g.finish();
 
         let mut g = c.benchmark_group("pipeline/unsnat_established");
         g.throughput(Throughput::Elements(BATCH as u64));
         g.bench_function(BenchmarkId::from_parameter(name), |b| {
-            // Built here so that a filtered run does not pay for it.
             let (mut p, nat_ports) = established(n, &t);
+            let mut rng = Rng(0x1234_5678_9abc_def1);
             let mut batch = Batch::new();
+            let mut fill = |batch: &mut Batch| {
+                batch.fill(|_, buf| {
+                    let i = rng.next() as usize % n;
+                    let (_, remote) = flow(i);
+                    let f = &mut buf[..64];
+                    f[..14].copy_from_slice(&[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0xfe, 8, 0]);
+                    write_ip_udp(f, remote, NODE, 53, nat_ports[i]);
+                    64
+                })
+            };
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    batch.fill(|_, buf| {
-                        let i = rng.next() as usize % n;
-                        let (_, remote) = flow(i);
-                        let f = &mut buf[..64];
-                        f[..14].copy_from_slice(&[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0xfe, 8, 0]);
-                        write_ip_udp(f, remote, NODE, 53, nat_ports[i]);
-                        64
-                    });
-                    total += batch.run(&mut p, &t, UPLINK);
-                }
-                batch.assert_all(Verdict::Forward { port: POD_PORT });
-                total
+                timed(iters, &mut batch, &mut fill, |batch| {
+                    batch.run(&mut p, &t, UPLINK)
+                })
             });
+            batch.assert_all(Verdict::Forward { port: POD_PORT });
         });
         g.finish();
     }

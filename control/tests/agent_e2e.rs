@@ -33,6 +33,7 @@ fn cluster(name: &str, overlay: bool, snat: bool, nodes: Vec<NodeKind>) -> Clust
         backend: "af_xdp".into(),
         nodes,
         pods_per_node: 2,
+        workers: 1,
         kernel_offloads: false,
         exe: PathBuf::from(env!("CARGO_BIN_EXE_hybridway")),
         dir,
@@ -233,7 +234,44 @@ fn garbage_and_vxlan_from_strangers_are_counted_and_the_agent_stays_up() {
         ) >= 20
             && metric(&c, 1, "hybridway_drops_total", "reason=\"vxlan_") >= 70
     });
-    // Nothing of it reached the pod, and the agent still forwards.
+    // Malformed frames from a pod, sent raw from inside it with trafgen (netsniff-ng):
+    // Ethernet with no IPv4 header behind it, an unknown EtherType, IPv4 with a bad
+    // IHL, IPv4 cut short. 10 of each.
+    let pod = c.pod(1, 1).unwrap();
+    let eth = "0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x00, 0xc6, 0x13, 0x01, 0x0b";
+    let zeros = |n: usize| vec!["0x00"; n].join(", ");
+    let conf = [
+        format!("{{ {eth}, 0x08, 0x00 }}"),
+        format!("{{ {eth}, 0x88, 0xb5, {} }}", zeros(46)),
+        format!("{{ {eth}, 0x08, 0x00, 0x41, {} }}", zeros(45)),
+        format!("{{ {eth}, 0x08, 0x00, 0x45, 0x00, 0xff, 0xff }}"),
+    ]
+    .join("\n");
+    let conf_path = c.spec.dir.join("malformed.trafgen");
+    std::fs::write(&conf_path, conf).unwrap();
+    let before = metric(&c, 1, "hybridway_drops_total", "reason=\"malformed");
+    let before_other = metric(
+        &c,
+        1,
+        "hybridway_drops_total",
+        "reason=\"unsupported_ethertype\"",
+    );
+    pod.ns
+        .sh(&format!(
+            "trafgen -i {} -o eth0 -n 40 -P 1 >/dev/null",
+            conf_path.display()
+        ))
+        .unwrap();
+    wait_until("malformed pod frames counted", || {
+        metric(&c, 1, "hybridway_drops_total", "reason=\"malformed") >= before + 30
+            && metric(
+                &c,
+                1,
+                "hybridway_drops_total",
+                "reason=\"unsupported_ethertype\"",
+            ) >= before_other + 10
+    });
+    // Nothing of it reached a pod, and the agent still forwards.
     assert_ping(&c, (2, 1), pod_ip(1, 1));
     assert_ping(&c, (1, 2), pod_ip(2, 2));
 }
@@ -352,4 +390,170 @@ fn killed_agent_restarts_with_its_pods_and_sigterm_leaves_no_xdp_behind() {
     }
     // The node's own stack works as before: it reaches the other node.
     ns.sh(&format!("ping -c 1 -W 2 {}", node_addr(2))).unwrap();
+}
+
+fn tun_cluster(name: &str, nodes: Vec<NodeKind>) -> Cluster {
+    let tag = format!("hwt{name}{}", std::process::id() % 10_000);
+    let dir = std::env::temp_dir().join(&tag);
+    let _ = std::fs::remove_dir_all(&dir);
+    Cluster::build(ClusterSpec {
+        tag,
+        overlay: true,
+        snat: false,
+        backend: "tun".into(),
+        nodes,
+        pods_per_node: 2,
+        workers: 1,
+        kernel_offloads: false,
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_hybridway")),
+        dir,
+    })
+    .unwrap_or_else(|e| panic!("building the cluster: {e}"))
+}
+
+#[test]
+fn tun_backend_overlay_talks_to_hybridway_and_kernel_vxlan_and_sigterm_removes_device_and_routes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = tun_cluster(
+        "tun",
+        vec![
+            NodeKind::Hybridway,
+            NodeKind::Hybridway,
+            NodeKind::KernelVxlan,
+        ],
+    );
+    assert_ping(&c, (1, 1), pod_ip(2, 1));
+    assert_ping(&c, (2, 2), pod_ip(1, 2));
+    assert_tcp_udp_both_ways(&c, (1, 1), (2, 1));
+    // The Linux VXLAN device (flannel-style) as the peer of a TUN-backend node.
+    assert_ping(&c, (1, 2), pod_ip(3, 1));
+    assert_ping(&c, (3, 2), pod_ip(2, 1));
+    let r = iperf(&c, (3, 1), (1, 1), false, 1);
+    assert!(r.is_ok(), "{r:?}");
+    assert!(metric(&c, 1, "hybridway_port_rx_packets_total", "port=\"hw0/q0\"") > 100);
+
+    let ns_name = c.node(1).unwrap().ns.name.clone();
+    let before = c.node(1).unwrap().ns.sh("ip route show").unwrap();
+    assert!(before.contains("198.19.2.0/24 dev hw0"), "{before}");
+    assert!(before.contains("198.19.1.11 dev hwp1"), "{before}");
+    let status = c.stop_agent(1, "TERM").unwrap().unwrap();
+    assert!(status.success(), "agent exit status {status}");
+    let ns = &c.node(1).unwrap().ns;
+    assert!(
+        ns.try_sh("ip link show hw0")
+            .unwrap()
+            .status
+            .success()
+            .eq(&false),
+        "the TUN device outlived the agent"
+    );
+    let after = ns.sh("ip route show").unwrap();
+    assert!(
+        !after.contains("hw0") && !after.contains("dev hwp"),
+        "routes left behind in {ns_name}: {after}"
+    );
+    assert_eq!(
+        ns.sh("cat /proc/sys/net/ipv4/ip_forward").unwrap().trim(),
+        "0",
+        "ip_forward not restored"
+    );
+}
+
+#[test]
+fn pods_removed_and_added_with_the_cli_while_traffic_flows() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = cluster(
+        "cli",
+        true,
+        true,
+        vec![NodeKind::Hybridway, NodeKind::Hybridway],
+    );
+    let exe = env!("CARGO_BIN_EXE_hybridway");
+    let socket = c.node(1).unwrap().socket.display().to_string();
+    // A 4-second TCP stream p11 -> p21 runs while p12 leaves and comes back.
+    let srv = c.pod(2, 1).unwrap();
+    let mut server = srv
+        .ns
+        .command("iperf3")
+        .args(["-s", "-1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let client = c
+        .pod(1, 1)
+        .unwrap()
+        .ns
+        .command("iperf3")
+        .args(["-c", &pod_ip(2, 1).to_string(), "-t", "4", "-J"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(exe).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "hybridway {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["pod", "remove", "--name", "p12", "--socket", &socket]);
+    assert!(
+        !c.ping((2, 1), pod_ip(1, 2), 1).unwrap(),
+        "a removed pod still receives"
+    );
+    let status = run(&["status", "--socket", &socket]);
+    assert!(
+        status.contains("\"p11\"") && !status.contains("\"p12\""),
+        "{status}"
+    );
+    run(&[
+        "pod",
+        "add",
+        "--name",
+        "p12",
+        "--ip",
+        &pod_ip(1, 2).to_string(),
+        "--mac",
+        "02:00:c6:13:01:0c",
+        "--port",
+        "hwp2",
+        "--socket",
+        &socket,
+    ]);
+    assert_ping(&c, (2, 1), pod_ip(1, 2));
+    let out = client.wait_with_output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        json.get("error").is_none(),
+        "the stream broke while another pod changed: {json}"
+    );
+    // A bad request is refused with the reason, and the agent stays up.
+    let out = std::process::Command::new(exe)
+        .args([
+            "pod",
+            "add",
+            "--name",
+            "x",
+            "--ip",
+            "198.19.9.9",
+            "--mac",
+            "02:00:00:00:00:09",
+            "--port",
+            "hwp1",
+        ])
+        .args(["--socket", &socket])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("outside this node's pod block") || err.contains("already belongs"),
+        "{err}"
+    );
+    assert_ping(&c, (1, 1), pod_ip(2, 1));
 }

@@ -2,6 +2,7 @@
 //! the frame captured by `scripts/capture-vxlan-fixture.sh`
 //! (`tests/fixtures/kernel_vxlan_icmp.hex`; addresses and MACs from its header).
 #![allow(
+    clippy::too_many_arguments,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::indexing_slicing,

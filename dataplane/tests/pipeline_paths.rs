@@ -530,3 +530,25 @@ fn outside_without_snat_is_routed_unchanged() {
     assert_eq!(u16_at(out, 34), 5000);
     assert_checksums(out, 0);
 }
+
+#[test]
+fn known_nodes_follow_the_snapshot_in_force() {
+    // Enough nodes that the pipeline keeps its own sorted copy of the list.
+    let mut t = tables(false);
+    t.known_vteps = (10..60u8).map(|i| Ipv4Addr::new(198, 18, 0, i)).collect();
+    t.known_vteps.push(REMOTE_NODE);
+    let mut p = pipeline();
+    let inner = inner_to_pod1(64);
+    let mut decide = |t: &hybridway_dataplane::tables::Tables| {
+        let mut buf = Buf::new();
+        let mut frame = buf.frame(&vxlan_in(REMOTE_NODE, 1, 0x08, &inner), UPLINK);
+        p.process(&mut frame, t, T0)
+    };
+    assert_eq!(decide(&t), Verdict::Forward { port: POD1_PORT });
+    // The next snapshot no longer has the node: its VXLAN is refused at once.
+    let mut next = t.clone();
+    next.generation += 1;
+    next.known_vteps.retain(|a| *a != REMOTE_NODE);
+    assert_eq!(decide(&next), Verdict::Drop(DropReason::VxlanUnknownSource));
+    assert_eq!(decide(&t), Verdict::Forward { port: POD1_PORT });
+}

@@ -524,9 +524,7 @@ fn a_batch_decides_exactly_like_one_frame_at_a_time() {
         assert_eq!(frame.data(), &bytes[..], "frame {i}");
     }
     assert!(
-        verdicts
-            .iter()
-            .any(|v| *v == Verdict::Forward { port: POD1_PORT }),
+        verdicts.contains(&Verdict::Forward { port: POD1_PORT }),
         "replies were translated"
     );
 }

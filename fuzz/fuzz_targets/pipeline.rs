@@ -207,6 +207,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let verdict = p.process(&mut frame, t, Now(1));
     check(verdict, &frame, t, &config, worker);
+    if matches!(verdict, Verdict::ToHost | Verdict::HandOff { .. }) {
+        // The host and the owning worker get the frame exactly as it arrived.
+        assert_eq!(frame.data(), bytes, "{verdict:?} frame was modified");
+    }
 
     // The same bytes as a batch of two, with a small buffer (little headroom) second.
     let mut a = [0u8; FRAME_BUFFER_SIZE];

@@ -10,10 +10,13 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use hybridway_dataplane::frame::PortId;
+use hybridway_dataplane::port::tun::{TunConfig, TunPort};
+use hybridway_dataplane::port::udp::{UdpConfig, UdpPort};
 use hybridway_dataplane::port::xdp::{
     AttachMode, SnatSteer, SteerRules, XdpConfig, XdpPort, XdpSteering,
 };
 use hybridway_dataplane::port::{Backend, Port, PortError};
+use hybridway_dataplane::wire::MacAddr;
 
 use super::config::{AgentConfig, ModeConfig};
 
@@ -112,6 +115,7 @@ impl PortOpener {
         id: PortId,
         queues: usize,
         snat_ports: Option<RangeInclusive<u16>>,
+        uplink_mac: MacAddr,
     ) -> Result<Vec<Box<dyn Port>>, PortError> {
         match self.backend {
             Backend::AfXdp | Backend::Auto => {
@@ -135,11 +139,43 @@ impl PortOpener {
                     })
                     .collect()
             }
-            Backend::Tun => Err(PortError::TunUnavailable {
-                missing: "the TUN backend is not wired into the agent yet; use backend: af_xdp"
-                    .into(),
-            }),
+            // TUN backend: the uplink side of the overlay is a UDP socket per worker
+            // (SO_REUSEPORT) on node:vxlan_port; the kernel keeps the NIC.
+            Backend::Tun => {
+                if cfg.mode != ModeConfig::Overlay {
+                    return Err(PortError::Config(
+                        "underlay on the TUN backend is plain kernel routing; use backend: af_xdp for a hybridway underlay"
+                            .into(),
+                    ));
+                }
+                let mut c = UdpConfig::new(
+                    std::net::SocketAddrV4::new(cfg.node.address, cfg.vxlan.port),
+                    id,
+                );
+                c.mac = uplink_mac;
+                Ok(UdpPort::open(&c, queues)?
+                    .into_iter()
+                    .map(|p| Box::new(p) as Box<dyn Port>)
+                    .collect())
+            }
         }
+    }
+
+    /// TUN backend: the device every local pod's traffic to other nodes crosses, one
+    /// queue per worker.
+    pub fn open_tun(
+        &self,
+        name: &str,
+        queues: usize,
+        id: PortId,
+        mtu: u16,
+    ) -> Result<Vec<Box<dyn Port>>, PortError> {
+        let mut c = TunConfig::new(name, queues, id);
+        c.mtu = Some(u32::from(mtu));
+        Ok(TunPort::open(&c)?
+            .into_iter()
+            .map(|p| Box::new(p) as Box<dyn Port>)
+            .collect())
     }
 
     /// The port of a pod's host-side veth (queue 0).
@@ -154,10 +190,9 @@ impl PortOpener {
                 c.ring_size = POD_RING;
                 Ok(Box::new(XdpPort::open(&c, steering)?))
             }
-            Backend::Tun => Err(PortError::TunUnavailable {
-                missing: "the TUN backend is not wired into the agent yet; use backend: af_xdp"
-                    .into(),
-            }),
+            Backend::Tun => Err(PortError::Config(
+                "on the TUN backend pods have no port of their own".into(),
+            )),
         }
     }
 }

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use super::attach::{PortOpener, rx_queues, snat_port_range};
 use super::config::{AgentConfig, BackendConfig, ConfigError};
+use super::kernel_routes::{KernelRoutes, RouteError};
 use super::neighbors::{self, HostError};
 use super::table_builder::{
     BuildError, LocalPod, PodAttachment, UplinkFacts, build_tables, next_hops,
@@ -26,6 +27,10 @@ use super::table_builder::{
 
 /// The uplink's port id; pods get 1, 2, ...
 pub const UPLINK_PORT: PortId = PortId(0);
+/// On the TUN backend every local pod is reached through the TUN device: this port.
+pub const TUN_PORT: PortId = PortId(1);
+/// Name of the TUN device (removed when the agent stops).
+pub const TUN_NAME: &str = "hw0";
 
 /// How long a table build waits for the kernel to resolve a next hop.
 const RESOLVE_WAIT: Duration = Duration::from_millis(500);
@@ -42,6 +47,8 @@ pub enum AgentError {
     Pool(#[from] PoolError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
     #[error("{0}")]
     Refused(String),
     #[error("state file {path}: {message}")]
@@ -52,6 +59,19 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The TUN backend cannot masquerade: the kernel forwards pod traffic to the outside.
+fn refuse_snat_on_tun(backend: Backend, cfg: &AgentConfig) -> Result<(), AgentError> {
+    if backend == Backend::Tun && cfg.snat.enabled {
+        return Err(AgentError::Refused(
+            "snat.enabled: true needs backend af_xdp: on the TUN backend the kernel forwards pod \
+             traffic to the outside and hybridway cannot masquerade it; set snat.enabled: false \
+             (outside routes pod blocks, e.g. via BGP) or backend: af_xdp"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Gauges the Prometheus endpoint shows next to the workers' counters.
@@ -121,6 +141,8 @@ pub struct Agent {
     unresolved: Vec<Ipv4Addr>,
     gauges: Arc<Gauges>,
     metrics: Option<MetricsServer>,
+    /// Kernel routes and sysctls set for the TUN backend (undone on shutdown).
+    kernel: KernelRoutes,
 }
 
 impl Agent {
@@ -156,8 +178,9 @@ impl Agent {
             BackendConfig::AfXdp => Backend::AfXdp,
             BackendConfig::Tun => Backend::Tun,
         };
-        let backend = HostSupport::probe().resolve(wanted, &ifname)?;
-        let opener = PortOpener::new(backend, &cfg);
+        let mut backend = HostSupport::probe().resolve(wanted, &ifname)?;
+        refuse_snat_on_tun(backend, &cfg)?;
+        let mut opener = PortOpener::new(backend, &cfg);
 
         let mut neighbors = neighbors::resolve(&ifname, &next_hops(&cfg, &uplink), RESOLVE_WAIT);
         neighbors.retain(|_, m| *m != MacAddr::ZERO);
@@ -191,10 +214,55 @@ impl Agent {
         // uplink belongs to worker 0 and the others hand it their frames.
         let queues = rx_queues(&ifname).min(workers);
         // The SNAT switch can be flipped by a reload, so replies are always steered.
-        let ports = opener.open_uplink(&cfg, UPLINK_PORT, queues, Some(snat_ports.clone()))?;
-        let sole = queues < workers;
+        let mut kernel = KernelRoutes::default();
+        let (mut queues, mut sole) = match backend {
+            // UDP sockets with SO_REUSEPORT: one per worker.
+            Backend::Tun => (workers, false),
+            _ => (queues, queues < workers),
+        };
+        let ports = match opener.open_uplink(
+            &cfg,
+            UPLINK_PORT,
+            queues,
+            Some(snat_ports.clone()),
+            info.mac,
+        ) {
+            Ok(ports) => ports,
+            // `auto`: an interface that refuses the XDP program means TUN.
+            Err(e)
+                if wanted == Backend::Auto
+                    && backend == Backend::AfXdp
+                    && !matches!(e, PortError::NoSuchInterface(_)) =>
+            {
+                tracing::warn!(uplink = %ifname, error = %e, "the uplink refused AF_XDP; using the TUN backend");
+                backend = Backend::Tun;
+                refuse_snat_on_tun(backend, &cfg)?;
+                opener = PortOpener::new(backend, &cfg);
+                (queues, sole) = (workers, false);
+                opener.open_uplink(
+                    &cfg,
+                    UPLINK_PORT,
+                    queues,
+                    Some(snat_ports.clone()),
+                    info.mac,
+                )?
+            }
+            Err(e) => return Err(e.into()),
+        };
         for (w, port) in ports.into_iter().enumerate() {
             pool.add_port(w, port, sole)?;
+        }
+        if backend == Backend::Tun {
+            let mtu = info.mtu.saturating_sub(50);
+            for (w, port) in opener
+                .open_tun(TUN_NAME, workers, TUN_PORT, mtu)?
+                .into_iter()
+                .enumerate()
+            {
+                pool.add_port(w, port, false)?;
+            }
+            kernel.sysctl("net.ipv4.ip_forward", "1")?;
+            tracing::warn!("TUN backend: overlay pod-to-pod only; SNAT needs backend af_xdp");
         }
 
         let gauges = Arc::new(Gauges::default());
@@ -211,6 +279,7 @@ impl Agent {
             unresolved: built.unresolved,
             gauges,
             metrics: None,
+            kernel,
         };
         agent.restore_pods();
         agent.publish()?;
@@ -304,6 +373,15 @@ impl Agent {
 
     /// Builds a snapshot from the current state and publishes it.
     fn publish(&mut self) -> Result<(), AgentError> {
+        if self.backend == Backend::Tun {
+            let blocks: Vec<String> = self
+                .cfg
+                .nodes
+                .iter()
+                .map(|n| n.pod_block.to_string())
+                .collect();
+            self.kernel.sync_dev(TUN_NAME, &blocks)?;
+        }
         let built = build_tables(
             &self.cfg,
             &self.uplink,
@@ -397,6 +475,11 @@ impl Agent {
                 "reload refused: {field} changed, which needs an agent restart; the running configuration is kept"
             )));
         }
+        if self.backend == Backend::Tun && next.snat.enabled {
+            return Err(AgentError::Refused(
+                "reload refused: snat.enabled: true needs backend af_xdp; the running configuration is kept".into(),
+            ));
+        }
         if let Some(g) = next.uplink.gateway {
             self.uplink.gateway = Some(g);
         }
@@ -425,7 +508,7 @@ impl Agent {
     }
 
     fn free_port_id(&self) -> Option<PortId> {
-        (1..=u16::MAX)
+        (2..=u16::MAX)
             .map(PortId)
             .find(|id| self.pods.values().all(|e| e.port != *id))
     }
@@ -463,6 +546,28 @@ impl Agent {
         });
         build_tables(&self.cfg, &self.uplink, &trial, &self.neighbors)?;
 
+        if self.backend == Backend::Tun {
+            // The kernel delivers to the pod: a /32 route to its veth, proxy ARP for
+            // its gateway; the dataplane reaches it through the TUN device.
+            let dev = pod.interface.clone();
+            self.kernel
+                .sysctl(&format!("net.ipv4.conf.{dev}.proxy_arp"), "1")?;
+            self.kernel.add(&format!("{}/32", pod.ip), &dev)?;
+            let name = pod.name.clone();
+            self.pods.insert(
+                name.clone(),
+                PodEntry {
+                    pod,
+                    port: TUN_PORT,
+                    worker: 0,
+                },
+            );
+            if let Err(e) = self.publish() {
+                let _ = self.detach(&name);
+                return Err(e);
+            }
+            return Ok(());
+        }
         let id = self
             .free_port_id()
             .ok_or_else(|| AgentError::Refused("no free port ids".into()))?;
@@ -508,7 +613,12 @@ impl Agent {
             .remove(name)
             .ok_or_else(|| AgentError::Refused(format!("no pod named {name}")))?;
         self.publish()?;
-        self.pool()?.remove_port(entry.port)?;
+        if self.backend == Backend::Tun {
+            self.kernel
+                .remove(&format!("{}/32", entry.pod.ip), &entry.pod.interface);
+        } else {
+            self.pool()?.remove_port(entry.port)?;
+        }
         tracing::info!(pod = name, "pod detached");
         Ok(())
     }
@@ -608,7 +718,11 @@ impl Agent {
         if let Some(pool) = self.pool.take() {
             pool.shutdown();
         }
-        tracing::info!("agent stopped; XDP programs detached");
+        // The TUN device went with its queues; its routes with it. The rest:
+        self.kernel.clear();
+        tracing::info!(
+            "agent stopped; XDP programs detached, TUN device, routes and sysctls removed"
+        );
     }
 }
 

@@ -122,7 +122,14 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let mut report = Report::default();
     let tag = format!("hwd{}", std::process::id() % 10_000);
-    let modes: &[bool] = if args.overlay_only {
+    // On the TUN backend underlay is the kernel's own routing: nothing to show.
+    let tun = args.backend == "tun";
+    if tun && !args.overlay_only {
+        println!(
+            "backend tun: overlay only (its underlay is plain kernel routing), SNAT off (needs af_xdp)"
+        );
+    }
+    let modes: &[bool] = if args.overlay_only || tun {
         &[true]
     } else {
         &[true, false]
@@ -142,10 +149,12 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         let spec = ClusterSpec {
             tag: tag.clone(),
             overlay,
-            snat: !args.no_snat,
+            // The TUN backend cannot masquerade: the agent refuses SNAT there.
+            snat: !args.no_snat && args.backend != "tun",
             backend: args.backend.clone(),
             nodes: vec![NodeKind::Hybridway, NodeKind::Hybridway],
             pods_per_node: 2,
+            workers: 1,
             kernel_offloads: false,
             exe: exe.clone(),
             dir: dir.clone(),
@@ -371,6 +380,11 @@ pub fn outside_sees(cluster: &Cluster, from: (u8, u8)) -> anyhow::Result<Ipv4Add
         }
     }
     let out = out.ok_or_else(|| anyhow::anyhow!("iperf3 did not run"))?;
+    // The server (-1) writes its JSON report as it exits: let it finish.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline && matches!(server.try_wait(), Ok(None)) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let _ = server.kill();
     let _ = server.wait();
     if !out.status.success() {

@@ -57,6 +57,8 @@ pub struct ClusterSpec {
     pub backend: String,
     pub nodes: Vec<NodeKind>,
     pub pods_per_node: u8,
+    /// Worker threads per agent (pinned to consecutive cores, wrapping).
+    pub workers: u8,
     /// Leave the veths' checksum/segmentation offloads on (only meaningful for an
     /// all-kernel cluster: the kernel baseline at its best; AF_XDP needs them off).
     pub kernel_offloads: bool,
@@ -137,8 +139,12 @@ impl Cluster {
         outside.sh(&format!(
             "ip addr add {GATEWAY}/24 dev eth0 && ip addr add {OUTSIDE_SERVER}/32 dev lo"
         ))?;
-        if !spec_offloads { outside.no_offloads("eth0")?; }
-        if !spec_offloads { fabric.no_offloads("out")?; }
+        if !spec_offloads {
+            outside.no_offloads("eth0")?;
+        }
+        if !spec_offloads {
+            fabric.no_offloads("out")?;
+        }
         let mut cluster = Cluster {
             spec,
             pods: Vec::new(),
@@ -242,7 +248,7 @@ impl Cluster {
              pods: {{block: {block}, gateway: {gw}}}\n\
              snat: {{enabled: {snat}}}\n\
              vxlan: {{vni: 1, port: 8472, vtepMac: \"{vtep}\"}}\n\
-             dataplane: {{backend: {backend}, workers: 1, cores: [0], hugepages: false, idlePolls: 512, parkTimeoutMs: 50}}\n\
+             dataplane: {{backend: {backend}, workers: {workers}, cores: [{cores}], hugepages: false, idlePolls: {idle}, parkTimeoutMs: 50}}\n\
              metrics: {{listen: \"127.0.0.1:{metrics}\"}}\n\
              control: {{socket: {dir}/n{n}.sock, stateFile: {dir}/n{n}-pods.json}}\n\
              nodes:\n",
@@ -258,6 +264,20 @@ impl Cluster {
             vtep = vtep_mac(n),
             backend = self.spec.backend,
             metrics = 9460 + u16::from(n),
+            // Tuning knob for experiments: empty polls before a worker parks.
+            idle = std::env::var("HYBRIDWAY_IDLE_POLLS")
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(512),
+            workers = self.spec.workers.max(1),
+            // Spread the nodes' workers over the cores instead of stacking them.
+            cores = {
+                let ncores = std::thread::available_parallelism().map_or(1, |c| c.get());
+                (0..usize::from(self.spec.workers.max(1)))
+                    .map(|w| ((usize::from(n - 1) + w) % ncores).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
         );
         for m in peers {
             y.push_str(&format!(

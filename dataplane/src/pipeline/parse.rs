@@ -7,8 +7,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::bytes::rd8;
+use super::bytes::{rd8, rd16};
 use crate::verdict::DropReason;
+use crate::wire::checksum;
 use crate::wire::packet::{L3, PacketInfo, ParseError, Transport};
 
 pub(crate) const ETH_LEN: usize = 14;
@@ -109,12 +110,25 @@ pub(crate) enum Packet {
     Other,
 }
 
-/// Classifies `d` with the one-pass [`PacketInfo::parse`] and keeps what the
-/// pipeline's paths need, split by IP version so no path matches on `IpAddr` again.
+/// Classifies `d`, keeping what the pipeline's paths need split by IP version so no
+/// path matches on `IpAddr` again. Untagged IPv4, nearly all the traffic, takes a
+/// specialised parser that builds [`V4`] directly (it saves a third of the cost of
+/// a decapsulation, which parses two headers); everything else goes through the
+/// one-pass [`PacketInfo::parse`]. Both give the same answer: a unit test compares
+/// them on random and mutated frames.
 /// A bad IPv4 header checksum is a `MalformedIpv4` drop here: a router must not
 /// forward such a packet (RFC 1812 5.2.2), and NAT must not launder it.
-#[inline]
+#[inline(always)]
 pub(crate) fn classify(d: &[u8]) -> Result<Packet, DropReason> {
+    if rd16(d, 12) == Some(ETHERTYPE_IPV4) {
+        return parse_v4(d, ETH_LEN).map(Packet::V4);
+    }
+    classify_with_packet_info(d)
+}
+
+/// [`classify`] for everything but untagged IPv4: through [`PacketInfo::parse`].
+#[inline(always)]
+pub(crate) fn classify_with_packet_info(d: &[u8]) -> Result<Packet, DropReason> {
     let info = match PacketInfo::parse(d) {
         Ok(info) => info,
         Err(ParseError::UnsupportedEtherType) => return Ok(Packet::Other),
@@ -167,6 +181,7 @@ pub(crate) fn classify(d: &[u8]) -> Result<Packet, DropReason> {
     }
 }
 
+#[inline(always)]
 fn l4_of(info: &PacketInfo) -> Option<L4> {
     let v6 = info.l3 == L3::Ipv6;
     let mut l4 = L4 {
@@ -211,6 +226,132 @@ fn l4_of(info: &PacketInfo) -> Option<L4> {
     Some(l4)
 }
 
+/// The IPv4 header at `l3` (checksum verified) and the transport header of a first
+/// fragment, with the same checks as [`PacketInfo::parse`].
+#[inline(always)]
+fn parse_v4(d: &[u8], l3: usize) -> Result<V4, DropReason> {
+    use DropReason::MalformedIpv4;
+    let fixed: &[u8; 20] = d
+        .get(l3..l3 + 20)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(MalformedIpv4)?;
+    let ihl = usize::from(fixed[0] & 0x0f) * 4;
+    let total_len = usize::from(u16::from_be_bytes([fixed[2], fixed[3]]));
+    if fixed[0] >> 4 != 4 || ihl < 20 || total_len < ihl {
+        return Err(MalformedIpv4);
+    }
+    let header = d.get(l3..l3 + ihl).ok_or(MalformedIpv4)?;
+    if l3 + total_len > d.len() {
+        return Err(MalformedIpv4);
+    }
+    let checksum_ok = if ihl == 20 {
+        header_sum(fixed) == 0xffff
+    } else {
+        checksum::sum(header) == 0xffff
+    };
+    let frag = u16::from_be_bytes([fixed[6], fixed[7]]);
+    let proto = fixed[9];
+    let mut ip = V4 {
+        l3,
+        ihl,
+        total_len,
+        tos: fixed[1],
+        ttl: fixed[8],
+        proto,
+        src: Ipv4Addr::new(fixed[12], fixed[13], fixed[14], fixed[15]),
+        dst: Ipv4Addr::new(fixed[16], fixed[17], fixed[18], fixed[19]),
+        df: frag & 0x4000 != 0,
+        frag_offset: frag & 0x1fff,
+        more_fragments: frag & 0x2000 != 0,
+        l4: None,
+    };
+    if ip.frag_offset == 0 {
+        let seg = d.get(l3 + ihl..l3 + total_len).ok_or(MalformedIpv4)?;
+        ip.l4 = parse_l4_v4(seg, l3 + ihl, proto, ip.more_fragments)?;
+    }
+    // Checked last so that errors rank as in `PacketInfo::parse` + `classify`.
+    if !checksum_ok {
+        return Err(MalformedIpv4);
+    }
+    Ok(ip)
+}
+
+/// Sum of an option-less IPv4 header: ten words, unrolled by the compiler.
+#[inline(always)]
+fn header_sum(h: &[u8; 20]) -> u16 {
+    let mut acc = 0u32;
+    for pair in h.chunks_exact(2) {
+        if let [a, b] = *pair {
+            acc += u32::from(u16::from_be_bytes([a, b]));
+        }
+    }
+    checksum::fold(acc)
+}
+
+/// TCP, UDP or ICMP header at the start of `seg` (frame offset `off`).
+#[inline(always)]
+fn parse_l4_v4(
+    seg: &[u8],
+    off: usize,
+    proto: u8,
+    fragmented: bool,
+) -> Result<Option<L4>, DropReason> {
+    use DropReason::MalformedTransport;
+    let mut l4 = L4 {
+        proto,
+        off,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+    };
+    match proto {
+        PROTO_TCP => {
+            let h: &[u8; 20] = seg
+                .get(..20)
+                .and_then(|h| h.try_into().ok())
+                .ok_or(MalformedTransport)?;
+            let hl = usize::from(h[12] >> 4) * 4;
+            if hl < 20 || hl > seg.len() {
+                return Err(MalformedTransport);
+            }
+            l4.sport = u16::from_be_bytes([h[0], h[1]]);
+            l4.dport = u16::from_be_bytes([h[2], h[3]]);
+            l4.tcp_flags = h[13];
+        }
+        PROTO_UDP => {
+            let h: &[u8; 8] = seg
+                .get(..8)
+                .and_then(|h| h.try_into().ok())
+                .ok_or(MalformedTransport)?;
+            let len = usize::from(u16::from_be_bytes([h[4], h[5]]));
+            // A first fragment carries only part of the datagram.
+            if len < 8 || (!fragmented && len > seg.len()) {
+                return Err(MalformedTransport);
+            }
+            l4.sport = u16::from_be_bytes([h[0], h[1]]);
+            l4.dport = u16::from_be_bytes([h[2], h[3]]);
+        }
+        PROTO_ICMP => {
+            let h: &[u8; 8] = seg
+                .get(..8)
+                .and_then(|h| h.try_into().ok())
+                .ok_or(MalformedTransport)?;
+            l4.icmp_type = h[0];
+            if matches!(h[0], ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY) {
+                // Echo is identified by its identifier; the code is not kept.
+                l4.sport = u16::from_be_bytes([h[4], h[5]]);
+                l4.dport = l4.sport;
+            } else {
+                l4.icmp_code = h[1];
+            }
+        }
+        _ => return Ok(None),
+    }
+    Ok(Some(l4))
+}
+
 /// A flow hash of the 5-tuple (addresses folded to 64 bits), stable across runs so
 /// that one flow always takes the same outer UDP source port and thus the same ECMP
 /// path and receive queue.
@@ -243,5 +384,77 @@ impl V6 {
         let addrs = (x as u64) ^ ((x >> 64) as u64);
         let (s, d) = self.l4.map_or((0, 0), |l| (l.sport, l.dport));
         flow_hash(addrs, self.proto, s, d)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Ethernet + IPv4 + UDP, valid, for mutation.
+    fn frame() -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 20 + 6];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14..34].copy_from_slice(&[
+            0x45, 0, 0, 46, 0, 1, 0x40, 0, 64, 17, 0, 0, 198, 19, 1, 10, 198, 18, 100, 7,
+        ]);
+        let c = checksum::checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        // UDP length 26; read as TCP the data offset byte (46) is 0x50: 20 bytes.
+        f[34..42].copy_from_slice(&[0x13, 0x88, 0, 53, 0, 26, 0, 0]);
+        f[46] = 0x50;
+        f
+    }
+
+    fn fix(f: &mut [u8]) {
+        if f.len() >= 34 {
+            let ihl = (usize::from(f[14] & 0x0f) * 4).clamp(20, 60);
+            if f.len() >= 14 + ihl {
+                f[24] = 0;
+                f[25] = 0;
+                let c = checksum::checksum(&f[14..14 + ihl]);
+                f[24..26].copy_from_slice(&c.to_be_bytes());
+            }
+        }
+    }
+
+    /// The fast IPv4 parser and the general classifier agree on every frame.
+    #[test]
+    fn fast_ipv4_path_agrees_with_packet_info() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let base = frame();
+        for round in 0..200_000 {
+            let mut f = base.clone();
+            // UDP, TCP and ICMP (echo request) in turn.
+            f[23] = [17, 6, 1][round % 3];
+            if round % 3 == 2 {
+                f[34] = 8;
+            }
+            fix(&mut f);
+            // Mutate a few bytes of the IP/transport headers, sometimes fix the checksum,
+            // sometimes change the length.
+            for _ in 0..(next() % 4 + 1) {
+                let at = 14 + (next() as usize % (f.len() - 14));
+                f[at] = next() as u8;
+            }
+            if next() % 3 == 0 {
+                let len = next() as usize % 64 + 14;
+                f.resize(len, 0);
+            }
+            if next() % 2 == 0 {
+                fix(&mut f);
+            }
+            f[12..14].copy_from_slice(&[0x08, 0x00]);
+            let fast = classify(&f);
+            let general = classify_with_packet_info(&f);
+            assert_eq!(fast, general, "round {round}: {f:02x?}");
+        }
     }
 }

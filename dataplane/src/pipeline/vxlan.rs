@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use super::bytes::{rd_mac, rd8, rd16, set_macs};
 use super::parse::{ETH_LEN, ETHERTYPE_IPV4, PROTO_UDP, V4};
 use crate::frame::Frame;
-use crate::tables::{NodeSettings, Tables};
+use crate::tables::NodeSettings;
 use crate::verdict::DropReason;
 use crate::wire::{MacAddr, checksum};
 
@@ -73,7 +73,9 @@ pub(crate) fn encapsulate(
     let inner_len = frame.len();
     let udp_len = u16::try_from(8 + 8 + inner_len).map_err(|_| DropReason::TooBig)?;
     let ip_len = udp_len.checked_add(20).ok_or(DropReason::TooBig)?;
-    let mut h = [0u8; OVERHEAD];
+    let room = frame.push_front(OVERHEAD).map_err(|_| DropReason::NoRoom)?;
+    // A fixed-size view, so every store below has a constant offset and no bounds check.
+    let h: &mut [u8; OVERHEAD] = room.try_into().map_err(|_| DropReason::NoRoom)?;
     h[0..6].copy_from_slice(&tunnel.next_hop_mac.0);
     h[6..12].copy_from_slice(&node.uplink_mac.0);
     h[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
@@ -81,24 +83,36 @@ pub(crate) fn encapsulate(
     h[15] = outer_tos(inner_tos);
     h[16..18].copy_from_slice(&ip_len.to_be_bytes());
     h[18..20].copy_from_slice(&ip_id.to_be_bytes());
-    if node.vxlan_df {
-        h[20] = 0x40;
-    }
+    h[20..22].copy_from_slice(&(if node.vxlan_df { 0x4000u16 } else { 0 }).to_be_bytes());
     h[22] = OUTER_TTL;
     h[23] = PROTO_UDP;
+    h[24..26].fill(0);
     h[26..30].copy_from_slice(&node.node_addr.octets());
     h[30..34].copy_from_slice(&tunnel.remote.octets());
-    let c = checksum::checksum(h.get(14..34).unwrap_or(&[]));
+    let c = ipv4_header_checksum(h);
     h[24..26].copy_from_slice(&c.to_be_bytes());
     h[34..36].copy_from_slice(&source_port(hash).to_be_bytes());
     h[36..38].copy_from_slice(&node.vxlan_port.to_be_bytes());
     h[38..40].copy_from_slice(&udp_len.to_be_bytes());
-    // UDP checksum 0: allowed for IPv4 outer headers and what Linux sends by default.
-    h[42] = VXLAN_FLAG_I;
+    // UDP checksum 0: allowed for IPv4 outer headers (RFC 7348 5) and what flannel's
+    // VXLAN device sends unless told otherwise.
+    h[40..42].fill(0);
+    h[42..50].copy_from_slice(&[VXLAN_FLAG_I, 0, 0, 0, 0, 0, 0, 0]);
     h[46..49].copy_from_slice(&tunnel.vni.to_be_bytes()[1..4]);
-    let room = frame.push_front(OVERHEAD).map_err(|_| DropReason::NoRoom)?;
-    room.copy_from_slice(&h);
     Ok(())
+}
+
+/// The checksum of the option-less outer IPv4 header at `h[14..34]` (checksum field
+/// zero): ten words, a loop the compiler unrolls.
+#[inline]
+fn ipv4_header_checksum(h: &[u8; OVERHEAD]) -> u16 {
+    let mut sum = 0u32;
+    for pair in h.get(14..34).unwrap_or_default().chunks_exact(2) {
+        if let [a, b] = *pair {
+            sum += u32::from(u16::from_be_bytes([a, b]));
+        }
+    }
+    !checksum::fold(sum)
 }
 
 /// Checks a VXLAN packet addressed to this node (`outer` is its parsed IPv4 header,
@@ -108,15 +122,15 @@ pub(crate) fn encapsulate(
 pub(crate) fn decapsulate(
     frame: &mut Frame<'_>,
     outer: &V4,
-    tables: &Tables,
+    known_source: bool,
+    node: &NodeSettings,
 ) -> Result<(), DropReason> {
-    let node = &tables.node;
     if outer.is_fragment() {
         // We do not reassemble; Linux would, but flannel sets the overlay MTU so that
         // VXLAN is never fragmented.
         return Err(DropReason::VxlanMalformed);
     }
-    if !tables.is_known_vtep(outer.src) {
+    if !known_source {
         return Err(DropReason::VxlanUnknownSource);
     }
     let d = frame.data();

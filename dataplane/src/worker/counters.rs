@@ -28,6 +28,12 @@ impl Counter {
         self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
+    /// Replaces the value (for totals a port keeps itself).
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+
     #[inline]
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
@@ -41,6 +47,9 @@ pub struct PortCounters {
     pub rx_bytes: Counter,
     pub tx_packets: Counter,
     pub tx_bytes: Counter,
+    /// Frames the port itself dropped (see `Port::drops`), refreshed periodically.
+    pub rx_dropped: Counter,
+    pub tx_dropped: Counter,
 }
 
 /// Everything one worker counts.
@@ -90,6 +99,8 @@ impl WorkerCounters {
             rx_bytes: Counter(AtomicU64::new(0)),
             tx_packets: Counter(AtomicU64::new(0)),
             tx_bytes: Counter(AtomicU64::new(0)),
+            rx_dropped: Counter(AtomicU64::new(0)),
+            tx_dropped: Counter(AtomicU64::new(0)),
         };
         self.ports.get(i).unwrap_or(&UNUSED)
     }
@@ -193,7 +204,17 @@ impl Counters {
     /// Prometheus text exposition format (version 0.0.4) of every counter.
     pub fn render_prometheus(&self, out: &mut String) {
         let names = self.names.lock().map(|n| n.clone()).unwrap_or_default();
-        let port_metrics: [Metric<PortCounters>; 4] = [
+        let port_metrics: [Metric<PortCounters>; 6] = [
+            (
+                "hybridway_port_rx_dropped_total",
+                "Frames the port dropped on receive",
+                |p| p.rx_dropped.get(),
+            ),
+            (
+                "hybridway_port_tx_dropped_total",
+                "Frames the port dropped on transmit",
+                |p| p.tx_dropped.get(),
+            ),
             ("hybridway_port_rx_packets_total", "Frames received", |p| {
                 p.rx_packets.get()
             }),

@@ -115,6 +115,7 @@ impl<P: Processor> WorkerLoop<P> {
             let wall = Instant::now();
             if wall >= self.next_sweep {
                 self.processor.sweep(now);
+                self.read_port_drops();
                 self.next_sweep = wall + self.sweep_every;
             }
         }
@@ -301,6 +302,17 @@ impl<P: Processor> WorkerLoop<P> {
         );
     }
 
+    /// Copies the ports' own drop totals into this worker's counters.
+    fn read_port_drops(&self) {
+        let c = self.counters.worker(self.index);
+        for port in &self.ports {
+            let d = port.drops();
+            let pc = c.port(port.id());
+            pc.rx_dropped.set(d.rx);
+            pc.tx_dropped.set(d.tx);
+        }
+    }
+
     fn flush_dirty(&mut self) {
         for (port, dirty) in self.ports.iter_mut().zip(self.dirty.iter_mut()) {
             if std::mem::take(dirty) {
@@ -358,7 +370,7 @@ fn send_on(
         let (Some(p), Some(d)) = (ports.get_mut(slot), dirty.get_mut(slot)) else {
             return;
         };
-        let sent = match p.send(frames) {
+        let try_send = |p: &mut Box<dyn Port>, frames: &[&[u8]]| match p.send(frames) {
             Ok(n) => n.min(frames.len()),
             Err(e) => {
                 counters.port_errors.add(1);
@@ -366,6 +378,13 @@ fn send_on(
                 0
             }
         };
+        let mut sent = try_send(p, frames);
+        if sent < frames.len() {
+            // A full ring: kick the kernel and reclaim completions, then try the rest
+            // once more before counting them as drops.
+            let _ = p.flush();
+            sent += try_send(p, frames.get(sent..).unwrap_or_default());
+        }
         *d = true;
         let bytes: usize = frames.iter().take(sent).map(|f| f.len()).sum();
         counters.tx(port, sent as u64, bytes as u64);
