@@ -9,6 +9,6 @@ if [[ $EUID -ne 0 ]]; then
   echo "the demo creates network namespaces and attaches XDP programs: run it as root" >&2
   exit 1
 fi
-scripts/install-deps.sh
+. scripts/install-deps.sh   # sourced: it may put a fresh rustup toolchain on PATH
 cargo build --release --bin hybridway
 exec "${CARGO_TARGET_DIR:-target}/release/hybridway" demo "$@"

@@ -4,8 +4,8 @@
 set -euo pipefail
 
 packages=(
-  # building xsk-rs / libbpf
-  clang llvm libelf-dev zlib1g-dev pkg-config m4 make
+  # building: clang compiles the XDP steering program (dataplane/bpf) for -target bpf
+  clang llvm libelf-dev zlib1g-dev pkg-config m4 make gcc curl ca-certificates
   # network namespaces and real peers for the tests and the demo
   iproute2 iputils-ping tcpdump iperf3 netsniff-ng ethtool
   frr bird2 gobgpd
@@ -24,6 +24,16 @@ fi
 for svc in frr bird gobgpd; do
   systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "no Rust toolchain on PATH: installing one with rustup (needs access to static.rust-lang.org)"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component rustfmt,clippy
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked

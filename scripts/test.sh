@@ -10,7 +10,7 @@ if [[ $EUID -ne 0 ]]; then
   exit 1
 fi
 
-./scripts/install-deps.sh
+. scripts/install-deps.sh   # sourced: it may put a fresh rustup toolchain on PATH
 
 echo "== formatting"
 cargo fmt --all -- --check
