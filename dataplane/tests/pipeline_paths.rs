@@ -552,3 +552,41 @@ fn known_nodes_follow_the_snapshot_in_force() {
     assert_eq!(decide(&next), Verdict::Drop(DropReason::VxlanUnknownSource));
     assert_eq!(decide(&t), Verdict::Forward { port: POD1_PORT });
 }
+
+#[test]
+fn without_headroom_the_frame_is_refused_not_grown() {
+    use hybridway_dataplane::frame::{Frame, FrameMeta};
+    let t = tables(false);
+    let mut p = pipeline();
+    // 20 bytes of headroom: VXLAN needs 50, an ICMP error 28.
+    for (input, want) in [
+        (udp4(POD1, REMOTE_POD, 1, 2, 64, b"x"), DropReason::NoRoom),
+        (udp4(POD1, OUTSIDE, 1, 2, 1, b"x"), DropReason::NoRoom),
+    ] {
+        let mut buf = vec![0u8; 20 + input.len() + 4];
+        buf[20..20 + input.len()].copy_from_slice(&input);
+        let mut frame = Frame::new(&mut buf, 20, input.len(), FrameMeta { in_port: POD1_PORT });
+        assert_eq!(p.process(&mut frame, &t, T0), Verdict::Drop(want));
+        assert!(frame.offset() + frame.len() <= 20 + input.len() + 4);
+    }
+}
+
+#[test]
+fn ttl_expiry_on_the_way_in_is_reported_from_the_node_address() {
+    let t = tables(false);
+    let input = with_macs(
+        udp4(UNDERLAY_POD, POD1, 1, 2, 1, b"x"),
+        UNDERLAY_NODE_MAC,
+        UPLINK_MAC,
+    );
+    let mut buf = Buf::new();
+    let mut frame = buf.frame(&input, UPLINK);
+    assert_eq!(pipeline().process(&mut frame, &t, T0), Verdict::Reply);
+    let out = frame.data();
+    assert_eq!(&out[0..6], &UNDERLAY_NODE_MAC.0);
+    assert_eq!(&out[6..12], &UPLINK_MAC.0);
+    assert_eq!(ip4(out, 26), NODE);
+    assert_eq!(ip4(out, 30), UNDERLAY_POD);
+    assert_eq!(&out[34..36], &[11, 0]);
+    assert_checksums(out, 0);
+}

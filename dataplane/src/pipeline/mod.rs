@@ -31,6 +31,22 @@
 //! - IPv6 has no SNAT: IPv6 pod traffic to the outside while SNAT is on is dropped as
 //!   `Unsupported` (the pod's address would leak or the reply would never come back).
 //! - Pod traffic to multicast or broadcast addresses is not forwarded (`Unsupported`).
+//! - The dataplane never fragments: an oversized DF packet gets "fragmentation
+//!   needed" with the egress MTU (uplink MTU − 50 into the overlay), one without DF
+//!   is dropped as `FragmentationNeeded`. ICMP errors are rate limited per worker.
+//! - A UDP packet to the VXLAN port from a node not in `known_vteps` is looked up as
+//!   a possible NAT reply (the SNAT range may contain 8472) and otherwise dropped as
+//!   `VxlanUnknownSource`; VXLAN is never forwarded anywhere but to a local pod.
+//! - The outer UDP checksum of VXLAN we send is zero (RFC 7348, flannel's default);
+//!   received VXLAN is accepted with or without one (not verified).
+//! - `NodeSettings::mode` is not consulted per packet: the route table already says
+//!   whether a block is reached over VXLAN or routed.
+//!
+//! [`Pipeline::process_batch`] does the work in two passes per group of 64 so that
+//! the SNAT table lookups of the group overlap their cache misses. It decides as
+//! [`Pipeline::process`] called frame by frame, except that within a group all
+//! masquerading lookups happen before all reply lookups (a reply in the same group
+//! as its flow's first packet finds the flow).
 
 mod bytes;
 mod icmp;
