@@ -17,6 +17,7 @@ cargo fmt --all -- --check
 
 echo "== unit, property and namespace tests"
 cargo test --workspace --all-targets --no-fail-fast
+cargo test --workspace --doc
 
 echo "== fuzz smoke run"
 ./scripts/fuzz-smoke.sh "${FUZZ_SECONDS:-15}"

@@ -80,7 +80,9 @@ pub struct SharedTables {
 
 impl SharedTables {
     pub fn new(initial: Tables) -> Self {
-        SharedTables { current: ArcSwap::from_pointee(initial) }
+        SharedTables {
+            current: ArcSwap::from_pointee(initial),
+        }
     }
 
     /// The snapshot in force now; hold the guard for one batch, not longer.
