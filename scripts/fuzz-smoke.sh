@@ -6,7 +6,7 @@ cd "$(dirname "$0")/../fuzz"
 seconds=${1:-15}
 export RUSTC_BOOTSTRAP=1   # cargo fuzz needs nightly flags; this stable toolchain allows them so
 targets=$(cargo fuzz list)
-cargo fuzz build --release $targets >/dev/null 2>&1 || cargo fuzz build --release
+cargo fuzz build --release
 failed=0
 for t in $targets; do
   mkdir -p "corpus/$t"
