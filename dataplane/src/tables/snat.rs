@@ -23,8 +23,8 @@
 //! expired in has passed.
 //!
 //! With many flows, prefer [`SnatShard::outbound_batch`] and
-//! [`SnatShard::inbound_batch`]: they read the buckets and entries of a group of
-//! packets before resolving any, so the cache misses overlap.
+//! [`SnatShard::inbound_batch`]: they prefetch the buckets and entries of a group
+//! of packets before resolving any, so the cache misses overlap.
 
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
@@ -431,26 +431,25 @@ impl SnatShard {
         }
     }
 
-    /// Reads the home bucket of every hash and the entry it names, so the lookups
-    /// that follow find them in cache. Pure loads: no state changes.
+    /// Group prefetching: starts loading the home bucket of every hash, then,
+    /// once those are on their way, the entry each key's first matching bucket
+    /// names, so the lookups that follow find both in cache and the misses of the
+    /// whole group overlap. Only hints and reads: no state changes.
     #[inline]
     fn warm(&self, index: &FlowIndex, hashes: &[u32]) {
         if self.slab.len() < WARM_ABOVE {
             return; // everything is in cache already; warming would only cost time
         }
-        let mut buckets = [0u64; BATCH];
-        for (b, &h) in buckets.iter_mut().zip(hashes) {
-            *b = index.home_bucket(h);
+        for &h in hashes {
+            index.prefetch_home(h);
         }
-        let mut sink = 0u64;
-        for b in buckets.iter().take(hashes.len()) {
-            if *b != 0 {
-                let slot = (*b as u32).wrapping_sub(1);
-                sink ^= self.slab.get(slot).map_or(0, |e| u64::from(e.pod_addr));
+        for &h in hashes {
+            // The first bucket whose stored hash matches is the one the lookup will
+            // compare the key of; a mismatch there is rare (32-bit hashes).
+            if let Some(hit) = index.find(h, |_| true) {
+                self.slab.prefetch(hit.slot);
             }
         }
-        // Keep the loads: their only purpose is the cache lines they bring in.
-        std::hint::black_box(sink);
     }
 
     fn create(
