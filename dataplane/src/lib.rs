@@ -10,6 +10,7 @@
 pub mod frame;
 pub mod pipeline;
 pub mod port;
+pub(crate) mod sys;
 pub mod tables;
 pub mod time;
 pub mod verdict;

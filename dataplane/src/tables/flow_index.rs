@@ -8,6 +8,8 @@
 //! construction for at most half load and never grows, so there is no rehash pause
 //! on the packet path.
 
+use crate::sys::prefetch::prefetch_read;
+
 #[derive(Debug)]
 pub(crate) struct FlowIndex {
     buckets: Vec<u64>,
@@ -40,11 +42,12 @@ impl FlowIndex {
         hash as usize & self.mask
     }
 
-    /// The bucket a key with `hash` starts probing at; batches read it early so
-    /// that their cache misses overlap.
+    /// Starts loading the home bucket of `hash` into the cache without waiting
+    /// for it; batches issue these for a group of keys before probing any.
     #[inline]
-    pub fn home_bucket(&self, hash: u32) -> u64 {
-        self.buckets.get(self.home(hash)).copied().unwrap_or(0)
+    pub fn prefetch_home(&self, hash: u32) {
+        // `home` is always below the length, and a prefetch never faults anyway.
+        prefetch_read(self.buckets.as_ptr().wrapping_add(self.home(hash)));
     }
 
     /// Finds the slot whose key has `hash` and satisfies `is_key`.

@@ -23,8 +23,8 @@
 //! expired in has passed.
 //!
 //! With many flows, prefer [`SnatShard::outbound_batch`] and
-//! [`SnatShard::inbound_batch`]: they read the buckets and entries of a group of
-//! packets before resolving any, so the cache misses overlap.
+//! [`SnatShard::inbound_batch`]: they prefetch the buckets and entries of a group
+//! of packets before resolving any, so the cache misses overlap.
 
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
@@ -146,7 +146,7 @@ const RECLAIM_BUDGET: usize = 1024;
 const WARM_ABOVE: usize = 32_768;
 
 /// How many packets the batch calls look up ahead of resolving them.
-const BATCH: usize = 32;
+const BATCH: usize = 16;
 
 /// Remote port as the index stores it. An ICMP echo reply carries the NAT
 /// identifier, not the pod's, so for ICMP only the pod side keeps an identifier.
@@ -156,7 +156,7 @@ fn remote_port(proto: L4Proto, port: u16) -> u16 {
 }
 
 /// The outbound index key: a pod's packet as it left the pod.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct OutKey {
     pod: u32,
     remote: u32,
@@ -204,7 +204,7 @@ impl OutKey {
 }
 
 /// The inbound index key: a reply as it arrives for the NAT address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct InKey {
     remote: u32,
     nat: u32,
@@ -387,8 +387,8 @@ impl SnatShard {
 
     /// [`SnatShard::outbound`] for `keys[i]` with `tcp_flags[i]` into `out[i]`, for
     /// every `i` all three slices have; the results are those of calling it one key
-    /// after the other. The index buckets and entries of a group of keys are read
-    /// before any key is resolved, so their cache misses overlap: with a million
+    /// after the other. The index buckets and entries of a group of keys are
+    /// prefetched before any key is resolved, so their cache misses overlap: with a million
     /// flows this is several times faster than one call per packet.
     pub fn outbound_batch(
         &mut self,
@@ -399,58 +399,85 @@ impl SnatShard {
         out: &mut [Result<NatBinding, SnatError>],
     ) {
         let n = keys.len().min(tcp_flags.len()).min(out.len());
-        let mut start = 0;
-        while start < n {
-            let end = (start + BATCH).min(n);
-            let mut ks = [OutKey {
-                pod: 0,
-                remote: 0,
-                pod_port: 0,
-                rport: 0,
-                proto: 0,
-            }; BATCH];
-            let mut hs = [0u32; BATCH];
-            for ((k, h), key) in ks
-                .iter_mut()
-                .zip(hs.iter_mut())
-                .zip(keys.get(start..end).unwrap_or_default())
-            {
-                *k = OutKey::of(key);
-                *h = self.hash(k.words());
+        let key = |i: usize| keys.get(i).map(OutKey::of).unwrap_or_default();
+        self.batch(n, key, OutKey::words, true, |shard, i, k, h| {
+            let flags = tcp_flags.get(i).copied().unwrap_or(0);
+            let r = shard.outbound_hashed(k, h, nat_addr, flags, now);
+            if let Some(o) = out.get_mut(i) {
+                *o = r;
             }
-            let m = end - start;
-            self.warm(&self.by_outbound, hs.get(..m).unwrap_or_default());
-            for (i, (k, h)) in ks.iter().zip(hs).take(m).enumerate() {
-                let flags = tcp_flags.get(start + i).copied().unwrap_or(0);
-                let r = self.outbound_hashed(k, h, nat_addr, flags, now);
-                if let Some(o) = out.get_mut(start + i) {
-                    *o = r;
+        });
+    }
+
+    /// Runs `resolve(shard, i, key(i), hash)` for every `i < n` in order, in groups
+    /// of [`BATCH`] with their cache misses overlapped (group prefetching, pipelined
+    /// one group ahead): the home buckets of group g+1 are prefetched before group
+    /// g is resolved, and the entries of group g after its buckets had that time to
+    /// arrive. Above [`WARM_ABOVE`] flows only; below, everything is in cache.
+    #[inline]
+    fn batch<K: Copy + Default>(
+        &mut self,
+        n: usize,
+        key: impl Fn(usize) -> K,
+        words: impl Fn(&K) -> (u64, u64),
+        outbound: bool,
+        mut resolve: impl FnMut(&mut Self, usize, &K, u32),
+    ) {
+        let warm = self.slab.len() >= WARM_ABOVE;
+        // Keys and hashes of `start..start + BATCH` (fewer at the end); returns the
+        // group's length.
+        let fill = |shard: &Self, g: &mut ([K; BATCH], [u32; BATCH]), start: usize| {
+            let end = (start + BATCH).min(n);
+            let index = if outbound {
+                &shard.by_outbound
+            } else {
+                &shard.by_inbound
+            };
+            for (i, (k, h)) in (start..end).zip(g.0.iter_mut().zip(g.1.iter_mut())) {
+                *k = key(i);
+                *h = shard.hash(words(k));
+                if warm {
+                    index.prefetch_home(*h);
                 }
             }
-            start = end;
+            end.saturating_sub(start)
+        };
+        // Two groups take turns: one is resolved while the next one fills.
+        let mut groups = [([K::default(); BATCH], [0u32; BATCH]); 2];
+        let [first, second] = &mut groups;
+        let (mut cur, mut next) = (first, second);
+        let mut start = 0;
+        let mut m = fill(self, cur, 0);
+        while m > 0 {
+            if warm {
+                let index = if outbound {
+                    &self.by_outbound
+                } else {
+                    &self.by_inbound
+                };
+                self.prefetch_entries(index, cur.1.get(..m).unwrap_or_default());
+            }
+            let next_start = start + m;
+            let next_m = fill(self, next, next_start);
+            for (i, (k, &h)) in cur.0.iter().zip(&cur.1).take(m).enumerate() {
+                resolve(self, start + i, k, h);
+            }
+            std::mem::swap(&mut cur, &mut next); // swaps the references only
+            start = next_start;
+            m = next_m;
         }
     }
 
-    /// Reads the home bucket of every hash and the entry it names, so the lookups
-    /// that follow find them in cache. Pure loads: no state changes.
+    /// Starts loading the entry each hash's first matching bucket names (the one
+    /// the lookup will compare the key of; a mismatch there is rare with 32-bit
+    /// hashes). Only hints and reads: no state changes.
     #[inline]
-    fn warm(&self, index: &FlowIndex, hashes: &[u32]) {
-        if self.slab.len() < WARM_ABOVE {
-            return; // everything is in cache already; warming would only cost time
-        }
-        let mut buckets = [0u64; BATCH];
-        for (b, &h) in buckets.iter_mut().zip(hashes) {
-            *b = index.home_bucket(h);
-        }
-        let mut sink = 0u64;
-        for b in buckets.iter().take(hashes.len()) {
-            if *b != 0 {
-                let slot = (*b as u32).wrapping_sub(1);
-                sink ^= self.slab.get(slot).map_or(0, |e| u64::from(e.pod_addr));
+    fn prefetch_entries(&self, index: &FlowIndex, hashes: &[u32]) {
+        for &h in hashes {
+            if let Some(hit) = index.find(h, |_| true) {
+                self.slab.prefetch(hit.slot);
             }
         }
-        // Keep the loads: their only purpose is the cache lines they bring in.
-        std::hint::black_box(sink);
     }
 
     fn create(
@@ -555,36 +582,14 @@ impl SnatShard {
         out: &mut [Option<NatBinding>],
     ) {
         let n = keys.len().min(tcp_flags.len()).min(out.len());
-        let mut start = 0;
-        while start < n {
-            let end = (start + BATCH).min(n);
-            let mut ks = [InKey {
-                remote: 0,
-                nat: 0,
-                rport: 0,
-                nat_port: 0,
-                proto: 0,
-            }; BATCH];
-            let mut hs = [0u32; BATCH];
-            for ((k, h), key) in ks
-                .iter_mut()
-                .zip(hs.iter_mut())
-                .zip(keys.get(start..end).unwrap_or_default())
-            {
-                *k = InKey::of(key);
-                *h = self.hash(k.words());
+        let key = |i: usize| keys.get(i).map(InKey::of).unwrap_or_default();
+        self.batch(n, key, InKey::words, false, |shard, i, k, h| {
+            let flags = tcp_flags.get(i).copied().unwrap_or(0);
+            let r = shard.inbound_hashed(k, h, flags, now);
+            if let Some(o) = out.get_mut(i) {
+                *o = r;
             }
-            let m = end - start;
-            self.warm(&self.by_inbound, hs.get(..m).unwrap_or_default());
-            for (i, (k, h)) in ks.iter().zip(hs).take(m).enumerate() {
-                let flags = tcp_flags.get(start + i).copied().unwrap_or(0);
-                let r = self.inbound_hashed(k, h, flags, now);
-                if let Some(o) = out.get_mut(start + i) {
-                    *o = r;
-                }
-            }
-            start = end;
-        }
+        });
     }
 
     /// Same as [`SnatShard::inbound`] but without refreshing or state change (for
