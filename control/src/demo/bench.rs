@@ -25,6 +25,10 @@ pub struct BenchArgs {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]
     pub seconds: u32,
+    /// Measure only the paths whose name contains this text (and their kernel
+    /// baseline), e.g. `AF_XDP overlay`.
+    #[arg(long)]
+    pub only: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -149,6 +153,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ("kernel routing (underlay)", false, true, "af_xdp"),
         ("hybridway AF_XDP underlay", false, false, "af_xdp"),
     ] {
+        if let Some(only) = &args.only {
+            if !kernel && !name.contains(only.as_str()) {
+                continue;
+            }
+            if kernel && !only.contains(if overlay { "overlay" } else { "underlay" }) {
+                continue;
+            }
+        }
         let tag = format!(
             "{base}{}{}{}",
             if overlay { "o" } else { "u" },
