@@ -227,3 +227,93 @@ pub fn fill_ipv4_checksum(header: &mut [u8]) -> Result<(), RewriteError> {
     write_u16(header, IPV4_CHECKSUM, c);
     Ok(())
 }
+
+/// Which end of an IPv4 flow a NAT rewrite changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Source,
+    Destination,
+}
+
+/// The transport field that moves with the address in a NAT rewrite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatL4 {
+    /// The TCP port on that side.
+    Tcp,
+    /// The UDP port on that side (a checksum of 0 stays 0).
+    Udp,
+    /// The ICMPv4 echo identifier (the same field for either side).
+    IcmpEcho,
+    /// No transport field: only the address (e.g. the outer header of an ICMP error).
+    None,
+}
+
+/// Rewrites one endpoint of the IPv4 packet whose header is at `l3` and transport
+/// header at `l4`: the address, and the port or echo id given by `kind`, with the IP
+/// header checksum and the transport checksum updated incrementally.
+///
+/// This is the one NAT rewrite used both for whole packets (the SNAT pipeline) and for
+/// the packet quoted in an ICMP error ([`rewrite_quoted_v4`](super::icmp_quote::rewrite_quoted_v4)),
+/// so the transport checksum is updated only when it lies inside `frame`: a quote may
+/// be cut after the 8 transport bytes RFC 792 guarantees (a TCP checksum is past them).
+/// The address and the port/id must be there. Fields are written in order; on an error
+/// the frame may be half rewritten, so the caller drops it.
+#[inline]
+pub fn nat_v4_endpoint(
+    frame: &mut [u8],
+    l3: usize,
+    l4: usize,
+    kind: NatL4,
+    side: Endpoint,
+    addr: Ipv4Addr,
+    port: u16,
+) -> Result<(), RewriteError> {
+    let (addr_at, port_at) = match side {
+        Endpoint::Source => (l3 + IPV4_SRC, l4),
+        Endpoint::Destination => (l3 + IPV4_DST, l4 + 2),
+    };
+    let old_addr = read_addr(frame, addr_at).ok_or(RewriteError::OutOfBounds)?;
+    let ip_sum = read_u16(frame, l3 + IPV4_CHECKSUM).ok_or(RewriteError::OutOfBounds)?;
+    write_u16(
+        frame,
+        l3 + IPV4_CHECKSUM,
+        checksum::update_ipv4_addr(ip_sum, old_addr, addr),
+    );
+    if let Some(dst) = frame.get_mut(addr_at..addr_at + 4) {
+        dst.copy_from_slice(&addr.octets());
+    }
+    let (word_at, sum_at) = match kind {
+        NatL4::Tcp => (port_at, l4 + TCP_CHECKSUM),
+        NatL4::Udp => (port_at, l4 + UDP_CHECKSUM),
+        NatL4::IcmpEcho => (l4 + ICMP_ECHO_ID, l4 + ICMP_CHECKSUM),
+        NatL4::None => return Ok(()),
+    };
+    let old = read_u16(frame, word_at).ok_or(RewriteError::OutOfBounds)?;
+    write_u16(frame, word_at, port);
+    if let Some(sum) = read_u16(frame, sum_at) {
+        let sum = match kind {
+            // ICMP has no pseudo-header: only the id counts.
+            NatL4::IcmpEcho => checksum::update_u16(sum, old, port),
+            NatL4::Udp => checksum::udp_update_u16(
+                checksum::udp_update_ipv4_addr(sum, old_addr, addr),
+                old,
+                port,
+            ),
+            _ => checksum::update_u16(checksum::update_ipv4_addr(sum, old_addr, addr), old, port),
+        };
+        write_u16(frame, sum_at, sum);
+    }
+    Ok(())
+}
+
+/// Recomputes the checksum of the ICMP message at `frame[l4..end]` from scratch.
+#[inline]
+pub fn fill_icmp_checksum_at(frame: &mut [u8], l4: usize, end: usize) -> Result<(), RewriteError> {
+    if !write_u16(frame, l4 + ICMP_CHECKSUM, 0) {
+        return Err(RewriteError::OutOfBounds);
+    }
+    let msg = frame.get(l4..end).ok_or(RewriteError::OutOfBounds)?;
+    let c = checksum::checksum(msg);
+    write_u16(frame, l4 + ICMP_CHECKSUM, c);
+    Ok(())
+}
