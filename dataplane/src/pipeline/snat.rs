@@ -7,7 +7,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::bytes::{rd_ip4, rd8, rd16};
+use super::bytes::{rd_ip4, rd8, rd16, wr16};
 use super::parse::{
     ICMP_DEST_UNREACHABLE, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_PARAMETER_PROBLEM,
     ICMP_TIME_EXCEEDED, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, V4,
@@ -15,8 +15,11 @@ use super::parse::{
 use crate::tables::{FlowKey, L4Proto, NatBinding};
 use crate::verdict::DropReason;
 use crate::wire::checksum;
-use crate::wire::rewrite::{self, Endpoint, NatL4};
 
+/// Offset of the checksum field in each transport header.
+const TCP_CSUM: usize = 16;
+const UDP_CSUM: usize = 6;
+const ICMP_CSUM: usize = 2;
 /// Offset of the echo identifier in an ICMP echo header.
 const ICMP_ID: usize = 4;
 
@@ -43,28 +46,87 @@ pub(crate) fn flow_key(ip: &V4, l4: &L4) -> Option<FlowKey> {
 /// Rewrites the source address and port of the packet `ip` in `d` to `to`.
 #[inline]
 pub(crate) fn rewrite_source(d: &mut [u8], ip: &V4, l4: &L4, to: NatBinding) -> Option<()> {
-    rewrite(d, ip.l3, l4, to, Endpoint::Source)
+    rewrite(d, ip.l3, ip.src, l4, to, Side::Source)
 }
 
 /// Rewrites the destination address and port of the packet `ip` in `d` to `to`.
 #[inline]
 pub(crate) fn rewrite_destination(d: &mut [u8], ip: &V4, l4: &L4, to: NatBinding) -> Option<()> {
-    rewrite(d, ip.l3, l4, to, Endpoint::Destination)
+    rewrite(d, ip.l3, ip.dst, l4, to, Side::Destination)
 }
 
-/// Rewrites one side (address and port, or echo id) of the IPv4 packet whose header
-/// is at `l3` with the shared NAT rewrite in `wire`: the transport checksum is only
-/// touched when it lies inside `d` (a quoted header in an ICMP error may be cut
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Destination,
+}
+
+/// Rewrites one side (address and port) of the IPv4 packet whose header is at `l3`,
+/// updating the IP header checksum and the transport checksum. The transport checksum
+/// is only touched when it lies inside `d` (a quoted header in an ICMP error may be cut
 /// short); the address and port must be there.
-#[inline]
-fn rewrite(d: &mut [u8], l3: usize, l4: &L4, to: NatBinding, side: Endpoint) -> Option<()> {
-    let kind = match l4.proto {
-        PROTO_TCP => NatL4::Tcp,
-        PROTO_UDP => NatL4::Udp,
-        PROTO_ICMP => NatL4::IcmpEcho,
-        _ => return None,
+fn rewrite(
+    d: &mut [u8],
+    l3: usize,
+    old_addr: Ipv4Addr,
+    l4: &L4,
+    to: NatBinding,
+    side: Side,
+) -> Option<()> {
+    let (addr_off, port_off) = match side {
+        Side::Source => (12, 0),
+        Side::Destination => (16, 2),
     };
-    rewrite::nat_v4_endpoint(d, l3, l4.off, kind, side, to.addr, to.port).ok()
+    let ip_csum = rd16(d, l3 + 10)?;
+    wr16(
+        d,
+        l3 + 10,
+        checksum::update_ipv4_addr(ip_csum, old_addr, to.addr),
+    )?;
+    super::bytes::put(d, l3 + addr_off, &to.addr.octets())?;
+    match l4.proto {
+        PROTO_TCP | PROTO_UDP => {
+            let port_at = l4.off + port_off;
+            let old_port = rd16(d, port_at)?;
+            wr16(d, port_at, to.port)?;
+            let (csum_at, udp) = if l4.proto == PROTO_TCP {
+                (TCP_CSUM, false)
+            } else {
+                (UDP_CSUM, true)
+            };
+            if let Some(c) = rd16(d, l4.off + csum_at) {
+                let c = if udp {
+                    checksum::udp_update_u16(
+                        checksum::udp_update_ipv4_addr(c, old_addr, to.addr),
+                        old_port,
+                        to.port,
+                    )
+                } else {
+                    checksum::update_u16(
+                        checksum::update_ipv4_addr(c, old_addr, to.addr),
+                        old_port,
+                        to.port,
+                    )
+                };
+                wr16(d, l4.off + csum_at, c)?;
+            }
+        }
+        PROTO_ICMP => {
+            // Only the echo identifier is translated; ICMP has no pseudo-header.
+            let id_at = l4.off + ICMP_ID;
+            let old_id = rd16(d, id_at)?;
+            wr16(d, id_at, to.port)?;
+            if let Some(c) = rd16(d, l4.off + ICMP_CSUM) {
+                wr16(
+                    d,
+                    l4.off + ICMP_CSUM,
+                    checksum::update_u16(c, old_id, to.port),
+                )?;
+            }
+        }
+        _ => return None,
+    }
+    Some(())
 }
 
 /// Whether an ICMPv4 type is an error that quotes the packet that caused it and must
@@ -167,20 +229,20 @@ pub(crate) fn untranslate_error(
     let end = outer.end();
     {
         let quote = d.get_mut(..end).ok_or(bad)?;
-        rewrite(quote, q.l3, &q.l4, pod, Endpoint::Source).ok_or(bad)?;
+        rewrite(quote, q.l3, q.src, &q.l4, pod, Side::Source).ok_or(bad)?;
     }
-    // The outer header has no transport field that moves: only its destination.
-    rewrite::nat_v4_endpoint(
-        d,
-        outer.l3,
-        icmp.off,
-        NatL4::None,
-        Endpoint::Destination,
-        pod.addr,
-        0,
-    )
-    .map_err(|_| bad)?;
-    rewrite::fill_icmp_checksum_at(d, icmp.off, end).map_err(|_| bad)
+    rewrite_outer_destination(d, outer, pod.addr).ok_or(bad)?;
+    let msg_at = icmp.off;
+    wr16(d, msg_at + ICMP_CSUM, 0).ok_or(bad)?;
+    let c = checksum::checksum(d.get(msg_at..end).ok_or(bad)?);
+    wr16(d, msg_at + ICMP_CSUM, c).ok_or(bad)
+}
+
+/// Rewrites only the IPv4 destination address (the outer header of an ICMP error).
+fn rewrite_outer_destination(d: &mut [u8], ip: &V4, to: Ipv4Addr) -> Option<()> {
+    let c = rd16(d, ip.l3 + 10)?;
+    wr16(d, ip.l3 + 10, checksum::update_ipv4_addr(c, ip.dst, to))?;
+    super::bytes::put(d, ip.l3 + 16, &to.octets())
 }
 
 /// Verifies an ICMP message's checksum before translating it, so a corrupt error is

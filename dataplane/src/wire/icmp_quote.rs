@@ -9,10 +9,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::WireError;
-use super::checksum::read_u16;
+use super::checksum::{self, read_u16, write_u16};
 use super::ipv6_ext;
 use super::packet::{L3, PacketInfo, Transport, ip_proto};
-use super::rewrite::{Endpoint, NatL4, fill_icmp_checksum_at, nat_v4_endpoint};
 
 /// Transport bytes an ICMP error must quote.
 pub const QUOTED_L4_LEN: usize = 8;
@@ -207,26 +206,69 @@ pub fn rewrite_quoted_v4(
     let q_at = info.payload_offset();
     let quote = frame.get(q_at..info.l3_end()).ok_or(WireError::Truncated)?;
     let q = QuotedPacket::parse_v4(quote)?;
-    let kind = match q.transport {
-        QuotedTransport::Tcp { .. } => NatL4::Tcp,
-        QuotedTransport::Udp { .. } => NatL4::Udp,
+    let IpAddr::V4(old_addr) = (match side {
+        QuotedSide::Source => q.src_ip,
+        QuotedSide::Destination => q.dst_ip,
+    }) else {
+        return Err(WireError::Invalid);
+    };
+    let addr_at = q_at + if side == QuotedSide::Source { 12 } else { 16 };
+    let ip_sum_at = q_at + 10;
+    let l4 = q_at + q.l4_offset;
+    let (port_at, l4_sum) = match (q.transport, side) {
+        (QuotedTransport::Tcp { .. }, QuotedSide::Source) => (Some(l4), Some((l4 + 16, false))),
+        (QuotedTransport::Tcp { .. }, QuotedSide::Destination) => {
+            (Some(l4 + 2), Some((l4 + 16, false)))
+        }
+        (QuotedTransport::Udp { .. }, QuotedSide::Source) => (Some(l4), Some((l4 + 6, true))),
+        (QuotedTransport::Udp { .. }, QuotedSide::Destination) => {
+            (Some(l4 + 2), Some((l4 + 6, true)))
+        }
         // The echo id sits in the quoted ICMP header; its checksum is in the quote too.
-        QuotedTransport::IcmpEcho { .. } => NatL4::IcmpEcho,
-        QuotedTransport::Other => NatL4::None,
+        (QuotedTransport::IcmpEcho { .. }, _) => (Some(l4 + 4), Some((l4 + 2, false))),
+        (QuotedTransport::Other, _) => (None, None),
     };
-    let side = match side {
-        QuotedSide::Source => Endpoint::Source,
-        QuotedSide::Destination => Endpoint::Destination,
-    };
-    // Only the quote's bytes: a quoted TCP checksum lies past the 8 guaranteed bytes
-    // and is updated only if present.
-    let quote = frame.get_mut(..info.l3_end()).ok_or(WireError::Truncated)?;
-    nat_v4_endpoint(quote, q_at, q_at + q.l4_offset, kind, side, addr, port)
-        .map_err(|_| WireError::Truncated)?;
+
+    let ip_sum = read_u16(frame, ip_sum_at).ok_or(WireError::Truncated)?;
+    write_u16(
+        frame,
+        ip_sum_at,
+        checksum::update_ipv4_addr(ip_sum, old_addr, addr),
+    );
+    if let Some(dst) = frame.get_mut(addr_at..addr_at + 4) {
+        dst.copy_from_slice(&addr.octets());
+    }
+    if let Some(p_at) = port_at {
+        let old_port = read_u16(frame, p_at).ok_or(WireError::Truncated)?;
+        write_u16(frame, p_at, port);
+        // A quoted TCP checksum lies past the 8 guaranteed bytes; update it only if present.
+        if let Some((s_at, udp, s)) = l4_sum.and_then(|(a, u)| Some((a, u, read_u16(frame, a)?))) {
+            let is_icmp = matches!(q.transport, QuotedTransport::IcmpEcho { .. });
+            let s = if is_icmp {
+                checksum::update_u16(s, old_port, port)
+            } else if udp {
+                checksum::udp_update_ipv4_addr(
+                    checksum::udp_update_u16(s, old_port, port),
+                    old_addr,
+                    addr,
+                )
+            } else {
+                checksum::update_ipv4_addr(checksum::update_u16(s, old_port, port), old_addr, addr)
+            };
+            write_u16(frame, s_at, s);
+        }
+    }
     fill_icmp_checksum(frame, info)
 }
 
 /// Recomputes an ICMPv4 message's checksum over `l4..l3_end`.
 pub fn fill_icmp_checksum(frame: &mut [u8], info: &PacketInfo) -> Result<(), WireError> {
-    fill_icmp_checksum_at(frame, info.l4_offset(), info.l3_end()).map_err(|_| WireError::Truncated)
+    let l4 = info.l4_offset();
+    if !write_u16(frame, l4 + 2, 0) {
+        return Err(WireError::Truncated);
+    }
+    let msg = frame.get(l4..info.l3_end()).ok_or(WireError::Truncated)?;
+    let c = checksum::checksum(msg);
+    write_u16(frame, l4 + 2, c);
+    Ok(())
 }
