@@ -14,33 +14,27 @@ use std::net::Ipv6Addr;
 use etherparse::{Icmpv6Type, PacketBuilder};
 use hybridway_dataplane::pipeline::Pipeline;
 use hybridway_dataplane::tables::SnatConfig;
-use hybridway_dataplane::time::Now;
 use hybridway_dataplane::verdict::{DropReason, Verdict};
 use pipeline_support::*;
-
-const T0: Now = Now(1_000);
 
 fn ip6(f: &[u8], at: usize) -> Ipv6Addr {
     Ipv6Addr::from(<[u8; 16]>::try_from(&f[at..at + 16]).unwrap())
 }
 
-fn run(
+/// Each IPv6 case runs on a fresh pipeline.
+fn run6(
     t: &hybridway_dataplane::tables::Tables,
     f: &[u8],
     port: hybridway_dataplane::frame::PortId,
 ) -> (Verdict, Vec<u8>) {
-    let mut p = Pipeline::new(0, &SnatConfig::default());
-    let mut buf = Buf::new();
-    let mut frame = buf.frame(f, port);
-    let v = p.process(&mut frame, t, T0);
-    (v, frame.data().to_vec())
+    run(&mut Pipeline::new(0, &SnatConfig::default()), t, f, port)
 }
 
 #[test]
 fn local_overlay_and_underlay() {
     let t = tables(false);
     let input = udp6(POD1_6, POD2_6, 1000, 2000, 64, b"six");
-    let (v, out) = run(&t, &input, POD1_PORT);
+    let (v, out) = run6(&t, &input, POD1_PORT);
     assert_eq!(v, Verdict::Forward { port: POD2_PORT });
     assert_eq!(&out[0..6], &POD2_MAC.0);
     assert_eq!(&out[6..12], &GATEWAY_MAC.0);
@@ -49,7 +43,7 @@ fn local_overlay_and_underlay() {
     assert_checksums(&out, 0);
 
     let input = udp6(POD1_6, REMOTE_POD6, 1000, 2000, 64, b"six");
-    let (v, out) = run(&t, &input, POD1_PORT);
+    let (v, out) = run6(&t, &input, POD1_PORT);
     assert_eq!(v, Verdict::Forward { port: UPLINK });
     assert_eq!(out.len(), input.len() + 50);
     assert_eq!(&out[42..50], &[0x08, 0, 0, 0, 0, 0, 1, 0]);
@@ -60,14 +54,14 @@ fn local_overlay_and_underlay() {
     assert_checksums(&out, 50);
 
     let input = udp6(POD1_6, UNDERLAY_POD6, 1000, 2000, 64, b"six");
-    let (v, out) = run(&t, &input, POD1_PORT);
+    let (v, out) = run6(&t, &input, POD1_PORT);
     assert_eq!(v, Verdict::Forward { port: UPLINK });
     assert_eq!(&out[0..6], &UNDERLAY_NODE_MAC.0);
     assert_eq!(&out[6..12], &UPLINK_MAC.0);
     assert_checksums(&out, 0);
 
     // Without SNAT, IPv6 to the outside is routed as is.
-    let (v, out) = run(&t, &udp6(POD1_6, OUTSIDE6, 1, 2, 64, b"x"), POD1_PORT);
+    let (v, out) = run6(&t, &udp6(POD1_6, OUTSIDE6, 1, 2, 64, b"x"), POD1_PORT);
     assert_eq!(v, Verdict::Forward { port: UPLINK });
     assert_eq!(ip6(&out, 22), POD1_6);
 }
@@ -80,7 +74,7 @@ fn vxlan_carrying_ipv6_is_decapsulated() {
         REMOTE_VTEP_MAC,
         VTEP_MAC,
     );
-    let (v, out) = run(&t, &vxlan_in(REMOTE_NODE, 1, 0x08, &inner), UPLINK);
+    let (v, out) = run6(&t, &vxlan_in(REMOTE_NODE, 1, 0x08, &inner), UPLINK);
     assert_eq!(v, Verdict::Forward { port: POD1_PORT });
     assert_eq!(out.len(), inner.len());
     assert_eq!(out[21], 63);
@@ -91,7 +85,7 @@ fn vxlan_carrying_ipv6_is_decapsulated() {
 fn hop_limit_expiry_and_packet_too_big() {
     let t = tables(false);
     let input = udp6(POD1_6, UNDERLAY_POD6, 1, 2, 1, b"x");
-    let (v, out) = run(&t, &input, POD1_PORT);
+    let (v, out) = run6(&t, &input, POD1_PORT);
     assert_eq!(v, Verdict::Reply);
     assert_eq!(&out[0..6], &POD1_MAC.0);
     assert_eq!(ip6(&out, 22), GATEWAY6);
@@ -103,7 +97,7 @@ fn hop_limit_expiry_and_packet_too_big() {
 
     // 1451-byte packet towards the overlay (MTU 1450).
     let input = udp6(POD1_6, REMOTE_POD6, 1, 2, 64, &[1; 1451 - 48]);
-    let (v, out) = run(&t, &input, POD1_PORT);
+    let (v, out) = run6(&t, &input, POD1_PORT);
     assert_eq!(v, Verdict::Reply);
     assert_eq!(&out[54..56], &[2, 0], "packet too big");
     assert_eq!(u32::from_be_bytes(out[58..62].try_into().unwrap()), 1450);
@@ -141,7 +135,7 @@ fn neighbor_solicit(target: Ipv6Addr, src: Ipv6Addr, hop: u8) -> Vec<u8> {
 #[test]
 fn neighbor_solicitation_for_the_gateway_is_answered() {
     let t = tables(false);
-    let (v, out) = run(&t, &neighbor_solicit(GATEWAY6, POD1_6, 255), POD1_PORT);
+    let (v, out) = run6(&t, &neighbor_solicit(GATEWAY6, POD1_6, 255), POD1_PORT);
     assert_eq!(v, Verdict::Reply);
     assert_eq!(out.len(), 14 + 40 + 32);
     assert_eq!(&out[0..6], &POD1_MAC.0);
@@ -156,15 +150,15 @@ fn neighbor_solicitation_for_the_gateway_is_answered() {
     assert_eq!(&out[80..86], &GATEWAY_MAC.0);
     assert_checksums(&out, 0);
 
-    let (v, _) = run(&t, &neighbor_solicit(POD2_6, POD1_6, 255), POD1_PORT);
+    let (v, _) = run6(&t, &neighbor_solicit(POD2_6, POD1_6, 255), POD1_PORT);
     assert_eq!(v, Verdict::Drop(DropReason::ArpNotForUs));
-    let (v, _) = run(&t, &neighbor_solicit(GATEWAY6, POD1_6, 64), POD1_PORT);
+    let (v, _) = run6(&t, &neighbor_solicit(GATEWAY6, POD1_6, 64), POD1_PORT);
     assert_eq!(
         v,
         Verdict::Drop(DropReason::MalformedTransport),
         "hop limit must be 255"
     );
-    let (v, _) = run(
+    let (v, _) = run6(
         &t,
         &neighbor_solicit(GATEWAY6, Ipv6Addr::UNSPECIFIED, 255),
         POD1_PORT,
@@ -179,9 +173,9 @@ fn neighbor_solicitation_for_the_gateway_is_answered() {
 #[test]
 fn spoofed_and_multicast_ipv6_are_dropped() {
     let t = tables(false);
-    let (v, _) = run(&t, &udp6(POD2_6, POD1_6, 1, 2, 64, b"x"), POD1_PORT);
+    let (v, _) = run6(&t, &udp6(POD2_6, POD1_6, 1, 2, 64, b"x"), POD1_PORT);
     assert_eq!(v, Verdict::Drop(DropReason::SourceNotLocal));
-    let (v, _) = run(
+    let (v, _) = run6(
         &t,
         &udp6(POD1_6, "ff02::fb".parse().unwrap(), 5353, 5353, 255, b"x"),
         POD1_PORT,

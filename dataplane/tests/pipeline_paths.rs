@@ -22,16 +22,6 @@ fn pipeline() -> Pipeline {
     Pipeline::new(0, &SnatConfig::default())
 }
 
-const T0: Now = Now(1_000);
-
-fn ip4(f: &[u8], at: usize) -> Ipv4Addr {
-    Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3])
-}
-
-fn u16_at(f: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([f[at], f[at + 1]])
-}
-
 // ── ARP ─────────────────────────────────────────────────────────────────────
 
 fn arp_request(sender_ip: Ipv4Addr, target_ip: Ipv4Addr, op: u16) -> Vec<u8> {

@@ -14,21 +14,10 @@ use std::net::Ipv4Addr;
 use etherparse::PacketBuilder;
 use hybridway_dataplane::pipeline::Pipeline;
 use hybridway_dataplane::tables::{SnatConfig, owner_of_port};
-use hybridway_dataplane::time::Now;
 use hybridway_dataplane::verdict::{DropReason, Verdict};
 use hybridway_dataplane::wire::checksum;
 use pipeline_support::*;
 use proptest::prelude::*;
-
-const T0: Now = Now(1_000);
-
-fn ip4(f: &[u8], at: usize) -> Ipv4Addr {
-    Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3])
-}
-
-fn u16_at(f: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([f[at], f[at + 1]])
-}
 
 fn put16(f: &mut [u8], at: usize, v: u16) {
     f[at..at + 2].copy_from_slice(&v.to_be_bytes());
@@ -61,18 +50,6 @@ fn reply_to(out: &[u8]) -> Vec<u8> {
         p => panic!("protocol {p}"),
     }
     r
-}
-
-fn run(
-    p: &mut Pipeline,
-    t: &hybridway_dataplane::tables::Tables,
-    f: &[u8],
-    port: hybridway_dataplane::frame::PortId,
-) -> (Verdict, Vec<u8>) {
-    let mut buf = Buf::new();
-    let mut frame = buf.frame(f, port);
-    let v = p.process(&mut frame, t, T0);
-    (v, frame.data().to_vec())
 }
 
 #[test]

@@ -59,6 +59,7 @@ pub mod batch;
 pub mod netns;
 mod probe;
 pub mod select;
+mod sys_result;
 pub mod tun;
 pub mod udp;
 pub mod xdp;

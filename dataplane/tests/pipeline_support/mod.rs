@@ -11,9 +11,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use etherparse::PacketBuilder;
 use hybridway_dataplane::frame::{FRAME_BUFFER_SIZE, Frame, FrameMeta, PortId};
+use hybridway_dataplane::pipeline::Pipeline;
 use hybridway_dataplane::tables::{
     Mode, NodeSettings, Prefix, RouteTableBuilder, RouteTarget, Tables,
 };
+use hybridway_dataplane::time::Now;
+use hybridway_dataplane::verdict::Verdict;
 use hybridway_dataplane::wire::{MacAddr, checksum};
 
 pub const UPLINK: PortId = PortId(0);
@@ -305,4 +308,26 @@ pub fn vxlan_in(src_node: Ipv4Addr, vni: u32, flags: u8, inner: &[u8]) -> Vec<u8
     let mut v = Vec::new();
     b.write(&mut v, &payload).unwrap();
     v
+}
+
+/// The time every pipeline test runs at unless it moves the clock itself.
+pub const T0: Now = Now(1_000);
+
+/// The IPv4 address at `f[at..at + 4]`.
+pub fn ip4(f: &[u8], at: usize) -> Ipv4Addr {
+    Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3])
+}
+
+/// The big-endian word at `f[at..at + 2]`.
+pub fn u16_at(f: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([f[at], f[at + 1]])
+}
+
+/// Runs frame `f`, received on `port`, through `p` at [`T0`]; returns the verdict and
+/// the frame as it left.
+pub fn run(p: &mut Pipeline, t: &Tables, f: &[u8], port: PortId) -> (Verdict, Vec<u8>) {
+    let mut buf = Buf::new();
+    let mut frame = buf.frame(f, port);
+    let v = p.process(&mut frame, t, T0);
+    (v, frame.data().to_vec())
 }

@@ -8,6 +8,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
+use crate::port::sys_result::{check, nonblocking};
+
 /// `struct ifreq` with the short-flags / int member (40 bytes on Linux).
 #[repr(C)]
 struct IfReq {
@@ -47,11 +49,7 @@ fn ioctl<T>(fd: RawFd, request: libc::Ioctl, arg: *mut T) -> io::Result<()> {
     // SAFETY: every caller passes a pointer to a live value of the type the request
     // expects (ifreq or an int), valid for the duration of the call.
     let rc = unsafe { libc::ioctl(fd, request, arg) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    check(rc)
 }
 
 /// Opens one queue of TUN device `name` (created if missing) in layer-3 mode with the
@@ -80,11 +78,7 @@ pub fn set_offload(fd: RawFd, flags: libc::c_uint) -> io::Result<()> {
     // TUNSETOFFLOAD takes the flags by value, not by pointer.
     // SAFETY: an integer argument; no memory is passed.
     let rc = unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    check(rc)
 }
 
 fn inet_socket() -> io::Result<OwnedFd> {
@@ -118,15 +112,7 @@ pub fn set_up(name: &str) -> io::Result<()> {
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
     // SAFETY: buf is a live writable buffer of buf.len() bytes.
     let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        let err = io::Error::last_os_error();
-        return if err.kind() == io::ErrorKind::WouldBlock {
-            Ok(None)
-        } else {
-            Err(err)
-        };
-    }
-    Ok(Some(n as usize))
+    nonblocking(n)
 }
 
 /// Writes `head` then `body` as one packet; `Ok(false)` when the queue is full.
@@ -143,13 +129,5 @@ pub fn writev(fd: RawFd, head: &[u8], body: &[u8]) -> io::Result<bool> {
     ];
     // SAFETY: both iovecs describe live buffers that the kernel only reads.
     let n = unsafe { libc::writev(fd, iov.as_ptr(), 2) };
-    if n < 0 {
-        let err = io::Error::last_os_error();
-        return if err.kind() == io::ErrorKind::WouldBlock {
-            Ok(false)
-        } else {
-            Err(err)
-        };
-    }
-    Ok(true)
+    Ok(nonblocking(n)?.is_some())
 }

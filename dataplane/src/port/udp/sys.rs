@@ -8,13 +8,7 @@ use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
+use crate::port::sys_result::{check, nonblocking};
 
 fn setsockopt_int(
     fd: RawFd,
@@ -136,14 +130,9 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Received>> {
     msg.msg_controllen = size_of::<Cmsg>();
     // SAFETY: every pointer in msg refers to a live local buffer of the stated size.
     let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
-    if n < 0 {
-        let err = io::Error::last_os_error();
-        return if err.kind() == io::ErrorKind::WouldBlock {
-            Ok(None)
-        } else {
-            Err(err)
-        };
-    }
+    let Some(n) = nonblocking(n)? else {
+        return Ok(None);
+    };
     let mut gro_size = None;
     // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, bounded
     // by msg_controllen; each header is checked before its data is read.
@@ -158,7 +147,7 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Received>> {
         }
     }
     Ok(Some(Received {
-        len: n as usize,
+        len: n,
         from: from_sockaddr(&from),
         gro_size,
     }))
@@ -208,13 +197,5 @@ pub fn send(
     }
     // SAFETY: every pointer in msg refers to live buffers the kernel only reads.
     let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT) };
-    if n < 0 {
-        let err = io::Error::last_os_error();
-        return if err.kind() == io::ErrorKind::WouldBlock {
-            Ok(false)
-        } else {
-            Err(err)
-        };
-    }
-    Ok(true)
+    Ok(nonblocking(n)?.is_some())
 }
