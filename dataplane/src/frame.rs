@@ -94,11 +94,15 @@ impl<'a> Frame<'a> {
     }
 
     /// The packet bytes.
+    // Invariant kept by every constructor and mutator: start + len <= buf.len(), so
+    // the window slices below cannot panic.
+    #[allow(clippy::indexing_slicing)]
     pub fn data(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]
     }
 
     /// The packet bytes, writable.
+    #[allow(clippy::indexing_slicing)] // window invariant, see `data`
     pub fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..self.start + self.len]
     }
@@ -126,6 +130,7 @@ impl<'a> Frame<'a> {
 
     /// Grows the packet at the front by `n` bytes and returns them (contents are
     /// whatever was in the headroom; the caller writes every byte).
+    #[allow(clippy::indexing_slicing)] // window invariant, see `data`; n <= start checked
     pub fn push_front(&mut self, n: usize) -> Result<&mut [u8], NoRoom> {
         if n > self.start {
             return Err(NoRoom {
