@@ -38,43 +38,9 @@ struct Figures {
     udp64_kpps: f64,
 }
 
+/// Pod 1 on node 1 to pod 1 on node 2, the path every figure measures.
 fn iperf_json(c: &Cluster, args: &str, seconds: u32) -> anyhow::Result<serde_json::Value> {
-    let srv = c
-        .pod(2, 1)
-        .ok_or_else(|| anyhow::anyhow!("no server pod"))?;
-    let cli = c
-        .pod(1, 1)
-        .ok_or_else(|| anyhow::anyhow!("no client pod"))?;
-    let mut server = srv
-        .ns
-        .command("iperf3")
-        .args(["-s", "-1", "-B", &srv.ip.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let mut result = Err(anyhow::anyhow!("iperf3 did not run"));
-    for _ in 0..5 {
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let out = cli.ns.try_sh(&format!(
-            "timeout {} iperf3 -c {} -t {seconds} {args} --connect-timeout 3000 -J",
-            seconds + 15,
-            srv.ip
-        ))?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let refused = text.contains("Connection refused");
-        result = serde_json::from_str::<serde_json::Value>(&text)
-            .map_err(|_| anyhow::anyhow!("no JSON: {text}"));
-        if !refused {
-            break;
-        }
-    }
-    let _ = server.kill();
-    let _ = server.wait();
-    let json = result?;
-    if let Some(e) = json.get("error").and_then(|e| e.as_str()) {
-        anyhow::bail!("iperf3: {e}");
-    }
-    Ok(json)
+    super::iperf_json(c, (1, 1), (2, 1), args, seconds, seconds + 15)
 }
 
 fn measure(c: &Cluster, seconds: u32) -> anyhow::Result<Figures> {

@@ -259,14 +259,17 @@ fn run_mode(
     Ok(())
 }
 
-/// Runs iperf3 between two pods; returns a one-line summary.
-pub fn iperf(
+/// Runs `iperf3 -c … -t seconds ARGS -J` from `client` to a one-shot server on
+/// `server` and returns its JSON report; shared by the demo and the end-to-end bench.
+/// `timeout_secs` bounds the whole client run.
+pub fn iperf_json(
     cluster: &Cluster,
     client: (u8, u8),
     server: (u8, u8),
-    udp: bool,
+    args: &str,
     seconds: u32,
-) -> anyhow::Result<String> {
+    timeout_secs: u32,
+) -> anyhow::Result<serde_json::Value> {
     let srv = cluster
         .pod(server.0, server.1)
         .ok_or_else(|| anyhow::anyhow!("no server pod"))?;
@@ -280,34 +283,47 @@ pub fn iperf(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
-    let flags = if udp { "-u -b 100M -l 1200" } else { "" };
     // The server may need a moment to listen on a busy machine: retry the start.
-    let mut out = None;
+    let mut result = Err(anyhow::anyhow!("iperf3 did not run"));
     for _ in 0..5 {
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let o = cli.ns.try_sh(&format!(
-            "timeout {} iperf3 -c {} -t {seconds} {flags} --connect-timeout 3000 -J",
-            seconds + 10,
+        let out = match cli.ns.try_sh(&format!(
+            "timeout {timeout_secs} iperf3 -c {} -t {seconds} {args} --connect-timeout 3000 -J",
             srv.ip
-        ));
-        let refused = o
-            .as_ref()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Connection refused"));
-        out = Some(o);
+        )) {
+            Ok(out) => out,
+            Err(e) => {
+                result = Err(e.into());
+                break;
+            }
+        };
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let refused = text.contains("Connection refused");
+        result = serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|_| anyhow::anyhow!("iperf3 gave no JSON: {}", text.trim()));
         if !refused {
             break;
         }
     }
-    let out = out.ok_or_else(|| anyhow::anyhow!("iperf3 did not run"))?;
     let _ = server_proc.kill();
     let _ = server_proc.wait();
-    let out = out?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|_| anyhow::anyhow!("iperf3 gave no JSON: {}", text.trim()))?;
+    let json = result?;
     if let Some(err) = json.get("error").and_then(|e| e.as_str()) {
         anyhow::bail!("iperf3: {err}");
     }
+    Ok(json)
+}
+
+/// Runs iperf3 between two pods; returns a one-line summary.
+pub fn iperf(
+    cluster: &Cluster,
+    client: (u8, u8),
+    server: (u8, u8),
+    udp: bool,
+    seconds: u32,
+) -> anyhow::Result<String> {
+    let flags = if udp { "-u -b 100M -l 1200" } else { "" };
+    let json = iperf_json(cluster, client, server, flags, seconds, seconds + 10)?;
     let end = json
         .get("end")
         .ok_or_else(|| anyhow::anyhow!("iperf3: no result"))?;
