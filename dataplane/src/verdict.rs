@@ -71,6 +71,9 @@ drop_reasons! {
     MalformedTransport => "malformed_transport",
     /// No route for the destination.
     NoRoute => "no_route",
+    /// The host routed a frame into the dataplane that the pipeline gives back to the
+    /// host: a loop between the kernel's routes and the dataplane's tables.
+    HostLoop => "host_loop",
     /// A packet from a pod whose source address is not that pod's.
     SourceNotLocal => "source_not_local",
     /// TTL/hop limit expired (an ICMP error is sent instead when possible).

@@ -78,6 +78,8 @@ fn node(
             node_addr: me,
             node_addr_v6: None,
             uplink_port: UPLINK,
+            routed_port: UPLINK,
+            host_port: None,
             uplink_mac: mac,
             uplink_mtu: 1500,
             vtep_mac: vtep,

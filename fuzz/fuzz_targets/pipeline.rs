@@ -68,6 +68,8 @@ fn tables(snat: bool) -> Tables {
             node_addr: NODE,
             node_addr_v6: None,
             uplink_port: UPLINK,
+            routed_port: UPLINK,
+            host_port: None,
             uplink_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             uplink_mtu: 1500,
             vtep_mac: MacAddr([2, 0, 0, 0, 0x0f, 1]),

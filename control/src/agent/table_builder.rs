@@ -223,6 +223,8 @@ pub fn build_tables(
         node_addr: cfg.node.address,
         node_addr_v6: None,
         uplink_port: uplink.port,
+        routed_port: uplink.routed_port,
+        host_port: uplink.host_port,
         uplink_mac: uplink.mac,
         uplink_mtu: uplink.mtu,
         vtep_mac: cfg.vtep_mac(),

@@ -39,6 +39,11 @@
 //!   `VxlanUnknownSource`; VXLAN is never forwarded anywhere but to a local pod.
 //! - The outer UDP checksum of VXLAN we send is zero (RFC 7348, flannel's default);
 //!   received VXLAN is accepted with or without one (not verified).
+//! - The host port (a TUN device, when there is one) is the uplink's twin for what
+//!   the kernel routes to the dataplane: frames from it are judged as from the
+//!   uplink. Plain routed packets leave through `NodeSettings::routed_port`: the
+//!   uplink on AF_XDP, the host port on the TUN backend (the kernel owns the NIC
+//!   there and forwards them); VXLAN always leaves through the uplink.
 //! - `NodeSettings::mode` is not consulted per packet: the route table already says
 //!   whether a block is reached over VXLAN or routed.
 //!
@@ -227,7 +232,7 @@ impl Pipeline {
         now: Now,
     ) -> Result<Action, DropReason> {
         let node = &tables.node;
-        let from_uplink = frame.meta.in_port == node.uplink_port;
+        let from_uplink = node.is_uplink_side(frame.meta.in_port);
         let packet = parse::classify(frame.data());
         if from_uplink {
             // A frame the dataplane cannot even classify still belongs to the host if
@@ -348,7 +353,7 @@ impl Pipeline {
         bytes::set_macs(d, 0, next_hop_mac, node.uplink_mac)
             .ok_or(DropReason::MalformedEthernet)?;
         Ok(Action::Done(Verdict::Forward {
-            port: node.uplink_port,
+            port: node.routed_port,
         }))
     }
 
@@ -369,7 +374,7 @@ impl Pipeline {
         bytes::set_macs(d, 0, p.next_hop_mac, node.uplink_mac)
             .ok_or(DropReason::MalformedEthernet)?;
         Ok(Verdict::Forward {
-            port: node.uplink_port,
+            port: node.routed_port,
         })
     }
 
@@ -386,7 +391,7 @@ impl Pipeline {
             // error, as RFC 1191 only covers DF packets.
             return Err(DropReason::FragmentationNeeded);
         }
-        let src = if frame.meta.in_port == node.uplink_port {
+        let src = if node.is_uplink_side(frame.meta.in_port) {
             node.node_addr
         } else {
             node.gateway_v4
@@ -692,7 +697,7 @@ impl Pipeline {
                 bytes::set_macs(frame.data_mut(), 0, next_hop_mac, node.uplink_mac)
                     .ok_or(DropReason::MalformedEthernet)?;
                 Ok(Verdict::Forward {
-                    port: node.uplink_port,
+                    port: node.routed_port,
                 })
             }
         }
@@ -908,7 +913,7 @@ fn overlay_mtu(node: &NodeSettings) -> u16 {
 
 /// The MAC the dataplane speaks with on `port`.
 fn port_mac(port: PortId, node: &NodeSettings) -> MacAddr {
-    if port == node.uplink_port {
+    if node.is_uplink_side(port) {
         node.uplink_mac
     } else {
         node.gateway_mac

@@ -26,7 +26,19 @@ pub struct NodeSettings {
     /// The node's address on the uplink: VXLAN outer source, SNAT address.
     pub node_addr: Ipv4Addr,
     pub node_addr_v6: Option<Ipv6Addr>,
+    /// The uplink: VXLAN leaves and arrives here (on the TUN backend, the VXLAN UDP
+    /// socket).
     pub uplink_port: PortId,
+    /// Where plain (unencapsulated) IP leaving the node goes: underlay routes, the
+    /// outside. The uplink itself on AF_XDP; on the TUN backend the host port, from
+    /// which the kernel forwards it (the kernel owns the NIC there).
+    pub routed_port: PortId,
+    /// The kernel's door into the dataplane (a TUN device), when there is one. Frames
+    /// from it are judged as frames from the uplink: the kernel routed them here
+    /// (packets for local pods, replies to masqueraded flows, the host's own packets
+    /// to pods). The workers write `ToHost` frames into it, so the kernel receives
+    /// what the pipeline says is the host's.
+    pub host_port: Option<PortId>,
     pub uplink_mac: MacAddr,
     /// MTU of the uplink; the overlay pod MTU is this minus 50.
     pub uplink_mtu: u16,
@@ -44,6 +56,15 @@ pub struct NodeSettings {
     pub gateway_mac: MacAddr,
     /// Masquerade pod traffic that leaves the cluster to `node_addr`.
     pub snat: bool,
+}
+
+impl NodeSettings {
+    /// Whether frames from `port` come from outside the node's pods: the uplink or the
+    /// host port.
+    #[inline]
+    pub fn is_uplink_side(&self, port: PortId) -> bool {
+        port == self.uplink_port || Some(port) == self.host_port
+    }
 }
 
 /// One immutable snapshot of everything the workers read.

@@ -241,11 +241,20 @@ impl<P: Processor> WorkerLoop<P> {
                     counters.drop(DropReason::HandOffQueueFull, 1);
                     Out::Dropped
                 }
-                // Frames reach us only when the steering program chose them, and an
-                // AF_XDP queue has no path back into the kernel: counted, discarded.
+                // The host port is the kernel's way in; without one (an AF_XDP queue
+                // has no path back into the kernel) the frame is counted and discarded.
+                // A frame the kernel itself routed to us cannot go back: that would
+                // loop between its routes and ours.
                 Verdict::ToHost => {
                     counters.to_host.add(1);
-                    Out::Dropped
+                    match tables.node.host_port {
+                        Some(host) if host != frame.meta.in_port => Out::Port(host),
+                        Some(_) => {
+                            counters.drop(DropReason::HostLoop, 1);
+                            Out::Dropped
+                        }
+                        None => Out::Dropped,
+                    }
                 }
                 Verdict::Drop(reason) => {
                     counters.drop(reason, 1);

@@ -79,7 +79,7 @@ fn port(id: u16) -> (Box<dyn Port>, UnixDatagram) {
 }
 
 /// First byte picks the verdict: 1 → port 2, 2 → hand off to worker 1 (which then
-/// forwards to port 2), 3 → drop NoRoute, 4 → reply.
+/// forwards to port 2), 3 → drop NoRoute, 4 → reply, 5 → to the host.
 struct ByFirstByte(WorkerId);
 
 impl Processor for ByFirstByte {
@@ -88,12 +88,17 @@ impl Processor for ByFirstByte {
             (Some(1), _) | (Some(2), 1) => Verdict::Forward { port: PortId(2) },
             (Some(2), _) => Verdict::HandOff { worker: 1 },
             (Some(4), _) => Verdict::Reply,
+            (Some(5), _) => Verdict::ToHost,
             _ => Verdict::Drop(DropReason::NoRoute),
         }
     }
 }
 
 fn tables() -> Arc<SharedTables> {
+    tables_with_host_port(None)
+}
+
+fn tables_with_host_port(host_port: Option<PortId>) -> Arc<SharedTables> {
     Arc::new(SharedTables::new(Tables {
         generation: 0,
         node: NodeSettings {
@@ -101,6 +106,8 @@ fn tables() -> Arc<SharedTables> {
             node_addr: Ipv4Addr::new(198, 18, 0, 1),
             node_addr_v6: None,
             uplink_port: PortId(1),
+            routed_port: PortId(1),
+            host_port,
             uplink_mac: MacAddr::ZERO,
             uplink_mtu: 1500,
             vtep_mac: MacAddr::ZERO,
@@ -182,6 +189,35 @@ fn forwards_hands_off_replies_drops_and_parks() {
     });
     out_peer.set_nonblocking(true).unwrap();
     assert!(out_peer.recv(&mut buf).is_err());
+    pool.shutdown();
+}
+
+#[test]
+fn frames_for_the_host_go_to_the_host_port_but_never_back_where_they_came_from() {
+    let cfg = PoolConfig {
+        workers: 1,
+        ..PoolConfig::default()
+    };
+    let pool = WorkerPool::start(&cfg, tables_with_host_port(Some(PortId(3))), ByFirstByte)
+        .unwrap();
+    let (uplink, uplink_peer) = port(1);
+    let (host, host_peer) = port(3);
+    pool.add_port(0, uplink, true).unwrap();
+    pool.add_port(0, host, true).unwrap();
+    uplink_peer.send(&[5, 0x01]).unwrap();
+    let mut buf = [0u8; 64];
+    let n = host_peer.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &[5, 0x01]);
+    // The kernel routed this one to the dataplane: giving it back would loop.
+    host_peer.send(&[5, 0x02]).unwrap();
+    let c = pool.counters().clone();
+    wait_for("the loop drop", || c.total_drops(DropReason::HostLoop) == 1);
+    assert_eq!(c.worker(0).to_host.get(), 2);
+    assert_eq!(c.worker(0).tx_packets(PortId(3)), 1);
+    host_peer.set_nonblocking(true).unwrap();
+    uplink_peer.set_nonblocking(true).unwrap();
+    assert!(host_peer.recv(&mut buf).is_err());
+    assert!(uplink_peer.recv(&mut buf).is_err());
     pool.shutdown();
 }
 

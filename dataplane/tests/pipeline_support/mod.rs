@@ -57,6 +57,8 @@ pub fn node_settings(snat: bool) -> NodeSettings {
         node_addr: NODE,
         node_addr_v6: None,
         uplink_port: UPLINK,
+        routed_port: UPLINK,
+        host_port: None,
         uplink_mac: UPLINK_MAC,
         uplink_mtu: 1500,
         vtep_mac: VTEP_MAC,

@@ -1,0 +1,113 @@
+//! The host port: the TUN device through which the kernel routes traffic into the
+//! dataplane and receives what the pipeline says is the host's. On the TUN backend it
+//! is also where plain routed packets leave (the kernel owns the NIC there).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod pipeline_support;
+
+use hybridway_dataplane::frame::PortId;
+use hybridway_dataplane::pipeline::Pipeline;
+use hybridway_dataplane::tables::{SnatConfig, Tables};
+use hybridway_dataplane::verdict::Verdict;
+use pipeline_support::*;
+
+const HOST: PortId = PortId(9);
+/// Frames the kernel writes into the host port reach the pipeline addressed to the
+/// uplink's MAC (the TUN port synthesises that header).
+const KERNEL_MAC: hybridway_dataplane::wire::MacAddr =
+    hybridway_dataplane::wire::MacAddr([0x02, 0, 0, 0, 0x77, 0x77]);
+
+/// The TUN backend: VXLAN on the uplink (the UDP socket), everything plain through
+/// the host port.
+fn tun_backend(snat: bool) -> Tables {
+    let mut t = tables(snat);
+    t.node.routed_port = HOST;
+    t.node.host_port = Some(HOST);
+    t
+}
+
+/// AF_XDP with a host port: routed packets still leave on the uplink.
+fn xdp_with_host_port(snat: bool) -> Tables {
+    let mut t = tables(snat);
+    t.node.host_port = Some(HOST);
+    t
+}
+
+fn from_kernel(f: Vec<u8>) -> Vec<u8> {
+    with_macs(f, KERNEL_MAC, UPLINK_MAC)
+}
+
+#[test]
+fn on_the_tun_backend_plain_packets_leave_through_the_host_port_and_vxlan_through_the_uplink() {
+    let t = tun_backend(false);
+    let mut p = Pipeline::new(0, &SnatConfig::default());
+    let (v, out) = run(&mut p, &t, &udp4(POD1, UNDERLAY_POD, 1, 2, 64, b"u"), POD1_PORT);
+    assert_eq!(v, Verdict::Forward { port: HOST });
+    assert_eq!(out[22], 63, "TTL decremented");
+    assert_checksums(&out, 0);
+    let (v, _) = run(&mut p, &t, &udp4(POD1, OUTSIDE, 1, 2, 64, b"o"), POD1_PORT);
+    assert_eq!(v, Verdict::Forward { port: HOST });
+    let (v, out) = run(&mut p, &t, &udp4(POD1, REMOTE_POD, 1, 2, 64, b"v"), POD1_PORT);
+    assert_eq!(v, Verdict::Forward { port: UPLINK });
+    assert_eq!(u16_at(&out, 36), 8472, "VXLAN");
+}
+
+#[test]
+fn on_the_tun_backend_masquerading_leaves_through_the_host_port_and_replies_come_back_from_it() {
+    let t = tun_backend(true);
+    let mut p = Pipeline::new(0, &SnatConfig::default());
+    let syn = tcp4(POD1, OUTSIDE, 40000, 443, 64, true, b"");
+    let (v, out) = run(&mut p, &t, &syn, POD1_PORT);
+    assert_eq!(v, Verdict::Forward { port: HOST });
+    assert_eq!(ip4(&out, 26), NODE, "masqueraded to the node address");
+    let nat_port = u16_at(&out, 34);
+
+    // The kernel routes the reply (to node:nat_port) into the host port.
+    let reply = from_kernel(tcp4(OUTSIDE, NODE, 443, nat_port, 60, false, b"ok"));
+    let (v, back) = run(&mut p, &t, &reply, HOST);
+    assert_eq!(v, Verdict::Forward { port: POD1_PORT });
+    assert_eq!(ip4(&back, 30), POD1);
+    assert_eq!(u16_at(&back, 36), 40000);
+    assert_eq!(&back[0..6], &POD1_MAC.0);
+    assert_checksums(&back, 0);
+}
+
+#[test]
+fn from_the_host_port_packets_for_local_pods_are_delivered_and_the_rest_is_the_hosts() {
+    for t in [tun_backend(false), xdp_with_host_port(true)] {
+        let mut p = Pipeline::new(0, &SnatConfig::default());
+        // Underlay traffic (or the host's own) for a local pod.
+        let f = from_kernel(udp4(UNDERLAY_POD, POD2, 5, 6, 64, b"in"));
+        let (v, out) = run(&mut p, &t, &f, HOST);
+        assert_eq!(v, Verdict::Forward { port: POD2_PORT });
+        assert_eq!(&out[0..6], &POD2_MAC.0);
+        assert_eq!(&out[6..12], &GATEWAY_MAC.0);
+        // A ping to the node address that is not a reply to a masqueraded flow.
+        let f = from_kernel(ping4(OUTSIDE, NODE, 61_234, 64, true, b"mine"));
+        assert_eq!(run(&mut p, &t, &f, HOST).0, Verdict::ToHost);
+        // Not addressed to the uplink's MAC: not judged, the host's.
+        let f = with_macs(udp4(UNDERLAY_POD, POD2, 5, 6, 64, b"x"), KERNEL_MAC, ROUTER_MAC);
+        assert_eq!(run(&mut p, &t, &f, HOST).0, Verdict::ToHost);
+    }
+}
+
+#[test]
+fn a_pods_packets_to_the_node_go_to_the_host_and_errors_about_them_come_from_the_node() {
+    let t = xdp_with_host_port(true);
+    let mut p = Pipeline::new(0, &SnatConfig::default());
+    let (v, out) = run(&mut p, &t, &tcp4(POD1, NODE, 40000, 10250, 64, true, b""), POD1_PORT);
+    assert_eq!(v, Verdict::ToHost);
+    assert_eq!(ip4(&out, 30), NODE, "unchanged");
+    // An expiring packet from the host port is answered as from the uplink: the
+    // node's address, the uplink's MAC.
+    let f = from_kernel(udp4(UNDERLAY_POD, POD1, 5, 6, 1, b"ttl"));
+    let (v, err) = run(&mut p, &t, &f, HOST);
+    assert_eq!(v, Verdict::Reply);
+    assert_eq!(ip4(&err, 26), NODE);
+    assert_eq!(&err[6..12], &UPLINK_MAC.0);
+}
