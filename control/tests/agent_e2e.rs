@@ -434,8 +434,10 @@ fn tun_backend_overlay_talks_to_hybridway_and_kernel_vxlan_and_sigterm_removes_d
 
     let ns_name = c.node(1).unwrap().ns.name.clone();
     let before = c.node(1).unwrap().ns.sh("ip route show").unwrap();
-    assert!(before.contains("198.19.2.0/24 dev hw0"), "{before}");
     assert!(before.contains("198.19.1.11 dev hwp1"), "{before}");
+    let rules = c.node(1).unwrap().ns.sh("ip rule show").unwrap();
+    assert!(rules.contains("from 198.19.1.0/24 lookup 26744"), "{rules}");
+    assert!(rules.contains("100:\tfrom all lookup local"), "{rules}");
     let status = c.stop_agent(1, "TERM").unwrap().unwrap();
     assert!(status.success(), "agent exit status {status}");
     let ns = &c.node(1).unwrap().ns;
@@ -451,6 +453,11 @@ fn tun_backend_overlay_talks_to_hybridway_and_kernel_vxlan_and_sigterm_removes_d
     assert!(
         !after.contains("hw0") && !after.contains("dev hwp"),
         "routes left behind in {ns_name}: {after}"
+    );
+    let rules = ns.sh("ip rule show").unwrap();
+    assert!(
+        !rules.contains("2674") && rules.starts_with("0:\tfrom all lookup local"),
+        "rules left behind in {ns_name}: {rules}"
     );
     assert_eq!(
         ns.sh("cat /proc/sys/net/ipv4/ip_forward").unwrap().trim(),

@@ -5,6 +5,10 @@
 //! kernel) and on each pod's host-side veth (everything the pod sends is ours). One
 //! socket per queue; the program is detached when the last socket of an interface
 //! is dropped, which is how SIGTERM leaves the node as it was found.
+//!
+//! TUN: the kernel keeps the NIC and the pods' veths; a pod TUN device (`hw0`) and
+//! the VXLAN UDP socket carry the overlay, and the host port carries everything
+//! plain (see `host_routing`).
 
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -31,7 +35,8 @@ const POD_RING: u32 = 1024;
 /// connections (`net.ipv4.ip_local_port_range`), so that the steering program can
 /// send replies in this range to the dataplane and leave the node's own
 /// connections to the kernel. Above the kernel's range when there is room for at
-/// least 1024 ports, else below it.
+/// least 1024 ports, else below it. Never port 65535: the kernel's policy rules,
+/// which steer replies on the TUN backend, refuse a port range that ends there.
 pub fn snat_port_range() -> RangeInclusive<u16> {
     let text =
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
@@ -42,19 +47,22 @@ pub fn snat_port_range() -> RangeInclusive<u16> {
     snat_range_beside(lo, hi)
 }
 
+/// The highest SNAT port (see [`snat_port_range`]).
+const SNAT_PORT_MAX: u16 = 65534;
+
 /// [`snat_port_range`] for a kernel range of `lo..=hi`.
 pub fn snat_range_beside(lo: u16, hi: u16) -> RangeInclusive<u16> {
-    if u32::from(hi) + 1024 <= 65535 {
-        hi + 1..=65535
+    if u32::from(hi) + 1024 <= u32::from(SNAT_PORT_MAX) {
+        hi + 1..=SNAT_PORT_MAX
     } else if lo >= 2048 {
         1024..=lo - 1
     } else {
         tracing::warn!(
             lo,
             hi,
-            "ip_local_port_range leaves no room for SNAT ports; sharing 61000-65535 with the kernel"
+            "ip_local_port_range leaves no room for SNAT ports; sharing 61000-65534 with the kernel"
         );
-        61000..=65535
+        61000..=SNAT_PORT_MAX
     }
 }
 
@@ -143,13 +151,12 @@ impl PortOpener {
                     .collect()
             }
             // TUN backend: the uplink side of the overlay is a UDP socket per worker
-            // (SO_REUSEPORT) on node:vxlan_port; the kernel keeps the NIC.
+            // (SO_REUSEPORT) on node:vxlan_port; the kernel keeps the NIC. Plain
+            // packets cross the host port instead (`open_host`); an underlay has no
+            // VXLAN and so no uplink port.
             Backend::Tun => {
                 if cfg.mode != ModeConfig::Overlay {
-                    return Err(PortError::Config(
-                        "underlay on the TUN backend is plain kernel routing; use backend: af_xdp for a hybridway underlay"
-                            .into(),
-                    ));
+                    return Ok(Vec::new());
                 }
                 let mut c = UdpConfig::new(
                     std::net::SocketAddrV4::new(cfg.node.address, cfg.vxlan.port),
@@ -164,17 +171,24 @@ impl PortOpener {
         }
     }
 
-    /// TUN backend: the device every local pod's traffic to other nodes crosses, one
-    /// queue per worker.
+    /// A TUN device, one queue per worker: the pod TUN (`hw0`, TUN backend) or the
+    /// host port (`hwhost`, both backends), through which the kernel and the
+    /// dataplane hand each other packets (see `host_routing`). `to_mac`: the
+    /// destination MAC of frames read from it — the uplink's for the host port, so
+    /// the pipeline judges them as the uplink's; `None` keeps the device's own.
     pub fn open_tun(
         &self,
         name: &str,
         queues: usize,
         id: PortId,
         mtu: u16,
+        to_mac: Option<MacAddr>,
     ) -> Result<Vec<Box<dyn Port>>, PortError> {
         let mut c = TunConfig::new(name, queues, id);
         c.mtu = Some(u32::from(mtu));
+        if let Some(mac) = to_mac {
+            c.mac = mac;
+        }
         Ok(TunPort::open(&c)?
             .into_iter()
             .map(|p| Box::new(p) as Box<dyn Port>)
@@ -212,8 +226,8 @@ mod tests {
 
     #[test]
     fn snat_range_avoids_the_kernels_ports() {
-        assert_eq!(snat_range_beside(32768, 60999), 61000..=65535);
+        assert_eq!(snat_range_beside(32768, 60999), 61000..=65534);
         assert_eq!(snat_range_beside(10000, 65000), 1024..=9999);
-        assert_eq!(snat_range_beside(1024, 65535), 61000..=65535);
+        assert_eq!(snat_range_beside(1024, 65535), 61000..=65534);
     }
 }

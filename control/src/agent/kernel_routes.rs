@@ -1,11 +1,7 @@
-//! Kernel routes and settings the agent adds on the TUN backend, remembered so that
-//! they are removed again (pod removed, node removed, SIGTERM) and the node is left
-//! as it was found.
-//!
-//! On the TUN backend the kernel forwards pod traffic: remote pod blocks are routed
-//! into the TUN device (the dataplane encapsulates them), each local pod is routed to
-//! its veth, the pod's gateway is answered by proxy ARP on that veth, and IP
-//! forwarding is on.
+//! Kernel routes, policy rules and sysctls the agent sets, remembered so that they
+//! are removed again (pod removed, node removed, SIGTERM) and the node is left as it
+//! was found. What to set is decided elsewhere ([`super::host_routing`], the runtime
+//! for pods); this module only applies and undoes.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -17,7 +13,7 @@ pub struct RouteError {
     detail: String,
 }
 
-fn ip(args: &[&str]) -> Result<(), RouteError> {
+fn ip(args: &[&str]) -> Result<String, RouteError> {
     let cmd = format!("ip {}", args.join(" "));
     let out = Command::new("ip")
         .args(args)
@@ -32,52 +28,125 @@ fn ip(args: &[&str]) -> Result<(), RouteError> {
             detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip_owned(verb: [&str; 2], args: &[String]) -> Result<String, RouteError> {
+    let mut all: Vec<&str> = verb.to_vec();
+    all.extend(args.iter().map(String::as_str));
+    ip(&all)
 }
 
 fn sysctl_path(key: &str) -> String {
     format!("/proc/sys/{}", key.replace('.', "/"))
 }
 
-/// Routes (`dest dev`) and sysctls this agent set, undone on drop.
+/// Arguments of `ip route replace` / `ip route del` (`198.19.2.0/24 dev hw0 table
+/// 26744`): the route's identity.
+pub type RouteArgs = Vec<String>;
+
+/// Arguments of `ip rule add` / `ip rule del`, including the `pref`.
+pub type RuleArgs = Vec<String>;
+
+/// Splits `"a b c"` into route or rule arguments.
+pub fn args(text: &str) -> Vec<String> {
+    text.split_whitespace().map(str::to_owned).collect()
+}
+
+/// Routes, rules and sysctls this agent set, undone on drop.
 #[derive(Debug, Default)]
 pub struct KernelRoutes {
-    routes: BTreeSet<(String, String)>,
+    routes: BTreeSet<RouteArgs>,
+    rules: Vec<RuleArgs>,
+    /// The priority the `lookup local` rule was moved to from 0, to put the agent's
+    /// rules in front of it.
+    local_rule_moved_to: Option<u32>,
     /// sysctl key → value before we changed it.
     sysctls: Vec<(String, String)>,
 }
 
 impl KernelRoutes {
-    /// Routes `dest` (a prefix) out of `dev`, replacing what was there.
+    /// Routes `dest` (a prefix) out of `dev` in the main table, replacing what was there.
     pub fn add(&mut self, dest: &str, dev: &str) -> Result<(), RouteError> {
-        ip(&["route", "replace", dest, "dev", dev])?;
-        self.routes.insert((dest.to_string(), dev.to_string()));
+        self.add_route(args(&format!("{dest} dev {dev}")))
+    }
+
+    /// Removes a main-table route this agent added with [`KernelRoutes::add`].
+    pub fn remove(&mut self, dest: &str, dev: &str) {
+        self.remove_route(&args(&format!("{dest} dev {dev}")));
+    }
+
+    /// `ip route replace <route>`, remembered.
+    pub fn add_route(&mut self, route: RouteArgs) -> Result<(), RouteError> {
+        ip_owned(["route", "replace"], &route)?;
+        self.routes.insert(route);
         Ok(())
     }
 
     /// Removes a route this agent added.
-    pub fn remove(&mut self, dest: &str, dev: &str) {
-        if self.routes.remove(&(dest.to_string(), dev.to_string())) {
-            if let Err(e) = ip(&["route", "del", dest, "dev", dev]) {
+    pub fn remove_route(&mut self, route: &RouteArgs) {
+        if self.routes.remove(route) {
+            if let Err(e) = ip_owned(["route", "del"], route) {
                 tracing::debug!(error = %e, "route already gone");
             }
         }
     }
 
-    /// Keeps exactly `wanted` among the routes through `dev`.
-    pub fn sync_dev(&mut self, dev: &str, wanted: &[String]) -> Result<(), RouteError> {
-        let stale: Vec<String> = self
+    /// Keeps exactly `wanted` among this agent's routes that `belongs` selects (the
+    /// routes of one device, of one table).
+    pub fn sync(
+        &mut self,
+        belongs: impl Fn(&RouteArgs) -> bool,
+        wanted: &[RouteArgs],
+    ) -> Result<(), RouteError> {
+        let stale: Vec<RouteArgs> = self
             .routes
             .iter()
-            .filter(|(d, v)| v == dev && !wanted.contains(d))
-            .map(|(d, _)| d.clone())
+            .filter(|r| belongs(r) && !wanted.contains(r))
+            .cloned()
             .collect();
-        for d in stale {
-            self.remove(&d, dev);
+        for r in &stale {
+            self.remove_route(r);
         }
-        for d in wanted {
-            self.add(d, dev)?;
+        for r in wanted {
+            if !self.routes.contains(r) {
+                self.add_route(r.clone())?;
+            }
         }
+        Ok(())
+    }
+
+    /// `ip rule add <rule>`, remembered (removed in reverse order on [`clear`]).
+    ///
+    /// [`clear`]: KernelRoutes::clear
+    pub fn add_rule(&mut self, rule: RuleArgs) -> Result<(), RouteError> {
+        // A rule left by an agent that was killed would be duplicated: drop it first.
+        let _ = ip_owned(["rule", "del"], &rule);
+        ip_owned(["rule", "add"], &rule)?;
+        self.rules.push(rule);
+        Ok(())
+    }
+
+    /// Moves the kernel's `lookup local` rule from priority 0 to `pref`, so that rules
+    /// at lower priorities are consulted before the node's own addresses are (a reply
+    /// to a masqueraded flow is addressed to the node but belongs to the dataplane).
+    /// Does nothing when the rule is not at 0 (moved already, by us or by another
+    /// network plugin); [`clear`] puts it back.
+    ///
+    /// [`clear`]: KernelRoutes::clear
+    pub fn move_local_rule(&mut self, pref: u32) -> Result<(), RouteError> {
+        let rules = ip(&["-4", "rule", "show"])?;
+        let at_zero = rules.lines().any(|l| {
+            let mut w = l.split_whitespace();
+            w.next() == Some("0:") && l.ends_with("lookup local")
+        });
+        if !at_zero {
+            return Ok(());
+        }
+        let pref_s = pref.to_string();
+        ip(&["-4", "rule", "add", "pref", &pref_s, "lookup", "local"])?;
+        ip(&["-4", "rule", "del", "pref", "0", "lookup", "local"])?;
+        self.local_rule_moved_to = Some(pref);
         Ok(())
     }
 
@@ -103,9 +172,22 @@ impl KernelRoutes {
 
     /// Undoes everything.
     pub fn clear(&mut self) {
-        let routes: Vec<(String, String)> = self.routes.iter().cloned().collect();
-        for (d, v) in routes {
-            self.remove(&d, &v);
+        for rule in std::mem::take(&mut self.rules).iter().rev() {
+            if let Err(e) = ip_owned(["rule", "del"], rule) {
+                tracing::debug!(error = %e, "rule already gone");
+            }
+        }
+        if let Some(pref) = self.local_rule_moved_to.take() {
+            let pref = pref.to_string();
+            let restored = ip(&["-4", "rule", "add", "pref", "0", "lookup", "local"])
+                .and_then(|_| ip(&["-4", "rule", "del", "pref", &pref, "lookup", "local"]));
+            if let Err(e) = restored {
+                tracing::warn!(error = %e, "could not put the local rule back at priority 0");
+            }
+        }
+        let routes: Vec<RouteArgs> = self.routes.iter().cloned().collect();
+        for r in &routes {
+            self.remove_route(r);
         }
         for (key, old) in self.sysctls.drain(..).rev() {
             // Interfaces that are gone took their per-interface keys with them.

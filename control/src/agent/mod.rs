@@ -14,6 +14,7 @@
 pub mod attach;
 pub mod config;
 pub mod control;
+pub mod host_routing;
 pub mod kernel_routes;
 pub mod neighbors;
 pub mod runtime;

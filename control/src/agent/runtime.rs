@@ -18,19 +18,22 @@ use hybridway_dataplane::worker::{MetricsServer, PoolConfig, PoolError, WorkerPo
 use serde::Serialize;
 
 use super::attach::{PortOpener, rx_queues, snat_port_range};
-use super::config::{AgentConfig, BackendConfig, ConfigError};
+use super::config::{AgentConfig, BackendConfig, ConfigError, ModeConfig};
+use super::host_routing::{self, HOST_TUN, POD_TUN};
 use super::kernel_routes::{KernelRoutes, RouteError};
 use super::neighbors::{self, HostError};
 use super::table_builder::{
     BuildError, LocalPod, PodAttachment, UplinkFacts, build_tables, next_hops,
 };
 
-/// The uplink's port id; pods get 1, 2, ...
+/// The uplink's port id; pods get 3, 4, ...
 pub const UPLINK_PORT: PortId = PortId(0);
-/// On the TUN backend every local pod is reached through the TUN device: this port.
+/// On the TUN backend every local pod is reached through the pod TUN device: this port.
 pub const TUN_PORT: PortId = PortId(1);
-/// Name of the TUN device (removed when the agent stops).
-pub const TUN_NAME: &str = "hw0";
+/// The host port (both backends).
+pub const HOST_PORT: PortId = PortId(2);
+/// Name of the pod TUN device (removed when the agent stops).
+pub const TUN_NAME: &str = POD_TUN;
 
 /// How long a table build waits for the kernel to resolve a next hop.
 const RESOLVE_WAIT: Duration = Duration::from_millis(500);
@@ -59,19 +62,6 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// The TUN backend cannot masquerade: the kernel forwards pod traffic to the outside.
-fn refuse_snat_on_tun(backend: Backend, cfg: &AgentConfig) -> Result<(), AgentError> {
-    if backend == Backend::Tun && cfg.snat.enabled {
-        return Err(AgentError::Refused(
-            "snat.enabled: true needs backend af_xdp: on the TUN backend the kernel forwards pod \
-             traffic to the outside and hybridway cannot masquerade it; set snat.enabled: false \
-             (outside routes pod blocks, e.g. via BGP) or backend: af_xdp"
-                .into(),
-        ));
-    }
-    Ok(())
 }
 
 /// Gauges the Prometheus endpoint shows next to the workers' counters.
@@ -165,8 +155,10 @@ impl Agent {
             Some(g) => Some(g),
             None => neighbors::default_gateway(&ifname)?,
         };
-        let uplink = UplinkFacts {
+        let mut uplink = UplinkFacts {
             port: UPLINK_PORT,
+            routed_port: UPLINK_PORT,
+            host_port: None,
             mac: info.mac,
             mtu: info.mtu,
             prefix_len,
@@ -179,7 +171,6 @@ impl Agent {
             BackendConfig::Tun => Backend::Tun,
         };
         let mut backend = HostSupport::probe().resolve(wanted, &ifname)?;
-        refuse_snat_on_tun(backend, &cfg)?;
         let mut opener = PortOpener::new(backend, &cfg);
 
         let mut neighbors = neighbors::resolve(&ifname, &next_hops(&cfg, &uplink), RESOLVE_WAIT);
@@ -236,7 +227,6 @@ impl Agent {
             {
                 tracing::warn!(uplink = %ifname, error = %e, "the uplink refused AF_XDP; using the TUN backend");
                 backend = Backend::Tun;
-                refuse_snat_on_tun(backend, &cfg)?;
                 opener = PortOpener::new(backend, &cfg);
                 (queues, sole) = (workers, false);
                 opener.open_uplink(
@@ -252,18 +242,34 @@ impl Agent {
         for (w, port) in ports.into_iter().enumerate() {
             pool.add_port(w, port, sole)?;
         }
+        // The host port: the kernel's door into the dataplane, on both backends.
+        for (w, port) in opener
+            .open_tun(HOST_TUN, workers, HOST_PORT, info.mtu, Some(info.mac))?
+            .into_iter()
+            .enumerate()
+        {
+            pool.add_port(w, port, false)?;
+        }
+        uplink.host_port = Some(HOST_PORT);
         if backend == Backend::Tun {
-            let mtu = info.mtu.saturating_sub(50);
+            // The kernel owns the NIC: plain packets leave through the host port.
+            uplink.routed_port = HOST_PORT;
+            let mtu = match cfg.mode {
+                ModeConfig::Overlay => info.mtu.saturating_sub(50),
+                ModeConfig::Underlay => info.mtu,
+            };
             for (w, port) in opener
-                .open_tun(TUN_NAME, workers, TUN_PORT, mtu)?
+                .open_tun(TUN_NAME, workers, TUN_PORT, mtu, None)?
                 .into_iter()
                 .enumerate()
             {
                 pool.add_port(w, port, false)?;
             }
-            kernel.sysctl("net.ipv4.ip_forward", "1")?;
-            tracing::warn!("TUN backend: overlay pod-to-pod only; SNAT needs backend af_xdp");
         }
+        host_routing::apply(
+            &host_routing::plan(backend, &cfg, &snat_ports),
+            &mut kernel,
+        )?;
 
         let gauges = Arc::new(Gauges::default());
         let mut agent = Agent {
@@ -373,22 +379,21 @@ impl Agent {
 
     /// Builds a snapshot from the current state and publishes it.
     fn publish(&mut self) -> Result<(), AgentError> {
-        if self.backend == Backend::Tun {
-            let blocks: Vec<String> = self
-                .cfg
-                .nodes
-                .iter()
-                .map(|n| n.pod_block.to_string())
-                .collect();
-            self.kernel.sync_dev(TUN_NAME, &blocks)?;
-        }
+        let underlay = host_routing::underlay_routes(self.backend, &self.cfg, &self.uplink)?;
+        self.kernel
+            .sync(host_routing::is_underlay_route, &underlay)?;
         let built = build_tables(
             &self.cfg,
             &self.uplink,
             &self.attachments(),
             &self.neighbors,
         )?;
-        self.unresolved = built.unresolved;
+        // On the TUN backend the kernel resolves next hops; the MACs are never used.
+        self.unresolved = if self.backend == Backend::Tun {
+            Vec::new()
+        } else {
+            built.unresolved
+        };
         if !self.unresolved.is_empty() {
             tracing::warn!(next_hops = ?self.unresolved, "next hops without a MAC yet; their routes go nowhere until resolved");
         }
@@ -411,6 +416,9 @@ impl Agent {
     /// Looks up next-hop MACs again; republishes when something changed. Called
     /// periodically by the control loop.
     pub fn refresh_neighbors(&mut self) -> Result<(), AgentError> {
+        if self.backend == Backend::Tun {
+            return Ok(());
+        }
         let hops = next_hops(&self.cfg, &self.uplink);
         let wait = if self.unresolved.is_empty() {
             Duration::ZERO
@@ -475,11 +483,6 @@ impl Agent {
                 "reload refused: {field} changed, which needs an agent restart; the running configuration is kept"
             )));
         }
-        if self.backend == Backend::Tun && next.snat.enabled {
-            return Err(AgentError::Refused(
-                "reload refused: snat.enabled: true needs backend af_xdp; the running configuration is kept".into(),
-            ));
-        }
         if let Some(g) = next.uplink.gateway {
             self.uplink.gateway = Some(g);
         }
@@ -491,7 +494,7 @@ impl Agent {
             .copied()
             .filter(|h| !self.neighbors.contains_key(h))
             .collect();
-        if !missing.is_empty() {
+        if !missing.is_empty() && self.backend != Backend::Tun {
             self.neighbors.extend(neighbors::resolve(
                 &self.cfg.uplink.interface,
                 &missing,
@@ -508,7 +511,7 @@ impl Agent {
     }
 
     fn free_port_id(&self) -> Option<PortId> {
-        (2..=u16::MAX)
+        (3..=u16::MAX)
             .map(PortId)
             .find(|id| self.pods.values().all(|e| e.port != *id))
     }

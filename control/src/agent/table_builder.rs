@@ -11,7 +11,7 @@ use hybridway_dataplane::tables::{NodeSettings, Prefix, RouteTableBuilder, Route
 use hybridway_dataplane::wire::MacAddr;
 use serde::{Deserialize, Serialize};
 
-use super::config::{AgentConfig, ModeConfig};
+use super::config::{AgentConfig, ModeConfig, PeerNodeConfig};
 
 /// A pod on this node, as the CNI plugin (or `hybridway pod add`) describes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +51,10 @@ pub struct PodAttachment {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UplinkFacts {
     pub port: PortId,
+    /// Where plain routed packets leave: `port` on AF_XDP, the host port on TUN.
+    pub routed_port: PortId,
+    /// The host port (the kernel's TUN door into the dataplane), when open.
+    pub host_port: Option<PortId>,
     pub mac: MacAddr,
     pub mtu: u16,
     /// Length of the uplink subnet (nodes outside it are reached via the gateway).
@@ -112,6 +116,23 @@ pub fn next_hops(cfg: &AgentConfig, uplink: &UplinkFacts) -> Vec<Ipv4Addr> {
     hops.sort_unstable();
     hops.dedup();
     hops
+}
+
+/// The next hop towards `nodes[index]`: the node itself on the uplink subnet, else
+/// the gateway.
+pub fn node_next_hop(
+    cfg: &AgentConfig,
+    uplink: &UplinkFacts,
+    index: usize,
+    n: &PeerNodeConfig,
+) -> Result<Ipv4Addr, BuildError> {
+    if on_link(cfg, uplink, n.address) {
+        return Ok(n.address);
+    }
+    uplink.gateway.ok_or_else(|| BuildError::NoGatewayForNode {
+        index,
+        name: n.name.clone(),
+    })
 }
 
 fn on_link(cfg: &AgentConfig, uplink: &UplinkFacts, addr: Ipv4Addr) -> bool {
@@ -181,14 +202,7 @@ pub fn build_tables(
 
     let vni = cfg.vxlan.vni;
     for (index, n) in cfg.nodes.iter().enumerate() {
-        let hop = if on_link(cfg, uplink, n.address) {
-            n.address
-        } else {
-            uplink.gateway.ok_or_else(|| BuildError::NoGatewayForNode {
-                index,
-                name: n.name.clone(),
-            })?
-        };
+        let hop = node_next_hop(cfg, uplink, index, n)?;
         let next_hop_mac = mac_of(hop);
         let target = match cfg.mode {
             ModeConfig::Overlay => RouteTarget::VxlanNode {
@@ -278,6 +292,8 @@ snat: {clusterRanges: [198.18.100.0/24]}
     fn uplink() -> UplinkFacts {
         UplinkFacts {
             port: PortId(0),
+            routed_port: PortId(0),
+            host_port: None,
             mac: mac("02:00:00:00:00:0a"),
             mtu: 1500,
             prefix_len: 24,

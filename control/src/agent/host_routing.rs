@@ -1,0 +1,267 @@
+//! How the kernel and the dataplane share a node: which routes, policy rules and
+//! sysctls connect them, per backend. Pure (a plan of `ip` arguments), so what is
+//! installed is unit-tested; [`KernelRoutes`] applies and undoes it.
+//!
+//! Both backends have a **host port** (`hwhost`, a TUN device): the kernel's door into
+//! the dataplane. The dataplane writes into it what is the host's (a pod talking to
+//! its node, a reply nobody masqueraded); the kernel routes into it what is the
+//! dataplane's. On AF_XDP that is only the host's own packets to local pods (kubelet
+//! probes); the steering program takes the rest off the NIC.
+//!
+//! On the **TUN backend** the kernel keeps the NIC, so policy routing does what the
+//! steering program does on AF_XDP, and the host port is also where the dataplane's
+//! plain routed packets leave (the kernel forwards them out of the uplink):
+//!
+//! ```text
+//!  pref  90  iif <uplink> to <pod block>                     lookup 26743  → hwhost
+//!  pref  91  iif <uplink> to <node> ipproto tcp dport <SNAT>  lookup 26743  (NAT replies)
+//!  pref  92  iif <uplink> to <node> ipproto udp dport <SNAT>  lookup 26743
+//!  pref  93  iif <uplink> to <node> ipproto icmp              lookup 26743  (echo replies,
+//!                                                                           errors; the rest
+//!                                                                           comes back ToHost)
+//!  pref 100  lookup local        (moved from 0, so that 91-93 see the node's address first)
+//!  pref 110  iif hwhost lookup 26745   underlay: other nodes' blocks via their address
+//!  pref 111  iif hwhost lookup main    the outside, the node's own subnet
+//!  pref 112  iif hwhost unreachable    never back into the dataplane
+//!  pref 120  from <pod block> lookup 26744   pods' traffic → hw0 (other local pods: main)
+//! ```
+//!
+//! Packets the dataplane writes into `hwhost` may carry the node's address as their
+//! source (masqueraded) or an outside one (ICMP to the host): `accept_local` and no
+//! strict reverse-path filter on the device let the kernel take them.
+//!
+//! [`KernelRoutes`]: super::kernel_routes::KernelRoutes
+
+use std::ops::RangeInclusive;
+
+use hybridway_dataplane::port::Backend;
+
+use super::config::{AgentConfig, ModeConfig};
+use super::kernel_routes::{KernelRoutes, RouteArgs, RouteError, RuleArgs, args};
+use super::table_builder::{BuildError, UplinkFacts, node_next_hop};
+
+/// The TUN device every local pod's traffic crosses on the TUN backend.
+pub const POD_TUN: &str = "hw0";
+/// The host port's TUN device (both backends).
+pub const HOST_TUN: &str = "hwhost";
+
+/// Routing table: into the dataplane through the host port.
+pub const TABLE_TO_DATAPLANE: u32 = 26743;
+/// Routing table: pods' traffic into the pod TUN.
+pub const TABLE_FROM_PODS: u32 = 26744;
+/// Routing table: the dataplane's underlay packets to other nodes.
+pub const TABLE_UNDERLAY: u32 = 26745;
+
+/// Where the kernel's `lookup local` rule goes so that the agent's rules precede it.
+pub const LOCAL_RULE_PREF: u32 = 100;
+
+/// What to install for one agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostRouting {
+    pub sysctls: Vec<(String, String)>,
+    pub routes: Vec<RouteArgs>,
+    pub rules: Vec<RuleArgs>,
+    /// Move `lookup local` from priority 0 to this one first.
+    pub move_local_rule: Option<u32>,
+}
+
+/// The plan for `backend`; `snat_ports` is the range whose replies are the dataplane's.
+pub fn plan(backend: Backend, cfg: &AgentConfig, snat_ports: &RangeInclusive<u16>) -> HostRouting {
+    let block = cfg.pods.block.to_string();
+    let mut p = HostRouting {
+        sysctls: vec![
+            (format!("net.ipv4.conf.{HOST_TUN}.rp_filter"), "0".into()),
+            (format!("net.ipv4.conf.{HOST_TUN}.accept_local"), "1".into()),
+        ],
+        ..HostRouting::default()
+    };
+    if backend != Backend::Tun {
+        p.routes.push(args(&format!("{block} dev {HOST_TUN}")));
+        return p;
+    }
+    p.sysctls.extend([
+        ("net.ipv4.ip_forward".into(), "1".into()),
+        // Replies from the outside reach pods through hw0 with outside sources.
+        (format!("net.ipv4.conf.{POD_TUN}.rp_filter"), "0".into()),
+    ]);
+    let uplink = &cfg.uplink.interface;
+    let node = cfg.node.address;
+    let (lo, hi) = (snat_ports.start(), snat_ports.end());
+    let to_dp = format!("lookup {TABLE_TO_DATAPLANE}");
+    p.rules = [
+        format!("pref 90 iif {uplink} to {block} {to_dp}"),
+        format!("pref 91 iif {uplink} to {node} ipproto tcp dport {lo}-{hi} {to_dp}"),
+        format!("pref 92 iif {uplink} to {node} ipproto udp dport {lo}-{hi} {to_dp}"),
+        format!("pref 93 iif {uplink} to {node} ipproto icmp {to_dp}"),
+        format!("pref 110 iif {HOST_TUN} lookup {TABLE_UNDERLAY}"),
+        format!("pref 111 iif {HOST_TUN} lookup main"),
+        format!("pref 112 iif {HOST_TUN} unreachable"),
+        format!("pref 120 from {block} lookup {TABLE_FROM_PODS}"),
+    ]
+    .iter()
+    .map(|r| args(r))
+    .collect();
+    p.move_local_rule = Some(LOCAL_RULE_PREF);
+    let gateway = cfg.pods.gateway;
+    p.routes = [
+        format!("default dev {HOST_TUN} table {TABLE_TO_DATAPLANE}"),
+        // Pods on this node reach each other through the kernel (main: /32 per veth);
+        // the gateway address is the dataplane's.
+        format!("throw {block} table {TABLE_FROM_PODS}"),
+        format!("{gateway}/32 dev {POD_TUN} table {TABLE_FROM_PODS}"),
+        format!("default dev {POD_TUN} table {TABLE_FROM_PODS}"),
+    ]
+    .iter()
+    .map(|r| args(r))
+    .collect();
+    p
+}
+
+/// TUN backend, underlay: the kernel routes the dataplane's packets for other nodes'
+/// blocks to the same next hops as the dataplane's own tables.
+pub fn underlay_routes(
+    backend: Backend,
+    cfg: &AgentConfig,
+    uplink: &UplinkFacts,
+) -> Result<Vec<RouteArgs>, BuildError> {
+    if backend != Backend::Tun || cfg.mode != ModeConfig::Underlay {
+        return Ok(Vec::new());
+    }
+    cfg.nodes
+        .iter()
+        .enumerate()
+        .map(|(index, n)| {
+            let hop = node_next_hop(cfg, uplink, index, n)?;
+            Ok(args(&format!(
+                "{} via {hop} dev {} onlink table {TABLE_UNDERLAY}",
+                n.pod_block, cfg.uplink.interface
+            )))
+        })
+        .collect()
+}
+
+/// Whether `route` is one of [`underlay_routes`].
+pub fn is_underlay_route(route: &RouteArgs) -> bool {
+    route.ends_with(&["table".to_string(), TABLE_UNDERLAY.to_string()])
+}
+
+/// Installs `plan` (remembered by `kernel`, undone when it is cleared).
+pub fn apply(plan: &HostRouting, kernel: &mut KernelRoutes) -> Result<(), RouteError> {
+    for (key, value) in &plan.sysctls {
+        kernel.sysctl(key, value)?;
+    }
+    warn_on_strict_rp_filter();
+    for r in &plan.routes {
+        kernel.add_route(r.clone())?;
+    }
+    for r in &plan.rules {
+        kernel.add_rule(r.clone())?;
+    }
+    if let Some(pref) = plan.move_local_rule {
+        kernel.move_local_rule(pref)?;
+    }
+    Ok(())
+}
+
+/// `net.ipv4.conf.all.rp_filter = 1` overrides the host port's 0 (the kernel takes
+/// the larger): packets the dataplane hands the host with outside sources are dropped.
+fn warn_on_strict_rp_filter() {
+    let all = std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter").unwrap_or_default();
+    if all.trim() == "1" {
+        tracing::warn!(
+            "net.ipv4.conf.all.rp_filter is 1 (strict): ICMP and replies the dataplane hands to the host through {HOST_TUN} will be dropped by the kernel; set it to 0 or 2"
+        );
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use hybridway_dataplane::frame::PortId;
+    use hybridway_dataplane::wire::MacAddr;
+
+    fn cfg(mode: &str) -> AgentConfig {
+        AgentConfig::from_yaml(&format!(
+            r#"
+node: {{name: node-a, address: 198.18.0.1}}
+mode: {mode}
+uplink: {{interface: eth0}}
+pods: {{block: 198.19.1.0/24, gateway: 198.19.1.1}}
+nodes:
+  - {{name: node-b, address: 198.18.0.2, podBlock: 198.19.2.0/24, vtepMac: "02:00:00:00:00:0b"}}
+  - {{name: node-c, address: 198.18.5.3, podBlock: 198.19.3.0/24, vtepMac: "02:00:00:00:00:0c"}}
+"#
+        ))
+        .unwrap()
+    }
+
+    fn joined(v: &[Vec<String>]) -> Vec<String> {
+        v.iter().map(|a| a.join(" ")).collect()
+    }
+
+    #[test]
+    fn af_xdp_routes_the_pod_block_into_the_host_port_and_nothing_else() {
+        let p = plan(Backend::AfXdp, &cfg("overlay"), &(61000..=65534));
+        assert_eq!(joined(&p.routes), ["198.19.1.0/24 dev hwhost"]);
+        assert!(p.rules.is_empty());
+        assert_eq!(p.move_local_rule, None);
+        assert!(
+            p.sysctls
+                .contains(&("net.ipv4.conf.hwhost.accept_local".into(), "1".into()))
+        );
+    }
+
+    #[test]
+    fn tun_steers_the_dataplanes_traffic_with_rules_ahead_of_the_local_table() {
+        let p = plan(Backend::Tun, &cfg("underlay"), &(61000..=65534));
+        let rules = joined(&p.rules);
+        assert!(rules.contains(&"pref 91 iif eth0 to 198.18.0.1 ipproto tcp dport 61000-65534 lookup 26743".to_string()), "{rules:?}");
+        assert!(rules.contains(&"pref 120 from 198.19.1.0/24 lookup 26744".to_string()));
+        // Every rule that must see the node's address comes before the local table.
+        for r in &p.rules {
+            let pref: u32 = r[1].parse().unwrap();
+            if r.iter().any(|w| w == "198.18.0.1") {
+                assert!(pref < LOCAL_RULE_PREF, "{r:?}");
+            }
+        }
+        assert_eq!(p.move_local_rule, Some(LOCAL_RULE_PREF));
+        let routes = joined(&p.routes);
+        assert!(routes.contains(&"throw 198.19.1.0/24 table 26744".to_string()));
+        assert!(routes.contains(&"198.19.1.1/32 dev hw0 table 26744".to_string()));
+        assert!(
+            p.sysctls
+                .contains(&("net.ipv4.ip_forward".into(), "1".into()))
+        );
+    }
+
+    #[test]
+    fn tun_underlay_routes_follow_the_dataplanes_next_hops() {
+        let uplink = UplinkFacts {
+            port: PortId(0),
+            routed_port: PortId(2),
+            host_port: Some(PortId(2)),
+            mac: MacAddr::ZERO,
+            mtu: 1500,
+            prefix_len: 24,
+            gateway: Some(Ipv4Addr::new(198, 18, 0, 254)),
+        };
+        let r = underlay_routes(Backend::Tun, &cfg("underlay"), &uplink).unwrap();
+        assert_eq!(
+            joined(&r),
+            [
+                "198.19.2.0/24 via 198.18.0.2 dev eth0 onlink table 26745",
+                "198.19.3.0/24 via 198.18.0.254 dev eth0 onlink table 26745",
+            ]
+        );
+        assert!(r.iter().all(is_underlay_route));
+        assert!(underlay_routes(Backend::Tun, &cfg("overlay"), &uplink).unwrap().is_empty());
+        assert!(underlay_routes(Backend::AfXdp, &cfg("underlay"), &uplink).unwrap().is_empty());
+    }
+}
