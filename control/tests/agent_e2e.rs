@@ -392,14 +392,14 @@ fn killed_agent_restarts_with_its_pods_and_sigterm_leaves_no_xdp_behind() {
     ns.sh(&format!("ping -c 1 -W 2 {}", node_addr(2))).unwrap();
 }
 
-fn tun_cluster(name: &str, nodes: Vec<NodeKind>) -> Cluster {
+fn tun_cluster(name: &str, overlay: bool, snat: bool, nodes: Vec<NodeKind>) -> Cluster {
     let tag = format!("hwt{name}{}", std::process::id() % 10_000);
     let dir = std::env::temp_dir().join(&tag);
     let _ = std::fs::remove_dir_all(&dir);
     Cluster::build(ClusterSpec {
         tag,
-        overlay: true,
-        snat: false,
+        overlay,
+        snat,
         backend: "tun".into(),
         nodes,
         pods_per_node: 2,
@@ -416,6 +416,8 @@ fn tun_backend_overlay_talks_to_hybridway_and_kernel_vxlan_and_sigterm_removes_d
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut c = tun_cluster(
         "tun",
+        true,
+        true,
         vec![
             NodeKind::Hybridway,
             NodeKind::Hybridway,
@@ -431,6 +433,10 @@ fn tun_backend_overlay_talks_to_hybridway_and_kernel_vxlan_and_sigterm_removes_d
     let r = iperf(&c, (3, 1), (1, 1), false, 1);
     assert!(r.is_ok(), "{r:?}");
     assert!(metric(&c, 1, "hybridway_port_rx_packets_total", "port=\"hw0/q0\"") > 100);
+    // SNAT on the TUN backend: masqueraded in the dataplane, forwarded by the kernel.
+    assert_eq!(outside_sees(&c, (1, 2)).unwrap(), node_addr(1));
+    assert_eq!(outside_sees(&c, (2, 1)).unwrap(), node_addr(2));
+    assert!(metric(&c, 1, "hybridway_port_tx_packets_total", "port=\"hwhost/q0\"") > 0);
 
     let ns_name = c.node(1).unwrap().ns.name.clone();
     let before = c.node(1).unwrap().ns.sh("ip route show").unwrap();
@@ -464,6 +470,44 @@ fn tun_backend_overlay_talks_to_hybridway_and_kernel_vxlan_and_sigterm_removes_d
         "0",
         "ip_forward not restored"
     );
+}
+
+#[test]
+fn tun_backend_underlay_pods_talk_to_each_other_and_a_kernel_routed_node_and_snat_off_shows_pods() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = tun_cluster(
+        "tul",
+        false,
+        false,
+        vec![
+            NodeKind::Hybridway,
+            NodeKind::Hybridway,
+            NodeKind::KernelRouting,
+        ],
+    );
+    assert_ping(&c, (1, 1), pod_ip(2, 1));
+    assert_ping(&c, (2, 2), pod_ip(1, 2));
+    assert_tcp_udp_both_ways(&c, (1, 2), (2, 1));
+    assert_ping(&c, (1, 1), pod_ip(3, 1));
+    assert_ping(&c, (3, 2), pod_ip(2, 2));
+    // The outside routes pod blocks to their nodes (what BGP would teach it).
+    assert_eq!(outside_sees(&c, (1, 1)).unwrap(), pod_ip(1, 1));
+    assert_eq!(outside_sees(&c, (2, 2)).unwrap(), pod_ip(2, 2));
+    // Both directions crossed the dataplane: in through the pod TUN, out through the
+    // host port (the kernel forwards it), and back the same way.
+    for n in [1, 2] {
+        for dir in ["rx", "tx"] {
+            for port in ["hw0/q0", "hwhost/q0"] {
+                let got = metric(
+                    &c,
+                    n,
+                    &format!("hybridway_port_{dir}_packets_total"),
+                    &format!("port=\"{port}\""),
+                );
+                assert!(got > 100, "node {n} {port} {dir}: {got} packets");
+            }
+        }
+    }
 }
 
 #[test]

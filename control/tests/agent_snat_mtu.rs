@@ -24,10 +24,10 @@ use hybridway_dataplane::port::netns::NetnsGuard;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn cluster(name: &str) -> Cluster {
-    cluster_with(name, 1, 1)
+    cluster_with(name, 1, 1, "af_xdp")
 }
 
-fn cluster_with(name: &str, workers: u8, pods_per_node: u8) -> Cluster {
+fn cluster_with(name: &str, workers: u8, pods_per_node: u8, backend: &str) -> Cluster {
     let tag = format!("hwt{name}{}", std::process::id() % 10_000);
     let dir = std::env::temp_dir().join(&tag);
     let _ = std::fs::remove_dir_all(&dir);
@@ -35,7 +35,7 @@ fn cluster_with(name: &str, workers: u8, pods_per_node: u8) -> Cluster {
         tag,
         overlay: true,
         snat: true,
-        backend: "af_xdp".into(),
+        backend: backend.into(),
         nodes: vec![NodeKind::Hybridway, NodeKind::Hybridway],
         pods_per_node,
         workers,
@@ -52,8 +52,17 @@ const ECHO_PORT: u16 = 7007;
 
 #[test]
 fn a_thousand_concurrent_snat_flows_all_get_their_replies() {
+    a_thousand_concurrent_snat_flows_on("af_xdp");
+}
+
+#[test]
+fn a_thousand_concurrent_snat_flows_all_get_their_replies_on_the_tun_backend() {
+    a_thousand_concurrent_snat_flows_on("tun");
+}
+
+fn a_thousand_concurrent_snat_flows_on(backend: &str) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let c = cluster("sn");
+    let c = cluster_with(&format!("sn{}", &backend[..1]), 1, 1, backend);
     // An echo server outside that records who it saw.
     let stop = Arc::new(AtomicBool::new(false));
     let seen: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
@@ -177,7 +186,7 @@ fn two_workers_hand_frames_and_nat_replies_to_their_owner() {
     // p12's frames to other nodes travel to worker 0 for transmission, frames for
     // p12 travel back to worker 1, and replies to p12's masqueraded flows (worker 1's
     // NAT ports) arrive on worker 0 and are handed to worker 1.
-    let c = cluster_with("w2", 2, 2);
+    let c = cluster_with("w2", 2, 2, "af_xdp");
     assert!(c.ping((1, 2), pod_ip(2, 1), 3).unwrap());
     assert!(c.ping((2, 1), pod_ip(1, 2), 3).unwrap());
     for (client, server) in [((1, 2), (2, 1)), ((2, 1), (1, 2))] {
