@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hybridway_control::demo::topology::{
-    Cluster, ClusterSpec, NodeKind, node_addr, pod_ip, vtep_mac,
+    Cluster, ClusterSpec, NodeKind, OUTSIDE_SERVER, node_addr, pod_ip, vtep_mac,
 };
 use hybridway_control::demo::{iperf, outside_sees};
 use hybridway_dataplane::port::netns::NetnsGuard;
@@ -23,6 +23,20 @@ use hybridway_dataplane::port::netns::NetnsGuard;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn cluster(name: &str, overlay: bool, snat: bool, nodes: Vec<NodeKind>) -> Cluster {
+    cluster_on("af_xdp", name, overlay, snat, nodes)
+}
+
+fn tun_cluster(name: &str, overlay: bool, snat: bool, nodes: Vec<NodeKind>) -> Cluster {
+    cluster_on("tun", name, overlay, snat, nodes)
+}
+
+fn cluster_on(
+    backend: &str,
+    name: &str,
+    overlay: bool,
+    snat: bool,
+    nodes: Vec<NodeKind>,
+) -> Cluster {
     let tag = format!("hwt{name}{}", std::process::id() % 10_000);
     let dir = std::env::temp_dir().join(&tag);
     let _ = std::fs::remove_dir_all(&dir);
@@ -30,7 +44,7 @@ fn cluster(name: &str, overlay: bool, snat: bool, nodes: Vec<NodeKind>) -> Clust
         tag,
         overlay,
         snat,
-        backend: "af_xdp".into(),
+        backend: backend.into(),
         nodes,
         pods_per_node: 2,
         workers: 1,
@@ -392,25 +406,6 @@ fn killed_agent_restarts_with_its_pods_and_sigterm_leaves_no_xdp_behind() {
     ns.sh(&format!("ping -c 1 -W 2 {}", node_addr(2))).unwrap();
 }
 
-fn tun_cluster(name: &str, overlay: bool, snat: bool, nodes: Vec<NodeKind>) -> Cluster {
-    let tag = format!("hwt{name}{}", std::process::id() % 10_000);
-    let dir = std::env::temp_dir().join(&tag);
-    let _ = std::fs::remove_dir_all(&dir);
-    Cluster::build(ClusterSpec {
-        tag,
-        overlay,
-        snat,
-        backend: "tun".into(),
-        nodes,
-        pods_per_node: 2,
-        workers: 1,
-        kernel_offloads: false,
-        exe: PathBuf::from(env!("CARGO_BIN_EXE_hybridway")),
-        dir,
-    })
-    .unwrap_or_else(|e| panic!("building the cluster: {e}"))
-}
-
 #[test]
 fn tun_backend_overlay_talks_to_hybridway_and_kernel_vxlan_and_sigterm_removes_device_and_routes() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -436,7 +431,14 @@ fn tun_backend_overlay_talks_to_hybridway_and_kernel_vxlan_and_sigterm_removes_d
     // SNAT on the TUN backend: masqueraded in the dataplane, forwarded by the kernel.
     assert_eq!(outside_sees(&c, (1, 2)).unwrap(), node_addr(1));
     assert_eq!(outside_sees(&c, (2, 1)).unwrap(), node_addr(2));
-    assert!(metric(&c, 1, "hybridway_port_tx_packets_total", "port=\"hwhost/q0\"") > 0);
+    assert!(
+        metric(
+            &c,
+            1,
+            "hybridway_port_tx_packets_total",
+            "port=\"hwhost/q0\""
+        ) > 0
+    );
 
     let ns_name = c.node(1).unwrap().ns.name.clone();
     let before = c.node(1).unwrap().ns.sh("ip route show").unwrap();
@@ -507,6 +509,72 @@ fn tun_backend_underlay_pods_talk_to_each_other_and_a_kernel_routed_node_and_sna
                 assert!(got > 100, "node {n} {port} {dir}: {got} packets");
             }
         }
+    }
+}
+
+/// One TCP exchange: a listener bound in `server_ns`, a client connecting from
+/// `client_ns` (what a kubelet probe or a pod calling its node does).
+fn tcp_exchange(server_ns: &str, server: Ipv4Addr, client_ns: &str) {
+    let listener = {
+        let _inside = NetnsGuard::enter(server_ns).unwrap();
+        std::net::TcpListener::bind((server, 0)).unwrap()
+    };
+    let addr = listener.local_addr().unwrap();
+    let accept = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(&buf).unwrap();
+    });
+    let mut client = {
+        let _inside = NetnsGuard::enter(client_ns).unwrap();
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{client_ns} -> {addr}: {e}"))
+    };
+    use std::io::{Read, Write};
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client.write_all(b"probe").unwrap();
+    let mut back = [0u8; 5];
+    client.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"probe");
+    accept.join().unwrap();
+}
+
+#[test]
+fn the_host_port_joins_node_and_pods_and_keeps_the_nodes_own_pings_in_the_snat_range() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for backend in ["af_xdp", "tun"] {
+        let c = cluster_on(
+            backend,
+            &format!("hp{}", &backend[..1]),
+            true,
+            true,
+            vec![NodeKind::Hybridway, NodeKind::Hybridway],
+        );
+        let node = c.node(1).unwrap().ns.name.clone();
+        let pod = c.pod(1, 1).unwrap().ns.name.clone();
+        // The node reaches its pods (kubelet probes) and a pod reaches its node.
+        c.node(1)
+            .unwrap()
+            .ns
+            .sh(&format!("ping -c 2 -W 2 {}", pod_ip(1, 1)))
+            .unwrap_or_else(|e| panic!("{backend}: node -> pod: {e}"));
+        tcp_exchange(&pod, pod_ip(1, 1), &node);
+        tcp_exchange(&node, node_addr(1), &pod);
+        // The node's own ping whose identifier falls in the SNAT range: its replies
+        // are steered to the dataplane, which finds no flow and hands them back.
+        let before = metric(&c, 1, "hybridway_to_host_total", "");
+        c.node(1)
+            .unwrap()
+            .ns
+            .sh(&format!("ping -c 2 -W 2 -e 61234 {OUTSIDE_SERVER}"))
+            .unwrap_or_else(|e| panic!("{backend}: node's own ping in the SNAT range: {e}"));
+        assert!(metric(&c, 1, "hybridway_to_host_total", "") >= before + 2);
+        // Pods still reach the outside through SNAT meanwhile.
+        assert_eq!(outside_sees(&c, (1, 2)).unwrap(), node_addr(1), "{backend}");
     }
 }
 

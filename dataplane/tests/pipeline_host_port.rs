@@ -13,7 +13,7 @@ mod pipeline_support;
 use hybridway_dataplane::frame::PortId;
 use hybridway_dataplane::pipeline::Pipeline;
 use hybridway_dataplane::tables::{SnatConfig, Tables};
-use hybridway_dataplane::verdict::Verdict;
+use hybridway_dataplane::verdict::{DropReason, Verdict};
 use pipeline_support::*;
 
 const HOST: PortId = PortId(9);
@@ -46,13 +46,23 @@ fn from_kernel(f: Vec<u8>) -> Vec<u8> {
 fn on_the_tun_backend_plain_packets_leave_through_the_host_port_and_vxlan_through_the_uplink() {
     let t = tun_backend(false);
     let mut p = Pipeline::new(0, &SnatConfig::default());
-    let (v, out) = run(&mut p, &t, &udp4(POD1, UNDERLAY_POD, 1, 2, 64, b"u"), POD1_PORT);
+    let (v, out) = run(
+        &mut p,
+        &t,
+        &udp4(POD1, UNDERLAY_POD, 1, 2, 64, b"u"),
+        POD1_PORT,
+    );
     assert_eq!(v, Verdict::Forward { port: HOST });
     assert_eq!(out[22], 63, "TTL decremented");
     assert_checksums(&out, 0);
     let (v, _) = run(&mut p, &t, &udp4(POD1, OUTSIDE, 1, 2, 64, b"o"), POD1_PORT);
     assert_eq!(v, Verdict::Forward { port: HOST });
-    let (v, out) = run(&mut p, &t, &udp4(POD1, REMOTE_POD, 1, 2, 64, b"v"), POD1_PORT);
+    let (v, out) = run(
+        &mut p,
+        &t,
+        &udp4(POD1, REMOTE_POD, 1, 2, 64, b"v"),
+        POD1_PORT,
+    );
     assert_eq!(v, Verdict::Forward { port: UPLINK });
     assert_eq!(u16_at(&out, 36), 8472, "VXLAN");
 }
@@ -90,9 +100,20 @@ fn from_the_host_port_packets_for_local_pods_are_delivered_and_the_rest_is_the_h
         // A ping to the node address that is not a reply to a masqueraded flow.
         let f = from_kernel(ping4(OUTSIDE, NODE, 61_234, 64, true, b"mine"));
         assert_eq!(run(&mut p, &t, &f, HOST).0, Verdict::ToHost);
-        // Not addressed to the uplink's MAC: not judged, the host's.
-        let f = with_macs(udp4(UNDERLAY_POD, POD2, 5, 6, 64, b"x"), KERNEL_MAC, ROUTER_MAC);
-        assert_eq!(run(&mut p, &t, &f, HOST).0, Verdict::ToHost);
+        // An address of the pod block that no pod has: the kernel routed it here, so
+        // giving it back would loop.
+        let f = from_kernel(udp4(UNDERLAY_POD, GATEWAY, 5, 6, 64, b"gw"));
+        assert_eq!(
+            run(&mut p, &t, &f, HOST).0,
+            Verdict::Drop(DropReason::HostLoop)
+        );
+        // The same off the wire is the host's business.
+        let f = with_macs(
+            udp4(UNDERLAY_POD, GATEWAY, 5, 6, 64, b"gw"),
+            ROUTER_MAC,
+            UPLINK_MAC,
+        );
+        assert_eq!(run(&mut p, &t, &f, UPLINK).0, Verdict::ToHost);
     }
 }
 
@@ -100,7 +121,12 @@ fn from_the_host_port_packets_for_local_pods_are_delivered_and_the_rest_is_the_h
 fn a_pods_packets_to_the_node_go_to_the_host_and_errors_about_them_come_from_the_node() {
     let t = xdp_with_host_port(true);
     let mut p = Pipeline::new(0, &SnatConfig::default());
-    let (v, out) = run(&mut p, &t, &tcp4(POD1, NODE, 40000, 10250, 64, true, b""), POD1_PORT);
+    let (v, out) = run(
+        &mut p,
+        &t,
+        &tcp4(POD1, NODE, 40000, 10250, 64, true, b""),
+        POD1_PORT,
+    );
     assert_eq!(v, Verdict::ToHost);
     assert_eq!(ip4(&out, 30), NODE, "unchanged");
     // An expiring packet from the host port is answered as from the uplink: the

@@ -183,9 +183,9 @@ fn warn_on_strict_rp_filter() {
 )]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
     use hybridway_dataplane::frame::PortId;
     use hybridway_dataplane::wire::MacAddr;
+    use std::net::Ipv4Addr;
 
     fn cfg(mode: &str) -> AgentConfig {
         AgentConfig::from_yaml(&format!(
@@ -222,7 +222,13 @@ nodes:
     fn tun_steers_the_dataplanes_traffic_with_rules_ahead_of_the_local_table() {
         let p = plan(Backend::Tun, &cfg("underlay"), &(61000..=65534));
         let rules = joined(&p.rules);
-        assert!(rules.contains(&"pref 91 iif eth0 to 198.18.0.1 ipproto tcp dport 61000-65534 lookup 26743".to_string()), "{rules:?}");
+        assert!(
+            rules.contains(
+                &"pref 91 iif eth0 to 198.18.0.1 ipproto tcp dport 61000-65534 lookup 26743"
+                    .to_string()
+            ),
+            "{rules:?}"
+        );
         assert!(rules.contains(&"pref 120 from 198.19.1.0/24 lookup 26744".to_string()));
         // Every rule that must see the node's address comes before the local table.
         for r in &p.rules {
@@ -261,7 +267,15 @@ nodes:
             ]
         );
         assert!(r.iter().all(is_underlay_route));
-        assert!(underlay_routes(Backend::Tun, &cfg("overlay"), &uplink).unwrap().is_empty());
-        assert!(underlay_routes(Backend::AfXdp, &cfg("underlay"), &uplink).unwrap().is_empty());
+        assert!(
+            underlay_routes(Backend::Tun, &cfg("overlay"), &uplink)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            underlay_routes(Backend::AfXdp, &cfg("underlay"), &uplink)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -266,10 +266,7 @@ impl Agent {
                 pool.add_port(w, port, false)?;
             }
         }
-        host_routing::apply(
-            &host_routing::plan(backend, &cfg, &snat_ports),
-            &mut kernel,
-        )?;
+        host_routing::apply(&host_routing::plan(backend, &cfg, &snat_ports), &mut kernel)?;
 
         let gauges = Arc::new(Gauges::default());
         let mut agent = Agent {

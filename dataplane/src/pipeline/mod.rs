@@ -478,7 +478,7 @@ impl Pipeline {
                     .ok_or(DropReason::MalformedEthernet)?;
                 Ok(Action::Done(Verdict::Forward { port }))
             }
-            _ => Ok(Action::Done(Verdict::ToHost)),
+            _ => not_for_a_pod(frame, node).map(Action::Done),
         }
     }
 
@@ -717,7 +717,7 @@ impl Pipeline {
                     .ok_or(DropReason::MalformedEthernet)?;
                 Ok(Verdict::Forward { port })
             }
-            _ => Ok(Verdict::ToHost),
+            _ => not_for_a_pod(frame, node),
         }
     }
 
@@ -904,6 +904,17 @@ impl Lookups {
     fn get(&self, j: usize) -> Option<(usize, &Pending)> {
         self.pending.get(j)?.as_ref().map(|(i, p)| (*i, p))
     }
+}
+
+/// A packet from the uplink side that is not for a local pod (nor the node's
+/// address): the host's when it came off the wire; when the host itself routed it
+/// here (the host port), handing it back would loop between the kernel's routes and
+/// ours — an address in the pod block that no pod has.
+fn not_for_a_pod(frame: &Frame<'_>, node: &NodeSettings) -> Step {
+    if Some(frame.meta.in_port) == node.host_port {
+        return Err(DropReason::HostLoop);
+    }
+    Ok(Verdict::ToHost)
 }
 
 /// The pod MTU in overlay mode: the uplink's minus the VXLAN overhead.

@@ -243,16 +243,10 @@ impl<P: Processor> WorkerLoop<P> {
                 }
                 // The host port is the kernel's way in; without one (an AF_XDP queue
                 // has no path back into the kernel) the frame is counted and discarded.
-                // A frame the kernel itself routed to us cannot go back: that would
-                // loop between its routes and ours.
                 Verdict::ToHost => {
                     counters.to_host.add(1);
                     match tables.node.host_port {
-                        Some(host) if host != frame.meta.in_port => Out::Port(host),
-                        Some(_) => {
-                            counters.drop(DropReason::HostLoop, 1);
-                            Out::Dropped
-                        }
+                        Some(host) => Out::Port(host),
                         None => Out::Dropped,
                     }
                 }
