@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hybridway_control::demo::topology::{
-    Cluster, ClusterSpec, NodeKind, OUTSIDE_SERVER, node_addr, pod_ip, vtep_mac,
+    Cluster, ClusterSpec, NodeKind, OUTSIDE_SERVER, node_addr, pod_gateway, pod_ip, vtep_mac,
 };
 use hybridway_control::demo::{iperf, outside_sees};
 use hybridway_dataplane::port::netns::NetnsGuard;
@@ -544,7 +544,7 @@ fn tcp_exchange(server_ns: &str, server: Ipv4Addr, client_ns: &str) {
 }
 
 #[test]
-fn the_host_port_joins_node_and_pods_and_keeps_the_nodes_own_pings_in_the_snat_range() {
+fn the_host_port_joins_node_and_pods_the_gateway_answers_and_the_nodes_own_pings_come_back() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for backend in ["af_xdp", "tun"] {
         let c = cluster_on(
@@ -564,6 +564,8 @@ fn the_host_port_joins_node_and_pods_and_keeps_the_nodes_own_pings_in_the_snat_r
             .unwrap_or_else(|e| panic!("{backend}: node -> pod: {e}"));
         tcp_exchange(&pod, pod_ip(1, 1), &node);
         tcp_exchange(&node, node_addr(1), &pod);
+        // The gateway, which only the dataplane answers for, answers pings.
+        assert_ping(&c, (1, 1), pod_gateway(1));
         // The node's own ping whose identifier falls in the SNAT range: its replies
         // are steered to the dataplane, which finds no flow and hands them back.
         let before = metric(&c, 1, "hybridway_to_host_total", "");

@@ -136,11 +136,44 @@ fn broadcast_and_host_traffic() {
         p.process(&mut frame, &t, T0),
         Verdict::Drop(DropReason::Unsupported)
     );
-    for dst in [NODE, GATEWAY] {
-        let mut buf = Buf::new();
-        let mut frame = buf.frame(&udp4(POD1, dst, 5000, 53, 64, b"x"), POD1_PORT);
-        assert_eq!(p.process(&mut frame, &t, T0), Verdict::ToHost);
-    }
+    let mut buf = Buf::new();
+    let mut frame = buf.frame(&udp4(POD1, NODE, 5000, 53, 64, b"x"), POD1_PORT);
+    assert_eq!(p.process(&mut frame, &t, T0), Verdict::ToHost);
+    // The gateway has no host interface behind it: only pings are answered.
+    let mut buf = Buf::new();
+    let mut frame = buf.frame(&udp4(POD1, GATEWAY, 5000, 53, 64, b"x"), POD1_PORT);
+    assert_eq!(
+        p.process(&mut frame, &t, T0),
+        Verdict::Drop(DropReason::NoRoute)
+    );
+}
+
+#[test]
+fn the_gateway_answers_pings() {
+    let t = tables(false);
+    let mut p = pipeline();
+    let (v, out) = run(
+        &mut p,
+        &t,
+        &ping4(POD1, GATEWAY, 77, 5, false, b"hello gateway"),
+        POD1_PORT,
+    );
+    assert_eq!(v, Verdict::Reply);
+    assert_eq!(&out[0..6], &POD1_MAC.0);
+    assert_eq!(&out[6..12], &GATEWAY_MAC.0);
+    assert_eq!((ip4(&out, 26), ip4(&out, 30)), (GATEWAY, POD1));
+    assert_eq!(out[22], 64, "a fresh TTL");
+    assert_eq!(out[34], 0, "echo reply");
+    assert_eq!(u16_at(&out, 38), 77, "identifier kept");
+    assert!(out.ends_with(b"hello gateway"));
+    assert_checksums(&out, 0);
+    // A request with a broken checksum is not answered.
+    let mut bad = ping4(POD1, GATEWAY, 77, 5, false, b"x");
+    bad[36] ^= 0xff;
+    assert_eq!(
+        run(&mut p, &t, &bad, POD1_PORT).0,
+        Verdict::Drop(DropReason::MalformedTransport)
+    );
 }
 
 #[test]

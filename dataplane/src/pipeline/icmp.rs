@@ -1,5 +1,5 @@
-//! ICMP errors the dataplane originates (RFC 792, RFC 1191, RFC 4443): time exceeded
-//! and "fragmentation needed"/"packet too big".
+//! ICMP the dataplane originates (RFC 792, RFC 1191, RFC 4443): time exceeded and
+//! "fragmentation needed"/"packet too big", and echo replies from the pods' gateway.
 //!
 //! The error is built in place: the original IP packet stays where it is and becomes
 //! the quoted part; the new Ethernet, IP and ICMP headers are written into the bytes in
@@ -9,7 +9,10 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::bytes::{put, rd_mac, set_macs, wr8, wr16, wr32};
-use super::parse::{ETH_LEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_ICMP, PROTO_ICMPV6, V4, V6};
+use super::parse::{
+    ETH_LEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, L4, PROTO_ICMP,
+    PROTO_ICMPV6, V4, V6,
+};
 use crate::frame::Frame;
 use crate::time::Now;
 use crate::verdict::DropReason;
@@ -41,6 +44,51 @@ impl IcmpError {
             IcmpError::TooBig { .. } => DropReason::TooBig,
         }
     }
+}
+
+/// TTL of the echo replies the gateway sends (Linux's default).
+const ECHO_REPLY_TTL: u8 = 64;
+
+/// Turns an ICMP echo request to the gateway into the gateway's reply, in place:
+/// addresses and MACs swapped, type 0, a fresh TTL. A pod pinging its gateway is the
+/// first thing anyone tries; the gateway address lives only in the dataplane (there
+/// is no host interface behind it), so nobody else could answer. Requests with a bad
+/// ICMP checksum are dropped as the kernel drops them.
+pub(crate) fn echo_reply_v4(
+    frame: &mut Frame<'_>,
+    ip: &V4,
+    l4: &L4,
+    mac: MacAddr,
+) -> Result<(), DropReason> {
+    if l4.proto != PROTO_ICMP || l4.icmp_type != ICMP_ECHO_REQUEST || ip.is_fragment() {
+        return Err(DropReason::NoRoute);
+    }
+    let d = frame.data_mut();
+    let message = d
+        .get(l4.off..ip.end())
+        .ok_or(DropReason::MalformedTransport)?;
+    if checksum::sum(message) != 0xffff {
+        return Err(DropReason::MalformedTransport);
+    }
+    let peer = rd_mac(d, 6).ok_or(DropReason::MalformedEthernet)?;
+    set_macs(d, 0, peer, mac).ok_or(DropReason::MalformedEthernet)?;
+    // Swapping the addresses keeps both checksums (the sum is order-free).
+    put(d, ip.l3 + 12, &ip.dst.octets()).ok_or(DropReason::MalformedIpv4)?;
+    put(d, ip.l3 + 16, &ip.src.octets()).ok_or(DropReason::MalformedIpv4)?;
+    let ttl_word = |ttl: u8| u16::from_be_bytes([ttl, ip.proto]);
+    let ip_sum = super::bytes::rd16(d, ip.l3 + 10).ok_or(DropReason::MalformedIpv4)?;
+    wr8(d, ip.l3 + 8, ECHO_REPLY_TTL).ok_or(DropReason::MalformedIpv4)?;
+    let ip_sum = checksum::update_u16(ip_sum, ttl_word(ip.ttl), ttl_word(ECHO_REPLY_TTL));
+    wr16(d, ip.l3 + 10, ip_sum).ok_or(DropReason::MalformedIpv4)?;
+    let type_word = |t: u8| u16::from_be_bytes([t, l4.icmp_code]);
+    let icmp_sum = super::bytes::rd16(d, l4.off + 2).ok_or(DropReason::MalformedTransport)?;
+    wr8(d, l4.off, ICMP_ECHO_REPLY).ok_or(DropReason::MalformedTransport)?;
+    let icmp_sum = checksum::update_u16(
+        icmp_sum,
+        type_word(ICMP_ECHO_REQUEST),
+        type_word(ICMP_ECHO_REPLY),
+    );
+    wr16(d, l4.off + 2, icmp_sum).ok_or(DropReason::MalformedTransport)
 }
 
 /// A token bucket that limits the errors one worker originates (as Linux's

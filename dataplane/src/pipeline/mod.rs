@@ -7,11 +7,13 @@
 //!  ARP for gateway ──► Reply (ARP reply)        ARP, non-IP, VLAN, not to our MAC ──► ToHost
 //!  NS for gateway  ──► Reply (NA)               to node_addr:
 //!  source not this pod's ──► Drop                 UDP to vxlan_port ──► decap ──► pod port
-//!  to node/gateway ──► ToHost                     NAT reply (SNAT on) ──► un-SNAT ──► pod port
+//!  to node ──► ToHost                             NAT reply (SNAT on) ──► un-SNAT ──► pod port
+//!  echo to gateway ──► Reply (rest: Drop)
 //!  route(dst):                                      (owned by another worker ──► HandOff)
 //!    LocalPod     ──► MACs, TTL ──► pod port        anything else ──► ToHost
 //!    VxlanNode    ──► TTL, MTU, encap ──► uplink  to a local pod (underlay) ──► pod port
-//!    UnderlayNode ──► MACs, TTL, MTU ──► uplink   anything else ──► ToHost
+//!    UnderlayNode ──► MACs, TTL, MTU ──► uplink   anything else ──► ToHost (from the
+//!                                                   host port: Drop, it would loop)
 //!    Outside      ──► MACs, TTL, MTU, SNAT ──► uplink
 //!  TTL expired / DF and too big ──► Reply (ICMP error)
 //! ```
@@ -271,8 +273,13 @@ impl Pipeline {
         if ip.dst.is_broadcast() || ip.dst.is_multicast() {
             return Err(DropReason::Unsupported);
         }
-        if ip.dst == node.node_addr || ip.dst == node.gateway_v4 {
+        if ip.dst == node.node_addr {
             return Ok(Action::Done(Verdict::ToHost));
+        }
+        if ip.dst == node.gateway_v4 {
+            let l4 = ip.l4.ok_or(DropReason::NoRoute)?;
+            icmp::echo_reply_v4(frame, ip, &l4, node.gateway_mac)?;
+            return Ok(Action::Done(Verdict::Reply));
         }
         let target = *tables.routes.lookup_v4(ip.dst).ok_or(DropReason::NoRoute)?;
         if ip.ttl <= 1 {
