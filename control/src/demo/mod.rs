@@ -122,14 +122,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let mut report = Report::default();
     let tag = format!("hwd{}", std::process::id() % 10_000);
-    // On the TUN backend underlay is the kernel's own routing: nothing to show.
-    let tun = args.backend == "tun";
-    if tun && !args.overlay_only {
-        println!(
-            "backend tun: overlay only (its underlay is plain kernel routing), SNAT off (needs af_xdp)"
-        );
-    }
-    let modes: &[bool] = if args.overlay_only || tun {
+    let modes: &[bool] = if args.overlay_only {
         &[true]
     } else {
         &[true, false]
@@ -149,8 +142,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         let spec = ClusterSpec {
             tag: tag.clone(),
             overlay,
-            // The TUN backend cannot masquerade: the agent refuses SNAT there.
-            snat: !args.no_snat && args.backend != "tun",
+            snat: !args.no_snat,
             backend: args.backend.clone(),
             nodes: vec![NodeKind::Hybridway, NodeKind::Hybridway],
             pods_per_node: 2,
