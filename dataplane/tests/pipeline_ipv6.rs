@@ -182,3 +182,23 @@ fn spoofed_and_multicast_ipv6_are_dropped() {
     );
     assert_eq!(v, Verdict::Drop(DropReason::Unsupported));
 }
+
+#[test]
+fn link_local_multicast_from_a_pod_is_unsupported_not_spoofed() {
+    let t = tables(false);
+    let link_local = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x10);
+    let all_routers = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+    let (v, _) = run6(
+        &t,
+        &udp6(link_local, all_routers, 1, 2, 255, b"rs"),
+        POD1_PORT,
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::Unsupported));
+    // A unicast packet from a link-local source is still not this pod's address.
+    let (v, _) = run6(
+        &t,
+        &udp6(link_local, REMOTE_POD6, 1, 2, 64, b"x"),
+        POD1_PORT,
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::SourceNotLocal));
+}

@@ -136,6 +136,14 @@ fn broadcast_and_host_traffic() {
         p.process(&mut frame, &t, T0),
         Verdict::Drop(DropReason::Unsupported)
     );
+    // DHCP discovery is not a spoofed source.
+    let mut buf = Buf::new();
+    let dhcp = udp4(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, 68, 67, 64, b"d");
+    let mut frame = buf.frame(&dhcp, POD1_PORT);
+    assert_eq!(
+        p.process(&mut frame, &t, T0),
+        Verdict::Drop(DropReason::Unsupported)
+    );
     let mut buf = Buf::new();
     let mut frame = buf.frame(&udp4(POD1, NODE, 5000, 53, 64, b"x"), POD1_PORT);
     assert_eq!(p.process(&mut frame, &t, T0), Verdict::ToHost);

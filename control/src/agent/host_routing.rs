@@ -59,6 +59,8 @@ pub const LOCAL_RULE_PREF: u32 = 100;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostRouting {
     pub sysctls: Vec<(String, String)>,
+    /// Set where the kernel has them (IPv6 may be compiled out or disabled).
+    pub sysctls_if_present: Vec<(String, String)>,
     pub routes: Vec<RouteArgs>,
     pub rules: Vec<RuleArgs>,
     /// Move `lookup local` from priority 0 to this one first.
@@ -73,6 +75,10 @@ pub fn plan(backend: Backend, cfg: &AgentConfig, snat_ports: &RangeInclusive<u16
             (format!("net.ipv4.conf.{HOST_TUN}.rp_filter"), "0".into()),
             (format!("net.ipv4.conf.{HOST_TUN}.accept_local"), "1".into()),
         ],
+        // The devices carry IPv4 only (the agent has no IPv6 configuration yet); the
+        // kernel's own IPv6 chatter on them (router solicitations, MLD) would only
+        // be counted as drops.
+        sysctls_if_present: vec![(format!("net.ipv6.conf.{HOST_TUN}.disable_ipv6"), "1".into())],
         ..HostRouting::default()
     };
     if backend != Backend::Tun {
@@ -84,6 +90,8 @@ pub fn plan(backend: Backend, cfg: &AgentConfig, snat_ports: &RangeInclusive<u16
         // Replies from the outside reach pods through hw0 with outside sources.
         (format!("net.ipv4.conf.{POD_TUN}.rp_filter"), "0".into()),
     ]);
+    p.sysctls_if_present
+        .push((format!("net.ipv6.conf.{POD_TUN}.disable_ipv6"), "1".into()));
     let uplink = &cfg.uplink.interface;
     let node = cfg.node.address;
     let (lo, hi) = (snat_ports.start(), snat_ports.end());
@@ -149,6 +157,11 @@ pub fn is_underlay_route(route: &RouteArgs) -> bool {
 pub fn apply(plan: &HostRouting, kernel: &mut KernelRoutes) -> Result<(), RouteError> {
     for (key, value) in &plan.sysctls {
         kernel.sysctl(key, value)?;
+    }
+    for (key, value) in &plan.sysctls_if_present {
+        if let Err(e) = kernel.sysctl(key, value) {
+            tracing::debug!(error = %e, "optional sysctl not set");
+        }
     }
     warn_on_strict_rp_filter();
     for r in &plan.routes {

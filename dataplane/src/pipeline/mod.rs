@@ -266,12 +266,14 @@ impl Pipeline {
     ) -> Result<Action, DropReason> {
         let node = &tables.node;
         let in_port = frame.meta.in_port;
+        // Before the source check: DHCP discovery comes from 0.0.0.0, and it is not
+        // spoofing.
+        if ip.dst.is_broadcast() || ip.dst.is_multicast() {
+            return Err(DropReason::Unsupported);
+        }
         match tables.routes.lookup_v4(ip.src) {
             Some(RouteTarget::LocalPod { port, .. }) if *port == in_port => {}
             _ => return Err(DropReason::SourceNotLocal),
-        }
-        if ip.dst.is_broadcast() || ip.dst.is_multicast() {
-            return Err(DropReason::Unsupported);
         }
         if ip.dst == node.node_addr {
             return Ok(Action::Done(Verdict::ToHost));
@@ -646,12 +648,14 @@ impl Pipeline {
         if neighbor::is_neighbor_solicit(ip) {
             return neighbor::answer_ns(frame, ip, node).map(|()| Verdict::Reply);
         }
+        // Before the source check: router solicitations and MLD reports come from
+        // link-local addresses, and they are not spoofing.
+        if ip.dst.is_multicast() {
+            return Err(DropReason::Unsupported);
+        }
         match tables.routes.lookup_v6(ip.src) {
             Some(RouteTarget::LocalPod { port, .. }) if *port == frame.meta.in_port => {}
             _ => return Err(DropReason::SourceNotLocal),
-        }
-        if ip.dst.is_multicast() {
-            return Err(DropReason::Unsupported);
         }
         if Some(ip.dst) == node.gateway_v6 || Some(ip.dst) == node.node_addr_v6 {
             return Ok(Verdict::ToHost);
