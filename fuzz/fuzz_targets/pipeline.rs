@@ -18,11 +18,13 @@ use libfuzzer_sys::fuzz_target;
 
 const UPLINK: PortId = PortId(0);
 const POD_PORTS: [PortId; 2] = [PortId(1), PortId(2)];
+/// The host port (TUN) of the TUN-backend tables.
+const HOST: PortId = PortId(3);
 const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
 const POD1: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 10);
 
-fn tables(snat: bool) -> Tables {
+fn tables(snat: bool, tun: bool) -> Tables {
     let mut b = RouteTableBuilder::new();
     let mut add = |p: &str, t| {
         if let Ok(p) = p.parse::<Prefix>() {
@@ -68,8 +70,8 @@ fn tables(snat: bool) -> Tables {
             node_addr: NODE,
             node_addr_v6: None,
             uplink_port: UPLINK,
-            routed_port: UPLINK,
-            host_port: None,
+            routed_port: if tun { HOST } else { UPLINK },
+            host_port: tun.then_some(HOST),
             uplink_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             uplink_mtu: 1500,
             vtep_mac: MacAddr([2, 0, 0, 0, 0x0f, 1]),
@@ -90,9 +92,17 @@ fn tables(snat: bool) -> Tables {
     }
 }
 
-fn both_tables() -> &'static [Tables; 2] {
-    static T: OnceLock<[Tables; 2]> = OnceLock::new();
-    T.get_or_init(|| [tables(false), tables(true)])
+/// SNAT off and on, AF_XDP and TUN backend.
+fn all_tables() -> &'static [Tables; 4] {
+    static T: OnceLock<[Tables; 4]> = OnceLock::new();
+    T.get_or_init(|| {
+        [
+            tables(false, false),
+            tables(true, false),
+            tables(false, true),
+            tables(true, true),
+        ]
+    })
 }
 
 fn config() -> SnatConfig {
@@ -139,6 +149,8 @@ fn check(verdict: Verdict, frame: &Frame<'_>, t: &Tables, config: &SnatConfig, w
     match verdict {
         Verdict::Forward { port } => {
             let known = port == t.node.uplink_port
+                || port == t.node.routed_port
+                || Some(port) == t.node.host_port
                 || t.routes
                     .iter()
                     .any(|(_, r)| matches!(r, RouteTarget::LocalPod { port: p, .. } if *p == port));
@@ -181,11 +193,12 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, bytes)) = data.split_first() else {
         return;
     };
-    let t = &both_tables()[usize::from(selector & 1)];
+    let t = &all_tables()[usize::from(selector & 1 | (selector >> 3) & 2)];
     let in_port = match (selector >> 1) & 3 {
-        0 | 3 => UPLINK,
+        0 => UPLINK,
         1 => POD_PORTS[0],
-        _ => POD_PORTS[1],
+        2 => POD_PORTS[1],
+        _ => HOST,
     };
     let config = config();
     let worker = u16::from(selector >> 7);
