@@ -177,6 +177,57 @@ fn vxlan_payloads_cross_between_two_nodes_singly_and_with_gso() {
 }
 
 #[test]
+fn a_gro_train_is_not_cut_across_batches() {
+    let a = Netns::new("udp");
+    let b = Netns::new("udp");
+    veth_pair(&a, "ua", "198.18.32.1/24", &b, "ub", "198.18.32.2/24");
+    let mut pa = open(&a, [198, 18, 32, 1]);
+    let mut pb = open(&b, [198, 18, 32, 2]);
+    assert!(pb.gro(), "UDP GRO available on this kernel");
+    let frames: Vec<Vec<u8>> = (0..40u32)
+        .map(|i| {
+            let inner = udp_frame(
+                [0xa; 6],
+                [0xb; 6],
+                [198, 19, 32, 5],
+                [198, 19, 33, 5],
+                1234,
+                80,
+                &[(i % 256) as u8; 1000],
+            );
+            udp_frame(
+                [1; 6],
+                [2; 6],
+                [198, 18, 32, 1],
+                [198, 18, 32, 2],
+                51000,
+                8472,
+                &vxlan_payload(1, &inner),
+            )
+        })
+        .collect();
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    // Two GSO sends of 40 datagrams: two trains, and 80 > one batch of 64.
+    assert_eq!(pa.send(&refs).unwrap(), 40);
+    assert_eq!(pa.send(&refs).unwrap(), 40);
+    assert_eq!(pa.counters().tx_gso_sends, 2, "{:?}", pa.counters());
+    let mut batch = PacketBatch::new();
+    let mut sizes = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sizes.iter().sum::<usize>() < 80 && Instant::now() < deadline {
+        batch.clear();
+        match pb.recv(&mut batch).unwrap() {
+            0 => std::thread::sleep(Duration::from_millis(2)),
+            n => sizes.push(n),
+        }
+    }
+    assert_eq!(pb.counters().rx_gro_trains, 2, "{:?}", pb.counters());
+    // The second train does not fit the 24 slots the first left: it waits whole
+    // for the next batch instead of being cut 24 + 16.
+    assert_eq!(sizes, [40, 40]);
+}
+
+#[test]
 fn the_linux_vxlan_device_is_a_peer() {
     // Node B runs a kernel VXLAN device configured the way flannel configures it;
     // node A is this port plus the test answering pings as a "pod".

@@ -9,10 +9,12 @@
 //!
 //! Paths: hybridway AF_XDP overlay and underlay; the kernel's VXLAN configured like
 //! flannel (overlay baseline) and kernel routing (underlay baseline), both with the
-//! veths' offloads left on — the kernel at its best. hybridway's veths run with
-//! offloads off because AF_XDP sees frames as they are (see `Netns::no_offloads`).
-//! The TUN backend runs overlay only (its underlay is the kernel's routing) and
-//! without SNAT.
+//! veths' offloads left on — the kernel at its best. The AF_XDP paths' veths run
+//! with offloads off because AF_XDP sees frames as they are (see
+//! `Netns::no_offloads`). The TUN backend runs overlay only (its underlay is the
+//! kernel's routing), without SNAT, and with the offloads on: its veths and uplink
+//! are ordinary kernel devices, so TSO super-packets reach the TUN and UDP GSO/GRO
+//! work on the uplink, as on a real node.
 
 use std::path::PathBuf;
 
@@ -94,7 +96,11 @@ fn build(
         nodes: vec![kind, kind],
         pods_per_node: 1,
         workers: 1,
-        kernel_offloads: kernel,
+        // Only AF_XDP needs the veths' offloads off (it sees frames as they are on
+        // the veth). On the TUN backend every veth and the uplink are ordinary kernel
+        // devices, as on a real node, so they keep their offloads like the kernel's
+        // paths: TSO super-packets reach the TUN and UDP GSO/GRO work on the uplink.
+        kernel_offloads: kernel || backend == "tun",
         exe: exe.to_path_buf(),
         dir: std::env::temp_dir().join(tag),
     })?)

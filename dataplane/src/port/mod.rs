@@ -105,6 +105,22 @@ pub trait Port: Send {
     fn drops(&self) -> PortDrops {
         PortDrops::default()
     }
+
+    /// Totals of the port's GSO/GRO super-packets, for the worker's counters.
+    fn offloads(&self) -> PortOffloads {
+        PortOffloads::default()
+    }
+}
+
+/// Totals of super-packets a port moved (TSO/USO reads and GRO trains on receive,
+/// GSO writes and sends on transmit) and of the frames they carried: frames per
+/// super-packet is what decides how much per-packet kernel work the port costs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortOffloads {
+    pub rx_super: u64,
+    pub rx_super_frames: u64,
+    pub tx_super: u64,
+    pub tx_super_frames: u64,
 }
 
 /// Totals of frames a port dropped on its own, outside the pipeline's verdicts.

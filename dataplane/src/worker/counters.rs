@@ -50,6 +50,12 @@ pub struct PortCounters {
     /// Frames the port itself dropped (see `Port::drops`), refreshed periodically.
     pub rx_dropped: Counter,
     pub tx_dropped: Counter,
+    /// The port's GSO/GRO super-packets and their frames (see `Port::offloads`),
+    /// refreshed periodically.
+    pub rx_super: Counter,
+    pub rx_super_frames: Counter,
+    pub tx_super: Counter,
+    pub tx_super_frames: Counter,
 }
 
 /// Everything one worker counts.
@@ -101,6 +107,10 @@ impl WorkerCounters {
             tx_bytes: Counter(AtomicU64::new(0)),
             rx_dropped: Counter(AtomicU64::new(0)),
             tx_dropped: Counter(AtomicU64::new(0)),
+            rx_super: Counter(AtomicU64::new(0)),
+            rx_super_frames: Counter(AtomicU64::new(0)),
+            tx_super: Counter(AtomicU64::new(0)),
+            tx_super_frames: Counter(AtomicU64::new(0)),
         };
         self.ports.get(i).unwrap_or(&UNUSED)
     }
@@ -204,7 +214,7 @@ impl Counters {
     /// Prometheus text exposition format (version 0.0.4) of every counter.
     pub fn render_prometheus(&self, out: &mut String) {
         let names = self.names.lock().map(|n| n.clone()).unwrap_or_default();
-        let port_metrics: [Metric<PortCounters>; 6] = [
+        let port_metrics: [Metric<PortCounters>; 10] = [
             (
                 "hybridway_port_rx_dropped_total",
                 "Frames the port dropped on receive",
@@ -229,6 +239,26 @@ impl Counters {
             ("hybridway_port_tx_bytes_total", "Bytes transmitted", |p| {
                 p.tx_bytes.get()
             }),
+            (
+                "hybridway_port_rx_super_packets_total",
+                "GSO super-packets and GRO trains received (several frames in one read)",
+                |p| p.rx_super.get(),
+            ),
+            (
+                "hybridway_port_rx_super_frames_total",
+                "Frames carried by received super-packets",
+                |p| p.rx_super_frames.get(),
+            ),
+            (
+                "hybridway_port_tx_super_packets_total",
+                "GSO super-packets sent (several frames in one write)",
+                |p| p.tx_super.get(),
+            ),
+            (
+                "hybridway_port_tx_super_frames_total",
+                "Frames carried by sent super-packets",
+                |p| p.tx_super_frames.get(),
+            ),
         ];
         for (metric, help, get) in port_metrics {
             let _ = writeln!(

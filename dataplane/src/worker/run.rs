@@ -319,6 +319,11 @@ impl<P: Processor> WorkerLoop<P> {
             let pc = c.port(port.id());
             pc.rx_dropped.set(d.rx);
             pc.tx_dropped.set(d.tx);
+            let o = port.offloads();
+            pc.rx_super.set(o.rx_super);
+            pc.rx_super_frames.set(o.rx_super_frames);
+            pc.tx_super.set(o.tx_super);
+            pc.tx_super_frames.set(o.tx_super_frames);
         }
     }
 

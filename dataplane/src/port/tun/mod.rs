@@ -22,7 +22,7 @@ mod sys;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use super::{PacketBatch, Port, PortDrops, PortError};
+use super::{PacketBatch, Port, PortDrops, PortError, PortOffloads};
 use crate::frame::{FRAME_BUFFER_SIZE, FRAME_HEADROOM, PortId};
 use crate::wire::MacAddr;
 use coalesce::Coalescer;
@@ -315,11 +315,19 @@ impl Port for TunPort {
                         self.counters.rx_gso_packets += 1;
                         self.counters.rx_gso_segments += segmenter.count() as u64;
                     }
+                    let whole = segmenter.count() <= batch.remaining();
                     self.pending = Some(Pending {
                         len: n,
                         segmenter,
                         next: 0,
                     });
+                    // A super-packet whose segments do not all fit waits for the
+                    // next batch rather than being cut in two: kept whole, it
+                    // leaves the uplink in one GSO send and comes back as one GRO
+                    // train (cut at batch boundaries, it took two of each).
+                    if !whole && !batch.is_empty() {
+                        break;
+                    }
                     added += self.drain_pending(batch);
                 }
                 Err(_) => self.counters.rx_malformed += 1,
@@ -382,6 +390,16 @@ impl Port for TunPort {
         PortDrops {
             rx: c.rx_malformed + c.rx_oversize,
             tx: c.tx_not_ip,
+        }
+    }
+
+    fn offloads(&self) -> PortOffloads {
+        let c = self.counters;
+        PortOffloads {
+            rx_super: c.rx_gso_packets,
+            rx_super_frames: c.rx_gso_segments,
+            tx_super: c.tx_gso_packets,
+            tx_super_frames: c.tx_gso_segments,
         }
     }
 }

@@ -28,7 +28,7 @@ mod sys;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use super::{BATCH_SIZE, PacketBatch, Port, PortDrops, PortError};
+use super::{BATCH_SIZE, PacketBatch, Port, PortDrops, PortError, PortOffloads};
 use crate::frame::{FRAME_HEADROOM, PortId};
 use crate::wire::MacAddr;
 
@@ -77,10 +77,14 @@ impl UdpConfig {
 pub struct UdpCounters {
     /// Reads that returned a GRO train of several datagrams.
     pub rx_gro_trains: u64,
+    /// Datagrams those trains carried.
+    pub rx_gro_datagrams: u64,
     /// Datagrams too large for a frame buffer (dropped).
     pub rx_oversize: u64,
     /// `sendmsg` calls that carried several datagrams (GSO).
     pub tx_gso_sends: u64,
+    /// Datagrams those calls carried.
+    pub tx_gso_datagrams: u64,
     /// Frames that were not Ethernet/IPv4/UDP (dropped).
     pub tx_invalid: u64,
     /// Datagrams the kernel refused (unreachable, too big; dropped).
@@ -240,7 +244,10 @@ impl UdpPort {
         if self.gso && parts.len() > 1 {
             match sys::send(fd, to, parts, u16::try_from(size).ok()) {
                 Ok(sent) => {
-                    self.counters.tx_gso_sends += u64::from(sent);
+                    if sent {
+                        self.counters.tx_gso_sends += 1;
+                        self.counters.tx_gso_datagrams += parts.len() as u64;
+                    }
                     return Ok(sent);
                 }
                 Err(e)
@@ -364,6 +371,7 @@ impl Port for UdpPort {
             let size = r.gro_size.unwrap_or(r.len).max(1);
             if size < r.len {
                 self.counters.rx_gro_trains += 1;
+                self.counters.rx_gro_datagrams += r.len.div_ceil(size) as u64;
             }
             self.pending = Some(Pending {
                 len: r.len,
@@ -371,6 +379,11 @@ impl Port for UdpPort {
                 size,
                 offset: 0,
             });
+            // A GRO train that does not fit whole waits for the next batch, so the
+            // TUN side can merge it into one write instead of two.
+            if r.len.div_ceil(size) > batch.remaining() && !batch.is_empty() {
+                break;
+            }
             added += self.drain_pending(batch);
         }
         Ok(added)
@@ -436,6 +449,16 @@ impl Port for UdpPort {
         PortDrops {
             rx: c.rx_oversize,
             tx: c.tx_invalid + c.tx_errors,
+        }
+    }
+
+    fn offloads(&self) -> PortOffloads {
+        let c = self.counters;
+        PortOffloads {
+            rx_super: c.rx_gro_trains,
+            rx_super_frames: c.rx_gro_datagrams,
+            tx_super: c.tx_gso_sends,
+            tx_super_frames: c.tx_gso_datagrams,
         }
     }
 }
