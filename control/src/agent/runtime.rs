@@ -131,7 +131,7 @@ pub struct Agent {
     unresolved: Vec<Ipv4Addr>,
     gauges: Arc<Gauges>,
     metrics: Option<MetricsServer>,
-    /// Kernel routes and sysctls set for the TUN backend (undone on shutdown).
+    /// Kernel routes, policy rules and sysctls this agent set (undone on shutdown).
     kernel: KernelRoutes,
 }
 
