@@ -154,27 +154,34 @@ fn kernel_vxlan_configured_like_flannel_is_a_peer() {
     assert!(metric(&c, 1, "hybridway_port_rx_packets_total", "port=\"eth0/q0\"") > 100);
 }
 
+/// An underlay of two hybridway nodes and a kernel-routed third (what the rest of an
+/// underlay network does), SNAT on or off.
+fn underlay_cluster(backend: &str, name: &str, snat: bool) -> Cluster {
+    let nodes = vec![
+        NodeKind::Hybridway,
+        NodeKind::Hybridway,
+        NodeKind::KernelRouting,
+    ];
+    cluster_on(backend, name, false, snat, nodes)
+}
+
+/// Pods on the two hybridway nodes talk both ways (ICMP, TCP, UDP), and to and from
+/// the kernel-routed node's pods.
+fn assert_underlay_pods_talk(c: &Cluster) {
+    assert_ping(c, (1, 1), pod_ip(2, 1));
+    assert_ping(c, (2, 2), pod_ip(1, 2));
+    assert_tcp_udp_both_ways(c, (1, 2), (2, 1));
+    assert_ping(c, (1, 1), pod_ip(3, 1));
+    assert_ping(c, (3, 2), pod_ip(2, 2));
+    let r = iperf(c, (3, 1), (1, 1), false, 1);
+    assert!(r.is_ok(), "{r:?}");
+}
+
 #[test]
 fn underlay_pods_talk_to_each_other_and_to_a_kernel_routed_node() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let c = cluster(
-        "ul",
-        false,
-        true,
-        vec![
-            NodeKind::Hybridway,
-            NodeKind::Hybridway,
-            NodeKind::KernelRouting,
-        ],
-    );
-    assert_ping(&c, (1, 1), pod_ip(2, 1));
-    assert_ping(&c, (2, 1), pod_ip(1, 1));
-    assert_tcp_udp_both_ways(&c, (1, 2), (2, 1));
-    // Node 3 is plain kernel routing (what the rest of an underlay network does).
-    assert_ping(&c, (1, 1), pod_ip(3, 1));
-    assert_ping(&c, (3, 2), pod_ip(2, 2));
-    let r = iperf(&c, (3, 1), (1, 1), false, 1);
-    assert!(r.is_ok(), "{r:?}");
+    let c = underlay_cluster("af_xdp", "ul", true);
+    assert_underlay_pods_talk(&c);
     assert_eq!(outside_sees(&c, (2, 2)).unwrap(), node_addr(2));
 }
 
@@ -477,21 +484,8 @@ fn tun_backend_overlay_talks_to_hybridway_and_kernel_vxlan_and_sigterm_removes_d
 #[test]
 fn tun_backend_underlay_pods_talk_to_each_other_and_a_kernel_routed_node_and_snat_off_shows_pods() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let c = tun_cluster(
-        "tul",
-        false,
-        false,
-        vec![
-            NodeKind::Hybridway,
-            NodeKind::Hybridway,
-            NodeKind::KernelRouting,
-        ],
-    );
-    assert_ping(&c, (1, 1), pod_ip(2, 1));
-    assert_ping(&c, (2, 2), pod_ip(1, 2));
-    assert_tcp_udp_both_ways(&c, (1, 2), (2, 1));
-    assert_ping(&c, (1, 1), pod_ip(3, 1));
-    assert_ping(&c, (3, 2), pod_ip(2, 2));
+    let c = underlay_cluster("tun", "tul", false);
+    assert_underlay_pods_talk(&c);
     // The outside routes pod blocks to their nodes (what BGP would teach it).
     assert_eq!(outside_sees(&c, (1, 1)).unwrap(), pod_ip(1, 1));
     assert_eq!(outside_sees(&c, (2, 2)).unwrap(), pod_ip(2, 2));
