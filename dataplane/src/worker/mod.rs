@@ -7,6 +7,7 @@
 //! Frames that belong to another worker (NAT replies on the wrong queue, frames for
 //! a port only another worker has) move over bounded lock-free queues.
 
+mod backoff;
 pub mod counters;
 pub mod handoff;
 pub mod metrics;

@@ -17,6 +17,7 @@ use crate::time::Now;
 use crate::verdict::{DropReason, Verdict};
 
 use super::Processor;
+use super::backoff::IdleBackoff;
 use super::counters::{Counters, WorkerCounters};
 use super::handoff::{Parcel, ParcelKind};
 use super::pool::{Command, Mesh, PoolConfig};
@@ -43,6 +44,8 @@ pub(crate) struct WorkerLoop<P> {
     ports: Vec<Box<dyn Port>>,
     /// Ports that were sent to since the last flush.
     dirty: Vec<bool>,
+    /// Per port: how many loop turns it is skipped while idle.
+    backoff: Vec<IdleBackoff>,
     batch: PacketBatch,
     outs: [Out; BATCH_SIZE],
     epoch: Instant,
@@ -76,6 +79,7 @@ impl<P: Processor> WorkerLoop<P> {
             processor,
             ports: Vec::new(),
             dirty: Vec::new(),
+            backoff: Vec::new(),
             batch: PacketBatch::new(),
             outs: [Out::Dropped; BATCH_SIZE],
             epoch: now,
@@ -106,7 +110,13 @@ impl<P: Processor> WorkerLoop<P> {
             );
             let mut moved = self.drain_inbox(&tables, now);
             for slot in 0..self.ports.len() {
-                moved += self.poll_port(slot, &tables, now);
+                if self.backoff.get_mut(slot).is_none_or(IdleBackoff::due) {
+                    let n = self.poll_port(slot, &tables, now);
+                    if let Some(b) = self.backoff.get_mut(slot) {
+                        b.polled(n);
+                    }
+                    moved += n;
+                }
             }
             self.flush_dirty();
             if moved == 0 {
@@ -146,6 +156,7 @@ impl<P: Processor> WorkerLoop<P> {
                     tracing::debug!(worker = self.index, port = port.name(), "port added");
                     self.ports.push(port);
                     self.dirty.push(false);
+                    self.backoff.push(IdleBackoff::default());
                 }
                 Command::RemovePort(id, ack) => {
                     self.flush_all();
@@ -157,6 +168,7 @@ impl<P: Processor> WorkerLoop<P> {
                     }
                     self.ports.retain(|p| p.id() != id);
                     self.dirty = vec![false; self.ports.len()];
+                    self.backoff = vec![IdleBackoff::default(); self.ports.len()];
                     for (slot, port) in self.ports.iter().enumerate() {
                         if let Some(fd) = port.poll_fd() {
                             let _ = self.poll.registry().register(
@@ -364,6 +376,8 @@ impl<P: Processor> WorkerLoop<P> {
         if let Some(p) = self.mesh.parked.get(me) {
             p.store(false, Ordering::SeqCst);
         }
+        // Whatever woke us, every port is polled on the next turn.
+        self.backoff.fill(IdleBackoff::default());
     }
 }
 
