@@ -152,8 +152,8 @@ impl PortOpener {
             }
             // TUN backend: the uplink side of the overlay is a UDP socket per worker
             // (SO_REUSEPORT) on node:vxlan_port; the kernel keeps the NIC. Plain
-            // packets cross the host port instead (`open_host`); an underlay has no
-            // VXLAN and so no uplink port.
+            // packets cross the host port instead (`open_tun`, `host_routing`); an
+            // underlay has no VXLAN and so no uplink port.
             Backend::Tun => {
                 if cfg.mode != ModeConfig::Overlay {
                     return Ok(Vec::new());

@@ -32,8 +32,6 @@ pub const UPLINK_PORT: PortId = PortId(0);
 pub const TUN_PORT: PortId = PortId(1);
 /// The host port (both backends).
 pub const HOST_PORT: PortId = PortId(2);
-/// Name of the pod TUN device (removed when the agent stops).
-pub const TUN_NAME: &str = POD_TUN;
 
 /// How long a table build waits for the kernel to resolve a next hop.
 const RESOLVE_WAIT: Duration = Duration::from_millis(500);
@@ -259,7 +257,7 @@ impl Agent {
                 ModeConfig::Underlay => info.mtu,
             };
             for (w, port) in opener
-                .open_tun(TUN_NAME, workers, TUN_PORT, mtu, None)?
+                .open_tun(POD_TUN, workers, TUN_PORT, mtu, None)?
                 .into_iter()
                 .enumerate()
             {

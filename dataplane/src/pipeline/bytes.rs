@@ -57,6 +57,26 @@ pub(crate) fn wr16(d: &mut [u8], at: usize, v: u16) -> Option<()> {
     put(d, at, &v.to_be_bytes())
 }
 
+/// Rewrites the 16-bit word at `at` with `f(old)` and updates the one's-complement
+/// checksum at `checksum_at` that covers it (RFC 1624).
+#[inline]
+pub(crate) fn update16(
+    d: &mut [u8],
+    at: usize,
+    checksum_at: usize,
+    f: impl FnOnce(u16) -> u16,
+) -> Option<()> {
+    let old = rd16(d, at)?;
+    let sum = rd16(d, checksum_at)?;
+    let new = f(old);
+    wr16(d, at, new)?;
+    wr16(
+        d,
+        checksum_at,
+        crate::wire::checksum::update_u16(sum, old, new),
+    )
+}
+
 #[inline]
 pub(crate) fn wr32(d: &mut [u8], at: usize, v: u32) -> Option<()> {
     put(d, at, &v.to_be_bytes())

@@ -8,7 +8,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::bytes::{put, rd_mac, set_macs, wr8, wr16, wr32};
+use super::bytes::{put, rd_mac, set_macs, update16, wr8, wr16, wr32};
 use super::parse::{
     ETH_LEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, L4, PROTO_ICMP,
     PROTO_ICMPV6, V4, V6,
@@ -75,20 +75,15 @@ pub(crate) fn echo_reply_v4(
     // Swapping the addresses keeps both checksums (the sum is order-free).
     put(d, ip.l3 + 12, &ip.dst.octets()).ok_or(DropReason::MalformedIpv4)?;
     put(d, ip.l3 + 16, &ip.src.octets()).ok_or(DropReason::MalformedIpv4)?;
-    let ttl_word = |ttl: u8| u16::from_be_bytes([ttl, ip.proto]);
-    let ip_sum = super::bytes::rd16(d, ip.l3 + 10).ok_or(DropReason::MalformedIpv4)?;
-    wr8(d, ip.l3 + 8, ECHO_REPLY_TTL).ok_or(DropReason::MalformedIpv4)?;
-    let ip_sum = checksum::update_u16(ip_sum, ttl_word(ip.ttl), ttl_word(ECHO_REPLY_TTL));
-    wr16(d, ip.l3 + 10, ip_sum).ok_or(DropReason::MalformedIpv4)?;
-    let type_word = |t: u8| u16::from_be_bytes([t, l4.icmp_code]);
-    let icmp_sum = super::bytes::rd16(d, l4.off + 2).ok_or(DropReason::MalformedTransport)?;
-    wr8(d, l4.off, ICMP_ECHO_REPLY).ok_or(DropReason::MalformedTransport)?;
-    let icmp_sum = checksum::update_u16(
-        icmp_sum,
-        type_word(ICMP_ECHO_REQUEST),
-        type_word(ICMP_ECHO_REPLY),
-    );
-    wr16(d, l4.off + 2, icmp_sum).ok_or(DropReason::MalformedTransport)
+    // TTL shares its word with the protocol, the type with the code.
+    update16(d, ip.l3 + 8, ip.l3 + 10, |w| {
+        u16::from_be_bytes([ECHO_REPLY_TTL, w.to_be_bytes()[1]])
+    })
+    .ok_or(DropReason::MalformedIpv4)?;
+    update16(d, l4.off, l4.off + 2, |w| {
+        u16::from_be_bytes([ICMP_ECHO_REPLY, w.to_be_bytes()[1]])
+    })
+    .ok_or(DropReason::MalformedTransport)
 }
 
 /// A token bucket that limits the errors one worker originates (as Linux's

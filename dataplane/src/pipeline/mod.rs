@@ -74,7 +74,7 @@ use crate::tables::{
 };
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict, WorkerId};
-use crate::wire::{MacAddr, checksum};
+use crate::wire::MacAddr;
 
 pub use self::vxlan::source_port as vxlan_source_port;
 
@@ -946,12 +946,8 @@ fn port_mac(port: PortId, node: &NodeSettings) -> MacAddr {
 /// a 16-bit word with the protocol).
 #[inline]
 fn decrement_ttl_v4(d: &mut [u8], ip: &V4) -> Result<(), DropReason> {
-    let at = ip.l3 + 8;
-    let old = bytes::rd16(d, at).ok_or(DropReason::MalformedIpv4)?;
-    let new = old.wrapping_sub(0x0100);
-    let c = bytes::rd16(d, ip.l3 + 10).ok_or(DropReason::MalformedIpv4)?;
-    bytes::wr16(d, at, new).ok_or(DropReason::MalformedIpv4)?;
-    bytes::wr16(d, ip.l3 + 10, checksum::update_u16(c, old, new)).ok_or(DropReason::MalformedIpv4)
+    bytes::update16(d, ip.l3 + 8, ip.l3 + 10, |w| w.wrapping_sub(0x0100))
+        .ok_or(DropReason::MalformedIpv4)
 }
 
 #[inline]
