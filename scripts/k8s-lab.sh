@@ -90,18 +90,23 @@ ldflags_for() {
 # one `go build` so shared packages compile once, then moves each into its cache
 # directory. Serialised by a lock so parallel tests asking for a binary wait for one
 # build instead of starting several.
+cached() {
+  local name
+  for name in "$@"; do
+    [[ -x "$(cache_dir_of "$name")/$name" ]] || return 1
+  done
+}
+
 build_binaries() {
+  # A binary lands in the cache by rename, whole: if all are there, no lock needed.
+  cached "$@" && return 0
   mkdir -p "$LAB_CACHE"
-  exec 8>"$LAB_CACHE/build.lock"
+  exec 8>"$LAB_CACHE/k8s-lab.build.lock"
   flock 8
   local name missing=()
   for name in "$@"; do
-    [[ -x "$(cache_dir_of "$name")/$name" ]] || missing+=("$name")
+    cached "$name" || missing+=("$name")
   done
-  if ((${#missing[@]} == 0)); then
-    flock -u 8
-    return 0
-  fi
   # One go build per source module (flannel has a module of its own).
   local src
   for src in $(for name in "${missing[@]}"; do src_dir_of "$name"; done | sort -u); do
