@@ -18,7 +18,8 @@
 # Progress goes to stderr; only results go to stdout. Needs root (bridge, addresses).
 set -euo pipefail
 
-LAB_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/k8s-lab"
+LAB_SCRIPT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
+LAB_SRC="$(dirname "$LAB_SCRIPT")/k8s-lab"
 LAB_CACHE="${HYBRIDWAY_LAB_CACHE:-/var/cache/hybridway-lab}"
 # Shared run-time state (bridge owner list, address reservations): under /run so a
 # reboot, which also removes the bridge, forgets it too.
@@ -499,7 +500,34 @@ $(tail -n 15 "$dir/kube-apiserver.log")"
     sleep 0.5
   done
   log "ready after $((SECONDS - start)) s; for a shell: . $dir/env"
+  if [[ -n "${HYBRIDWAY_LAB_OWNER_PID:-}" ]]; then
+    spawn "$dir" watchdog "$LAB_SCRIPT" watch "$dir" "$HYBRIDWAY_LAB_OWNER_PID"
+  fi
   echo "$dir/kubeconfig"
+}
+
+# start_time PID: when the process started (field 22 of /proc/PID/stat), so that a
+# PID reused by another process is not taken for the one we watch.
+start_time() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }" # the command name may hold spaces and parentheses
+  echo "$stat" | awk '{print $20}'
+}
+
+# watch DIR PID: runs `down DIR` when the process PID ends without having run it
+# (a test killed by Ctrl-C or SIGKILL never runs its Drop guard). Started by `up`
+# when HYBRIDWAY_LAB_OWNER_PID is set; ends by itself once the instance is down.
+cmd_watch() {
+  local dir="$1" owner="$2" started
+  started="$(start_time "$owner")" || started=gone
+  while [[ -e "$dir/addr" && "$(start_time "$owner" || echo gone)" == "$started" && "$started" != gone ]]; do
+    sleep 1
+  done
+  if [[ -e "$dir/addr" ]]; then
+    log "owner $owner of $dir ended without down: stopping the instance"
+    cmd_down "$dir"
+  fi
 }
 
 # Stops what an instance runs (in any state of start-up) and frees its network.
@@ -507,6 +535,11 @@ stop_instance() {
   local dir="$1" rec owner
   stop_process "$dir" kube-apiserver
   stop_process "$dir" etcd
+  # The watchdog, unless it is the one stopping the instance.
+  if [[ "$(cat "$dir/watchdog.pid" 2>/dev/null)" != "$$" ]]; then
+    pid_alive "$dir/watchdog.pid" "k8s-lab.sh watch" && kill -TERM "$(cat "$dir/watchdog.pid")" 2>/dev/null
+  fi
+  rm -f "$dir/watchdog.pid"
   lock_network
   for rec in "$LAB_RUN"/attached/*; do
     [[ -e "$rec" ]] || continue
@@ -657,6 +690,7 @@ main() {
     attach) cmd_attach "$@" ;;
     detach) cmd_detach "$@" ;;
     token) cmd_token "$@" ;;
+    watch) cmd_watch "$@" ;;
     *)
       sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
       exit 2
