@@ -154,7 +154,7 @@ go_build() {
     # flannel's own Makefile).
     local cgo=0
     [[ "$src" == "$LAB_SRC/flannel" ]] && cgo=1
-    CGO_ENABLED=$cgo nice -n 10 go build -v -trimpath -ldflags "$(ldflags_for "$src")" -o "$out/" "${pkgs[@]}"
+    CGO_ENABLED=$cgo nice -n 10 go build -v -trimpath -buildvcs=false -ldflags "$(ldflags_for "$src")" -o "$out/" "${pkgs[@]}"
   ) 2>"$progress" &
   local build_pid=$! next=60
   while kill -0 "$build_pid" 2>/dev/null; do
