@@ -434,7 +434,7 @@ cmd_up() {
   local dir
   dir="$(cd "$1" && pwd)"
   [[ ! -e "$dir/addr" ]] || die "$dir already holds an instance ($(cat "$dir/addr")); run: $0 down $dir"
-  local timeout="${HYBRIDWAY_LAB_UP_TIMEOUT:-90}"
+  local timeout="${HYBRIDWAY_LAB_UP_TIMEOUT:-60}"
   build_binaries kube-apiserver kubectl etcd
   link_etcd
   local bin="$K8S_CACHE"
