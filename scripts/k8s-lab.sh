@@ -87,10 +87,7 @@ ldflags_for() {
   echo "$flags"
 }
 
-# build_binaries NAME... : compiles the named binaries that are not cached yet, in
-# one `go build` so shared packages compile once, then moves each into its cache
-# directory. Serialised by a lock so parallel tests asking for a binary wait for one
-# build instead of starting several.
+# cached NAME...: every one of them is in the cache.
 cached() {
   local name
   for name in "$@"; do
@@ -98,6 +95,10 @@ cached() {
   done
 }
 
+# build_binaries NAME... : compiles the named binaries that are not cached yet, in
+# one `go build` per Go module so shared packages compile once, then moves each into
+# its cache directory. Serialised by a lock so parallel tests asking for a binary
+# wait for one build instead of starting several.
 build_binaries() {
   # A binary lands in the cache by rename, whole: if all are there, no lock needed.
   cached "$@" && return 0
