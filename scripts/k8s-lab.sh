@@ -14,7 +14,11 @@
 #                                         veth from a namespace into the lab bridge
 #   k8s-lab.sh detach DIR NETNS IFNAME
 #   k8s-lab.sh token DIR NAMESPACE SA     path of a kubeconfig for a service account
+#   k8s-lab.sh watch DIR PID              (started by up) run down DIR once PID ends
 #
+# Environment: HYBRIDWAY_LAB_CACHE (binaries, /var/cache/hybridway-lab),
+# HYBRIDWAY_LAB_UP_TIMEOUT (seconds up waits for /readyz, 60),
+# HYBRIDWAY_LAB_OWNER_PID (up: stop the instance when that process ends).
 # Progress goes to stderr; only results go to stdout. Needs root (bridge, addresses).
 set -euo pipefail
 
@@ -23,7 +27,7 @@ LAB_SRC="$(dirname "$LAB_SCRIPT")/k8s-lab"
 LAB_CACHE="${HYBRIDWAY_LAB_CACHE:-/var/cache/hybridway-lab}"
 # Shared run-time state (bridge owner list, address reservations): under /run so a
 # reboot, which also removes the bridge, forgets it too.
-LAB_RUN="${HYBRIDWAY_LAB_RUN:-/run/hybridway-lab}"
+LAB_RUN=/run/hybridway-lab
 
 log() { echo "k8s-lab: $*" >&2; }
 die() {
