@@ -238,7 +238,7 @@ pid_alive() {
   local pid
   pid="$(cat "$1" 2>/dev/null)" || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$2"
+  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q -- "$2"
 }
 
 # An instance is alive while its `up`, etcd or kube-apiserver runs.
@@ -500,7 +500,7 @@ $(tail -n 15 "$dir/$name.log")"
     done
     if ((SECONDS - start >= timeout)); then
       die "kube-apiserver not ready after $timeout s; see $dir/kube-apiserver.log and $dir/etcd.log:
-$(tail -n 15 "$dir/kube-apiserver.log")"
+$(grep -v 'FLAG: --' "$dir/kube-apiserver.log" | tail -n 15)"
     fi
     sleep 0.5
   done
