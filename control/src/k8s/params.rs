@@ -127,16 +127,21 @@ pub struct CheckRanges {
     pub on_prem_node_cidrs: Option<Vec<Prefix>>,
 }
 
+// serde_yaml gives errors raised here no position: they start with the field name
+// so that `from_yaml` can find its line.
 fn de_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Prefix, D::Error> {
     let s = String::deserialize(d)?;
-    Prefix::from_str(&s).map_err(serde::de::Error::custom)
+    Prefix::from_str(&s).map_err(|e| serde::de::Error::custom(format!("hybridPodCIDR: {e}")))
 }
 
 fn de_opt_prefixes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Prefix>>, D::Error> {
     let v = Option::<Vec<String>>::deserialize(d)?;
     v.map(|v| {
         v.iter()
-            .map(|s| Prefix::from_str(s).map_err(serde::de::Error::custom))
+            .map(|s| {
+                Prefix::from_str(s)
+                    .map_err(|e| serde::de::Error::custom(format!("checkRanges: {e}")))
+            })
             .collect()
     })
     .transpose()
@@ -234,11 +239,21 @@ impl ControllerParams {
 
     /// Parses and validates YAML text; `origin` names it in messages.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ParamsError> {
-        let params: ControllerParams =
-            serde_yaml::from_str(text).map_err(|e| ParamsError::Parse {
-                origin: origin.to_string(),
-                message: e.to_string(),
-            })?;
+        let params: ControllerParams = serde_yaml::from_str(text).map_err(|e| {
+            let message = e.to_string();
+            match message.split_once(": ") {
+                Some((field, rest)) if !message.contains(" at line ") => ParamsError::Invalid {
+                    origin: origin.to_string(),
+                    line: line_of(text, field),
+                    field: field.to_string(),
+                    message: rest.to_string(),
+                },
+                _ => ParamsError::Parse {
+                    origin: origin.to_string(),
+                    message,
+                },
+            }
+        })?;
         params
             .validate()
             .map_err(|(field, message)| ParamsError::Invalid {
@@ -329,31 +344,47 @@ fn config_map_payload(text: &str) -> Option<String> {
     Some(doc.get("data")?.get(CONFIG_KEY)?.as_str()?.to_string())
 }
 
-/// The 1-based line of the last key of `field` (`nodePools[0].name` -> `name`),
-/// searched from the line of its first key: good enough to point an editor there.
+/// The 1-based line of `field` (`nodePools[1].name`) in block-style YAML: each key
+/// is searched from where the previous one was found, `[i]` steps to the i-th item
+/// of the list. Good enough to point an editor at the line.
 fn line_of(text: &str, field: &str) -> Option<usize> {
-    let keys: Vec<&str> = field
-        .split('.')
-        .map(|k| k.split('[').next().unwrap_or(k))
-        .collect();
-    let first = keys.first()?;
-    let last = keys.last()?;
     let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
     let has_key = |l: &str, k: &str| {
-        l.trim_start()
+        let t = l
+            .trim_start()
             .trim_start_matches("- ")
-            .trim_start_matches('{')
-            .starts_with(&format!("{k}:"))
+            .trim_start_matches('{');
+        t.starts_with(&format!("{k}:"))
             || l.contains(&format!(" {k}:"))
             || l.contains(&format!("{{{k}:"))
     };
-    let start = lines.iter().position(|l| has_key(l, first))?;
-    let at = lines
-        .iter()
-        .enumerate()
-        .skip(start)
-        .find(|(_, l)| has_key(l, last))
-        .map_or(start, |(i, _)| i);
+    let mut at = 0;
+    for segment in field.split('.') {
+        let (key, index) = match segment.split_once('[') {
+            Some((k, i)) => (k, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        at += lines.iter().skip(at).position(|l| has_key(l, key))?;
+        if let Some(i) = index {
+            let items: Vec<usize> = (at + 1..lines.len())
+                .filter(|&n| {
+                    lines
+                        .get(n)
+                        .is_some_and(|l| l.trim_start().starts_with("- "))
+                })
+                .collect();
+            let depth = items
+                .first()
+                .and_then(|&n| lines.get(n))
+                .map(|l| indent(l))?;
+            let same: Vec<usize> = items
+                .into_iter()
+                .filter(|&n| lines.get(n).is_some_and(|l| indent(l) == depth))
+                .collect();
+            at = *same.get(i)?;
+        }
+    }
     Some(at + 1)
 }
 
@@ -423,7 +454,11 @@ checkRanges:
                 "operator: Near",
                 "nodePools[1].nodeSelector",
             ),
-            ("198.19.128.0/17", "198.19.128.0/33", "hybridPodCIDR"),
+            (
+                "198.19.128.0/17",
+                "198.19.128.0/33",
+                "line 1: hybridPodCIDR: prefix length 33",
+            ),
             (
                 "mode: overlay",
                 "mode: sideways",
