@@ -9,6 +9,8 @@ packages=(
   # network namespaces and real peers for the tests and the demo
   iproute2 iputils-ping tcpdump iperf3 netsniff-ng ethtool
   frr bird2 gobgpd
+  # the Kubernetes test rig (scripts/k8s-lab.sh): certificates, readiness probes, locks
+  openssl curl util-linux
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -24,6 +26,19 @@ fi
 for svc in frr bird gobgpd; do
   systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done
+
+# Go builds the Kubernetes test rig's binaries (scripts/k8s-lab/go.mod). Debian's Go
+# may be older than that go.mod asks for: k8s-lab.sh then lets it fetch the right
+# toolchain, itself a Go module, from the module proxy (GOTOOLCHAIN=auto).
+if ! command -v go >/dev/null 2>&1; then
+  if [[ -x /usr/local/go/bin/go ]]; then
+    export PATH="/usr/local/go/bin:$PATH"
+  else
+    echo "installing: golang-go"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends golang-go
+  fi
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   if [[ -x "$HOME/.cargo/bin/cargo" ]]; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every hybridway test on a fresh Debian machine, as root: installs what is
-# missing, runs the unit, property and network-namespace tests (TUN, AF_XDP, FRR,
-# BIRD and Linux VXLAN peers, for real), then a short run of every fuzz target.
+# missing, builds the Kubernetes test rig's binaries once (scripts/k8s-lab.sh), runs
+# the unit, property and network-namespace tests (TUN, AF_XDP, FRR, BIRD and Linux
+# VXLAN peers, a real kube-apiserver), then a short run of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,9 @@ fi
 
 echo "== formatting"
 cargo fmt --all -- --check
+
+echo "== Kubernetes test rig: etcd, kube-apiserver, kubectl (cached by version; a cold build compiles for many minutes)"
+./scripts/k8s-lab.sh build
 
 echo "== unit, property and namespace tests"
 cargo test --workspace --all-targets --no-fail-fast

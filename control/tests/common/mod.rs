@@ -1,6 +1,7 @@
-//! Shared helpers for the BGP tests that need root: namespaces, FRR, BIRD and the
-//! `hybridway bgp-speaker` process. Everything the helpers start or create is
-//! stopped or removed by a `Drop` guard, also when a test fails.
+//! Shared helpers for the tests that need root: namespaces, FRR, BIRD, the
+//! `hybridway bgp-speaker` process and (`k8s_lab`) a real Kubernetes API server.
+//! Everything the helpers start or create is stopped or removed by a `Drop` guard,
+//! also when a test fails.
 #![allow(
     dead_code,
     clippy::unwrap_used,
@@ -8,6 +9,8 @@
     clippy::indexing_slicing,
     clippy::panic
 )]
+
+pub mod k8s_lab;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -51,6 +54,50 @@ fn nix_is_root() -> bool {
                 .map(|l| l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
+}
+
+/// A network namespace named after the test, the pid and a counter, with `lo` up;
+/// deleted on drop, which also removes the interfaces inside it.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("hw{tag}-{}-{}", std::process::id(), unique());
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        sh(&["ip", "-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs `cmd` with `sh -c` inside the namespace, whatever its status.
+    pub fn try_sh(&self, cmd: &str) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
+            .output()
+            .expect("run ip netns exec")
+    }
+
+    /// Runs `cmd` inside the namespace, asserts it succeeded, returns its stdout.
+    pub fn sh(&self, cmd: &str) -> String {
+        let out = self.try_sh(cmd);
+        assert!(
+            out.status.success(),
+            "in {}: `{cmd}` failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
 }
 
 /// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.
