@@ -11,5 +11,7 @@ pub mod crdgen;
 pub mod discovery;
 pub mod leader;
 pub mod metrics;
+#[cfg(test)]
+mod mock_api;
 pub mod node_ipam;
 pub mod params;
