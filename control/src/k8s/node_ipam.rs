@@ -255,6 +255,7 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<IpamContext>) -> Result<Action,
             let params = PatchParams::default();
             match api.patch(&name, &params, &Patch::Merge(&patch)).await {
                 Ok(_) => {
+                    ctx.metrics.block_written();
                     tracing::info!(node = %name, %block, pool, mode, "block written");
                     if fresh {
                         let note = format!("block {block} of pool {pool} ({mode})");
