@@ -209,20 +209,20 @@ fn block_patch(
     mode: &str,
     set_pod_cidr: bool,
 ) -> serde_json::Value {
-    let mut patch = json!({
-        "metadata": {
-            "resourceVersion": resource_version,
-            "annotations": {
-                annotations::HYBRID_POD_BLOCK: block.to_string(),
-                annotations::HYBRID_MODE: mode,
-                annotations::HYBRID_POOL: pool,
-            }
+    let metadata = json!({
+        "resourceVersion": resource_version,
+        "annotations": {
+            annotations::HYBRID_POD_BLOCK: block.to_string(),
+            annotations::HYBRID_MODE: mode,
+            annotations::HYBRID_POOL: pool,
         }
     });
     if set_pod_cidr {
-        patch["spec"] = json!({"podCIDR": block.to_string(), "podCIDRs": [block.to_string()]});
+        let b = block.to_string();
+        json!({"metadata": metadata, "spec": {"podCIDR": b, "podCIDRs": [b]}})
+    } else {
+        json!({"metadata": metadata})
     }
-    patch
 }
 
 /// Reconciles one Node.
