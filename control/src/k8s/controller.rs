@@ -183,6 +183,7 @@ async fn lead(ctx: Arc<IpamContext>) {
     };
     let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .modify(keep_what_ipam_reads)
         .reflect(writer)
         .inspect_ok(released)
         .touched_objects();
@@ -203,6 +204,22 @@ async fn lead(ctx: Arc<IpamContext>) {
     .for_each(|_| futures::future::ready(()));
     let params = watch_params(ctx, reader, reconcile_all);
     tokio::join!(node_controller, bgp_controller, params);
+}
+
+/// Drops what no reconciler reads before a Node enters the cache: managed fields,
+/// kubectl's last-applied copy and all of status but the addresses (a real node's
+/// status carries its image list and conditions, kilobytes per node).
+fn keep_what_ipam_reads(node: &mut Node) {
+    node.metadata.managed_fields = None;
+    if let Some(a) = node.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    if let Some(status) = node.status.take() {
+        node.status = Some(k8s_openapi::api::core::v1::NodeStatus {
+            addresses: status.addresses,
+            ..Default::default()
+        });
+    }
 }
 
 /// A deleted Node frees its block; a re-list frees blocks of nodes that vanished
