@@ -6,3 +6,5 @@
 pub mod agent;
 pub mod bgp;
 pub mod demo;
+pub mod ipam;
+pub mod k8s;

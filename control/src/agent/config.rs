@@ -58,6 +58,16 @@ pub enum ModeConfig {
     Underlay,
 }
 
+impl ModeConfig {
+    /// The name used in configuration files and in the `hybrid-mode` Node annotation.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModeConfig::Overlay => "overlay",
+            ModeConfig::Underlay => "underlay",
+        }
+    }
+}
+
 impl From<ModeConfig> for hybridway_dataplane::tables::Mode {
     fn from(m: ModeConfig) -> Self {
         match m {

@@ -32,10 +32,29 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Check a configuration file and exit (non-zero with the reason when invalid).
+    /// Check a configuration file and exit (non-zero with the reason when invalid):
+    /// the agent's file, or the controller's parameters (bare `config.yaml` or the
+    /// whole ConfigMap manifest), detected from the content unless `--kind` says.
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
+        #[arg(long, value_enum)]
+        kind: Option<ConfigKind>,
+    },
+    /// Run the cluster controller: hybrid IPAM and BGPClusterConfig validation,
+    /// leader-elected over a Lease in kube-system.
+    Controller {
+        #[command(flatten)]
+        args: hybridway_control::k8s::controller::ControllerArgs,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Write the CustomResourceDefinitions generated from the Rust types.
+    Crdgen {
+        /// Directory to write into.
+        #[arg(long, default_value = "deploy/crds")]
+        out: PathBuf,
     },
     /// Attach or detach pods on a running agent.
     Pod {
@@ -63,6 +82,26 @@ enum Command {
     BgpSpeaker(hybridway_control::bgp::cli::BgpSpeakerArgs),
 }
 
+/// Which configuration `check-config` is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ConfigKind {
+    Agent,
+    Controller,
+}
+
+impl ConfigKind {
+    /// The controller's parameters name `hybridPodCIDR` (also inside a ConfigMap).
+    fn detect(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(if text.contains("hybridPodCIDR") {
+            ConfigKind::Controller
+        } else {
+            ConfigKind::Agent
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum PodAction {
     /// Attach a pod whose veth's host side is `--port`.
@@ -85,12 +124,20 @@ enum PodAction {
 }
 
 fn init_logging() {
+    init_logging_as(false);
+}
+
+fn init_logging_as(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
 }
 
 fn print_response(resp: &control::Response) -> anyhow::Result<()> {
@@ -114,9 +161,33 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(control::run(agent))?;
         }
-        Command::CheckConfig { config } => {
-            hybridway_control::agent::AgentConfig::load(&config)?;
+        Command::CheckConfig { config, kind } => {
+            let kind = match kind {
+                Some(k) => k,
+                None => ConfigKind::detect(&config)?,
+            };
+            match kind {
+                ConfigKind::Agent => {
+                    hybridway_control::agent::AgentConfig::load(&config)?;
+                }
+                ConfigKind::Controller => {
+                    hybridway_control::k8s::params::ControllerParams::load(&config)?;
+                }
+            }
             println!("{}: ok", config.display());
+        }
+        Command::Controller { args, log_json } => {
+            init_logging_as(log_json);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(hybridway_control::k8s::controller::run(&args))?;
+        }
+        Command::Crdgen { out } => {
+            for path in hybridway_control::k8s::crdgen::write(&out)? {
+                println!("{}", path.display());
+            }
         }
         Command::Pod { action, socket } => {
             let req = match action {

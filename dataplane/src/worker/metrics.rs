@@ -11,6 +11,8 @@ use std::time::Duration;
 
 /// Renders the exposition text.
 pub type Render = Arc<dyn Fn(&mut String) + Send + Sync>;
+/// Answers `/readyz`: true when the process can do its job.
+pub type Ready = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// The running endpoint; dropping it stops the thread.
 #[derive(Debug)]
@@ -21,8 +23,18 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    /// Binds `addr` and serves on a thread named `hw-metrics`.
+    /// Binds `addr` and serves on a thread named `hw-metrics`; `/readyz` is always ok.
     pub fn start(addr: SocketAddr, render: Render) -> std::io::Result<Self> {
+        Self::start_with_readiness(addr, render, Arc::new(|| true))
+    }
+
+    /// Like [`MetricsServer::start`], with `/healthz` (200 while the thread answers)
+    /// and `/readyz` (200 when `ready` says so, else 503) for Kubernetes probes.
+    pub fn start_with_readiness(
+        addr: SocketAddr,
+        render: Render,
+        ready: Ready,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -36,7 +48,7 @@ impl MetricsServer {
                     }
                     if let Ok(stream) = conn {
                         // A slow or broken client only costs its own connection.
-                        let _ = serve(stream, &render);
+                        let _ = serve(stream, &render, &ready);
                     }
                 }
             })?;
@@ -63,7 +75,7 @@ impl Drop for MetricsServer {
     }
 }
 
-fn serve(mut stream: TcpStream, render: &Render) -> std::io::Result<()> {
+fn serve(mut stream: TcpStream, render: &Render, ready: &Ready) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut req = Vec::with_capacity(1024);
@@ -79,16 +91,24 @@ fn serve(mut stream: TcpStream, render: &Render) -> std::io::Result<()> {
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, ctype, body) = if method == "GET" && (path == "/metrics" || path == "/") {
-        let mut body = String::with_capacity(16 * 1024);
-        render(&mut body);
-        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body)
-    } else {
-        (
+    let (status, ctype, body) = match (method, path) {
+        ("GET", "/metrics" | "/") => {
+            let mut body = String::with_capacity(16 * 1024);
+            render(&mut body);
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body)
+        }
+        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", "/readyz") if ready() => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", "/readyz") => (
+            "503 Service Unavailable",
+            "text/plain",
+            "not ready\n".to_string(),
+        ),
+        _ => (
             "404 Not Found",
             "text/plain",
-            "try GET /metrics\n".to_string(),
-        )
+            "try GET /metrics, /healthz or /readyz\n".to_string(),
+        ),
     };
     write!(
         stream,
@@ -127,6 +147,23 @@ mod tests {
         assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
         assert!(resp.ends_with("\r\n\r\nhybridway_up 1\n"), "{resp}");
         assert!(get(server.local_addr(), "/nope").starts_with("HTTP/1.1 404"));
+        assert!(get(server.local_addr(), "/readyz").starts_with("HTTP/1.1 200"));
         drop(server);
+    }
+
+    #[test]
+    fn probes_answer_readiness() {
+        let ready = Arc::new(AtomicBool::new(false));
+        let r = ready.clone();
+        let server = MetricsServer::start_with_readiness(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(|_: &mut String| {}),
+            Arc::new(move || r.load(Ordering::Relaxed)),
+        )
+        .unwrap();
+        assert!(get(server.local_addr(), "/healthz").starts_with("HTTP/1.1 200"));
+        assert!(get(server.local_addr(), "/readyz").starts_with("HTTP/1.1 503"));
+        ready.store(true, Ordering::Relaxed);
+        assert!(get(server.local_addr(), "/readyz").starts_with("HTTP/1.1 200"));
     }
 }

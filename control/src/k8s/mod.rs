@@ -1,0 +1,17 @@
+//! Everything that talks to Kubernetes: the `BGPClusterConfig` CRD and its
+//! generator, the controller's parameters, leader election, the Node IPAM and
+//! BGPClusterConfig reconcilers, and the `hybridway controller` process that wires
+//! them. The allocator itself is sans-IO in `crate::ipam`.
+
+pub mod annotations;
+pub mod bgp_config;
+pub mod controller;
+pub mod crd;
+pub mod crdgen;
+pub mod discovery;
+pub mod leader;
+pub mod metrics;
+#[cfg(test)]
+mod mock_api;
+pub mod node_ipam;
+pub mod params;

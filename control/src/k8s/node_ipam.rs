@@ -1,0 +1,595 @@
+//! The Node reconciler: gives each Node of a hybrid pool its block and writes it on
+//! the Node (`spec.podCIDR(s)` when empty, plus the block/mode/pool annotations).
+//!
+//! The allocator lives in [`IpamState`], set by `k8s::controller` only when the
+//! parameters passed validation (`None` = nothing may be allocated). Every write is a
+//! merge patch that carries the `resourceVersion` the decision was made on: if the
+//! Node changed meanwhile the API server answers 409, the fresh block is released and
+//! the reconcile runs again on the new object.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hybridway_dataplane::tables::Prefix;
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::annotations;
+use super::metrics::Metrics;
+use super::params::ControllerParams;
+use crate::ipam::{AllocError, ClaimError, NodeBlockAllocator};
+
+/// Field manager (and event reporter) name of the controller.
+pub const MANAGER: &str = "hybridway-controller";
+
+/// Why a reconcile failed (it is retried by [`error_policy`]).
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    #[error("writing block {block} on node {node}: {source}")]
+    Write {
+        node: String,
+        block: Prefix,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("node object without a name")]
+    Unnamed,
+}
+
+/// Valid parameters and the allocator built from them and the Nodes.
+#[derive(Debug)]
+pub struct IpamState {
+    pub params: Arc<ControllerParams>,
+    pub allocator: NodeBlockAllocator,
+    /// Pool name of each node holding a block (for the per-pool metrics).
+    pub pool_of: HashMap<String, String>,
+}
+
+impl IpamState {
+    pub fn new(params: Arc<ControllerParams>, allocator: NodeBlockAllocator) -> Self {
+        IpamState {
+            params,
+            allocator,
+            pool_of: HashMap::new(),
+        }
+    }
+
+    /// Frees a node's block (the Node was deleted).
+    pub fn release(&mut self, node: &str) -> Option<Prefix> {
+        self.pool_of.remove(node);
+        self.allocator.release(node)
+    }
+
+    /// Blocks held per pool, for metrics.
+    pub fn allocated_per_pool(&self) -> Vec<(String, u64)> {
+        self.params
+            .node_pools
+            .iter()
+            .map(|p| {
+                let n = self.pool_of.values().filter(|v| **v == p.name).count();
+                (p.name.clone(), n as u64)
+            })
+            .collect()
+    }
+}
+
+/// Shared by every Node reconcile.
+#[derive(Clone)]
+pub struct IpamContext {
+    pub client: kube::Client,
+    pub recorder: Recorder,
+    pub state: Arc<Mutex<Option<IpamState>>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for IpamContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpamContext").finish_non_exhaustive()
+    }
+}
+
+impl IpamContext {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<IpamState>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What a reconcile decided, before any I/O.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Decision {
+    /// Not in any pool, or already written: nothing to do.
+    Nothing,
+    /// Parameters missing or refused: look again later.
+    NotActive,
+    /// Write `block` (and the pool's mode) on the node.
+    Write {
+        block: Prefix,
+        pool: String,
+        mode: &'static str,
+        set_pod_cidr: bool,
+        fresh: bool,
+    },
+    /// Tell the node's owner something is wrong; change nothing.
+    Warn { reason: &'static str, note: String },
+}
+
+fn decide(node: &Node, state: &mut Option<IpamState>) -> Decision {
+    let Some(state) = state.as_mut() else {
+        return Decision::NotActive;
+    };
+    let name = node.name_any();
+    let Some(pool) = state.params.pool_for(node.labels()) else {
+        return Decision::Nothing;
+    };
+    let (pool_name, mode) = (pool.name.clone(), pool.mode.as_str());
+    let spec_cidr = node.spec.as_ref().and_then(|s| s.pod_cidr.clone());
+    let spec_block = spec_cidr.as_deref().and_then(|s| Prefix::from_str(s).ok());
+    let annotated = node
+        .annotations()
+        .get(annotations::HYBRID_POD_BLOCK)
+        .and_then(|s| Prefix::from_str(s).ok());
+    let cidr = state.allocator.cidr();
+    let ours = spec_block.is_some_and(|b| cidr.contains(b.addr()));
+    if let Some(theirs) = spec_cidr.as_ref().filter(|_| !ours) {
+        return Decision::Warn {
+            reason: "PodCIDRConflict",
+            note: format!(
+                "spec.podCIDR {theirs} was set by another allocator outside hybridPodCIDR {cidr}; node left alone"
+            ),
+        };
+    }
+    let (block, fresh) = match annotated.or(spec_block) {
+        Some(held) => match state.allocator.claim(&name, held) {
+            Ok(()) => (held, false),
+            Err(ClaimError::Taken(d)) => {
+                return Decision::Warn {
+                    reason: "DuplicateBlock",
+                    note: format!(
+                        "block {} is also held by node {}; it stays with {}, this node needs a new block (remove its annotation {})",
+                        d.block,
+                        d.owner,
+                        d.owner,
+                        annotations::HYBRID_POD_BLOCK
+                    ),
+                };
+            }
+            Err(e) => {
+                return Decision::Warn {
+                    reason: "ForeignBlock",
+                    note: e.to_string(),
+                };
+            }
+        },
+        None => match state.allocator.allocate(&name) {
+            Ok(b) => (b, true),
+            Err(e @ AllocError::Exhausted { .. }) => {
+                return Decision::Warn {
+                    reason: "HybridCIDRExhausted",
+                    note: e.to_string(),
+                };
+            }
+            Err(e) => {
+                return Decision::Warn {
+                    reason: "InvalidParameters",
+                    note: e.to_string(),
+                };
+            }
+        },
+    };
+    state.pool_of.insert(name, pool_name.clone());
+    let block_s = block.to_string();
+    let a = node.annotations();
+    let up_to_date = a.get(annotations::HYBRID_POD_BLOCK) == Some(&block_s)
+        && a.get(annotations::HYBRID_MODE).map(String::as_str) == Some(mode)
+        && a.get(annotations::HYBRID_POOL) == Some(&pool_name)
+        && spec_cidr.is_some();
+    if up_to_date {
+        return Decision::Nothing;
+    }
+    Decision::Write {
+        block,
+        pool: pool_name,
+        mode,
+        set_pod_cidr: spec_cidr.is_none(),
+        fresh,
+    }
+}
+
+/// The merge patch that records `block` on a node read at `resource_version`.
+fn block_patch(
+    resource_version: Option<&str>,
+    block: Prefix,
+    pool: &str,
+    mode: &str,
+    set_pod_cidr: bool,
+) -> serde_json::Value {
+    let metadata = json!({
+        "resourceVersion": resource_version,
+        "annotations": {
+            annotations::HYBRID_POD_BLOCK: block.to_string(),
+            annotations::HYBRID_MODE: mode,
+            annotations::HYBRID_POOL: pool,
+        }
+    });
+    if set_pod_cidr {
+        let b = block.to_string();
+        json!({"metadata": metadata, "spec": {"podCIDR": b, "podCIDRs": [b]}})
+    } else {
+        json!({"metadata": metadata})
+    }
+}
+
+/// Reconciles one Node.
+pub async fn reconcile(node: Arc<Node>, ctx: Arc<IpamContext>) -> Result<Action, IpamError> {
+    let name = node.metadata.name.clone().ok_or(IpamError::Unnamed)?;
+    let decision = decide(&node, &mut ctx.lock());
+    match decision {
+        Decision::Nothing => Ok(Action::await_change()),
+        Decision::NotActive => Ok(Action::requeue(Duration::from_secs(5))),
+        Decision::Warn { reason, note } => {
+            tracing::warn!(node = %name, reason, "{note}");
+            publish(&ctx, node.as_ref(), EventType::Warning, reason, note).await;
+            Ok(Action::requeue(Duration::from_secs(300)))
+        }
+        Decision::Write {
+            block,
+            pool,
+            mode,
+            set_pod_cidr,
+            fresh,
+        } => {
+            let patch = block_patch(
+                node.metadata.resource_version.as_deref(),
+                block,
+                &pool,
+                mode,
+                set_pod_cidr,
+            );
+            let api: Api<Node> = Api::all(ctx.client.clone());
+            let params = PatchParams::default();
+            match api.patch(&name, &params, &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    ctx.metrics.block_written();
+                    tracing::info!(node = %name, %block, pool, mode, "block written");
+                    if fresh {
+                        let note = format!("block {block} of pool {pool} ({mode})");
+                        publish(
+                            &ctx,
+                            node.as_ref(),
+                            EventType::Normal,
+                            "BlockAllocated",
+                            note,
+                        )
+                        .await;
+                    }
+                    Ok(Action::await_change())
+                }
+                Err(source) => {
+                    // Whatever the failure, a block we just took must not leak: the
+                    // next reconcile sees the current Node and decides again.
+                    if let Some(state) = ctx.lock().as_mut() {
+                        state.release(&name);
+                    }
+                    Err(IpamError::Write {
+                        node: name,
+                        block,
+                        source,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Retry soon on a conflict (someone wrote the Node), later on other errors.
+pub fn error_policy(node: Arc<Node>, err: &IpamError, ctx: Arc<IpamContext>) -> Action {
+    ctx.metrics.reconcile_error("node");
+    tracing::warn!(node = %node.name_any(), error = %err, "node reconcile failed");
+    match err {
+        IpamError::Write {
+            source: kube::Error::Api(s),
+            ..
+        } if s.code == 409 => Action::requeue(Duration::from_millis(200)),
+        _ => Action::requeue(Duration::from_secs(5)),
+    }
+}
+
+/// Publishes an Event on `obj`; a failure to publish is logged, never fatal.
+pub async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &IpamContext,
+    obj: &K,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    publish_about(&ctx.recorder, obj.object_ref(&()), type_, reason, note).await;
+}
+
+/// Publishes an Event about one *version* of `obj`. The recorder folds repeats with
+/// the same reason about the same reference into one Event (a series, first note
+/// kept); naming the version gives each new version of, say, the parameters its own
+/// Event and message.
+pub async fn publish_about_version<K: Resource<DynamicType = ()>>(
+    ctx: &IpamContext,
+    obj: &K,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let mut reference = obj.object_ref(&());
+    reference.resource_version = obj.meta().resource_version.clone();
+    publish_about(&ctx.recorder, reference, type_, reason, note).await;
+}
+
+async fn publish_about(
+    recorder: &Recorder,
+    reference: ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Allocate".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &reference).await {
+        tracing::warn!(error = %e, reason, "could not publish an event");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::NodeSpec;
+    use kube::api::ObjectMeta;
+
+    fn params() -> Arc<ControllerParams> {
+        Arc::new(
+            ControllerParams::from_yaml(
+                "hybridPodCIDR: 198.19.128.0/17\nnodePools:\n- {name: a, mode: underlay, nodeSelector: {matchLabels: {pool: a}}}\n",
+                "t",
+            )
+            .unwrap(),
+        )
+    }
+
+    fn state() -> Option<IpamState> {
+        let p = params();
+        let alloc = NodeBlockAllocator::new(p.hybrid_pod_cidr, p.node_mask_size).unwrap();
+        Some(IpamState::new(p, alloc))
+    }
+
+    fn node(name: &str, pool: Option<&str>, pod_cidr: Option<&str>) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: pool.map(|p| [("pool".to_string(), p.to_string())].into()),
+                resource_version: Some("7".into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: pod_cidr.map(Into::into),
+                ..NodeSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let mut st = state();
+        assert_eq!(
+            decide(&node("n", Some("a"), None), &mut None),
+            Decision::NotActive
+        );
+        assert_eq!(
+            decide(&node("c", Some("cloud"), None), &mut st),
+            Decision::Nothing
+        );
+        let d = decide(&node("n1", Some("a"), None), &mut st);
+        assert!(
+            matches!(
+                d,
+                Decision::Write {
+                    fresh: true,
+                    set_pod_cidr: true,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        let d = decide(&node("n2", Some("a"), Some("10.0.0.0/24")), &mut st);
+        assert!(
+            matches!(
+                d,
+                Decision::Warn {
+                    reason: "PodCIDRConflict",
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        // A block already on spec.podCIDR inside the CIDR is adopted, not reallocated.
+        let d = decide(&node("n3", Some("a"), Some("198.19.140.0/24")), &mut st);
+        assert!(
+            matches!(
+                d,
+                Decision::Write {
+                    fresh: false,
+                    set_pod_cidr: false,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        let d = decide(&node("n4", Some("a"), Some("198.19.140.0/24")), &mut st);
+        assert!(
+            matches!(
+                d,
+                Decision::Warn {
+                    reason: "DuplicateBlock",
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn patch_carries_resource_version_and_pod_cidr_only_when_empty() {
+        let b = Prefix::from_str("198.19.128.0/24").unwrap();
+        let p = block_patch(Some("42"), b, "a", "underlay", true);
+        assert_eq!(p["metadata"]["resourceVersion"], "42");
+        assert_eq!(p["spec"]["podCIDRs"][0], "198.19.128.0/24");
+        assert_eq!(
+            p["metadata"]["annotations"][annotations::HYBRID_MODE],
+            "underlay"
+        );
+        assert!(
+            block_patch(Some("42"), b, "a", "underlay", false)
+                .get("spec")
+                .is_none()
+        );
+    }
+
+    mod scenarios {
+        use super::*;
+        use crate::k8s::mock_api::{self, Exchange};
+        use kube::runtime::events::Reporter;
+
+        fn ctx(client: kube::Client) -> Arc<IpamContext> {
+            let reporter = Reporter {
+                controller: MANAGER.into(),
+                instance: Some("test".into()),
+            };
+            Arc::new(IpamContext {
+                recorder: Recorder::new(client.clone(), reporter),
+                client,
+                state: Arc::new(Mutex::new(state())),
+                metrics: Arc::default(),
+            })
+        }
+
+        fn held(ctx: &IpamContext, node: &str) -> Option<Prefix> {
+            ctx.lock().as_ref().and_then(|s| s.allocator.block_of(node))
+        }
+
+        /// Someone changed the Node between read and write: 409, the fresh block is
+        /// released (no leak), no Event, and the retry comes soon.
+        #[tokio::test]
+        async fn conflict_releases_the_fresh_block() {
+            let (client, handle) = mock_api::client();
+            let server = tokio::spawn(mock_api::serve(
+                handle,
+                vec![Exchange {
+                    method: "PATCH",
+                    path: "/api/v1/nodes/n1",
+                    body_has: vec!["\"resourceVersion\":\"7\"", "198.19.128.0/24"],
+                    status: 409,
+                    response: mock_api::status(409, "Conflict"),
+                }],
+            ));
+            let ctx = ctx(client);
+            let err = reconcile(Arc::new(node("n1", Some("a"), None)), ctx.clone())
+                .await
+                .unwrap_err();
+            assert_eq!(held(&ctx, "n1"), None);
+            let action = error_policy(Arc::new(node("n1", Some("a"), None)), &err, ctx.clone());
+            assert_eq!(action, Action::requeue(Duration::from_millis(200)));
+            drop(ctx);
+            server.await.unwrap();
+        }
+
+        /// The Node was deleted meanwhile: 404 also releases; a later retry is slow.
+        #[tokio::test]
+        async fn vanished_node_releases_and_backs_off() {
+            let (client, handle) = mock_api::client();
+            let server = tokio::spawn(mock_api::serve(
+                handle,
+                vec![Exchange {
+                    method: "PATCH",
+                    path: "/api/v1/nodes/n1",
+                    body_has: vec![],
+                    status: 404,
+                    response: mock_api::status(404, "NotFound"),
+                }],
+            ));
+            let ctx = ctx(client);
+            let n = Arc::new(node("n1", Some("a"), None));
+            let err = reconcile(n.clone(), ctx.clone()).await.unwrap_err();
+            assert_eq!(held(&ctx, "n1"), None);
+            assert_eq!(
+                error_policy(n, &err, ctx.clone()),
+                Action::requeue(Duration::from_secs(5))
+            );
+            drop(ctx);
+            server.await.unwrap();
+        }
+
+        /// Success writes the block and announces it with one Normal Event.
+        #[tokio::test]
+        async fn success_writes_then_publishes_one_event() {
+            let (client, handle) = mock_api::client();
+            let mut written = node("n1", Some("a"), Some("198.19.128.0/24"));
+            written.metadata.resource_version = Some("8".into());
+            let server = tokio::spawn(mock_api::serve(
+                handle,
+                vec![
+                    Exchange {
+                        method: "PATCH",
+                        path: "/api/v1/nodes/n1",
+                        body_has: vec!["\"podCIDRs\":[\"198.19.128.0/24\"]"],
+                        status: 200,
+                        response: serde_json::to_value(&written).unwrap(),
+                    },
+                    Exchange {
+                        method: "POST",
+                        path: "/apis/events.k8s.io/v1/namespaces/default/events",
+                        body_has: vec![
+                            "BlockAllocated",
+                            "block 198.19.128.0/24 of pool a (underlay)",
+                        ],
+                        status: 201,
+                        response: serde_json::json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default"}, "eventTime": null}),
+                    },
+                ],
+            ));
+            let ctx = ctx(client);
+            let action = reconcile(Arc::new(node("n1", Some("a"), None)), ctx.clone())
+                .await
+                .unwrap();
+            assert_eq!(action, Action::await_change());
+            assert_eq!(
+                held(&ctx, "n1").map(|b| b.to_string()).as_deref(),
+                Some("198.19.128.0/24")
+            );
+            drop(ctx);
+            server.await.unwrap();
+        }
+
+        /// Without valid parameters nothing is written; the node is looked at later.
+        #[tokio::test]
+        async fn refused_parameters_make_no_call() {
+            let (client, handle) = mock_api::client();
+            let server = tokio::spawn(mock_api::serve(handle, vec![]));
+            let ctx = ctx(client);
+            *ctx.lock() = None;
+            let action = reconcile(Arc::new(node("n1", Some("a"), None)), ctx.clone())
+                .await
+                .unwrap();
+            assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+            drop(ctx);
+            server.await.unwrap();
+        }
+    }
+}
