@@ -244,6 +244,10 @@ impl<P: Processor> WorkerLoop<P> {
             let out = match processor.process(frame, tables, now) {
                 Verdict::Forward { port } => Out::Port(port),
                 Verdict::Reply => Out::Port(frame.meta.in_port),
+                Verdict::Refuse(reason) => {
+                    counters.drop(reason, 1);
+                    Out::Port(frame.meta.in_port)
+                }
                 Verdict::HandOff { worker } if !from_inbox => {
                     let parcel = Parcel::new(ParcelKind::Process, frame.meta.in_port, frame.data());
                     hand_off(mesh, counters, usize::from(worker), parcel);
