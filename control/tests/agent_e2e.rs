@@ -44,6 +44,7 @@ fn cluster_on(
         tag,
         overlay,
         snat,
+        snat_ports: None,
         backend: backend.into(),
         nodes,
         pods_per_node: 2,

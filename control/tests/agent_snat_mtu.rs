@@ -35,6 +35,7 @@ fn cluster_with(name: &str, workers: u8, pods_per_node: u8, backend: &str) -> Cl
         tag,
         overlay: true,
         snat: true,
+        snat_ports: None,
         backend: backend.into(),
         nodes: vec![NodeKind::Hybridway, NodeKind::Hybridway],
         pods_per_node,

@@ -12,7 +12,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use hybridway_dataplane::tables::Prefix;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use hybridway_dataplane::tables::{Prefix, SnatConfig, Timeouts};
 use hybridway_dataplane::wire::MacAddr;
 use serde::{Deserialize, Deserializer};
 
@@ -158,6 +161,17 @@ pub struct SnatSection {
     /// which are always exempt (service CIDR, cloud pod CIDR, on-prem node CIDRs).
     #[serde(default, deserialize_with = "de_prefixes")]
     pub cluster_ranges: Vec<Prefix>,
+    /// The NAT ports (and ICMP echo identifiers); each destination (remote address
+    /// and port) can have this many flows at once. Claimed from the kernel through
+    /// `net.ipv4.ip_local_reserved_ports` while the agent runs.
+    #[serde(default)]
+    pub port_range: PortRangeConfig,
+    /// Idle timeouts per flow state, in seconds.
+    #[serde(default)]
+    pub timeouts: SnatTimeoutsConfig,
+    /// Flows each worker tracks at most (about 65 bytes each, allocated at start).
+    #[serde(default = "default_flows_per_worker")]
+    pub max_flows_per_worker: usize,
 }
 
 impl Default for SnatSection {
@@ -165,7 +179,112 @@ impl Default for SnatSection {
         SnatSection {
             enabled: true,
             cluster_ranges: Vec::new(),
+            port_range: PortRangeConfig::default(),
+            timeouts: SnatTimeoutsConfig::default(),
+            max_flows_per_worker: default_flows_per_worker(),
         }
+    }
+}
+
+impl SnatSection {
+    /// The dataplane's SNAT settings for `workers` workers.
+    pub fn dataplane_config(&self, workers: usize) -> SnatConfig {
+        SnatConfig {
+            workers: u16::try_from(workers).unwrap_or(u16::MAX),
+            port_range: self.port_range.range(),
+            capacity_per_worker: self.max_flows_per_worker,
+            timeouts: self.timeouts.to_timeouts(),
+        }
+    }
+}
+
+/// `{min, max}`, both included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortRangeConfig {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl Default for PortRangeConfig {
+    /// The dataplane's default range (below the kernel's default ephemeral range).
+    fn default() -> Self {
+        let r = SnatConfig::default().port_range;
+        PortRangeConfig {
+            min: *r.start(),
+            max: *r.end(),
+        }
+    }
+}
+
+impl PortRangeConfig {
+    pub fn range(&self) -> RangeInclusive<u16> {
+        self.min..=self.max
+    }
+}
+
+/// The highest NAT port: the kernel's policy rules, which steer replies on the TUN
+/// backend, refuse a port range that ends at 65535.
+pub const MAX_NAT_PORT: u16 = 65534;
+
+/// [`Timeouts`] in whole seconds, each defaulting to the dataplane's default (the
+/// kernel's `nf_conntrack_tcp_timeout_*` for the closing states).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SnatTimeoutsConfig {
+    pub tcp_syn_sent: u64,
+    pub tcp_established: u64,
+    pub tcp_fin_wait: u64,
+    pub tcp_last_ack: u64,
+    pub tcp_time_wait: u64,
+    pub tcp_close: u64,
+    pub udp: u64,
+    pub icmp: u64,
+}
+
+impl Default for SnatTimeoutsConfig {
+    fn default() -> Self {
+        let t = Timeouts::default();
+        SnatTimeoutsConfig {
+            tcp_syn_sent: t.tcp_syn_sent.as_secs(),
+            tcp_established: t.tcp_established.as_secs(),
+            tcp_fin_wait: t.tcp_fin_wait.as_secs(),
+            tcp_last_ack: t.tcp_last_ack.as_secs(),
+            tcp_time_wait: t.tcp_time_wait.as_secs(),
+            tcp_close: t.tcp_close.as_secs(),
+            udp: t.udp.as_secs(),
+            icmp: t.icmp.as_secs(),
+        }
+    }
+}
+
+impl SnatTimeoutsConfig {
+    pub fn to_timeouts(&self) -> Timeouts {
+        let s = Duration::from_secs;
+        Timeouts {
+            tcp_syn_sent: s(self.tcp_syn_sent),
+            tcp_established: s(self.tcp_established),
+            tcp_fin_wait: s(self.tcp_fin_wait),
+            tcp_last_ack: s(self.tcp_last_ack),
+            tcp_time_wait: s(self.tcp_time_wait),
+            tcp_close: s(self.tcp_close),
+            udp: s(self.udp),
+            icmp: s(self.icmp),
+        }
+    }
+
+    /// Every field with its YAML name, for validation messages.
+    fn named(&self) -> [(&'static str, u64); 8] {
+        [
+            ("tcpSynSent", self.tcp_syn_sent),
+            ("tcpEstablished", self.tcp_established),
+            ("tcpFinWait", self.tcp_fin_wait),
+            ("tcpLastAck", self.tcp_last_ack),
+            ("tcpTimeWait", self.tcp_time_wait),
+            ("tcpClose", self.tcp_close),
+            ("udp", self.udp),
+            ("icmp", self.icmp),
+        ]
     }
 }
 
@@ -281,6 +400,9 @@ fn default_vxlan_port() -> u16 {
 }
 fn default_idle_polls() -> u32 {
     256
+}
+fn default_flows_per_worker() -> usize {
+    SnatConfig::default().capacity_per_worker
 }
 fn default_park_ms() -> u64 {
     100
@@ -483,6 +605,32 @@ impl AgentConfig {
                     "0.0.0.0/0 exempts everything; set snat.enabled: false instead",
                 ));
             }
+        }
+
+        let ports = self.snat.port_range;
+        if ports.min == 0 || ports.min > ports.max || ports.max > MAX_NAT_PORT {
+            return Err(ConfigError::invalid(
+                "snat.portRange",
+                format!(
+                    "{}-{} is not a range within 1..={MAX_NAT_PORT} with min <= max",
+                    ports.min, ports.max
+                ),
+            ));
+        }
+        for (name, secs) in self.snat.timeouts.named() {
+            // Beyond a year is a typo, and would overflow nothing but help no one.
+            if secs == 0 || secs > 366 * 24 * 3600 {
+                return Err(ConfigError::invalid(
+                    format!("snat.timeouts.{name}"),
+                    format!("{secs} s is not 1 s to a year"),
+                ));
+            }
+        }
+        if self.snat.max_flows_per_worker == 0 {
+            return Err(ConfigError::invalid(
+                "snat.maxFlowsPerWorker",
+                "must be at least 1",
+            ));
         }
 
         if self.vxlan.vni == 0 || self.vxlan.vni > MAX_VNI {

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod netns;
+pub mod snat_load;
 pub mod topology;
 
 use std::net::Ipv4Addr;
@@ -143,6 +144,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             tag: tag.clone(),
             overlay,
             snat: !args.no_snat,
+            snat_ports: None,
             backend: args.backend.clone(),
             nodes: vec![NodeKind::Hybridway, NodeKind::Hybridway],
             pods_per_node: 2,

@@ -94,8 +94,11 @@ impl Default for SnatConfig {
     fn default() -> Self {
         SnatConfig {
             workers: 1,
-            // Ports below 1024 stay out: a remote may treat them as privileged.
-            port_range: 1024..=65535,
+            // Below 1024 a remote may treat a port as privileged; from 32768 up
+            // the kernel's default ephemeral range (`ip_local_port_range`
+            // 32768-60999) gives the node's own sockets theirs. 31,744 ports for
+            // every destination.
+            port_range: 1024..=32767,
             capacity_per_worker: 262_144,
             timeouts: Timeouts::default(),
         }
