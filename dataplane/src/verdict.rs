@@ -111,6 +111,9 @@ drop_reasons! {
     HandOffQueueFull => "handoff_queue_full",
     /// The port's transmit ring was full.
     TxRingFull => "tx_ring_full",
+    /// The kernel dropped frames before the dataplane read them (a burst): AF_XDP
+    /// receive ring full or no fill buffer, TUN device queue full.
+    PortRxOverflow => "port_rx_overflow",
     /// A protocol or packet kind the dataplane refuses (e.g. IPv6 under SNAT).
     Unsupported => "unsupported",
 }

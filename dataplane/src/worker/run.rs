@@ -335,6 +335,11 @@ impl<P: Processor> WorkerLoop<P> {
             let pc = c.port(port.id());
             pc.rx_dropped.set(d.rx);
             pc.tx_dropped.set(d.tx);
+            let seen = pc.rx_overflow.get();
+            if d.overflow > seen {
+                c.drop(DropReason::PortRxOverflow, d.overflow - seen);
+            }
+            pc.rx_overflow.set(d.overflow);
             let o = port.offloads();
             pc.rx_super.set(o.rx_super);
             pc.rx_super_frames.set(o.rx_super_frames);
