@@ -5,6 +5,7 @@
 //! Ctrl-C is turned into an orderly stop between steps).
 
 pub mod bench;
+pub mod bench_snat;
 pub mod netns;
 pub mod snat_load;
 pub mod topology;
