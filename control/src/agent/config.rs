@@ -733,7 +733,61 @@ snat: {enabled: true, clusterRanges: [10.96.0.0/12]}
     #[test]
     fn example_in_deploy_is_valid() {
         let text = include_str!("../../../deploy/agent-example.yaml");
-        AgentConfig::from_yaml(text).unwrap();
+        let cfg = AgentConfig::from_yaml(text).unwrap();
+        // The example spells out the defaults.
+        assert_eq!(cfg.snat.port_range, PortRangeConfig::default());
+        assert_eq!(cfg.snat.timeouts, SnatTimeoutsConfig::default());
+        assert_eq!(cfg.snat.max_flows_per_worker, default_flows_per_worker());
+    }
+
+    #[test]
+    fn snat_port_range_timeouts_and_capacity_reach_the_dataplane() {
+        let cfg = AgentConfig::from_yaml(&GOOD.replace(
+            "snat: {enabled: true, clusterRanges: [10.96.0.0/12]}",
+            "snat: {portRange: {min: 20000, max: 29999}, timeouts: {tcpTimeWait: 30, udp: 60}, maxFlowsPerWorker: 1000}",
+        ))
+        .unwrap();
+        let d = cfg.snat.dataplane_config(2);
+        assert_eq!(d.workers, 2);
+        assert_eq!(d.port_range, 20000..=29999);
+        assert_eq!(d.capacity_per_worker, 1000);
+        assert_eq!(d.timeouts.tcp_time_wait, Duration::from_secs(30));
+        assert_eq!(d.timeouts.udp, Duration::from_secs(60));
+        // Unnamed timeouts keep the kernel's defaults.
+        assert_eq!(d.timeouts.tcp_fin_wait, Timeouts::default().tcp_fin_wait);
+        let default = AgentConfig::from_yaml(GOOD)
+            .unwrap()
+            .snat
+            .dataplane_config(1);
+        assert_eq!(default.port_range, 1024..=32767);
+        assert!(
+            default.port_range.len() >= 30_000,
+            "tens of thousands per destination"
+        );
+    }
+
+    #[test]
+    fn bad_snat_settings_name_their_field() {
+        let with = |snat: &str| {
+            err_of(&GOOD.replace(
+                "snat: {enabled: true, clusterRanges: [10.96.0.0/12]}",
+                &format!("snat: {snat}"),
+            ))
+        };
+        for range in [
+            "{min: 0, max: 10}",
+            "{min: 300, max: 200}",
+            "{min: 1024, max: 65535}",
+        ] {
+            let e = with(&format!("{{portRange: {range}}}"));
+            assert!(e.contains("snat.portRange"), "{range}: {e}");
+        }
+        let e = with("{timeouts: {tcpClose: 0}}");
+        assert!(e.contains("snat.timeouts.tcpClose"), "{e}");
+        let e = with("{timeouts: {tcpClosing: 5}}");
+        assert!(e.contains("tcpClosing"), "unknown fields are refused: {e}");
+        let e = with("{maxFlowsPerWorker: 0}");
+        assert!(e.contains("snat.maxFlowsPerWorker"), "{e}");
     }
 
     #[test]
