@@ -44,21 +44,13 @@ fn cluster(name: &str, backend: &str, snat_ports: Option<(u16, u16)>) -> Cluster
     .unwrap_or_else(|e| panic!("building the cluster: {e}"))
 }
 
-/// Sum of a metric's samples whose line contains `label`.
-fn metric(c: &Cluster, name: &str, label: &str) -> u64 {
-    let text = c.metrics_of(1).unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<u64>().ok()))
-        .sum()
-}
-
 fn exhausted(c: &Cluster) -> u64 {
-    metric(
-        c,
+    c.metric_sum(
+        1,
         "hybridway_drops_total",
         "reason=\"snat_ports_exhausted\"",
     )
+    .unwrap()
 }
 
 fn reserved_ports(c: &Cluster) -> String {

@@ -483,6 +483,16 @@ impl Cluster {
         Ok(out.status.success())
     }
 
+    /// Sum of node `n`'s metric samples named `name` whose line contains `label`.
+    pub fn metric_sum(&self, n: u8, name: &str, label: &str) -> Result<u64, ClusterError> {
+        Ok(self
+            .metrics_of(n)?
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<u64>().ok()))
+            .sum())
+    }
+
     pub fn metrics_of(&self, n: u8) -> Result<String, ClusterError> {
         let node = self
             .node(n)
