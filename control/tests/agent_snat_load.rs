@@ -24,7 +24,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 const ECHO_PORT: u16 = 7100;
 
-fn cluster(name: &str, backend: &str, snat_ports: Option<(u16, u16)>) -> Cluster {
+fn cluster(name: &str, backend: &str, workers: u8, snat_ports: Option<(u16, u16)>) -> Cluster {
     let tag = format!("hwl{name}{}", std::process::id() % 10_000);
     let dir = std::env::temp_dir().join(&tag);
     let _ = std::fs::remove_dir_all(&dir);
@@ -36,7 +36,7 @@ fn cluster(name: &str, backend: &str, snat_ports: Option<(u16, u16)>) -> Cluster
         backend: backend.into(),
         nodes: vec![NodeKind::Hybridway],
         pods_per_node: 1,
-        workers: 1,
+        workers,
         kernel_offloads: false,
         exe: PathBuf::from(env!("CARGO_BIN_EXE_hybridway")),
         dir,
@@ -65,7 +65,9 @@ fn reserved_ports(c: &Cluster) -> String {
 
 fn twenty_thousand_connections_on(backend: &str) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let c = cluster(&format!("h{}", &backend[..1]), backend, None);
+    // Two workers: were the range split into per-worker slices, the pod's flows
+    // (which arrive on one worker) would get half of it, 15,872 ports, and fail.
+    let c = cluster(&format!("h{}", &backend[..1]), backend, 2, None);
     assert_eq!(
         reserved_ports(&c),
         "1024-32767",
@@ -93,7 +95,7 @@ fn one_pod_holds_twenty_thousand_connections_to_one_destination_on_the_tun_backe
 
 fn short_connections_on(backend: &str) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let c = cluster(&format!("c{}", &backend[..1]), backend, None);
+    let c = cluster(&format!("c{}", &backend[..1]), backend, 1, None);
     let helper = snat_load::install_helper(&c.spec.dir).unwrap();
     let _servers = Servers::start(&helper, &c.outside, OUTSIDE_SERVER, ECHO_PORT, 2).unwrap();
     let pod = c.pod(1, 1).unwrap();
@@ -135,6 +137,7 @@ fn small_range_on(backend: &str) {
     let mut c = cluster(
         &format!("s{}", &backend[..1]),
         backend,
+        1,
         Some((20_000, 20_009)),
     );
     assert_eq!(reserved_ports(&c), "20000-20009");
