@@ -207,12 +207,13 @@ pub struct PortRangeConfig {
 }
 
 impl Default for PortRangeConfig {
-    /// The dataplane's default range (below the kernel's default ephemeral range).
+    /// 1024-32767: 31,744 ports for every destination. Below 1024 a remote may
+    /// treat a port as privileged; from 32768 the kernel's default ephemeral range
+    /// (`ip_local_port_range` 32768-60999) keeps the node's own connections' ports.
     fn default() -> Self {
-        let r = SnatConfig::default().port_range;
         PortRangeConfig {
-            min: *r.start(),
-            max: *r.end(),
+            min: 1024,
+            max: 32767,
         }
     }
 }

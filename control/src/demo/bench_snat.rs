@@ -115,6 +115,20 @@ fn measure(c: &Cluster, args: &BenchSnatArgs) -> anyhow::Result<Figures> {
             churn.outcome.errors
         );
     }
+    if f.slowest_second == 0 {
+        println!("    connections per second: {:?}", churn.per_second);
+    }
+    if c.node(1).is_some_and(|n| n.kind == NodeKind::Hybridway) {
+        let drops: Vec<String> = c
+            .metrics_of(1)?
+            .lines()
+            .filter(|l| l.starts_with("hybridway_drops_total") && !l.ends_with(" 0"))
+            .map(str::to_owned)
+            .collect();
+        if !drops.is_empty() {
+            println!("    {}", drops.join("\n    "));
+        }
+    }
     Ok(f)
 }
 

@@ -94,11 +94,9 @@ impl Default for SnatConfig {
     fn default() -> Self {
         SnatConfig {
             workers: 1,
-            // Below 1024 a remote may treat a port as privileged; from 32768 up
-            // the kernel's default ephemeral range (`ip_local_port_range`
-            // 32768-60999) gives the node's own sockets theirs. 31,744 ports for
-            // every destination.
-            port_range: 1024..=32767,
+            // Ports below 1024 stay out: a remote may treat them as privileged. (The
+            // agent's default is narrower: it shares the node with the kernel.)
+            port_range: 1024..=65535,
             capacity_per_worker: 262_144,
             timeouts: Timeouts::default(),
         }
