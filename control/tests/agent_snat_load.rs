@@ -166,7 +166,12 @@ fn small_range_on(backend: &str) {
     );
     drop(service);
     drop(held);
-    // A clean stop gives the range back.
+    // kill -9 leaves the claim; the restart must not take it for the original.
+    c.stop_agent(1, "KILL").unwrap();
+    assert_eq!(reserved_ports(&c), "20000-20009");
+    c.start_agent(1).unwrap();
+    assert_eq!(reserved_ports(&c), "20000-20009");
+    // A clean stop gives the range back: the value found before the first start.
     c.stop_agent(1, "TERM").unwrap();
     assert_eq!(reserved_ports(&c), "");
 }

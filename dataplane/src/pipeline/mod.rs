@@ -15,6 +15,8 @@
 //!    UnderlayNode ──► MACs, TTL, MTU ──► uplink   anything else ──► ToHost (from the
 //!                                                   host port: Drop, it would loop)
 //!    Outside      ──► MACs, TTL, MTU, SNAT ──► uplink
+//!      (destination owned by another worker ──► HandOff; no NAT port ──► Refuse,
+//!       ICMP administratively prohibited to the pod)
 //!  TTL expired / DF and too big ──► Reply (ICMP error)
 //! ```
 //!
