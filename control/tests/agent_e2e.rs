@@ -44,6 +44,7 @@ fn cluster_on(
         tag,
         overlay,
         snat,
+        snat_ports: None,
         backend: backend.into(),
         nodes,
         pods_per_node: 2,
@@ -55,13 +56,8 @@ fn cluster_on(
     .unwrap_or_else(|e| panic!("building the cluster: {e}"))
 }
 
-/// Sum of a metric's samples whose line contains `label` (e.g. `reason="no_route"`).
 fn metric(c: &Cluster, node: u8, name: &str, label: &str) -> u64 {
-    let text = c.metrics_of(node).unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<u64>().ok()))
-        .sum()
+    c.metric_sum(node, name, label).unwrap()
 }
 
 fn assert_ping(c: &Cluster, from: (u8, u8), to: Ipv4Addr) {

@@ -35,6 +35,7 @@ fn cluster_with(name: &str, workers: u8, pods_per_node: u8, backend: &str) -> Cl
         tag,
         overlay: true,
         snat: true,
+        snat_ports: None,
         backend: backend.into(),
         nodes: vec![NodeKind::Hybridway, NodeKind::Hybridway],
         pods_per_node,
@@ -170,13 +171,8 @@ fn overlay_path_mtu_too_big_df_gets_frag_needed_and_large_tcp_writes_complete() 
     let _ = Ipv4Addr::UNSPECIFIED;
 }
 
-/// Sum of a metric's samples whose line contains `label`.
 fn metric(c: &Cluster, node: u8, name: &str, label: &str) -> u64 {
-    let text = c.metrics_of(node).unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<u64>().ok()))
-        .sum()
+    c.metric_sum(node, name, label).unwrap()
 }
 
 #[test]

@@ -19,6 +19,10 @@ pub enum Verdict {
     HandOff { worker: WorkerId },
     /// Give the frame to the host's own stack unchanged (not hybridway's traffic).
     ToHost,
+    /// The packet was refused and the frame now holds the error that tells its
+    /// sender (an ICMP error): transmit it back out of the port it arrived on, as
+    /// [`Verdict::Reply`], and count the reason as a drop, as [`Verdict::Drop`].
+    Refuse(DropReason),
     /// Discard the frame; the reason is counted.
     Drop(DropReason),
 }
@@ -94,7 +98,8 @@ drop_reasons! {
     NoRoom => "no_room",
     /// Connection tracking table is full and no entry could be reclaimed.
     ConntrackFull => "conntrack_full",
-    /// No free SNAT port in this worker's slice for the destination.
+    /// No free SNAT port towards the destination (the pod is sent ICMP
+    /// "administratively prohibited" when the ICMP rate limit allows).
     SnatPortsExhausted => "snat_ports_exhausted",
     /// A packet to the node address that matches no translated flow.
     NoNatMapping => "no_nat_mapping",
@@ -106,6 +111,9 @@ drop_reasons! {
     HandOffQueueFull => "handoff_queue_full",
     /// The port's transmit ring was full.
     TxRingFull => "tx_ring_full",
+    /// The kernel dropped frames before the dataplane read them (a burst): AF_XDP
+    /// receive ring full or no fill buffer, TUN device queue full.
+    PortRxOverflow => "port_rx_overflow",
     /// A protocol or packet kind the dataplane refuses (e.g. IPv6 under SNAT).
     Unsupported => "unsupported",
 }

@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 
 use etherparse::PacketBuilder;
 use hybridway_dataplane::pipeline::Pipeline;
-use hybridway_dataplane::tables::{SnatConfig, owner_of_port};
+use hybridway_dataplane::tables::{L4Proto, SnatConfig, owner_of_remote};
 use hybridway_dataplane::verdict::{DropReason, Verdict};
 use hybridway_dataplane::wire::checksum;
 use pipeline_support::*;
@@ -199,32 +199,134 @@ fn icmp_error_about_a_translated_flow_is_translated_back() {
 }
 
 #[test]
-fn replies_owned_by_another_worker_are_handed_off() {
+fn flows_and_replies_are_handed_to_the_worker_that_owns_the_destination() {
     let t = tables(true);
     let config = SnatConfig {
         workers: 2,
         ..SnatConfig::default()
     };
-    let mut w0 = Pipeline::new(0, &config);
-    let mut w1 = Pipeline::new(1, &config);
-    let (_, out) = run(
-        &mut w1,
-        &t,
-        &udp4(POD1, OUTSIDE, 5000, 53, 64, b"q"),
-        POD1_PORT,
-    );
-    let nat_port = u16_at(&out, 34);
-    assert_eq!(owner_of_port(&config, nat_port), Some(1));
+    let owner = owner_of_remote(&config, L4Proto::Udp, OUTSIDE, 53).unwrap();
+    let mut workers = [Pipeline::new(0, &config), Pipeline::new(1, &config)];
+    let [w0, w1] = &mut workers;
+    let (owner_p, other) = if owner == 0 { (w0, w1) } else { (w1, w0) };
+    let query = udp4(POD1, OUTSIDE, 5000, 53, 64, b"q");
+    // The pod's packet reaches the other worker first: handed over untouched.
+    let (v, unchanged) = run(other, &t, &query, POD1_PORT);
+    assert_eq!(v, Verdict::HandOff { worker: owner });
+    assert_eq!(unchanged, query, "a handed-off frame is not modified");
+    assert_eq!(other.snat().len(), 0);
+    let (v, out) = run(owner_p, &t, &query, POD1_PORT);
+    assert_eq!(v, Verdict::Forward { port: UPLINK });
     let reply = reply_to(&out);
-    let (v, unchanged) = run(&mut w0, &t, &reply, UPLINK);
-    assert_eq!(v, Verdict::HandOff { worker: 1 });
+    let (v, unchanged) = run(other, &t, &reply, UPLINK);
+    assert_eq!(v, Verdict::HandOff { worker: owner });
     assert_eq!(unchanged, reply, "a handed-off frame is not modified");
-    let (v, back) = run(&mut w1, &t, &reply, UPLINK);
+    let (v, back) = run(owner_p, &t, &reply, UPLINK);
     assert_eq!(v, Verdict::Forward { port: POD1_PORT });
     assert_eq!(ip4(&back, 30), POD1);
-    // ICMP errors are handed off by the quoted flow's port too.
-    let (v, _) = run(&mut w0, &t, &icmp_error_about(&out, OUTSIDE, 3, 3), UPLINK);
-    assert_eq!(v, Verdict::HandOff { worker: 1 });
+    // ICMP errors are handed off by the quoted flow's destination too.
+    let (v, _) = run(other, &t, &icmp_error_about(&out, OUTSIDE, 3, 3), UPLINK);
+    assert_eq!(v, Verdict::HandOff { worker: owner });
+}
+
+#[test]
+fn exhausted_ports_answer_the_pod_with_admin_prohibited_and_count() {
+    let t = tables(true);
+    // One NAT port, which the pod's first connection keeps.
+    let config = SnatConfig {
+        port_range: 40_000..=40_000,
+        ..SnatConfig::default()
+    };
+    let mut p = Pipeline::new(0, &config);
+    let first = tcp4(POD1, OUTSIDE, 40_000, 443, 64, true, b"");
+    assert_eq!(
+        run(&mut p, &t, &first, POD1_PORT).0,
+        Verdict::Forward { port: UPLINK }
+    );
+    let second = tcp4(POD1, OUTSIDE, 40_001, 443, 64, true, b"");
+    let (v, err) = run(&mut p, &t, &second, POD1_PORT);
+    assert_eq!(v, Verdict::Refuse(DropReason::SnatPortsExhausted));
+    // Back to the pod, from its gateway: destination unreachable, administratively
+    // prohibited, quoting the pod's own SYN so its socket fails at once.
+    assert_eq!(&err[0..6], &POD1_MAC.0);
+    assert_eq!(&err[6..12], &GATEWAY_MAC.0);
+    assert_eq!(ip4(&err, 26), GATEWAY);
+    assert_eq!(ip4(&err, 30), POD1);
+    assert_eq!(err[23], 1, "ICMP");
+    assert_eq!((err[34], err[35]), (3, 13));
+    assert_eq!(
+        &err[42..42 + 20 + 20],
+        &second[14..14 + 40],
+        "the SYN is quoted"
+    );
+    assert_checksums(&err, 0);
+    // UDP and ping get the same answer; another destination still has the port.
+    let (v, _) = run(
+        &mut p,
+        &t,
+        &udp4(POD1, OUTSIDE, 7, 443, 64, b"q"),
+        POD1_PORT,
+    );
+    assert_eq!(
+        v,
+        Verdict::Forward { port: UPLINK },
+        "UDP is another mapping"
+    );
+    let (v, _) = run(
+        &mut p,
+        &t,
+        &udp4(POD2, OUTSIDE, 8, 443, 64, b"q"),
+        POD2_PORT,
+    );
+    assert_eq!(v, Verdict::Refuse(DropReason::SnatPortsExhausted));
+    let elsewhere = tcp4(
+        POD1,
+        Ipv4Addr::new(198, 18, 100, 8),
+        40_001,
+        443,
+        64,
+        true,
+        b"",
+    );
+    assert_eq!(
+        run(&mut p, &t, &elsewhere, POD1_PORT).0,
+        Verdict::Forward { port: UPLINK }
+    );
+}
+
+#[test]
+fn exhaustion_past_the_icmp_rate_limit_is_still_a_counted_drop() {
+    let t = tables(true);
+    let config = SnatConfig {
+        port_range: 40_000..=40_000,
+        ..SnatConfig::default()
+    };
+    let mut p = Pipeline::new(0, &config);
+    run(&mut p, &t, &udp4(POD1, OUTSIDE, 1, 53, 64, b"q"), POD1_PORT);
+    let verdicts: Vec<Verdict> = (0..200)
+        .map(|i| {
+            run(
+                &mut p,
+                &t,
+                &udp4(POD1, OUTSIDE, 2 + i, 53, 64, b"q"),
+                POD1_PORT,
+            )
+            .0
+        })
+        .collect();
+    let refused = verdicts
+        .iter()
+        .filter(|v| **v == Verdict::Refuse(DropReason::SnatPortsExhausted))
+        .count();
+    let dropped = verdicts
+        .iter()
+        .filter(|v| **v == Verdict::Drop(DropReason::SnatPortsExhausted))
+        .count();
+    assert!(
+        refused > 0 && dropped > 0,
+        "{refused} refused, {dropped} dropped"
+    );
+    assert_eq!(refused + dropped, 200);
 }
 
 #[test]
@@ -372,7 +474,16 @@ proptest! {
         };
         let config = SnatConfig { workers, ..SnatConfig::default() };
         let mut pipelines: Vec<Pipeline> = (0..workers).map(|w| Pipeline::new(w, &config)).collect();
-        let owner = usize::from(workers - 1);
+        let dport = match flow {
+            Flow::Tcp { dport, .. } | Flow::Udp { dport, .. } => dport,
+            Flow::Echo { id } => id,
+        };
+        let proto = match flow {
+            Flow::Tcp { .. } => L4Proto::Tcp,
+            Flow::Udp { .. } => L4Proto::Udp,
+            Flow::Echo { .. } => L4Proto::IcmpEcho,
+        };
+        let owner = usize::from(owner_of_remote(&config, proto, remote, dport).unwrap());
         let (v, out) = run(&mut pipelines[owner], &t, &original, port);
         prop_assert_eq!(v, Verdict::Forward { port: UPLINK });
         prop_assert_eq!(ip4(&out, 26), NODE);

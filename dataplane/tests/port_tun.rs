@@ -415,3 +415,33 @@ fn a_run_of_tcp_segments_is_written_as_one_gso_packet_the_kernel_accepts() {
     let c = ports[0].counters();
     assert_eq!((c.tx_gso_packets, c.tx_gso_segments), (1, 20), "{c:?}");
 }
+
+#[test]
+fn a_burst_the_port_does_not_read_in_time_is_counted_as_overflow() {
+    let ns = Netns::new("tunovf");
+    let (ports, _config) = open(&ns, "hwt9", 1);
+    ns.sh("ip addr add 198.18.21.1/24 dev hwt9 && ip route add 198.19.21.0/24 dev hwt9");
+    // The queue holds 4,096 packets (more than the kernel's default 500, so a burst
+    // of connects survives a descheduled worker); nobody reads, so 6,000 overflow it.
+    assert!(ns.sh("ip link show hwt9").contains("qlen 4096"));
+    {
+        let _inside = NetnsGuard::enter(&ns.name).unwrap();
+        assert_eq!(ports[0].drops().overflow, 0);
+    }
+    {
+        let _inside = NetnsGuard::enter(&ns.name).unwrap();
+        let s = UdpSocket::bind("198.18.21.1:0").unwrap();
+        for _ in 0..6000 {
+            let _ = s.send_to(b"burst", "198.19.21.9:9");
+        }
+    }
+    // Read from the namespace the device lives in, as the worker does.
+    let overflow = {
+        let _inside = NetnsGuard::enter(&ns.name).unwrap();
+        ports[0].drops().overflow
+    };
+    assert!(
+        (1000..=6000).contains(&overflow),
+        "{overflow} frames counted as overflow"
+    );
+}

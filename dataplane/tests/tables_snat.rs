@@ -15,7 +15,7 @@ use std::time::Duration;
 use hybridway_dataplane::tables::conntrack::{Direction, tcp_flags::*};
 use hybridway_dataplane::tables::{
     FlowKey, FlowState, L4Proto, NatBinding, SnatConfig, SnatError, SnatShard, Timeouts,
-    owner_of_port, port_slice,
+    owner_of_remote,
 };
 use hybridway_dataplane::{DropReason, Now};
 use proptest::prelude::*;
@@ -26,9 +26,12 @@ const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 1);
 
 fn timeouts() -> Timeouts {
     Timeouts {
-        tcp_syn: Duration::from_secs(10),
+        tcp_syn_sent: Duration::from_secs(10),
         tcp_established: Duration::from_secs(1000),
-        tcp_closing: Duration::from_secs(20),
+        tcp_fin_wait: Duration::from_secs(20),
+        tcp_last_ack: Duration::from_secs(20),
+        tcp_time_wait: Duration::from_secs(20),
+        tcp_close: Duration::from_secs(20),
         udp: Duration::from_secs(30),
         icmp: Duration::from_secs(5),
     }
@@ -148,7 +151,7 @@ fn tcp_states_pick_their_timeouts() {
     let r = reply(&k, b);
     assert!(
         shard.inbound(&r, SYN | ACK, secs(11)).is_none(),
-        "unanswered SYN expires after tcp_syn"
+        "unanswered SYN expires after tcp_syn_sent"
     );
     assert_eq!(shard.sweep(secs(12), usize::MAX), 1);
 
@@ -167,7 +170,7 @@ fn tcp_states_pick_their_timeouts() {
     // FIN: closing timeout (20 s) even though established had ~1000 s left; the
     // sweep must find it at the shorter expiry.
     assert!(shard.inbound(&r, FIN | ACK, secs(1102)).is_some());
-    assert_eq!(shard.state_of(&k), Some(FlowState::TcpClosing));
+    assert_eq!(shard.state_of(&k), Some(FlowState::TcpFinIn));
     assert_eq!(shard.sweep(secs(1115), usize::MAX), 0);
     assert_eq!(shard.sweep(secs(1124), usize::MAX), 1);
     assert_eq!(shard.len(), 0);
@@ -181,7 +184,7 @@ fn rst_closes_and_new_syn_reopens() {
     let r = reply(&k, b);
     shard.inbound(&r, SYN | ACK, secs(1)).unwrap();
     shard.inbound(&r, RST, secs(2)).unwrap();
-    assert_eq!(shard.state_of(&k), Some(FlowState::TcpClosing));
+    assert_eq!(shard.state_of(&k), Some(FlowState::TcpClose));
     assert_eq!(
         shard.outbound(&k, NAT, SYN, secs(3)).unwrap(),
         b,
@@ -355,61 +358,175 @@ fn changed_nat_address_starts_a_new_binding() {
 }
 
 #[test]
-fn port_slices_are_disjoint_cover_the_range_and_match_owner_of_port() {
-    for (workers, range) in [
-        (1u16, 1024..=65535u16),
-        (2, 1024..=65535),
-        (3, 10..=20),
-        (7, 0..=65535),
-        (5, 7..=9),
-    ] {
+fn every_destination_has_one_owner_and_every_worker_the_whole_range() {
+    for workers in [1u16, 2, 3, 7] {
         let cfg = SnatConfig {
             workers,
-            port_range: range.clone(),
+            port_range: 1024..=65535,
             ..SnatConfig::default()
         };
-        let mut owner = HashMap::new();
-        for w in 0..workers {
-            if let Some(slice) = port_slice(&cfg, w) {
-                for p in slice {
-                    assert!(owner.insert(p, w).is_none(), "port {p} in two slices");
-                }
-            }
-        }
-        for p in 0..=u16::MAX {
-            let expected = owner.get(&p).copied();
+        let mut per_worker = vec![0usize; usize::from(workers)];
+        for i in 0..10_000u32 {
+            let remote = Ipv4Addr::from(0xc612_0000 + i / 7);
+            let port = 80 + (i % 7) as u16;
+            let w = owner_of_remote(&cfg, L4Proto::Tcp, remote, port).unwrap();
+            assert!(w < workers);
+            per_worker[usize::from(w)] += 1;
+            // ICMP echo: the identifier is the pod's, only the address counts.
             assert_eq!(
-                owner_of_port(&cfg, p),
-                expected,
-                "workers {workers}, port {p}"
-            );
-            assert_eq!(
-                expected.is_some(),
-                range.contains(&p),
-                "range covered exactly"
+                owner_of_remote(&cfg, L4Proto::IcmpEcho, remote, port),
+                owner_of_remote(&cfg, L4Proto::IcmpEcho, remote, 1),
             );
         }
-        // A shard only hands out its own ports.
+        let fair = 10_000 / usize::from(workers);
+        assert!(
+            per_worker.iter().all(|&n| n > fair / 2),
+            "destinations spread over the workers: {per_worker:?}"
+        );
         for w in 0..workers {
-            let mut shard = SnatShard::new(w, &cfg);
-            if let Ok(b) = shard.outbound(&key(L4Proto::Udp, 1, 1), NAT, 0, secs(0)) {
-                assert_eq!(owner_of_port(&cfg, b.port), Some(w));
-            } else {
-                assert!(port_slice(&cfg, w).is_none());
-            }
+            let shard = SnatShard::new(w, &cfg);
+            assert_eq!(shard.ports(), 1024..=65535, "no port slices");
         }
     }
-    let cfg = SnatConfig {
-        workers: 2,
+    let none = SnatConfig {
+        workers: 0,
         ..SnatConfig::default()
     };
-    assert_eq!(port_slice(&cfg, 2), None);
-    let mut stray = SnatShard::new(5, &cfg);
+    assert_eq!(owner_of_remote(&none, L4Proto::Udp, REMOTE, 53), None);
+    assert!(SnatConfig::default().is_nat_port(1024));
+    assert!(!SnatConfig::default().is_nat_port(1023));
+}
+
+#[test]
+fn the_pods_own_port_is_kept_when_in_range_and_free() {
+    let mut shard = SnatShard::new(0, &config(64));
+    // In the range (10,000-19,999) and free: kept.
+    let k = key(L4Proto::Tcp, 15_000, 443);
+    assert_eq!(shard.outbound(&k, NAT, SYN, secs(0)).unwrap().port, 15_000);
+    // Another pod with the same port to the same destination: another port.
+    let other = FlowKey {
+        src: Ipv4Addr::new(198, 19, 1, 6),
+        ..k
+    };
+    let b = shard.outbound(&other, NAT, SYN, secs(0)).unwrap();
+    assert_ne!(b.port, 15_000);
+    // The same port towards another destination: kept again.
+    let elsewhere = FlowKey {
+        dst_port: 8443,
+        ..other
+    };
     assert_eq!(
-        stray.outbound(&key(L4Proto::Udp, 1, 1), NAT, 0, secs(0)),
+        shard.outbound(&elsewhere, NAT, SYN, secs(0)).unwrap().port,
+        15_000
+    );
+    // Outside the range: a port from the range.
+    let low = key(L4Proto::Udp, 5353, 53);
+    assert!((10_000..=19_999).contains(&shard.outbound(&low, NAT, 0, secs(0)).unwrap().port));
+}
+
+/// Opens and closes one TCP connection of `k` the way a client that closes first
+/// does; returns its binding (the flow ends in TIME_WAIT).
+fn connect_and_close(shard: &mut SnatShard, k: &FlowKey, at: u64) -> NatBinding {
+    let b = shard.outbound(k, NAT, SYN, secs(at)).unwrap();
+    let r = reply(k, b);
+    shard.inbound(&r, SYN | ACK, secs(at)).unwrap();
+    shard.outbound(k, NAT, ACK, secs(at)).unwrap();
+    shard.outbound(k, NAT, FIN | ACK, secs(at)).unwrap();
+    shard.inbound(&r, FIN | ACK, secs(at)).unwrap();
+    shard.outbound(k, NAT, ACK, secs(at)).unwrap();
+    b
+}
+
+#[test]
+fn a_new_syn_reopens_a_mapping_in_time_wait() {
+    let mut shard = SnatShard::new(0, &config(16));
+    let k = key(L4Proto::Tcp, 40_000, 443);
+    let b = connect_and_close(&mut shard, &k, 0);
+    assert_eq!(shard.state_of(&k), Some(FlowState::TcpTimeWait));
+    // RFC 7857 section 2.2: the pod reuses its port at once; so does the NAT.
+    assert_eq!(shard.outbound(&k, NAT, SYN, secs(1)).unwrap(), b);
+    assert_eq!(shard.state_of(&k), Some(FlowState::TcpSynSent));
+    assert!(shard.inbound(&reply(&k, b), SYN | ACK, secs(1)).is_some());
+    assert_eq!(shard.len(), 1);
+}
+
+#[test]
+fn closing_states_follow_their_own_timeouts() {
+    let s = Duration::from_secs;
+    let cfg = SnatConfig {
+        timeouts: Timeouts {
+            tcp_fin_wait: s(40),
+            tcp_last_ack: s(30),
+            tcp_time_wait: s(120),
+            tcp_close: s(10),
+            ..timeouts()
+        },
+        ..config(16)
+    };
+    let mut shard = SnatShard::new(0, &cfg);
+    let k = key(L4Proto::Tcp, 40_000, 443);
+    let b = shard.outbound(&k, NAT, SYN, secs(0)).unwrap();
+    let r = reply(&k, b);
+    shard.inbound(&r, SYN | ACK, secs(0)).unwrap();
+    shard.outbound(&k, NAT, FIN | ACK, secs(0)).unwrap();
+    assert_eq!(shard.state_of(&k), Some(FlowState::TcpFinOut));
+    shard.inbound(&r, FIN | ACK, secs(39)).unwrap();
+    assert_eq!(shard.state_of(&k), Some(FlowState::TcpLastAckOut));
+    // LAST_ACK lives 30 s: gone at 69 s unless the last ACK comes.
+    assert!(shard.inbound(&r, ACK, secs(70)).is_none());
+    // Again, with the last ACK: TIME_WAIT, 120 s.
+    let k = key(L4Proto::Tcp, 40_001, 443);
+    let b = connect_and_close(&mut shard, &k, 100);
+    assert!(shard.inbound(&reply(&k, b), ACK, secs(219)).is_some());
+    assert!(shard.inbound(&reply(&k, b), ACK, secs(340)).is_none());
+    // RST: CLOSE, 10 s.
+    let k = key(L4Proto::Tcp, 40_002, 443);
+    let b = shard.outbound(&k, NAT, SYN, secs(400)).unwrap();
+    shard.inbound(&reply(&k, b), RST, secs(400)).unwrap();
+    assert_eq!(shard.state_of(&k), Some(FlowState::TcpClose));
+    assert!(shard.inbound(&reply(&k, b), ACK, secs(411)).is_none());
+}
+
+#[test]
+fn a_full_range_gives_closed_flows_ports_to_new_flows_but_never_live_ones() {
+    let cfg = SnatConfig {
+        port_range: 20_000..=20_003,
+        ..config(64)
+    };
+    let mut shard = SnatShard::new(0, &cfg);
+    // Two established flows and two closed (TIME_WAIT) ones hold all four ports.
+    let live: Vec<FlowKey> = (0..2).map(|i| key(L4Proto::Tcp, 100 + i, 443)).collect();
+    let mut live_ports = HashSet::new();
+    for k in &live {
+        let b = shard.outbound(k, NAT, SYN, secs(0)).unwrap();
+        shard.inbound(&reply(k, b), SYN | ACK, secs(0)).unwrap();
+        live_ports.insert(b.port);
+    }
+    let mut closed_ports = HashSet::new();
+    for i in 0..2 {
+        closed_ports
+            .insert(connect_and_close(&mut shard, &key(L4Proto::Tcp, 200 + i, 443), 0).port);
+    }
+    // Two new flows take the closed flows' ports; a third finds none.
+    for i in 0..2 {
+        let b = shard
+            .outbound(&key(L4Proto::Tcp, 300 + i, 443), NAT, SYN, secs(1))
+            .unwrap();
+        assert!(
+            closed_ports.remove(&b.port),
+            "port {} was not a closed flow's",
+            b.port
+        );
+    }
+    assert_eq!(
+        shard.outbound(&key(L4Proto::Tcp, 400, 443), NAT, SYN, secs(1)),
         Err(SnatError::PortsExhausted)
     );
-    assert_eq!(owner_of_port(&SnatConfig { workers: 0, ..cfg }, 2000), None);
+    // The live flows kept theirs.
+    for k in &live {
+        assert!(matches!(shard.state_of(k), Some(FlowState::TcpEstablished)));
+    }
+    assert_eq!(shard.len(), 4);
 }
 
 #[test]
@@ -586,12 +703,16 @@ proptest! {
             if !seen.insert((proto, src, sp, dst, if proto == L4Proto::IcmpEcho { 0 } else { dp })) {
                 continue;
             }
-            let w = i % workers as usize;
-            let b = shards[w].outbound(&k, NAT, SYN, Now(0)).unwrap();
+            let _ = i;
+            // Every flow is translated by its destination's owner, as the pipeline
+            // arranges.
+            let w = owner_of_remote(&cfg, k.proto, k.dst, k.dst_port).unwrap();
+            let b = shards[usize::from(w)].outbound(&k, NAT, SYN, Now(0)).unwrap();
             out.push((k, b));
         }
         for (k, b) in out {
-            let owner = owner_of_port(&cfg, b.port).unwrap();
+            let r = reply(&k, b);
+            let owner = owner_of_remote(&cfg, r.proto, r.src, r.src_port).unwrap();
             let got = shards[owner as usize].inbound(&reply(&k, b), SYN | ACK, Now(1));
             prop_assert_eq!(got, Some(NatBinding { addr: k.src, port: k.src_port }));
         }
@@ -664,11 +785,20 @@ proptest! {
                         _ => match res {
                             Ok(b) => {
                                 // The new port must not clash with a live flow to the same place.
-                                for (&other, &(ob, _, exp)) in &model {
+                                // Only a closed flow's port may be taken over (and
+                                // that flow is gone).
+                                let mut taken = Vec::new();
+                                for (&other, &(ob, os, exp)) in &model {
                                     let ok = flow_key(other);
                                     let same_dest = ok.proto == k.proto && ok.dst == k.dst
                                         && (k.proto == L4Proto::IcmpEcho || ok.dst_port == k.dst_port);
-                                    prop_assert!(!(other != flow && exp > now && same_dest && ob.port == b.port));
+                                    if other != flow && exp > now && same_dest && ob.port == b.port {
+                                        prop_assert!(os.is_closed(), "took the port of a live {:?} flow", os);
+                                        taken.push(other);
+                                    }
+                                }
+                                for other in taken {
+                                    model.remove(&other);
                                 }
                                 let s = FlowState::initial(k.proto, flags);
                                 model.insert(flow, (b, s, now + s.timeout(&t).as_millis() as u64));

@@ -157,7 +157,7 @@ fn check(verdict: Verdict, frame: &Frame<'_>, t: &Tables, config: &SnatConfig, w
             assert!(known, "forward to unknown {port}");
             well_formed(frame);
         }
-        Verdict::Reply => well_formed(frame),
+        Verdict::Reply | Verdict::Refuse(_) => well_formed(frame),
         Verdict::HandOff { worker: w } => {
             assert!(w < config.workers && w != worker, "hand-off to {w}")
         }

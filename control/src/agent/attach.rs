@@ -31,41 +31,6 @@ use super::config::{AgentConfig, ModeConfig};
 const POD_FRAMES: u32 = 2048;
 const POD_RING: u32 = 1024;
 
-/// The SNAT port range: the ports the kernel does not use for its own outgoing
-/// connections (`net.ipv4.ip_local_port_range`), so that the steering program can
-/// send replies in this range to the dataplane and leave the node's own
-/// connections to the kernel. Above the kernel's range when there is room for at
-/// least 1024 ports, else below it. Never port 65535: the kernel's policy rules,
-/// which steer replies on the TUN backend, refuse a port range that ends there.
-pub fn snat_port_range() -> RangeInclusive<u16> {
-    let text =
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-    let mut it = text
-        .split_whitespace()
-        .filter_map(|v| v.parse::<u16>().ok());
-    let (lo, hi) = (it.next().unwrap_or(32768), it.next().unwrap_or(60999));
-    snat_range_beside(lo, hi)
-}
-
-/// The highest SNAT port (see [`snat_port_range`]).
-const SNAT_PORT_MAX: u16 = 65534;
-
-/// [`snat_port_range`] for a kernel range of `lo..=hi`.
-pub fn snat_range_beside(lo: u16, hi: u16) -> RangeInclusive<u16> {
-    if u32::from(hi) + 1024 <= u32::from(SNAT_PORT_MAX) {
-        hi + 1..=SNAT_PORT_MAX
-    } else if lo >= 2048 {
-        1024..=lo - 1
-    } else {
-        tracing::warn!(
-            lo,
-            hi,
-            "ip_local_port_range leaves no room for SNAT ports; sharing 61000-65534 with the kernel"
-        );
-        61000..=SNAT_PORT_MAX
-    }
-}
-
 /// Number of receive queues of `ifname` (1 when sysfs does not say).
 pub fn rx_queues(ifname: &str) -> usize {
     std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
@@ -211,23 +176,5 @@ impl PortOpener {
                 "on the TUN backend pods have no port of their own".into(),
             )),
         }
-    }
-}
-
-#[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn snat_range_avoids_the_kernels_ports() {
-        assert_eq!(snat_range_beside(32768, 60999), 61000..=65534);
-        assert_eq!(snat_range_beside(10000, 65000), 1024..=9999);
-        assert_eq!(snat_range_beside(1024, 65535), 61000..=65534);
     }
 }

@@ -12,7 +12,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use hybridway_dataplane::tables::Prefix;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use hybridway_dataplane::tables::{Prefix, SnatConfig, Timeouts};
 use hybridway_dataplane::wire::MacAddr;
 use serde::{Deserialize, Deserializer};
 
@@ -168,6 +171,17 @@ pub struct SnatSection {
     /// which are always exempt (service CIDR, cloud pod CIDR, on-prem node CIDRs).
     #[serde(default, deserialize_with = "de_prefixes")]
     pub cluster_ranges: Vec<Prefix>,
+    /// The NAT ports (and ICMP echo identifiers); each destination (remote address
+    /// and port) can have this many flows at once. Claimed from the kernel through
+    /// `net.ipv4.ip_local_reserved_ports` while the agent runs.
+    #[serde(default)]
+    pub port_range: PortRangeConfig,
+    /// Idle timeouts per flow state, in seconds.
+    #[serde(default)]
+    pub timeouts: SnatTimeoutsConfig,
+    /// Flows each worker tracks at most (about 65 bytes each, allocated at start).
+    #[serde(default = "default_flows_per_worker")]
+    pub max_flows_per_worker: usize,
 }
 
 impl Default for SnatSection {
@@ -175,7 +189,113 @@ impl Default for SnatSection {
         SnatSection {
             enabled: true,
             cluster_ranges: Vec::new(),
+            port_range: PortRangeConfig::default(),
+            timeouts: SnatTimeoutsConfig::default(),
+            max_flows_per_worker: default_flows_per_worker(),
         }
+    }
+}
+
+impl SnatSection {
+    /// The dataplane's SNAT settings for `workers` workers.
+    pub fn dataplane_config(&self, workers: usize) -> SnatConfig {
+        SnatConfig {
+            workers: u16::try_from(workers).unwrap_or(u16::MAX),
+            port_range: self.port_range.range(),
+            capacity_per_worker: self.max_flows_per_worker,
+            timeouts: self.timeouts.to_timeouts(),
+        }
+    }
+}
+
+/// `{min, max}`, both included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortRangeConfig {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl Default for PortRangeConfig {
+    /// 1024-32767: 31,744 ports for every destination. Below 1024 a remote may
+    /// treat a port as privileged; from 32768 the kernel's default ephemeral range
+    /// (`ip_local_port_range` 32768-60999) keeps the node's own connections' ports.
+    fn default() -> Self {
+        PortRangeConfig {
+            min: 1024,
+            max: 32767,
+        }
+    }
+}
+
+impl PortRangeConfig {
+    pub fn range(&self) -> RangeInclusive<u16> {
+        self.min..=self.max
+    }
+}
+
+/// The highest NAT port: the kernel's policy rules, which steer replies on the TUN
+/// backend, refuse a port range that ends at 65535.
+pub const MAX_NAT_PORT: u16 = 65534;
+
+/// [`Timeouts`] in whole seconds, each defaulting to the dataplane's default (the
+/// kernel's `nf_conntrack_tcp_timeout_*` for the closing states).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SnatTimeoutsConfig {
+    pub tcp_syn_sent: u64,
+    pub tcp_established: u64,
+    pub tcp_fin_wait: u64,
+    pub tcp_last_ack: u64,
+    pub tcp_time_wait: u64,
+    pub tcp_close: u64,
+    pub udp: u64,
+    pub icmp: u64,
+}
+
+impl Default for SnatTimeoutsConfig {
+    fn default() -> Self {
+        let t = Timeouts::default();
+        SnatTimeoutsConfig {
+            tcp_syn_sent: t.tcp_syn_sent.as_secs(),
+            tcp_established: t.tcp_established.as_secs(),
+            tcp_fin_wait: t.tcp_fin_wait.as_secs(),
+            tcp_last_ack: t.tcp_last_ack.as_secs(),
+            tcp_time_wait: t.tcp_time_wait.as_secs(),
+            tcp_close: t.tcp_close.as_secs(),
+            udp: t.udp.as_secs(),
+            icmp: t.icmp.as_secs(),
+        }
+    }
+}
+
+impl SnatTimeoutsConfig {
+    pub fn to_timeouts(&self) -> Timeouts {
+        let s = Duration::from_secs;
+        Timeouts {
+            tcp_syn_sent: s(self.tcp_syn_sent),
+            tcp_established: s(self.tcp_established),
+            tcp_fin_wait: s(self.tcp_fin_wait),
+            tcp_last_ack: s(self.tcp_last_ack),
+            tcp_time_wait: s(self.tcp_time_wait),
+            tcp_close: s(self.tcp_close),
+            udp: s(self.udp),
+            icmp: s(self.icmp),
+        }
+    }
+
+    /// Every field with its YAML name, for validation messages.
+    fn named(&self) -> [(&'static str, u64); 8] {
+        [
+            ("tcpSynSent", self.tcp_syn_sent),
+            ("tcpEstablished", self.tcp_established),
+            ("tcpFinWait", self.tcp_fin_wait),
+            ("tcpLastAck", self.tcp_last_ack),
+            ("tcpTimeWait", self.tcp_time_wait),
+            ("tcpClose", self.tcp_close),
+            ("udp", self.udp),
+            ("icmp", self.icmp),
+        ]
     }
 }
 
@@ -291,6 +411,9 @@ fn default_vxlan_port() -> u16 {
 }
 fn default_idle_polls() -> u32 {
     256
+}
+fn default_flows_per_worker() -> usize {
+    SnatConfig::default().capacity_per_worker
 }
 fn default_park_ms() -> u64 {
     100
@@ -495,6 +618,32 @@ impl AgentConfig {
             }
         }
 
+        let ports = self.snat.port_range;
+        if ports.min == 0 || ports.min > ports.max || ports.max > MAX_NAT_PORT {
+            return Err(ConfigError::invalid(
+                "snat.portRange",
+                format!(
+                    "{}-{} is not a range within 1..={MAX_NAT_PORT} with min <= max",
+                    ports.min, ports.max
+                ),
+            ));
+        }
+        for (name, secs) in self.snat.timeouts.named() {
+            // Beyond a year is a typo, and would overflow nothing but help no one.
+            if secs == 0 || secs > 366 * 24 * 3600 {
+                return Err(ConfigError::invalid(
+                    format!("snat.timeouts.{name}"),
+                    format!("{secs} s is not 1 s to a year"),
+                ));
+            }
+        }
+        if self.snat.max_flows_per_worker == 0 {
+            return Err(ConfigError::invalid(
+                "snat.maxFlowsPerWorker",
+                "must be at least 1",
+            ));
+        }
+
         if self.vxlan.vni == 0 || self.vxlan.vni > MAX_VNI {
             return Err(ConfigError::invalid(
                 "vxlan.vni",
@@ -595,7 +744,61 @@ snat: {enabled: true, clusterRanges: [10.96.0.0/12]}
     #[test]
     fn example_in_deploy_is_valid() {
         let text = include_str!("../../../deploy/agent-example.yaml");
-        AgentConfig::from_yaml(text).unwrap();
+        let cfg = AgentConfig::from_yaml(text).unwrap();
+        // The example spells out the defaults.
+        assert_eq!(cfg.snat.port_range, PortRangeConfig::default());
+        assert_eq!(cfg.snat.timeouts, SnatTimeoutsConfig::default());
+        assert_eq!(cfg.snat.max_flows_per_worker, default_flows_per_worker());
+    }
+
+    #[test]
+    fn snat_port_range_timeouts_and_capacity_reach_the_dataplane() {
+        let cfg = AgentConfig::from_yaml(&GOOD.replace(
+            "snat: {enabled: true, clusterRanges: [10.96.0.0/12]}",
+            "snat: {portRange: {min: 20000, max: 29999}, timeouts: {tcpTimeWait: 30, udp: 60}, maxFlowsPerWorker: 1000}",
+        ))
+        .unwrap();
+        let d = cfg.snat.dataplane_config(2);
+        assert_eq!(d.workers, 2);
+        assert_eq!(d.port_range, 20000..=29999);
+        assert_eq!(d.capacity_per_worker, 1000);
+        assert_eq!(d.timeouts.tcp_time_wait, Duration::from_secs(30));
+        assert_eq!(d.timeouts.udp, Duration::from_secs(60));
+        // Unnamed timeouts keep the kernel's defaults.
+        assert_eq!(d.timeouts.tcp_fin_wait, Timeouts::default().tcp_fin_wait);
+        let default = AgentConfig::from_yaml(GOOD)
+            .unwrap()
+            .snat
+            .dataplane_config(1);
+        assert_eq!(default.port_range, 1024..=32767);
+        assert!(
+            default.port_range.len() >= 30_000,
+            "tens of thousands per destination"
+        );
+    }
+
+    #[test]
+    fn bad_snat_settings_name_their_field() {
+        let with = |snat: &str| {
+            err_of(&GOOD.replace(
+                "snat: {enabled: true, clusterRanges: [10.96.0.0/12]}",
+                &format!("snat: {snat}"),
+            ))
+        };
+        for range in [
+            "{min: 0, max: 10}",
+            "{min: 300, max: 200}",
+            "{min: 1024, max: 65535}",
+        ] {
+            let e = with(&format!("{{portRange: {range}}}"));
+            assert!(e.contains("snat.portRange"), "{range}: {e}");
+        }
+        let e = with("{timeouts: {tcpClose: 0}}");
+        assert!(e.contains("snat.timeouts.tcpClose"), "{e}");
+        let e = with("{timeouts: {tcpClosing: 5}}");
+        assert!(e.contains("tcpClosing"), "unknown fields are refused: {e}");
+        let e = with("{maxFlowsPerWorker: 0}");
+        assert!(e.contains("snat.maxFlowsPerWorker"), "{e}");
     }
 
     #[test]

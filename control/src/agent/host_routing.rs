@@ -26,6 +26,11 @@
 //!  pref 120  from <pod block> lookup 26744   pods' traffic → hw0 (other local pods: main)
 //! ```
 //!
+//! Early demux is off on this backend (`net.ipv4.{tcp,udp}_early_demux=0`): node
+//! services on ports inside the SNAT range reach their sockets through the
+//! dataplane (rules 91/92, then `ToHost`), and a packet that early demux has given
+//! a socket is never forwarded.
+//!
 //! Packets the dataplane writes into `hwhost` may carry the node's address as their
 //! source (masqueraded) or an outside one (ICMP to the host): `accept_local` and no
 //! strict reverse-path filter on the device let the kernel take them.
@@ -87,6 +92,13 @@ pub fn plan(backend: Backend, cfg: &AgentConfig, snat_ports: &RangeInclusive<u16
     }
     p.sysctls.extend([
         ("net.ipv4.ip_forward".into(), "1".into()),
+        // A packet for a node service inside the SNAT port range is routed through
+        // the dataplane (pref 91/92) and handed back; early demux would attach the
+        // service's socket to its second and later segments before routing, and the
+        // kernel never forwards a packet that carries a socket: the handshake's ACK
+        // would vanish.
+        ("net.ipv4.tcp_early_demux".into(), "0".into()),
+        ("net.ipv4.udp_early_demux".into(), "0".into()),
         // Replies from the outside reach pods through hw0 with outside sources.
         (format!("net.ipv4.conf.{POD_TUN}.rp_filter"), "0".into()),
     ]);
@@ -251,6 +263,10 @@ nodes:
             }
         }
         assert_eq!(p.move_local_rule, Some(LOCAL_RULE_PREF));
+        // Node services inside the SNAT range: their segments must stay forwardable.
+        for key in ["net.ipv4.tcp_early_demux", "net.ipv4.udp_early_demux"] {
+            assert!(p.sysctls.contains(&(key.into(), "0".into())), "{key}");
+        }
         let routes = joined(&p.routes);
         assert!(routes.contains(&"throw 198.19.1.0/24 table 26744".to_string()));
         assert!(routes.contains(&"198.19.1.1/32 dev hw0 table 26744".to_string()));

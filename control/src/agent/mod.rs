@@ -17,6 +17,7 @@ pub mod control;
 pub mod host_routing;
 pub mod kernel_routes;
 pub mod neighbors;
+pub mod reserved_ports;
 pub mod runtime;
 pub mod table_builder;
 

@@ -12,16 +12,17 @@ use std::time::Duration;
 use hybridway_dataplane::frame::PortId;
 use hybridway_dataplane::pipeline::Pipeline;
 use hybridway_dataplane::port::{Backend, HostSupport, PortError};
-use hybridway_dataplane::tables::{SharedTables, SnatConfig};
+use hybridway_dataplane::tables::SharedTables;
 use hybridway_dataplane::wire::MacAddr;
 use hybridway_dataplane::worker::{MetricsServer, PoolConfig, PoolError, WorkerPool};
 use serde::Serialize;
 
-use super::attach::{PortOpener, rx_queues, snat_port_range};
+use super::attach::{PortOpener, rx_queues};
 use super::config::{AgentConfig, BackendConfig, ConfigError, ModeConfig};
 use super::host_routing::{self, HOST_TUN, POD_TUN};
 use super::kernel_routes::{KernelRoutes, RouteError};
 use super::neighbors::{self, HostError};
+use super::reserved_ports::{ReservedPorts, ReservedPortsError};
 use super::table_builder::{
     BuildError, LocalPod, PodAttachment, UplinkFacts, build_tables, next_hops,
 };
@@ -50,6 +51,8 @@ pub enum AgentError {
     Build(#[from] BuildError),
     #[error(transparent)]
     Route(#[from] RouteError),
+    #[error("claiming the SNAT port range from the kernel: {0}")]
+    ReservedPorts(#[from] ReservedPortsError),
     #[error("{0}")]
     Refused(String),
     #[error("state file {path}: {message}")]
@@ -131,6 +134,9 @@ pub struct Agent {
     metrics: Option<MetricsServer>,
     /// Kernel routes, policy rules and sysctls this agent set (undone on shutdown).
     kernel: KernelRoutes,
+    /// The SNAT port range, kept from the node's own sockets (given back on
+    /// shutdown).
+    reserved_ports: Option<ReservedPorts>,
 }
 
 impl Agent {
@@ -189,12 +195,16 @@ impl Agent {
             park_timeout: Duration::from_millis(cfg.dataplane.park_timeout_ms),
             ..PoolConfig::default()
         };
-        let snat_ports = snat_port_range();
-        let snat = SnatConfig {
-            workers: u16::try_from(workers).unwrap_or(u16::MAX),
-            port_range: snat_ports.clone(),
-            ..SnatConfig::default()
-        };
+        let snat = cfg.snat.dataplane_config(workers);
+        let snat_ports = snat.port_range.clone();
+        let state_dir = cfg
+            .control
+            .state_file
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        warn_if_kernel_ephemeral_ports_shrink(&snat_ports);
+        let reserved_ports = Some(ReservedPorts::claim(&snat_ports, &state_dir)?);
         let pool = WorkerPool::start(&pool_cfg, Arc::clone(&tables), move |w| {
             Pipeline::new(w, &snat)
         })?;
@@ -281,6 +291,7 @@ impl Agent {
             gauges,
             metrics: None,
             kernel,
+            reserved_ports,
         };
         agent.restore_pods();
         agent.publish()?;
@@ -448,7 +459,7 @@ impl Agent {
     fn try_reload(&mut self) -> Result<(), AgentError> {
         let next = AgentConfig::load(&self.config_path)?;
         let cur = &self.cfg;
-        let fixed: [(&str, bool); 8] = [
+        let fixed: [(&str, bool); 9] = [
             (
                 "node",
                 next.node.name == cur.node.name && next.node.address == cur.node.address,
@@ -470,6 +481,12 @@ impl Agent {
             (
                 "dataplane.workers",
                 next.dataplane.workers == cur.dataplane.workers,
+            ),
+            (
+                "snat (portRange, timeouts, maxFlowsPerWorker)",
+                next.snat.port_range == cur.snat.port_range
+                    && next.snat.timeouts == cur.snat.timeouts
+                    && next.snat.max_flows_per_worker == cur.snat.max_flows_per_worker,
             ),
             ("control.socket", next.control.socket == cur.control.socket),
         ];
@@ -718,6 +735,7 @@ impl Agent {
         }
         // The TUN device went with its queues; its routes with it. The rest:
         self.kernel.clear();
+        self.reserved_ports = None;
         tracing::info!(
             "agent stopped; XDP programs detached, TUN device, routes and sysctls removed"
         );
@@ -727,5 +745,30 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Reserving the NAT range takes any ports it shares with the kernel's ephemeral
+/// range (`net.ipv4.ip_local_port_range`) away from the node's own outgoing
+/// connections; say so when it leaves the node fewer than 10,000.
+fn warn_if_kernel_ephemeral_ports_shrink(nat: &std::ops::RangeInclusive<u16>) {
+    let text =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = text
+        .split_whitespace()
+        .filter_map(|v| v.parse::<u32>().ok());
+    let (Some(lo), Some(hi)) = (it.next(), it.next()) else {
+        return;
+    };
+    let (nlo, nhi) = (u32::from(*nat.start()), u32::from(*nat.end()));
+    let shared = hi.min(nhi).saturating_add(1).saturating_sub(lo.max(nlo));
+    let left = (hi + 1).saturating_sub(lo).saturating_sub(shared);
+    if shared > 0 && left < 10_000 {
+        tracing::warn!(
+            kernel_range = %format_args!("{lo}-{hi}"),
+            nat_range = %format_args!("{nlo}-{nhi}"),
+            left,
+            "snat.portRange overlaps the kernel's ephemeral ports; the node's own connections keep only the rest"
+        );
     }
 }

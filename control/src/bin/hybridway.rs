@@ -78,6 +78,9 @@ enum Command {
     Demo(hybridway_control::demo::DemoArgs),
     /// End-to-end pod-to-pod benchmark: hybridway against the kernel's paths.
     BenchE2e(hybridway_control::demo::bench::BenchArgs),
+    /// SNAT under load (connections held, short connections) beside the kernel's
+    /// MASQUERADE.
+    BenchSnat(hybridway_control::demo::bench_snat::BenchSnatArgs),
     /// Run the BGP speaker alone from a YAML file with a `bgp:` section.
     BgpSpeaker(hybridway_control::bgp::cli::BgpSpeakerArgs),
 }
@@ -217,6 +220,10 @@ fn main() -> anyhow::Result<()> {
         Command::BenchE2e(args) => {
             init_logging();
             hybridway_control::demo::bench::run(&args)?;
+        }
+        Command::BenchSnat(args) => {
+            init_logging();
+            hybridway_control::demo::bench_snat::run(&args)?;
         }
         Command::BgpSpeaker(args) => hybridway_control::bgp::cli::run(&args)?,
     }

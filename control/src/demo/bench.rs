@@ -92,6 +92,7 @@ fn build(
         tag: tag.to_string(),
         overlay,
         snat: true,
+        snat_ports: None,
         backend: backend.into(),
         nodes: vec![kind, kind],
         pods_per_node: 1,

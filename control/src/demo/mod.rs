@@ -5,7 +5,9 @@
 //! Ctrl-C is turned into an orderly stop between steps).
 
 pub mod bench;
+pub mod bench_snat;
 pub mod netns;
+pub mod snat_load;
 pub mod topology;
 
 use std::net::Ipv4Addr;
@@ -143,6 +145,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             tag: tag.clone(),
             overlay,
             snat: !args.no_snat,
+            snat_ports: None,
             backend: args.backend.clone(),
             nodes: vec![NodeKind::Hybridway, NodeKind::Hybridway],
             pods_per_node: 2,

@@ -54,6 +54,8 @@ pub struct ClusterSpec {
     pub tag: String,
     pub overlay: bool,
     pub snat: bool,
+    /// `snat.portRange` (min, max) of the agents; `None` keeps the default.
+    pub snat_ports: Option<(u16, u16)>,
     pub backend: String,
     pub nodes: Vec<NodeKind>,
     pub pods_per_node: u8,
@@ -255,7 +257,7 @@ impl Cluster {
              mode: {mode}\n\
              uplink: {{interface: eth0, gateway: {GATEWAY}}}\n\
              pods: {{block: {block}, gateway: {gw}}}\n\
-             snat: {{enabled: {snat}}}\n\
+             snat: {{enabled: {snat}{ports}}}\n\
              vxlan: {{vni: 1, port: 8472, vtepMac: \"{vtep}\"}}\n\
              dataplane: {{backend: {backend}, workers: {workers}, cores: [{cores}], hugepages: false, idlePolls: {idle}, parkTimeoutMs: 50}}\n\
              metrics: {{listen: \"127.0.0.1:{metrics}\"}}\n\
@@ -270,6 +272,11 @@ impl Cluster {
             block = pod_block(n),
             gw = pod_gateway(n),
             snat = self.spec.snat,
+            ports = self
+                .spec
+                .snat_ports
+                .map(|(min, max)| format!(", portRange: {{min: {min}, max: {max}}}"))
+                .unwrap_or_default(),
             vtep = vtep_mac(n),
             backend = self.spec.backend,
             metrics = 9460 + u16::from(n),
@@ -474,6 +481,16 @@ impl Cluster {
             .ns
             .try_sh(&format!("ping -c {count} -i 0.2 -W 2 -q {dst}"))?;
         Ok(out.status.success())
+    }
+
+    /// Sum of node `n`'s metric samples named `name` whose line contains `label`.
+    pub fn metric_sum(&self, n: u8, name: &str, label: &str) -> Result<u64, ClusterError> {
+        Ok(self
+            .metrics_of(n)?
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<u64>().ok()))
+            .sum())
     }
 
     pub fn metrics_of(&self, n: u8) -> Result<String, ClusterError> {

@@ -34,6 +34,9 @@ pub(crate) enum IcmpError {
     TooBig {
         mtu: u16,
     },
+    /// "Communication administratively prohibited": the SNAT had no port for the
+    /// flow (its only use, hence its drop reason).
+    AdminProhibited,
 }
 
 impl IcmpError {
@@ -42,6 +45,7 @@ impl IcmpError {
         match self {
             IcmpError::TimeExceeded => DropReason::TtlExpired,
             IcmpError::TooBig { .. } => DropReason::TooBig,
+            IcmpError::AdminProhibited => DropReason::SnatPortsExhausted,
         }
     }
 }
@@ -180,6 +184,7 @@ pub(crate) fn build_v4(
     let (icmp_type, code, rest) = match kind {
         IcmpError::TimeExceeded => (11u8, 0u8, 0u32),
         IcmpError::TooBig { mtu } => (3, 4, u32::from(mtu)),
+        IcmpError::AdminProhibited => (3, 13, 0),
     };
     let e = new_start;
     set_macs(buf, e, peer_mac, src_mac).ok_or(err)?;
@@ -228,9 +233,12 @@ pub(crate) fn build_v6(
         .checked_sub(ETH_LEN + V6_ERR_HDRS)
         .ok_or(DropReason::NoRoom)?;
     let peer_mac = rd_mac(buf, start + 6).ok_or(err)?;
-    let (icmp_type, rest) = match kind {
-        IcmpError::TimeExceeded => (3u8, 0u32),
-        IcmpError::TooBig { mtu } => (2, u32::from(mtu)),
+    let (icmp_type, code, rest) = match kind {
+        IcmpError::TimeExceeded => (3u8, 0u8, 0u32),
+        IcmpError::TooBig { mtu } => (2, 0, u32::from(mtu)),
+        // Destination unreachable, "communication with destination administratively
+        // prohibited".
+        IcmpError::AdminProhibited => (1, 1, 0),
     };
     let e = new_start;
     set_macs(buf, e, peer_mac, src_mac).ok_or(err)?;
@@ -247,7 +255,7 @@ pub(crate) fn build_v6(
     put(buf, h, &iph).ok_or(err)?;
     let icmp = h + 40;
     wr8(buf, icmp, icmp_type).ok_or(err)?;
-    wr8(buf, icmp + 1, 0).ok_or(err)?;
+    wr8(buf, icmp + 1, code).ok_or(err)?;
     wr16(buf, icmp + 2, 0).ok_or(err)?;
     wr32(buf, icmp + 4, rest).ok_or(err)?;
     let msg = buf.get(icmp..icmp + 8 + quote).ok_or(err)?;

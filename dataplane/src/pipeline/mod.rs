@@ -15,6 +15,8 @@
 //!    UnderlayNode ──► MACs, TTL, MTU ──► uplink   anything else ──► ToHost (from the
 //!                                                   host port: Drop, it would loop)
 //!    Outside      ──► MACs, TTL, MTU, SNAT ──► uplink
+//!      (destination owned by another worker ──► HandOff; no NAT port ──► Refuse,
+//!       ICMP administratively prohibited to the pod)
 //!  TTL expired / DF and too big ──► Reply (ICMP error)
 //! ```
 //!
@@ -56,6 +58,7 @@
 //! as its flow's first packet finds the flow).
 
 mod bytes;
+mod exhaustion;
 mod icmp;
 mod neighbor;
 mod parse;
@@ -64,13 +67,14 @@ mod vxlan;
 
 use std::net::Ipv4Addr;
 
+use self::exhaustion::ExhaustionLog;
 use self::icmp::{IcmpError, IcmpRateLimit};
 use self::parse::{L4, Packet, V4, V6};
 use self::vxlan::Tunnel;
 use crate::frame::{Frame, PortId};
 use crate::tables::{
     FlowKey, L4Proto, NatBinding, NodeSettings, RouteTarget, SnatConfig, SnatError, SnatShard,
-    Tables, owner_of_port,
+    Tables, owner_of_remote,
 };
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict, WorkerId};
@@ -95,6 +99,7 @@ pub struct Pipeline {
     ip_id: u16,
     icmp_limit: IcmpRateLimit,
     vteps: VtepSet,
+    exhaustion: ExhaustionLog,
 }
 
 type Step = Result<Verdict, DropReason>;
@@ -109,6 +114,7 @@ impl Pipeline {
             ip_id: worker.wrapping_mul(0x9e37),
             icmp_limit: IcmpRateLimit::new(),
             vteps: VtepSet::default(),
+            exhaustion: ExhaustionLog::new(),
         }
     }
 
@@ -134,7 +140,7 @@ impl Pipeline {
                 let r = self
                     .snat
                     .outbound(&p.key, tables.node.node_addr, p.l4.tcp_flags, now);
-                self.finish_masquerade(frame, &p, r, tables)
+                self.finish_masquerade(frame, &p, r, tables, now)
             }
             Ok(Action::Unmasquerade(p)) => {
                 let r = self.snat.inbound(&p.key, p.l4.tcp_flags, now);
@@ -206,7 +212,7 @@ impl Pipeline {
                 let Some((i, p)) = outs.get(j) else { continue };
                 if let (Some(frame), Some(v)) = (frames.get_mut(i), verdicts.get_mut(i)) {
                     *v = self
-                        .finish_masquerade(frame, p, *r, tables)
+                        .finish_masquerade(frame, p, *r, tables, now)
                         .unwrap_or_else(Verdict::Drop);
                 }
             }
@@ -355,7 +361,16 @@ impl Pipeline {
                 .map(Action::Done);
         }
         if masquerade {
-            return masquerade_key(ip, next_hop_mac).map(Action::Masquerade);
+            // The worker that owns the destination translates the flow (see
+            // `tables::snat`); the frame is still as the pod sent it.
+            let p = masquerade_key(ip, next_hop_mac)?;
+            return match owner_of_remote(&self.snat_config, p.key.proto, p.key.dst, p.key.dst_port)
+            {
+                Some(owner) if owner != self.worker => {
+                    Ok(Action::Done(Verdict::HandOff { worker: owner }))
+                }
+                _ => Ok(Action::Masquerade(p)),
+            };
         }
         let d = frame.data_mut();
         decrement_ttl_v4(d, ip)?;
@@ -373,9 +388,14 @@ impl Pipeline {
         p: &Pending,
         binding: Result<NatBinding, SnatError>,
         tables: &Tables,
+        now: Now,
     ) -> Step {
         let node = &tables.node;
-        let binding = binding.map_err(DropReason::from)?;
+        let binding = match binding {
+            Ok(b) => b,
+            Err(SnatError::PortsExhausted) => return self.refuse_exhausted(frame, p, node, now),
+            Err(e) => return Err(e.into()),
+        };
         let d = frame.data_mut();
         snat::rewrite_source(d, &p.ip, &p.l4, binding).ok_or(DropReason::MalformedTransport)?;
         // `p.ip.src` is stale now, but the TTL update reads the words it changes.
@@ -385,6 +405,36 @@ impl Pipeline {
         Ok(Verdict::Forward {
             port: node.routed_port,
         })
+    }
+
+    /// No NAT port is free towards the destination: the pod hears ICMP
+    /// "communication administratively prohibited" (type 3 code 13) from its
+    /// gateway, so its connect fails at once (Linux: EHOSTUNREACH) instead of
+    /// timing out, and the refusal is counted and logged. ICMP rather than a TCP
+    /// reset: one answer for TCP, UDP and ping alike, it blames the network rather
+    /// than the server ("connection refused" would), and it is rate limited like
+    /// every error the dataplane originates.
+    fn refuse_exhausted(
+        &mut self,
+        frame: &mut Frame<'_>,
+        p: &Pending,
+        node: &NodeSettings,
+        now: Now,
+    ) -> Step {
+        self.exhaustion
+            .refused(self.worker, &p.key, &self.snat_config, now);
+        let reason = DropReason::SnatPortsExhausted;
+        match self.icmp_v4(
+            frame,
+            &p.ip,
+            IcmpError::AdminProhibited,
+            node.gateway_v4,
+            node,
+            now,
+        ) {
+            Ok(_) => Ok(Verdict::Refuse(reason)),
+            Err(_) => Err(reason),
+        }
     }
 
     fn too_big_v4(
@@ -554,7 +604,10 @@ impl Pipeline {
             // A ping to the node itself.
             return host;
         }
-        match owner_of_port(&self.snat_config, key.dst_port) {
+        if !self.snat_config.is_nat_port(key.dst_port) {
+            return host;
+        }
+        match owner_of_remote(&self.snat_config, key.proto, key.src, key.src_port) {
             None => host,
             Some(owner) if owner != self.worker => {
                 Ok(Action::Done(Verdict::HandOff { worker: owner }))
@@ -616,7 +669,10 @@ impl Pipeline {
         let Some(key) = quoted.reply_key(quoted_dst) else {
             return Ok(Verdict::ToHost);
         };
-        match owner_of_port(&self.snat_config, key.dst_port) {
+        if !self.snat_config.is_nat_port(key.dst_port) {
+            return Ok(Verdict::ToHost);
+        }
+        match owner_of_remote(&self.snat_config, key.proto, key.src, key.src_port) {
             None => return Ok(Verdict::ToHost),
             Some(owner) if owner != self.worker => return Ok(Verdict::HandOff { worker: owner }),
             Some(_) => {}

@@ -128,6 +128,10 @@ pub struct PortOffloads {
 pub struct PortDrops {
     pub rx: u64,
     pub tx: u64,
+    /// Frames the kernel dropped because the dataplane did not read them in time
+    /// (a burst): AF_XDP's receive ring full or no buffer to fill, the TUN
+    /// device's queue full (its `tx_dropped`). A running total, like the others.
+    pub overflow: u64,
 }
 
 /// Errors from setting up or driving a port. Messages name what is missing and

@@ -17,4 +17,4 @@ pub mod snat;
 pub use conntrack::{FlowKey, FlowState, L4Proto, Timeouts};
 pub use routes::{Prefix, RouteTable, RouteTableBuilder, RouteTarget};
 pub use snapshot::{Mode, NodeSettings, SharedTables, Tables};
-pub use snat::{NatBinding, SnatConfig, SnatError, SnatShard, owner_of_port, port_slice};
+pub use snat::{NatBinding, SnatConfig, SnatError, SnatShard, owner_of_remote};

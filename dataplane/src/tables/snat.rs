@@ -1,15 +1,30 @@
 //! Per-worker connection tracking with source NAT (masquerade).
 //!
-//! Every worker owns one [`SnatShard`] and a disjoint slice of the SNAT port range
-//! ([`port_slice`]), so the destination port of a reply names the worker that owns
-//! the flow ([`owner_of_port`]); the pipeline hands replies that RSS put elsewhere to
-//! that worker.
+//! **Which worker translates a flow: the one that owns its destination.** Every
+//! worker allocates from the *whole* NAT port range, and the remote address and
+//! port of a flow pick the worker that translates it ([`owner_of_remote`], a fixed
+//! hash both directions compute alike: the destination of a pod's packet, the
+//! source of a reply). The pipeline hands a pod's packet, or a reply, that arrived
+//! on another worker to the owner. The alternative, a slice of the range per
+//! worker, strands ports: a pod's traffic often arrives on one worker only (one
+//! veth, one queue), and with two workers that pod could reach a destination
+//! through half the range while the other half sat idle. Keyed by destination,
+//! each destination has every port of the range (tens of thousands with the
+//! default range) whatever the number of workers; the price is that one busy
+//! destination is translated by one core.
 //!
 //! Mapping behaviour: **address-and-port-dependent** (RFC 4787 §4.1). A NAT port is
 //! unique per (protocol, remote address, remote port, NAT address), so the same port
 //! serves many destinations at once and a pod's socket may get different NAT ports
 //! for different destinations. Filtering is the same: only the remote a flow was
-//! opened to can use it.
+//! opened to can use it. The pod's own source port is kept when it lies in the
+//! range and is free towards that remote, as the kernel's NAT does.
+//!
+//! Port reuse, as the kernel's conntrack and NAT do it: a pod's new SYN for a
+//! mapping in TIME_WAIT or CLOSE reopens that mapping (RFC 7857 §2.2), and a new
+//! flow that finds no free port towards its remote takes over the port of a closed
+//! (TIME_WAIT or CLOSE) or expired flow to that remote. Closing states time out
+//! after the kernel's `nf_conntrack_tcp_timeout_*` defaults (see [`Timeouts`]).
 //!
 //! Layout: flows live in a slab of 32-byte entries (never straddling a cache
 //! line); two open-addressing indexes of 8-byte buckets (outbound key, inbound
@@ -47,7 +62,7 @@ pub struct NatBinding {
 pub enum SnatError {
     #[error("connection tracking table is full and no entry has expired")]
     TableFull,
-    #[error("no free SNAT port in this worker's slice for the destination")]
+    #[error("no free SNAT port towards the destination")]
     PortsExhausted,
 }
 
@@ -63,9 +78,11 @@ impl From<SnatError> for DropReason {
 /// How SNAT is split between workers and how big each shard is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnatConfig {
-    /// Number of workers sharing the port range.
+    /// Number of workers; each translates the flows to the destinations it owns
+    /// ([`owner_of_remote`]).
     pub workers: u16,
-    /// NAT ports (and ICMP echo identifiers) to hand out, split between workers.
+    /// NAT ports (and ICMP echo identifiers) to hand out; every worker uses all of
+    /// them, each for its own destinations.
     pub port_range: RangeInclusive<u16>,
     /// Flows each worker tracks at most (clamped to [`MAX_CAPACITY_PER_WORKER`]);
     /// each costs about 65 bytes, allocated when the shard is created.
@@ -77,7 +94,8 @@ impl Default for SnatConfig {
     fn default() -> Self {
         SnatConfig {
             workers: 1,
-            // Ports below 1024 stay out: a remote may treat them as privileged.
+            // Ports below 1024 stay out: a remote may treat them as privileged. (The
+            // agent's default is narrower: it shares the node with the kernel.)
             port_range: 1024..=65535,
             capacity_per_worker: 262_144,
             timeouts: Timeouts::default(),
@@ -85,37 +103,31 @@ impl Default for SnatConfig {
     }
 }
 
-/// The ports `worker` allocates from: slice `worker` of `workers` near-equal slices.
-/// `None` when the worker does not exist or its slice is empty.
-pub fn port_slice(config: &SnatConfig, worker: WorkerId) -> Option<RangeInclusive<u16>> {
-    let lo = u64::from(*config.port_range.start());
-    let hi = u64::from(*config.port_range.end());
-    let workers = u64::from(config.workers);
-    let w = u64::from(worker);
-    if hi < lo || w >= workers {
-        return None;
+impl SnatConfig {
+    /// Whether `port` is a NAT port (replies to it may be masqueraded flows').
+    #[inline]
+    pub fn is_nat_port(&self, port: u16) -> bool {
+        self.port_range.contains(&port)
     }
-    let len = hi - lo + 1;
-    let start = lo + w * len / workers;
-    let end = lo + (w + 1) * len / workers; // exclusive
-    if end <= start {
-        return None;
-    }
-    Some(u16::try_from(start).ok()?..=u16::try_from(end - 1).ok()?)
 }
 
-/// The worker whose slice holds `port`; `None` outside the SNAT range.
-pub fn owner_of_port(config: &SnatConfig, port: u16) -> Option<WorkerId> {
-    let lo = u64::from(*config.port_range.start());
-    let hi = u64::from(*config.port_range.end());
-    let p = u64::from(port);
-    if config.workers == 0 || p < lo || p > hi {
+/// The worker that translates every flow to `remote`:`port` (as on the wire: the
+/// destination of a pod's packet, the source of a reply; for ICMP echo the
+/// identifier is the pod's, so only the address counts). `None` without workers.
+/// A fixed multiplicative hash, so every worker computes the same owner.
+#[inline]
+pub fn owner_of_remote(
+    config: &SnatConfig,
+    proto: L4Proto,
+    remote: Ipv4Addr,
+    port: u16,
+) -> Option<WorkerId> {
+    if config.workers == 0 {
         return None;
     }
-    let len = hi - lo + 1;
-    // Inverse of `port_slice`: the largest w with lo + w*len/workers <= p.
-    let w = ((p - lo + 1) * u64::from(config.workers) - 1) / len;
-    WorkerId::try_from(w).ok()
+    let x = (u64::from(u32::from(remote)) << 16) | u64::from(remote_port(proto, port));
+    let h = x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+    WorkerId::try_from((h * u64::from(config.workers)) >> 32).ok()
 }
 
 /// One worker's connection tracking and NAT table. See the module docs.
@@ -127,10 +139,10 @@ pub struct SnatShard {
     by_inbound: FlowIndex,
     hasher: ahash::RandomState,
     timeouts: Timeouts,
-    /// This worker's ports: `slice_lo ..= slice_lo + slice_len - 1`.
-    slice_lo: u16,
-    slice_len: u32,
-    /// Offset in the slice where the next port search starts.
+    /// The NAT ports: `range_lo ..= range_lo + range_len - 1`.
+    range_lo: u16,
+    range_len: u32,
+    /// Offset in the range where the next port search starts.
     cursor: u32,
 }
 
@@ -140,6 +152,12 @@ pub const MAX_CAPACITY_PER_WORKER: usize = 1 << 24;
 
 /// How many expired entries a full table examines before giving up.
 const RECLAIM_BUDGET: usize = 1024;
+
+/// Ports a new flow examines for a free one before it settles for the port of a
+/// closed flow it saw on the way: free ports are preferred (a closed flow's
+/// port may still see its stray segments), but not at the price of scanning the
+/// whole range for every SYN when most ports sit in TIME_WAIT.
+const FREE_PORT_SEARCH: u32 = 64;
 
 /// Below this many flows (about 2 MiB of entries and buckets) the shard sits in
 /// the L2 cache and batches skip the warming pass.
@@ -254,9 +272,11 @@ impl InKey {
 
 impl SnatShard {
     pub fn new(worker: WorkerId, config: &SnatConfig) -> Self {
-        let (slice_lo, slice_len) = match port_slice(config, worker) {
-            Some(r) => (*r.start(), u32::from(*r.end()) - u32::from(*r.start()) + 1),
-            None => (0, 0),
+        let (lo, hi) = (*config.port_range.start(), *config.port_range.end());
+        let (range_lo, range_len) = if hi < lo {
+            (0, 0)
+        } else {
+            (lo, u32::from(hi) - u32::from(lo) + 1)
         };
         let capacity = config.capacity_per_worker.min(MAX_CAPACITY_PER_WORKER);
         SnatShard {
@@ -266,8 +286,8 @@ impl SnatShard {
             by_inbound: FlowIndex::with_capacity(capacity),
             hasher: ahash::RandomState::new(),
             timeouts: config.timeouts,
-            slice_lo,
-            slice_len,
+            range_lo,
+            range_len,
             cursor: 0,
         }
     }
@@ -278,12 +298,12 @@ impl SnatShard {
 
     /// The ports this shard allocates from (empty when it has none).
     pub fn ports(&self) -> RangeInclusive<u16> {
-        if self.slice_len == 0 {
+        if self.range_len == 0 {
             #[allow(clippy::reversed_empty_ranges)]
             return 1..=0;
         }
-        let end = u32::from(self.slice_lo) + self.slice_len - 1;
-        self.slice_lo..=u16::try_from(end).unwrap_or(u16::MAX)
+        let end = u32::from(self.range_lo) + self.range_len - 1;
+        self.range_lo..=u16::try_from(end).unwrap_or(u16::MAX)
     }
 
     #[inline]
@@ -342,7 +362,7 @@ impl SnatShard {
     }
 
     /// A pod's outbound packet (key as on the wire, src = pod): the existing binding
-    /// refreshed, or a new one from this worker's port slice. Returns the translated
+    /// refreshed, or a new one (see [`SnatShard::pick_port`]). Returns the translated
     /// source.
     #[inline]
     pub fn outbound(
@@ -499,7 +519,7 @@ impl SnatShard {
             2 => L4Proto::Udp,
             _ => L4Proto::IcmpEcho,
         };
-        let (nat_port, ih) = self.pick_port(k, nat)?;
+        let (nat_port, ih) = self.pick_port(k, nat, now)?;
         let state = FlowState::initial(proto, tcp_flags);
         let mut entry = Entry::flow((k.pod, k.pod_port), (k.remote, k.rport), (nat, nat_port));
         entry.set_expires(now.after(state.timeout(&self.timeouts)).millis());
@@ -513,24 +533,15 @@ impl SnatShard {
         })
     }
 
-    /// A port of this worker's slice not in use towards the flow's remote, with the
-    /// inbound hash it will be indexed under.
-    ///
-    /// The search starts where the last one ended, so in steady state the first
-    /// candidate is free. It may visit the whole slice when one destination holds
-    /// most of it; that is bounded (a slice has at most 64 Ki ports) and only happens
-    /// when the alternative is refusing the flow.
-    fn pick_port(&mut self, k: &OutKey, nat: u32) -> Result<(u16, u32), SnatError> {
-        for _ in 0..self.slice_len {
-            let offset = self.cursor;
-            self.cursor = if offset + 1 >= self.slice_len {
-                0
-            } else {
-                offset + 1
-            };
-            let Ok(port) = u16::try_from(u32::from(self.slice_lo) + offset) else {
-                continue;
-            };
+    /// A NAT port not in use towards the flow's remote, with the inbound hash it
+    /// will be indexed under: the pod's own port when it is in the range and free,
+    /// else the next free one from where the last search ended (in steady state the
+    /// first candidate), else the port of a closed or expired flow to the same
+    /// remote, which is removed. The search may visit the whole range when one
+    /// destination holds most of it; that is bounded (at most 64 Ki ports) and only
+    /// happens when the alternative is refusing the flow.
+    fn pick_port(&mut self, k: &OutKey, nat: u32, now: Now) -> Result<(u16, u32), SnatError> {
+        let probe = |shard: &Self, port: u16| {
             let ik = InKey {
                 remote: k.remote,
                 nat,
@@ -538,12 +549,49 @@ impl SnatShard {
                 nat_port: port,
                 proto: k.proto,
             };
-            let ih = self.hash(ik.words());
-            if self.find_inbound(&ik, ih).is_none() {
-                return Ok((port, ih));
+            let ih = shard.hash(ik.words());
+            (ih, shard.find_inbound(&ik, ih))
+        };
+        let pod_port_offset = u32::from(k.pod_port).wrapping_sub(u32::from(self.range_lo));
+        if pod_port_offset < self.range_len
+            && let (ih, None) = probe(self, k.pod_port)
+        {
+            return Ok((k.pod_port, ih));
+        }
+        // The first port seen whose flow is over: (port, hash, slot).
+        let mut reusable: Option<(u16, u32, u32)> = None;
+        for scanned in 0..self.range_len {
+            if scanned >= FREE_PORT_SEARCH && reusable.is_some() {
+                break;
+            }
+            let offset = self.cursor;
+            self.cursor = if offset + 1 >= self.range_len {
+                0
+            } else {
+                offset + 1
+            };
+            let Ok(port) = u16::try_from(u32::from(self.range_lo) + offset) else {
+                continue;
+            };
+            match probe(self, port) {
+                (ih, None) => return Ok((port, ih)),
+                (ih, Some(slot)) if reusable.is_none() && self.is_over(slot, now) => {
+                    reusable = Some((port, ih, slot));
+                }
+                _ => {}
             }
         }
-        Err(SnatError::PortsExhausted)
+        let (port, ih, slot) = reusable.ok_or(SnatError::PortsExhausted)?;
+        self.remove_slot(slot);
+        Ok((port, ih))
+    }
+
+    /// Whether the flow in `slot` no longer needs its port: expired, or a TCP
+    /// connection in TIME_WAIT or CLOSE.
+    fn is_over(&self, slot: u32, now: Now) -> bool {
+        self.slab.get(slot).is_some_and(|e| {
+            e.expires() <= now.millis() || FlowState::from_u8(e.state()).is_closed()
+        })
     }
 
     /// A packet arriving for the NAT address (key as on the wire: src = remote,

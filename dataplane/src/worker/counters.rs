@@ -50,6 +50,9 @@ pub struct PortCounters {
     /// Frames the port itself dropped (see `Port::drops`), refreshed periodically.
     pub rx_dropped: Counter,
     pub tx_dropped: Counter,
+    /// The port's burst drops (`PortDrops::overflow`) last seen; what grew since is
+    /// added to the `port_rx_overflow` drop reason.
+    pub rx_overflow: Counter,
     /// The port's GSO/GRO super-packets and their frames (see `Port::offloads`),
     /// refreshed periodically.
     pub rx_super: Counter,
@@ -107,6 +110,7 @@ impl WorkerCounters {
             tx_bytes: Counter(AtomicU64::new(0)),
             rx_dropped: Counter(AtomicU64::new(0)),
             tx_dropped: Counter(AtomicU64::new(0)),
+            rx_overflow: Counter(AtomicU64::new(0)),
             rx_super: Counter(AtomicU64::new(0)),
             rx_super_frames: Counter(AtomicU64::new(0)),
             tx_super: Counter(AtomicU64::new(0)),

@@ -244,6 +244,10 @@ impl<P: Processor> WorkerLoop<P> {
             let out = match processor.process(frame, tables, now) {
                 Verdict::Forward { port } => Out::Port(port),
                 Verdict::Reply => Out::Port(frame.meta.in_port),
+                Verdict::Refuse(reason) => {
+                    counters.drop(reason, 1);
+                    Out::Port(frame.meta.in_port)
+                }
                 Verdict::HandOff { worker } if !from_inbox => {
                     let parcel = Parcel::new(ParcelKind::Process, frame.meta.in_port, frame.data());
                     hand_off(mesh, counters, usize::from(worker), parcel);
@@ -331,6 +335,11 @@ impl<P: Processor> WorkerLoop<P> {
             let pc = c.port(port.id());
             pc.rx_dropped.set(d.rx);
             pc.tx_dropped.set(d.tx);
+            let seen = pc.rx_overflow.get();
+            if d.overflow > seen {
+                c.drop(DropReason::PortRxOverflow, d.overflow - seen);
+            }
+            pc.rx_overflow.set(d.overflow);
             let o = port.offloads();
             pc.rx_super.set(o.rx_super);
             pc.rx_super_frames.set(o.rx_super_frames);

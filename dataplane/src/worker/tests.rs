@@ -24,6 +24,8 @@ struct SockPort {
     id: PortId,
     name: String,
     sock: UnixDatagram,
+    /// What `drops().overflow` reports (a test sets it).
+    overflow: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Port for SockPort {
@@ -61,6 +63,12 @@ impl Port for SockPort {
     fn poll_fd(&self) -> Option<RawFd> {
         Some(self.sock.as_raw_fd())
     }
+    fn drops(&self) -> crate::port::PortDrops {
+        crate::port::PortDrops {
+            overflow: self.overflow.load(std::sync::atomic::Ordering::Relaxed),
+            ..Default::default()
+        }
+    }
 }
 
 /// A port for the worker and the test's end of it.
@@ -73,6 +81,7 @@ fn port(id: u16) -> (Box<dyn Port>, UnixDatagram) {
             id: PortId(id),
             name: format!("sock{id}"),
             sock: a,
+            overflow: Arc::default(),
         }),
         b,
     )
@@ -88,6 +97,7 @@ impl Processor for ByFirstByte {
             (Some(1), _) | (Some(2), 1) => Verdict::Forward { port: PortId(2) },
             (Some(2), _) => Verdict::HandOff { worker: 1 },
             (Some(4), _) => Verdict::Reply,
+            (Some(6), _) => Verdict::Refuse(DropReason::SnatPortsExhausted),
             (Some(5), _) => Verdict::ToHost,
             _ => Verdict::Drop(DropReason::NoRoute),
         }
@@ -240,5 +250,47 @@ fn an_idle_pool_sleeps_instead_of_spinning() {
         "spun: {} empty polls",
         w.empty_polls.get()
     );
+    pool.shutdown();
+}
+
+#[test]
+fn refused_frames_go_back_and_are_counted_and_port_overflow_becomes_a_drop_reason() {
+    let cfg = PoolConfig {
+        workers: 1,
+        sweep_interval: Duration::from_millis(10),
+        ..PoolConfig::default()
+    };
+    let pool = WorkerPool::start(&cfg, tables(), ByFirstByte).unwrap();
+    let (a, b) = UnixDatagram::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let overflow = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let port = SockPort {
+        id: PortId(1),
+        name: "sock1".into(),
+        sock: a,
+        overflow: Arc::clone(&overflow),
+    };
+    pool.add_port(0, Box::new(port), true).unwrap();
+    // A refusal (the frame holds the error) goes back out of its port, counted.
+    b.send(&[6, 0x01]).unwrap();
+    let mut buf = [0u8; 16];
+    let n = b.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &[6, 0x01]);
+    let c = pool.counters().clone();
+    wait_for("the refusal counted", || {
+        c.total_drops(DropReason::SnatPortsExhausted) == 1
+    });
+    // The port's running total of burst drops: what grows is added, once.
+    overflow.store(5, std::sync::atomic::Ordering::Relaxed);
+    wait_for("overflow 5", || {
+        c.total_drops(DropReason::PortRxOverflow) == 5
+    });
+    overflow.store(12, std::sync::atomic::Ordering::Relaxed);
+    wait_for("overflow 12", || {
+        c.total_drops(DropReason::PortRxOverflow) == 12
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(c.total_drops(DropReason::PortRxOverflow), 12);
     pool.shutdown();
 }

@@ -98,6 +98,14 @@ pub fn set_mtu(name: &str, mtu: u32) -> io::Result<()> {
     ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU, &mut req)
 }
 
+/// Sets the transmit queue length of interface `name` (for a TUN device: how many
+/// packets wait for its reader per queue).
+pub fn set_tx_queue_len(name: &str, len: u32) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let mut req = IfReq::new(name, libc::c_int::try_from(len).map_err(io::Error::other)?)?;
+    ioctl(sock.as_raw_fd(), libc::SIOCSIFTXQLEN, &mut req)
+}
+
 /// Brings interface `name` up.
 pub fn set_up(name: &str) -> io::Result<()> {
     let sock = inet_socket()?;

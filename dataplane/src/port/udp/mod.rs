@@ -449,6 +449,7 @@ impl Port for UdpPort {
         PortDrops {
             rx: c.rx_oversize,
             tx: c.tx_invalid + c.tx_errors,
+            overflow: 0,
         }
     }
 

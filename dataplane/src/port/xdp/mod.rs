@@ -382,6 +382,7 @@ impl Port for XdpPort {
                 + kernel.rx_ring_full
                 + kernel.rx_invalid_descs,
             tx: kernel.tx_invalid_descs,
+            overflow: kernel.rx_dropped + kernel.rx_ring_full,
         }
     }
 }
