@@ -635,6 +635,8 @@ fn pods_removed_and_added_with_the_cli_while_traffic_flows() {
         "02:00:c6:13:01:0c",
         "--port",
         "hwp2",
+        "--netns",
+        &c.pod(1, 2).unwrap().ns.name,
         "--socket",
         &socket,
     ]);

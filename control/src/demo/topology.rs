@@ -446,6 +446,7 @@ impl Cluster {
                     ip,
                     mac: mac.parse().map_err(|_| ClusterError::Agent(mac.clone()))?,
                     interface: host_dev,
+                    netns: Some(ns.name.clone()),
                 };
                 control::call(&node.socket, &Request::PodAdd { pod })
                     .map_err(|e| ClusterError::Agent(format!("attaching {name}: {e}")))?;

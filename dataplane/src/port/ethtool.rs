@@ -129,3 +129,35 @@ pub fn finish_frames_in_software(ifname: &str) -> io::Result<Vec<TxOffload>> {
     }
     Ok(changed)
 }
+
+/// `struct ifreq` with the `ifr_ifindex` member (40 bytes on Linux).
+#[repr(C)]
+struct IfReqIndex {
+    name: [u8; libc::IFNAMSIZ],
+    index: libc::c_int,
+    _pad: [u8; 20],
+}
+
+/// The name of the interface with index `index` in the calling thread's namespace
+/// (how the pod's end of a veth is found from the host end's `iflink`).
+pub fn interface_name(index: u32) -> io::Result<String> {
+    let mut req = IfReqIndex {
+        name: [0; libc::IFNAMSIZ],
+        index: libc::c_int::try_from(index).map_err(io::Error::other)?,
+        _pad: [0; 20],
+    };
+    let sock = socket()?;
+    // SAFETY: `req` is a valid ifreq living on this frame for the whole call;
+    // SIOCGIFNAME reads its index and writes only its name field.
+    let rc = unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCGIFNAME as libc::Ioctl,
+            &mut req as *mut IfReqIndex,
+        )
+    };
+    check(rc)?;
+    std::ffi::CStr::from_bytes_until_nul(&req.name)
+        .map(|c| c.to_string_lossy().into_owned())
+        .map_err(io::Error::other)
+}
