@@ -164,10 +164,7 @@ impl PodAddressBook {
         keep: impl Fn(&AttachmentKey) -> bool,
     ) -> Result<Vec<Allocation>, AddressError> {
         let stale: Vec<AttachmentKey> = self.by_key.keys().filter(|k| !keep(k)).cloned().collect();
-        let gone: Vec<Allocation> = stale
-            .iter()
-            .filter_map(|k| self.by_key.remove(k))
-            .collect();
+        let gone: Vec<Allocation> = stale.iter().filter_map(|k| self.by_key.remove(k)).collect();
         if !gone.is_empty() {
             self.save()?;
         }
@@ -231,10 +228,8 @@ mod tests {
     }
 
     fn book(name: &str, block: &str) -> (PodAddressBook, PathBuf) {
-        let path = std::env::temp_dir().join(format!(
-            "hw-addresses-{name}-{}.json",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("hw-addresses-{name}-{}.json", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let block: Prefix = block.parse().unwrap();
         let IpAddr::V4(net) = block.addr() else {
@@ -282,7 +277,11 @@ mod tests {
         assert_eq!(b.release(&key("a")).unwrap(), None, "release is idempotent");
         let taken = Ipv4Addr::new(198, 19, 1, 3);
         let n = b.allocate(&key("b"), "ib", MAC, &|ip| ip == taken).unwrap();
-        assert_eq!(n.ip.octets()[3], 4, "after the last one given, skipping a taken one");
+        assert_eq!(
+            n.ip.octets()[3],
+            4,
+            "after the last one given, skipping a taken one"
+        );
         let gone = b.release_unless(|k| k.container_id == "zzz").unwrap();
         assert_eq!(gone.len(), 1);
         assert_eq!(b.allocations().count(), 0);

@@ -28,7 +28,9 @@ const NEIGHBOR_REFRESH: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    PodAdd { pod: LocalPod },
+    PodAdd {
+        pod: LocalPod,
+    },
     PodRemove {
         name: String,
     },
@@ -144,10 +146,9 @@ fn respond(agent: &mut Agent, req: Request) -> Response {
             released: gone.into_iter().collect(),
             ..ok
         }),
-        Request::CniGc { valid } => agent.cni_gc(&valid).map(|released| Response {
-            released,
-            ..ok
-        }),
+        Request::CniGc { valid } => agent
+            .cni_gc(&valid)
+            .map(|released| Response { released, ..ok }),
     };
     result.unwrap_or_else(|e| Response::refused(e.to_string()))
 }

@@ -20,13 +20,13 @@ use serde::Serialize;
 use hybridway_dataplane::port::ethtool;
 use hybridway_dataplane::port::netns::NetnsGuard;
 
-use super::state_file::write_atomically;
 use super::addresses::{AddressError, Allocation, AttachmentKey, PodAddressBook};
 use super::attach::{PortOpener, rx_queues, snat_port_range};
 use super::config::{AgentConfig, BackendConfig, ConfigError};
 use super::host_routing::{self, HOST_TUN, POD_TUN};
 use super::kernel_routes::{KernelRoutes, RouteError};
 use super::neighbors::{self, HostError};
+use super::state_file::write_atomically;
 use super::table_builder::{
     BuildError, LocalPod, PodAttachment, UplinkFacts, build_tables, next_hops,
 };
@@ -592,7 +592,9 @@ impl Agent {
             let _inside = NetnsGuard::enter_path(&path)
                 .map_err(|e| refused(format!("network namespace {path}: {e}")))?;
             let peer = ethtool::interface_name(peer_index).map_err(|e| {
-                refused(format!("the peer of {host} (index {peer_index}) is not in {path}: {e}"))
+                refused(format!(
+                    "the peer of {host} (index {peer_index}) is not in {path}: {e}"
+                ))
             })?;
             let changed = ethtool::finish_frames_in_software(&peer)
                 .map_err(|e| refused(format!("offloads of {peer} in {path}: {e}")))?;
@@ -697,9 +699,7 @@ impl Agent {
             }
         }
         self.save_pods();
-        let gone = self
-            .addresses
-            .release_unless(|k| !stale.contains(k))?;
+        let gone = self.addresses.release_unless(|k| !stale.contains(k))?;
         tracing::info!(released = gone.len(), kept = valid.len(), "CNI GC");
         Ok(gone)
     }
