@@ -228,6 +228,7 @@ impl Cluster {
             NodeKind::Hybridway => {
                 std::fs::write(&node.config, self.agent_yaml(n))?;
                 let _ = std::fs::remove_file(dir.join(format!("n{n}-pods.json")));
+                let _ = std::fs::remove_file(dir.join(format!("n{n}-addresses.json")));
             }
             NodeKind::KernelVxlan => self.kernel_vxlan(&node.ns, n)?,
             NodeKind::KernelRouting => self.kernel_routing(&node.ns, n)?,
@@ -259,7 +260,7 @@ impl Cluster {
              vxlan: {{vni: 1, port: 8472, vtepMac: \"{vtep}\"}}\n\
              dataplane: {{backend: {backend}, workers: {workers}, cores: [{cores}], hugepages: false, idlePolls: {idle}, parkTimeoutMs: 50}}\n\
              metrics: {{listen: \"127.0.0.1:{metrics}\"}}\n\
-             control: {{socket: {dir}/n{n}.sock, stateFile: {dir}/n{n}-pods.json}}\n\
+             control: {{socket: {dir}/n{n}.sock, stateFile: {dir}/n{n}-pods.json, addressFile: {dir}/n{n}-addresses.json}}\n\
              nodes:\n",
             addr = node_addr(n),
             mode = if self.spec.overlay {
