@@ -409,6 +409,7 @@ fn libcni_add_check_del_gc_status_and_portmap_on_af_xdp() {
     // GC with a partial valid list: ctr1 stays, the rest goes. The GC runs with an
     // empty libcni cache so that the plugin's GC, not libcni's DELs, frees them.
     rt.add("ctr3", &netns_path(&pods[3]));
+    rt.add("ctr4", &netns_path(&pods[0]));
     let empty_cache = c.spec.dir.join("empty-cache");
     let gc = Runtime {
         cache_dir: empty_cache,
