@@ -229,17 +229,29 @@ pub async fn run(mut agent: Agent) -> Result<(), ControlError> {
     Ok(())
 }
 
+/// How long [`call`] waits for the answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Sends one request to the agent at `socket` and returns its response.
 pub fn call(socket: &Path, req: &Request) -> Result<Response, ControlError> {
+    call_within(socket, req, CALL_TIMEOUT)
+}
+
+/// [`call`], waiting up to `timeout` for the answer. The agent serves one request
+/// at a time, so a caller queued behind many others (a burst of CNI ADDs, each
+/// attaching a veth) waits for all of them.
+pub fn call_within(
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Response, ControlError> {
     use std::io::{BufRead, Write};
     let err = |source| ControlError::Socket {
         path: socket.to_owned(),
         source,
     };
     let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(err)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(err)?;
+    stream.set_read_timeout(Some(timeout)).map_err(err)?;
     let mut text =
         serde_json::to_string(req).map_err(|e| ControlError::BadResponse(e.to_string()))?;
     text.push('\n');

@@ -2,6 +2,8 @@
 //! with the agent (the owner of addresses and of the dataplane) plus the veth work
 //! in [`pod_link`].
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use super::config::{CniCommand, Invocation, NetConf};
@@ -71,9 +73,14 @@ fn failed(e: &CniError, version: &str, conf: Option<NetConf>) -> Outcome {
     }
 }
 
+/// How long the plugin waits for the agent's answer: the agent attaches one veth
+/// at a time, and a node starting 100 pods at once queues 100 attachments (the
+/// runtime's own timeout for a CNI call is minutes).
+const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Asks the agent; an agent that cannot be reached means "try again later".
 fn ask(conf: &NetConf, req: &Request) -> Result<Response, CniError> {
-    control::call(&conf.agent_socket, req).map_err(|e| match e {
+    control::call_within(&conf.agent_socket, req, AGENT_TIMEOUT).map_err(|e| match e {
         ControlError::Socket { .. } | ControlError::BadResponse(_) => CniError::new(
             ErrorCode::TryAgainLater,
             "the hybridway agent is not reachable; try again later",

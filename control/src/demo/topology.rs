@@ -369,7 +369,8 @@ impl Cluster {
             .stderr(log)
             .spawn()?;
         node.agent = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // An agent restores its pods before it answers: 100 AF_XDP pods take seconds.
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(child) = node.agent.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -387,7 +388,7 @@ impl Cluster {
             }
             if Instant::now() > deadline {
                 return Err(ClusterError::Agent(format!(
-                    "agent of node{n} did not answer within 20 s; see {}",
+                    "agent of node{n} did not answer within 120 s; see {}",
                     node.log.display()
                 )));
             }
