@@ -8,6 +8,9 @@ packages=(
   clang llvm libelf-dev zlib1g-dev pkg-config m4 make gcc curl ca-certificates
   # network namespaces and real peers for the tests and the demo
   iproute2 iputils-ping tcpdump iperf3 netsniff-ng ethtool
+  # the CNI tests chain the reference portmap plugin, which writes iptables rules;
+  # scripts/cni-lab.sh may unpack a Go toolchain
+  iptables unzip
   frr bird2 gobgpd
 )
 missing=()
