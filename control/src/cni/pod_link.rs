@@ -1,6 +1,7 @@
 //! The pod's veth: created with the pod's end inside the pod's network namespace,
-//! addressed and routed there, deleted again. Done with `ip -batch` (iproute2, which
-//! the agent already needs for its routes), one process per namespace; commands
+//! addressed and routed there, deleted again. Changes go through `ip -batch`
+//! (iproute2, which the agent already needs for its routes), one process per
+//! namespace: two on ADD, one on DEL; lookups of the host end read sysfs. Commands
 //! for the pod's namespace run from a thread that has entered it, whose children
 //! start there too.
 //!
@@ -110,9 +111,11 @@ fn enter(netns: &str) -> Result<NetnsGuard, LinkError> {
     })
 }
 
-/// Whether interface `name` exists in this (the host's) namespace.
+/// Whether interface `name` exists in this (the host's) namespace. Read from sysfs,
+/// which shows the namespace the plugin runs in: no process to start on the path
+/// of every ADD and DEL.
 pub fn host_has(name: &str) -> bool {
-    ip_json(&["link", "show", "dev", name]).is_ok()
+    std::path::Path::new("/sys/class/net").join(name).exists()
 }
 
 /// Creates the veth: `host` here, up; `pod` with `mac` in `netns`, still down.
@@ -123,9 +126,16 @@ pub fn create(host: &str, pod: &str, mac: MacAddr, netns: &str) -> Result<(), Li
     ])
 }
 
-/// Sets the host end's MTU (the pod end's is set by [`configure_pod`]).
+/// Sets the host end's MTU (the pod end's is set by [`configure_pod`]) through
+/// sysfs, like [`host_has`].
 pub fn set_host_mtu(host: &str, mtu: u16) -> Result<(), LinkError> {
-    ip_batch(&[format!("link set {host} mtu {mtu}")])
+    let path = std::path::Path::new("/sys/class/net")
+        .join(host)
+        .join("mtu");
+    std::fs::write(&path, mtu.to_string()).map_err(|e| LinkError::Ip {
+        what: format!("link set {host} mtu {mtu} (via {})", path.display()),
+        detail: e.to_string(),
+    })
 }
 
 /// Inside `netns`: `pod` gets `ip`/32 and `mtu`, goes up, and routes everything via
