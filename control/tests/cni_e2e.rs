@@ -20,11 +20,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hybridway_control::demo::netns::Netns;
-use hybridway_control::demo::topology::{
-    Cluster, ClusterSpec, NodeKind, OUTSIDE_SERVER, node_addr, pod_gateway, pod_ip,
-};
+use hybridway_control::demo::topology::{Cluster, OUTSIDE_SERVER, node_addr, pod_gateway, pod_ip};
 use hybridway_dataplane::port::netns::NetnsGuard;
 use serde_json::{Value, json};
+
+#[path = "support/mod.rs"]
+mod support;
+use support::tcp_exchange;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -50,31 +52,9 @@ fn lab_bin() -> PathBuf {
 }
 
 fn cluster(backend: &str, name: &str) -> Cluster {
-    assert!(
-        std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")),
-        "the CNI tests must run as root (they create network namespaces)"
-    );
-    let tag = format!("hwc{name}{}", std::process::id() % 10_000);
-    let dir = std::env::temp_dir().join(&tag);
-    let _ = std::fs::remove_dir_all(&dir);
-    Cluster::build(ClusterSpec {
-        tag,
-        overlay: true,
-        snat: true,
-        backend: backend.into(),
-        nodes: vec![NodeKind::Hybridway, NodeKind::Hybridway],
-        // One hand-attached pod per node: p21 is the "pod on another node", and p11
-        // holds an address of node 1's block that the CNI must not hand out.
-        pods_per_node: 1,
-        workers: 1,
-        kernel_offloads: false,
-        exe: PathBuf::from(env!("CARGO_BIN_EXE_hybridway")),
-        dir,
-    })
-    .unwrap_or_else(|e| panic!("building the cluster: {e}"))
+    // One hand-attached pod per node: p21 is the "pod on another node", and p11
+    // holds an address of node 1's block that the CNI must not hand out.
+    support::two_node_overlay(&format!("hwc{name}"), backend, 1)
 }
 
 /// libcni's view of node `node`: the driver runs in the node's namespace, like
@@ -190,40 +170,6 @@ fn ping_from(ns: &str, dst: Ipv4Addr) -> bool {
         .success()
 }
 
-/// One TCP exchange: a listener in `server_ns` on `server`, a client from
-/// `client_ns`, 64 KiB each way (enough for segments the size of the MTU).
-fn tcp_exchange(server_ns: &str, server: Ipv4Addr, client_ns: &str) {
-    use std::io::{Read, Write};
-    let listener = {
-        let _inside = NetnsGuard::enter(server_ns).unwrap();
-        std::net::TcpListener::bind((server, 0)).unwrap()
-    };
-    let addr = listener.local_addr().unwrap();
-    let accept = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut buf = vec![0u8; 65536];
-        s.read_exact(&mut buf).unwrap();
-        s.write_all(&buf).unwrap();
-    });
-    let mut client = {
-        let _inside = NetnsGuard::enter(client_ns).unwrap();
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("{client_ns} -> {addr}: {e}"))
-    };
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let data: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
-    client.write_all(&data).unwrap();
-    let mut back = vec![0u8; 65536];
-    client
-        .read_exact(&mut back)
-        .unwrap_or_else(|e| panic!("{client_ns} -> {addr}: {e}"));
-    assert_eq!(back, data);
-    accept.join().unwrap();
-}
-
 /// `TcpInCsumErrors` of namespace `ns` (from /proc/net/snmp, which is per namespace).
 fn tcp_csum_errors(ns: &str) -> u64 {
     let out = Command::new("ip")
@@ -242,10 +188,10 @@ fn tcp_csum_errors(ns: &str) -> u64 {
 /// counts a checksum error.
 fn assert_tcp_works(c: &Cluster, a: (&Netns, Ipv4Addr), b: (&Netns, Ipv4Addr)) {
     let p21 = &c.pod(2, 1).unwrap().ns.name;
-    tcp_exchange(&b.0.name, b.1, &a.0.name);
-    tcp_exchange(&a.0.name, a.1, &b.0.name);
-    tcp_exchange(p21, pod_ip(2, 1), &a.0.name);
-    tcp_exchange(&a.0.name, a.1, p21);
+    tcp_exchange(&b.0.name, b.1, &a.0.name, 65536);
+    tcp_exchange(&a.0.name, a.1, &b.0.name, 65536);
+    tcp_exchange(p21, pod_ip(2, 1), &a.0.name, 65536);
+    tcp_exchange(&a.0.name, a.1, p21, 65536);
     for ns in [&a.0.name, &b.0.name, p21] {
         assert_eq!(tcp_csum_errors(ns), 0, "TcpInCsumErrors in {ns}");
     }
@@ -506,8 +452,8 @@ fn pod_add_on_af_xdp_fixes_a_veth_with_default_offloads_and_says_so() {
     );
     // TCP now works both ways across nodes, with no checksum errors.
     let p21 = &c.pod(2, 1).unwrap().ns.name;
-    tcp_exchange(p21, pod_ip(2, 1), &pod.name);
-    tcp_exchange(&pod.name, ip, p21);
+    tcp_exchange(p21, pod_ip(2, 1), &pod.name, 65536);
+    tcp_exchange(&pod.name, ip, p21, 65536);
     assert_eq!(tcp_csum_errors(&pod.name), 0);
     assert_eq!(tcp_csum_errors(p21), 0);
 }
@@ -636,7 +582,13 @@ fn a_hundred_concurrent_adds_get_distinct_reachable_addresses_and_survive_an_age
 #[ignore = "benchmark; run by hand (see the doc comment)"]
 fn bench_add_del_latency_against_bridge_and_host_local() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let c = cluster("af_xdp", "bench");
+    for backend in ["af_xdp", "tun"] {
+        bench_on(backend);
+    }
+}
+
+fn bench_on(backend: &str) {
+    let c = cluster(backend, &format!("b{}", &backend[..1]));
     let tag = c.spec.tag.clone();
     let pods: Vec<Netns> = (0..100)
         .map(|i| Netns::new(&format!("{tag}-b{i}")).unwrap())
@@ -658,7 +610,7 @@ fn bench_add_del_latency_against_bridge_and_host_local() {
             let r = rt
                 .run(&[], &["bench", list_file.to_str().unwrap()])
                 .unwrap_or_else(|e| panic!("{label}: {e:?}"));
-            eprintln!("round {round} {label}: {r}");
+            eprintln!("{backend} round {round} {label}: {r}");
             rows.push((round, label, r));
         }
     }
@@ -671,7 +623,7 @@ fn bench_add_del_latency_against_bridge_and_host_local() {
         };
         for k in ["total_p50_ms", "total_p99_ms"] {
             eprintln!(
-                "round {round} {k}: hybridway-cni {:.1} ms, bridge+host-local {:.1} ms, ratio {:.2}x",
+                "{backend} round {round} {k}: hybridway-cni {:.1} ms, bridge+host-local {:.1} ms, ratio {:.2}x",
                 get("hybridway-cni", k),
                 get("bridge+host-local", k),
                 get("hybridway-cni", k) / get("bridge+host-local", k)

@@ -161,7 +161,21 @@ async fn serve_one(agent: &mut Agent, stream: UnixStream) -> std::io::Result<()>
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
     let resp = match serde_json::from_str::<Request>(line.trim()) {
-        Ok(req) => respond(agent, req),
+        Ok(req) => {
+            let started = std::time::Instant::now();
+            let op = serde_json::to_value(&req)
+                .ok()
+                .and_then(|v| v.get("op").and_then(|o| o.as_str()).map(str::to_owned))
+                .unwrap_or_default();
+            let resp = respond(agent, req);
+            tracing::debug!(
+                op,
+                ok = resp.ok,
+                ms = started.elapsed().as_secs_f64() * 1000.0,
+                "control request served"
+            );
+            resp
+        }
         Err(e) => Response::refused(format!("bad request: {e}")),
     };
     let mut text = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"ok\":false}".into());
