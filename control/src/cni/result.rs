@@ -75,8 +75,8 @@ impl CniError {
             "code": self.code.code(),
             "msg": self.msg,
         });
-        if !self.details.is_empty() {
-            v["details"] = Value::String(self.details.clone());
+        if let (false, Some(o)) = (self.details.is_empty(), v.as_object_mut()) {
+            o.insert("details".into(), Value::String(self.details.clone()));
         }
         v
     }
@@ -121,10 +121,12 @@ pub fn add_result(version: &str, attached: &Attached, prev: Option<&Value>) -> V
         .and_then(|p| p.get("dns"))
         .cloned()
         .unwrap_or_else(|| json!({}));
-    let mut host = json!({ "name": attached.host_ifname });
+    let mut host = serde_json::Map::new();
+    host.insert("name".into(), Value::String(attached.host_ifname.clone()));
     if let Some(mac) = &attached.host_mac {
-        host["mac"] = Value::String(mac.clone());
+        host.insert("mac".into(), Value::String(mac.clone()));
     }
+    let host = Value::Object(host);
     interfaces.push(host);
     interfaces.push(json!({
         "name": attached.pod_ifname,
@@ -132,14 +134,14 @@ pub fn add_result(version: &str, attached: &Attached, prev: Option<&Value>) -> V
         "sandbox": attached.netns,
     }));
     let pod_index = interfaces.len() - 1;
-    let mut ip = json!({
-        "address": format!("{}/32", attached.ip),
-        "gateway": attached.gateway.to_string(),
-        "interface": pod_index,
-    });
+    let mut ip = serde_json::Map::new();
+    ip.insert("address".into(), format!("{}/32", attached.ip).into());
+    ip.insert("gateway".into(), attached.gateway.to_string().into());
+    ip.insert("interface".into(), pod_index.into());
     if ips_carry_version(version) {
-        ip["version"] = Value::String("4".into());
+        ip.insert("version".into(), "4".into());
     }
+    let ip = Value::Object(ip);
     ips.push(ip);
     routes.push(json!({ "dst": "0.0.0.0/0", "gw": attached.gateway.to_string() }));
     json!({
