@@ -269,6 +269,8 @@ fn libcni_add_check_del_gc_status_and_portmap_on_af_xdp() {
     let r1 = rt.add("ctr1", &netns_path(&pods[1]));
     let ip1 = address_of(&r1);
     assert_ne!(ip0, ip1);
+    // A repeated ADD of the same attachment keeps its address (and works: TCP below).
+    assert_eq!(address_of(&rt.add("ctr1", &netns_path(&pods[1]))), ip1);
 
     // The pod reaches a pod on another node and the outside (through SNAT).
     assert!(

@@ -625,10 +625,10 @@ impl Agent {
         netns: &str,
     ) -> Result<(CniAddress, Vec<String>), AgentError> {
         let name = key.to_string();
-        if let Some(e) = self.pods.get(&name) {
-            if e.pod.interface == interface && e.pod.mac == mac {
-                return Ok((self.cni_address(e.pod.ip), Vec::new()));
-            }
+        // A repeated ADD comes with a new veth (the plugin replaces what a failed or
+        // repeated ADD left): the old port is bound to an interface that is gone.
+        // The address stays the attachment's.
+        if self.pods.contains_key(&name) {
             self.remove_pod(&name)?;
         }
         let pods = &self.pods;
