@@ -8,8 +8,10 @@ packages=(
   clang llvm libelf-dev zlib1g-dev pkg-config m4 make gcc curl ca-certificates
   # network namespaces and real peers for the tests and the demo
   iproute2 iputils-ping tcpdump iperf3 netsniff-ng ethtool
-  # the SNAT load tests and benchmark: a Python connection driver, the kernel's MASQUERADE
-  python3 iptables
+  # the SNAT load tests and benchmark: a Python connection driver, the kernel's MASQUERADE;
+  # the CNI tests chain the reference portmap plugin (iptables rules);
+  # scripts/cni-lab.sh may unpack a Go toolchain
+  python3 iptables unzip
   frr bird2 gobgpd
   # the Kubernetes test rig (scripts/k8s-lab.sh): certificates, readiness probes, locks
   openssl curl util-linux

@@ -13,6 +13,9 @@ fi
 
 . scripts/install-deps.sh   # sourced: it may put a fresh rustup toolchain on PATH
 
+echo "== CNI lab (libcni driver, reference plugins; cached)"
+scripts/cni-lab.sh build
+
 echo "== formatting"
 cargo fmt --all -- --check
 

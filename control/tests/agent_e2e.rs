@@ -20,6 +20,10 @@ use hybridway_control::demo::topology::{
 use hybridway_control::demo::{iperf, outside_sees};
 use hybridway_dataplane::port::netns::NetnsGuard;
 
+#[path = "support/mod.rs"]
+mod support;
+use support::tcp_exchange;
+
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn cluster(name: &str, overlay: bool, snat: bool, nodes: Vec<NodeKind>) -> Cluster {
@@ -502,37 +506,6 @@ fn tun_backend_underlay_pods_talk_to_each_other_and_a_kernel_routed_node_and_sna
     }
 }
 
-/// One TCP exchange: a listener bound in `server_ns`, a client connecting from
-/// `client_ns` (what a kubelet probe or a pod calling its node does).
-fn tcp_exchange(server_ns: &str, server: Ipv4Addr, client_ns: &str) {
-    let listener = {
-        let _inside = NetnsGuard::enter(server_ns).unwrap();
-        std::net::TcpListener::bind((server, 0)).unwrap()
-    };
-    let addr = listener.local_addr().unwrap();
-    let accept = std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        let (mut s, _) = listener.accept().unwrap();
-        let mut buf = [0u8; 5];
-        s.read_exact(&mut buf).unwrap();
-        s.write_all(&buf).unwrap();
-    });
-    let mut client = {
-        let _inside = NetnsGuard::enter(client_ns).unwrap();
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("{client_ns} -> {addr}: {e}"))
-    };
-    use std::io::{Read, Write};
-    client
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    client.write_all(b"probe").unwrap();
-    let mut back = [0u8; 5];
-    client.read_exact(&mut back).unwrap();
-    assert_eq!(&back, b"probe");
-    accept.join().unwrap();
-}
-
 #[test]
 fn the_host_port_joins_node_and_pods_the_gateway_answers_and_the_nodes_own_pings_come_back() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -552,8 +525,8 @@ fn the_host_port_joins_node_and_pods_the_gateway_answers_and_the_nodes_own_pings
             .ns
             .sh(&format!("ping -c 2 -W 2 {}", pod_ip(1, 1)))
             .unwrap_or_else(|e| panic!("{backend}: node -> pod: {e}"));
-        tcp_exchange(&pod, pod_ip(1, 1), &node);
-        tcp_exchange(&node, node_addr(1), &pod);
+        tcp_exchange(&pod, pod_ip(1, 1), &node, 5);
+        tcp_exchange(&node, node_addr(1), &pod, 5);
         // The gateway, which only the dataplane answers for, answers pings.
         assert_ping(&c, (1, 1), pod_gateway(1));
         // The node's own ping whose identifier falls in the SNAT range: its replies
@@ -631,6 +604,8 @@ fn pods_removed_and_added_with_the_cli_while_traffic_flows() {
         "02:00:c6:13:01:0c",
         "--port",
         "hwp2",
+        "--netns",
+        &c.pod(1, 2).unwrap().ns.name,
         "--socket",
         &socket,
     ]);

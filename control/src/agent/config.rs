@@ -386,6 +386,10 @@ pub struct ControlSection {
     /// Where local pods are remembered across restarts.
     #[serde(default = "default_state")]
     pub state_file: PathBuf,
+    /// Where the pod addresses handed out to the CNI plugin are kept (the one
+    /// owner of address allocations on this node; see `agent::addresses`).
+    #[serde(default = "default_address_file")]
+    pub address_file: PathBuf,
 }
 
 impl Default for ControlSection {
@@ -393,6 +397,7 @@ impl Default for ControlSection {
         ControlSection {
             socket: default_socket(),
             state_file: default_state(),
+            address_file: default_address_file(),
         }
     }
 }
@@ -427,6 +432,9 @@ fn default_socket() -> PathBuf {
 fn default_state() -> PathBuf {
     PathBuf::from("/var/lib/hybridway/pods.json")
 }
+fn default_address_file() -> PathBuf {
+    PathBuf::from("/var/lib/hybridway/addresses.json")
+}
 
 fn de_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Prefix, D::Error> {
     let s = String::deserialize(d)?;
@@ -447,6 +455,17 @@ fn de_opt_mac<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MacAddr>, D::Err
 }
 
 impl AgentConfig {
+    /// The pods' MTU on an uplink of `uplink_mtu`: in overlay every pod packet
+    /// carries the VXLAN headers too.
+    pub fn pod_mtu(&self, uplink_mtu: u16) -> u16 {
+        match self.mode {
+            ModeConfig::Overlay => uplink_mtu.saturating_sub(
+                u16::try_from(hybridway_dataplane::wire::VXLAN_OVERHEAD_V4).unwrap_or(u16::MAX),
+            ),
+            ModeConfig::Underlay => uplink_mtu,
+        }
+    }
+
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

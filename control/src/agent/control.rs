@@ -3,8 +3,12 @@
 //! Protocol: one JSON request per connection on a Unix stream socket, one JSON
 //! response back, then the connection closes. Requests:
 //! `{"op":"pod_add","pod":{"name":..,"ip":..,"mac":..,"interface":..}}`,
-//! `{"op":"pod_remove","name":..}`, `{"op":"status"}`, `{"op":"reload"}`.
-//! Responses: `{"ok":true,"status":{..}}` or `{"ok":false,"error":".."}`.
+//! `{"op":"pod_remove","name":..}`, `{"op":"status"}`, `{"op":"reload"}`, and the
+//! CNI plugin's `cni_add` / `cni_check` / `cni_del` / `cni_gc` (the agent owns pod
+//! addresses; see `agent::addresses`).
+//! Responses: `{"ok":true,"status":{..}}` or `{"ok":false,"error":".."}`, with
+//! `address` (cni_add, cni_check), `released` (cni_del, cni_gc) and `notes` (what
+//! the agent fixed on the way, e.g. a veth's offloads) when there are any.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,7 +18,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::runtime::{Agent, AgentError, Status};
+use super::addresses::{Allocation, AttachmentKey};
+use super::runtime::{Agent, AgentError, CniAddress};
 use super::table_builder::LocalPod;
 
 /// How often next-hop MACs are looked up again.
@@ -23,10 +28,32 @@ const NEIGHBOR_REFRESH: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    PodAdd { pod: LocalPod },
-    PodRemove { name: String },
+    PodAdd {
+        pod: LocalPod,
+    },
+    PodRemove {
+        name: String,
+    },
     Status,
     Reload,
+    /// Give `attachment` an address and attach its veth (host end `interface`).
+    CniAdd {
+        attachment: AttachmentKey,
+        interface: String,
+        #[serde(with = "super::table_builder::mac_string")]
+        mac: hybridway_dataplane::wire::MacAddr,
+        netns: String,
+    },
+    CniCheck {
+        attachment: AttachmentKey,
+    },
+    CniDel {
+        attachment: AttachmentKey,
+    },
+    /// Free every attachment not in `valid`.
+    CniGc {
+        valid: Vec<AttachmentKey>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +63,33 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<CniAddress>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<Allocation>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl Response {
+    fn ok() -> Self {
+        Response {
+            ok: true,
+            error: None,
+            status: None,
+            address: None,
+            released: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn refused(error: String) -> Self {
+        Response {
+            ok: false,
+            error: Some(error),
+            ..Response::ok()
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,24 +107,50 @@ pub enum ControlError {
 }
 
 fn respond(agent: &mut Agent, req: Request) -> Response {
-    let result: Result<Option<Status>, AgentError> = match req {
-        Request::PodAdd { pod } => agent.add_pod(pod).map(|()| None),
-        Request::PodRemove { name } => agent.remove_pod(&name).map(|()| None),
-        Request::Status => Ok(Some(agent.status())),
-        Request::Reload => agent.reload().map(|()| None),
+    let ok = Response::ok();
+    let result: Result<Response, AgentError> = match req {
+        Request::PodAdd { pod } => agent.add_pod(pod).map(|notes| {
+            for n in &notes {
+                tracing::warn!("{n}");
+            }
+            Response { notes, ..ok }
+        }),
+        Request::PodRemove { name } => agent.remove_pod(&name).map(|()| ok),
+        Request::Status => Ok(Response {
+            status: serde_json::to_value(agent.status()).ok(),
+            ..ok
+        }),
+        Request::Reload => agent.reload().map(|()| ok),
+        Request::CniAdd {
+            attachment,
+            interface,
+            mac,
+            netns,
+        } => agent
+            .cni_add(&attachment, &interface, mac, &netns)
+            .map(|(address, notes)| {
+                for n in &notes {
+                    tracing::info!(%attachment, "{n}");
+                }
+                Response {
+                    address: Some(address),
+                    notes,
+                    ..ok
+                }
+            }),
+        Request::CniCheck { attachment } => agent.cni_check(&attachment).map(|a| Response {
+            address: Some(a),
+            ..ok
+        }),
+        Request::CniDel { attachment } => agent.cni_del(&attachment).map(|gone| Response {
+            released: gone.into_iter().collect(),
+            ..ok
+        }),
+        Request::CniGc { valid } => agent
+            .cni_gc(&valid)
+            .map(|released| Response { released, ..ok }),
     };
-    match result {
-        Ok(status) => Response {
-            ok: true,
-            error: None,
-            status: status.and_then(|s| serde_json::to_value(s).ok()),
-        },
-        Err(e) => Response {
-            ok: false,
-            error: Some(e.to_string()),
-            status: None,
-        },
-    }
+    result.unwrap_or_else(|e| Response::refused(e.to_string()))
 }
 
 async fn serve_one(agent: &mut Agent, stream: UnixStream) -> std::io::Result<()> {
@@ -81,12 +161,22 @@ async fn serve_one(agent: &mut Agent, stream: UnixStream) -> std::io::Result<()>
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
     let resp = match serde_json::from_str::<Request>(line.trim()) {
-        Ok(req) => respond(agent, req),
-        Err(e) => Response {
-            ok: false,
-            error: Some(format!("bad request: {e}")),
-            status: None,
-        },
+        Ok(req) => {
+            let started = std::time::Instant::now();
+            let op = serde_json::to_value(&req)
+                .ok()
+                .and_then(|v| v.get("op").and_then(|o| o.as_str()).map(str::to_owned))
+                .unwrap_or_default();
+            let resp = respond(agent, req);
+            tracing::debug!(
+                op,
+                ok = resp.ok,
+                ms = started.elapsed().as_secs_f64() * 1000.0,
+                "control request served"
+            );
+            resp
+        }
+        Err(e) => Response::refused(format!("bad request: {e}")),
     };
     let mut text = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"ok\":false}".into());
     text.push('\n');
@@ -153,17 +243,29 @@ pub async fn run(mut agent: Agent) -> Result<(), ControlError> {
     Ok(())
 }
 
+/// How long [`call`] waits for the answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Sends one request to the agent at `socket` and returns its response.
 pub fn call(socket: &Path, req: &Request) -> Result<Response, ControlError> {
+    call_within(socket, req, CALL_TIMEOUT)
+}
+
+/// [`call`], waiting up to `timeout` for the answer. The agent serves one request
+/// at a time, so a caller queued behind many others (a burst of CNI ADDs, each
+/// attaching a veth) waits for all of them.
+pub fn call_within(
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Response, ControlError> {
     use std::io::{BufRead, Write};
     let err = |source| ControlError::Socket {
         path: socket.to_owned(),
         source,
     };
     let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(err)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(err)?;
+    stream.set_read_timeout(Some(timeout)).map_err(err)?;
     let mut text =
         serde_json::to_string(req).map_err(|e| ControlError::BadResponse(e.to_string()))?;
     text.push('\n');
@@ -197,6 +299,7 @@ mod tests {
             ip: "198.19.1.10".parse().unwrap(),
             mac: "02:00:00:00:01:0a".parse().unwrap(),
             interface: "hwp1".into(),
+            netns: None,
         };
         let text = serde_json::to_string(&Request::PodAdd { pod: pod.clone() }).unwrap();
         assert_eq!(

@@ -11,6 +11,7 @@
 //!  workers ──counters──► Prometheus thread (GET /metrics)
 //! ```
 
+pub mod addresses;
 pub mod attach;
 pub mod config;
 pub mod control;
@@ -19,8 +20,9 @@ pub mod kernel_routes;
 pub mod neighbors;
 pub mod reserved_ports;
 pub mod runtime;
+pub mod state_file;
 pub mod table_builder;
 
 pub use config::AgentConfig;
-pub use runtime::{Agent, AgentError, Status};
+pub use runtime::{Agent, AgentError, CniAddress, Status};
 pub use table_builder::LocalPod;

@@ -17,12 +17,17 @@ use hybridway_dataplane::wire::MacAddr;
 use hybridway_dataplane::worker::{MetricsServer, PoolConfig, PoolError, WorkerPool};
 use serde::Serialize;
 
+use hybridway_dataplane::port::ethtool;
+use hybridway_dataplane::port::netns::NetnsGuard;
+
+use super::addresses::{AddressError, Allocation, AttachmentKey, PodAddressBook};
 use super::attach::{PortOpener, rx_queues};
-use super::config::{AgentConfig, BackendConfig, ConfigError, ModeConfig};
+use super::config::{AgentConfig, BackendConfig, ConfigError};
 use super::host_routing::{self, HOST_TUN, POD_TUN};
 use super::kernel_routes::{KernelRoutes, RouteError};
 use super::neighbors::{self, HostError};
 use super::reserved_ports::{ReservedPorts, ReservedPortsError};
+use super::state_file::write_atomically;
 use super::table_builder::{
     BuildError, LocalPod, PodAttachment, UplinkFacts, build_tables, next_hops,
 };
@@ -53,6 +58,8 @@ pub enum AgentError {
     Route(#[from] RouteError),
     #[error("claiming the SNAT port range from the kernel: {0}")]
     ReservedPorts(#[from] ReservedPortsError),
+    #[error(transparent)]
+    Address(#[from] AddressError),
     #[error("{0}")]
     Refused(String),
     #[error("state file {path}: {message}")]
@@ -137,6 +144,26 @@ pub struct Agent {
     /// The SNAT port range, kept from the node's own sockets (given back on
     /// shutdown).
     reserved_ports: Option<ReservedPorts>,
+    /// Pod addresses handed out to the CNI plugin.
+    addresses: PodAddressBook,
+}
+
+/// Whether a pod is attached for the first time or restored from the state file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attach {
+    New,
+    Restored,
+}
+
+/// What the CNI plugin is told about an attachment: the pod's address and how the
+/// pod's end of the veth is set up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct CniAddress {
+    pub ip: Ipv4Addr,
+    /// The pods' default gateway (answered by the dataplane).
+    pub gateway: Ipv4Addr,
+    /// The pod interface's MTU: the uplink's, minus the VXLAN overhead in overlay.
+    pub mtu: u16,
 }
 
 impl Agent {
@@ -144,6 +171,8 @@ impl Agent {
     /// the state file and publishes the first snapshot.
     pub fn start(config_path: &Path) -> Result<Self, AgentError> {
         let cfg = AgentConfig::load(config_path)?;
+        let addresses =
+            PodAddressBook::load(&cfg.control.address_file, cfg.pods.block, cfg.pods.gateway)?;
         let ifname = cfg.uplink.interface.clone();
         let info = neighbors::uplink_info(&ifname)?;
         let prefix_len = match cfg.uplink.prefix_len {
@@ -262,10 +291,7 @@ impl Agent {
         if backend == Backend::Tun {
             // The kernel owns the NIC: plain packets leave through the host port.
             uplink.routed_port = HOST_PORT;
-            let mtu = match cfg.mode {
-                ModeConfig::Overlay => info.mtu.saturating_sub(50),
-                ModeConfig::Underlay => info.mtu,
-            };
+            let mtu = cfg.pod_mtu(info.mtu);
             for (w, port) in opener
                 .open_tun(POD_TUN, workers, TUN_PORT, mtu, None)?
                 .into_iter()
@@ -292,6 +318,7 @@ impl Agent {
             metrics: None,
             kernel,
             reserved_ports,
+            addresses,
         };
         agent.restore_pods();
         agent.publish()?;
@@ -529,14 +556,172 @@ impl Agent {
     }
 
     /// Attaches a pod: opens its port on the least loaded worker, then publishes a
-    /// snapshot with its route. Nothing else stops.
-    pub fn add_pod(&mut self, pod: LocalPod) -> Result<(), AgentError> {
-        self.attach_pod(pod)?;
+    /// snapshot with its route. Nothing else stops. Returns notes for the caller
+    /// (what was fixed on the pod's veth).
+    pub fn add_pod(&mut self, pod: LocalPod) -> Result<Vec<String>, AgentError> {
+        let notes = self.attach_pod(pod, Attach::New)?;
         self.save_pods();
-        Ok(())
+        Ok(notes)
     }
 
-    fn attach_pod(&mut self, pod: LocalPod) -> Result<(), AgentError> {
+    /// On the AF_XDP backend, makes both ends of the pod's veth send finished frames
+    /// (checksums computed, no super-frames; see `port::ethtool` for why), turning
+    /// the offloads off where they are on and saying so. The pod's end lives in the
+    /// pod's namespace, which the request must name. The TUN backend leaves frames
+    /// to the kernel, which finishes them itself.
+    fn veth_finishes_frames(&self, pod: &LocalPod) -> Result<Vec<String>, AgentError> {
+        if self.backend == Backend::Tun {
+            return Ok(Vec::new());
+        }
+        let Some(netns) = &pod.netns else {
+            return Err(AgentError::Refused(format!(
+                "pod {}: on the AF_XDP backend the pod's end of the veth must compute its own checksums, \
+                 which the agent checks in the pod's network namespace; name it (--netns NAME|PATH)",
+                pod.name
+            )));
+        };
+        let host = &pod.interface;
+        let refused = |what: String| AgentError::Refused(format!("pod {}: {what}", pod.name));
+        let peer_index: u32 = std::fs::read_to_string(format!("/sys/class/net/{host}/iflink"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .ok_or_else(|| refused(format!("no interface {host} on this node")))?;
+        let path = if netns.contains('/') {
+            netns.clone()
+        } else {
+            format!("/run/netns/{netns}")
+        };
+        let mut notes = Vec::new();
+        let mut note = |dev: &str, end: &str, changed: &[ethtool::TxOffload]| {
+            if !changed.is_empty() {
+                let names: Vec<&str> = changed.iter().map(|o| o.label()).collect();
+                notes.push(format!(
+                    "pod {}: turned off {} on {end} {dev}: the AF_XDP backend takes frames as the veth carries them, and a veth never finishes checksums or segments",
+                    pod.name,
+                    names.join(", ")
+                ));
+            }
+        };
+        let changed = ethtool::finish_frames_in_software(host)
+            .map_err(|e| refused(format!("offloads of {host}: {e}")))?;
+        note(host, "the host's end", &changed);
+        let (peer, changed) = {
+            let _inside = NetnsGuard::enter_path(&path)
+                .map_err(|e| refused(format!("network namespace {path}: {e}")))?;
+            let peer = ethtool::interface_name(peer_index).map_err(|e| {
+                refused(format!(
+                    "the peer of {host} (index {peer_index}) is not in {path}: {e}"
+                ))
+            })?;
+            let changed = ethtool::finish_frames_in_software(&peer)
+                .map_err(|e| refused(format!("offloads of {peer} in {path}: {e}")))?;
+            (peer, changed)
+        };
+        note(&peer, "the pod's end", &changed);
+        Ok(notes)
+    }
+
+    fn cni_address(&self, ip: Ipv4Addr) -> CniAddress {
+        CniAddress {
+            ip,
+            gateway: self.cfg.pods.gateway,
+            mtu: self.cfg.pod_mtu(self.uplink.mtu),
+        }
+    }
+
+    /// CNI ADD: gives the attachment its address (the one it already has, when the
+    /// runtime retries) and attaches its veth. An address is written down before
+    /// the pod is attached and released when attaching fails, so a crash in between
+    /// leaves at worst an allocation that DEL or GC frees, never an address in use
+    /// twice.
+    pub fn cni_add(
+        &mut self,
+        key: &AttachmentKey,
+        interface: &str,
+        mac: MacAddr,
+        netns: &str,
+    ) -> Result<(CniAddress, Vec<String>), AgentError> {
+        let name = key.to_string();
+        // A repeated ADD comes with a new veth (the plugin replaces what a failed or
+        // repeated ADD left): the old port is bound to an interface that is gone.
+        // The address stays the attachment's.
+        if self.pods.contains_key(&name) {
+            self.remove_pod(&name)?;
+        }
+        let pods = &self.pods;
+        let taken = |ip: Ipv4Addr| pods.values().any(|e| e.pod.ip == ip);
+        let alloc = self.addresses.allocate(key, interface, mac, &taken)?;
+        let pod = LocalPod {
+            name,
+            ip: alloc.ip,
+            mac,
+            interface: interface.to_owned(),
+            netns: Some(netns.to_owned()),
+        };
+        match self.add_pod(pod) {
+            Ok(notes) => Ok((self.cni_address(alloc.ip), notes)),
+            Err(e) => {
+                if let Err(r) = self.addresses.release(key) {
+                    tracing::error!(attachment = %key, error = %r, "could not release the address of a failed ADD");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// CNI CHECK: the attachment has an address and its pod is attached with it.
+    pub fn cni_check(&self, key: &AttachmentKey) -> Result<CniAddress, AgentError> {
+        let alloc = self
+            .addresses
+            .get(key)
+            .ok_or_else(|| AgentError::Refused(format!("{key} has no address on this node")))?;
+        match self.pods.get(&key.to_string()) {
+            Some(e) if e.pod.ip == alloc.ip && e.pod.interface == alloc.interface => {
+                Ok(self.cni_address(alloc.ip))
+            }
+            _ => Err(AgentError::Refused(format!(
+                "{key} has address {} but its veth {} is not attached",
+                alloc.ip, alloc.interface
+            ))),
+        }
+    }
+
+    /// CNI DEL: detaches the attachment's pod, then frees its address (in this order,
+    /// so a crash in between leaks an address until GC rather than reusing one that
+    /// a restored pod still holds). Nothing to do is not an error.
+    pub fn cni_del(&mut self, key: &AttachmentKey) -> Result<Option<Allocation>, AgentError> {
+        let name = key.to_string();
+        if self.pods.contains_key(&name) {
+            self.remove_pod(&name)?;
+        }
+        Ok(self.addresses.release(key)?)
+    }
+
+    /// CNI GC: detaches and frees every attachment not in `valid`; returns them so
+    /// the plugin can delete what is left of their veths.
+    pub fn cni_gc(&mut self, valid: &[AttachmentKey]) -> Result<Vec<Allocation>, AgentError> {
+        let valid: std::collections::HashSet<&AttachmentKey> = valid.iter().collect();
+        let stale: Vec<AttachmentKey> = self
+            .addresses
+            .allocations()
+            .map(|a| a.key.clone())
+            .filter(|k| !valid.contains(k))
+            .collect();
+        for key in &stale {
+            let name = key.to_string();
+            if self.pods.contains_key(&name) {
+                if let Err(e) = self.detach(&name) {
+                    tracing::warn!(attachment = %key, error = %e, "GC: detaching failed");
+                }
+            }
+        }
+        self.save_pods();
+        let gone = self.addresses.release_unless(|k| !stale.contains(k))?;
+        tracing::info!(released = gone.len(), kept = valid.len(), "CNI GC");
+        Ok(gone)
+    }
+
+    fn attach_pod(&mut self, pod: LocalPod, how: Attach) -> Result<Vec<String>, AgentError> {
         if self.pods.contains_key(&pod.name) {
             return Err(AgentError::Refused(format!(
                 "pod {} is already attached; remove it first",
@@ -581,8 +766,13 @@ impl Agent {
                 let _ = self.detach(&name);
                 return Err(e);
             }
-            return Ok(());
+            return Ok(Vec::new());
         }
+        // A restored pod's veth was checked when it was added.
+        let notes = match how {
+            Attach::New => self.veth_finishes_frames(&pod)?,
+            Attach::Restored => Vec::new(),
+        };
         let id = self
             .free_port_id()
             .ok_or_else(|| AgentError::Refused("no free port ids".into()))?;
@@ -612,7 +802,7 @@ impl Agent {
             let _ = self.detach(&name);
             return Err(e);
         }
-        Ok(())
+        Ok(notes)
     }
 
     /// Detaches a pod: its route leaves the tables first, then its port closes.
@@ -641,15 +831,9 @@ impl Agent {
     fn save_pods(&self) {
         let path = &self.cfg.control.state_file;
         let pods: Vec<&LocalPod> = self.pods.values().map(|e| &e.pod).collect();
-        let result = (|| -> Result<(), String> {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-            }
-            let text = serde_json::to_string_pretty(&pods).map_err(|e| e.to_string())?;
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, text).map_err(|e| e.to_string())?;
-            std::fs::rename(&tmp, path).map_err(|e| e.to_string())
-        })();
+        let result = serde_json::to_vec_pretty(&pods)
+            .map_err(|e| e.to_string())
+            .and_then(|text| write_atomically(path, &text).map_err(|e| e.to_string()));
         if let Err(e) = result {
             tracing::warn!(path = %path.display(), error = %e, "could not save the pod list; it will not survive a restart");
         }
@@ -669,7 +853,7 @@ impl Agent {
         };
         for pod in pods {
             let name = pod.name.clone();
-            if let Err(e) = self.attach_pod(pod) {
+            if let Err(e) = self.attach_pod(pod, Attach::Restored) {
                 tracing::warn!(pod = %name, error = %e, "could not restore pod");
             }
         }

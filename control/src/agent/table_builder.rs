@@ -22,10 +22,15 @@ pub struct LocalPod {
     pub mac: MacAddr,
     /// Host-side interface of the pod's veth.
     pub interface: String,
+    /// The pod's network namespace (a path, or a name under /run/netns). On the
+    /// AF_XDP backend the agent looks at the pod's end of the veth there and makes it
+    /// finish its frames in software (see `port::ethtool`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 /// MACs as "02:00:00:00:00:01" strings in the pod state file and control protocol.
-mod mac_string {
+pub(crate) mod mac_string {
     use hybridway_dataplane::wire::MacAddr;
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -308,6 +313,7 @@ snat: {clusterRanges: [198.18.100.0/24]}
                 ip: Ipv4Addr::new(198, 19, 1, last),
                 mac: MacAddr([2, 0, 0, 1, 0, last]),
                 interface: format!("veth{last}"),
+                netns: None,
             },
             port: PortId(port),
         }

@@ -118,6 +118,11 @@ enum PodAction {
         /// Host-side interface of the pod's veth.
         #[arg(long)]
         port: String,
+        /// The pod's network namespace (a name under /run/netns, or a path). Needed on
+        /// the AF_XDP backend, where the agent makes the pod's end of the veth compute
+        /// its own checksums (and says so when it had to).
+        #[arg(long)]
+        netns: Option<String>,
     },
     /// Detach a pod.
     Remove {
@@ -144,6 +149,9 @@ fn init_logging_as(json: bool) {
 }
 
 fn print_response(resp: &control::Response) -> anyhow::Result<()> {
+    for note in &resp.notes {
+        eprintln!("note: {note}");
+    }
     match &resp.status {
         Some(s) => println!("{}", serde_json::to_string_pretty(s)?),
         None => println!("ok"),
@@ -199,12 +207,14 @@ fn main() -> anyhow::Result<()> {
                     ip,
                     mac,
                     port,
+                    netns,
                 } => Request::PodAdd {
                     pod: LocalPod {
                         name,
                         ip,
                         mac,
                         interface: port,
+                        netns,
                     },
                 },
                 PodAction::Remove { name } => Request::PodRemove { name },

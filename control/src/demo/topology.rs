@@ -230,6 +230,7 @@ impl Cluster {
             NodeKind::Hybridway => {
                 std::fs::write(&node.config, self.agent_yaml(n))?;
                 let _ = std::fs::remove_file(dir.join(format!("n{n}-pods.json")));
+                let _ = std::fs::remove_file(dir.join(format!("n{n}-addresses.json")));
             }
             NodeKind::KernelVxlan => self.kernel_vxlan(&node.ns, n)?,
             NodeKind::KernelRouting => self.kernel_routing(&node.ns, n)?,
@@ -261,7 +262,7 @@ impl Cluster {
              vxlan: {{vni: 1, port: 8472, vtepMac: \"{vtep}\"}}\n\
              dataplane: {{backend: {backend}, workers: {workers}, cores: [{cores}], hugepages: false, idlePolls: {idle}, parkTimeoutMs: 50}}\n\
              metrics: {{listen: \"127.0.0.1:{metrics}\"}}\n\
-             control: {{socket: {dir}/n{n}.sock, stateFile: {dir}/n{n}-pods.json}}\n\
+             control: {{socket: {dir}/n{n}.sock, stateFile: {dir}/n{n}-pods.json, addressFile: {dir}/n{n}-addresses.json}}\n\
              nodes:\n",
             addr = node_addr(n),
             mode = if self.spec.overlay {
@@ -375,7 +376,8 @@ impl Cluster {
             .stderr(log)
             .spawn()?;
         node.agent = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // An agent restores its pods before it answers: 100 AF_XDP pods take seconds.
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(child) = node.agent.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -393,7 +395,7 @@ impl Cluster {
             }
             if Instant::now() > deadline {
                 return Err(ClusterError::Agent(format!(
-                    "agent of node{n} did not answer within 20 s; see {}",
+                    "agent of node{n} did not answer within 120 s; see {}",
                     node.log.display()
                 )));
             }
@@ -453,6 +455,7 @@ impl Cluster {
                     ip,
                     mac: mac.parse().map_err(|_| ClusterError::Agent(mac.clone()))?,
                     interface: host_dev,
+                    netns: Some(ns.name.clone()),
                 };
                 control::call(&node.socket, &Request::PodAdd { pod })
                     .map_err(|e| ClusterError::Agent(format!("attaching {name}: {e}")))?;

@@ -56,6 +56,7 @@
 //! overlay on the TUN backend). [`Backend`] chooses between them.
 
 pub mod batch;
+pub mod ethtool;
 pub mod netns;
 mod probe;
 pub mod select;

@@ -28,8 +28,16 @@ fn setns(file: &File) -> io::Result<()> {
 impl NetnsGuard {
     /// Moves the calling thread into network namespace `name`.
     pub fn enter(name: &str) -> io::Result<Self> {
+        Self::enter_path(&format!("/run/netns/{name}"))
+    }
+
+    /// Moves the calling thread into the network namespace file at `path` (what a
+    /// container runtime passes as `CNI_NETNS`: `/var/run/netns/cni-…`,
+    /// `/proc/<pid>/ns/net`). Children spawned from this thread while the guard
+    /// lives start in that namespace too.
+    pub fn enter_path(path: &str) -> io::Result<Self> {
         let original = File::open("/proc/thread-self/ns/net")?;
-        let target = File::open(format!("/run/netns/{name}"))?;
+        let target = File::open(path)?;
         setns(&target)?;
         Ok(NetnsGuard { original })
     }
