@@ -475,7 +475,7 @@ impl Agent {
     fn try_reload(&mut self) -> Result<(), AgentError> {
         let next = AgentConfig::load(&self.config_path)?;
         let cur = &self.cfg;
-        let fixed: [(&str, bool); 8] = [
+        let fixed: [(&str, bool); 9] = [
             (
                 "node",
                 next.node.name == cur.node.name && next.node.address == cur.node.address,
@@ -499,6 +499,10 @@ impl Agent {
                 next.dataplane.workers == cur.dataplane.workers,
             ),
             ("control.socket", next.control.socket == cur.control.socket),
+            (
+                "control.addressFile",
+                next.control.address_file == cur.control.address_file,
+            ),
         ];
         if let Some((field, _)) = fixed.iter().find(|(_, same)| !same) {
             return Err(AgentError::Refused(format!(
