@@ -516,6 +516,10 @@ impl Agent {
                     && next.snat.max_flows_per_worker == cur.snat.max_flows_per_worker,
             ),
             ("control.socket", next.control.socket == cur.control.socket),
+            (
+                "control.addressFile",
+                next.control.address_file == cur.control.address_file,
+            ),
         ];
         if let Some((field, _)) = fixed.iter().find(|(_, same)| !same) {
             return Err(AgentError::Refused(format!(
