@@ -535,7 +535,7 @@ fn the_host_port_joins_node_and_pods_the_gateway_answers_and_the_nodes_own_pings
         c.node(1)
             .unwrap()
             .ns
-            .sh(&format!("ping -c 2 -W 2 -e 61234 {OUTSIDE_SERVER}"))
+            .sh(&format!("ping -c 2 -W 2 -e 21234 {OUTSIDE_SERVER}"))
             .unwrap_or_else(|e| panic!("{backend}: node's own ping in the SNAT range: {e}"));
         assert!(metric(&c, 1, "hybridway_to_host_total", "") >= before + 2);
         // Pods still reach the outside through SNAT meanwhile.
