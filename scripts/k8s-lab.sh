@@ -68,16 +68,21 @@ src_dir_of() {
   esac
 }
 
-# The version Kubernetes' own build stamps into its binaries (hack/lib/version.sh):
-# without it they report v0.0.0-master and kubectl warns about version skew.
-k8s_ldflags() {
-  local minor="${K8S_VERSION#v1.}"
-  minor="${minor%%.*}"
-  local pkg flags="-s -w"
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    flags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-    flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-  done
+# The version each project's own build stamps into its binaries (Kubernetes'
+# hack/lib/version.sh, flannel's Makefile): without it Kubernetes binaries report
+# v0.0.0-master and kubectl warns about version skew.
+ldflags_for() {
+  local src="$1" flags="-s -w" pkg
+  if [[ "$src" == "$LAB_SRC/flannel" ]]; then
+    flags+=" -X github.com/flannel-io/flannel/pkg/version.Version=$(module_version "$src/go.mod" github.com/flannel-io/flannel)"
+  else
+    local minor="${K8S_VERSION#v1.}"
+    minor="${minor%%.*}"
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      flags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+      flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+    done
+  fi
   echo "$flags"
 }
 
@@ -139,7 +144,7 @@ go_build() {
   : >"$progress"
   (
     cd "$src"
-    CGO_ENABLED=0 nice -n 10 go build -v -trimpath -ldflags "$(k8s_ldflags)" -o "$out/" "${pkgs[@]}"
+    CGO_ENABLED=0 nice -n 10 go build -v -trimpath -ldflags "$(ldflags_for "$src")" -o "$out/" "${pkgs[@]}"
   ) 2>"$progress" &
   local build_pid=$! next=60
   while kill -0 "$build_pid" 2>/dev/null; do
@@ -617,4 +622,6 @@ main() {
   esac
 }
 
-main "$@"
+# One line: bash reads a script while running it, and must not go on into a copy
+# edited meanwhile (a checkout during a long build).
+main "$@"; exit $?

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::k8s_lab::{KubeLab, lab_script};
+use common::k8s_lab::{KubeLab, lab_script, run_lab_script};
 use common::{Netns, require_root, sh, wait_for};
 
 const LAB_RUN: &str = "/run/hybridway-lab";
@@ -247,16 +247,7 @@ fn down_stops_a_half_started_instance() {
     });
     let addr = fs::read_to_string(dir.join("addr")).expect("the address was reserved");
     let pids = instance_pids(&dir);
-    let down = Command::new(lab_script())
-        .arg("down")
-        .arg(&dir)
-        .output()
-        .expect("k8s-lab.sh down");
-    assert!(
-        down.status.success(),
-        "down: {}",
-        String::from_utf8_lossy(&down.stderr)
-    );
+    run_lab_script(&["down".as_ref(), dir.as_os_str()]);
     let status = up.wait().expect("wait for up");
     assert!(!status.success(), "up reported success after down");
     assert_left_nothing(&pids, addr.trim());

@@ -396,4 +396,128 @@ mod tests {
         assert_eq!(c2[0].last_transition_time, Time(later));
         assert_eq!(c2[2].last_transition_time, Time(t0));
     }
+
+    mod scenarios {
+        use super::*;
+        use crate::k8s::mock_api::{self, Exchange};
+        use kube::runtime::reflector;
+
+        fn ctx(client: kube::Client) -> Arc<BgpConfigContext> {
+            let (reader, mut writer) = reflector::store::<Node>();
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(
+                node("h1", "a").as_ref().clone(),
+            ));
+            Arc::new(BgpConfigContext {
+                client,
+                nodes: reader,
+                metrics: Arc::default(),
+            })
+        }
+
+        fn cfg() -> Arc<BGPClusterConfig> {
+            let mut c = BGPClusterConfig::new("bgp", spec(&["h1"], Some("bgp-secret")));
+            c.metadata.generation = Some(3);
+            Arc::new(c)
+        }
+
+        /// A missing Secret is a condition, not an error: one GET, one status apply.
+        #[tokio::test]
+        async fn missing_secret_becomes_a_condition() {
+            let (client, handle) = mock_api::client();
+            let server = tokio::spawn(mock_api::serve(
+                handle,
+                vec![
+                    Exchange {
+                        method: "GET",
+                        path: "/api/v1/namespaces/kube-system/secrets/bgp-secret",
+                        body_has: vec![],
+                        status: 404,
+                        response: mock_api::status(404, "NotFound"),
+                    },
+                    Exchange {
+                        method: "PATCH",
+                        path: "/apis/network.alibabacloud.com/v1beta1/bgpclusterconfigs/bgp/status",
+                        body_has: vec![
+                            "SecretNotFound",
+                            "\"observedGeneration\":3",
+                            "SingleSpeaker",
+                            "\"sessionsUp\":\"0/1\"",
+                        ],
+                        status: 200,
+                        response: serde_json::to_value(cfg().as_ref()).unwrap(),
+                    },
+                ],
+            ));
+            let ctx = ctx(client);
+            let action = reconcile(cfg(), ctx.clone()).await.unwrap();
+            assert_eq!(action, Action::requeue(RECHECK));
+            drop(ctx);
+            server.await.unwrap();
+        }
+
+        /// Not allowed to read the Secret: an error (retried), and no status is
+        /// written from half the facts.
+        #[tokio::test]
+        async fn forbidden_secret_is_an_error_without_status() {
+            let (client, handle) = mock_api::client();
+            let server = tokio::spawn(mock_api::serve(
+                handle,
+                vec![Exchange {
+                    method: "GET",
+                    path: "/api/v1/namespaces/kube-system/secrets/bgp-secret",
+                    body_has: vec![],
+                    status: 403,
+                    response: mock_api::status(403, "Forbidden"),
+                }],
+            ));
+            let ctx = ctx(client);
+            let err = reconcile(cfg(), ctx.clone()).await.unwrap_err();
+            assert!(matches!(err, BgpConfigError::Secret { .. }), "{err}");
+            assert_eq!(
+                error_policy(cfg(), &err, ctx.clone()),
+                Action::requeue(Duration::from_secs(5))
+            );
+            drop(ctx);
+            server.await.unwrap();
+        }
+
+        /// The status write fails: the reconcile fails (and is retried).
+        #[tokio::test]
+        async fn failed_status_write_is_an_error() {
+            let (client, handle) = mock_api::client();
+            let mut secret = Secret::default();
+            secret.metadata.name = Some("bgp-secret".into());
+            secret.data = Some(
+                [(
+                    "password".to_string(),
+                    k8s_openapi::ByteString(b"x".to_vec()),
+                )]
+                .into(),
+            );
+            let server = tokio::spawn(mock_api::serve(
+                handle,
+                vec![
+                    Exchange {
+                        method: "GET",
+                        path: "/api/v1/namespaces/kube-system/secrets/bgp-secret",
+                        body_has: vec![],
+                        status: 200,
+                        response: serde_json::to_value(&secret).unwrap(),
+                    },
+                    Exchange {
+                        method: "PATCH",
+                        path: "/apis/network.alibabacloud.com/v1beta1/bgpclusterconfigs/bgp/status",
+                        body_has: vec!["\"reason\":\"Valid\""],
+                        status: 500,
+                        response: mock_api::status(500, "InternalError"),
+                    },
+                ],
+            ));
+            let ctx = ctx(client);
+            let err = reconcile(cfg(), ctx.clone()).await.unwrap_err();
+            assert!(matches!(err, BgpConfigError::Status { .. }), "{err}");
+            drop(ctx);
+            server.await.unwrap();
+        }
+    }
 }

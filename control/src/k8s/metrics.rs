@@ -14,6 +14,7 @@ pub struct Metrics {
     config_valid: AtomicBool,
     ready: AtomicBool,
     node_errors: AtomicU64,
+    blocks_written: AtomicU64,
     bgp_errors: AtomicU64,
 }
 
@@ -37,6 +38,11 @@ impl Metrics {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// One block written on its Node.
+    pub fn block_written(&self) {
+        self.blocks_written.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One failed reconcile of `controller` ("node" or "bgpclusterconfig").
@@ -63,11 +69,15 @@ impl Metrics {
              # HELP hybridway_controller_reconcile_errors_total Failed reconciles.\n\
              # TYPE hybridway_controller_reconcile_errors_total counter\n\
              hybridway_controller_reconcile_errors_total{{controller=\"node\"}} {}\n\
-             hybridway_controller_reconcile_errors_total{{controller=\"bgpclusterconfig\"}} {}",
+             hybridway_controller_reconcile_errors_total{{controller=\"bgpclusterconfig\"}} {}\n\
+             # HELP hybridway_ipam_blocks_written_total Blocks written on Nodes by this replica.\n\
+             # TYPE hybridway_ipam_blocks_written_total counter\n\
+             hybridway_ipam_blocks_written_total {}",
             flag(&self.leader),
             flag(&self.config_valid),
             self.node_errors.load(Ordering::Relaxed),
             self.bgp_errors.load(Ordering::Relaxed),
+            self.blocks_written.load(Ordering::Relaxed),
         );
         let state = state.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(state) = state.as_ref() else {

@@ -16,5 +16,7 @@ pub mod discovery;
 pub mod flannel;
 pub mod leader;
 pub mod metrics;
+#[cfg(test)]
+mod mock_api;
 pub mod node_ipam;
 pub mod params;

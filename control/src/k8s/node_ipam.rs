@@ -255,6 +255,7 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<IpamContext>) -> Result<Action,
             let params = PatchParams::default();
             match api.patch(&name, &params, &Patch::Merge(&patch)).await {
                 Ok(_) => {
+                    ctx.metrics.block_written();
                     tracing::info!(node = %name, %block, pool, mode, "block written");
                     if fresh {
                         let note = format!("block {block} of pool {pool} ({mode})");
@@ -444,5 +445,136 @@ mod tests {
                 .get("spec")
                 .is_none()
         );
+    }
+
+    mod scenarios {
+        use super::*;
+        use crate::k8s::mock_api::{self, Exchange};
+        use kube::runtime::events::Reporter;
+
+        fn ctx(client: kube::Client) -> Arc<IpamContext> {
+            let reporter = Reporter {
+                controller: MANAGER.into(),
+                instance: Some("test".into()),
+            };
+            Arc::new(IpamContext {
+                recorder: Recorder::new(client.clone(), reporter),
+                client,
+                state: Arc::new(Mutex::new(state())),
+                metrics: Arc::default(),
+            })
+        }
+
+        fn held(ctx: &IpamContext, node: &str) -> Option<Prefix> {
+            ctx.lock().as_ref().and_then(|s| s.allocator.block_of(node))
+        }
+
+        /// Someone changed the Node between read and write: 409, the fresh block is
+        /// released (no leak), no Event, and the retry comes soon.
+        #[tokio::test]
+        async fn conflict_releases_the_fresh_block() {
+            let (client, handle) = mock_api::client();
+            let server = tokio::spawn(mock_api::serve(
+                handle,
+                vec![Exchange {
+                    method: "PATCH",
+                    path: "/api/v1/nodes/n1",
+                    body_has: vec!["\"resourceVersion\":\"7\"", "198.19.128.0/24"],
+                    status: 409,
+                    response: mock_api::status(409, "Conflict"),
+                }],
+            ));
+            let ctx = ctx(client);
+            let err = reconcile(Arc::new(node("n1", Some("a"), None)), ctx.clone())
+                .await
+                .unwrap_err();
+            assert_eq!(held(&ctx, "n1"), None);
+            let action = error_policy(Arc::new(node("n1", Some("a"), None)), &err, ctx.clone());
+            assert_eq!(action, Action::requeue(Duration::from_millis(200)));
+            drop(ctx);
+            server.await.unwrap();
+        }
+
+        /// The Node was deleted meanwhile: 404 also releases; a later retry is slow.
+        #[tokio::test]
+        async fn vanished_node_releases_and_backs_off() {
+            let (client, handle) = mock_api::client();
+            let server = tokio::spawn(mock_api::serve(
+                handle,
+                vec![Exchange {
+                    method: "PATCH",
+                    path: "/api/v1/nodes/n1",
+                    body_has: vec![],
+                    status: 404,
+                    response: mock_api::status(404, "NotFound"),
+                }],
+            ));
+            let ctx = ctx(client);
+            let n = Arc::new(node("n1", Some("a"), None));
+            let err = reconcile(n.clone(), ctx.clone()).await.unwrap_err();
+            assert_eq!(held(&ctx, "n1"), None);
+            assert_eq!(
+                error_policy(n, &err, ctx.clone()),
+                Action::requeue(Duration::from_secs(5))
+            );
+            drop(ctx);
+            server.await.unwrap();
+        }
+
+        /// Success writes the block and announces it with one Normal Event.
+        #[tokio::test]
+        async fn success_writes_then_publishes_one_event() {
+            let (client, handle) = mock_api::client();
+            let mut written = node("n1", Some("a"), Some("198.19.128.0/24"));
+            written.metadata.resource_version = Some("8".into());
+            let server = tokio::spawn(mock_api::serve(
+                handle,
+                vec![
+                    Exchange {
+                        method: "PATCH",
+                        path: "/api/v1/nodes/n1",
+                        body_has: vec!["\"podCIDRs\":[\"198.19.128.0/24\"]"],
+                        status: 200,
+                        response: serde_json::to_value(&written).unwrap(),
+                    },
+                    Exchange {
+                        method: "POST",
+                        path: "/apis/events.k8s.io/v1/namespaces/default/events",
+                        body_has: vec![
+                            "BlockAllocated",
+                            "block 198.19.128.0/24 of pool a (underlay)",
+                        ],
+                        status: 201,
+                        response: serde_json::json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default"}, "eventTime": null}),
+                    },
+                ],
+            ));
+            let ctx = ctx(client);
+            let action = reconcile(Arc::new(node("n1", Some("a"), None)), ctx.clone())
+                .await
+                .unwrap();
+            assert_eq!(action, Action::await_change());
+            assert_eq!(
+                held(&ctx, "n1").map(|b| b.to_string()).as_deref(),
+                Some("198.19.128.0/24")
+            );
+            drop(ctx);
+            server.await.unwrap();
+        }
+
+        /// Without valid parameters nothing is written; the node is looked at later.
+        #[tokio::test]
+        async fn refused_parameters_make_no_call() {
+            let (client, handle) = mock_api::client();
+            let server = tokio::spawn(mock_api::serve(handle, vec![]));
+            let ctx = ctx(client);
+            *ctx.lock() = None;
+            let action = reconcile(Arc::new(node("n1", Some("a"), None)), ctx.clone())
+                .await
+                .unwrap();
+            assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+            drop(ctx);
+            server.await.unwrap();
+        }
     }
 }

@@ -18,7 +18,7 @@ pub fn lab_script() -> PathBuf {
 }
 
 /// Runs the script and returns its stdout; panics with its stderr when it fails.
-fn run_script(args: &[&std::ffi::OsStr]) -> String {
+pub fn run_lab_script(args: &[&std::ffi::OsStr]) -> String {
     let out = Command::new(lab_script())
         .args(args)
         .stdin(Stdio::null())
@@ -36,7 +36,7 @@ fn run_script(args: &[&std::ffi::OsStr]) -> String {
 /// The cached binary `name` (kube-apiserver, etcd, kubectl, kube-proxy), built first
 /// when missing.
 pub fn lab_binary(name: &str) -> PathBuf {
-    let out = run_script(&["bin".as_ref(), name.as_ref()]);
+    let out = run_lab_script(&["bin".as_ref(), name.as_ref()]);
     PathBuf::from(out.trim())
 }
 
@@ -52,21 +52,8 @@ impl KubeLab {
     pub fn up() -> KubeLab {
         require_root();
         let dir = std::env::temp_dir().join(format!("hwlab-{}-{}", std::process::id(), unique()));
-        let out = Command::new(lab_script())
-            .arg("up")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("spawn scripts/k8s-lab.sh up");
-        assert!(
-            out.status.success(),
-            "k8s-lab.sh up {} failed ({}):\n{}",
-            dir.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stdout = run_lab_script(&["up".as_ref(), dir.as_os_str()]);
         // The kubeconfig's path is the last line of stdout.
-        let stdout = String::from_utf8_lossy(&out.stdout);
         let kubeconfig = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
         let addr = fs::read_to_string(dir.join("addr"))
             .expect("the instance's address file")
@@ -160,7 +147,7 @@ impl KubeLab {
     /// exist) with a token from the TokenRequest API: components run with their real
     /// RBAC identity.
     pub fn service_account_kubeconfig(&self, ns: &str, name: &str) -> PathBuf {
-        let out = run_script(&[
+        let out = run_lab_script(&[
             "token".as_ref(),
             self.dir.as_os_str(),
             ns.as_ref(),
@@ -173,7 +160,7 @@ impl KubeLab {
     /// a veth named `ifname` inside it, addressed `addr` (`198.18.64.10/24`).
     /// Removed by `detach`, `down` or deleting the namespace.
     pub fn attach(&self, netns: &str, ifname: &str, addr: &str) {
-        run_script(&[
+        run_lab_script(&[
             "attach".as_ref(),
             self.dir.as_os_str(),
             netns.as_ref(),
@@ -183,7 +170,7 @@ impl KubeLab {
     }
 
     pub fn detach(&self, netns: &str, ifname: &str) {
-        run_script(&[
+        run_lab_script(&[
             "detach".as_ref(),
             self.dir.as_os_str(),
             netns.as_ref(),

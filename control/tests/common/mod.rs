@@ -10,6 +10,7 @@
     clippy::panic
 )]
 
+pub mod controller;
 pub mod k8s_lab;
 
 use std::fs;
