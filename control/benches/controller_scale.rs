@@ -89,7 +89,9 @@ fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` (CI) does not, and
     // this minutes-long measurement is not a test.
     if !std::env::args().any(|a| a == "--bench") {
-        println!("controller_scale: measurement only, run it with `cargo bench -p hybridway-control --bench controller_scale`");
+        println!(
+            "controller_scale: measurement only, run it with `cargo bench -p hybridway-control --bench controller_scale`"
+        );
         return;
     }
     let lab = KubeLab::up();
