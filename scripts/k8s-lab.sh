@@ -90,18 +90,23 @@ ldflags_for() {
 # one `go build` so shared packages compile once, then moves each into its cache
 # directory. Serialised by a lock so parallel tests asking for a binary wait for one
 # build instead of starting several.
+cached() {
+  local name
+  for name in "$@"; do
+    [[ -x "$(cache_dir_of "$name")/$name" ]] || return 1
+  done
+}
+
 build_binaries() {
+  # A binary lands in the cache by rename, whole: if all are there, no lock needed.
+  cached "$@" && return 0
   mkdir -p "$LAB_CACHE"
-  exec 8>"$LAB_CACHE/build.lock"
+  exec 8>"$LAB_CACHE/k8s-lab.build.lock"
   flock 8
   local name missing=()
   for name in "$@"; do
-    [[ -x "$(cache_dir_of "$name")/$name" ]] || missing+=("$name")
+    cached "$name" || missing+=("$name")
   done
-  if ((${#missing[@]} == 0)); then
-    flock -u 8
-    return 0
-  fi
   # One go build per source module (flannel has a module of its own).
   local src
   for src in $(for name in "${missing[@]}"; do src_dir_of "$name"; done | sort -u); do
@@ -144,7 +149,11 @@ go_build() {
   : >"$progress"
   (
     cd "$src"
-    CGO_ENABLED=0 nice -n 10 go build -v -trimpath -ldflags "$(ldflags_for "$src")" -o "$out/" "${pkgs[@]}"
+    # Static Go binaries, except flanneld: on amd64 its UDP backend is C (as in
+    # flannel's own Makefile).
+    local cgo=0
+    [[ "$src" == "$LAB_SRC/flannel" ]] && cgo=1
+    CGO_ENABLED=$cgo nice -n 10 go build -v -trimpath -ldflags "$(ldflags_for "$src")" -o "$out/" "${pkgs[@]}"
   ) 2>"$progress" &
   local build_pid=$! next=60
   while kill -0 "$build_pid" 2>/dev/null; do
@@ -265,6 +274,10 @@ remove_bridge_if_unused() {
     else
       return 0
     fi
+  done
+  # Veths outlive their bridge (they are only unplugged): remove them with it.
+  for f in "$LAB_RUN"/attached/*; do
+    [[ -e "$f" ]] && remove_attachment "$f"
   done
   ip link del "$BRIDGE" 2>/dev/null || true
 }
@@ -491,15 +504,16 @@ $(tail -n 15 "$dir/kube-apiserver.log")"
 
 # Stops what an instance runs (in any state of start-up) and frees its network.
 stop_instance() {
-  local dir="$1" rec
+  local dir="$1" rec owner
   stop_process "$dir" kube-apiserver
   stop_process "$dir" etcd
-  for rec in "$dir"/attached/*; do
+  lock_network
+  for rec in "$LAB_RUN"/attached/*; do
     [[ -e "$rec" ]] || continue
-    lock_network
-    remove_attachment "$rec"
-    unlock_network
+    read -r owner _ <"$rec" || true
+    [[ "$owner" == "$dir" ]] && remove_attachment "$rec"
   done
+  unlock_network
   release_address "$dir"
 }
 
@@ -529,17 +543,34 @@ cmd_down() {
 # The root-side veth name: short (IFNAMSIZ), stable per namespace and interface.
 veth_name() { echo "hwl$(echo -n "$1/$2" | md5sum | cut -c1-11)"; }
 
-# DIR/attached/<veth> records what to undo: the namespace, its interface, the
-# address and whether the root namespace got a route back to it.
+# $LAB_RUN/attached/<veth> records an attachment: "DIR NETNS IFNAME ADDR/PREFIX
+# [route]" (the instance, the namespace's side, whether the root namespace got a
+# route back). One list for all instances, so no address is attached twice.
 remove_attachment() {
-  local rec="$1" veth netns ifname addr route
+  local rec="$1" veth dir netns ifname cidr route
   veth="$(basename "$rec")"
-  read -r netns ifname addr route <"$rec" || true
+  read -r dir netns ifname cidr route <"$rec" || true
   ip link del "$veth" 2>/dev/null || true
   if [[ "${route:-}" == route ]]; then
-    ip route del "${addr%/*}/32" dev "$BRIDGE" 2>/dev/null || true
+    ip route del "${cidr%/*}/32" dev "$BRIDGE" 2>/dev/null || true
   fi
   rm -f "$rec"
+}
+
+# Attachments whose veth is gone (the test deleted its namespace) are forgotten;
+# prints the record that holds IP, if any. Under the network lock.
+attachment_holding() {
+  local ip="$1" rec dir netns ifname cidr
+  for rec in "$LAB_RUN"/attached/*; do
+    [[ -e "$rec" ]] || continue
+    if ! ip link show "$(basename "$rec")" >/dev/null 2>&1; then
+      remove_attachment "$rec"
+      continue
+    fi
+    read -r dir netns ifname cidr _ <"$rec" || true
+    [[ "${cidr%/*}" == "$ip" ]] && echo "$netns/$ifname of $dir"
+  done
+  return 0
 }
 
 cmd_attach() {
@@ -547,29 +578,41 @@ cmd_attach() {
   local dir netns="$2" ifname="$3" cidr="$4"
   dir="$(cd "$1" 2>/dev/null && pwd)" || die "no instance directory $1"
   [[ -e "$dir/addr" ]] || die "$dir holds no running instance"
-  [[ "$cidr" == */* ]] || die "ADDR must carry its prefix length, e.g. 198.18.64.10/24"
+  [[ "$cidr" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+/[0-9]+$ ]] ||
+    die "ADDR must be an IPv4 address with its prefix length, e.g. 198.18.64.10/24"
   ip netns pids "$netns" >/dev/null 2>&1 || die "no network namespace $netns"
-  local ip="${cidr%/*}" veth route=""
+  local ip="${cidr%/*}" veth rec holder route=""
   veth="$(veth_name "$netns" "$ifname")"
-  mkdir -p "$dir/attached"
-  lock_network
-  if ip -4 -o addr show | grep -q " inet $ip/" ||
-    ip route show "$ip/32" dev "$BRIDGE" 2>/dev/null | grep -q .; then
-    unlock_network
-    die "$ip is already used in the root namespace or on $BRIDGE"
-  fi
-  ip link add "$veth" type veth peer name "$ifname" netns "$netns"
-  echo "$netns $ifname $cidr" >"$dir/attached/$veth"
-  ip link set "$veth" master "$BRIDGE" up
-  ip -n "$netns" addr add "$cidr" dev "$ifname"
-  ip -n "$netns" link set "$ifname" up
-  ip -n "$netns" link set lo up
+  rec="$LAB_RUN/attached/$veth"
   # A node address outside the rig's /24 (the usual case: nodes live in
   # 198.18.0.0/17) reaches the rig on-link, and the root namespace routes back.
-  if [[ "$ip" != "$LAB_NET".* ]]; then
-    ip -n "$netns" route add "$LAB_NET.0/24" dev "$ifname"
-    ip route replace "$ip/32" dev "$BRIDGE"
-    echo "$netns $ifname $cidr route" >"$dir/attached/$veth"
+  [[ "$ip" == "$LAB_NET".* ]] || route=route
+  lock_network
+  mkdir -p "$LAB_RUN/attached"
+  holder="$(attachment_holding "$ip")"
+  if [[ -e "$rec" ]]; then
+    unlock_network
+    die "$netns/$ifname is already attached ($(cat "$rec")); detach it first"
+  fi
+  if [[ -n "$holder" ]] || ip -4 -o addr show | grep -q " inet $ip/"; then
+    unlock_network
+    die "$ip is already in use (${holder:-an address of the root namespace or of an instance})"
+  fi
+  echo "$dir $netns $ifname $cidr $route" >"$rec"
+  if ! {
+    ip link add "$veth" type veth peer name "$ifname" netns "$netns" &&
+      ip link set "$veth" master "$BRIDGE" up &&
+      ip -n "$netns" addr add "$cidr" dev "$ifname" &&
+      ip -n "$netns" link set "$ifname" up &&
+      ip -n "$netns" link set lo up &&
+      if [[ -n "$route" ]]; then
+        ip -n "$netns" route add "$LAB_NET.0/24" dev "$ifname" &&
+          ip route replace "$ip/32" dev "$BRIDGE"
+      fi
+  }; then
+    remove_attachment "$rec"
+    unlock_network
+    die "could not attach $netns/$ifname (see the ip error above)"
   fi
   unlock_network
   log "$netns/$ifname ($cidr) attached to $BRIDGE; the API server is https://$(cat "$dir/addr"):$API_PORT"
@@ -577,9 +620,8 @@ cmd_attach() {
 
 cmd_detach() {
   (($# == 3)) || die "usage: detach DIR NETNS IFNAME"
-  local dir rec
-  dir="$(cd "$1" 2>/dev/null && pwd)" || die "no instance directory $1"
-  rec="$dir/attached/$(veth_name "$2" "$3")"
+  local rec
+  rec="$LAB_RUN/attached/$(veth_name "$2" "$3")"
   [[ -e "$rec" ]] || return 0
   lock_network
   remove_attachment "$rec"
