@@ -418,11 +418,15 @@ fn hybrid_nodes_and_a_flannel_node_reach_each_others_pods() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let kubeconfig = lab.kubeconfig().to_owned();
+    // flanneld runs as the admin; the agents with their own RBAC from deploy/.
+    let admin = lab.kubeconfig().to_owned();
+    let rbac = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent-rbac.yaml");
+    lab.kubectl_ok(&["apply", "-f", rbac.to_str().unwrap()]);
+    let kubeconfig = lab.service_account_kubeconfig("kube-system", "hybridway-agent");
     let mut h1 = TestNode::new(&lab, &tag, &H1, &dir);
     let mut h2 = TestNode::new(&lab, &tag, &H2, &dir);
     let mut c1 = TestNode::new(&lab, &tag, &C1, &dir);
-    c1.start_flanneld(&kubeconfig);
+    c1.start_flanneld(&admin);
     h1.start_agent(&kubeconfig);
     h2.start_agent(&kubeconfig);
     h1.attach_pod();

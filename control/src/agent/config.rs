@@ -734,6 +734,21 @@ snat: {enabled: true, clusterRanges: [10.96.0.0/12]}
     }
 
     #[test]
+    fn kubernetes_example_in_deploy_is_a_local_config() {
+        let text = include_str!("../../../deploy/agent-kubernetes.yaml");
+        let local: LocalConfig = serde_yaml::from_str(text).unwrap();
+        assert_eq!(
+            local.control.cluster_state_file,
+            PathBuf::from("/var/lib/hybridway/cluster.json")
+        );
+        // The cluster's part is not this file's: a node section is refused.
+        let e = serde_yaml::from_str::<LocalConfig>(&format!("{text}node: {{name: x}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let e = err_of(&GOOD.replace("198.19.1.1}", "198.19.9.1}"));
         assert!(
