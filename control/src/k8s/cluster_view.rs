@@ -89,7 +89,7 @@ pub fn gateway_of(block: Prefix) -> Ipv4Addr {
 
 /// A prefix exactly as written: host bits set (`198.19.41.5/24`) is an error, not a
 /// silent normalisation.
-fn exact_prefix(s: &str) -> Result<Prefix, String> {
+pub(crate) fn exact_prefix(s: &str) -> Result<Prefix, String> {
     let p = Prefix::from_str(s).map_err(|e| e.to_string())?;
     let written = s.split('/').next().and_then(|a| IpAddr::from_str(a).ok());
     if written != Some(p.addr()) {
