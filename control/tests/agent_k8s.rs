@@ -242,13 +242,12 @@ impl TestNode {
             &args,
             &[("NODE_NAME", self.plan.name)],
         );
-        // The kernel delivers to the pod as a CNI bridge would: a /32 and proxy ARP.
-        self.ns
-            .sh("sysctl -qw net.ipv4.conf.hwp1.proxy_arp=1")
-            .unwrap();
+        // The kernel delivers to the pod as a CNI bridge would: the pods' gateway
+        // address on the node's side, a /32 route to the pod.
         self.ns
             .sh(&format!(
-                "ip route replace {}/32 dev hwp1",
+                "ip addr add {}/32 dev hwp1 && ip route replace {}/32 dev hwp1",
+                self.plan.gateway(),
                 self.plan.pod_ip()
             ))
             .unwrap();
