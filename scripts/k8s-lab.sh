@@ -14,15 +14,20 @@
 #                                         veth from a namespace into the lab bridge
 #   k8s-lab.sh detach DIR NETNS IFNAME
 #   k8s-lab.sh token DIR NAMESPACE SA     path of a kubeconfig for a service account
+#   k8s-lab.sh watch DIR PID              (started by up) run down DIR once PID ends
 #
+# Environment: HYBRIDWAY_LAB_CACHE (binaries, /var/cache/hybridway-lab),
+# HYBRIDWAY_LAB_UP_TIMEOUT (seconds up waits for /readyz, 60),
+# HYBRIDWAY_LAB_OWNER_PID (up: stop the instance when that process ends).
 # Progress goes to stderr; only results go to stdout. Needs root (bridge, addresses).
 set -euo pipefail
 
-LAB_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/k8s-lab"
+LAB_SCRIPT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
+LAB_SRC="$(dirname "$LAB_SCRIPT")/k8s-lab"
 LAB_CACHE="${HYBRIDWAY_LAB_CACHE:-/var/cache/hybridway-lab}"
 # Shared run-time state (bridge owner list, address reservations): under /run so a
 # reboot, which also removes the bridge, forgets it too.
-LAB_RUN="${HYBRIDWAY_LAB_RUN:-/run/hybridway-lab}"
+LAB_RUN=/run/hybridway-lab
 
 log() { echo "k8s-lab: $*" >&2; }
 die() {
@@ -86,10 +91,7 @@ ldflags_for() {
   echo "$flags"
 }
 
-# build_binaries NAME... : compiles the named binaries that are not cached yet, in
-# one `go build` so shared packages compile once, then moves each into its cache
-# directory. Serialised by a lock so parallel tests asking for a binary wait for one
-# build instead of starting several.
+# cached NAME...: every one of them is in the cache.
 cached() {
   local name
   for name in "$@"; do
@@ -97,6 +99,10 @@ cached() {
   done
 }
 
+# build_binaries NAME... : compiles the named binaries that are not cached yet, in
+# one `go build` per Go module so shared packages compile once, then moves each into
+# its cache directory. Serialised by a lock so parallel tests asking for a binary
+# wait for one build instead of starting several.
 build_binaries() {
   # A binary lands in the cache by rename, whole: if all are there, no lock needed.
   cached "$@" && return 0
@@ -153,7 +159,7 @@ go_build() {
     # flannel's own Makefile).
     local cgo=0
     [[ "$src" == "$LAB_SRC/flannel" ]] && cgo=1
-    CGO_ENABLED=$cgo nice -n 10 go build -v -trimpath -ldflags "$(ldflags_for "$src")" -o "$out/" "${pkgs[@]}"
+    CGO_ENABLED=$cgo nice -n 10 go build -v -trimpath -buildvcs=false -ldflags "$(ldflags_for "$src")" -o "$out/" "${pkgs[@]}"
   ) 2>"$progress" &
   local build_pid=$! next=60
   while kill -0 "$build_pid" 2>/dev/null; do
@@ -232,7 +238,7 @@ pid_alive() {
   local pid
   pid="$(cat "$1" 2>/dev/null)" || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$2"
+  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q -- "$2"
 }
 
 # An instance is alive while its `up`, etcd or kube-apiserver runs.
@@ -433,7 +439,7 @@ cmd_up() {
   local dir
   dir="$(cd "$1" && pwd)"
   [[ ! -e "$dir/addr" ]] || die "$dir already holds an instance ($(cat "$dir/addr")); run: $0 down $dir"
-  local timeout="${HYBRIDWAY_LAB_UP_TIMEOUT:-90}"
+  local timeout="${HYBRIDWAY_LAB_UP_TIMEOUT:-60}"
   build_binaries kube-apiserver kubectl etcd
   link_etcd
   local bin="$K8S_CACHE"
@@ -494,12 +500,39 @@ $(tail -n 15 "$dir/$name.log")"
     done
     if ((SECONDS - start >= timeout)); then
       die "kube-apiserver not ready after $timeout s; see $dir/kube-apiserver.log and $dir/etcd.log:
-$(tail -n 15 "$dir/kube-apiserver.log")"
+$(grep -v 'FLAG: --' "$dir/kube-apiserver.log" | tail -n 15)"
     fi
     sleep 0.5
   done
   log "ready after $((SECONDS - start)) s; for a shell: . $dir/env"
+  if [[ -n "${HYBRIDWAY_LAB_OWNER_PID:-}" ]]; then
+    spawn "$dir" watchdog "$LAB_SCRIPT" watch "$dir" "$HYBRIDWAY_LAB_OWNER_PID"
+  fi
   echo "$dir/kubeconfig"
+}
+
+# start_time PID: when the process started (field 22 of /proc/PID/stat), so that a
+# PID reused by another process is not taken for the one we watch.
+start_time() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }" # the command name may hold spaces and parentheses
+  echo "$stat" | awk '{print $20}'
+}
+
+# watch DIR PID: runs `down DIR` when the process PID ends without having run it
+# (a test killed by Ctrl-C or SIGKILL never runs its Drop guard). Started by `up`
+# when HYBRIDWAY_LAB_OWNER_PID is set; ends by itself once the instance is down.
+cmd_watch() {
+  local dir="$1" owner="$2" started
+  started="$(start_time "$owner")" || started=gone
+  while [[ -e "$dir/addr" && "$(start_time "$owner" || echo gone)" == "$started" && "$started" != gone ]]; do
+    sleep 1
+  done
+  if [[ -e "$dir/addr" ]]; then
+    log "owner $owner of $dir ended without down: stopping the instance"
+    cmd_down "$dir"
+  fi
 }
 
 # Stops what an instance runs (in any state of start-up) and frees its network.
@@ -507,6 +540,11 @@ stop_instance() {
   local dir="$1" rec owner
   stop_process "$dir" kube-apiserver
   stop_process "$dir" etcd
+  # The watchdog, unless it is the one stopping the instance.
+  if [[ "$(cat "$dir/watchdog.pid" 2>/dev/null)" != "$$" ]]; then
+    pid_alive "$dir/watchdog.pid" "k8s-lab.sh watch" && kill -TERM "$(cat "$dir/watchdog.pid")" 2>/dev/null
+  fi
+  rm -f "$dir/watchdog.pid"
   lock_network
   for rec in "$LAB_RUN"/attached/*; do
     [[ -e "$rec" ]] || continue
@@ -657,6 +695,7 @@ main() {
     attach) cmd_attach "$@" ;;
     detach) cmd_detach "$@" ;;
     token) cmd_token "$@" ;;
+    watch) cmd_watch "$@" ;;
     *)
       sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
       exit 2

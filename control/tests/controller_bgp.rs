@@ -139,10 +139,13 @@ fn bgp_cluster_config_validation_status_and_rbac() {
             "auth",
             "can-i",
             verb,
-            what,
             "--as",
             "system:serviceaccount:kube-system:hybridway-controller",
         ];
+        match what.strip_suffix("/status") {
+            Some(resource) => args.extend([resource, "--subresource", "status"]),
+            None => args.push(what),
+        }
         if let Some(ns) = ns {
             args.extend(["-n", ns]);
         }

@@ -99,7 +99,11 @@ fn two_hundred_nodes_while_the_leader_dies() {
     let new = replicas.iter_mut().find(|r| r.identity == second).unwrap();
     assert!(new.running() && new.log().contains("leading"));
 
-    // A leader frozen past its lease must not resume as leader: it exits.
+    // A leader frozen past its lease must not resume as leader: it exits. A fresh
+    // replica (as the Deployment would start for any that exited) makes sure a
+    // candidate is there.
+    replicas.push(ControllerProc::start(&lab, &kc, "replica-3"));
+    let new = replicas.iter_mut().find(|r| r.identity == second).unwrap();
     signal(new, "-STOP");
     let third = wait_for(WAIT, "a third leader", || {
         lease_holder(&lab).filter(|h| *h != first && *h != second)

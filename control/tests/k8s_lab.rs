@@ -60,27 +60,25 @@ fn assert_left_nothing(pids: &[(String, &str)], addr: &str) {
             "sh",
             "-c",
             &format!(
-                "ls -A {LAB_RUN}/addr; echo ---; ip -4 -o addr show dev hwlab0 2>/dev/null || true"
+                "ls -A {LAB_RUN}/addr; echo ---; ip -4 -o addr show dev hwlab0 2>/dev/null; \
+                 echo ---; ip link show hwlab0 >/dev/null 2>&1 && echo bridge; true"
             ),
         ])
         .output()
         .expect("flock");
     let text = String::from_utf8_lossy(&out.stdout);
-    let (reservations, bridge) = text.split_once("---").expect("both parts");
+    let parts: Vec<&str> = text.split("---").collect();
+    let [reservations, addresses, bridge] = parts[..] else {
+        panic!("unexpected output: {text}");
+    };
     assert!(
-        !bridge.contains(&format!(" {addr}/")),
-        "{addr} still on hwlab0:\n{bridge}"
+        !addresses.contains(&format!(" {addr}/")),
+        "{addr} still on hwlab0:\n{addresses}"
     );
-    if reservations.trim().is_empty() {
-        let link = Command::new("ip")
-            .args(["link", "show", "hwlab0"])
-            .output()
-            .expect("ip link");
-        assert!(
-            !link.status.success(),
-            "no instance is left, yet hwlab0 remains"
-        );
-    }
+    assert!(
+        !(reservations.trim().is_empty() && bridge.contains("bridge")),
+        "no instance is left, yet hwlab0 remains"
+    );
 }
 
 #[test]
@@ -250,6 +248,42 @@ fn down_stops_a_half_started_instance() {
     run_lab_script(&["down".as_ref(), dir.as_os_str()]);
     let status = up.wait().expect("wait for up");
     assert!(!status.success(), "up reported success after down");
+    assert_left_nothing(&pids, addr.trim());
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// An instance whose owner dies without running `down` (a test killed by Ctrl-C
+/// or SIGKILL skips its Drop guard) is stopped by the watchdog `up` leaves.
+#[test]
+fn an_instance_outliving_its_owner_is_stopped() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("hwlab-orphan-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    let mut owner = Command::new("sleep")
+        .arg("infinity")
+        .spawn()
+        .expect("spawn the owner");
+    let up = Command::new(lab_script())
+        .arg("up")
+        .arg(&dir)
+        .env("HYBRIDWAY_LAB_OWNER_PID", owner.id().to_string())
+        .stdin(Stdio::null())
+        .output()
+        .expect("k8s-lab.sh up");
+    if !up.status.success() {
+        let _ = owner.kill();
+        run_lab_script(&["down".as_ref(), dir.as_os_str()]);
+        panic!("up: {}", String::from_utf8_lossy(&up.stderr));
+    }
+    let addr = fs::read_to_string(dir.join("addr")).expect("the address");
+    let pids = instance_pids(&dir);
+    owner.kill().expect("kill the owner");
+    owner.wait().expect("reap the owner");
+    wait_for(
+        Duration::from_secs(60),
+        "the watchdog to stop the instance",
+        || (!dir.join("addr").exists()).then_some(()),
+    );
     assert_left_nothing(&pids, addr.trim());
     let _ = fs::remove_dir_all(&dir);
 }

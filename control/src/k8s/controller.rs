@@ -284,8 +284,14 @@ async fn watch_params(ctx: Arc<IpamContext>, nodes: Store<Node>, reconcile_all: 
             Err(message) => {
                 tracing::error!("parameters refused: {message}");
                 set_state(&ctx, None);
-                node_ipam::publish(&ctx, &cm, EventType::Warning, "InvalidParameters", message)
-                    .await;
+                node_ipam::publish_about_version(
+                    &ctx,
+                    &cm,
+                    EventType::Warning,
+                    "InvalidParameters",
+                    message,
+                )
+                .await;
             }
         }
     }

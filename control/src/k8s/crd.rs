@@ -28,27 +28,11 @@ const NAME_MAX: u32 = 253;
     shortname = "bgpcc",
     doc = "Which nodes of a hybrid pool speak BGP, and to which switches.",
     status = "BGPClusterConfigStatus",
-    printcolumn(name = "Local ASN", type_ = "integer", json_path = ".spec.localASN"),
-    printcolumn(
-        name = "Speakers",
-        type_ = "integer",
-        json_path = ".status.speakerCount"
-    ),
-    printcolumn(
-        name = "Sessions Up",
-        type_ = "string",
-        json_path = ".status.sessionsUp"
-    ),
-    printcolumn(
-        name = "Valid",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Valid\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Local ASN","type":"integer","jsonPath":".spec.localASN"}"#,
+    printcolumn = r#"{"name":"Speakers","type":"integer","jsonPath":".status.speakerCount"}"#,
+    printcolumn = r#"{"name":"Sessions Up","type":"string","jsonPath":".status.sessionsUp"}"#,
+    printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"Valid\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BGPClusterConfigSpec {

@@ -1,6 +1,7 @@
 //! A scripted API server for reconciler unit tests (DESIGN.md: tower-test, one
 //! scenario per test, failing on a missing or extra call). Test-only: compiled
 //! under `cfg(test)`, never into the shipped library.
+#![allow(clippy::panic)]
 
 use http::{Request, Response, StatusCode};
 use kube::client::Body;

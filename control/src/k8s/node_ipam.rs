@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hybridway_dataplane::tables::Prefix;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -209,20 +209,20 @@ fn block_patch(
     mode: &str,
     set_pod_cidr: bool,
 ) -> serde_json::Value {
-    let mut patch = json!({
-        "metadata": {
-            "resourceVersion": resource_version,
-            "annotations": {
-                annotations::HYBRID_POD_BLOCK: block.to_string(),
-                annotations::HYBRID_MODE: mode,
-                annotations::HYBRID_POOL: pool,
-            }
+    let metadata = json!({
+        "resourceVersion": resource_version,
+        "annotations": {
+            annotations::HYBRID_POD_BLOCK: block.to_string(),
+            annotations::HYBRID_MODE: mode,
+            annotations::HYBRID_POOL: pool,
         }
     });
     if set_pod_cidr {
-        patch["spec"] = json!({"podCIDR": block.to_string(), "podCIDRs": [block.to_string()]});
+        let b = block.to_string();
+        json!({"metadata": metadata, "spec": {"podCIDR": b, "podCIDRs": [b]}})
+    } else {
+        json!({"metadata": metadata})
     }
-    patch
 }
 
 /// Reconciles one Node.
@@ -308,13 +308,28 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
     reason: &str,
     note: String,
 ) {
-    publish_with(&ctx.recorder, obj, type_, reason, note).await;
+    publish_about(&ctx.recorder, obj.object_ref(&()), type_, reason, note).await;
 }
 
-/// Same as [`publish`] for callers that only have a recorder.
-pub async fn publish_with<K: Resource<DynamicType = ()>>(
-    recorder: &Recorder,
+/// Publishes an Event about one *version* of `obj`. The recorder folds repeats with
+/// the same reason about the same reference into one Event (a series, first note
+/// kept); naming the version gives each new version of, say, the parameters its own
+/// Event and message.
+pub async fn publish_about_version<K: Resource<DynamicType = ()>>(
+    ctx: &IpamContext,
     obj: &K,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let mut reference = obj.object_ref(&());
+    reference.resource_version = obj.meta().resource_version.clone();
+    publish_about(&ctx.recorder, reference, type_, reason, note).await;
+}
+
+async fn publish_about(
+    recorder: &Recorder,
+    reference: ObjectReference,
     type_: EventType,
     reason: &str,
     note: String,
@@ -326,7 +341,7 @@ pub async fn publish_with<K: Resource<DynamicType = ()>>(
         action: "Allocate".to_string(),
         secondary: None,
     };
-    if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
+    if let Err(e) = recorder.publish(&ev, &reference).await {
         tracing::warn!(error = %e, reason, "could not publish an event");
     }
 }

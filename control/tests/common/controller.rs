@@ -180,7 +180,8 @@ pub struct ControllerProc {
 }
 
 impl ControllerProc {
-    /// Starts a replica with a short lease (4 s, renew deadline 2 s, retry 1 s).
+    /// Starts a replica with a short lease (8 s, renew deadline 5 s, retry 1 s): short
+    /// for a test, long enough that a busy 2-core machine does not miss a renewal.
     pub fn start(lab: &KubeLab, kubeconfig: &Path, identity: &str) -> ControllerProc {
         let metrics_port = free_port();
         let log = lab

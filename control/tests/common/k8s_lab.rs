@@ -21,6 +21,9 @@ pub fn lab_script() -> PathBuf {
 pub fn run_lab_script(args: &[&std::ffi::OsStr]) -> String {
     let out = Command::new(lab_script())
         .args(args)
+        // `up` leaves a watchdog that runs `down` if this process dies without its
+        // Drop guards running (Ctrl-C, SIGKILL).
+        .env("HYBRIDWAY_LAB_OWNER_PID", std::process::id().to_string())
         .stdin(Stdio::null())
         .output()
         .expect("spawn scripts/k8s-lab.sh");
