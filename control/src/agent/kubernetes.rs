@@ -4,6 +4,9 @@
 //! ```text
 //!  tokio runtime (2 threads)
 //!   ├─ k8s::agent_watch::run ──watch::channel(facts)──┐
+//!   │        │ Node store + nodes_changed             │
+//!   │        ▼                                        │
+//!   ├─ k8s::agent_bgp::run (BGP speaker, its status)  │
 //!   └─ control::run (control loop) ◄──────────────────┘ Agent::apply_cluster
 //! ```
 //!
@@ -18,7 +21,11 @@ use super::AgentConfig;
 use super::config::{ConfigError, LocalConfig};
 use super::control::{self, ControlError};
 use super::runtime::{Agent, AgentError, ConfigSource};
+use k8s_openapi::api::core::v1::Node;
+
+use crate::k8s::agent_bgp;
 use crate::k8s::agent_watch::{self, NodeSource};
+use crate::k8s::bgp_view::SpeakerSettings;
 use crate::k8s::client::{self, ClientError};
 use crate::k8s::flannel::Vtep;
 
@@ -68,7 +75,26 @@ pub fn run(mode: &KubernetesMode) -> Result<(), KubernetesModeError> {
     let kube = rt.block_on(client::client(mode.kubeconfig.as_deref()))?;
     let (tx, mut rx) = tokio::sync::watch::channel(None);
     let persisted = agent_watch::load_persisted(&src.state_file, &src.node_name);
-    rt.spawn(agent_watch::run(kube, src.clone(), tx));
+    let (nodes, writer) = kube::runtime::reflector::store::<Node>();
+    let (nodes_changed, nodes_rx) = tokio::sync::watch::channel(0u64);
+    rt.spawn(agent_watch::run(
+        kube.clone(),
+        src.clone(),
+        (nodes.clone(), writer),
+        tx,
+        nodes_changed,
+    ));
+    let bgp = SpeakerSettings {
+        restart_marker: Some(src.state_file.with_file_name("bgp-restart-marker")),
+        ..SpeakerSettings::default()
+    };
+    rt.spawn(agent_bgp::run(
+        kube,
+        src.node_name.clone(),
+        bgp,
+        nodes,
+        nodes_rx,
+    ));
     let facts = match persisted {
         Some(f) => {
             tracing::info!(path = %src.state_file.display(), "starting from the persisted cluster view; the Node watch catches up");

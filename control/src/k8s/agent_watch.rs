@@ -8,11 +8,11 @@
 //!                                                     │ 50 ms after the last change
 //!                                                     ▼
 //!                                         cluster_view::build(store)
-//!        ┌──────────────────────────────────────┬─────┴───────────────┐
-//!        ▼                                      ▼                     ▼
-//!  SSA own Node's flannel          persist cluster.json     watch::Sender<facts>
-//!  annotations (field manager           (state dir)          ──► agent control loop
-//!  hybridway-agent)                                               (apply_cluster)
+//!        ┌──────────────────────────────────────┬─────┴───────────────┬──────────────┐
+//!        ▼                                      ▼                     ▼              ▼
+//!  SSA own Node's flannel          persist cluster.json     watch::Sender<facts>  nodes_changed
+//!  annotations (field manager           (state dir)          ──► agent control   ──► agent_bgp
+//!  hybridway-agent)                                              loop (apply_cluster)  (same store)
 //! ```
 //!
 //! When the API server is gone the watcher retries with back-off and nothing is
@@ -27,7 +27,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::sync::watch;
@@ -90,9 +91,18 @@ fn persist(path: &Path, facts: &ClusterFacts) {
 
 /// Watches Nodes until the sender's last receiver is gone. Never returns an error:
 /// the API server being away is a state, retried with back-off.
-pub async fn run(client: kube::Client, src: NodeSource, tx: watch::Sender<Option<ClusterFacts>>) {
+///
+/// `store`: the reflector store this watch fills (`reflector::store()`), shared with
+/// the agent's BGP task, which `nodes_changed` wakes after every settled change.
+pub async fn run(
+    client: kube::Client,
+    src: NodeSource,
+    store: (Store<Node>, Writer<Node>),
+    tx: watch::Sender<Option<ClusterFacts>>,
+    nodes_changed: watch::Sender<u64>,
+) {
     let nodes: Api<Node> = Api::all(client);
-    let (reader, writer) = reflector::store::<Node>();
+    let (reader, writer) = store;
     let mut events = watcher(nodes.clone(), watcher::Config::default())
         .default_backoff()
         // Managed fields are most of a Node's bytes and never read here.
@@ -130,6 +140,7 @@ pub async fn run(client: kube::Client, src: NodeSource, tx: watch::Sender<Option
                 if !pass.rebuild(&reader, &src, &tx) {
                     return;
                 }
+                nodes_changed.send_modify(|n| *n = n.wrapping_add(1));
                 if !pass.publish_annotations(&nodes, &reader, &src).await {
                     due = Some(tokio::time::Instant::now() + RETRY);
                 }

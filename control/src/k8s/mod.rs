@@ -4,6 +4,7 @@
 //! them; on the agent's side, the Node watch that turns Nodes into the agent's
 //! cluster facts (`cluster_view`, `agent_watch`) and flannel's annotations. The allocator itself is sans-IO in `crate::ipam`.
 
+pub mod agent_bgp;
 pub mod agent_watch;
 pub mod annotations;
 pub mod bgp_config;
