@@ -23,12 +23,13 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::controller::{BLOCK, MODE, POOL};
 use common::k8s_lab::{KubeLab, lab_binary};
+use common::kube_agent::KubeAgent;
 use common::{require_root, wait_for};
 use hybridway_control::agent::LocalPod;
 use hybridway_control::agent::control::{self, Request};
@@ -73,6 +74,9 @@ impl NodePlan {
     fn gateway(&self) -> Ipv4Addr {
         self.third(1)
     }
+    fn pod_mac(&self) -> String {
+        format!("02:00:c6:13:{:02x}:0a", self.addr.octets()[3])
+    }
     fn third(&self, last: u8) -> Ipv4Addr {
         let o: Vec<u8> = self
             .block
@@ -102,13 +106,15 @@ impl NodePlan {
     }
 }
 
-/// One node namespace on the rig's bridge, its pod, and what runs on it.
+/// One node namespace on the rig's bridge, its pod, and what runs on it: a
+/// hybridway agent, or flanneld.
 struct TestNode {
     plan: &'static NodePlan,
+    agent: KubeAgent,
+    flanneld: Option<Child>,
+    // Namespaces last: the processes stop first (field order is drop order).
     ns: Netns,
     pod: Netns,
-    dir: PathBuf,
-    proc: Option<Child>,
 }
 
 impl TestNode {
@@ -118,14 +124,13 @@ impl TestNode {
         ns.no_offloads("eth0").unwrap();
         ns.sh("sysctl -qw net.ipv4.ip_forward=1").unwrap();
         let pod = Netns::new(&format!("{tag}-{}p", plan.name)).unwrap();
-        let mac = format!("02:00:c6:13:{:02x}:0a", plan.addr.octets()[3]);
         plug_pod(
             &pod,
             &ns,
             "hwp1",
             plan.pod_ip(),
             plan.gateway(),
-            &mac,
+            &plan.pod_mac(),
             POD_MTU,
         )
         .unwrap();
@@ -133,115 +138,52 @@ impl TestNode {
         ns.no_offloads("hwp1").unwrap();
         TestNode {
             plan,
+            agent: KubeAgent::new(plan.name, &ns.name, dir),
+            flanneld: None,
             ns,
             pod,
-            dir: dir.to_owned(),
-            proc: None,
         }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join(format!("{}.sock", self.plan.name))
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.join(format!("{}.log", self.plan.name))
-    }
-
-    fn spawn(&mut self, program: &Path, args: &[&str], env: &[(&str, &str)]) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log())
-            .unwrap();
-        let mut cmd = self.ns.command(&program.display().to_string());
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        self.proc = Some(cmd.spawn().unwrap());
-    }
-
-    /// Starts the agent in Kubernetes mode; waits until it answers (it only opens
-    /// its socket once it has this node's block).
-    fn start_agent(&mut self, kubeconfig: &Path) {
-        let cfg = self.dir.join(format!("{}.yaml", self.plan.name));
-        std::fs::write(
-            &cfg,
-            format!(
-                "uplink: {{interface: eth0}}\n\
-                 snat: {{enabled: false}}\n\
-                 dataplane: {{backend: tun, workers: 1, hugepages: false, parkTimeoutMs: 50}}\n\
-                 metrics: {{listen: null}}\n\
-                 control: {{socket: {sock}, stateFile: {d}/{n}-pods.json, clusterStateFile: {d}/{n}-cluster.json}}\n",
-                sock = self.socket().display(),
-                d = self.dir.display(),
-                n = self.plan.name
-            ),
-        )
-        .unwrap();
-        let exe = PathBuf::from(env!("CARGO_BIN_EXE_hybridway"));
-        let args = [
-            "agent",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--node-name",
-            self.plan.name,
-        ];
-        self.spawn(&exe, &args, &[("RUST_LOG", "info,kube=warn")]);
-        let name = self.plan.name;
-        wait_for(
-            Duration::from_secs(60),
-            &format!("agent {name} answering"),
-            || {
-                if let Some(Ok(Some(st))) = self.proc.as_mut().map(Child::try_wait) {
-                    panic!("agent {name} exited with {st}:\n{}", self.log_text());
-                }
-                control::call(&self.socket(), &Request::Status).ok()
-            },
-        );
     }
 
     fn attach_pod(&self) {
         let pod = LocalPod {
             name: format!("{}-pod", self.plan.name),
             ip: self.plan.pod_ip(),
-            mac: format!("02:00:c6:13:{:02x}:0a", self.plan.addr.octets()[3])
-                .parse()
-                .unwrap(),
+            mac: self.plan.pod_mac().parse().unwrap(),
             interface: "hwp1".into(),
         };
-        control::call(&self.socket(), &Request::PodAdd { pod }).unwrap();
+        control::call(&self.agent.socket(), &Request::PodAdd { pod }).unwrap();
     }
 
     /// flanneld as a cloud node runs it: kube subnet manager, vxlan backend.
     fn start_flanneld(&mut self, kubeconfig: &Path) {
-        let conf = self.dir.join("net-conf.json");
+        let dir = &self.agent.dir;
+        let conf = dir.join("net-conf.json");
         std::fs::write(
             &conf,
             r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#,
         )
         .unwrap();
-        let subnet = self.dir.join("c1-subnet.env");
-        let args = [
-            "--kube-subnet-mgr".to_string(),
-            format!("--kubeconfig-file={}", kubeconfig.display()),
-            "--iface=eth0".to_string(),
-            format!("--net-config-path={}", conf.display()),
-            format!("--subnet-file={}", subnet.display()),
-            "--ip-masq=false".to_string(),
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.spawn(
-            &lab_binary("flanneld"),
-            &args,
-            &[("NODE_NAME", self.plan.name)],
-        );
+        let log = std::fs::File::create(dir.join("flanneld.log")).unwrap();
+        let child = self
+            .ns
+            .command(&lab_binary("flanneld").display().to_string())
+            .arg("--kube-subnet-mgr")
+            .arg(format!("--kubeconfig-file={}", kubeconfig.display()))
+            .arg("--iface=eth0")
+            .arg(format!("--net-config-path={}", conf.display()))
+            .arg(format!(
+                "--subnet-file={}",
+                dir.join("c1-subnet.env").display()
+            ))
+            .arg("--ip-masq=false")
+            .env("NODE_NAME", self.plan.name)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.flanneld = Some(child);
         // The kernel delivers to the pod as a CNI bridge would: the pods' gateway
         // address on the node's side, a /32 route to the pod.
         self.ns
@@ -253,44 +195,8 @@ impl TestNode {
             .unwrap();
     }
 
-    fn stop(&mut self, signal: &str) {
-        if let Some(mut c) = self.proc.take() {
-            let _ = Command::new("kill")
-                .args([format!("-{signal}"), c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(self.log()).unwrap_or_default()
-    }
-
-    /// Names of the other nodes in the agent's tables.
-    fn table_nodes(&self) -> Vec<String> {
-        let Ok(resp) = control::call(&self.socket(), &Request::Status) else {
-            return Vec::new();
-        };
-        let st = resp.status.unwrap();
-        st["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["name"].as_str().unwrap().to_string())
-            .collect()
-    }
-
     fn vtep_mac(&self) -> String {
-        let resp = control::call(&self.socket(), &Request::Status).unwrap();
-        resp.status.unwrap()["vtep_mac"]
+        self.agent.status().unwrap()["vtep_mac"]
             .as_str()
             .unwrap()
             .to_string()
@@ -307,7 +213,10 @@ impl TestNode {
 
 impl Drop for TestNode {
     fn drop(&mut self) {
-        self.stop("TERM");
+        if let Some(mut c) = self.flanneld.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -376,7 +285,7 @@ fn iperf(from: &TestNode, to: &TestNode, udp: bool, seconds: u32) -> u64 {
 fn time_until(node: &TestNode, what: &str, pred: impl Fn(&[String]) -> bool) -> Duration {
     let t0 = Instant::now();
     wait_for(Duration::from_secs(60), what, || {
-        pred(&node.table_nodes()).then_some(())
+        pred(&node.agent.table_nodes()).then_some(())
     });
     t0.elapsed()
 }
@@ -426,8 +335,8 @@ fn hybrid_nodes_and_a_flannel_node_reach_each_others_pods() {
     let mut h2 = TestNode::new(&lab, &tag, &H2, &dir);
     let mut c1 = TestNode::new(&lab, &tag, &C1, &dir);
     c1.start_flanneld(&admin);
-    h1.start_agent(&kubeconfig);
-    h2.start_agent(&kubeconfig);
+    h1.agent.start(&kubeconfig);
+    h2.agent.start(&kubeconfig);
     h1.attach_pod();
     h2.attach_pod();
 
@@ -556,10 +465,10 @@ fn hybrid_nodes_and_a_flannel_node_reach_each_others_pods() {
 
     // Restarted while the API server is away: forwarding resumes from the persisted
     // view (and pods from the pod state file).
-    h2.stop("TERM");
-    h2.start_agent(&kubeconfig);
-    assert!(h2.log_text().contains("persisted cluster view"));
-    let mut names = h2.table_nodes();
+    h2.agent.stop("TERM");
+    h2.agent.start(&kubeconfig);
+    assert!(h2.agent.log_text().contains("persisted cluster view"));
+    let mut names = h2.agent.table_nodes();
     names.sort();
     assert_eq!(names, ["c1", "h1"]);
     for b in [&h1, &c1] {
