@@ -91,6 +91,14 @@ fn sessions(lab: &KubeLab) -> Vec<(String, String, i64, String)> {
     out
 }
 
+/// How many times FRR's session with speaker `i` reached Established.
+fn established_count(frr: &Frr, i: usize) -> u64 {
+    let a = speaker_addr(i);
+    frr.vtysh(&format!("show bgp neighbors {a} json"))
+        .and_then(|v| v[&a]["connectionsEstablished"].as_u64())
+        .unwrap_or(0)
+}
+
 fn frr_password(frr: &Frr, peer: &str, password: &str) {
     let out = Command::new("vtysh")
         .args(["--vty_socket", frr.dir.to_str().unwrap()])
@@ -188,7 +196,9 @@ fn speakers_follow_the_bgpclusterconfig_and_its_secret() {
         (!frr.routes().contains_key("198.19.153.0/24")).then_some(())
     });
 
-    // Secret rotation: the switch and the Secret change; the sessions come back.
+    // Secret rotation: the switch and the Secret change; the sessions come back
+    // (new connections, counted by FRR).
+    let before: Vec<u64> = (0..2).map(|i| established_count(&frr, i)).collect();
     for i in 0..2 {
         frr_password(&frr, &speaker_addr(i), "pw-two");
     }
@@ -196,7 +206,10 @@ fn speakers_follow_the_bgpclusterconfig_and_its_secret() {
     apply(&lab, &secret_yaml("pw-two"));
     wait_for(T, "sessions re-established with the new password", || {
         (0..2)
-            .all(|i| frr.peer_state(&speaker_addr(i)).as_deref() == Some("Established"))
+            .all(|i| {
+                frr.peer_state(&speaker_addr(i)).as_deref() == Some("Established")
+                    && established_count(&frr, i) > before[i]
+            })
             .then_some(())
     });
     let logs: String = agents.iter().map(KubeAgent::log_text).collect();
