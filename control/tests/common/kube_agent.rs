@@ -112,6 +112,17 @@ impl KubeAgent {
             .collect()
     }
 
+    /// The agent's resident set size in KiB (`ip netns exec` execs it: same pid).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    }
+
     /// Sends `signal` ("TERM", "KILL", ...) and waits for the process to end.
     pub fn stop(&mut self, signal: &str) {
         if let Some(mut c) = self.child.take() {
