@@ -387,15 +387,30 @@ fn ser_opt_display<T: std::fmt::Display, S: Serializer>(
     }
 }
 
+/// A prefix exactly as written: host bits set (`198.19.41.5/24`) is refused with
+/// what was probably meant, never normalised silently (the file's blocks and the
+/// controller's block annotations alike).
+pub fn exact_prefix(s: &str) -> Result<Prefix, String> {
+    let p = Prefix::from_str(s).map_err(|e| e.to_string())?;
+    let written = s
+        .split('/')
+        .next()
+        .and_then(|a| std::net::IpAddr::from_str(a.trim()).ok());
+    if written != Some(p.addr()) {
+        return Err(format!("{s} has host bits set (the prefix would be {p})"));
+    }
+    Ok(p)
+}
+
 fn de_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Prefix, D::Error> {
     let s = String::deserialize(d)?;
-    Prefix::from_str(&s).map_err(serde::de::Error::custom)
+    exact_prefix(&s).map_err(serde::de::Error::custom)
 }
 
 fn de_prefixes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Prefix>, D::Error> {
     let v = Vec::<String>::deserialize(d)?;
     v.iter()
-        .map(|s| Prefix::from_str(s).map_err(serde::de::Error::custom))
+        .map(|s| exact_prefix(s).map_err(serde::de::Error::custom))
         .collect()
 }
 
@@ -779,6 +794,15 @@ snat: {enabled: true, clusterRanges: [10.96.0.0/12]}
         assert!(e.contains("nodes[0].vtepMac"), "{e}");
         let e = err_of(&format!("{GOOD}dataplane: {{cores: [4096]}}\n"));
         assert!(e.contains("dataplane.cores[0]"), "{e}");
+    }
+
+    #[test]
+    fn a_block_with_host_bits_is_refused_with_what_was_meant() {
+        let e = err_of(&GOOD.replace("198.19.2.0/24", "198.19.41.5/24"));
+        assert!(
+            e.contains("host bits") && e.contains("198.19.41.0/24") && e.contains("line"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -87,14 +87,10 @@ pub fn gateway_of(block: Prefix) -> Ipv4Addr {
     }
 }
 
-/// A prefix exactly as written: host bits set (`198.19.41.5/24`) is an error, not a
-/// silent normalisation.
+/// An IPv4 block exactly as written (host bits set is an error, not a silent
+/// normalisation).
 pub(crate) fn exact_prefix(s: &str) -> Result<Prefix, String> {
-    let p = Prefix::from_str(s).map_err(|e| e.to_string())?;
-    let written = s.split('/').next().and_then(|a| IpAddr::from_str(a).ok());
-    if written != Some(p.addr()) {
-        return Err(format!("host bits are set (the block would be {p})"));
-    }
+    let p = crate::agent::config::exact_prefix(s)?;
     if !p.is_ipv4() {
         return Err("not an IPv4 prefix".into());
     }
