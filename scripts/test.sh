@@ -21,6 +21,8 @@ cargo fmt --all -- --check
 
 echo "== Kubernetes test rig: etcd, kube-apiserver, kubectl (cached by version; a cold build compiles for many minutes)"
 ./scripts/k8s-lab.sh build
+# The cloud node of the agent's Kubernetes tests (control/tests/agent_k8s.rs).
+./scripts/k8s-lab.sh bin flanneld >/dev/null
 
 echo "== unit, property and namespace tests"
 cargo test --workspace --all-targets --no-fail-fast

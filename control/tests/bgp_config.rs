@@ -38,8 +38,11 @@ fn config_section_mirrors_bgp_cluster_config() {
     assert_eq!(cfg.router_id(), Some(Ipv4Addr::new(198, 18, 0, 10)));
     let peer = &cfg.speaker().unwrap().peers[0];
     assert_eq!(peer.peer_asn, 65001);
-    let src =
-        hybridway_control::bgp::password::from_ref(peer.auth_password.as_ref().unwrap()).unwrap();
+    let src = hybridway_control::bgp::password::from_ref(
+        peer.auth_password.as_ref().unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
     let err = src.password().unwrap_err().to_string();
     assert!(err.contains("bgp-secret"), "{err}");
 

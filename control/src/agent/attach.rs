@@ -22,7 +22,7 @@ use hybridway_dataplane::port::xdp::{
 use hybridway_dataplane::port::{Backend, Port, PortError};
 use hybridway_dataplane::wire::MacAddr;
 
-use super::config::{AgentConfig, ModeConfig};
+use super::config::AgentConfig;
 
 /// UMEM chunks of a pod port (4 MiB; the uplink has 8). Half of them receive: a pod's
 /// TCP sender bursts a whole window into the port while the worker is descheduled,
@@ -65,22 +65,15 @@ impl PortOpener {
             std::net::IpAddr::V4(a) => a,
             std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
         };
-        match cfg.mode {
-            // Plain packets for local pods come too: replies from outside when SNAT is
-            // off arrive routed (BGP), not encapsulated.
-            ModeConfig::Overlay => SteerRules {
-                vxlan_port: cfg.vxlan.port,
-                ..SteerRules::vxlan_to(cfg.node.address)
-            }
-            .with_pod_block(block_v4, block.len()),
-            ModeConfig::Underlay => SteerRules {
-                steer_all: false,
-                node_addr: None,
-                vxlan_port: cfg.vxlan.port,
-                pod_block: None,
-            }
-            .with_pod_block(block_v4, block.len()),
+        // Both modes take VXLAN to the node and plain packets to the local pods: an
+        // overlay's replies from outside arrive routed (BGP) when SNAT is off, and an
+        // underlay node still meets VXLAN from the nodes it reaches by overlay (cloud
+        // nodes running flannel, overlay pools).
+        SteerRules {
+            vxlan_port: cfg.vxlan.port,
+            ..SteerRules::vxlan_to(cfg.node.address)
         }
+        .with_pod_block(block_v4, block.len())
     }
 
     /// One port per queue of the uplink, `queues` of them, all with id `id`.
@@ -117,12 +110,9 @@ impl PortOpener {
             }
             // TUN backend: the uplink side of the overlay is a UDP socket per worker
             // (SO_REUSEPORT) on node:vxlan_port; the kernel keeps the NIC. Plain
-            // packets cross the host port instead (`open_tun`, `host_routing`); an
-            // underlay has no VXLAN and so no uplink port.
+            // packets cross the host port instead (`open_tun`, `host_routing`). An
+            // underlay node opens it too: flannel's nodes reach it over VXLAN.
             Backend::Tun => {
-                if cfg.mode != ModeConfig::Overlay {
-                    return Ok(Vec::new());
-                }
                 let mut c = UdpConfig::new(
                     std::net::SocketAddrV4::new(cfg.node.address, cfg.vxlan.port),
                     id,

@@ -1,9 +1,12 @@
 //! The agent's YAML configuration: what this node is, which other nodes exist, and
 //! how the dataplane runs.
 //!
-//! Until the Kubernetes watcher lands this file is the whole truth about the cluster
-//! for one agent; SIGHUP re-reads it. `deploy/agent-example.yaml` documents every
-//! field. [`AgentConfig::load`] parses *and* validates: a configuration that would
+//! Two sources, one model: in file mode this file is the whole truth about the
+//! cluster for one agent (SIGHUP re-reads it); in Kubernetes mode the file holds only
+//! the node's local knobs ([`LocalConfig`]) and the cluster's part ([`ClusterFacts`]:
+//! this node, its mode and block, the other nodes) comes from the Node objects
+//! (`k8s::cluster_view`). Both become one [`AgentConfig`], which the table builder
+//! reads. `deploy/agent-example.yaml` documents every field. [`AgentConfig::load`] parses *and* validates: a configuration that would
 //! build a wrong table (overlapping pod blocks, a gateway outside its block, two nodes
 //! with one address) is refused with the field path that is wrong, never half-applied.
 
@@ -17,7 +20,7 @@ use std::time::Duration;
 
 use hybridway_dataplane::tables::{Prefix, SnatConfig, Timeouts};
 use hybridway_dataplane::wire::MacAddr;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Default VXLAN UDP port: the one Linux and flannel use (not IANA's 4789).
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
@@ -54,7 +57,7 @@ impl ConfigError {
 }
 
 /// How pod traffic crosses between nodes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModeConfig {
     Overlay,
@@ -113,8 +116,39 @@ pub struct AgentConfig {
     pub control: ControlSection,
 }
 
-/// This node.
+/// The file in Kubernetes mode: what only this host knows. The cluster's part comes
+/// from the API server as [`ClusterFacts`].
 #[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalConfig {
+    pub uplink: UplinkConfig,
+    #[serde(default)]
+    pub snat: SnatSection,
+    #[serde(default)]
+    pub vxlan: VxlanSection,
+    #[serde(default)]
+    pub dataplane: DataplaneSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    #[serde(default)]
+    pub control: ControlSection,
+}
+
+/// What the cluster says about this node and the others: the file in file mode, the
+/// Node objects in Kubernetes mode (where it is also persisted, so that a restart
+/// without the API server forwards from the last view).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterFacts {
+    pub node: NodeConfig,
+    pub mode: ModeConfig,
+    pub pods: PodNetworkConfig,
+    #[serde(default)]
+    pub nodes: Vec<PeerNodeConfig>,
+}
+
+/// This node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeConfig {
     /// Unique node name (the Kubernetes Node name).
@@ -139,26 +173,43 @@ pub struct UplinkConfig {
 }
 
 /// This node's pod block.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodNetworkConfig {
-    #[serde(deserialize_with = "de_prefix")]
+    #[serde(deserialize_with = "de_prefix", serialize_with = "ser_display")]
     pub block: Prefix,
     /// The pods' default gateway; ARP for it is answered by the dataplane.
     pub gateway: Ipv4Addr,
 }
 
 /// Another node of the cluster.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PeerNodeConfig {
     pub name: String,
     pub address: Ipv4Addr,
-    #[serde(deserialize_with = "de_prefix")]
+    #[serde(deserialize_with = "de_prefix", serialize_with = "ser_display")]
     pub pod_block: Prefix,
+    /// How this node's pods are reached when it differs from this node's mode: a
+    /// cloud node running flannel, or an overlay pool's node seen from an underlay
+    /// node, is reached over VXLAN whatever this node's mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ModeConfig>,
     /// The node's VTEP MAC (flannel's `VtepMAC`); needed in overlay mode.
-    #[serde(default, deserialize_with = "de_opt_mac")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_mac",
+        serialize_with = "ser_opt_display",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub vtep_mac: Option<MacAddr>,
+}
+
+impl PeerNodeConfig {
+    /// How this node's pods are reached from a node in mode `own`.
+    pub fn mode_from(&self, own: ModeConfig) -> ModeConfig {
+        self.mode.unwrap_or(own)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -315,6 +366,15 @@ pub struct VxlanSection {
     pub df: bool,
 }
 
+impl VxlanSection {
+    /// The VTEP MAC of node `name`: configured, or derived from the name so that it
+    /// is stable across restarts (and known before the node's block is).
+    pub fn vtep_mac_of(&self, name: &str) -> MacAddr {
+        self.vtep_mac
+            .unwrap_or_else(|| MacAddr::local_from(name.as_bytes()))
+    }
+}
+
 impl Default for VxlanSection {
     fn default() -> Self {
         VxlanSection {
@@ -390,6 +450,10 @@ pub struct ControlSection {
     /// owner of address allocations on this node; see `agent::addresses`).
     #[serde(default = "default_address_file")]
     pub address_file: PathBuf,
+    /// Kubernetes mode: where the last view of the cluster is kept, so that an agent
+    /// restarted while the API server is away forwards from it.
+    #[serde(default = "default_cluster_state")]
+    pub cluster_state_file: PathBuf,
 }
 
 impl Default for ControlSection {
@@ -398,6 +462,7 @@ impl Default for ControlSection {
             socket: default_socket(),
             state_file: default_state(),
             address_file: default_address_file(),
+            cluster_state_file: default_cluster_state(),
         }
     }
 }
@@ -436,15 +501,48 @@ fn default_address_file() -> PathBuf {
     PathBuf::from("/var/lib/hybridway/addresses.json")
 }
 
+fn default_cluster_state() -> PathBuf {
+    PathBuf::from("/var/lib/hybridway/cluster.json")
+}
+
+fn ser_display<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn ser_opt_display<T: std::fmt::Display, S: Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+/// A prefix exactly as written: host bits set (`198.19.41.5/24`) is refused with
+/// what was probably meant, never normalised silently (the file's blocks and the
+/// controller's block annotations alike).
+pub fn exact_prefix(s: &str) -> Result<Prefix, String> {
+    let p = Prefix::from_str(s).map_err(|e| e.to_string())?;
+    let written = s
+        .split('/')
+        .next()
+        .and_then(|a| std::net::IpAddr::from_str(a.trim()).ok());
+    if written != Some(p.addr()) {
+        return Err(format!("{s} has host bits set (the prefix would be {p})"));
+    }
+    Ok(p)
+}
+
 fn de_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Prefix, D::Error> {
     let s = String::deserialize(d)?;
-    Prefix::from_str(&s).map_err(serde::de::Error::custom)
+    exact_prefix(&s).map_err(serde::de::Error::custom)
 }
 
 fn de_prefixes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Prefix>, D::Error> {
     let v = Vec::<String>::deserialize(d)?;
     v.iter()
-        .map(|s| Prefix::from_str(s).map_err(serde::de::Error::custom))
+        .map(|s| exact_prefix(s).map_err(serde::de::Error::custom))
         .collect()
 }
 
@@ -489,11 +587,49 @@ impl AgentConfig {
         Ok(cfg)
     }
 
+    /// Kubernetes mode: the local file and the cluster's facts, validated as one.
+    pub fn from_parts(local: LocalConfig, facts: ClusterFacts) -> Result<Self, ConfigError> {
+        let cfg = AgentConfig {
+            node: facts.node,
+            mode: facts.mode,
+            uplink: local.uplink,
+            pods: facts.pods,
+            nodes: facts.nodes,
+            snat: local.snat,
+            vxlan: local.vxlan,
+            dataplane: local.dataplane,
+            metrics: local.metrics,
+            control: local.control,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The local part of this configuration.
+    pub fn local_config(&self) -> LocalConfig {
+        LocalConfig {
+            uplink: self.uplink.clone(),
+            snat: self.snat.clone(),
+            vxlan: self.vxlan.clone(),
+            dataplane: self.dataplane.clone(),
+            metrics: self.metrics.clone(),
+            control: self.control.clone(),
+        }
+    }
+
+    /// The cluster's part of this configuration.
+    pub fn cluster_facts(&self) -> ClusterFacts {
+        ClusterFacts {
+            node: self.node.clone(),
+            mode: self.mode,
+            pods: self.pods.clone(),
+            nodes: self.nodes.clone(),
+        }
+    }
+
     /// This node's VTEP MAC: configured, or derived from the node name.
     pub fn vtep_mac(&self) -> MacAddr {
-        self.vxlan
-            .vtep_mac
-            .unwrap_or_else(|| MacAddr::local_from(self.node.name.as_bytes()))
+        self.vxlan.vtep_mac_of(&self.node.name)
     }
 
     /// Number of workers to start (0 in the file means one per core).
@@ -603,12 +739,12 @@ impl AgentConfig {
                     ),
                 ));
             }
-            if self.mode == ModeConfig::Overlay {
+            if peer.mode_from(self.mode) == ModeConfig::Overlay {
                 match peer.vtep_mac {
                     None => {
                         return Err(ConfigError::invalid(
                             at("vtepMac"),
-                            "is required in overlay mode",
+                            "is required to reach a node over VXLAN (overlay)",
                         ));
                     }
                     Some(mac) if mac.is_multicast() || mac == MacAddr::ZERO => {
@@ -703,6 +839,21 @@ impl AgentConfig {
             return Err(ConfigError::invalid("control.socket", "must not be empty"));
         }
         Ok(())
+    }
+}
+
+impl LocalConfig {
+    /// Reads and parses the Kubernetes-mode file; what can be checked without the
+    /// cluster's facts is checked when they join it ([`AgentConfig::from_parts`]).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
     }
 }
 
@@ -821,6 +972,21 @@ snat: {enabled: true, clusterRanges: [10.96.0.0/12]}
     }
 
     #[test]
+    fn kubernetes_example_in_deploy_is_a_local_config() {
+        let text = include_str!("../../../deploy/agent-kubernetes.yaml");
+        let local: LocalConfig = serde_yaml::from_str(text).unwrap();
+        assert_eq!(
+            local.control.cluster_state_file,
+            PathBuf::from("/var/lib/hybridway/cluster.json")
+        );
+        // The cluster's part is not this file's: a node section is refused.
+        let e = serde_yaml::from_str::<LocalConfig>(&format!("{text}node: {{name: x}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let e = err_of(&GOOD.replace("198.19.1.1}", "198.19.9.1}"));
         assert!(
@@ -851,6 +1017,15 @@ snat: {enabled: true, clusterRanges: [10.96.0.0/12]}
         assert!(e.contains("nodes[0].vtepMac"), "{e}");
         let e = err_of(&format!("{GOOD}dataplane: {{cores: [4096]}}\n"));
         assert!(e.contains("dataplane.cores[0]"), "{e}");
+    }
+
+    #[test]
+    fn a_block_with_host_bits_is_refused_with_what_was_meant() {
+        let e = err_of(&GOOD.replace("198.19.2.0/24", "198.19.41.5/24"));
+        assert!(
+            e.contains("host bits") && e.contains("198.19.41.0/24") && e.contains("line"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::addresses::{Allocation, AttachmentKey};
+use super::config::ClusterFacts;
 use super::runtime::{Agent, AgentError, CniAddress};
 use super::table_builder::LocalPod;
 
@@ -201,8 +202,28 @@ fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     UnixListener::bind(path).map_err(err)
 }
 
+/// The cluster's facts as the Node watch publishes them (Kubernetes mode).
+pub type ClusterUpdates = tokio::sync::watch::Receiver<Option<ClusterFacts>>;
+
+/// The next facts from the Node watch; pending forever in file mode or once the
+/// watch is gone (the agent keeps forwarding with what it has).
+async fn next_facts(updates: &mut Option<ClusterUpdates>) -> Option<ClusterFacts> {
+    let Some(rx) = updates else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        *updates = None;
+        return None;
+    }
+    rx.borrow_and_update().clone()
+}
+
 /// Runs the control loop until SIGTERM or SIGINT, then shuts the agent down.
-pub async fn run(mut agent: Agent) -> Result<(), ControlError> {
+/// `cluster`: the Node watch's facts in Kubernetes mode.
+pub async fn run(
+    mut agent: Agent,
+    mut cluster: Option<ClusterUpdates>,
+) -> Result<(), ControlError> {
     let path = agent.config().control.socket.clone();
     let listener = bind(&path)?;
     let sig_err = |source| ControlError::Socket {
@@ -221,6 +242,11 @@ pub async fn run(mut agent: Agent) -> Result<(), ControlError> {
                 Ok(()) => {}
                 Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not applied"),
             },
+            Some(facts) = next_facts(&mut cluster) => {
+                if let Err(e) = agent.apply_cluster(facts) {
+                    tracing::error!(error = %e, "cluster change not applied");
+                }
+            }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = tick.tick() => {

@@ -137,19 +137,20 @@ pub fn plan(backend: Backend, cfg: &AgentConfig, snat_ports: &RangeInclusive<u16
     p
 }
 
-/// TUN backend, underlay: the kernel routes the dataplane's packets for other nodes'
+/// TUN backend, nodes reached by underlay: the kernel routes the dataplane's packets for other nodes'
 /// blocks to the same next hops as the dataplane's own tables.
 pub fn underlay_routes(
     backend: Backend,
     cfg: &AgentConfig,
     uplink: &UplinkFacts,
 ) -> Result<Vec<RouteArgs>, BuildError> {
-    if backend != Backend::Tun || cfg.mode != ModeConfig::Underlay {
+    if backend != Backend::Tun {
         return Ok(Vec::new());
     }
     cfg.nodes
         .iter()
         .enumerate()
+        .filter(|(_, n)| n.mode_from(cfg.mode) == ModeConfig::Underlay)
         .map(|(index, n)| {
             let hop = node_next_hop(cfg, uplink, index, n)?;
             Ok(args(&format!(

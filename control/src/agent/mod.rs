@@ -5,7 +5,8 @@
 //!  SIGHUP ──────────────┐
 //!  SIGTERM/SIGINT ──────┤
 //!  control socket ──────┼──► control loop (one thread, tokio current-thread)
-//!  neighbour refresh ───┘        │ owns Agent: config, pods, neighbours
+//!  neighbour refresh ───┤        │ owns Agent: config, pods, neighbours
+//!  Node watch (k8s) ────┘        │   (Kubernetes mode: `kubernetes`)
 //!                                ├─► SharedTables::publish ──► workers (RCU)
 //!                                └─► WorkerPool::add_port/remove_port ──► workers
 //!  workers ──counters──► Prometheus thread (GET /metrics)
@@ -17,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod host_routing;
 pub mod kernel_routes;
+pub mod kubernetes;
 pub mod neighbors;
 pub mod reserved_ports;
 pub mod runtime;
@@ -24,5 +26,5 @@ pub mod state_file;
 pub mod table_builder;
 
 pub use config::AgentConfig;
-pub use runtime::{Agent, AgentError, CniAddress, Status};
+pub use runtime::{Agent, AgentError, CniAddress, ConfigSource, Status};
 pub use table_builder::LocalPod;

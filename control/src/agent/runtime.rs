@@ -22,7 +22,7 @@ use hybridway_dataplane::port::netns::NetnsGuard;
 
 use super::addresses::{AddressError, Allocation, AttachmentKey, PodAddressBook};
 use super::attach::{PortOpener, rx_queues};
-use super::config::{AgentConfig, BackendConfig, ConfigError};
+use super::config::{AgentConfig, BackendConfig, ClusterFacts, ConfigError, LocalConfig};
 use super::host_routing::{self, HOST_TUN, POD_TUN};
 use super::kernel_routes::{KernelRoutes, RouteError};
 use super::neighbors::{self, HostError};
@@ -90,12 +90,26 @@ struct PodEntry {
     worker: usize,
 }
 
+/// Where the agent's configuration comes from, and what SIGHUP re-reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// One file says everything (the demo, nodes without a cluster).
+    File(PathBuf),
+    /// The file holds the local knobs ([`LocalConfig`]); the cluster's facts come
+    /// from the API server through [`Agent::apply_cluster`].
+    Kubernetes { local: PathBuf },
+}
+
 /// What `hybridway status` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub node: String,
     pub address: Ipv4Addr,
     pub mode: String,
+    /// This node's VTEP MAC: what a flannel peer needs to reach it.
+    pub vtep_mac: String,
+    /// `file` or `kubernetes`.
+    pub source: String,
     pub backend: String,
     pub workers: usize,
     pub generation: u64,
@@ -127,7 +141,7 @@ pub struct NodeStatus {
 /// A running agent.
 #[derive(Debug)]
 pub struct Agent {
-    config_path: PathBuf,
+    source: ConfigSource,
     cfg: AgentConfig,
     backend: Backend,
     opener: PortOpener,
@@ -171,6 +185,12 @@ impl Agent {
     /// the state file and publishes the first snapshot.
     pub fn start(config_path: &Path) -> Result<Self, AgentError> {
         let cfg = AgentConfig::load(config_path)?;
+        Self::start_from(cfg, ConfigSource::File(config_path.to_owned()))
+    }
+
+    /// Starts from a configuration already loaded (Kubernetes mode: the local file
+    /// joined with the cluster's facts).
+    pub fn start_from(cfg: AgentConfig, source: ConfigSource) -> Result<Self, AgentError> {
         let addresses =
             PodAddressBook::load(&cfg.control.address_file, cfg.pods.block, cfg.pods.gateway)?;
         let ifname = cfg.uplink.interface.clone();
@@ -304,7 +324,7 @@ impl Agent {
 
         let gauges = Arc::new(Gauges::default());
         let mut agent = Agent {
-            config_path: config_path.to_owned(),
+            source,
             cfg,
             backend,
             opener,
@@ -325,7 +345,7 @@ impl Agent {
         agent.start_metrics()?;
         tracing::info!(
             node = %agent.cfg.node.name, backend = %agent.backend, workers, uplink = %ifname,
-            mode = ?agent.cfg.mode, "agent started"
+            mode = ?agent.cfg.mode, vtep_mac = %agent.cfg.vtep_mac(), "agent started"
         );
         Ok(agent)
     }
@@ -484,9 +504,29 @@ impl Agent {
     }
 
     fn try_reload(&mut self) -> Result<(), AgentError> {
-        let next = AgentConfig::load(&self.config_path)?;
+        let next = match &self.source {
+            ConfigSource::File(path) => AgentConfig::load(path)?,
+            ConfigSource::Kubernetes { local } => {
+                AgentConfig::from_parts(LocalConfig::load(local)?, self.cfg.cluster_facts())?
+            }
+        };
+        self.replace_config(next)
+    }
+
+    /// Kubernetes mode: the Node watch saw the cluster change. Other nodes change
+    /// live; this node's own facts (address, block, mode) need a restart, as in
+    /// [`Agent::reload`].
+    pub fn apply_cluster(&mut self, facts: ClusterFacts) -> Result<(), AgentError> {
+        let next = AgentConfig::from_parts(self.cfg.local_config(), facts)?;
+        self.replace_config(next)
+    }
+
+    /// Swaps in `next` when what the running ports and workers were built from is
+    /// unchanged, and publishes; a refused or failing configuration leaves the
+    /// running one in place.
+    fn replace_config(&mut self, next: AgentConfig) -> Result<(), AgentError> {
         let cur = &self.cfg;
-        let fixed: [(&str, bool); 9] = [
+        let fixed: [(&str, bool); 10] = [
             (
                 "node",
                 next.node.name == cur.node.name && next.node.address == cur.node.address,
@@ -549,7 +589,7 @@ impl Agent {
             return Err(e);
         }
         let after: Vec<String> = self.cfg.nodes.iter().map(|n| n.name.clone()).collect();
-        tracing::info!(?before, ?after, "configuration reloaded");
+        tracing::info!(?before, ?after, "configuration applied");
         Ok(())
     }
 
@@ -894,7 +934,13 @@ impl Agent {
         Status {
             node: self.cfg.node.name.clone(),
             address: self.cfg.node.address,
-            mode: format!("{:?}", self.cfg.mode).to_lowercase(),
+            mode: self.cfg.mode.as_str().to_string(),
+            vtep_mac: self.cfg.vtep_mac().to_string(),
+            source: match self.source {
+                ConfigSource::File(_) => "file",
+                ConfigSource::Kubernetes { .. } => "kubernetes",
+            }
+            .to_string(),
             backend: self.backend.to_string(),
             workers: self.pool.as_ref().map_or(0, WorkerPool::workers),
             generation: self.tables.load().generation,

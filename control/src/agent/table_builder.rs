@@ -209,7 +209,7 @@ pub fn build_tables(
     for (index, n) in cfg.nodes.iter().enumerate() {
         let hop = node_next_hop(cfg, uplink, index, n)?;
         let next_hop_mac = mac_of(hop);
-        let target = match cfg.mode {
+        let target = match n.mode_from(cfg.mode) {
             ModeConfig::Overlay => RouteTarget::VxlanNode {
                 node_addr: n.address,
                 vtep_mac: n.vtep_mac.unwrap_or(MacAddr::ZERO),

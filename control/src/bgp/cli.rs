@@ -75,7 +75,14 @@ async fn serve(cfg: BgpConfig, path: PathBuf) -> Result<(), CliError> {
             }
         }
     });
-    let result = speaker::run(cfg.clone(), routes_rx, stop_rx, status.clone()).await;
+    let result = speaker::run(
+        cfg.clone(),
+        routes_rx,
+        stop_rx,
+        status.clone(),
+        super::password::SecretStore::default(),
+    )
+    .await;
     signals.abort();
     writer.abort();
     write_once(

@@ -1,8 +1,10 @@
-//! Where TCP-MD5 passwords come from. A trait, so the Kubernetes Secret source can be
-//! added by the agent's wiring without touching the speaker.
+//! Where TCP-MD5 passwords come from: a file, or a Secret of `kube-system` through
+//! the agent's Secret watch ([`SecretStore`]).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use super::config::PasswordRef;
 use super::sys::MD5_MAX_KEY_LEN;
@@ -39,9 +41,13 @@ pub enum PasswordError {
     #[error("password must be 1-80 bytes, got {0}")]
     Length(usize),
     #[error(
-        "Secret kube-system/{name} key {key} is not available (Kubernetes wiring not configured)"
+        "Secret kube-system/{name} key {key} is not available (not running in Kubernetes mode)"
     )]
     SecretUnavailable { name: String, key: String },
+    #[error("Secret kube-system/{name} does not exist")]
+    SecretMissing { name: String },
+    #[error("Secret kube-system/{name} has no key {key}")]
+    KeyMissing { name: String, key: String },
     #[error("authPassword must name exactly one of file or secretKeyRef")]
     Ambiguous,
 }
@@ -69,30 +75,75 @@ impl PasswordSource for FilePassword {
     }
 }
 
-/// A `secretKeyRef` before the Kubernetes wiring exists: always unavailable, which
-/// the speaker reports in status instead of crashing.
-#[derive(Debug, Clone)]
-pub struct UnwiredSecret {
-    pub name: String,
-    pub key: String,
-}
+/// The Secrets of `kube-system` as the agent's watch last saw them (name → key →
+/// bytes). Unwired (the `bgp-speaker` command, no cluster) it holds nothing and says
+/// so; a missing Secret or key is a per-peer status reason, never a crash.
+#[derive(Clone, Default)]
+pub struct SecretStore(Arc<RwLock<Option<BTreeMap<String, BTreeMap<String, Vec<u8>>>>>>);
 
-impl PasswordSource for UnwiredSecret {
-    fn password(&self) -> Result<Password, PasswordError> {
-        Err(PasswordError::SecretUnavailable {
-            name: self.name.clone(),
-            key: self.key.clone(),
-        })
+impl fmt::Debug for SecretStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretStore(<redacted>)")
     }
 }
 
-/// The source a config entry names.
-pub fn from_ref(r: &PasswordRef) -> Result<Box<dyn PasswordSource>, PasswordError> {
+impl SecretStore {
+    /// Replaces every Secret (called by the watch after each change).
+    pub fn replace(&self, secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(secrets);
+    }
+
+    /// The bytes of `name`/`key`.
+    pub fn get(&self, name: &str, key: &str) -> Result<Vec<u8>, PasswordError> {
+        let guard = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(secrets) = guard.as_ref() else {
+            return Err(PasswordError::SecretUnavailable {
+                name: name.into(),
+                key: key.into(),
+            });
+        };
+        let secret = secrets
+            .get(name)
+            .ok_or_else(|| PasswordError::SecretMissing { name: name.into() })?;
+        secret
+            .get(key)
+            .cloned()
+            .ok_or_else(|| PasswordError::KeyMissing {
+                name: name.into(),
+                key: key.into(),
+            })
+    }
+}
+
+/// A `secretKeyRef`, read from the store on every connection attempt.
+#[derive(Debug, Clone)]
+pub struct SecretPassword {
+    pub name: String,
+    pub key: String,
+    pub store: SecretStore,
+}
+
+impl PasswordSource for SecretPassword {
+    fn password(&self) -> Result<Password, PasswordError> {
+        let mut bytes = self.store.get(&self.name, &self.key)?;
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        Password::new(bytes)
+    }
+}
+
+/// The source a config entry names; `secrets` serves `secretKeyRef`s.
+pub fn from_ref(
+    r: &PasswordRef,
+    secrets: &SecretStore,
+) -> Result<Box<dyn PasswordSource>, PasswordError> {
     match (&r.file, &r.secret_key_ref) {
         (Some(path), None) => Ok(Box::new(FilePassword(path.clone()))),
-        (None, Some(s)) => Ok(Box::new(UnwiredSecret {
+        (None, Some(s)) => Ok(Box::new(SecretPassword {
             name: s.name.clone(),
             key: s.key.clone(),
+            store: secrets.clone(),
         })),
         _ => Err(PasswordError::Ambiguous),
     }

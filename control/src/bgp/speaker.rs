@@ -63,11 +63,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Run the speaker until `stop` leaves `Running`. Returns once every session has
 /// been closed the way `stop` asks.
+/// `secrets` serves the peers' `secretKeyRef` passwords.
 pub async fn run(
     cfg: BgpConfig,
     routes: watch::Receiver<Arc<Vec<RouteConfig>>>,
     mut stop: watch::Receiver<StopMode>,
     status: StatusHandle,
+    secrets: password::SecretStore,
 ) -> Result<(), SpeakerError> {
     let speaker = cfg
         .speaker()
@@ -120,17 +122,20 @@ pub async fn run(
     let mut peer_txs: HashMap<IpAddr, mpsc::Sender<TcpStream>> = HashMap::new();
     let mut tasks = Vec::new();
     for peer in &speaker.peers {
-        let pw: Option<Arc<dyn PasswordSource>> =
-            match peer.auth_password.as_ref().map(password::from_ref) {
-                None => None,
-                Some(Ok(src)) => Some(Arc::from(src)),
-                Some(Err(e)) => {
-                    // A bad reference is reported per peer; the session does not start
-                    // unauthenticated.
-                    status.insert(new_status(peer, Some(e.to_string())));
-                    continue;
-                }
-            };
+        let pw: Option<Arc<dyn PasswordSource>> = match peer
+            .auth_password
+            .as_ref()
+            .map(|r| password::from_ref(r, &secrets))
+        {
+            None => None,
+            Some(Ok(src)) => Some(Arc::from(src)),
+            Some(Err(e)) => {
+                // A bad reference is reported per peer; the session does not start
+                // unauthenticated.
+                status.insert(new_status(peer, Some(e.to_string())));
+                continue;
+            }
+        };
         if let Some(pw) = &pw {
             match pw.password() {
                 Ok(p) => sys::set_tcp_md5(listener.as_fd(), peer.peer_address, p.bytes()).map_err(

@@ -28,9 +28,20 @@ enum Command {
     Version,
     /// Run the node agent (dataplane workers, control socket, metrics).
     Agent {
-        /// YAML configuration (see deploy/agent-example.yaml).
+        /// YAML configuration (see deploy/agent-example.yaml). In Kubernetes mode
+        /// only the local knobs (uplink, vxlan, dataplane, metrics, control, snat;
+        /// see deploy/agent-kubernetes.yaml): the cluster's facts come from Nodes.
         #[arg(long, short)]
         config: PathBuf,
+        /// Kubernetes mode with this kubeconfig.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Kubernetes mode with the in-cluster service account (or $KUBECONFIG).
+        #[arg(long)]
+        kubernetes: bool,
+        /// This node's Node name in Kubernetes mode; default: $NODE_NAME.
+        #[arg(long)]
+        node_name: Option<String>,
     },
     /// Check a configuration file and exit (non-zero with the reason when invalid):
     /// the agent's file, or the controller's parameters (bare `config.yaml` or the
@@ -163,14 +174,33 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => println!("hybridway {}", env!("CARGO_PKG_VERSION")),
-        Command::Agent { config } => {
+        Command::Agent {
+            config,
+            kubeconfig,
+            kubernetes,
+            node_name,
+        } if kubernetes || kubeconfig.is_some() => {
+            init_logging();
+            let node_name = match node_name.or_else(|| std::env::var("NODE_NAME").ok()) {
+                Some(n) if !n.is_empty() => n,
+                _ => anyhow::bail!("Kubernetes mode needs the node name: --node-name or NODE_NAME"),
+            };
+            let mode = hybridway_control::agent::kubernetes::KubernetesMode {
+                config,
+                kubeconfig,
+                node_name,
+            };
+            hybridway_control::agent::kubernetes::run(&mode)
+                .with_context(|| format!("agent of node {} (Kubernetes mode)", mode.node_name))?;
+        }
+        Command::Agent { config, .. } => {
             init_logging();
             let agent = Agent::start(&config)
                 .with_context(|| format!("starting the agent from {}", config.display()))?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(control::run(agent))?;
+            rt.block_on(control::run(agent, None))?;
         }
         Command::CheckConfig { config, kind } => {
             let kind = match kind {

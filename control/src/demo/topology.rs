@@ -437,13 +437,9 @@ impl Cluster {
             .node(n)
             .ok_or_else(|| ClusterError::Agent(format!("no node {n}")))?;
         let host_dev = format!("hwp{j}");
-        veth(&ns, "eth0", &node.ns, &host_dev)?;
         let (ip, gw, mac) = (pod_ip(n, j), pod_gateway(n), pod_mac(n, j));
         let mtu = if self.spec.overlay { 1450 } else { 1500 };
-        ns.sh(&format!(
-            "ip link set eth0 address {mac} mtu {mtu} && ip addr add {ip}/32 dev eth0 && \
-             ip route add {gw} dev eth0 && ip route add default via {gw} dev eth0"
-        ))?;
+        plug_pod(&ns, &node.ns, &host_dev, ip, gw, &mac, mtu)?;
         if !self.spec.kernel_offloads {
             ns.no_offloads("eth0")?;
             node.ns.no_offloads(&host_dev)?;
@@ -515,6 +511,26 @@ impl Cluster {
     pub fn log_path(&self, n: u8) -> Option<&Path> {
         self.node(n).map(|x| x.log.as_path())
     }
+}
+
+/// Wires pod namespace `pod` to its node as a CNI plugin would: a veth (`eth0` in
+/// the pod, `host_dev` on the node), the pod's MAC, MTU and /32 address, its gateway
+/// on-link and as default route. Attaching it (agent or kernel) is the caller's.
+pub fn plug_pod(
+    pod: &Netns,
+    node: &Netns,
+    host_dev: &str,
+    ip: Ipv4Addr,
+    gw: Ipv4Addr,
+    mac: &str,
+    mtu: u16,
+) -> Result<(), NetError> {
+    veth(pod, "eth0", node, host_dev)?;
+    pod.sh(&format!(
+        "ip link set eth0 address {mac} mtu {mtu} && ip addr add {ip}/32 dev eth0 && \
+         ip route add {gw} dev eth0 && ip route add default via {gw} dev eth0"
+    ))?;
+    Ok(())
 }
 
 impl Node {

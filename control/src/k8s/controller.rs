@@ -30,7 +30,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -76,16 +75,8 @@ pub struct ControllerArgs {
 /// Why the controller stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    #[error("kubeconfig {path}: {source}")]
-    Kubeconfig {
-        path: PathBuf,
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
-    #[error("no cluster configuration (in-cluster or $KUBECONFIG): {0}")]
-    Infer(#[from] kube::config::InferConfigError),
-    #[error("creating the API client: {0}")]
-    Client(#[source] kube::Error),
+    #[error(transparent)]
+    Client(#[from] super::client::ClientError),
     #[error("metrics endpoint {addr}: {source}")]
     Metrics {
         addr: SocketAddr,
@@ -110,7 +101,7 @@ pub async fn run(args: &ControllerArgs) -> Result<(), ControllerError> {
             lease: args.lease_duration,
         });
     }
-    let client = client(args.kubeconfig.as_ref()).await?;
+    let client = super::client::client(args.kubeconfig.as_deref()).await?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let metrics = Arc::new(Metrics::default());
     let state: Arc<Mutex<Option<IpamState>>> = Arc::default();
@@ -404,25 +395,6 @@ async fn activate(ctx: &IpamContext, nodes: &Store<Node>, text: &str) -> Result<
     let mut state = IpamState::new(params, allocator);
     state.pool_of.extend(state_pools);
     Ok(state)
-}
-
-async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client, ControllerError> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = Kubeconfig::read_from(path).map_err(|source| ControllerError::Kubeconfig {
-                path: path.clone(),
-                source,
-            })?;
-            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .map_err(|source| ControllerError::Kubeconfig {
-                    path: path.clone(),
-                    source,
-                })?
-        }
-        None => kube::Config::infer().await?,
-    };
-    kube::Client::try_from(config).map_err(ControllerError::Client)
 }
 
 fn default_identity() -> String {

@@ -12,6 +12,7 @@
 
 pub mod controller;
 pub mod k8s_lab;
+pub mod kube_agent;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,304 @@
+//! BGP inside the agent: `BGPClusterConfig`s, the Secrets of `kube-system` and the
+//! Node store (shared with `agent_watch`) decide what this node's speaker runs
+//! (`bgp_view::plan`); the speaker is `bgp::speaker`, unchanged; its sessions are
+//! written back into the resource's status with server-side apply.
+//!
+//! ```text
+//!  watch BGPClusterConfigs ──► store ─┐
+//!  watch Secrets (kube-system) ► store ┼─► 50 ms settle ─► plan ──┬─ same sessions, new routes ─► routes watch ─► speaker
+//!  agent_watch nodes_changed ─────────┘   (Node store)           ├─ peers/ASN/password changed ─► stop (graceful), start anew
+//!                                                                 └─ no longer a speaker ────────► stop (Cease)
+//!  every 2 s: speaker StatusHandle ─► status.speakers[name = this node] (SSA, field manager per node)
+//! ```
+//!
+//! A changed password restarts the speaker gracefully, which re-keys the listening
+//! socket and reconnects with the new key; the switches keep our routes as stale
+//! meanwhile (graceful restart). A missing Secret or key shows as the peer's
+//! `lastError`, never as a crash.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::bgp_view::{self, SpeakerPlan, SpeakerSettings};
+use super::crd::{BGPClusterConfig, PeerSessionStatus, SpeakerStatus};
+use super::params::NAMESPACE;
+use crate::bgp::config::RouteConfig;
+use crate::bgp::password::SecretStore;
+use crate::bgp::speaker::{self, StopMode};
+use crate::bgp::status::StatusHandle;
+
+const SETTLE: Duration = Duration::from_millis(50);
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+
+/// Field manager of one node's speaker status: one per node, so each agent owns
+/// exactly its entry of `status.speakers`.
+pub fn field_manager(node: &str) -> String {
+    // Field manager names are limited to 128 characters.
+    let mut m = format!("hybridway-agent-{node}");
+    m.truncate(128);
+    m
+}
+
+/// A running speaker and how to steer it.
+struct Running {
+    plan: SpeakerPlan,
+    /// The password bytes the sessions were keyed with (peer name → bytes).
+    keys: BTreeMap<String, Option<Vec<u8>>>,
+    routes: watch::Sender<Arc<Vec<RouteConfig>>>,
+    stop: watch::Sender<StopMode>,
+    status: StatusHandle,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self, mode: StopMode) {
+        let _ = self.stop.send(mode);
+        let _ = self.task.await;
+    }
+}
+
+/// Runs until the process ends. `nodes`: the agent's Node store; `nodes_changed`
+/// ticks after each settled Node change.
+pub async fn run(
+    client: kube::Client,
+    node_name: String,
+    settings: SpeakerSettings,
+    nodes: Store<Node>,
+    mut nodes_changed: watch::Receiver<u64>,
+) {
+    let configs_api: Api<BGPClusterConfig> = Api::all(client.clone());
+    let secrets_api: Api<Secret> = Api::namespaced(client, NAMESPACE);
+    let (configs, cw) = reflector::store::<BGPClusterConfig>();
+    let (secrets, sw) = reflector::store::<Secret>();
+    let mut config_events = watcher(configs_api.clone(), watcher::Config::default())
+        .default_backoff()
+        .reflect(cw)
+        .boxed();
+    let mut secret_events = watcher(secrets_api, watcher::Config::default())
+        .default_backoff()
+        .reflect(sw)
+        .boxed();
+    let store = SecretStore::default();
+    let mut running: Option<Running> = None;
+    let mut due: Option<tokio::time::Instant> = None;
+    let (mut configs_ready, mut secrets_ready) = (false, false);
+    let mut last_written: Option<(String, Vec<PeerSessionStatus>)> = None;
+    let mut last_error: Option<String> = None;
+    let mut tick = tokio::time::interval(STATUS_EVERY);
+    let soon = || Some(tokio::time::Instant::now() + SETTLE);
+    loop {
+        let sleep = async {
+            match due {
+                Some(at) if configs_ready && secrets_ready => tokio::time::sleep_until(at).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = config_events.next() => match ev {
+                Some(Ok(watcher::Event::InitDone)) => { configs_ready = true; due = due.or_else(soon); }
+                Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))) => due = due.or_else(soon),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => tracing::debug!(error = %e, "BGPClusterConfig watch failed; retrying"),
+                None => return,
+            },
+            ev = secret_events.next() => match ev {
+                Some(Ok(watcher::Event::InitDone)) => { secrets_ready = true; due = due.or_else(soon); }
+                Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))) => due = due.or_else(soon),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => tracing::debug!(error = %e, "Secret watch failed; retrying"),
+                None => return,
+            },
+            r = nodes_changed.changed() => {
+                if r.is_err() { return; }
+                due = due.or_else(soon);
+            }
+            () = sleep => {
+                due = None;
+                store.replace(secret_bytes(&secrets));
+                let node_list = nodes.state();
+                let node_refs: Vec<&Node> = node_list.iter().map(|n| &**n).collect();
+                let config_list = configs.state();
+                let config_refs: Vec<&BGPClusterConfig> = config_list.iter().map(|c| &**c).collect();
+                let plan = match bgp_view::plan(&node_name, &node_refs, &config_refs, &settings) {
+                    Ok(p) => { last_error = None; p }
+                    Err(why) => {
+                        if last_error.as_deref() != Some(why.as_str()) {
+                            tracing::warn!(reason = %why, "BGPClusterConfig not usable; the speaker keeps its last configuration");
+                            last_error = Some(why);
+                        }
+                        continue;
+                    }
+                };
+                running = steer(running, plan, &store).await;
+            }
+            _ = tick.tick() => {
+                if let Some(r) = &running {
+                    write_status(&configs_api, &node_name, r, &mut last_written).await;
+                }
+            }
+        }
+    }
+}
+
+/// Applies a new plan to the running speaker.
+async fn steer(
+    running: Option<Running>,
+    plan: Option<SpeakerPlan>,
+    store: &SecretStore,
+) -> Option<Running> {
+    match (running, plan) {
+        (None, None) => None,
+        (Some(r), None) => {
+            tracing::info!(resource = %r.plan.resource, "no longer a BGP speaker: withdrawing");
+            r.stop(StopMode::Cease).await;
+            None
+        }
+        (None, Some(plan)) => Some(start(plan, store)),
+        (Some(r), Some(plan)) => {
+            let keys = keys_of(&plan, store);
+            if r.plan.sessions_differ(&plan) || r.keys != keys {
+                tracing::info!(resource = %plan.resource, "BGP peers, ASN or passwords changed: restarting the speaker (graceful)");
+                r.stop(StopMode::Graceful).await;
+                Some(start(plan, store))
+            } else {
+                if r.plan.config.routes != plan.config.routes {
+                    tracing::info!(
+                        routes = plan.config.routes.len(),
+                        "advertised pod blocks changed"
+                    );
+                    let _ = r.routes.send(Arc::new(plan.config.routes.clone()));
+                }
+                Some(Running { plan, ..r })
+            }
+        }
+    }
+}
+
+fn keys_of(plan: &SpeakerPlan, store: &SecretStore) -> BTreeMap<String, Option<Vec<u8>>> {
+    plan.config
+        .bgp_speakers
+        .iter()
+        .flat_map(|s| &s.peers)
+        .map(|p| {
+            let key = p
+                .auth_password
+                .as_ref()
+                .and_then(|a| a.secret_key_ref.as_ref())
+                .and_then(|r| store.get(&r.name, &r.key).ok());
+            (p.name.clone(), key)
+        })
+        .collect()
+}
+
+fn start(plan: SpeakerPlan, store: &SecretStore) -> Running {
+    let (routes, routes_rx) = watch::channel(Arc::new(plan.config.routes.clone()));
+    let (stop, stop_rx) = watch::channel(StopMode::Running);
+    let status = StatusHandle::default();
+    let cfg = plan.config.clone();
+    let (st, secrets) = (status.clone(), store.clone());
+    tracing::info!(resource = %plan.resource, peers = cfg.bgp_speakers.iter().map(|s| s.peers.len()).sum::<usize>(), routes = cfg.routes.len(), "starting the BGP speaker");
+    let task = tokio::spawn(async move {
+        if let Err(e) = speaker::run(cfg, routes_rx, stop_rx, st, secrets).await {
+            tracing::error!(error = %e, "BGP speaker stopped");
+        }
+    });
+    Running {
+        keys: keys_of(&plan, store),
+        plan,
+        routes,
+        stop,
+        status,
+        task,
+    }
+}
+
+/// name → key → bytes of every Secret in the store.
+fn secret_bytes(secrets: &Store<Secret>) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
+    secrets
+        .state()
+        .iter()
+        .map(|s| {
+            let data = s
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect();
+            (s.name_any(), data)
+        })
+        .collect()
+}
+
+/// This speaker's sessions as the resource's status shows them.
+fn sessions(status: &StatusHandle) -> Vec<PeerSessionStatus> {
+    let now = Instant::now();
+    let wall = Timestamp::now();
+    status
+        .snapshot(now)
+        .into_iter()
+        .map(|p| {
+            let ago = SignedDuration::from_secs(p.seconds_in_state as i64);
+            PeerSessionStatus {
+                name: p.name,
+                state: format!("{:?}", p.state),
+                since: wall.checked_sub(ago).ok().map(Time),
+                prefixes_advertised: i64::try_from(p.prefixes_advertised).unwrap_or(i64::MAX),
+                prefixes_received: i64::try_from(p.prefixes_received).unwrap_or(i64::MAX),
+                last_error: p.last_error,
+            }
+        })
+        .collect()
+}
+
+/// Writes this node's entry of `status.speakers` when something but the clock moved.
+async fn write_status(
+    api: &Api<BGPClusterConfig>,
+    node: &str,
+    r: &Running,
+    last: &mut Option<(String, Vec<PeerSessionStatus>)>,
+) {
+    let now = sessions(&r.status);
+    let key = |v: &[PeerSessionStatus]| -> Vec<PeerSessionStatus> {
+        v.iter()
+            .cloned()
+            .map(|p| PeerSessionStatus { since: None, ..p })
+            .collect()
+    };
+    if let Some((res, prev)) = last {
+        if *res == r.plan.resource && key(prev) == key(&now) {
+            return;
+        }
+    }
+    let patch = json!({
+        "apiVersion": "network.alibabacloud.com/v1beta1",
+        "kind": "BGPClusterConfig",
+        "metadata": {"name": r.plan.resource},
+        "status": {"speakers": [SpeakerStatus { name: node.to_string(), peers: now.clone() }]},
+    });
+    match api
+        .patch_status(
+            &r.plan.resource,
+            &PatchParams::apply(&field_manager(node)),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => *last = Some((r.plan.resource.clone(), now)),
+        Err(e) => {
+            tracing::warn!(error = %e, resource = %r.plan.resource, "writing BGP session status failed; retrying")
+        }
+    }
+}
