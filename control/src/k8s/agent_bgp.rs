@@ -36,7 +36,7 @@ use super::bgp_view::{self, SpeakerPlan, SpeakerSettings};
 use super::crd::{BGPClusterConfig, PeerSessionStatus, SpeakerStatus};
 use super::params::NAMESPACE;
 use crate::bgp::config::RouteConfig;
-use crate::bgp::password::SecretStore;
+use crate::bgp::password::{SecretStore, Secrets};
 use crate::bgp::speaker::{self, StopMode};
 use crate::bgp::status::StatusHandle;
 
@@ -226,7 +226,7 @@ fn start(plan: SpeakerPlan, store: &SecretStore) -> Running {
 }
 
 /// name → key → bytes of every Secret in the store.
-fn secret_bytes(secrets: &Store<Secret>) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
+fn secret_bytes(secrets: &Store<Secret>) -> Secrets {
     secrets
         .state()
         .iter()
