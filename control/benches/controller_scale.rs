@@ -20,12 +20,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::controller::{
-    ControllerProc, PARAMS, install, lease_holder, node_yaml, set_params, written,
+    ControllerProc, PARAMS, create_parallel, install, lease_holder, node_yaml, set_params, written,
 };
 use common::k8s_lab::KubeLab;
 use common::wait_for;
@@ -34,44 +32,14 @@ const WAIT: Duration = Duration::from_secs(600);
 
 /// Creates nodes `from..to` with `procs` kubectl processes in parallel.
 fn create_nodes(lab: &KubeLab, from: usize, to: usize, procs: usize) -> Duration {
-    let start = Instant::now();
-    let ids: Vec<usize> = (from..to).collect();
-    let chunks: Vec<Vec<usize>> = ids
-        .chunks(ids.len().div_ceil(procs))
-        .map(<[usize]>::to_vec)
-        .collect();
-    let children: Vec<_> = chunks
-        .into_iter()
-        .map(|chunk| {
-            let docs: Vec<String> = chunk
-                .iter()
-                .map(|&i| {
-                    let pool = if i % 2 == 0 { "a" } else { "b" };
-                    let addr = format!("198.18.{}.{}", 64 + i / 250, 1 + i % 250);
-                    node_yaml(&format!("scale-{i:05}"), Some(pool), &addr, None)
-                })
-                .collect();
-            let mut child = Command::new(lab.kubectl_path())
-                .arg("--kubeconfig")
-                .arg(lab.kubeconfig())
-                .args(["create", "-f", "-"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(docs.join("---\n").as_bytes())
-                .unwrap();
-            child
+    let docs: Vec<String> = (from..to)
+        .map(|i| {
+            let pool = if i % 2 == 0 { "a" } else { "b" };
+            let addr = format!("198.18.{}.{}", 64 + i / 250, 1 + i % 250);
+            node_yaml(&format!("scale-{i:05}"), Some(pool), &addr, None)
         })
         .collect();
-    for mut c in children {
-        assert!(c.wait().unwrap().success());
-    }
-    start.elapsed()
+    create_parallel(lab, &docs, procs)
 }
 
 /// `hybridway_ipam_blocks_written_total` of the controller.

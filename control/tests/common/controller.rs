@@ -85,6 +85,37 @@ pub fn create_all(lab: &KubeLab, docs: &[String]) {
     );
 }
 
+/// Creates `docs` with `procs` kubectl processes at once (as many kubelets register
+/// their Nodes); how long the API server took.
+pub fn create_parallel(lab: &KubeLab, docs: &[String], procs: usize) -> Duration {
+    use std::io::Write;
+    let start = std::time::Instant::now();
+    let children: Vec<_> = docs
+        .chunks(docs.len().div_ceil(procs.max(1)).max(1))
+        .map(|chunk| {
+            let mut child = Command::new(lab.kubectl_path())
+                .arg("--kubeconfig")
+                .arg(lab.kubeconfig())
+                .args(["create", "-f", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(chunk.join("---\n").as_bytes())
+                .unwrap();
+            child
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    start.elapsed()
+}
+
 /// What the controller wrote on a Node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Written {
