@@ -227,9 +227,9 @@ impl ControllerProc {
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .args([
                 "--lease-duration",
-                "4",
+                "8",
                 "--renew-deadline",
-                "2",
+                "5",
                 "--retry-period",
                 "1",
             ])
