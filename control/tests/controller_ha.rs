@@ -16,7 +16,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::controller::{
-    ControllerProc, PARAMS, install, lease_holder, node_yaml, set_params, wait_blocks, written,
+    ControllerProc, PARAMS, install, lease_holder, pool_nodes, set_params, spawn_create,
+    wait_blocks, written,
 };
 use common::k8s_lab::KubeLab;
 use common::wait_for;
@@ -46,48 +47,16 @@ fn two_hundred_nodes_while_the_leader_dies() {
 
     // Create the nodes from another thread (one kubectl per half) and kill the
     // leader once some of them exist.
-    let names: Vec<String> = (0..NODES).map(|i| format!("ha-{i:03}")).collect();
-    let docs: Vec<String> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let pool = if i % 2 == 0 { "a" } else { "b" };
-            node_yaml(
-                n,
-                Some(pool),
-                &format!("198.18.{}.{}", 64 + i / 200, 10 + i % 200),
-                None,
-            )
-        })
-        .collect();
-    let kubectl = lab.kubectl_path().to_path_buf();
-    let creator = std::thread::spawn({
-        let (kc, docs) = (kc.clone(), docs.clone());
-        move || {
-            let mut child = std::process::Command::new(kubectl)
-                .arg("--kubeconfig")
-                .arg(&kc)
-                .args(["create", "-f", "-"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(docs.join("---\n").as_bytes())
-                .unwrap();
-            assert!(child.wait().unwrap().success());
-        }
-    });
+    let nodes = pool_nodes("ha", 0, NODES);
+    let names: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
+    let docs: Vec<String> = nodes.into_iter().map(|(_, y)| y).collect();
+    let mut creator = spawn_create(&lab, &docs);
     wait_for(WAIT, "some allocated nodes", || {
         (written(&lab).values().filter(|w| w.block.is_some()).count() >= 20).then_some(())
     });
     let leader = replicas.iter_mut().find(|r| r.identity == first).unwrap();
     leader.kill();
-    creator.join().unwrap();
+    assert!(creator.wait().unwrap().success());
 
     let w = wait_blocks(&lab, &names, WAIT);
     let blocks: Vec<_> = names.iter().map(|n| w[n].block.clone().unwrap()).collect();

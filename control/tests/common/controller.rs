@@ -75,6 +75,39 @@ pub fn node_yaml(name: &str, pool: Option<&str>, addr: &str, pod_cidr: Option<&s
     )
 }
 
+/// `n` pool nodes named `{prefix}-{i:05}` from index `from`, alternately in pools
+/// a and b, with on-premises addresses 198.18.64.0/18.
+pub fn pool_nodes(prefix: &str, from: usize, n: usize) -> Vec<(String, String)> {
+    (from..from + n)
+        .map(|i| {
+            let name = format!("{prefix}-{i:05}");
+            let pool = if i % 2 == 0 { "a" } else { "b" };
+            let addr = format!("198.18.{}.{}", 64 + i / 250, 1 + i % 250);
+            let yaml = node_yaml(&name, Some(pool), &addr, None);
+            (name, yaml)
+        })
+        .collect()
+}
+
+/// Starts `kubectl create -f -` of `docs` in the background (the caller waits).
+pub fn spawn_create(lab: &KubeLab, docs: &[String]) -> Child {
+    use std::io::Write;
+    let mut child = Command::new(lab.kubectl_path())
+        .arg("--kubeconfig")
+        .arg(lab.kubeconfig())
+        .args(["create", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn kubectl create");
+    let mut stdin = child.stdin.take().expect("kubectl's stdin");
+    stdin
+        .write_all(docs.join("---\n").as_bytes())
+        .expect("write to kubectl");
+    drop(stdin);
+    child
+}
+
 /// Creates many objects with one kubectl (a `---`-separated stream).
 pub fn create_all(lab: &KubeLab, docs: &[String]) {
     let out = lab.apply(&docs.join("---\n"));
@@ -88,27 +121,10 @@ pub fn create_all(lab: &KubeLab, docs: &[String]) {
 /// Creates `docs` with `procs` kubectl processes at once (as many kubelets register
 /// their Nodes); how long the API server took.
 pub fn create_parallel(lab: &KubeLab, docs: &[String], procs: usize) -> Duration {
-    use std::io::Write;
     let start = std::time::Instant::now();
-    let children: Vec<_> = docs
+    let children: Vec<Child> = docs
         .chunks(docs.len().div_ceil(procs.max(1)).max(1))
-        .map(|chunk| {
-            let mut child = Command::new(lab.kubectl_path())
-                .arg("--kubeconfig")
-                .arg(lab.kubeconfig())
-                .args(["create", "-f", "-"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(chunk.join("---\n").as_bytes())
-                .unwrap();
-            child
-        })
+        .map(|chunk| spawn_create(lab, chunk))
         .collect();
     for mut c in children {
         assert!(c.wait().unwrap().success());
@@ -225,9 +241,9 @@ impl ControllerProc {
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .args([
                 "--lease-duration",
-                "4",
+                "8",
                 "--renew-deadline",
-                "2",
+                "5",
                 "--retry-period",
                 "1",
             ])
