@@ -14,6 +14,7 @@
 #                                         veth from a namespace into the lab bridge
 #   k8s-lab.sh detach DIR NETNS IFNAME
 #   k8s-lab.sh token DIR NAMESPACE SA     path of a kubeconfig for a service account
+#   k8s-lab.sh list                       instances holding an address, and their state
 #   k8s-lab.sh watch DIR PID              (started by up) run down DIR once PID ends
 #
 # Environment: HYBRIDWAY_LAB_CACHE (binaries, /var/cache/hybridway-lab),
@@ -555,6 +556,20 @@ stop_instance() {
   release_address "$dir"
 }
 
+# Every instance holding an address, for finding one a test left behind.
+cmd_list() {
+  local f n
+  for f in "$LAB_RUN"/addr/*; do
+    [[ -e "$f" ]] || continue
+    n="$(basename "$f")"
+    if reservation_stale "$n"; then
+      echo "$LAB_NET.$n $(cat "$f") stale (nothing runs; the next up or down frees it)"
+    else
+      echo "$LAB_NET.$n $(cat "$f") running"
+    fi
+  done
+}
+
 cmd_down() {
   [[ -n "${1:-}" ]] || die "usage: down DIR"
   [[ -d "$1" ]] || return 0
@@ -696,6 +711,7 @@ main() {
     detach) cmd_detach "$@" ;;
     token) cmd_token "$@" ;;
     watch) cmd_watch "$@" ;;
+    list) cmd_list "$@" ;;
     *)
       sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
       exit 2
