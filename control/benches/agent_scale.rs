@@ -23,12 +23,10 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::controller::{BLOCK, MODE};
+use common::controller::{BLOCK, MODE, create_parallel};
 use common::k8s_lab::KubeLab;
 use common::kube_agent::KubeAgent;
 use common::wait_for;
@@ -65,44 +63,14 @@ fn node_yaml(name: &str, addr: &str, block: &str, vtep: Option<u32>) -> String {
 
 /// Creates peers `from..to` with `procs` kubectl processes in parallel.
 fn create_nodes(lab: &KubeLab, from: usize, to: usize, procs: usize) -> Duration {
-    let start = Instant::now();
-    let ids: Vec<usize> = (from..to).collect();
-    let children: Vec<_> = ids
-        .chunks(ids.len().div_ceil(procs))
-        .map(|chunk| {
-            let docs: Vec<String> = chunk
-                .iter()
-                .map(|&i| {
-                    let (addr, block) = node_of(i);
-                    node_yaml(
-                        &format!("peer-{i:05}"),
-                        &addr,
-                        &block,
-                        Some(u32::try_from(i).unwrap()),
-                    )
-                })
-                .collect();
-            let mut child = Command::new(lab.kubectl_path())
-                .arg("--kubeconfig")
-                .arg(lab.kubeconfig())
-                .args(["create", "-f", "-"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(docs.join("---\n").as_bytes())
-                .unwrap();
-            child
+    let docs: Vec<String> = (from..to)
+        .map(|i| {
+            let (addr, block) = node_of(i);
+            let vtep = u32::try_from(i).unwrap();
+            node_yaml(&format!("peer-{i:05}"), &addr, &block, Some(vtep))
         })
         .collect();
-    for mut c in children {
-        assert!(c.wait().unwrap().success());
-    }
-    start.elapsed()
+    create_parallel(lab, &docs, procs)
 }
 
 fn main() {

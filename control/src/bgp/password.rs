@@ -79,7 +79,10 @@ impl PasswordSource for FilePassword {
 /// bytes). Unwired (the `bgp-speaker` command, no cluster) it holds nothing and says
 /// so; a missing Secret or key is a per-peer status reason, never a crash.
 #[derive(Clone, Default)]
-pub struct SecretStore(Arc<RwLock<Option<BTreeMap<String, BTreeMap<String, Vec<u8>>>>>>);
+pub struct SecretStore(Arc<RwLock<Option<Secrets>>>);
+
+/// Secret name → key → bytes.
+pub type Secrets = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
 
 impl fmt::Debug for SecretStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -89,7 +92,7 @@ impl fmt::Debug for SecretStore {
 
 impl SecretStore {
     /// Replaces every Secret (called by the watch after each change).
-    pub fn replace(&self, secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>) {
+    pub fn replace(&self, secrets: Secrets) {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(secrets);
     }
 

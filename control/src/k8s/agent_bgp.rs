@@ -36,12 +36,14 @@ use super::bgp_view::{self, SpeakerPlan, SpeakerSettings};
 use super::crd::{BGPClusterConfig, PeerSessionStatus, SpeakerStatus};
 use super::params::NAMESPACE;
 use crate::bgp::config::RouteConfig;
-use crate::bgp::password::SecretStore;
+use crate::bgp::password::{SecretStore, Secrets};
 use crate::bgp::speaker::{self, StopMode};
 use crate::bgp::status::StatusHandle;
 
 const SETTLE: Duration = Duration::from_millis(50);
 const STATUS_EVERY: Duration = Duration::from_secs(2);
+/// How long a speaker that failed to start waits before the next attempt.
+const RESTART_DELAY: Duration = Duration::from_millis(500);
 
 /// Field manager of one node's speaker status: one per node, so each agent owns
 /// exactly its entry of `status.speakers`.
@@ -211,8 +213,24 @@ fn start(plan: SpeakerPlan, store: &SecretStore) -> Running {
     let (st, secrets) = (status.clone(), store.clone());
     tracing::info!(resource = %plan.resource, peers = cfg.bgp_speakers.iter().map(|s| s.peers.len()).sum::<usize>(), routes = cfg.routes.len(), "starting the BGP speaker");
     let task = tokio::spawn(async move {
-        if let Err(e) = speaker::run(cfg, routes_rx, stop_rx, st, secrets).await {
-            tracing::error!(error = %e, "BGP speaker stopped");
+        // A speaker that cannot start (the previous one's listening socket not yet
+        // closed, an address not configured yet) tries again until it is stopped.
+        loop {
+            let run = speaker::run(
+                cfg.clone(),
+                routes_rx.clone(),
+                stop_rx.clone(),
+                st.clone(),
+                secrets.clone(),
+            );
+            match run.await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(error = %e, "BGP speaker could not start; retrying"),
+            }
+            if *stop_rx.borrow() != StopMode::Running {
+                return;
+            }
+            tokio::time::sleep(RESTART_DELAY).await;
         }
     });
     Running {
@@ -226,7 +244,7 @@ fn start(plan: SpeakerPlan, store: &SecretStore) -> Running {
 }
 
 /// name → key → bytes of every Secret in the store.
-fn secret_bytes(secrets: &Store<Secret>) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
+fn secret_bytes(secrets: &Store<Secret>) -> Secrets {
     secrets
         .state()
         .iter()

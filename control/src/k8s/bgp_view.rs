@@ -70,9 +70,9 @@ impl SpeakerPlan {
 
 /// The plan for node `own`, or `None` when no resource makes it a speaker. A
 /// resource that cannot be used (an ASN out of range) is an `Err` with the reason.
-pub fn plan<'a>(
+pub fn plan(
     own: &str,
-    nodes: &[&'a Node],
+    nodes: &[&Node],
     configs: &[&BGPClusterConfig],
     settings: &SpeakerSettings,
 ) -> Result<Option<SpeakerPlan>, String> {

@@ -18,10 +18,11 @@ pub enum ClientError {
     Client(#[source] kube::Error),
 }
 
-/// A client from `kubeconfig`, or inferred from the environment.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
+/// The cluster's configuration from `kubeconfig`, or inferred from the environment
+/// (a process that needs several clients, e.g. one per concern, builds them from it).
+pub async fn config(kubeconfig: Option<&Path>) -> Result<kube::Config, ClientError> {
     use kube::config::{KubeConfigOptions, Kubeconfig};
-    let config = match kubeconfig {
+    Ok(match kubeconfig {
         Some(path) => {
             let err = |source| ClientError::Kubeconfig {
                 path: path.to_owned(),
@@ -33,6 +34,10 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientErr
                 .map_err(err)?
         }
         None => kube::Config::infer().await?,
-    };
-    kube::Client::try_from(config).map_err(ClientError::Client)
+    })
+}
+
+/// A client from `kubeconfig`, or inferred from the environment.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
+    kube::Client::try_from(config(kubeconfig).await?).map_err(ClientError::Client)
 }

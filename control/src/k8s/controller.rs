@@ -30,7 +30,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::controller::Controller;
+use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -45,6 +45,10 @@ use super::metrics::Metrics;
 use super::node_ipam::{self, IpamContext, IpamState, MANAGER};
 use super::params::{CONFIG_KEY, CONFIG_MAP, ControllerParams, NAMESPACE, check_overlaps};
 use crate::ipam::{ClaimError, NodeBlockAllocator};
+
+/// Node reconciles (each at most one write) running at once: enough to keep the API
+/// server busy, few enough not to flood it when thousands of nodes register.
+const NODE_WRITES_IN_FLIGHT: u16 = 16;
 
 /// Name of the leader Lease (in [`NAMESPACE`]).
 pub const LEASE_NAME: &str = "hybridway-controller";
@@ -76,7 +80,9 @@ pub struct ControllerArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
     #[error(transparent)]
-    Client(#[from] super::client::ClientError),
+    Config(#[from] super::client::ClientError),
+    #[error("creating the API client: {0}")]
+    Client(#[source] kube::Error),
     #[error("metrics endpoint {addr}: {source}")]
     Metrics {
         addr: SocketAddr,
@@ -101,7 +107,11 @@ pub async fn run(args: &ControllerArgs) -> Result<(), ControllerError> {
             lease: args.lease_duration,
         });
     }
-    let client = super::client::client(args.kubeconfig.as_deref()).await?;
+    let config = super::client::config(args.kubeconfig.as_deref()).await?;
+    let client = kube::Client::try_from(config.clone()).map_err(ControllerError::Client)?;
+    // The Lease gets a connection of its own: renewals must not queue behind a burst
+    // of Node writes, or a busy leader would lose its lease for nothing.
+    let lease_client = kube::Client::try_from(config).map_err(ControllerError::Client)?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let metrics = Arc::new(Metrics::default());
     let state: Arc<Mutex<Option<IpamState>>> = Arc::default();
@@ -112,7 +122,7 @@ pub async fn run(args: &ControllerArgs) -> Result<(), ControllerError> {
         retry_period: Duration::from_secs(args.retry_period.max(1)),
     };
     let mut elector = LeaderElector::new(
-        Api::<Lease>::namespaced(client.clone(), NAMESPACE),
+        Api::<Lease>::namespaced(lease_client, NAMESPACE),
         LEASE_NAME,
         &identity,
         timing.clone(),
@@ -179,6 +189,7 @@ async fn lead(ctx: Arc<IpamContext>) {
         .inspect_ok(released)
         .touched_objects();
     let node_controller = Controller::for_stream(nodes, reader.clone())
+        .with_config(controller::Config::default().concurrency(NODE_WRITES_IN_FLIGHT))
         .reconcile_all_on(tokio_stream_from(all_rx))
         .run(node_ipam::reconcile, node_ipam::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));

@@ -118,6 +118,20 @@ pub fn create_all(lab: &KubeLab, docs: &[String]) {
     );
 }
 
+/// Creates `docs` with `procs` kubectl processes at once (as many kubelets register
+/// their Nodes); how long the API server took.
+pub fn create_parallel(lab: &KubeLab, docs: &[String], procs: usize) -> Duration {
+    let start = std::time::Instant::now();
+    let children: Vec<Child> = docs
+        .chunks(docs.len().div_ceil(procs.max(1)).max(1))
+        .map(|chunk| spawn_create(lab, chunk))
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    start.elapsed()
+}
+
 /// What the controller wrote on a Node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Written {
@@ -227,9 +241,9 @@ impl ControllerProc {
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .args([
                 "--lease-duration",
-                "4",
+                "8",
                 "--renew-deadline",
-                "2",
+                "5",
                 "--retry-period",
                 "1",
             ])
