@@ -643,3 +643,48 @@ fn pods_removed_and_added_with_the_cli_while_traffic_flows() {
     );
     assert_ping(&c, (1, 1), pod_ip(2, 1));
 }
+
+/// What the TUN backend changes on a node: where the `lookup local` rule is,
+/// `ip_forward`, a pod veth's `proxy_arp`.
+fn tun_host_settings(c: &Cluster, n: u8) -> (bool, String, String) {
+    let ns = &c.node(n).unwrap().ns;
+    let rules = ns.sh("ip -4 rule show").unwrap();
+    let local_at_zero = rules
+        .lines()
+        .any(|l| l.starts_with("0:") && l.ends_with("lookup local"));
+    let forward = ns.sh("cat /proc/sys/net/ipv4/ip_forward").unwrap();
+    let proxy_arp = ns.sh("cat /proc/sys/net/ipv4/conf/hwp1/proxy_arp").unwrap();
+    (
+        local_at_zero,
+        forward.trim().to_string(),
+        proxy_arp.trim().to_string(),
+    )
+}
+
+#[test]
+fn tun_agent_killed_restarted_then_stopped_leaves_the_node_as_before_its_first_start() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = tun_cluster(
+        "k9",
+        true,
+        true,
+        vec![NodeKind::Hybridway, NodeKind::Hybridway],
+    );
+    // A fresh namespace: local rule at 0, no forwarding, no proxy ARP.
+    let before = (true, "0".to_string(), "0".to_string());
+    assert_ne!(
+        tun_host_settings(&c, 1),
+        before,
+        "the agent changed nothing?"
+    );
+    c.stop_agent(1, "KILL").unwrap();
+    c.start_agent(1).unwrap();
+    assert_ping(&c, (1, 1), pod_ip(2, 1));
+    let status = c.stop_agent(1, "TERM").unwrap().unwrap();
+    assert!(status.success(), "agent exit status {status}");
+    assert_eq!(
+        tun_host_settings(&c, 1),
+        before,
+        "(local rule at 0, ip_forward, proxy_arp) after kill -9, restart and SIGTERM"
+    );
+}

@@ -456,6 +456,20 @@ pub struct ControlSection {
     pub cluster_state_file: PathBuf,
 }
 
+impl ControlSection {
+    /// Where the node's settings from before the agent's first start are kept until
+    /// a clean stop (`kernel_routes`): beside the pod state file and named after it,
+    /// so that agents with their own state files never share one.
+    pub fn host_journal(&self) -> PathBuf {
+        let stem = self
+            .state_file
+            .file_stem()
+            .map_or_else(|| "pods".into(), |s| s.to_string_lossy());
+        self.state_file
+            .with_file_name(format!("{stem}.host-originals.json"))
+    }
+}
+
 impl Default for ControlSection {
     fn default() -> Self {
         ControlSection {

@@ -2,9 +2,17 @@
 //! are removed again (pod removed, node removed, SIGTERM) and the node is left as it
 //! was found. What to set is decided elsewhere ([`super::host_routing`], the runtime
 //! for pods); this module only applies and undoes.
+//!
+//! The originals (sysctl values, where the `lookup local` rule was) are also written
+//! to a journal under the state directory: an agent killed with `kill -9` and started
+//! again finds the values from before its *first* start there, instead of taking the
+//! killed agent's settings for the node's own, and the next clean stop restores them.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::process::Command;
+
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 #[error("`{cmd}` failed: {detail}")]
@@ -63,9 +71,57 @@ pub struct KernelRoutes {
     local_rule_moved_to: Option<u32>,
     /// sysctl key → value before we changed it.
     sysctls: Vec<(String, String)>,
+    /// Where the originals are kept until a clean stop.
+    journal: Option<PathBuf>,
+}
+
+/// What the journal keeps: the node as found before the first start.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Originals {
+    sysctls: Vec<(String, String)>,
+    local_rule_moved_to: Option<u32>,
 }
 
 impl KernelRoutes {
+    /// Keeps the originals in `journal`; a journal left by an agent that did not stop
+    /// cleanly provides them.
+    pub fn with_journal(journal: PathBuf) -> Self {
+        let found: Originals = std::fs::read_to_string(&journal)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        if !found.sysctls.is_empty() || found.local_rule_moved_to.is_some() {
+            tracing::info!(journal = %journal.display(), "the last agent did not stop cleanly: restoring the node to the state it found");
+        }
+        KernelRoutes {
+            routes: BTreeSet::new(),
+            rules: Vec::new(),
+            sysctls: found.sysctls,
+            local_rule_moved_to: found.local_rule_moved_to,
+            journal: Some(journal),
+        }
+    }
+
+    fn save_journal(&self) {
+        let Some(path) = &self.journal else { return };
+        let originals = Originals {
+            sysctls: self.sysctls.clone(),
+            local_rule_moved_to: self.local_rule_moved_to,
+        };
+        let result = (|| -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_string(&originals).unwrap_or_default())?;
+            std::fs::rename(&tmp, path)
+        })();
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), error = %e, "cannot keep the node's original settings; a killed agent would not restore them");
+        }
+    }
+
     /// Routes `dest` (a prefix) out of `dev` in the main table, replacing what was there.
     pub fn add(&mut self, dest: &str, dev: &str) -> Result<(), RouteError> {
         self.add_route(args(&format!("{dest} dev {dev}")))
@@ -147,6 +203,7 @@ impl KernelRoutes {
         ip(&["-4", "rule", "add", "pref", &pref_s, "lookup", "local"])?;
         ip(&["-4", "rule", "del", "pref", "0", "lookup", "local"])?;
         self.local_rule_moved_to = Some(pref);
+        self.save_journal();
         Ok(())
     }
 
@@ -165,6 +222,7 @@ impl KernelRoutes {
             std::fs::write(&path, value).map_err(err)?;
             if !self.sysctls.iter().any(|(k, _)| k == key) {
                 self.sysctls.push((key.to_string(), old));
+                self.save_journal();
             }
         }
         Ok(())
@@ -192,6 +250,9 @@ impl KernelRoutes {
         for (key, old) in self.sysctls.drain(..).rev() {
             // Interfaces that are gone took their per-interface keys with them.
             let _ = std::fs::write(sysctl_path(&key), old);
+        }
+        if let Some(path) = &self.journal {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
