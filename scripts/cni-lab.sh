@@ -6,8 +6,7 @@
 #   bin/portmap, bin/bridge, bin/host-local   the reference plugins, built from
 #                    github.com/containernetworking/plugins (Debian's 1.1.1 cannot
 #                    read a cniVersion 1.1.0 list)
-# Everything comes from the Go module proxy, the Go toolchain too when PATH has
-# none new enough.
+# Everything comes from the Go module proxy; scripts/install-deps.sh provides Go.
 #
 #   scripts/cni-lab.sh build   build what is missing, showing progress
 #   scripts/cni-lab.sh path    print the cache directory (tests read it)
@@ -25,30 +24,7 @@ case "${1:-build}" in
   *) echo "usage: $0 build|path" >&2; exit 64 ;;
 esac
 
-# A Go toolchain: the one on PATH when it is new enough, else the release the Go
-# module proxy serves as the module golang.org/toolchain (what `go` itself fetches
-# for GOTOOLCHAIN), unpacked once under the cache.
-GO_FALLBACK=1.24.6
-go_ok() {
-  command -v go >/dev/null 2>&1 || return 1
-  local v; v=$(go env GOVERSION 2>/dev/null | sed 's/^go//')
-  [[ $(printf '%s\n1.23\n' "${v%%[a-z]*}" | sort -V | head -1) == 1.23 ]]
-}
-if ! go_ok; then
-  godir=/var/cache/hybridway-lab/go$GO_FALLBACK
-  if [[ ! -x $godir/bin/go ]]; then
-    echo "cni-lab: no Go >= 1.23 on PATH; fetching Go $GO_FALLBACK from the Go module proxy ..."
-    tmp=$(mktemp -d)
-    curl -fsSL -o "$tmp/go.zip" \
-      "https://proxy.golang.org/golang.org/toolchain/@v/v0.0.1-go$GO_FALLBACK.linux-amd64.zip"
-    unzip -q "$tmp/go.zip" -d "$tmp"
-    mkdir -p "$(dirname "$godir")"
-    mv "$tmp/golang.org/toolchain@v0.0.1-go$GO_FALLBACK.linux-amd64" "$godir"
-    chmod +x "$godir"/bin/* "$godir"/pkg/tool/*/* 2>/dev/null || true
-    rm -rf "$tmp"
-  fi
-  export PATH="$godir/bin:$PATH"
-fi
+command -v go >/dev/null 2>&1 || { echo "cni-lab: no Go on PATH (scripts/install-deps.sh puts one there)" >&2; exit 1; }
 mkdir -p "$dir/bin"
 export GOFLAGS=-mod=mod GOBIN="$dir/bin"
 

@@ -9,9 +9,8 @@ packages=(
   # network namespaces and real peers for the tests and the demo
   iproute2 iputils-ping tcpdump iperf3 netsniff-ng ethtool
   # the SNAT load tests and benchmark: a Python connection driver, the kernel's MASQUERADE;
-  # the CNI tests chain the reference portmap plugin (iptables rules);
-  # scripts/cni-lab.sh may unpack a Go toolchain
-  python3 iptables unzip
+  # the CNI tests chain the reference portmap plugin (iptables rules)
+  python3 iptables
   frr bird2 gobgpd
   # the Kubernetes test rig (scripts/k8s-lab.sh): certificates, readiness probes, locks
   openssl curl util-linux
@@ -31,17 +30,41 @@ for svc in frr bird gobgpd; do
   systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done
 
-# Go builds the Kubernetes test rig's binaries (scripts/k8s-lab/go.mod). Debian's Go
-# may be older than that go.mod asks for: k8s-lab.sh then lets it fetch the right
-# toolchain, itself a Go module, from the module proxy (GOTOOLCHAIN=auto).
-if ! command -v go >/dev/null 2>&1; then
-  if [[ -x /usr/local/go/bin/go ]]; then
-    export PATH="/usr/local/go/bin:$PATH"
-  else
-    echo "installing: golang-go"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends golang-go
+# Go builds the test peers (scripts/k8s-lab: kube-apiserver, etcd, kubectl, flanneld;
+# scripts/cni-lab.sh: libcni's driver and the reference plugins); it is never part of
+# the product. Use a Go >= 1.23 on PATH or in /usr/local/go; else take a release from
+# the Go module proxy, where it is published as the module golang.org/toolchain, with
+# Debian's older go doing the download (it knows the proxy). Newer releases that a
+# go.mod asks for are then fetched by go itself (GOTOOLCHAIN=auto in k8s-lab.sh).
+GO_FALLBACK=1.24.6
+go_new_enough() {
+  command -v go >/dev/null 2>&1 || return 1
+  local v
+  v=$(go env GOVERSION 2>/dev/null | sed 's/^go//')
+  [[ $(printf '%s\n1.23\n' "${v%%[a-z]*}" | sort -V | head -1) == 1.23 ]]
+}
+if ! go_new_enough && [[ -x /usr/local/go/bin/go ]]; then
+  export PATH="/usr/local/go/bin:$PATH"
+fi
+if ! go_new_enough; then
+  godir=/var/cache/hybridway-lab/go$GO_FALLBACK
+  if [[ ! -x $godir/bin/go ]]; then
+    command -v go >/dev/null 2>&1 || {
+      echo "installing: golang-go (only to download Go $GO_FALLBACK)"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends golang-go
+    }
+    echo "fetching Go $GO_FALLBACK from the Go module proxy (golang.org/toolchain)"
+    modcache=$(mktemp -d)
+    toolchain="golang.org/toolchain@v0.0.1-go$GO_FALLBACK.linux-amd64"
+    GOMODCACHE="$modcache" GOFLAGS=-mod=mod go mod download "$toolchain"
+    mkdir -p "$(dirname "$godir")"
+    cp -r "$modcache/$toolchain" "$godir"
+    chmod -R u+w "$modcache" "$godir" && rm -rf "$modcache"
+    # Module zips keep no file modes: the tools must be made executable again.
+    chmod +x "$godir"/bin/* "$godir"/pkg/tool/*/*
   fi
+  export PATH="$godir/bin:$PATH"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
