@@ -201,8 +201,9 @@ pub struct NetConf {
     pub log_file: Option<PathBuf>,
     /// The result of the plugins before this one (ADD when chained; CHECK, DEL).
     pub prev_result: Option<Value>,
-    /// GC: the attachments that stay; everything else is released.
-    pub valid_attachments: Vec<AttachmentKey>,
+    /// GC: the attachments that stay; everything else is released. `None` when the
+    /// runtime sent no list (which GC refuses rather than read as "keep nothing").
+    pub valid_attachments: Option<Vec<AttachmentKey>>,
 }
 
 #[derive(Deserialize)]
@@ -285,10 +286,7 @@ impl NetConf {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET)),
             log_file: raw.log_file,
             prev_result: raw.prev_result,
-            valid_attachments: raw
-                .valid_attachments
-                .or(raw.attachments)
-                .unwrap_or_default(),
+            valid_attachments: raw.valid_attachments.or(raw.attachments),
         })
     }
 }
@@ -363,7 +361,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(conf.agent_socket, PathBuf::from("/tmp/a.sock"));
-        assert_eq!(conf.valid_attachments.len(), 1);
+        assert_eq!(conf.valid_attachments.map(|v| v.len()), Some(1));
         let old = NetConf::parse(br#"{"cniVersion":"0.3.1","name":"n"}"#, CniCommand::Add).unwrap();
         assert_eq!(old.agent_socket, PathBuf::from(DEFAULT_AGENT_SOCKET));
         let err = |s: &[u8], c| NetConf::parse(s, c).unwrap_err().code.code();

@@ -226,22 +226,22 @@ fn check(inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
 
 /// GC: the agent frees every attachment not in the valid list; their veths go.
 fn gc(conf: &NetConf) -> Result<String, CniError> {
-    let resp = ask(
-        conf,
-        &Request::CniGc {
-            valid: conf.valid_attachments.clone(),
-        },
-    )?;
+    // A GC without the list would free every pod of the node: a runtime always
+    // sends it (empty when nothing is valid), so its absence is a broken request.
+    let valid = conf.valid_attachments.clone().ok_or_else(|| {
+        CniError::new(
+            ErrorCode::InvalidConfig,
+            "GC needs cni.dev/valid-attachments (an empty list frees everything)",
+        )
+    })?;
+    let kept = valid.len();
+    let resp = ask(conf, &Request::CniGc { valid })?;
     for a in &resp.released {
         if let Err(e) = pod_link::delete_host(&a.interface) {
             tracing::warn!(interface = %a.interface, error = %e, "GC: veth not deleted");
         }
     }
-    Ok(format!(
-        "released={} kept={}",
-        resp.released.len(),
-        conf.valid_attachments.len()
-    ))
+    Ok(format!("released={} kept={}", resp.released.len(), kept))
 }
 
 /// STATUS: ready when the agent answers (it has its pod block and runs).
@@ -253,5 +253,24 @@ fn status(conf: &NetConf) -> Result<String, CniError> {
             "the hybridway agent is not running or not ready",
         )
         .with_details(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gc_without_the_valid_list_is_refused_before_asking_the_agent() {
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.1.0","name":"hybridway","type":"hybridway-cni",
+                "agentSocket":"/nonexistent/agent.sock"}"#,
+            CniCommand::Gc,
+        )
+        .unwrap();
+        let err = gc(&conf).unwrap_err();
+        // 7 (invalid configuration), not 11: the agent was never asked.
+        assert_eq!(err.code.code(), 7);
     }
 }

@@ -48,10 +48,12 @@ const RESTART_DELAY: Duration = Duration::from_millis(500);
 /// Field manager of one node's speaker status: one per node, so each agent owns
 /// exactly its entry of `status.speakers`.
 pub fn field_manager(node: &str) -> String {
-    // Field manager names are limited to 128 characters.
-    let mut m = format!("hybridway-agent-{node}");
-    m.truncate(128);
-    m
+    // Field manager names are limited to 128 characters (cut on a character
+    // boundary: a node name given by hand need not be ASCII).
+    format!("hybridway-agent-{node}")
+        .chars()
+        .take(128)
+        .collect()
 }
 
 /// A running speaker and how to steer it.
@@ -318,5 +320,18 @@ async fn write_status(
         Err(e) => {
             tracing::warn!(error = %e, resource = %r.plan.resource, "writing BGP session status failed; retrying")
         }
+    }
+}
+
+#[cfg(test)]
+mod field_manager_tests {
+    use super::field_manager;
+
+    #[test]
+    fn long_non_ascii_node_names_are_cut_on_a_character_boundary() {
+        let name = "ü".repeat(200);
+        let m = field_manager(&name);
+        assert_eq!(m.chars().count(), 128);
+        assert!(m.starts_with("hybridway-agent-ü"));
     }
 }

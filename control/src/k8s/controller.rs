@@ -38,6 +38,7 @@ use tokio::sync::mpsc;
 
 use super::annotations;
 use super::bgp_config::{self, BgpConfigContext};
+use super::cluster_view::exact_prefix;
 use super::crd::BGPClusterConfig;
 use super::discovery;
 use super::leader::{self, Attempt, LeaderElector, LeaseTiming};
@@ -360,7 +361,8 @@ async fn activate(ctx: &IpamContext, nodes: &Store<Node>, text: &str) -> Result<
         let annotated = node.annotations().get(annotations::HYBRID_POD_BLOCK);
         let spec = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref());
         let held = match (annotated, spec) {
-            (Some(a), _) => Prefix::from_str(a).ok(),
+            // The agents read the annotation strictly; so does the allocator.
+            (Some(a), _) => exact_prefix(a).ok(),
             // A podCIDR outside the hybrid CIDR is another allocator's business.
             (None, Some(s)) => Prefix::from_str(s)
                 .ok()

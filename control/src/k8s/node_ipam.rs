@@ -21,6 +21,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::annotations;
+use super::cluster_view::exact_prefix;
 use super::metrics::Metrics;
 use super::params::ControllerParams;
 use crate::ipam::{AllocError, ClaimError, NodeBlockAllocator};
@@ -133,7 +134,7 @@ fn decide(node: &Node, state: &mut Option<IpamState>) -> Decision {
     let annotated = node
         .annotations()
         .get(annotations::HYBRID_POD_BLOCK)
-        .and_then(|s| Prefix::from_str(s).ok());
+        .and_then(|s| exact_prefix(s).ok());
     let cidr = state.allocator.cidr();
     let ours = spec_block.is_some_and(|b| cidr.contains(b.addr()));
     if let Some(theirs) = spec_cidr.as_ref().filter(|_| !ours) {
@@ -271,10 +272,15 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<IpamContext>) -> Result<Action,
                     Ok(Action::await_change())
                 }
                 Err(source) => {
-                    // Whatever the failure, a block we just took must not leak: the
-                    // next reconcile sees the current Node and decides again.
-                    if let Some(state) = ctx.lock().as_mut() {
-                        state.release(&name);
+                    // A block we just took must not leak: the next reconcile sees the
+                    // current Node and decides again. A block the Node already held
+                    // stays claimed (only its mode or pool was being rewritten):
+                    // releasing it would hand it to the next new node while this one
+                    // still holds it.
+                    if fresh {
+                        if let Some(state) = ctx.lock().as_mut() {
+                            state.release(&name);
+                        }
                     }
                     Err(IpamError::Write {
                         node: name,
@@ -506,6 +512,36 @@ mod tests {
             assert_eq!(held(&ctx, "n1"), None);
             let action = error_policy(Arc::new(node("n1", Some("a"), None)), &err, ctx.clone());
             assert_eq!(action, Action::requeue(Duration::from_millis(200)));
+            drop(ctx);
+            server.await.unwrap();
+        }
+
+        /// A failed write of a block the Node already held (only its annotations
+        /// were missing) keeps the block claimed: released, it would be the next
+        /// one handed to a new node while this Node still holds it.
+        #[tokio::test]
+        async fn failed_write_keeps_a_block_the_node_already_held() {
+            let (client, handle) = mock_api::client();
+            let server = tokio::spawn(mock_api::serve(
+                handle,
+                vec![Exchange {
+                    method: "PATCH",
+                    path: "/api/v1/nodes/n1",
+                    body_has: vec!["198.19.128.0/24"],
+                    status: 409,
+                    response: mock_api::status(409, "Conflict"),
+                }],
+            ));
+            let ctx = ctx(client);
+            let held_block = Prefix::from_str("198.19.128.0/24").unwrap();
+            let n = Arc::new(node("n1", Some("a"), Some("198.19.128.0/24")));
+            reconcile(n, ctx.clone()).await.unwrap_err();
+            assert_eq!(held(&ctx, "n1"), Some(held_block));
+            let next = ctx
+                .lock()
+                .as_mut()
+                .map(|s| s.allocator.allocate("n2").unwrap());
+            assert_ne!(next, Some(held_block), "a held block was handed out again");
             drop(ctx);
             server.await.unwrap();
         }
