@@ -14,6 +14,8 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
+use super::state_file::write_atomically;
+
 #[derive(Debug, thiserror::Error)]
 #[error("`{cmd}` failed: {detail}")]
 pub struct RouteError {
@@ -109,14 +111,8 @@ impl KernelRoutes {
             sysctls: self.sysctls.clone(),
             local_rule_moved_to: self.local_rule_moved_to,
         };
-        let result = (|| -> std::io::Result<()> {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, serde_json::to_string(&originals).unwrap_or_default())?;
-            std::fs::rename(&tmp, path)
-        })();
+        let text = serde_json::to_string(&originals).unwrap_or_default();
+        let result = write_atomically(path, text.as_bytes());
         if let Err(e) = result {
             tracing::warn!(path = %path.display(), error = %e, "cannot keep the node's original settings; a killed agent would not restore them");
         }

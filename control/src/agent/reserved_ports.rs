@@ -15,6 +15,8 @@
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
+use super::state_file::write_atomically;
+
 /// The sysctl (in the agent's network namespace; it is per namespace).
 pub const SYSCTL: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 /// The file beside the agent's state that remembers the value found at start.
@@ -77,17 +79,13 @@ impl ReservedPorts {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let live = read(sysctl)?;
-                std::fs::create_dir_all(state_dir).map_err(|source| ReservedPortsError::Write {
-                    path: state_dir.to_owned(),
-                    source,
-                })?;
-                // Written whole before the sysctl changes: a crash in between leaves
-                // a file that names the true original.
-                let tmp = state_dir.join(format!("{SAVED_FILE}.tmp"));
-                write(&tmp, &live)?;
-                std::fs::rename(&tmp, &saved).map_err(|source| ReservedPortsError::Write {
-                    path: saved.clone(),
-                    source,
+                // Written whole and durably before the sysctl changes: a crash in
+                // between leaves a file that names the true original.
+                write_atomically(&saved, format!("{live}\n").as_bytes()).map_err(|source| {
+                    ReservedPortsError::Write {
+                        path: saved.clone(),
+                        source,
+                    }
                 })?;
                 live
             }

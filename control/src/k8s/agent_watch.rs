@@ -36,6 +36,7 @@ use tokio::sync::watch;
 use super::cluster_view::{self, NotReady, Skipped};
 use super::flannel::{self, Vtep};
 use crate::agent::config::ClusterFacts;
+use crate::agent::state_file::write_atomically;
 
 /// Field manager of the agent's writes to its own Node.
 pub const MANAGER: &str = "hybridway-agent";
@@ -75,15 +76,9 @@ pub fn load_persisted(path: &Path, node_name: &str) -> Option<ClusterFacts> {
 }
 
 fn persist(path: &Path, facts: &ClusterFacts) {
-    let result = (|| -> Result<(), String> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        }
-        let text = serde_json::to_string_pretty(facts).map_err(|e| e.to_string())?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, path).map_err(|e| e.to_string())
-    })();
+    let result = serde_json::to_string_pretty(facts)
+        .map_err(|e| e.to_string())
+        .and_then(|text| write_atomically(path, text.as_bytes()).map_err(|e| e.to_string()));
     if let Err(e) = result {
         tracing::warn!(path = %path.display(), error = %e, "could not save the cluster view; a restart without the API server will not have it");
     }
