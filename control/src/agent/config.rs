@@ -505,8 +505,12 @@ fn default_park_ms() -> u64 {
 fn default_metrics() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
 }
+/// Where the agent serves its control socket unless configured: what `hybridway`'s
+/// subcommands and the CNI plugin call by default.
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/hybridway/agent.sock";
+
 fn default_socket() -> PathBuf {
-    PathBuf::from("/run/hybridway/agent.sock")
+    PathBuf::from(DEFAULT_AGENT_SOCKET)
 }
 fn default_state() -> PathBuf {
     PathBuf::from("/var/lib/hybridway/pods.json")

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use hybridway_control::agent::config::DEFAULT_AGENT_SOCKET;
 use hybridway_control::agent::control::{self, Request};
 use hybridway_control::agent::{Agent, LocalPod};
 use hybridway_dataplane::wire::MacAddr;
@@ -19,8 +20,6 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
 }
-
-const DEFAULT_SOCKET: &str = "/run/hybridway/agent.sock";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -72,17 +71,17 @@ enum Command {
         #[command(subcommand)]
         action: PodAction,
         /// The agent's control socket.
-        #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
+        #[arg(long, global = true, default_value = DEFAULT_AGENT_SOCKET)]
         socket: PathBuf,
     },
     /// Print a running agent's status as JSON.
     Status {
-        #[arg(long, default_value = DEFAULT_SOCKET)]
+        #[arg(long, default_value = DEFAULT_AGENT_SOCKET)]
         socket: PathBuf,
     },
     /// Ask a running agent to re-read its configuration (same as SIGHUP).
     Reload {
-        #[arg(long, default_value = DEFAULT_SOCKET)]
+        #[arg(long, default_value = DEFAULT_AGENT_SOCKET)]
         socket: PathBuf,
     },
     /// Two nodes with two pods each in network namespaces: overlay, underlay, SNAT.

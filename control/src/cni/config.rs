@@ -12,8 +12,7 @@ use serde_json::Value;
 use super::result::{CniError, ErrorCode, SUPPORTED_VERSIONS};
 use crate::agent::addresses::AttachmentKey;
 
-/// Where the agent listens when the configuration does not say.
-pub const DEFAULT_AGENT_SOCKET: &str = "/run/hybridway/agent.sock";
+pub use crate::agent::config::DEFAULT_AGENT_SOCKET;
 /// Largest stdin the plugin reads (a configuration with a large prevResult fits).
 pub const MAX_STDIN: usize = 1 << 20;
 
