@@ -143,19 +143,31 @@ impl PodAddressBook {
             interface: interface.to_owned(),
             mac,
         };
-        self.by_key.insert(key.clone(), a.clone());
+        let before = (self.by_key.insert(key.clone(), a.clone()), self.last);
         self.last = Some(ip);
-        self.save()?;
+        if let Err(e) = self.save() {
+            // The book in memory never runs ahead of the file: an address only
+            // memory knew would be handed out again after a restart.
+            match before.0 {
+                Some(old) => self.by_key.insert(key.clone(), old),
+                None => self.by_key.remove(key),
+            };
+            self.last = before.1;
+            return Err(e);
+        }
         Ok(a)
     }
 
     /// Frees `key`'s address (nothing to do when it has none) and saves the book.
     pub fn release(&mut self, key: &AttachmentKey) -> Result<Option<Allocation>, AddressError> {
-        let gone = self.by_key.remove(key);
-        if gone.is_some() {
-            self.save()?;
+        let Some(gone) = self.by_key.remove(key) else {
+            return Ok(None);
+        };
+        if let Err(e) = self.save() {
+            self.by_key.insert(key.clone(), gone);
+            return Err(e);
         }
-        Ok(gone)
+        Ok(Some(gone))
     }
 
     /// Frees every allocation whose key `keep` rejects; returns them.
@@ -166,7 +178,12 @@ impl PodAddressBook {
         let stale: Vec<AttachmentKey> = self.by_key.keys().filter(|k| !keep(k)).cloned().collect();
         let gone: Vec<Allocation> = stale.iter().filter_map(|k| self.by_key.remove(k)).collect();
         if !gone.is_empty() {
-            self.save()?;
+            if let Err(e) = self.save() {
+                for a in gone {
+                    self.by_key.insert(a.key.clone(), a);
+                }
+                return Err(e);
+            }
         }
         Ok(gone)
     }
@@ -271,6 +288,24 @@ mod tests {
         let reloaded = PodAddressBook::load(&path, b.block, b.gateway).unwrap();
         assert_eq!(reloaded.allocations().count(), 5);
         assert_eq!(reloaded.get(&key("c0")).unwrap().ip.octets()[3], 2);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_change_that_cannot_be_saved_is_not_kept_in_memory() {
+        let (mut b, path) = book("unsaved", "198.19.1.0/29");
+        let kept = b.allocate(&key("a"), "ia", MAC, &|_| false).unwrap();
+        // A directory that cannot be created: every save fails.
+        b.path = PathBuf::from("/proc/hybridway-no-such-dir/addresses.json");
+        assert!(b.allocate(&key("b"), "ib", MAC, &|_| false).is_err());
+        assert!(b.get(&key("b")).is_none(), "an unsaved address stays free");
+        assert!(b.release(&key("a")).is_err());
+        assert_eq!(b.get(&key("a")), Some(&kept), "an unsaved release keeps it");
+        assert!(b.release_unless(|_| false).is_err());
+        assert_eq!(b.allocations().count(), 1);
+        b.path = path.clone();
+        let next = b.allocate(&key("b"), "ib", MAC, &|_| false).unwrap();
+        assert_ne!(next.ip, kept.ip);
         std::fs::remove_file(path).unwrap();
     }
 

@@ -262,9 +262,7 @@ impl Agent {
         // uplink belongs to worker 0 and the others hand it their frames.
         let queues = rx_queues(&ifname).min(workers);
         // The SNAT switch can be flipped by a reload, so replies are always steered.
-        let mut kernel = KernelRoutes::with_journal(
-            cfg.control.state_file.with_file_name("host-originals.json"),
-        );
+        let mut kernel = KernelRoutes::with_journal(cfg.control.host_journal());
         let (mut queues, mut sole) = match backend {
             // UDP sockets with SO_REUSEPORT: one per worker.
             Backend::Tun => (workers, false),
