@@ -177,13 +177,13 @@ impl PodAddressBook {
     ) -> Result<Vec<Allocation>, AddressError> {
         let stale: Vec<AttachmentKey> = self.by_key.keys().filter(|k| !keep(k)).cloned().collect();
         let gone: Vec<Allocation> = stale.iter().filter_map(|k| self.by_key.remove(k)).collect();
-        if !gone.is_empty() {
-            if let Err(e) = self.save() {
-                for a in gone {
-                    self.by_key.insert(a.key.clone(), a);
-                }
-                return Err(e);
+        if !gone.is_empty()
+            && let Err(e) = self.save()
+        {
+            for a in gone {
+                self.by_key.insert(a.key.clone(), a);
             }
+            return Err(e);
         }
         Ok(gone)
     }

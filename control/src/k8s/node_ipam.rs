@@ -277,10 +277,8 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<IpamContext>) -> Result<Action,
                     // stays claimed (only its mode or pool was being rewritten):
                     // releasing it would hand it to the next new node while this one
                     // still holds it.
-                    if fresh {
-                        if let Some(state) = ctx.lock().as_mut() {
-                            state.release(&name);
-                        }
+                    if fresh && let Some(state) = ctx.lock().as_mut() {
+                        state.release(&name);
                     }
                     Err(IpamError::Write {
                         node: name,
