@@ -159,6 +159,15 @@ const RECLAIM_BUDGET: usize = 1024;
 /// whole range for every SYN when most ports sit in TIME_WAIT.
 const FREE_PORT_SEARCH: u32 = 64;
 
+/// Ports a new flow examines at most (Linux bounds its NAT port search the same
+/// way): when a destination's range is full of live flows, every refused SYN would
+/// otherwise probe the whole range on the packet path, and a pod hammering one busy
+/// destination would stall the worker for every destination it owns. Past the
+/// bound the flow is refused as exhausted, which the range nearly is: the search
+/// starts where the last one stopped, so successive SYNs look at successive
+/// windows of the range and a free port left anywhere is found within a few.
+const PORT_SEARCH_LIMIT: u32 = 4096;
+
 /// Below this many flows (about 2 MiB of entries and buckets) the shard sits in
 /// the L2 cache and batches skip the warming pass.
 const WARM_ABOVE: usize = 32_768;
@@ -560,7 +569,7 @@ impl SnatShard {
         }
         // The first port seen whose flow is over: (port, hash, slot).
         let mut reusable: Option<(u16, u32, u32)> = None;
-        for scanned in 0..self.range_len {
+        for scanned in 0..self.range_len.min(PORT_SEARCH_LIMIT) {
             if scanned >= FREE_PORT_SEARCH && reusable.is_some() {
                 break;
             }
