@@ -89,10 +89,13 @@ impl KernelRoutes {
     /// Keeps the originals in `journal`; a journal left by an agent that did not stop
     /// cleanly provides them.
     pub fn with_journal(journal: PathBuf) -> Self {
-        let found: Originals = std::fs::read_to_string(&journal)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
+        let found: Originals = match std::fs::read_to_string(&journal) {
+            Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+                tracing::warn!(journal = %journal.display(), error = %e, "the node's original settings cannot be read back; what the last agent changed stays as it is");
+                Originals::default()
+            }),
+            Err(_) => Originals::default(),
+        };
         if !found.sysctls.is_empty() || found.local_rule_moved_to.is_some() {
             tracing::info!(journal = %journal.display(), "the last agent did not stop cleanly: restoring the node to the state it found");
         }
@@ -195,12 +198,19 @@ impl KernelRoutes {
         if !at_zero {
             return Ok(());
         }
-        let pref_s = pref.to_string();
-        ip(&["-4", "rule", "add", "pref", &pref_s, "lookup", "local"])?;
-        ip(&["-4", "rule", "del", "pref", "0", "lookup", "local"])?;
+        // Journal first: an agent killed between the two steps must still find
+        // where the rule went.
         self.local_rule_moved_to = Some(pref);
         self.save_journal();
-        Ok(())
+        let pref_s = pref.to_string();
+        let moved = ip(&["-4", "rule", "add", "pref", &pref_s, "lookup", "local"])
+            .and_then(|_| ip(&["-4", "rule", "del", "pref", "0", "lookup", "local"]));
+        if moved.is_err() {
+            let _ = ip(&["-4", "rule", "del", "pref", &pref_s, "lookup", "local"]);
+            self.local_rule_moved_to = None;
+            self.save_journal();
+        }
+        moved.map(|_| ())
     }
 
     /// Sets a sysctl (dotted key), remembering the old value for [`Drop`].
@@ -215,10 +225,18 @@ impl KernelRoutes {
             .trim()
             .to_string();
         if old != value {
-            std::fs::write(&path, value).map_err(err)?;
-            if !self.sysctls.iter().any(|(k, _)| k == key) {
+            // Journal first: the original must be on disk before it is overwritten.
+            let first = !self.sysctls.iter().any(|(k, _)| k == key);
+            if first {
                 self.sysctls.push((key.to_string(), old));
                 self.save_journal();
+            }
+            if let Err(e) = std::fs::write(&path, value) {
+                if first {
+                    self.sysctls.pop();
+                    self.save_journal();
+                }
+                return Err(err(e));
             }
         }
         Ok(())
@@ -226,6 +244,7 @@ impl KernelRoutes {
 
     /// Undoes everything.
     pub fn clear(&mut self) {
+        let mut keep_journal = false;
         for rule in std::mem::take(&mut self.rules).iter().rev() {
             if let Err(e) = ip_owned(["rule", "del"], rule) {
                 tracing::debug!(error = %e, "rule already gone");
@@ -236,7 +255,8 @@ impl KernelRoutes {
             let restored = ip(&["-4", "rule", "add", "pref", "0", "lookup", "local"])
                 .and_then(|_| ip(&["-4", "rule", "del", "pref", &pref, "lookup", "local"]));
             if let Err(e) = restored {
-                tracing::warn!(error = %e, "could not put the local rule back at priority 0");
+                tracing::warn!(error = %e, "could not put the local rule back at priority 0; the journal keeps it for the next agent");
+                keep_journal = true;
             }
         }
         let routes: Vec<RouteArgs> = self.routes.iter().cloned().collect();
@@ -247,7 +267,9 @@ impl KernelRoutes {
             // Interfaces that are gone took their per-interface keys with them.
             let _ = std::fs::write(sysctl_path(&key), old);
         }
-        if let Some(path) = &self.journal {
+        if let Some(path) = &self.journal
+            && !keep_journal
+        {
             let _ = std::fs::remove_file(path);
         }
     }
