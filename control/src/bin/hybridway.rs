@@ -164,23 +164,6 @@ enum PodAction {
     },
 }
 
-fn init_logging() {
-    init_logging_as(false);
-}
-
-fn init_logging_as(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        fmt.json().init();
-    } else {
-        fmt.init();
-    }
-}
-
 fn print_response(resp: &control::Response) -> anyhow::Result<()> {
     for note in &resp.notes {
         eprintln!("note: {note}");
@@ -202,7 +185,7 @@ fn main() -> anyhow::Result<()> {
             kubernetes,
             node_name,
         } if kubernetes || kubeconfig.is_some() => {
-            init_logging();
+            hybridway_control::logging::init(false);
             let node_name = match node_name.or_else(|| std::env::var("NODE_NAME").ok()) {
                 Some(n) if !n.is_empty() => n,
                 _ => anyhow::bail!("Kubernetes mode needs the node name: --node-name or NODE_NAME"),
@@ -216,7 +199,7 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("agent of node {} (Kubernetes mode)", mode.node_name))?;
         }
         Command::Agent { config, .. } => {
-            init_logging();
+            hybridway_control::logging::init(false);
             let agent = Agent::start(&config)
                 .with_context(|| format!("starting the agent from {}", config.display()))?;
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -251,7 +234,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}: ok ({what})", config.display());
         }
         Command::Controller { args, log_json } => {
-            init_logging_as(log_json);
+            hybridway_control::logging::init(log_json);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -287,15 +270,15 @@ fn main() -> anyhow::Result<()> {
         Command::Status { socket } => print_response(&control::call(&socket, &Request::Status)?)?,
         Command::Reload { socket } => print_response(&control::call(&socket, &Request::Reload)?)?,
         Command::Demo(args) => {
-            init_logging();
+            hybridway_control::logging::init(false);
             hybridway_control::demo::run(&args)?;
         }
         Command::BenchE2e(args) => {
-            init_logging();
+            hybridway_control::logging::init(false);
             hybridway_control::demo::bench::run(&args)?;
         }
         Command::BenchSnat(args) => {
-            init_logging();
+            hybridway_control::logging::init(false);
             hybridway_control::demo::bench_snat::run(&args)?;
         }
         Command::BgpSpeaker(args) => hybridway_control::bgp::cli::run(&args)?,
