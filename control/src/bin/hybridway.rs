@@ -205,7 +205,7 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(control::run(agent, None))?;
+            rt.block_on(control::run(agent, None, None))?;
         }
         Command::CheckConfig { config, kind } => {
             let kind = match kind {
