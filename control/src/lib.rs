@@ -10,3 +10,4 @@ pub mod cni;
 pub mod demo;
 pub mod ipam;
 pub mod k8s;
+pub mod logging;

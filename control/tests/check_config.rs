@@ -1,5 +1,6 @@
-//! `hybridway check-config` on both kinds of file: the agent's configuration and
-//! the controller's parameters (bare or as the ConfigMap manifest in deploy/).
+//! `hybridway check-config` on every kind of file the project documents: the
+//! agent's configuration, its Kubernetes-mode local file, the controller's
+//! parameters (bare or as the ConfigMap manifest in deploy/) and the BGP speaker's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -18,6 +19,35 @@ fn check(path: &Path, extra: &[&str]) -> (bool, String) {
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
+}
+
+/// Every documented example under deploy/ is accepted, detected as its kind, and
+/// the answer says which kind was checked.
+#[test]
+fn every_documented_example_is_accepted_as_its_kind() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    for (file, kind, said) in [
+        ("agent-example.yaml", "agent", "ok (agent configuration)"),
+        (
+            "agent-kubernetes.yaml",
+            "local",
+            "ok (agent local configuration (Kubernetes mode))",
+        ),
+        (
+            "controller-config.yaml",
+            "controller",
+            "ok (controller parameters)",
+        ),
+        ("bgp-speaker.yaml", "bgp", "ok (BGP speaker configuration)"),
+    ] {
+        let (ok, text) = check(&deploy.join(file), &[]);
+        assert!(ok && text.contains(said), "{file}: {text}");
+        let (ok, text) = check(&deploy.join(file), &["--kind", kind]);
+        assert!(ok && text.contains(said), "{file} as {kind}: {text}");
+    }
+    // A speaker's file checked as the agent's is refused: the kind matters.
+    let (ok, text) = check(&deploy.join("bgp-speaker.yaml"), &["--kind", "agent"]);
+    assert!(!ok && text.contains("agent configuration"), "{text}");
 }
 
 #[test]

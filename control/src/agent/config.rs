@@ -552,22 +552,60 @@ pub fn exact_prefix(s: &str) -> Result<Prefix, String> {
     Ok(p)
 }
 
+/// A scalar written as text (a prefix, a MAC) and parsed *inside* the string
+/// visitor: serde_yaml stamps an error raised there with that scalar's own path and
+/// line (`nodes[0].podBlock ... at line 10`), while an error raised after the
+/// string is returned is stamped with the enclosing mapping's (`nodes[0]`, its first
+/// line) - which is what a user would have to hunt for.
+trait TextScalar: Sized {
+    const EXPECTING: &'static str;
+    fn parse_text(s: &str) -> Result<Self, String>;
+}
+
+impl TextScalar for Prefix {
+    const EXPECTING: &'static str = "an IPv4 prefix such as 198.19.1.0/24";
+    fn parse_text(s: &str) -> Result<Self, String> {
+        exact_prefix(s)
+    }
+}
+
+impl TextScalar for MacAddr {
+    const EXPECTING: &'static str = "a MAC address such as 02:00:00:00:00:01";
+    fn parse_text(s: &str) -> Result<Self, String> {
+        MacAddr::from_str(s).map_err(|e| e.to_string())
+    }
+}
+
+/// Deserializes a [`TextScalar`] through `deserialize_str` (see there for why).
+struct Text<T>(T);
+
+impl<'de, T: TextScalar> Deserialize<'de> for Text<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<T: TextScalar> serde::de::Visitor<'_> for V<T> {
+            type Value = Text<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(T::EXPECTING)
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Text<T>, E> {
+                T::parse_text(s).map(Text).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
 fn de_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Prefix, D::Error> {
-    let s = String::deserialize(d)?;
-    exact_prefix(&s).map_err(serde::de::Error::custom)
+    Text::<Prefix>::deserialize(d).map(|t| t.0)
 }
 
 fn de_prefixes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Prefix>, D::Error> {
-    let v = Vec::<String>::deserialize(d)?;
-    v.iter()
-        .map(|s| exact_prefix(s).map_err(serde::de::Error::custom))
-        .collect()
+    let v = Vec::<Text<Prefix>>::deserialize(d)?;
+    Ok(v.into_iter().map(|t| t.0).collect())
 }
 
 fn de_opt_mac<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MacAddr>, D::Error> {
-    let s = Option::<String>::deserialize(d)?;
-    s.map(|s| MacAddr::from_str(&s).map_err(serde::de::Error::custom))
-        .transpose()
+    Ok(Option::<Text<MacAddr>>::deserialize(d)?.map(|t| t.0))
 }
 
 impl AgentConfig {
@@ -1042,6 +1080,52 @@ snat: {enabled: true, clusterRanges: [10.96.0.0/12]}
         let e = err_of(&GOOD.replace("198.19.2.0/24", "198.19.41.5/24"));
         assert!(
             e.contains("host bits") && e.contains("198.19.41.0/24") && e.contains("line"),
+            "{e}"
+        );
+    }
+
+    /// A malformed text scalar is reported by its full path at its own line, not
+    /// by its section at the section's first line.
+    #[test]
+    fn malformed_scalars_are_reported_at_their_own_path_and_line() {
+        let block = |bad_block: &str, bad_node: &str, bad_range: &str, bad_mac: &str| {
+            format!(
+                "node: {{name: node-a, address: 198.18.0.1}}\n\
+                 mode: overlay\n\
+                 uplink: {{interface: eth0, gateway: 198.18.0.254}}\n\
+                 pods:\n  gateway: 198.19.1.1\n  block: {bad_block}\n\
+                 nodes:\n  - name: node-b\n    address: 198.18.0.2\n    \
+                 vtepMac: \"{bad_mac}\"\n    podBlock: {bad_node}\n\
+                 snat:\n  enabled: true\n  clusterRanges:\n    - {bad_range}\n"
+            )
+        };
+        let (ok_b, ok_n, ok_r, ok_m) = (
+            "198.19.1.0/24",
+            "198.19.2.0/24",
+            "10.96.0.0/12",
+            "02:00:00:00:00:02",
+        );
+        AgentConfig::from_yaml(&block(ok_b, ok_n, ok_r, ok_m)).unwrap();
+        let e = err_of(&block("198.19.1.0/33", ok_n, ok_r, ok_m));
+        assert!(e.contains("pods.block: ") && e.contains("line 6"), "{e}");
+        let e = err_of(&block(ok_b, "198.19.2.0/99", ok_r, ok_m));
+        assert!(
+            e.contains("nodes[0].podBlock: ") && e.contains("line 11"),
+            "{e}"
+        );
+        let e = err_of(&block(ok_b, "198.19.2.5/24", ok_r, ok_m));
+        assert!(
+            e.contains("nodes[0].podBlock: ") && e.contains("host bits") && e.contains("line 11"),
+            "{e}"
+        );
+        let e = err_of(&block(ok_b, ok_n, ok_r, "zz:00:00:00:00:02"));
+        assert!(
+            e.contains("nodes[0].vtepMac: ") && e.contains("line 10"),
+            "{e}"
+        );
+        let e = err_of(&block(ok_b, ok_n, "10.96.0.0/40", ok_m));
+        assert!(
+            e.contains("snat.clusterRanges[0]: ") && e.contains("line 15"),
             "{e}"
         );
     }

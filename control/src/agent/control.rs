@@ -20,8 +20,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::addresses::{Allocation, AttachmentKey};
 use super::config::ClusterFacts;
-use super::runtime::{Agent, AgentError, CniAddress};
+use super::runtime::{Agent, AgentError, CniAddress, Status};
 use super::table_builder::LocalPod;
+use crate::bgp::status::CurrentSpeaker;
 
 /// How often next-hop MACs are looked up again.
 const NEIGHBOR_REFRESH: Duration = Duration::from_secs(2);
@@ -107,7 +108,7 @@ pub enum ControlError {
     Refused(String),
 }
 
-fn respond(agent: &mut Agent, req: Request) -> Response {
+fn respond(agent: &mut Agent, req: Request, bgp: Option<&CurrentSpeaker>) -> Response {
     let ok = Response::ok();
     let result: Result<Response, AgentError> = match req {
         Request::PodAdd { pod } => agent.add_pod(pod).map(|notes| {
@@ -118,7 +119,7 @@ fn respond(agent: &mut Agent, req: Request) -> Response {
         }),
         Request::PodRemove { name } => agent.remove_pod(&name).map(|()| ok),
         Request::Status => Ok(Response {
-            status: serde_json::to_value(agent.status()).ok(),
+            status: status_with_bgp(&agent.status(), bgp),
             ..ok
         }),
         Request::Reload => agent.reload().map(|()| ok),
@@ -154,7 +155,22 @@ fn respond(agent: &mut Agent, req: Request) -> Response {
     result.unwrap_or_else(|e| Response::refused(e.to_string()))
 }
 
-async fn serve_one(agent: &mut Agent, stream: UnixStream) -> std::io::Result<()> {
+/// The agent's status, with its BGP speaker's sessions under `bgp.peers` when it
+/// runs one (Kubernetes mode with a `BGPClusterConfig` naming this node).
+fn status_with_bgp(status: &Status, bgp: Option<&CurrentSpeaker>) -> Option<serde_json::Value> {
+    let mut v = serde_json::to_value(status).ok()?;
+    let peers = bgp.and_then(|b| b.snapshot(std::time::Instant::now()));
+    if let (Some(peers), Some(fields)) = (peers, v.as_object_mut()) {
+        fields.insert("bgp".into(), serde_json::json!({ "peers": peers }));
+    }
+    Some(v)
+}
+
+async fn serve_one(
+    agent: &mut Agent,
+    stream: UnixStream,
+    bgp: Option<&CurrentSpeaker>,
+) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     let mut rd = BufReader::new(rd).take(64 * 1024);
@@ -168,7 +184,7 @@ async fn serve_one(agent: &mut Agent, stream: UnixStream) -> std::io::Result<()>
                 .ok()
                 .and_then(|v| v.get("op").and_then(|o| o.as_str()).map(str::to_owned))
                 .unwrap_or_default();
-            let resp = respond(agent, req);
+            let resp = respond(agent, req, bgp);
             tracing::debug!(
                 op,
                 ok = resp.ok,
@@ -219,10 +235,12 @@ async fn next_facts(updates: &mut Option<ClusterUpdates>) -> Option<ClusterFacts
 }
 
 /// Runs the control loop until SIGTERM or SIGINT, then shuts the agent down.
-/// `cluster`: the Node watch's facts in Kubernetes mode.
+/// `cluster`: the Node watch's facts in Kubernetes mode; `bgp`: the speaker the
+/// agent runs, shown by `status`.
 pub async fn run(
     mut agent: Agent,
     mut cluster: Option<ClusterUpdates>,
+    bgp: Option<CurrentSpeaker>,
 ) -> Result<(), ControlError> {
     let path = agent.config().control.socket.clone();
     let listener = bind(&path)?;
@@ -256,7 +274,7 @@ pub async fn run(
             }
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
-                    if let Err(e) = serve_one(&mut agent, stream).await {
+                    if let Err(e) = serve_one(&mut agent, stream, bgp.as_ref()).await {
                         tracing::debug!(error = %e, "control connection failed");
                     }
                 }
@@ -317,6 +335,61 @@ pub fn call_within(
 )]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_shows_the_running_speakers_sessions() {
+        let status = Status {
+            node: "n1".into(),
+            address: "198.18.0.10".parse().unwrap(),
+            mode: "overlay".into(),
+            vtep_mac: "02:00:00:00:00:01".into(),
+            source: "kubernetes".into(),
+            backend: "tun".into(),
+            workers: 1,
+            generation: 1,
+            pods: Vec::new(),
+            nodes: Vec::new(),
+            unresolved_next_hops: Vec::new(),
+            drops: Default::default(),
+        };
+        // No speaker (file mode, or none planned for this node): no `bgp` key.
+        assert!(status_with_bgp(&status, None).unwrap().get("bgp").is_none());
+        let current = CurrentSpeaker::default();
+        assert!(
+            status_with_bgp(&status, Some(&current))
+                .unwrap()
+                .get("bgp")
+                .is_none()
+        );
+        let sessions = crate::bgp::status::StatusHandle::default();
+        sessions.insert(crate::bgp::status::PeerStatus {
+            name: "switch-1".into(),
+            peer_address: "198.18.0.1".parse().unwrap(),
+            peer_asn: 65001,
+            state: crate::bgp::fsm::State::Idle,
+            since: std::time::Instant::now(),
+            prefixes_advertised: 2,
+            prefixes_received: 0,
+            updates_received: 0,
+            established_count: 0,
+            negotiated: None,
+            last_error: None,
+        });
+        current.set(Some(sessions));
+        let v = status_with_bgp(&status, Some(&current)).unwrap();
+        assert_eq!(v["node"], "n1");
+        assert_eq!(v["bgp"]["peers"][0]["name"], "switch-1", "{v}");
+        assert_eq!(v["bgp"]["peers"][0]["peerASN"], 65001, "{v}");
+        assert_eq!(v["bgp"]["peers"][0]["prefixesAdvertised"], 2, "{v}");
+        // The speaker stopped: its sessions go with it.
+        current.set(None);
+        assert!(
+            status_with_bgp(&status, Some(&current))
+                .unwrap()
+                .get("bgp")
+                .is_none()
+        );
+    }
 
     #[test]
     fn requests_have_a_stable_wire_form() {

@@ -23,6 +23,7 @@ use super::control::{self, ControlError};
 use super::runtime::{Agent, AgentError, ConfigSource};
 use k8s_openapi::api::core::v1::Node;
 
+use crate::bgp::status::CurrentSpeaker;
 use crate::k8s::agent_bgp;
 use crate::k8s::agent_watch::{self, NodeSource};
 use crate::k8s::bgp_view::SpeakerSettings;
@@ -88,12 +89,14 @@ pub fn run(mode: &KubernetesMode) -> Result<(), KubernetesModeError> {
         restart_marker: Some(src.state_file.with_file_name("bgp-restart-marker")),
         ..SpeakerSettings::default()
     };
+    let bgp_status = CurrentSpeaker::default();
     rt.spawn(agent_bgp::run(
         kube,
         src.node_name.clone(),
         bgp,
         nodes,
         nodes_rx,
+        bgp_status.clone(),
     ));
     let facts = match persisted {
         Some(f) => {
@@ -119,6 +122,6 @@ pub fn run(mode: &KubernetesMode) -> Result<(), KubernetesModeError> {
         },
     )?;
     tracing::info!("ready");
-    rt.block_on(control::run(agent, Some(rx)))?;
+    rt.block_on(control::run(agent, Some(rx), Some(bgp_status)))?;
     Ok(())
 }

@@ -34,12 +34,7 @@ pub enum CliError {
 }
 
 pub fn run(args: &BgpSpeakerArgs) -> Result<(), CliError> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
+    crate::logging::init(false);
     let cfg = BgpConfig::load(&args.config)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

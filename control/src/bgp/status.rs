@@ -82,6 +82,24 @@ impl StatusHandle {
     }
 }
 
+/// The speaker the agent runs now, for its control socket: the Kubernetes wiring
+/// starts a fresh speaker (and [`StatusHandle`]) whenever its plan changes, so the
+/// socket reads whichever is current, or none when no speaker runs on this node.
+#[derive(Clone, Debug, Default)]
+pub struct CurrentSpeaker(Arc<Mutex<Option<StatusHandle>>>);
+
+impl CurrentSpeaker {
+    pub fn set(&self, status: Option<StatusHandle>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = status;
+    }
+
+    /// The current speaker's sessions; `None` when no speaker runs.
+    pub fn snapshot(&self, now: Instant) -> Option<Vec<PeerStatusView>> {
+        let current = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        current.as_ref().map(|s| s.snapshot(now))
+    }
+}
+
 pub fn to_json(peers: &[PeerStatusView]) -> String {
     serde_json::to_string_pretty(&serde_json::json!({ "peers": peers }))
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))

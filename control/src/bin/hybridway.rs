@@ -43,8 +43,9 @@ enum Command {
         node_name: Option<String>,
     },
     /// Check a configuration file and exit (non-zero with the reason when invalid):
-    /// the agent's file, or the controller's parameters (bare `config.yaml` or the
-    /// whole ConfigMap manifest), detected from the content unless `--kind` says.
+    /// the agent's file, its Kubernetes-mode local file, the controller's parameters
+    /// (bare `config.yaml` or the whole ConfigMap manifest) or the BGP speaker's file,
+    /// detected from the content unless `--kind` says; prints the kind it checked.
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
@@ -98,20 +99,41 @@ enum Command {
 /// Which configuration `check-config` is given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum ConfigKind {
+    /// The agent's own file (deploy/agent-example.yaml).
     Agent,
+    /// The agent's local file in Kubernetes mode (deploy/agent-kubernetes.yaml).
+    Local,
+    /// The controller's parameters (deploy/controller-config.yaml).
     Controller,
+    /// The BGP speaker's file (deploy/bgp-speaker.yaml).
+    Bgp,
 }
 
 impl ConfigKind {
-    /// The controller's parameters name `hybridPodCIDR` (also inside a ConfigMap).
-    fn detect(path: &std::path::Path) -> anyhow::Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(if text.contains("hybridPodCIDR") {
+    /// From the top-level keys: the controller's parameters name `hybridPodCIDR`
+    /// (also inside a ConfigMap), the speaker's file is one `bgp:` section, the
+    /// agent's own file carries the node's facts (`node`), and what is left is the
+    /// Kubernetes-mode local file, whose facts come from the cluster.
+    fn detect(text: &str) -> Self {
+        let top = serde_yaml::from_str::<serde_yaml::Mapping>(text).unwrap_or_default();
+        if text.contains("hybridPodCIDR") {
             ConfigKind::Controller
-        } else {
+        } else if top.contains_key("bgp") {
+            ConfigKind::Bgp
+        } else if top.contains_key("node") || top.is_empty() {
             ConfigKind::Agent
-        })
+        } else {
+            ConfigKind::Local
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            ConfigKind::Agent => "agent configuration",
+            ConfigKind::Local => "agent local configuration (Kubernetes mode)",
+            ConfigKind::Controller => "controller parameters",
+            ConfigKind::Bgp => "BGP speaker configuration",
+        }
     }
 }
 
@@ -141,23 +163,6 @@ enum PodAction {
     },
 }
 
-fn init_logging() {
-    init_logging_as(false);
-}
-
-fn init_logging_as(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        fmt.json().init();
-    } else {
-        fmt.init();
-    }
-}
-
 fn print_response(resp: &control::Response) -> anyhow::Result<()> {
     for note in &resp.notes {
         eprintln!("note: {note}");
@@ -179,7 +184,7 @@ fn main() -> anyhow::Result<()> {
             kubernetes,
             node_name,
         } if kubernetes || kubeconfig.is_some() => {
-            init_logging();
+            hybridway_control::logging::init(false);
             let node_name = match node_name.or_else(|| std::env::var("NODE_NAME").ok()) {
                 Some(n) if !n.is_empty() => n,
                 _ => anyhow::bail!("Kubernetes mode needs the node name: --node-name or NODE_NAME"),
@@ -193,31 +198,42 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("agent of node {} (Kubernetes mode)", mode.node_name))?;
         }
         Command::Agent { config, .. } => {
-            init_logging();
+            hybridway_control::logging::init(false);
             let agent = Agent::start(&config)
                 .with_context(|| format!("starting the agent from {}", config.display()))?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(control::run(agent, None))?;
+            rt.block_on(control::run(agent, None, None))?;
         }
         Command::CheckConfig { config, kind } => {
             let kind = match kind {
                 Some(k) => k,
-                None => ConfigKind::detect(&config)?,
+                None => ConfigKind::detect(
+                    &std::fs::read_to_string(&config)
+                        .with_context(|| format!("reading {}", config.display()))?,
+                ),
             };
+            let what = kind.describe();
             match kind {
                 ConfigKind::Agent => {
-                    hybridway_control::agent::AgentConfig::load(&config)?;
+                    hybridway_control::agent::AgentConfig::load(&config).context(what)?;
+                }
+                ConfigKind::Local => {
+                    hybridway_control::agent::config::LocalConfig::load(&config).context(what)?;
                 }
                 ConfigKind::Controller => {
-                    hybridway_control::k8s::params::ControllerParams::load(&config)?;
+                    hybridway_control::k8s::params::ControllerParams::load(&config)
+                        .context(what)?;
+                }
+                ConfigKind::Bgp => {
+                    hybridway_control::bgp::config::BgpConfig::load(&config).context(what)?;
                 }
             }
-            println!("{}: ok", config.display());
+            println!("{}: ok ({what})", config.display());
         }
         Command::Controller { args, log_json } => {
-            init_logging_as(log_json);
+            hybridway_control::logging::init(log_json);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -253,15 +269,15 @@ fn main() -> anyhow::Result<()> {
         Command::Status { socket } => print_response(&control::call(&socket, &Request::Status)?)?,
         Command::Reload { socket } => print_response(&control::call(&socket, &Request::Reload)?)?,
         Command::Demo(args) => {
-            init_logging();
+            hybridway_control::logging::init(false);
             hybridway_control::demo::run(&args)?;
         }
         Command::BenchE2e(args) => {
-            init_logging();
+            hybridway_control::logging::init(false);
             hybridway_control::demo::bench::run(&args)?;
         }
         Command::BenchSnat(args) => {
-            init_logging();
+            hybridway_control::logging::init(false);
             hybridway_control::demo::bench_snat::run(&args)?;
         }
         Command::BgpSpeaker(args) => hybridway_control::bgp::cli::run(&args)?,

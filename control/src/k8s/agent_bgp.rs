@@ -38,7 +38,7 @@ use super::params::NAMESPACE;
 use crate::bgp::config::RouteConfig;
 use crate::bgp::password::{SecretStore, Secrets};
 use crate::bgp::speaker::{self, StopMode};
-use crate::bgp::status::StatusHandle;
+use crate::bgp::status::{CurrentSpeaker, StatusHandle};
 
 const SETTLE: Duration = Duration::from_millis(50);
 const STATUS_EVERY: Duration = Duration::from_secs(2);
@@ -75,13 +75,15 @@ impl Running {
 }
 
 /// Runs until the process ends. `nodes`: the agent's Node store; `nodes_changed`
-/// ticks after each settled Node change.
+/// ticks after each settled Node change. `current`: where the agent's control
+/// socket finds the running speaker's sessions.
 pub async fn run(
     client: kube::Client,
     node_name: String,
     settings: SpeakerSettings,
     nodes: Store<Node>,
     mut nodes_changed: watch::Receiver<u64>,
+    current: CurrentSpeaker,
 ) {
     let configs_api: Api<BGPClusterConfig> = Api::all(client.clone());
     let secrets_api: Api<Secret> = Api::namespaced(client, NAMESPACE);
@@ -147,6 +149,7 @@ pub async fn run(
                     }
                 };
                 running = steer(running, plan, &store).await;
+                current.set(running.as_ref().map(|r| r.status.clone()));
             }
             _ = tick.tick() => {
                 if let Some(r) = &running {
