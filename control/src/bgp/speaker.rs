@@ -225,6 +225,7 @@ fn new_status(peer: &PeerConfig, last_error: Option<String>) -> PeerStatus {
         prefixes_advertised: 0,
         prefixes_received: 0,
         updates_received: 0,
+        updates_treated_as_withdraw: 0,
         established_count: 0,
         negotiated: None,
         last_error,
@@ -534,9 +535,22 @@ impl PeerTask {
             }
             Action::PeerUpdate(u) => {
                 let n = u.announced().count() as u64;
+                let malformed = u.treat_as_withdraw.as_ref().map(|n| n.describe());
+                if let Some(why) = &malformed {
+                    tracing::warn!(
+                        peer = %self.peer.name,
+                        error = %why,
+                        withdrawn = u.withdrawn_all().count(),
+                        "malformed UPDATE treated as withdraw (RFC 7606)"
+                    );
+                }
                 self.status.update(&self.peer.name, |s| {
                     s.updates_received += 1;
                     s.prefixes_received += n;
+                    if let Some(why) = malformed {
+                        s.updates_treated_as_withdraw += 1;
+                        s.last_error = Some(why);
+                    }
                 });
             }
             Action::RouteRefresh(family) => {
