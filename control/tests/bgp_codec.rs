@@ -149,6 +149,7 @@ fn update_ipv4_announce() {
             withdrawn: vec![],
             attributes: ipv4_attrs(),
             nlri: vec![p("198.19.1.0/24")],
+            treat_as_withdraw: None,
         }),
     );
 }
@@ -186,6 +187,7 @@ fn update_with_med_local_pref_set_and_other() {
                 },
             ],
             nlri: vec![],
+            treat_as_withdraw: None,
         }),
     );
 }
@@ -203,6 +205,7 @@ fn update_two_octet_as_path() {
             Attribute::Origin(Origin::Egp),
         ],
         nlri: vec![],
+        treat_as_withdraw: None,
     };
     assert_eq!(
         codec::decode(&bytes, opts).unwrap(),
@@ -236,6 +239,7 @@ fn update_ipv6_mp_reach_and_unreach() {
             withdrawn: vec![],
             attributes: attrs,
             nlri: vec![],
+            treat_as_withdraw: None,
         }),
     );
 
@@ -342,6 +346,7 @@ fn long_attribute_uses_extended_length() {
             },
         ],
         nlri: vec![],
+        treat_as_withdraw: None,
     };
     let bytes = codec::encode_to_vec(&Message::Update(upd.clone()), OPTS).unwrap();
     // ORIGIN (4) + empty AS_PATH (3), then MP_REACH with the extended-length flag.
@@ -358,6 +363,7 @@ fn too_long_message_is_an_encode_error() {
         withdrawn: vec![],
         attributes: ipv4_attrs(),
         nlri,
+        treat_as_withdraw: None,
     };
     assert!(matches!(
         codec::encode_to_vec(&Message::Update(upd), OPTS),
@@ -430,41 +436,131 @@ fn open_errors() {
     );
 }
 
+/// Decode an UPDATE that RFC 7606 turns into a withdrawal: its withdrawn
+/// prefixes (all families) and the error a strict speaker would have sent.
+fn treated_as_withdraw(bytes: &[u8]) -> (Vec<Prefix>, (u8, u8, Vec<u8>)) {
+    let Message::Update(u) = codec::decode(bytes, OPTS).unwrap() else {
+        panic!("not an UPDATE");
+    };
+    assert!(u.nlri.is_empty() && u.announced().next().is_none());
+    assert_eq!(u.end_of_rib_family(), None);
+    let n = u.treat_as_withdraw.clone().expect("treated as withdraw");
+    (
+        u.withdrawn_all().copied().collect(),
+        (n.code, n.subcode, n.data),
+    )
+}
+
+/// RFC 7606: a malformed attribute withdraws the UPDATE's NLRI, the session stays.
 #[test]
-fn update_errors() {
-    // NLRI without NEXT_HOP.
+fn update_malformed_attributes_are_treat_as_withdraw() {
+    let net = || vec![p("198.19.1.0/24")];
+    // NLRI without NEXT_HOP (missing well-known, §3(d)).
     assert_eq!(
-        decode_err(&msg(
+        treated_as_withdraw(&msg(
             "0028 02",
             "0000 000d 40 01 01 00 40 02 06 02 01 0000fdf2 18 c61301"
         )),
-        (3, 3, vec![3])
+        (net(), (3, 3, vec![3]))
     );
-    // MP_REACH without ORIGIN.
+    // MP_REACH without ORIGIN: its IPv6 NLRI is withdrawn.
     assert_eq!(
-        decode_err(&msg(
-            "002f 02",
-            "0000 0018 80 0e 15 0002 01 10 20010db8000000000000000000000001 00"
-        ))
-        .0,
-        3
+        treated_as_withdraw(&msg(
+            "0036 02",
+            "0000 001f 80 0e 1c 0002 01 10 20010db8000000000000000000000001 00 30 20010db80001"
+        )),
+        (vec![p("2001:db8:1::/48")], (3, 3, vec![1]))
     );
+    // With a valid ORIGIN, AS_PATH, NEXT_HOP and the prefix 198.19.1.0/24, one
+    // attribute broken at a time.
+    let good_origin = "40 01 01 00";
+    let good_path = "40 02 06 02 01 0000fdf2";
+    let good_nh = "40 03 04 c6120001";
+    let with = |origin: &str, path: &str, nh: &str| {
+        let attrs = hex(&format!("{origin}{path}{nh}"));
+        let body = format!("0000 {:04x} {origin}{path}{nh} 18 c61301", attrs.len());
+        msg(&format!("{:04x} 02", 19 + 4 + attrs.len() + 4), &body)
+    };
+    let baseline = codec::decode(&with(good_origin, good_path, good_nh), OPTS).unwrap();
+    let Message::Update(baseline) = baseline else {
+        panic!("not an UPDATE");
+    };
+    assert_eq!(baseline.nlri, net());
+    assert_eq!(baseline.treat_as_withdraw, None);
     // ORIGIN value 5, ORIGIN flagged optional, ORIGIN of length 2.
     assert_eq!(
-        decode_err(&msg("001b 02", "0000 0004 40 01 01 05")),
-        (3, 6, hex("40010105"))
+        treated_as_withdraw(&with("40 01 01 05", good_path, good_nh)),
+        (net(), (3, 6, hex("40010105")))
     );
     assert_eq!(
-        decode_err(&msg("001b 02", "0000 0004 c0 01 01 00")),
-        (3, 4, hex("c0010100"))
+        treated_as_withdraw(&with("c0 01 01 00", good_path, good_nh)),
+        (net(), (3, 4, hex("c0010100")))
     );
     assert_eq!(
-        decode_err(&msg("001c 02", "0000 0005 40 01 02 0000")),
-        (3, 5, hex("4001020000"))
+        treated_as_withdraw(&with("40 01 02 0000", good_path, good_nh)),
+        (net(), (3, 5, hex("4001020000")))
     );
-    // The same attribute twice.
+    // AS_PATH segment type 7, and a segment with zero ASNs.
     assert_eq!(
-        decode_err(&msg("001f 02", "0000 0008 40 01 01 00 40 01 01 00")),
+        treated_as_withdraw(&with(good_origin, "40 02 06 07 01 0000fdf2", good_nh)),
+        (net(), (3, 11, vec![]))
+    );
+    assert_eq!(
+        treated_as_withdraw(&with(good_origin, "40 02 02 02 00", good_nh)),
+        (net(), (3, 11, vec![]))
+    );
+    // NEXT_HOP 0.0.0.0.
+    assert_eq!(
+        treated_as_withdraw(&with(good_origin, good_path, "40 03 04 00000000")),
+        (net(), (3, 8, hex("40030400000000")))
+    );
+    // Unknown attribute claiming to be well-known.
+    assert_eq!(
+        treated_as_withdraw(&with(good_origin, good_path, "40 63 01 00")),
+        (net(), (3, 2, hex("40630100")))
+    );
+}
+
+/// RFC 7606 §3(g), §7.6: some malformations only cost the attribute.
+#[test]
+fn update_attribute_discard() {
+    // ORIGIN twice: the second is dropped, the route stays.
+    let twice = msg(
+        "0033 02",
+        "0000 0018 40 01 01 00 40 01 01 02 40 02 06 02 01 0000fdf2 40 03 04 c6120001 18 c61301",
+    );
+    let Message::Update(u) = codec::decode(&twice, OPTS).unwrap() else {
+        panic!("not an UPDATE");
+    };
+    assert_eq!(u.treat_as_withdraw, None);
+    assert_eq!(u.nlri, vec![p("198.19.1.0/24")]);
+    assert_eq!(u.attributes.first(), Some(&Attribute::Origin(Origin::Igp)));
+    assert_eq!(u.attributes.len(), 3);
+    // ATOMIC_AGGREGATE flagged optional: discarded, the route stays.
+    let atomic = msg(
+        "0032 02",
+        "0000 0017 40 01 01 00 c0 06 00 40 02 06 02 01 0000fdf2 40 03 04 c6120001 18 c61301",
+    );
+    let Message::Update(u) = codec::decode(&atomic, OPTS).unwrap() else {
+        panic!("not an UPDATE");
+    };
+    assert_eq!(u.treat_as_withdraw, None);
+    assert_eq!(u.nlri, vec![p("198.19.1.0/24")]);
+    assert!(u.attributes.iter().all(|a| a.code() != 6));
+}
+
+/// What RFC 7606 still answers with a NOTIFICATION and a reset: the message or
+/// its NLRI cannot be located.
+#[test]
+fn update_errors_that_reset() {
+    // MP_REACH twice.
+    let mp = "80 0e 15 0002 01 10 20010db8000000000000000000000001 00";
+    let attrs = hex(&format!("{mp}{mp}"));
+    assert_eq!(
+        decode_err(&msg(
+            &format!("{:04x} 02", 23 + attrs.len()),
+            &format!("0000 {:04x} {mp}{mp}", attrs.len())
+        )),
         (3, 1, vec![])
     );
     // Withdrawn length longer than the message.
@@ -484,40 +580,12 @@ fn update_errors() {
         decode_err(&msg("0019 02", "0002 18c6 0000")),
         (3, 10, vec![])
     );
-    // AS_PATH segment type 7, and a segment with zero ASNs.
-    assert_eq!(
-        decode_err(&msg("0020 02", "0000 0009 40 02 06 07 01 0000fdf2")),
-        (3, 11, vec![])
-    );
-    assert_eq!(
-        decode_err(&msg("001c 02", "0000 0005 40 02 02 02 00")),
-        (3, 11, vec![])
-    );
-    // Unknown attribute claiming to be well-known.
-    assert_eq!(
-        decode_err(&msg("001b 02", "0000 0004 40 63 01 00")),
-        (3, 2, hex("40630100"))
-    );
-    // NEXT_HOP 0.0.0.0.
-    assert_eq!(
-        decode_err(&msg("001e 02", "0000 0007 40 03 04 00000000")),
-        (3, 8, hex("40030400000000"))
-    );
     // MP_REACH with a 5-byte IPv6 next hop.
     assert_eq!(
         decode_err(&msg(
             "0024 02",
             "0000 000d 80 0e 0a 0002 01 05 0000000000 00"
-        ))
-        .0,
-        3
-    );
-    assert_eq!(
-        decode_err(&msg(
-            "0024 02",
-            "0000 000d 80 0e 0a 0002 01 05 0000000000 00"
-        ))
-        .1,
-        9
+        )),
+        (3, 9, hex("800e0a000201050000000000 00"))
     );
 }

@@ -94,6 +94,7 @@ fn status_renders_json_and_prometheus() {
         prefixes_advertised: 7,
         prefixes_received: 0,
         updates_received: 0,
+        updates_treated_as_withdraw: 2,
         established_count: 1,
         negotiated: None,
         last_error: Some("peer sent NOTIFICATION: cease (6/2)".into()),
@@ -111,4 +112,8 @@ fn status_renders_json_and_prometheus() {
     assert!(prom.contains("hybridway_bgp_peer_state{peer=\"switch-1\",state=\"Established\"} 0"));
     assert!(prom.contains("hybridway_bgp_peer_prefixes_advertised{peer=\"switch-1\"} 7"));
     assert!(prom.contains("hybridway_bgp_peer_seconds_in_state{peer=\"switch-1\"} 5"));
+    assert!(
+        prom.contains("hybridway_bgp_peer_updates_treated_as_withdraw_total{peer=\"switch-1\"} 2")
+    );
+    assert_eq!(json["peers"][0]["updatesTreatedAsWithdraw"], 2);
 }

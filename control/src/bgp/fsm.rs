@@ -166,6 +166,10 @@ pub struct SessionConfig {
     /// First connect-retry interval; doubled after each failure up to `retry_max`.
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// Seeds the connect-retry jitter (RFC 4271 §10: each interval is scaled by a
+    /// random 0.75-1.0 so that peers restarted together do not retry in lockstep).
+    /// The speaker draws it at random; tests fix it to stay deterministic.
+    pub jitter_seed: u64,
     /// Families we announce (multiprotocol capability) and advertise routes for.
     pub families: Vec<AfiSafi>,
     /// Graceful restart: our restart time (1-4095 s), `None` to not announce it.
@@ -184,11 +188,22 @@ impl SessionConfig {
             hold_time: 90,
             retry_base: Duration::from_secs(2),
             retry_max: Duration::from_secs(60),
+            jitter_seed: 0,
             families: vec![AfiSafi::IPV4_UNICAST],
             restart_time: Some(600),
             restarting: false,
         }
     }
+}
+
+/// SplitMix64: a small, well-mixed generator, enough for timer jitter (not for
+/// anything secret) and deterministic for a given seed.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Hold timer while waiting for the peer's OPEN (RFC 4271 §8.2.2 suggests 4 min).
@@ -214,12 +229,15 @@ pub struct Session {
     negotiated: Option<Negotiated>,
     /// Consecutive failures, for the connect-retry back-off.
     failures: u32,
+    /// State of the jitter generator, seeded from `cfg.jitter_seed`.
+    jitter_state: u64,
     last_change: Instant,
 }
 
 impl Session {
     pub fn new(cfg: SessionConfig, now: Instant) -> Self {
         Session {
+            jitter_state: cfg.jitter_seed,
             cfg,
             state: State::Idle,
             running: false,
@@ -282,12 +300,18 @@ impl Session {
         )
     }
 
-    fn retry_delay(&self) -> Duration {
+    /// Exponential back-off, capped, then jittered down by up to a quarter.
+    fn retry_delay(&mut self) -> Duration {
         let factor = 1u32.checked_shl(self.failures.min(16)).unwrap_or(u32::MAX);
-        self.cfg
+        let delay = self
+            .cfg
             .retry_base
             .saturating_mul(factor)
-            .min(self.cfg.retry_max)
+            .min(self.cfg.retry_max);
+        let random = splitmix64(&mut self.jitter_state);
+        // The top 53 bits as a fraction in [0, 1): exact in an f64.
+        let unit = (random >> 11) as f64 / (1u64 << 53) as f64;
+        Duration::try_from_secs_f64(delay.as_secs_f64() * (0.75 + 0.25 * unit)).unwrap_or(delay)
     }
 
     fn goto(&mut self, to: State, now: Instant, out: &mut Vec<Action>) {

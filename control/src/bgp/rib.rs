@@ -94,6 +94,7 @@ impl PeerContext {
                         withdrawn: vec![],
                         attributes: attrs,
                         nlri,
+                        treat_as_withdraw: None,
                     }
                 }
                 nh => {
@@ -106,6 +107,7 @@ impl PeerContext {
                         withdrawn: vec![],
                         attributes: attrs,
                         nlri: vec![],
+                        treat_as_withdraw: None,
                     }
                 }
             }

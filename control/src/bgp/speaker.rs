@@ -153,6 +153,7 @@ pub async fn run(
         let mut scfg = SessionConfig::new(cfg.local_asn, peer.peer_asn, router_id);
         scfg.hold_time = cfg.hold_time;
         scfg.retry_base = Duration::from_millis(cfg.connect_retry_ms.max(1));
+        scfg.jitter_seed = random_seed();
         scfg.restart_time = (cfg.restart_time > 0).then_some(cfg.restart_time);
         scfg.restarting = restarting;
         scfg.families = vec![AfiSafi::IPV4_UNICAST, AfiSafi::IPV6_UNICAST];
@@ -225,6 +226,7 @@ fn new_status(peer: &PeerConfig, last_error: Option<String>) -> PeerStatus {
         prefixes_advertised: 0,
         prefixes_received: 0,
         updates_received: 0,
+        updates_treated_as_withdraw: 0,
         established_count: 0,
         negotiated: None,
         last_error,
@@ -534,9 +536,22 @@ impl PeerTask {
             }
             Action::PeerUpdate(u) => {
                 let n = u.announced().count() as u64;
+                let malformed = u.treat_as_withdraw.as_ref().map(|n| n.describe());
+                if let Some(why) = &malformed {
+                    tracing::warn!(
+                        peer = %self.peer.name,
+                        error = %why,
+                        withdrawn = u.withdrawn_all().count(),
+                        "malformed UPDATE treated as withdraw (RFC 7606)"
+                    );
+                }
                 self.status.update(&self.peer.name, |s| {
                     s.updates_received += 1;
                     s.prefixes_received += n;
+                    if let Some(why) = malformed {
+                        s.updates_treated_as_withdraw += 1;
+                        s.last_error = Some(why);
+                    }
                 });
             }
             Action::RouteRefresh(family) => {
@@ -721,6 +736,15 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// A fresh random seed per session (for connect-retry jitter), from the standard
+/// library's per-process random hasher keys: no extra dependency for a timer.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 /// Split the byte stream into messages. A decode error is reported once and ends

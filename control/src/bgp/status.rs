@@ -21,6 +21,8 @@ pub struct PeerStatus {
     pub prefixes_advertised: usize,
     pub prefixes_received: u64,
     pub updates_received: u64,
+    /// Malformed UPDATEs taken as withdrawals (RFC 7606) instead of a reset.
+    pub updates_treated_as_withdraw: u64,
     pub established_count: u64,
     pub negotiated: Option<Negotiated>,
     pub last_error: Option<String>,
@@ -39,6 +41,8 @@ pub struct PeerStatusView {
     pub prefixes_advertised: usize,
     pub prefixes_received: u64,
     pub updates_received: u64,
+    /// Malformed UPDATEs taken as withdrawals (RFC 7606) instead of a reset.
+    pub updates_treated_as_withdraw: u64,
     pub established_count: u64,
     pub negotiated: Option<Negotiated>,
     pub last_error: Option<String>,
@@ -74,6 +78,7 @@ impl StatusHandle {
                 prefixes_advertised: s.prefixes_advertised,
                 prefixes_received: s.prefixes_received,
                 updates_received: s.updates_received,
+                updates_treated_as_withdraw: s.updates_treated_as_withdraw,
                 established_count: s.established_count,
                 negotiated: s.negotiated.clone(),
                 last_error: s.last_error.clone(),
@@ -141,7 +146,7 @@ pub fn to_prometheus(peers: &[PeerStatusView]) -> String {
             );
         }
     }
-    let gauges: [Gauge; 5] = [
+    let gauges: [Gauge; 6] = [
         (
             "hybridway_bgp_peer_seconds_in_state",
             "Seconds since the last state change.",
@@ -161,6 +166,11 @@ pub fn to_prometheus(peers: &[PeerStatusView]) -> String {
             "hybridway_bgp_peer_updates_received_total",
             "UPDATE messages from the peer.",
             |p| p.updates_received as f64,
+        ),
+        (
+            "hybridway_bgp_peer_updates_treated_as_withdraw_total",
+            "Malformed UPDATE messages taken as withdrawals (RFC 7606).",
+            |p| p.updates_treated_as_withdraw as f64,
         ),
         (
             "hybridway_bgp_peer_established_total",

@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use hybridway_dataplane::tables::Prefix;
 
 use super::{
-    AS_TRANS, Afi, AfiSafi, CodecOptions, DecodeError, EncodeError, Reader, Safi, err,
-    patch_len_u16,
+    AS_TRANS, Afi, AfiSafi, CodecOptions, DecodeError, EncodeError, Notification, Reader, Safi,
+    err, patch_len_u16,
 };
 
 const FLAG_OPTIONAL: u8 = 0x80;
@@ -19,8 +19,30 @@ const NEXT_HOP: u8 = 3;
 const MED: u8 = 4;
 const LOCAL_PREF: u8 = 5;
 const ATOMIC_AGGREGATE: u8 = 6;
+const AGGREGATOR: u8 = 7;
 const MP_REACH: u8 = 14;
 const MP_UNREACH: u8 = 15;
+const AS4_AGGREGATOR: u8 = 18;
+
+/// What RFC 7606 says to do with an UPDATE whose attribute failed to decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OnMalformed {
+    /// §7.6, §7.7 and RFC 6793 §6: the attribute does not affect route selection,
+    /// drop it and keep the route.
+    DiscardAttribute,
+    /// §2: withdraw the UPDATE's NLRI, keep the session.
+    TreatAsWithdraw,
+    /// §7.3 (MP_REACH/MP_UNREACH): the NLRI themselves cannot be trusted.
+    ResetSession,
+}
+
+fn on_malformed(code: u8) -> OnMalformed {
+    match code {
+        ATOMIC_AGGREGATE | AGGREGATOR | AS4_AGGREGATOR => OnMalformed::DiscardAttribute,
+        MP_REACH | MP_UNREACH => OnMalformed::ResetSession,
+        _ => OnMalformed::TreatAsWithdraw,
+    }
+}
 
 /// ORIGIN attribute values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,6 +263,10 @@ pub struct Update {
     pub withdrawn: Vec<Prefix>,
     pub attributes: Vec<Attribute>,
     pub nlri: Vec<Prefix>,
+    /// Set by decode when RFC 7606 turned a malformed UPDATE into a withdrawal of
+    /// its NLRI: the error a pre-7606 speaker would have reset the session with.
+    /// Never encoded.
+    pub treat_as_withdraw: Option<Notification>,
 }
 
 impl Update {
@@ -261,7 +287,7 @@ impl Update {
 
     /// Which family's End-of-RIB this is, if it is one.
     pub fn end_of_rib_family(&self) -> Option<AfiSafi> {
-        if !self.withdrawn.is_empty() || !self.nlri.is_empty() {
+        if !self.withdrawn.is_empty() || !self.nlri.is_empty() || self.treat_as_withdraw.is_some() {
             return None;
         }
         match self.attributes.as_slice() {
@@ -310,6 +336,7 @@ impl Update {
         )?;
 
         let mut attributes = Vec::new();
+        let mut treat_as_withdraw: Option<Notification> = None;
         let mut seen = [false; 256];
         let mut ar = Reader::new(abytes, malformed);
         while !ar.is_empty() {
@@ -323,7 +350,9 @@ impl Update {
             };
             let header_len = if flags & FLAG_EXTENDED != 0 { 4 } else { 3 };
             // A value running past the attribute list is a length error on this
-            // attribute (RFC 4271 §6.3), reported with the attribute's bytes.
+            // attribute (RFC 4271 §6.3), reported with the attribute's bytes. It
+            // resets even under RFC 7606: the list cannot be walked further, so an
+            // MP_REACH behind it (and its NLRI) cannot be found to withdraw.
             let Ok(value) = ar.bytes(len) else {
                 return Err(DecodeError::new(
                     err::UPDATE,
@@ -336,23 +365,63 @@ impl Update {
                 .get_mut(usize::from(code))
                 .ok_or_else(|| ar.short_err())?;
             if *slot {
-                return Err(DecodeError::new(
-                    err::UPDATE,
-                    err::UPDATE_MALFORMED_ATTRIBUTE_LIST,
-                    Vec::new(),
-                ));
+                // RFC 7606 §3(g): a repeated MP_* attribute makes the NLRI ambiguous
+                // (reset); any other repeat is discarded, the first one counts.
+                if on_malformed(code) == OnMalformed::ResetSession {
+                    return Err(DecodeError::new(
+                        err::UPDATE,
+                        err::UPDATE_MALFORMED_ATTRIBUTE_LIST,
+                        Vec::new(),
+                    ));
+                }
+                continue;
             }
             *slot = true;
-            attributes.push(decode_attribute(flags, code, value, whole, opts)?);
+            match decode_attribute(flags, code, value, whole, opts) {
+                Ok(a) => attributes.push(a),
+                Err(e) => match on_malformed(code) {
+                    OnMalformed::DiscardAttribute => {}
+                    OnMalformed::TreatAsWithdraw => {
+                        treat_as_withdraw.get_or_insert(e.0);
+                    }
+                    OnMalformed::ResetSession => return Err(e),
+                },
+            }
         }
 
-        let update = Update {
+        let mut update = Update {
             withdrawn,
             attributes,
             nlri,
+            treat_as_withdraw: None,
         };
-        update.check_mandatory()?;
+        // RFC 7606 §3(d): a missing well-known attribute is treat-as-withdraw too.
+        if treat_as_withdraw.is_none() {
+            treat_as_withdraw = update.check_mandatory().err().map(|e| e.0);
+        }
+        if let Some(n) = treat_as_withdraw {
+            update.make_withdrawal(n);
+        }
         Ok(update)
+    }
+
+    /// RFC 7606 treat-as-withdraw: every prefix the UPDATE announced becomes a
+    /// withdrawal, its attributes go (MP_UNREACH stays: it only withdraws).
+    fn make_withdrawal(&mut self, why: Notification) {
+        self.withdrawn.append(&mut self.nlri);
+        let attributes = std::mem::take(&mut self.attributes);
+        self.attributes = attributes
+            .into_iter()
+            .filter_map(|a| match a {
+                Attribute::MpReach { family, nlri, .. } => Some(Attribute::MpUnreach {
+                    family,
+                    withdrawn: nlri,
+                }),
+                a @ Attribute::MpUnreach { .. } => Some(a),
+                _ => None,
+            })
+            .collect();
+        self.treat_as_withdraw = Some(why);
     }
 
     fn check_mandatory(&self) -> Result<(), DecodeError> {
