@@ -371,6 +371,7 @@ mod tests {
             prefixes_advertised: 2,
             prefixes_received: 0,
             updates_received: 0,
+            updates_treated_as_withdraw: 0,
             established_count: 0,
             negotiated: None,
             last_error: None,
