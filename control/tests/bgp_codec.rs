@@ -589,3 +589,99 @@ fn update_errors_that_reset() {
         (3, 9, hex("800e0a000201050000000000 00"))
     );
 }
+
+const TWO_OCTET: CodecOptions = CodecOptions {
+    four_octet_as: false,
+};
+
+fn update_with_path(path: Vec<AsSegment>) -> Message {
+    Message::Update(Update {
+        attributes: vec![Attribute::Origin(Origin::Igp), Attribute::AsPath(path)],
+        ..Update::default()
+    })
+}
+
+fn decoded_path(bytes: &[u8], opts: CodecOptions) -> (Vec<AsSegment>, usize) {
+    let Message::Update(u) = codec::decode(bytes, opts).unwrap() else {
+        panic!("not an UPDATE");
+    };
+    let path = u
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            Attribute::AsPath(p) => Some(p.clone()),
+            _ => None,
+        })
+        .unwrap();
+    (path, u.attributes.len())
+}
+
+/// RFC 6793 §4.2.2: a 2-octet peer gets AS_TRANS in AS_PATH plus the real path in
+/// AS4_PATH, and decoding both gives the 4-octet path back.
+#[test]
+fn as4_path_sent_to_two_octet_peers_and_merged_back() {
+    let msg_ = update_with_path(vec![AsSegment::Sequence(vec![4_200_000_001, 65010])]);
+    let bytes = msg(
+        "0031 02",
+        "0000 001a 40 01 01 00 40 02 06 02 02 5ba0 fdf2 c0 11 0a 02 02 fa56ea01 0000fdf2",
+    );
+    assert_eq!(codec::encode_to_vec(&msg_, TWO_OCTET).unwrap(), bytes);
+    assert_eq!(codec::decode(&bytes, TWO_OCTET).unwrap(), msg_);
+    // Every ASN fits in 2 octets: no AS4_PATH.
+    let small = update_with_path(vec![AsSegment::Sequence(vec![65001, 65010])]);
+    assert_eq!(
+        codec::encode_to_vec(&small, TWO_OCTET).unwrap(),
+        msg("0024 02", "0000 000d 40 01 01 00 40 02 06 02 02 fde9 fdf2")
+    );
+}
+
+/// RFC 6793 §4.2.3: ASNs a 2-octet speaker prepended after the AS4_PATH was built
+/// are kept from AS_PATH; an AS4_PATH longer than AS_PATH is ignored; a 4-octet
+/// peer's AS4_PATH is dropped.
+#[test]
+fn as4_path_merge_rules() {
+    // AS_PATH 65001 23456 65010, AS4_PATH 4200000001 65010.
+    let prepended = msg(
+        "0033 02",
+        "0000 001c 40 01 01 00 40 02 08 02 03 fde9 5ba0 fdf2 c0 11 0a 02 02 fa56ea01 0000fdf2",
+    );
+    assert_eq!(
+        decoded_path(&prepended, TWO_OCTET),
+        (
+            vec![
+                AsSegment::Sequence(vec![65001]),
+                AsSegment::Sequence(vec![4_200_000_001, 65010])
+            ],
+            2
+        )
+    );
+    // AS_PATH 23456, AS4_PATH 4200000001 65010: longer, ignored.
+    let longer = msg(
+        "002f 02",
+        "0000 0018 40 01 01 00 40 02 04 02 01 5ba0 c0 11 0a 02 02 fa56ea01 0000fdf2",
+    );
+    assert_eq!(
+        decoded_path(&longer, TWO_OCTET),
+        (vec![AsSegment::Sequence(vec![23456])], 2)
+    );
+    // A 4-octet peer must not send AS4_PATH: dropped, AS_PATH as is.
+    let four = msg(
+        "0031 02",
+        "0000 001a 40 01 01 00 40 02 06 02 01 0000fdf2 c0 11 0a 02 02 fa56ea01 0000fdf2",
+    );
+    assert_eq!(
+        decoded_path(&four, OPTS),
+        (vec![AsSegment::Sequence(vec![65010])], 2)
+    );
+    // A malformed AS4_PATH (segment of zero ASNs) is discarded, the route stays.
+    let bad = msg(
+        "0032 02",
+        "0000 0017 40 01 01 00 40 02 04 02 01 5ba0 40 03 04 c6120001 c0 11 02 02 00 18 c61301",
+    );
+    let Message::Update(u) = codec::decode(&bad, TWO_OCTET).unwrap() else {
+        panic!("not an UPDATE");
+    };
+    assert_eq!(u.treat_as_withdraw, None);
+    assert_eq!(u.nlri, vec![p("198.19.1.0/24")]);
+    assert_eq!(u.attributes.len(), 3);
+}
