@@ -436,12 +436,17 @@ fn open_errors() {
     );
 }
 
+fn decode_update(bytes: &[u8], opts: CodecOptions) -> Update {
+    let Message::Update(u) = codec::decode(bytes, opts).unwrap() else {
+        panic!("not an UPDATE");
+    };
+    u
+}
+
 /// Decode an UPDATE that RFC 7606 turns into a withdrawal: its withdrawn
 /// prefixes (all families) and the error a strict speaker would have sent.
 fn treated_as_withdraw(bytes: &[u8]) -> (Vec<Prefix>, (u8, u8, Vec<u8>)) {
-    let Message::Update(u) = codec::decode(bytes, OPTS).unwrap() else {
-        panic!("not an UPDATE");
-    };
+    let u = decode_update(bytes, OPTS);
     assert!(u.nlri.is_empty() && u.announced().next().is_none());
     assert_eq!(u.end_of_rib_family(), None);
     let n = u.treat_as_withdraw.clone().expect("treated as withdraw");
@@ -481,10 +486,7 @@ fn update_malformed_attributes_are_treat_as_withdraw() {
         let body = format!("0000 {:04x} {origin}{path}{nh} 18 c61301", attrs.len());
         msg(&format!("{:04x} 02", 19 + 4 + attrs.len() + 4), &body)
     };
-    let baseline = codec::decode(&with(good_origin, good_path, good_nh), OPTS).unwrap();
-    let Message::Update(baseline) = baseline else {
-        panic!("not an UPDATE");
-    };
+    let baseline = decode_update(&with(good_origin, good_path, good_nh), OPTS);
     assert_eq!(baseline.nlri, net());
     assert_eq!(baseline.treat_as_withdraw, None);
     // ORIGIN value 5, ORIGIN flagged optional, ORIGIN of length 2.
@@ -521,6 +523,14 @@ fn update_malformed_attributes_are_treat_as_withdraw() {
     );
 }
 
+/// Decode an UPDATE that keeps its route 198.19.1.0/24 despite a discarded attribute.
+fn route_kept(bytes: &[u8], opts: CodecOptions) -> Update {
+    let u = decode_update(bytes, opts);
+    assert_eq!(u.treat_as_withdraw, None);
+    assert_eq!(u.nlri, vec![p("198.19.1.0/24")]);
+    u
+}
+
 /// RFC 7606 §3(g), §7.6: some malformations only cost the attribute.
 #[test]
 fn update_attribute_discard() {
@@ -529,11 +539,7 @@ fn update_attribute_discard() {
         "0033 02",
         "0000 0018 40 01 01 00 40 01 01 02 40 02 06 02 01 0000fdf2 40 03 04 c6120001 18 c61301",
     );
-    let Message::Update(u) = codec::decode(&twice, OPTS).unwrap() else {
-        panic!("not an UPDATE");
-    };
-    assert_eq!(u.treat_as_withdraw, None);
-    assert_eq!(u.nlri, vec![p("198.19.1.0/24")]);
+    let u = route_kept(&twice, OPTS);
     assert_eq!(u.attributes.first(), Some(&Attribute::Origin(Origin::Igp)));
     assert_eq!(u.attributes.len(), 3);
     // ATOMIC_AGGREGATE flagged optional: discarded, the route stays.
@@ -541,11 +547,7 @@ fn update_attribute_discard() {
         "0032 02",
         "0000 0017 40 01 01 00 c0 06 00 40 02 06 02 01 0000fdf2 40 03 04 c6120001 18 c61301",
     );
-    let Message::Update(u) = codec::decode(&atomic, OPTS).unwrap() else {
-        panic!("not an UPDATE");
-    };
-    assert_eq!(u.treat_as_withdraw, None);
-    assert_eq!(u.nlri, vec![p("198.19.1.0/24")]);
+    let u = route_kept(&atomic, OPTS);
     assert!(u.attributes.iter().all(|a| a.code() != 6));
 }
 
@@ -588,4 +590,94 @@ fn update_errors_that_reset() {
         )),
         (3, 9, hex("800e0a000201050000000000 00"))
     );
+}
+
+const TWO_OCTET: CodecOptions = CodecOptions {
+    four_octet_as: false,
+};
+
+fn update_with_path(path: Vec<AsSegment>) -> Message {
+    Message::Update(Update {
+        attributes: vec![Attribute::Origin(Origin::Igp), Attribute::AsPath(path)],
+        ..Update::default()
+    })
+}
+
+fn decoded_path(bytes: &[u8], opts: CodecOptions) -> (Vec<AsSegment>, usize) {
+    let u = decode_update(bytes, opts);
+    let path = u
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            Attribute::AsPath(p) => Some(p.clone()),
+            _ => None,
+        })
+        .unwrap();
+    (path, u.attributes.len())
+}
+
+/// RFC 6793 §4.2.2: a 2-octet peer gets AS_TRANS in AS_PATH plus the real path in
+/// AS4_PATH, and decoding both gives the 4-octet path back.
+#[test]
+fn as4_path_sent_to_two_octet_peers_and_merged_back() {
+    let msg_ = update_with_path(vec![AsSegment::Sequence(vec![4_200_000_001, 65010])]);
+    let bytes = msg(
+        "0031 02",
+        "0000 001a 40 01 01 00 40 02 06 02 02 5ba0 fdf2 c0 11 0a 02 02 fa56ea01 0000fdf2",
+    );
+    assert_eq!(codec::encode_to_vec(&msg_, TWO_OCTET).unwrap(), bytes);
+    assert_eq!(codec::decode(&bytes, TWO_OCTET).unwrap(), msg_);
+    // Every ASN fits in 2 octets: no AS4_PATH.
+    let small = update_with_path(vec![AsSegment::Sequence(vec![65001, 65010])]);
+    assert_eq!(
+        codec::encode_to_vec(&small, TWO_OCTET).unwrap(),
+        msg("0024 02", "0000 000d 40 01 01 00 40 02 06 02 02 fde9 fdf2")
+    );
+}
+
+/// RFC 6793 §4.2.3: ASNs a 2-octet speaker prepended after the AS4_PATH was built
+/// are kept from AS_PATH; an AS4_PATH longer than AS_PATH is ignored; a 4-octet
+/// peer's AS4_PATH is dropped.
+#[test]
+fn as4_path_merge_rules() {
+    let cases = [
+        (
+            "AS_PATH 65001 23456 65010, AS4_PATH 4200000001 65010: 65001 kept",
+            "0033 02",
+            "0000 001c 40 01 01 00 40 02 08 02 03 fde9 5ba0 fdf2 c0 11 0a 02 02 fa56ea01 0000fdf2",
+            TWO_OCTET,
+            vec![
+                AsSegment::Sequence(vec![65001]),
+                AsSegment::Sequence(vec![4_200_000_001, 65010]),
+            ],
+        ),
+        (
+            "AS_PATH 23456, AS4_PATH 4200000001 65010: longer, ignored",
+            "002f 02",
+            "0000 0018 40 01 01 00 40 02 04 02 01 5ba0 c0 11 0a 02 02 fa56ea01 0000fdf2",
+            TWO_OCTET,
+            vec![AsSegment::Sequence(vec![23456])],
+        ),
+        (
+            "a 4-octet peer must not send AS4_PATH: dropped, AS_PATH as is",
+            "0031 02",
+            "0000 001a 40 01 01 00 40 02 06 02 01 0000fdf2 c0 11 0a 02 02 fa56ea01 0000fdf2",
+            OPTS,
+            vec![AsSegment::Sequence(vec![65010])],
+        ),
+    ];
+    for (what, len_type, body, opts, path) in cases {
+        assert_eq!(
+            decoded_path(&msg(len_type, body), opts),
+            (path, 2),
+            "{what}"
+        );
+    }
+    // A malformed AS4_PATH (segment of zero ASNs) is discarded, the route stays.
+    let bad = msg(
+        "0032 02",
+        "0000 0017 40 01 01 00 40 02 04 02 01 5ba0 40 03 04 c6120001 c0 11 02 02 00 18 c61301",
+    );
+    let u = route_kept(&bad, TWO_OCTET);
+    assert_eq!(u.attributes.len(), 3);
 }

@@ -103,18 +103,27 @@ fn scripted_peer<R: Send + 'static>(
     h
 }
 
+/// RFC 7606: a malformed attribute withdraws the UPDATE's routes and keeps the
+/// session; only an UPDATE whose NLRI cannot be parsed still resets it.
 #[test]
-fn malformed_update_gets_update_error_notification() {
+fn malformed_update_is_treated_as_withdraw_and_unparseable_nlri_resets() {
     let mut lab = Lab::new("wireupd", 1);
     let peer = scripted_peer(&lab, |l| {
         let (mut s, theirs, prefixes) = establish(&l, 90);
-        // NLRI without NEXT_HOP: UPDATE error 3, subcode 3 (missing well-known
-        // attribute), data = the missing type code.
-        let bad = hex(
+        // NLRI without NEXT_HOP (missing well-known attribute, 3/3): withdrawn.
+        let bad_attrs = hex(
             "ffffffffffffffffffffffffffffffff 0028 02 0000 000d 40 01 01 00 40 02 06 02 01 0000fdf2 18 c61301",
         );
-        s.write_all(&bad).unwrap();
-        let reply = read_msg(&mut s);
+        s.write_all(&bad_attrs).unwrap();
+        // A /33 in the IPv4 NLRI (3/10): the message cannot be parsed, reset.
+        let bad_nlri = hex("ffffffffffffffffffffffffffffffff 001c 02 0000 0000 21 c6130100");
+        s.write_all(&bad_nlri).unwrap();
+        let reply = loop {
+            match read_msg(&mut s) {
+                Message::Keepalive => continue,
+                m => break m,
+            }
+        };
         (theirs, prefixes, reply)
     });
     let sp = start_speaker(
@@ -127,14 +136,20 @@ fn malformed_update_gets_update_error_notification() {
     let Message::Notification(n) = reply else {
         panic!("expected NOTIFICATION, got {reply:?}")
     };
-    assert_eq!((n.code, n.subcode, n.data), (3, 3, vec![3]));
-    wait_for(T, "status reports the error", || {
-        sp.status().filter(|p| {
-            p["lastError"]
-                .as_str()
-                .is_some_and(|e| e.contains("UPDATE message error (3/3)"))
-        })
-    });
+    // The reply is to the second UPDATE: the first did not end the session.
+    assert_eq!((n.code, n.subcode, n.data), (3, 10, vec![]));
+    wait_for(
+        T,
+        "status counts the withdraw and reports the reset",
+        || {
+            sp.status().filter(|p| {
+                p["updatesTreatedAsWithdraw"] == 1
+                    && p["lastError"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("UPDATE message error (3/10)"))
+            })
+        },
+    );
 }
 
 #[test]

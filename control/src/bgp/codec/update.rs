@@ -22,6 +22,7 @@ const ATOMIC_AGGREGATE: u8 = 6;
 const AGGREGATOR: u8 = 7;
 const MP_REACH: u8 = 14;
 const MP_UNREACH: u8 = 15;
+const AS4_PATH: u8 = 17;
 const AS4_AGGREGATOR: u8 = 18;
 
 /// What RFC 7606 says to do with an UPDATE whose attribute failed to decode.
@@ -38,7 +39,7 @@ enum OnMalformed {
 
 fn on_malformed(code: u8) -> OnMalformed {
     match code {
-        ATOMIC_AGGREGATE | AGGREGATOR | AS4_AGGREGATOR => OnMalformed::DiscardAttribute,
+        ATOMIC_AGGREGATE | AGGREGATOR | AS4_PATH | AS4_AGGREGATOR => OnMalformed::DiscardAttribute,
         MP_REACH | MP_UNREACH => OnMalformed::ResetSession,
         _ => OnMalformed::TreatAsWithdraw,
     }
@@ -133,23 +134,7 @@ impl Attribute {
                 Origin::Egp => 1,
                 Origin::Incomplete => 2,
             }),
-            Attribute::AsPath(segments) => {
-                for seg in segments {
-                    let (ty, asns) = seg.parts();
-                    for chunk in asns.chunks(255) {
-                        out.push(ty);
-                        out.push(chunk.len() as u8);
-                        for &asn in chunk {
-                            if opts.four_octet_as {
-                                out.extend_from_slice(&asn.to_be_bytes());
-                            } else {
-                                let short = u16::try_from(asn).unwrap_or(AS_TRANS);
-                                out.extend_from_slice(&short.to_be_bytes());
-                            }
-                        }
-                    }
-                }
-            }
+            Attribute::AsPath(segments) => encode_as_path(segments, opts.four_octet_as, out),
             Attribute::NextHop(nh) => out.extend_from_slice(&nh.octets()),
             Attribute::Med(v) | Attribute::LocalPref(v) => out.extend_from_slice(&v.to_be_bytes()),
             Attribute::MpReach {
@@ -208,6 +193,117 @@ impl Attribute {
             }
         }
         Ok(())
+    }
+}
+
+/// AS_PATH value bytes; for a 2-octet peer, ASNs above 65535 become AS_TRANS.
+fn encode_as_path(segments: &[AsSegment], four_octet: bool, out: &mut Vec<u8>) {
+    for seg in segments {
+        let (ty, asns) = seg.parts();
+        for chunk in asns.chunks(255) {
+            out.push(ty);
+            out.push(chunk.len() as u8);
+            for &asn in chunk {
+                if four_octet {
+                    out.extend_from_slice(&asn.to_be_bytes());
+                } else {
+                    let short = u16::try_from(asn).unwrap_or(AS_TRANS);
+                    out.extend_from_slice(&short.to_be_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// RFC 6793 §4.2.2: for a peer without 4-octet ASNs, the AS4_PATH that carries
+/// what AS_TRANS hides in AS_PATH (confederation segments stay out of it).
+fn as4_path_for(segments: &[AsSegment]) -> Option<Attribute> {
+    let hidden = segments
+        .iter()
+        .any(|s| s.parts().1.iter().any(|&a| u16::try_from(a).is_err()));
+    if !hidden {
+        return None;
+    }
+    let plain: Vec<AsSegment> = segments
+        .iter()
+        .filter(|s| matches!(s, AsSegment::Set(_) | AsSegment::Sequence(_)))
+        .cloned()
+        .collect();
+    let mut value = Vec::new();
+    encode_as_path(&plain, true, &mut value);
+    Some(Attribute::Other {
+        flags: FLAG_OPTIONAL | FLAG_TRANSITIVE,
+        code: AS4_PATH,
+        value,
+    })
+}
+
+/// Path length as RFC 4271 §9.1.2.2 counts it: a set counts once, confederation
+/// segments not at all.
+fn path_len(segments: &[AsSegment]) -> usize {
+    segments
+        .iter()
+        .map(|s| match s {
+            AsSegment::Sequence(v) => v.len(),
+            AsSegment::Set(_) => 1,
+            AsSegment::ConfedSequence(_) | AsSegment::ConfedSet(_) => 0,
+        })
+        .sum()
+}
+
+/// RFC 6793 §4.2.3: rebuild the 4-octet path from a 2-octet peer's AS_PATH and
+/// AS4_PATH: the leading ASNs AS4_PATH does not cover come from AS_PATH, the rest
+/// from AS4_PATH. An AS4_PATH longer than AS_PATH is ignored.
+fn merge_as4_path(as_path: &[AsSegment], as4_path: Vec<AsSegment>) -> Vec<AsSegment> {
+    let (n2, n4) = (path_len(as_path), path_len(&as4_path));
+    if n4 > n2 {
+        return as_path.to_vec();
+    }
+    let mut keep = n2 - n4;
+    let mut merged = Vec::new();
+    for seg in as_path {
+        if keep == 0 {
+            break;
+        }
+        match seg {
+            AsSegment::Sequence(v) if v.len() > keep => {
+                merged.push(AsSegment::Sequence(v.iter().copied().take(keep).collect()));
+                keep = 0;
+            }
+            _ => {
+                keep -= path_len(std::slice::from_ref(seg));
+                merged.push(seg.clone());
+            }
+        }
+    }
+    merged.extend(as4_path);
+    merged
+}
+
+/// RFC 6793 §4.1/§4.2.3: a 4-octet peer's AS4_PATH is dropped; a 2-octet
+/// peer's is merged into AS_PATH (and dropped when malformed, §6).
+fn merge_received_as4_path(attributes: &mut Vec<Attribute>, opts: CodecOptions) {
+    let Some(at) = attributes.iter().position(|a| a.code() == AS4_PATH) else {
+        return;
+    };
+    let as4 = attributes.remove(at);
+    if opts.four_octet_as {
+        return;
+    }
+    let Attribute::Other { value, .. } = as4 else {
+        return;
+    };
+    let four = CodecOptions {
+        four_octet_as: true,
+    };
+    let Ok(as4_path) = decode_as_path(&value, four) else {
+        return;
+    };
+    for a in attributes.iter_mut() {
+        if let Attribute::AsPath(segments) = a {
+            *segments = merge_as4_path(segments, as4_path);
+            return;
+        }
     }
 }
 
@@ -389,6 +485,7 @@ impl Update {
             }
         }
 
+        merge_received_as4_path(&mut attributes, opts);
         let mut update = Update {
             withdrawn,
             attributes,
@@ -454,6 +551,15 @@ impl Update {
         out.extend_from_slice(&[0, 0]);
         for a in &self.attributes {
             a.encode(opts, out)?;
+        }
+        if !opts.four_octet_as && !self.attributes.iter().any(|a| a.code() == AS4_PATH) {
+            let as4 = self.attributes.iter().find_map(|a| match a {
+                Attribute::AsPath(segments) => as4_path_for(segments),
+                _ => None,
+            });
+            if let Some(as4) = as4 {
+                as4.encode(opts, out)?;
+            }
         }
         patch_len_u16(out, al_at, "path attributes")?;
         encode_prefixes(&self.nlri, out);
