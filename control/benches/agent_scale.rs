@@ -74,12 +74,7 @@ fn create_nodes(lab: &KubeLab, from: usize, to: usize, procs: usize) -> Duration
 }
 
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --all-targets` (CI) does not, and
-    // this minutes-long measurement is not a test.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "agent_scale: measurement only, run it with `cargo bench -p hybridway-control --bench agent_scale`"
-        );
+    if !common::benching("agent_scale") {
         return;
     }
     let lab = KubeLab::up();

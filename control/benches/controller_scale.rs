@@ -60,12 +60,7 @@ fn blocks_written(ctrl: &ControllerProc) -> u64 {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --all-targets` (CI) does not, and
-    // this minutes-long measurement is not a test.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "controller_scale: measurement only, run it with `cargo bench -p hybridway-control --bench controller_scale`"
-        );
+    if !common::benching("controller_scale") {
         return;
     }
     let lab = KubeLab::up();

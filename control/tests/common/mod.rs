@@ -589,3 +589,16 @@ pub fn password_file(lab: &Lab, name: &str, password: &str) -> PathBuf {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// For the benchmark harnesses under `control/benches`: `cargo bench` passes
+/// `--bench`, `cargo test --all-targets` (CI) does not, and a minutes-long
+/// measurement is not a test. False, after saying how to run it, when not benching.
+pub fn benching(name: &str) -> bool {
+    if std::env::args().any(|a| a == "--bench") {
+        return true;
+    }
+    println!(
+        "{name}: measurement only, run it with `cargo bench -p hybridway-control --bench {name}`"
+    );
+    false
+}
