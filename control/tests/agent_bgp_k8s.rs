@@ -12,7 +12,9 @@
 //! Routes for every block of the pool with the right next hops (the owning node on
 //! the switch's subnet, else the speaker); status through `kubectl`; a Secret
 //! rotation re-establishes with the new password; the second speaker keeps the
-//! routes when the first stops. Needs root.
+//! routes when the first stops; a Secret the agent's Role does not name is never
+//! read (status and log say so). The agent runs with deploy/agent-rbac.yaml, which
+//! names only `bgp-secret`. Needs root.
 
 #![allow(
     clippy::unwrap_used,
@@ -243,4 +245,31 @@ fn speakers_follow_the_bgpclusterconfig_and_its_secret() {
             .then_some(())
     });
     assert!(agents[1].status().is_some(), "the agent is still running");
+
+    // A Secret the agent's Role does not name (deploy/agent-rbac.yaml resourceNames)
+    // is never read: the peer's status says it is missing, the log says what to add.
+    apply(
+        &lab,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: other-secret, namespace: kube-system}\nstringData: {password: pw-two}\n",
+    );
+    apply(
+        &lab,
+        &RESOURCE.replace(
+            "name: bgp-secret, key: password",
+            "name: other-secret, key: password",
+        ),
+    );
+    wait_for(T, "status names the unreadable Secret", || {
+        sessions(&lab)
+            .iter()
+            .any(|s| s.0 == "s1" && s.3.contains("other-secret does not exist"))
+            .then_some(())
+    });
+    assert!(
+        agents[1]
+            .log_text()
+            .contains("may not read this BGP password Secret"),
+        "no hint in the agent's log"
+    );
+    assert!(!agents[1].log_text().contains("pw-two"));
 }

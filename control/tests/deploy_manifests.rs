@@ -266,7 +266,7 @@ const DEFAULT: Option<&str> = Some("default");
 #[rustfmt::skip]
 const MATRIX: &[Can] = &[
     // The agent: Nodes (its own, by the admission policy), BGP configs and its status
-    // entry, the BGP password Secrets of kube-system.
+    // entry, the BGP password Secrets of kube-system by name (the example's).
     can("agent", "watch", "nodes", None, true),
     can("agent", "patch", "nodes", None, true),
     can("agent", "create", "nodes", None, false),
@@ -275,7 +275,11 @@ const MATRIX: &[Can] = &[
     can("agent", "watch", "bgpclusterconfigs.network.alibabacloud.com", None, true),
     can("agent", "patch", "bgpclusterconfigs.network.alibabacloud.com/status", None, true),
     can("agent", "patch", "bgpclusterconfigs.network.alibabacloud.com", None, false),
-    can("agent", "watch", "secrets", KS, true),
+    can("agent", "get", "secrets/bgp-secret", KS, true),
+    can("agent", "watch", "secrets/bgp-secret", KS, true),
+    can("agent", "list", "secrets", KS, false),
+    can("agent", "watch", "secrets", KS, false),
+    can("agent", "get", "secrets/other", KS, false),
     can("agent", "list", "secrets", DEFAULT, false),
     can("agent", "get", "secrets", DEFAULT, false),
     can("agent", "create", "secrets", KS, false),

@@ -1,11 +1,12 @@
-//! BGP inside the agent: `BGPClusterConfig`s, the Secrets of `kube-system` and the
+//! BGP inside the agent: `BGPClusterConfig`s, the password Secrets they name for
+//! this node (`bgp_secrets`: one watch per name, nothing else of kube-system) and the
 //! Node store (shared with `agent_watch`) decide what this node's speaker runs
 //! (`bgp_view::plan`); the speaker is `bgp::speaker`, unchanged; its sessions are
 //! written back into the resource's status with server-side apply.
 //!
 //! ```text
 //!  watch BGPClusterConfigs ──► store ─┐
-//!  watch Secrets (kube-system) ► store ┼─► 50 ms settle ─► plan ──┬─ same sessions, new routes ─► routes watch ─► speaker
+//!  watch named Secrets ─► bgp_secrets ┼─► 50 ms settle ─► plan ──┬─ same sessions, new routes ─► routes watch ─► speaker
 //!  agent_watch nodes_changed ─────────┘   (Node store)           ├─ peers/ASN/password changed ─► stop (graceful), start anew
 //!                                                                 └─ no longer a speaker ────────► stop (Cease)
 //!  every 2 s: speaker StatusHandle ─► status.speakers[name = this node] (SSA, field manager per node)
@@ -24,7 +25,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -32,11 +32,12 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::bgp_secrets::{self, SecretWatches};
 use super::bgp_view::{self, SpeakerPlan, SpeakerSettings};
 use super::crd::{BGPClusterConfig, PeerSessionStatus, SpeakerStatus};
 use super::params::NAMESPACE;
 use crate::bgp::config::RouteConfig;
-use crate::bgp::password::{SecretStore, Secrets};
+use crate::bgp::password::SecretStore;
 use crate::bgp::speaker::{self, StopMode};
 use crate::bgp::status::{CurrentSpeaker, StatusHandle};
 
@@ -88,19 +89,15 @@ pub async fn run(
     let configs_api: Api<BGPClusterConfig> = Api::all(client.clone());
     let secrets_api: Api<Secret> = Api::namespaced(client, NAMESPACE);
     let (configs, cw) = reflector::store::<BGPClusterConfig>();
-    let (secrets, sw) = reflector::store::<Secret>();
     let mut config_events = watcher(configs_api.clone(), watcher::Config::default())
         .default_backoff()
         .reflect(cw)
         .boxed();
-    let mut secret_events = watcher(secrets_api, watcher::Config::default())
-        .default_backoff()
-        .reflect(sw)
-        .boxed();
+    let (mut secrets, mut secrets_changed) = SecretWatches::new(secrets_api);
     let store = SecretStore::default();
     let mut running: Option<Running> = None;
     let mut due: Option<tokio::time::Instant> = None;
-    let (mut configs_ready, mut secrets_ready) = (false, false);
+    let mut configs_ready = false;
     let mut last_written: Option<(String, Vec<PeerSessionStatus>)> = None;
     let mut last_error: Option<String> = None;
     let mut tick = tokio::time::interval(STATUS_EVERY);
@@ -108,32 +105,42 @@ pub async fn run(
     loop {
         let sleep = async {
             match due {
-                Some(at) if configs_ready && secrets_ready => tokio::time::sleep_until(at).await,
+                // Every named Secret listed once: a speaker never starts keyless
+                // only because its Secret's watch was a moment late.
+                Some(at) if configs_ready && secrets.settled() => {
+                    tokio::time::sleep_until(at).await
+                }
                 _ => std::future::pending().await,
             }
         };
         tokio::select! {
             ev = config_events.next() => match ev {
-                Some(Ok(watcher::Event::InitDone)) => { configs_ready = true; due = due.or_else(soon); }
-                Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))) => due = due.or_else(soon),
+                Some(Ok(watcher::Event::InitDone)) => {
+                    configs_ready = true;
+                    secrets.follow(&bgp_secrets::referenced(&node_name, configs.state().iter().map(|c| &**c)));
+                    due = due.or_else(soon);
+                }
+                Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))) => {
+                    if configs_ready {
+                        secrets.follow(&bgp_secrets::referenced(&node_name, configs.state().iter().map(|c| &**c)));
+                    }
+                    due = due.or_else(soon);
+                }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => tracing::debug!(error = %e, "BGPClusterConfig watch failed; retrying"),
                 None => return,
             },
-            ev = secret_events.next() => match ev {
-                Some(Ok(watcher::Event::InitDone)) => { secrets_ready = true; due = due.or_else(soon); }
-                Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))) => due = due.or_else(soon),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => tracing::debug!(error = %e, "Secret watch failed; retrying"),
-                None => return,
-            },
+            r = secrets_changed.changed() => {
+                if r.is_err() { return; }
+                due = due.or_else(soon);
+            }
             r = nodes_changed.changed() => {
                 if r.is_err() { return; }
                 due = due.or_else(soon);
             }
             () = sleep => {
                 due = None;
-                store.replace(secret_bytes(&secrets));
+                store.replace(secrets.secrets());
                 let node_list = nodes.state();
                 let node_refs: Vec<&Node> = node_list.iter().map(|n| &**n).collect();
                 let config_list = configs.state();
@@ -246,23 +253,6 @@ fn start(plan: SpeakerPlan, store: &SecretStore) -> Running {
         status,
         task,
     }
-}
-
-/// name → key → bytes of every Secret in the store.
-fn secret_bytes(secrets: &Store<Secret>) -> Secrets {
-    secrets
-        .state()
-        .iter()
-        .map(|s| {
-            let data = s
-                .data
-                .iter()
-                .flatten()
-                .map(|(k, v)| (k.clone(), v.0.clone()))
-                .collect();
-            (s.name_any(), data)
-        })
-        .collect()
 }
 
 /// This speaker's sessions as the resource's status shows them.

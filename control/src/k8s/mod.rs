@@ -8,6 +8,7 @@ pub mod agent_bgp;
 pub mod agent_watch;
 pub mod annotations;
 pub mod bgp_config;
+pub mod bgp_secrets;
 pub mod bgp_view;
 pub mod client;
 pub mod cluster_view;
