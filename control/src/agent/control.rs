@@ -9,6 +9,15 @@
 //! Responses: `{"ok":true,"status":{..}}` or `{"ok":false,"error":".."}`, with
 //! `address` (cni_add, cni_check), `released` (cni_del, cni_gc) and `notes` (what
 //! the agent fixed on the way, e.g. a veth's offloads) when there are any.
+//!
+//! ```text
+//!  accept task ──► one task per connection: read the line (5 s) ──Incoming──► control loop
+//!                                          write the answer ◄──── oneshot ───  (owns the Agent)
+//! ```
+//!
+//! Connections are read and answered outside the control loop, so a client that
+//! connects and sends nothing (or reads its answer slowly) delays nobody else; the
+//! loop only runs requests that arrived whole, one at a time.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
 
 use super::addresses::{Allocation, AttachmentKey};
 use super::config::ClusterFacts;
@@ -26,6 +36,15 @@ use crate::bgp::status::CurrentSpeaker;
 
 /// How often next-hop MACs are looked up again.
 const NEIGHBOR_REFRESH: Duration = Duration::from_secs(2);
+
+/// How long a connection may take to send its request line.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Requests read but not yet run by the control loop (more wait in their tasks).
+const QUEUED: usize = 64;
+
+/// The longest request line read.
+const MAX_REQUEST: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -166,18 +185,15 @@ fn status_with_bgp(status: &Status, bgp: Option<&CurrentSpeaker>) -> Option<serd
     Some(v)
 }
 
-async fn serve_one(
-    agent: &mut Agent,
-    stream: UnixStream,
-    bgp: Option<&CurrentSpeaker>,
-) -> std::io::Result<()> {
-    let (rd, mut wr) = stream.into_split();
-    let mut line = String::new();
-    let mut rd = BufReader::new(rd).take(64 * 1024);
-    tokio::time::timeout(Duration::from_secs(5), rd.read_line(&mut line))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
-    let resp = match serde_json::from_str::<Request>(line.trim()) {
+/// A request read whole from one connection, and where its answer goes.
+struct Incoming {
+    request: Result<Request, String>,
+    reply: oneshot::Sender<Response>,
+}
+
+/// Runs one request on the agent (the control loop's part of a connection).
+fn serve(agent: &mut Agent, incoming: Incoming, bgp: Option<&CurrentSpeaker>) {
+    let resp = match incoming.request {
         Ok(req) => {
             let started = std::time::Instant::now();
             let op = serde_json::to_value(&req)
@@ -193,7 +209,61 @@ async fn serve_one(
             );
             resp
         }
-        Err(e) => Response::refused(format!("bad request: {e}")),
+        Err(e) => Response::refused(e),
+    };
+    // The client may have gone meanwhile: nothing to tell it.
+    let _ = incoming.reply.send(resp);
+}
+
+/// Accepts connections until the control loop is gone, each read and answered in
+/// its own task.
+async fn accept_requests(
+    listener: UnixListener,
+    read_timeout: Duration,
+    tx: mpsc::Sender<Incoming>,
+) {
+    loop {
+        tokio::select! {
+            () = tx.closed() => return,
+            conn = listener.accept() => match conn {
+                Ok((stream, _)) => {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = exchange(stream, read_timeout, &tx).await {
+                            tracing::debug!(error = %e, "control connection failed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of descriptors, most likely: give the open ones time to end.
+                    tracing::warn!(error = %e, "accept on the control socket failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+/// One connection: its request line to the control loop, the answer back.
+async fn exchange(
+    stream: UnixStream,
+    read_timeout: Duration,
+    tx: &mpsc::Sender<Incoming>,
+) -> std::io::Result<()> {
+    let (rd, mut wr) = stream.into_split();
+    let mut line = String::new();
+    let mut rd = BufReader::new(rd).take(MAX_REQUEST);
+    tokio::time::timeout(read_timeout, rd.read_line(&mut line))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
+    let request =
+        serde_json::from_str::<Request>(line.trim()).map_err(|e| format!("bad request: {e}"));
+    let (reply, answer) = oneshot::channel();
+    if tx.send(Incoming { request, reply }).await.is_err() {
+        return Ok(()); // the agent is stopping
+    }
+    let Ok(resp) = answer.await else {
+        return Ok(());
     };
     let mut text = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"ok\":false}".into());
     text.push('\n');
@@ -253,6 +323,8 @@ pub async fn run(
     let mut int = signal(SignalKind::interrupt()).map_err(sig_err)?;
     let mut tick = tokio::time::interval(NEIGHBOR_REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (tx, mut requests) = mpsc::channel(QUEUED);
+    tokio::spawn(accept_requests(listener, READ_TIMEOUT, tx));
     tracing::info!(socket = %path.display(), "control socket ready");
     loop {
         tokio::select! {
@@ -272,16 +344,11 @@ pub async fn run(
                     tracing::warn!(error = %e, "neighbour refresh failed");
                 }
             }
-            conn = listener.accept() => match conn {
-                Ok((stream, _)) => {
-                    if let Err(e) = serve_one(&mut agent, stream, bgp.as_ref()).await {
-                        tracing::debug!(error = %e, "control connection failed");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "accept on the control socket failed"),
-            },
+            Some(incoming) = requests.recv() => serve(&mut agent, incoming, bgp.as_ref()),
         }
     }
+    // Closing the queue ends the accept task and every connection still waiting.
+    drop(requests);
     agent.shutdown();
     let _ = std::fs::remove_file(&path);
     Ok(())
@@ -295,9 +362,10 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, ControlError> {
     call_within(socket, req, CALL_TIMEOUT)
 }
 
-/// [`call`], waiting up to `timeout` for the answer. The agent serves one request
+/// [`call`], waiting up to `timeout` for the answer. The agent runs one request
 /// at a time, so a caller queued behind many others (a burst of CNI ADDs, each
-/// attaching a veth) waits for all of them.
+/// attaching a veth) waits for all of them; a client that sends nothing does not
+/// hold anyone up.
 pub fn call_within(
     socket: &Path,
     req: &Request,
@@ -390,6 +458,31 @@ mod tests {
                 .get("bgp")
                 .is_none()
         );
+    }
+
+    /// A client that connects and sends nothing must not hold up the next client's
+    /// request (the control loop used to read each connection in turn, up to 5 s).
+    /// The read timeout here is an hour: served in turn, the second request would
+    /// not arrive within the guard below.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_client_does_not_hold_up_the_next() {
+        let dir = std::env::temp_dir().join(format!("hybridway-control-{}", std::process::id()));
+        let path = dir.join("control.sock");
+        let listener = bind(&path).unwrap();
+        let (tx, mut requests) = mpsc::channel(QUEUED);
+        tokio::spawn(accept_requests(listener, Duration::from_secs(3600), tx));
+        let silent = UnixStream::connect(&path).await.unwrap();
+        let p = path.clone();
+        let caller = tokio::task::spawn_blocking(move || call(&p, &Request::Status));
+        let incoming = tokio::time::timeout(Duration::from_secs(60), requests.recv())
+            .await
+            .expect("the second client's request waited behind the silent one")
+            .unwrap();
+        assert!(matches!(incoming.request, Ok(Request::Status)));
+        incoming.reply.send(Response::ok()).unwrap();
+        assert!(caller.await.unwrap().unwrap().ok);
+        drop(silent);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
