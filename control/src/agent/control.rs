@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::addresses::{Allocation, AttachmentKey};
 use super::config::ClusterFacts;
 use super::runtime::{Agent, AgentError, CniAddress, Status};
+use super::saved_view::SavedView;
 use super::table_builder::LocalPod;
 use crate::bgp::status::CurrentSpeaker;
 
@@ -291,6 +292,34 @@ fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 /// The cluster's facts as the Node watch publishes them (Kubernetes mode).
 pub type ClusterUpdates = tokio::sync::watch::Receiver<Option<ClusterFacts>>;
 
+/// Kubernetes mode: where the facts come from and where accepted ones are saved.
+#[derive(Debug)]
+pub struct Cluster {
+    pub updates: ClusterUpdates,
+    pub saved: SavedView,
+}
+
+/// Hands `facts` to the agent (`apply`) and saves them only if it took them: a
+/// view the agent refused must not be the one a restart begins from.
+fn take_facts(
+    apply: impl FnOnce(ClusterFacts) -> Result<(), AgentError>,
+    saved: &mut SavedView,
+    facts: ClusterFacts,
+) {
+    match apply(facts.clone()) {
+        Ok(()) => saved.accepted(facts),
+        Err(e) => tracing::error!(error = %e, "cluster change not applied (and not saved)"),
+    }
+}
+
+/// Sleeps until `at`; pending forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The next facts from the Node watch; pending forever in file mode or once the
 /// watch is gone (the agent keeps forwarding with what it has).
 async fn next_facts(updates: &mut Option<ClusterUpdates>) -> Option<ClusterFacts> {
@@ -305,13 +334,17 @@ async fn next_facts(updates: &mut Option<ClusterUpdates>) -> Option<ClusterFacts
 }
 
 /// Runs the control loop until SIGTERM or SIGINT, then shuts the agent down.
-/// `cluster`: the Node watch's facts in Kubernetes mode; `bgp`: the speaker the
-/// agent runs, shown by `status`.
+/// `cluster`: the Node watch's facts and the saved view in Kubernetes mode; `bgp`:
+/// the speaker the agent runs, shown by `status`.
 pub async fn run(
     mut agent: Agent,
-    mut cluster: Option<ClusterUpdates>,
+    cluster: Option<Cluster>,
     bgp: Option<CurrentSpeaker>,
 ) -> Result<(), ControlError> {
+    let (mut updates, mut saved) = match cluster {
+        Some(c) => (Some(c.updates), Some(c.saved)),
+        None => (None, None),
+    };
     let path = agent.config().control.socket.clone();
     let listener = bind(&path)?;
     let sig_err = |source| ControlError::Socket {
@@ -327,14 +360,20 @@ pub async fn run(
     tokio::spawn(accept_requests(listener, READ_TIMEOUT, tx));
     tracing::info!(socket = %path.display(), "control socket ready");
     loop {
+        let save_retry = saved.as_ref().and_then(SavedView::next_try);
         tokio::select! {
             _ = hup.recv() => match agent.reload() {
                 Ok(()) => {}
                 Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not applied"),
             },
-            Some(facts) = next_facts(&mut cluster) => {
-                if let Err(e) = agent.apply_cluster(facts) {
-                    tracing::error!(error = %e, "cluster change not applied");
+            Some(facts) = next_facts(&mut updates) => {
+                if let Some(saved) = saved.as_mut() {
+                    take_facts(|f| agent.apply_cluster(f), saved, facts);
+                }
+            }
+            () = sleep_until(save_retry) => {
+                if let Some(saved) = saved.as_mut() {
+                    saved.retry();
                 }
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
@@ -482,6 +521,29 @@ mod tests {
         incoming.reply.send(Response::ok()).unwrap();
         assert!(caller.await.unwrap().unwrap().ok);
         drop(silent);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_facts_the_agent_accepted_are_saved() {
+        let dir = std::env::temp_dir().join(format!("hybridway-take-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cluster.json");
+        let mut saved = SavedView::new(path.clone());
+        let facts: ClusterFacts = serde_json::from_str(
+            r#"{"node":{"name":"n1","address":"198.18.64.10"},"mode":"underlay",
+                "pods":{"block":"198.19.130.0/24","gateway":"198.19.130.1"}}"#,
+        )
+        .unwrap();
+        take_facts(
+            |_| Err(AgentError::Refused("test: refused".into())),
+            &mut saved,
+            facts.clone(),
+        );
+        assert!(!path.exists(), "a refused view was saved");
+        take_facts(|_| Ok(()), &mut saved, facts.clone());
+        assert_eq!(crate::agent::saved_view::load(&path, "n1"), Some(facts));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -10,10 +10,11 @@
 //!   └─ control::run (control loop) ◄──────────────────┘ Agent::apply_cluster
 //! ```
 //!
-//! Start-up: the facts persisted by the last run, when there are any (so a node
+//! Start-up: the facts saved by the last run, when there are any (so a node
 //! whose API server is away forwards at once), else the first facts the watch
 //! finds: the agent is not ready, and says so in its log, until the controller has
-//! given this node a block.
+//! given this node a block. Facts are saved only once the agent runs with them
+//! (`saved_view`).
 
 use std::path::PathBuf;
 
@@ -21,6 +22,7 @@ use super::AgentConfig;
 use super::config::{ConfigError, LocalConfig};
 use super::control::{self, ControlError};
 use super::runtime::{Agent, AgentError, ConfigSource};
+use super::saved_view::{self, SavedView};
 use k8s_openapi::api::core::v1::Node;
 
 use crate::bgp::status::CurrentSpeaker;
@@ -66,8 +68,8 @@ pub fn run(mode: &KubernetesMode) -> Result<(), KubernetesModeError> {
             vni: local.vxlan.vni,
             mac: local.vxlan.vtep_mac_of(&mode.node_name),
         },
-        state_file: local.control.cluster_state_file.clone(),
     };
+    let state_file = local.control.cluster_state_file.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -75,7 +77,7 @@ pub fn run(mode: &KubernetesMode) -> Result<(), KubernetesModeError> {
         .map_err(KubernetesModeError::Runtime)?;
     let kube = rt.block_on(client::client(mode.kubeconfig.as_deref()))?;
     let (tx, mut rx) = tokio::sync::watch::channel(None);
-    let persisted = agent_watch::load_persisted(&src.state_file, &src.node_name);
+    let persisted = saved_view::load(&state_file, &src.node_name);
     let (nodes, writer) = kube::runtime::reflector::store::<Node>();
     let (nodes_changed, nodes_rx) = tokio::sync::watch::channel(0u64);
     rt.spawn(agent_watch::run(
@@ -86,7 +88,7 @@ pub fn run(mode: &KubernetesMode) -> Result<(), KubernetesModeError> {
         nodes_changed,
     ));
     let bgp = SpeakerSettings {
-        restart_marker: Some(src.state_file.with_file_name("bgp-restart-marker")),
+        restart_marker: Some(state_file.with_file_name("bgp-restart-marker")),
         ..SpeakerSettings::default()
     };
     let bgp_status = CurrentSpeaker::default();
@@ -98,9 +100,11 @@ pub fn run(mode: &KubernetesMode) -> Result<(), KubernetesModeError> {
         nodes_rx,
         bgp_status.clone(),
     ));
+    let mut saved = SavedView::new(state_file.clone());
+    let from_file = persisted.is_some();
     let facts = match persisted {
         Some(f) => {
-            tracing::info!(path = %src.state_file.display(), "starting from the persisted cluster view; the Node watch catches up");
+            tracing::info!(path = %state_file.display(), "starting from the persisted cluster view; the Node watch catches up");
             f
         }
         None => {
@@ -114,14 +118,18 @@ pub fn run(mode: &KubernetesMode) -> Result<(), KubernetesModeError> {
             .ok_or(KubernetesModeError::WatchEnded)?
         }
     };
-    let cfg = AgentConfig::from_parts(local, facts)?;
+    let cfg = AgentConfig::from_parts(local, facts.clone())?;
     let agent = Agent::start_from(
         cfg,
         ConfigSource::Kubernetes {
             local: mode.config.clone(),
         },
     )?;
+    if !from_file {
+        saved.accepted(facts);
+    }
     tracing::info!("ready");
-    rt.block_on(control::run(agent, Some(rx), Some(bgp_status)))?;
+    let cluster = control::Cluster { updates: rx, saved };
+    rt.block_on(control::run(agent, Some(cluster), Some(bgp_status)))?;
     Ok(())
 }

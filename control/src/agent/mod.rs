@@ -22,6 +22,7 @@ pub mod kubernetes;
 pub mod neighbors;
 pub mod reserved_ports;
 pub mod runtime;
+pub mod saved_view;
 pub mod state_file;
 pub mod table_builder;
 

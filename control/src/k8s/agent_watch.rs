@@ -1,6 +1,7 @@
 //! The agent's window on the cluster: one Node watch feeds a reflector store; a short
 //! debounce later the store becomes [`ClusterFacts`] (`cluster_view`), which is
-//! persisted and handed to the agent's control loop. The same pass publishes
+//! handed to the agent's control loop (which saves it once the agent accepted it:
+//! `agent::saved_view`). The same pass publishes
 //! flannel's annotations on this node's own Node when they differ.
 //!
 //! ```text
@@ -8,19 +9,18 @@
 //!                                                     │ 50 ms after the last change
 //!                                                     ▼
 //!                                         cluster_view::build(store)
-//!        ┌──────────────────────────────────────┬─────┴───────────────┬──────────────┐
-//!        ▼                                      ▼                     ▼              ▼
-//!  SSA own Node's flannel          persist cluster.json     watch::Sender<facts>  nodes_changed
-//!  annotations (field manager           (state dir)          ──► agent control   ──► agent_bgp
-//!  hybridway-agent)                                              loop (apply_cluster)  (same store)
+//!        ┌────────────────────────────────────────────┴───────────────┬──────────────┐
+//!        ▼                                                            ▼              ▼
+//!  SSA own Node's flannel                                   watch::Sender<facts>  nodes_changed
+//!  annotations (field manager                                ──► agent control   ──► agent_bgp
+//!  hybridway-agent)                         loop (apply_cluster, then save)  (same store)
 //! ```
 //!
 //! When the API server is gone the watcher retries with back-off and nothing is
 //! sent: the agent forwards with the tables it has. An agent started while it is
-//! gone begins from the persisted facts ([`load_persisted`]).
+//! gone begins from the saved facts (`agent::saved_view`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -36,7 +36,6 @@ use tokio::sync::watch;
 use super::cluster_view::{self, NotReady, Skipped};
 use super::flannel::{self, Vtep};
 use crate::agent::config::ClusterFacts;
-use crate::agent::state_file::write_atomically;
 
 /// Field manager of the agent's writes to its own Node.
 pub const MANAGER: &str = "hybridway-agent";
@@ -54,34 +53,6 @@ pub struct NodeSource {
     pub node_name: String,
     /// This node's VTEP (VNI and MAC from the local file).
     pub vtep: Vtep,
-    /// Where the last facts are kept.
-    pub state_file: PathBuf,
-}
-
-/// The facts persisted by an earlier run of this node's agent, if readable and
-/// about this node.
-pub fn load_persisted(path: &Path, node_name: &str) -> Option<ClusterFacts> {
-    let text = std::fs::read_to_string(path).ok()?;
-    match serde_json::from_str::<ClusterFacts>(&text) {
-        Ok(f) if f.node.name == node_name => Some(f),
-        Ok(f) => {
-            tracing::warn!(path = %path.display(), found = %f.node.name, node_name, "ignoring cluster state of another node");
-            None
-        }
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable cluster state");
-            None
-        }
-    }
-}
-
-fn persist(path: &Path, facts: &ClusterFacts) {
-    let result = serde_json::to_string_pretty(facts)
-        .map_err(|e| e.to_string())
-        .and_then(|text| write_atomically(path, text.as_bytes()).map_err(|e| e.to_string()));
-    if let Err(e) = result {
-        tracing::warn!(path = %path.display(), error = %e, "could not save the cluster view; a restart without the API server will not have it");
-    }
 }
 
 /// Watches Nodes until the sender's last receiver is gone. Never returns an error:
@@ -163,7 +134,7 @@ impl Pass {
         self.api_down = true;
     }
 
-    /// Builds the facts; sends and persists them when they changed. False when the
+    /// Builds the facts; sends them when they changed. False when the
     /// agent is gone.
     fn rebuild(
         &mut self,
@@ -203,7 +174,6 @@ impl Pass {
             mode = view.facts.mode.as_str(),
             "cluster view changed"
         );
-        persist(&src.state_file, &view.facts);
         self.last = Some(view.facts.clone());
         tx.send(Some(view.facts)).is_ok()
     }
