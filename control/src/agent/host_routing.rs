@@ -43,7 +43,7 @@ use hybridway_dataplane::port::Backend;
 
 use super::config::{AgentConfig, ModeConfig};
 use super::kernel_routes::{KernelRoutes, RouteArgs, RouteError, RuleArgs, args};
-use super::table_builder::{BuildError, UplinkFacts, node_next_hop};
+use super::table_builder::{BuildError, OffSubnetPeers, UplinkFacts, node_next_hop, reachable};
 
 /// The TUN device every local pod's traffic crosses on the TUN backend.
 pub const POD_TUN: &str = "hw0";
@@ -143,6 +143,7 @@ pub fn underlay_routes(
     backend: Backend,
     cfg: &AgentConfig,
     uplink: &UplinkFacts,
+    off_subnet: OffSubnetPeers,
 ) -> Result<Vec<RouteArgs>, BuildError> {
     if backend != Backend::Tun {
         return Ok(Vec::new());
@@ -151,6 +152,7 @@ pub fn underlay_routes(
         .iter()
         .enumerate()
         .filter(|(_, n)| n.mode_from(cfg.mode) == ModeConfig::Underlay)
+        .filter(|(_, n)| off_subnet == OffSubnetPeers::Refuse || reachable(cfg, uplink, n))
         .map(|(index, n)| {
             let hop = node_next_hop(cfg, uplink, index, n)?;
             Ok(args(&format!(
@@ -288,7 +290,13 @@ nodes:
             prefix_len: 24,
             gateway: Some(Ipv4Addr::new(198, 18, 0, 254)),
         };
-        let r = underlay_routes(Backend::Tun, &cfg("underlay"), &uplink).unwrap();
+        let r = underlay_routes(
+            Backend::Tun,
+            &cfg("underlay"),
+            &uplink,
+            OffSubnetPeers::Refuse,
+        )
+        .unwrap();
         assert_eq!(
             joined(&r),
             [
@@ -297,15 +305,46 @@ nodes:
             ]
         );
         assert!(r.iter().all(is_underlay_route));
+        // Without a gateway the off-subnet node has no next hop: refused in file
+        // mode, left out (and the rest kept) in Kubernetes mode.
+        let no_gw = UplinkFacts {
+            gateway: None,
+            ..uplink
+        };
         assert!(
-            underlay_routes(Backend::Tun, &cfg("overlay"), &uplink)
-                .unwrap()
-                .is_empty()
+            underlay_routes(
+                Backend::Tun,
+                &cfg("underlay"),
+                &no_gw,
+                OffSubnetPeers::Refuse
+            )
+            .is_err()
+        );
+        let r =
+            underlay_routes(Backend::Tun, &cfg("underlay"), &no_gw, OffSubnetPeers::Skip).unwrap();
+        assert_eq!(
+            joined(&r),
+            ["198.19.2.0/24 via 198.18.0.2 dev eth0 onlink table 26745"]
         );
         assert!(
-            underlay_routes(Backend::AfXdp, &cfg("underlay"), &uplink)
-                .unwrap()
-                .is_empty()
+            underlay_routes(
+                Backend::Tun,
+                &cfg("overlay"),
+                &uplink,
+                OffSubnetPeers::Refuse
+            )
+            .unwrap()
+            .is_empty()
+        );
+        assert!(
+            underlay_routes(
+                Backend::AfXdp,
+                &cfg("underlay"),
+                &uplink,
+                OffSubnetPeers::Refuse
+            )
+            .unwrap()
+            .is_empty()
         );
     }
 }

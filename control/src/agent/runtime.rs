@@ -29,7 +29,7 @@ use super::neighbors::{self, HostError};
 use super::reserved_ports::{ReservedPorts, ReservedPortsError};
 use super::state_file::write_atomically;
 use super::table_builder::{
-    BuildError, LocalPod, PodAttachment, UplinkFacts, build_tables, next_hops,
+    BuildError, LocalPod, OffSubnetPeers, PodAttachment, UplinkFacts, build_tables, next_hops,
 };
 
 /// The uplink's port id; pods get 3, 4, ...
@@ -79,6 +79,7 @@ struct Gauges {
     pods: AtomicU64,
     nodes: AtomicU64,
     unresolved: AtomicU64,
+    skipped_nodes: AtomicU64,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
 }
@@ -151,6 +152,9 @@ pub struct Agent {
     pods: BTreeMap<String, PodEntry>,
     neighbors: HashMap<Ipv4Addr, MacAddr>,
     unresolved: Vec<Ipv4Addr>,
+    /// Peer nodes left out of the tables (off the uplink subnet, no gateway), so
+    /// each is logged once.
+    skipped: Vec<String>,
     gauges: Arc<Gauges>,
     metrics: Option<MetricsServer>,
     /// Kernel routes, policy rules and sysctls this agent set (undone on shutdown).
@@ -228,7 +232,7 @@ impl Agent {
 
         let mut neighbors = neighbors::resolve(&ifname, &next_hops(&cfg, &uplink), RESOLVE_WAIT);
         neighbors.retain(|_, m| *m != MacAddr::ZERO);
-        let built = build_tables(&cfg, &uplink, &[], &neighbors)?;
+        let built = build_tables(&cfg, &uplink, &[], &neighbors, off_subnet_peers(&source))?;
         let tables = Arc::new(SharedTables::new(built.tables));
 
         let workers = cfg.worker_count();
@@ -334,6 +338,7 @@ impl Agent {
             pods: BTreeMap::new(),
             neighbors,
             unresolved: built.unresolved,
+            skipped: Vec::new(),
             gauges,
             metrics: None,
             kernel,
@@ -402,6 +407,12 @@ impl Agent {
             );
             g(
                 out,
+                "hybridway_skipped_nodes",
+                "Other nodes left out of the tables: off the uplink subnet and no gateway known.",
+                &gauges.skipped_nodes,
+            );
+            g(
+                out,
                 "hybridway_config_reloads",
                 "Successful configuration reloads.",
                 &gauges.reloads,
@@ -432,7 +443,9 @@ impl Agent {
 
     /// Builds a snapshot from the current state and publishes it.
     fn publish(&mut self) -> Result<(), AgentError> {
-        let underlay = host_routing::underlay_routes(self.backend, &self.cfg, &self.uplink)?;
+        let off_subnet = off_subnet_peers(&self.source);
+        let underlay =
+            host_routing::underlay_routes(self.backend, &self.cfg, &self.uplink, off_subnet)?;
         self.kernel
             .sync(host_routing::is_underlay_route, &underlay)?;
         let built = build_tables(
@@ -440,7 +453,12 @@ impl Agent {
             &self.uplink,
             &self.attachments(),
             &self.neighbors,
+            off_subnet,
         )?;
+        for name in newly_skipped(&self.skipped, &built.skipped) {
+            tracing::warn!(node = %name, "node left out of the tables: off the uplink subnet and no gateway known (set uplink.gateway)");
+        }
+        self.skipped = built.skipped;
         // On the TUN backend the kernel resolves next hops; the MACs are never used.
         self.unresolved = if self.backend == Backend::Tun {
             Vec::new()
@@ -456,9 +474,13 @@ impl Agent {
         self.gauges
             .pods
             .store(self.pods.len() as u64, Ordering::Relaxed);
+        self.gauges.nodes.store(
+            (self.cfg.nodes.len() - self.skipped.len()) as u64,
+            Ordering::Relaxed,
+        );
         self.gauges
-            .nodes
-            .store(self.cfg.nodes.len() as u64, Ordering::Relaxed);
+            .skipped_nodes
+            .store(self.skipped.len() as u64, Ordering::Relaxed);
         self.gauges
             .unresolved
             .store(self.unresolved.len() as u64, Ordering::Relaxed);
@@ -788,7 +810,13 @@ impl Agent {
             pod: pod.clone(),
             port: PortId(u16::MAX),
         });
-        build_tables(&self.cfg, &self.uplink, &trial, &self.neighbors)?;
+        build_tables(
+            &self.cfg,
+            &self.uplink,
+            &trial,
+            &self.neighbors,
+            off_subnet_peers(&self.source),
+        )?;
 
         if self.backend == Backend::Tun {
             // The kernel delivers to the pod: a /32 route to its veth, proxy ARP for
@@ -985,6 +1013,21 @@ impl Drop for Agent {
 /// Reserving the NAT range takes any ports it shares with the kernel's ephemeral
 /// range (`net.ipv4.ip_local_port_range`) away from the node's own outgoing
 /// connections; say so when it leaves the node fewer than 10,000.
+/// File mode refuses a peer it cannot reach (the file is wrong); Kubernetes mode
+/// leaves it out and keeps the rest (one unreachable Node must not stop every
+/// other change).
+fn off_subnet_peers(source: &ConfigSource) -> OffSubnetPeers {
+    match source {
+        ConfigSource::File(_) => OffSubnetPeers::Refuse,
+        ConfigSource::Kubernetes { .. } => OffSubnetPeers::Skip,
+    }
+}
+
+/// The names in `now` that `before` did not have (logged once each).
+fn newly_skipped<'a>(before: &'a [String], now: &'a [String]) -> impl Iterator<Item = &'a String> {
+    now.iter().filter(move |n| !before.contains(n))
+}
+
 fn warn_if_kernel_ephemeral_ports_shrink(nat: &std::ops::RangeInclusive<u16>) {
     let text =
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
@@ -1004,5 +1047,20 @@ fn warn_if_kernel_ephemeral_ports_shrink(nat: &std::ops::RangeInclusive<u16>) {
             left,
             "snat.portRange overlaps the kernel's ephemeral ports; the node's own connections keep only the rest"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::newly_skipped;
+
+    #[test]
+    fn a_skipped_node_is_reported_once() {
+        let none: Vec<String> = Vec::new();
+        let c = vec!["node-c".to_string()];
+        let cd = vec!["node-c".to_string(), "node-d".to_string()];
+        assert_eq!(newly_skipped(&none, &c).collect::<Vec<_>>(), ["node-c"]);
+        assert!(newly_skipped(&c, &c).next().is_none(), "already reported");
+        assert_eq!(newly_skipped(&c, &cd).collect::<Vec<_>>(), ["node-d"]);
     }
 }

@@ -96,6 +96,25 @@ pub enum BuildError {
 pub struct Built {
     pub tables: Tables,
     pub unresolved: Vec<Ipv4Addr>,
+    /// Peer nodes left out ([`OffSubnetPeers::Skip`]), by name.
+    pub skipped: Vec<String>,
+}
+
+/// What to do with a peer node that is off the uplink subnet when no gateway is
+/// known (nothing to send its traffic to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffSubnetPeers {
+    /// Refuse the whole configuration: file mode, where the file is wrong and the
+    /// user fixes it.
+    Refuse,
+    /// Leave that peer out of the tables and keep the rest: Kubernetes mode, where
+    /// one Node this agent cannot reach must not freeze every other change.
+    Skip,
+}
+
+/// True when `n` can be reached: on the uplink subnet, or through the gateway.
+pub fn reachable(cfg: &AgentConfig, uplink: &UplinkFacts, n: &PeerNodeConfig) -> bool {
+    uplink.gateway.is_some() || on_link(cfg, uplink, n.address)
 }
 
 /// The gateway MAC the dataplane answers ARP with: stable per node.
@@ -161,7 +180,9 @@ pub fn build_tables(
     uplink: &UplinkFacts,
     pods: &[PodAttachment],
     neighbors: &HashMap<Ipv4Addr, MacAddr>,
+    off_subnet: OffSubnetPeers,
 ) -> Result<Built, BuildError> {
+    let mut skipped = Vec::new();
     let mut routes = RouteTableBuilder::new();
     let mut unresolved = Vec::new();
     let mut mac_of = |ip: Ipv4Addr| match neighbors.get(&ip) {
@@ -207,6 +228,10 @@ pub fn build_tables(
 
     let vni = cfg.vxlan.vni;
     for (index, n) in cfg.nodes.iter().enumerate() {
+        if off_subnet == OffSubnetPeers::Skip && !reachable(cfg, uplink, n) {
+            skipped.push(n.name.clone());
+            continue;
+        }
         let hop = node_next_hop(cfg, uplink, index, n)?;
         let next_hop_mac = mac_of(hop);
         let target = match n.mode_from(cfg.mode) {
@@ -230,6 +255,7 @@ pub fn build_tables(
         let _ = routes.add(unreachable_prefix(), RouteTarget::Outside { next_hop_mac });
     }
 
+    // Skipped nodes stay out of source NAT too: their pods are still the cluster's.
     let mut no_snat = vec![cfg.pods.block, host(cfg.node.address)];
     for n in &cfg.nodes {
         no_snat.push(n.pod_block);
@@ -266,6 +292,7 @@ pub fn build_tables(
             known_vteps: cfg.nodes.iter().map(|n| n.address).collect(),
         },
         unresolved,
+        skipped,
     })
 }
 
@@ -338,6 +365,7 @@ snat: {clusterRanges: [198.18.100.0/24]}
             &uplink(),
             &[pod("p1", 10, 1), pod("p2", 11, 2)],
             &neighbors(),
+            OffSubnetPeers::Refuse,
         )
         .unwrap();
         assert!(built.unresolved.is_empty());
@@ -392,7 +420,7 @@ snat: {clusterRanges: [198.18.100.0/24]}
         let cfg = AgentConfig::from_yaml(&CFG.replace("mode: overlay", "mode: underlay")).unwrap();
         let mut n = neighbors();
         n.remove(&Ipv4Addr::new(198, 18, 0, 2));
-        let built = build_tables(&cfg, &uplink(), &[], &n).unwrap();
+        let built = build_tables(&cfg, &uplink(), &[], &n, OffSubnetPeers::Refuse).unwrap();
         assert_eq!(built.unresolved, vec![Ipv4Addr::new(198, 18, 0, 2)]);
         assert_eq!(
             built.tables.routes.lookup_v4(Ipv4Addr::new(198, 19, 2, 7)),
@@ -415,15 +443,24 @@ snat: {clusterRanges: [198.18.100.0/24]}
         let cfg = AgentConfig::from_yaml(CFG).unwrap();
         let mut p = pod("far", 10, 1);
         p.pod.ip = Ipv4Addr::new(198, 19, 9, 9);
-        let e = build_tables(&cfg, &uplink(), &[p], &neighbors()).unwrap_err();
+        let e =
+            build_tables(&cfg, &uplink(), &[p], &neighbors(), OffSubnetPeers::Refuse).unwrap_err();
         assert!(matches!(e, BuildError::PodOutsideBlock { .. }), "{e}");
-        let e = build_tables(&cfg, &uplink(), &[pod("gw", 1, 1)], &neighbors()).unwrap_err();
+        let e = build_tables(
+            &cfg,
+            &uplink(),
+            &[pod("gw", 1, 1)],
+            &neighbors(),
+            OffSubnetPeers::Refuse,
+        )
+        .unwrap_err();
         assert!(matches!(e, BuildError::PodIsGateway { .. }), "{e}");
         let e = build_tables(
             &cfg,
             &uplink(),
             &[pod("a", 10, 1), pod("b", 10, 2)],
             &neighbors(),
+            OffSubnetPeers::Refuse,
         )
         .unwrap_err();
         assert!(e.to_string().contains("already used by pod a"), "{e}");
@@ -431,8 +468,45 @@ snat: {clusterRanges: [198.18.100.0/24]}
             gateway: None,
             ..uplink()
         };
-        let e = build_tables(&cfg, &no_gw, &[], &neighbors()).unwrap_err();
+        let e = build_tables(&cfg, &no_gw, &[], &neighbors(), OffSubnetPeers::Refuse).unwrap_err();
         assert!(e.to_string().contains("nodes[1] (node-c)"), "{e}");
+    }
+
+    /// Kubernetes mode: a peer off the uplink subnet with no gateway is left out and
+    /// the others are routed (the whole build used to fail on it).
+    #[test]
+    fn an_unreachable_peer_is_skipped_and_the_rest_kept() {
+        let cfg = AgentConfig::from_yaml(CFG).unwrap();
+        let no_gw = UplinkFacts {
+            gateway: None,
+            ..uplink()
+        };
+        let built = build_tables(
+            &cfg,
+            &no_gw,
+            &[pod("p1", 10, 1)],
+            &neighbors(),
+            OffSubnetPeers::Skip,
+        )
+        .unwrap();
+        assert_eq!(built.skipped, ["node-c"]);
+        let t = &built.tables;
+        assert!(
+            t.routes.lookup_v4(Ipv4Addr::new(198, 19, 2, 7)).is_some(),
+            "node-b kept"
+        );
+        assert!(
+            t.routes.lookup_v4(Ipv4Addr::new(198, 19, 1, 10)).is_some(),
+            "pods kept"
+        );
+        assert_eq!(
+            t.routes.lookup_v4(Ipv4Addr::new(198, 19, 3, 7)),
+            None,
+            "node-c left out"
+        );
+        // With a gateway nothing is skipped.
+        let built = build_tables(&cfg, &uplink(), &[], &neighbors(), OffSubnetPeers::Skip).unwrap();
+        assert!(built.skipped.is_empty());
     }
 
     #[test]
@@ -450,6 +524,7 @@ snat: {clusterRanges: [198.18.100.0/24]}
             },
             &[],
             &neighbors(),
+            OffSubnetPeers::Refuse,
         )
         .unwrap();
         assert_eq!(
