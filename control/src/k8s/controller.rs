@@ -19,12 +19,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use hybridway_dataplane::tables::Prefix;
 use hybridway_dataplane::worker::MetricsServer;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
@@ -36,16 +34,13 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::mpsc;
 
-use super::annotations;
 use super::bgp_config::{self, BgpConfigContext};
-use super::cluster_view::exact_prefix;
 use super::crd::BGPClusterConfig;
 use super::discovery;
 use super::leader::{self, Attempt, LeaderElector, LeaseTiming};
 use super::metrics::Metrics;
 use super::node_ipam::{self, IpamContext, IpamState, MANAGER};
 use super::params::{CONFIG_KEY, CONFIG_MAP, ControllerParams, NAMESPACE, check_overlaps};
-use crate::ipam::{ClaimError, NodeBlockAllocator};
 
 /// Node reconciles (each at most one write) running at once: enough to keep the API
 /// server busy, few enough not to flood it when thousands of nodes register.
@@ -160,6 +155,7 @@ pub async fn run(args: &ControllerArgs) -> Result<(), ControllerError> {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         state,
+        unconfirmed: Arc::default(),
         metrics: metrics.clone(),
     });
     let result = tokio::select! {
@@ -228,7 +224,17 @@ fn keep_what_ipam_reads(node: &mut Node) {
 /// A deleted Node frees its block; a re-list frees blocks of nodes that vanished
 /// while the watch was down.
 fn on_node_event(ctx: &IpamContext, reader: &Store<Node>, ev: &watcher::Event<Node>) {
-    let mut state = ctx.state.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut state = ctx.lock();
+    match ev {
+        watcher::Event::Delete(node) => {
+            ctx.unconfirmed().remove(&node.name_any());
+        }
+        watcher::Event::InitDone => {
+            ctx.unconfirmed()
+                .retain(|n, _| reader.get(&ObjectRef::new(n)).is_some());
+        }
+        _ => {}
+    }
     let Some(state) = state.as_mut() else { return };
     match ev {
         watcher::Event::Delete(node) => {
@@ -270,7 +276,7 @@ async fn watch_params(ctx: Arc<IpamContext>, nodes: Store<Node>, reconcile_all: 
             Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) => cm,
             Ok(watcher::Event::Delete(_)) => {
                 tracing::warn!("ConfigMap {NAMESPACE}/{CONFIG_MAP} deleted: allocation stops");
-                set_state(&ctx, None);
+                stop_allocating(&ctx);
                 last = None;
                 continue;
             }
@@ -300,19 +306,12 @@ async fn watch_params(ctx: Arc<IpamContext>, nodes: Store<Node>, reconcile_all: 
         }
         last = Some(text.clone());
         match activate(&ctx, &nodes, &text).await {
-            Ok(state) => {
-                tracing::info!(
-                    hybrid_pod_cidr = %state.allocator.cidr(),
-                    mask = state.allocator.mask_size(),
-                    blocks = state.allocator.allocated(),
-                    "parameters accepted"
-                );
-                set_state(&ctx, Some(state));
+            Ok(()) => {
                 let _ = reconcile_all.try_send(());
             }
             Err(message) => {
                 tracing::error!("parameters refused: {message}");
-                set_state(&ctx, None);
+                stop_allocating(&ctx);
                 node_ipam::publish_about_version(
                     &ctx,
                     &cm,
@@ -326,88 +325,43 @@ async fn watch_params(ctx: Arc<IpamContext>, nodes: Store<Node>, reconcile_all: 
     }
 }
 
-fn set_state(ctx: &IpamContext, state: Option<IpamState>) {
-    ctx.metrics.set_config_valid(state.is_some());
-    *ctx.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
+/// No valid parameters: nothing may be allocated (valid ones go through
+/// `node_ipam::install`).
+fn stop_allocating(ctx: &IpamContext) {
+    ctx.metrics.set_config_valid(false);
+    *ctx.lock() = None;
 }
 
-/// Validates `text` against the cluster and rebuilds the allocator from the Nodes.
-/// The error is the message to show (log line and Warning Event).
-async fn activate(ctx: &IpamContext, nodes: &Store<Node>, text: &str) -> Result<IpamState, String> {
+/// Validates `text` against the cluster, then rebuilds the allocator from the
+/// Nodes and installs it (`node_ipam::install`). The error is the message to show
+/// (log line and Warning Event).
+async fn activate(ctx: &IpamContext, nodes: &Store<Node>, text: &str) -> Result<(), String> {
     let origin = format!("ConfigMap {NAMESPACE}/{CONFIG_MAP}");
     let params = Arc::new(ControllerParams::from_yaml(text, &origin).map_err(|e| e.to_string())?);
-    let mut all = nodes.state();
-    all.sort_by(|a, b| {
-        let key = |n: &Node| {
-            (
-                n.metadata.creation_timestamp.clone().map(|t| t.0),
-                n.name_any(),
-            )
-        };
-        key(a).cmp(&key(b))
-    });
-    let mut ranges = discovery::ranges_from_nodes(&params, all.iter().map(|n| n.as_ref()));
+    let mut ranges =
+        discovery::ranges_from_nodes(&params, nodes.state().iter().map(|n| n.as_ref()));
     ranges.extend(
         discovery::service_cidrs(&ctx.client, &params)
             .await
             .map_err(|e| format!("{origin}: listing ServiceCIDRs: {e}"))?,
     );
     check_overlaps(params.hybrid_pod_cidr, &ranges).map_err(|e| format!("{origin}: {e}"))?;
-    let mut allocator = NodeBlockAllocator::new(params.hybrid_pod_cidr, params.node_mask_size)
-        .map_err(|e| format!("{origin}: {e}"))?;
-    let mut state_pools = Vec::new();
-    for node in &all {
-        let name = node.name_any();
-        let annotated = node.annotations().get(annotations::HYBRID_POD_BLOCK);
-        let spec = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref());
-        let held = match (annotated, spec) {
-            // The agents read the annotation strictly; so does the allocator.
-            (Some(a), _) => exact_prefix(a).ok(),
-            // A podCIDR outside the hybrid CIDR is another allocator's business.
-            (None, Some(s)) => Prefix::from_str(s)
-                .ok()
-                .filter(|b| params.hybrid_pod_cidr.contains(b.addr())),
-            (None, None) => None,
-        };
-        let Some(block) = held else { continue };
-        match allocator.claim(&name, block) {
-            Ok(()) => {
-                let pool = node
-                    .annotations()
-                    .get(annotations::HYBRID_POOL)
-                    .cloned()
-                    .or_else(|| params.pool_for(node.labels()).map(|p| p.name.clone()));
-                if let Some(pool) = pool {
-                    state_pools.push((name, pool));
-                }
-            }
-            Err(ClaimError::Taken(d)) => {
-                let note = format!(
-                    "block {} is held by node {} and by node {}: kept for {}, reported here",
-                    d.block, d.owner, d.node, d.owner
-                );
-                tracing::error!(node = %d.node, "duplicate block found on start: {note}");
-                node_ipam::publish(
-                    ctx,
-                    node.as_ref(),
-                    EventType::Warning,
-                    "DuplicateBlock",
-                    note,
-                )
-                .await;
-            }
-            Err(e) if annotated.is_some() => {
-                return Err(format!(
-                    "{origin}: hybridPodCIDR {} / nodeMaskSize {} would orphan an existing block: {e}",
-                    params.hybrid_pod_cidr, params.node_mask_size
-                ));
-            }
-            Err(_) => {}
-        }
+    // Up to NODE_WRITES_IN_FLIGHT reconciles may be writing blocks decided by the
+    // old allocator: `install` counts them, from the Nodes as the cache has them at
+    // the moment of the swap.
+    let duplicates = node_ipam::install(ctx, params, nodes, &origin)?;
+    for (node, note) in duplicates {
+        tracing::error!(node = %node.name_any(), "duplicate block found on start: {note}");
+        node_ipam::publish(
+            ctx,
+            node.as_ref(),
+            EventType::Warning,
+            "DuplicateBlock",
+            note,
+        )
+        .await;
     }
-    let mut state = IpamState::new(params, allocator);
-    state.pool_of.extend(state_pools);
-    Ok(state)
+    Ok(())
 }
 
 fn default_identity() -> String {

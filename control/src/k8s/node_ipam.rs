@@ -6,9 +6,16 @@
 //! merge patch that carries the `resourceVersion` the decision was made on: if the
 //! Node changed meanwhile the API server answers 409, the fresh block is released and
 //! the reconcile runs again on the new object.
+//!
+//! New parameters rebuild the allocator from the Nodes in the cache ([`install`]).
+//! A fresh block stays "unconfirmed" from the decision until the cache shows it on
+//! its Node (its write in flight, or done and the watch event not in yet); the
+//! rebuild claims those too, under the state lock, so no reconcile hands one out a
+//! second time.
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::MutexGuard;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -17,6 +24,7 @@ use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -86,6 +94,9 @@ pub struct IpamContext {
     pub client: kube::Client,
     pub recorder: Recorder,
     pub state: Arc<Mutex<Option<IpamState>>>,
+    /// Fresh blocks decided whose Node the cache does not show holding them yet
+    /// (node → block). Locked only while `state` is: lock order state, then this.
+    pub unconfirmed: Arc<Mutex<HashMap<String, Prefix>>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -96,9 +107,126 @@ impl std::fmt::Debug for IpamContext {
 }
 
 impl IpamContext {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<IpamState>> {
+    pub fn lock(&self) -> MutexGuard<'_, Option<IpamState>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Take only while holding [`Self::lock`].
+    pub fn unconfirmed(&self) -> MutexGuard<'_, HashMap<String, Prefix>> {
+        self.unconfirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A rebuilt allocator and the duplicate blocks found on the way (node, note), to
+/// be reported as Events.
+#[derive(Debug)]
+pub struct Rebuilt {
+    pub state: IpamState,
+    pub duplicates: Vec<(Arc<Node>, String)>,
+}
+
+/// The allocator for `params` from the blocks the Nodes hold (oldest Node first, so
+/// of two nodes with one block the older keeps it) and the `unconfirmed` ones. The
+/// error is the message to show (log line and Warning Event).
+pub fn rebuild(
+    params: Arc<ControllerParams>,
+    nodes: &[Arc<Node>],
+    unconfirmed: &HashMap<String, Prefix>,
+    origin: &str,
+) -> Result<Rebuilt, String> {
+    let mut all = nodes.to_vec();
+    all.sort_by(|a, b| {
+        let key = |n: &Node| {
+            (
+                n.metadata.creation_timestamp.clone().map(|t| t.0),
+                n.name_any(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    let mut allocator = NodeBlockAllocator::new(params.hybrid_pod_cidr, params.node_mask_size)
+        .map_err(|e| format!("{origin}: {e}"))?;
+    let mut pools = Vec::new();
+    let mut duplicates = Vec::new();
+    for node in &all {
+        let name = node.name_any();
+        let annotated = node.annotations().get(annotations::HYBRID_POD_BLOCK);
+        let spec = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref());
+        let held = match (annotated, spec) {
+            // The agents read the annotation strictly; so does the allocator.
+            (Some(a), _) => exact_prefix(a).ok(),
+            // A podCIDR outside the hybrid CIDR is another allocator's business.
+            (None, Some(s)) => Prefix::from_str(s)
+                .ok()
+                .filter(|b| params.hybrid_pod_cidr.contains(b.addr())),
+            (None, None) => None,
+        };
+        let Some(block) = held else { continue };
+        match allocator.claim(&name, block) {
+            Ok(()) => {
+                let pool = node
+                    .annotations()
+                    .get(annotations::HYBRID_POOL)
+                    .cloned()
+                    .or_else(|| params.pool_for(node.labels()).map(|p| p.name.clone()));
+                if let Some(pool) = pool {
+                    pools.push((name, pool));
+                }
+            }
+            Err(ClaimError::Taken(d)) => {
+                let note = format!(
+                    "block {} is held by node {} and by node {}: kept for {}, reported here",
+                    d.block, d.owner, d.node, d.owner
+                );
+                duplicates.push((node.clone(), note));
+            }
+            Err(e) if annotated.is_some() => {
+                return Err(format!(
+                    "{origin}: hybridPodCIDR {} / nodeMaskSize {} would orphan an existing block: {e}",
+                    params.hybrid_pod_cidr, params.node_mask_size
+                ));
+            }
+            Err(_) => {}
+        }
+    }
+    // Blocks being written (or written, not in the cache yet): without them the next
+    // new node could be given one of them.
+    for (name, block) in unconfirmed {
+        if allocator.block_of(name).is_some() {
+            continue; // the cache shows its block already
+        }
+        if let Err(e) = allocator.claim(name, *block) {
+            tracing::warn!(node = %name, %block, error = %e, "a block being written does not fit the new parameters; the node is reported once it holds it");
+        }
+    }
+    let mut state = IpamState::new(params, allocator);
+    state.pool_of.extend(pools);
+    Ok(Rebuilt { state, duplicates })
+}
+
+/// Rebuilds the allocator for `params` from the Nodes as `nodes` has them now and
+/// installs it, all under the state lock: no reconcile decides in between, and the
+/// unconfirmed blocks are claimed too. Returns the duplicates to report.
+pub fn install(
+    ctx: &IpamContext,
+    params: Arc<ControllerParams>,
+    nodes: &Store<Node>,
+    origin: &str,
+) -> Result<Vec<(Arc<Node>, String)>, String> {
+    let mut current = ctx.lock();
+    let rebuilt = rebuild(params, &nodes.state(), &ctx.unconfirmed(), origin)?;
+    let s = &rebuilt.state;
+    tracing::info!(
+        hybrid_pod_cidr = %s.allocator.cidr(),
+        mask = s.allocator.mask_size(),
+        blocks = s.allocator.allocated(),
+        "parameters accepted"
+    );
+    ctx.metrics.set_config_valid(true);
+    *current = Some(rebuilt.state);
+    Ok(rebuilt.duplicates)
 }
 
 /// What a reconcile decided, before any I/O.
@@ -145,6 +273,11 @@ fn decide(node: &Node, state: &mut Option<IpamState>) -> Decision {
             ),
         };
     }
+    // A block decided for this node earlier whose write the cache does not show yet
+    // (a reconcile from a stale copy) comes back from `allocate` as the same block,
+    // not a fresh one: a conflict must not release it while the first write may
+    // have landed.
+    let earlier = state.allocator.block_of(&name);
     let (block, fresh) = match annotated.or(spec_block) {
         Some(held) => match state.allocator.claim(&name, held) {
             Ok(()) => (held, false),
@@ -168,7 +301,7 @@ fn decide(node: &Node, state: &mut Option<IpamState>) -> Decision {
             }
         },
         None => match state.allocator.allocate(&name) {
-            Ok(b) => (b, true),
+            Ok(b) => (b, earlier.is_none()),
             Err(e @ AllocError::Exhausted { .. }) => {
                 return Decision::Warn {
                     reason: "HybridCIDRExhausted",
@@ -229,7 +362,25 @@ fn block_patch(
 /// Reconciles one Node.
 pub async fn reconcile(node: Arc<Node>, ctx: Arc<IpamContext>) -> Result<Action, IpamError> {
     let name = node.metadata.name.clone().ok_or(IpamError::Unnamed)?;
-    let decision = decide(&node, &mut ctx.lock());
+    let decision = {
+        let mut state = ctx.lock();
+        let decision = decide(&node, &mut state);
+        // Still under the state lock, so a rebuild sees the decision and its record
+        // together.
+        match &decision {
+            Decision::Write {
+                block, fresh: true, ..
+            } => {
+                ctx.unconfirmed().insert(name.clone(), *block);
+            }
+            // Up to date: the cache shows the block on the Node.
+            Decision::Nothing => {
+                ctx.unconfirmed().remove(&name);
+            }
+            _ => {}
+        }
+        decision
+    };
     match decision {
         Decision::Nothing => Ok(Action::await_change()),
         Decision::NotActive => Ok(Action::requeue(Duration::from_secs(5))),
@@ -277,8 +428,12 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<IpamContext>) -> Result<Action,
                     // stays claimed (only its mode or pool was being rewritten):
                     // releasing it would hand it to the next new node while this one
                     // still holds it.
-                    if fresh && let Some(state) = ctx.lock().as_mut() {
-                        state.release(&name);
+                    if fresh {
+                        let mut state = ctx.lock();
+                        if let Some(state) = state.as_mut() {
+                            state.release(&name);
+                        }
+                        ctx.unconfirmed().remove(&name);
                     }
                     Err(IpamError::Write {
                         node: name,
@@ -480,6 +635,7 @@ mod tests {
                 recorder: Recorder::new(client.clone(), reporter),
                 client,
                 state: Arc::new(Mutex::new(state())),
+                unconfirmed: Arc::default(),
                 metrics: Arc::default(),
             })
         }
@@ -609,6 +765,77 @@ mod tests {
             );
             drop(ctx);
             server.await.unwrap();
+        }
+
+        /// New parameters while a fresh block's write is in flight (the cache does
+        /// not show it yet): the rebuilt allocator still counts that block, so the
+        /// next new node gets another one, and a reconcile of the writing node from
+        /// its stale copy rewrites the same block as not fresh (a conflict then
+        /// does not release it).
+        #[tokio::test]
+        async fn new_parameters_keep_blocks_whose_write_is_in_flight() {
+            let (client, mut handle) = mock_api::client();
+            let ctx = ctx(client);
+            let n1 = Arc::new(node("n1", Some("a"), None));
+            let writing = tokio::spawn(reconcile(n1.clone(), ctx.clone()));
+            // n1's PATCH reaches the API server and is not answered yet.
+            let (req, answer) = handle.next_request().await.unwrap();
+            assert_eq!(req.uri().path(), "/api/v1/nodes/n1");
+            let b1 = held(&ctx, "n1").unwrap();
+            // The parameters change (same CIDR, another mode) while the cache
+            // still shows n1 without a block.
+            let (cache, mut writer) = kube::runtime::reflector::store::<Node>();
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply((*n1).clone()));
+            let changed = Arc::new(
+                ControllerParams::from_yaml(
+                    "hybridPodCIDR: 198.19.128.0/17\nnodePools:\n- {name: a, mode: overlay, nodeSelector: {matchLabels: {pool: a}}}\n",
+                    "t",
+                )
+                .unwrap(),
+            );
+            install(&ctx, changed, &cache, "t").unwrap();
+            assert_eq!(
+                held(&ctx, "n1"),
+                Some(b1),
+                "the block being written was dropped"
+            );
+            let d = decide(&node("n2", Some("a"), None), &mut ctx.lock());
+            assert!(
+                matches!(d, Decision::Write { block, fresh: true, .. } if block != b1),
+                "one block handed out twice: {d:?}"
+            );
+            let d = decide(&n1, &mut ctx.lock());
+            assert!(
+                matches!(d, Decision::Write { block, fresh: false, .. } if block == b1),
+                "the stale copy's rewrite must be the same block, not fresh: {d:?}"
+            );
+            // The write lands; the Event follows.
+            let mut written = node("n1", Some("a"), Some(&b1.to_string()));
+            written.metadata.resource_version = Some("8".into());
+            answer.send_response(
+                http::Response::builder()
+                    .status(200)
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&written).unwrap(),
+                    ))
+                    .unwrap(),
+            );
+            let (req, answer) = handle.next_request().await.unwrap();
+            assert_eq!(req.method().as_str(), "POST");
+            answer.send_response(
+                http::Response::builder()
+                    .status(201)
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&serde_json::json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default"}, "eventTime": null})).unwrap(),
+                    ))
+                    .unwrap(),
+            );
+            assert_eq!(writing.await.unwrap().unwrap(), Action::await_change());
+            assert_eq!(
+                ctx.unconfirmed().get("n1"),
+                Some(&b1),
+                "not in the cache yet"
+            );
         }
 
         /// Without valid parameters nothing is written; the node is looked at later.
