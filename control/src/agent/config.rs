@@ -114,6 +114,11 @@ pub struct AgentConfig {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub control: ControlSection,
+    /// The BGP speaker (file mode; in Kubernetes mode `BGPClusterConfig`s say it).
+    /// It advertises this node's pool from the sections above, never a list of
+    /// its own (`agent::bgp`).
+    #[serde(default)]
+    pub bgp: Option<crate::bgp::config::BgpSection>,
 }
 
 /// The file in Kubernetes mode: what only this host knows. The cluster's part comes
@@ -656,6 +661,7 @@ impl AgentConfig {
             dataplane: local.dataplane,
             metrics: local.metrics,
             control: local.control,
+            bgp: None,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -893,6 +899,10 @@ impl AgentConfig {
         }
         if self.control.socket.as_os_str().is_empty() {
             return Err(ConfigError::invalid("control.socket", "must not be empty"));
+        }
+        if let Some(bgp) = &self.bgp {
+            bgp.validate()
+                .map_err(|e| ConfigError::invalid(format!("bgp.{}", e.field), e.message))?;
         }
         Ok(())
     }

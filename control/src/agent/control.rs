@@ -19,9 +19,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::addresses::{Allocation, AttachmentKey};
+use super::bgp::FileSpeaker;
 use super::config::ClusterFacts;
 use super::runtime::{Agent, AgentError, CniAddress, Status};
 use super::table_builder::LocalPod;
+use crate::bgp::speaker::StopMode;
 use crate::bgp::status::CurrentSpeaker;
 
 /// How often next-hop MACs are looked up again.
@@ -236,12 +238,16 @@ async fn next_facts(updates: &mut Option<ClusterUpdates>) -> Option<ClusterFacts
 
 /// Runs the control loop until SIGTERM or SIGINT, then shuts the agent down.
 /// `cluster`: the Node watch's facts in Kubernetes mode; `bgp`: the speaker the
-/// agent runs, shown by `status`.
+/// agent runs, shown by `status`; `speaker`: file mode's speaker, re-planned after
+/// each reload and stopped with the agent (SIGTERM: gracefully, so the switches
+/// keep our routes while we restart; SIGINT: with a Cease).
 pub async fn run(
     mut agent: Agent,
     mut cluster: Option<ClusterUpdates>,
     bgp: Option<CurrentSpeaker>,
+    speaker: Option<FileSpeaker>,
 ) -> Result<(), ControlError> {
+    let bgp = bgp.or_else(|| speaker.as_ref().map(FileSpeaker::current));
     let path = agent.config().control.socket.clone();
     let listener = bind(&path)?;
     let sig_err = |source| ControlError::Socket {
@@ -254,7 +260,10 @@ pub async fn run(
     let mut tick = tokio::time::interval(NEIGHBOR_REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(socket = %path.display(), "control socket ready");
-    loop {
+    let stop = loop {
+        if let Some(s) = &speaker {
+            s.update(agent.config());
+        }
         tokio::select! {
             _ = hup.recv() => match agent.reload() {
                 Ok(()) => {}
@@ -265,8 +274,8 @@ pub async fn run(
                     tracing::error!(error = %e, "cluster change not applied");
                 }
             }
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break StopMode::Graceful; }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break StopMode::Cease; }
             _ = tick.tick() => {
                 if let Err(e) = agent.refresh_neighbors() {
                     tracing::warn!(error = %e, "neighbour refresh failed");
@@ -281,6 +290,9 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "accept on the control socket failed"),
             },
         }
+    };
+    if let Some(s) = speaker {
+        s.stop(stop).await;
     }
     agent.shutdown();
     let _ = std::fs::remove_file(&path);
@@ -372,6 +384,7 @@ mod tests {
             prefixes_received: 0,
             updates_received: 0,
             updates_treated_as_withdraw: 0,
+            routes_imported: 0,
             established_count: 0,
             negotiated: None,
             last_error: None,

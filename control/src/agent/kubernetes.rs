@@ -122,6 +122,6 @@ pub fn run(mode: &KubernetesMode) -> Result<(), KubernetesModeError> {
         },
     )?;
     tracing::info!("ready");
-    rt.block_on(control::run(agent, Some(rx), Some(bgp_status)))?;
+    rt.block_on(control::run(agent, Some(rx), Some(bgp_status), None))?;
     Ok(())
 }

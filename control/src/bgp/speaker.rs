@@ -33,6 +33,7 @@ use super::config::{BgpConfig, PeerConfig, RouteConfig};
 use super::fsm::{
     Action, ConnId, DownReason, Event, Negotiated, Session, SessionConfig, State, Timer,
 };
+use super::import::KernelImport;
 use super::password::{self, PasswordSource};
 use super::rib::{AdjRibOut, PeerContext};
 use super::status::{PeerStatus, StatusHandle};
@@ -227,6 +228,7 @@ fn new_status(peer: &PeerConfig, last_error: Option<String>) -> PeerStatus {
         prefixes_received: 0,
         updates_received: 0,
         updates_treated_as_withdraw: 0,
+        routes_imported: 0,
         established_count: 0,
         negotiated: None,
         last_error,
@@ -292,6 +294,8 @@ struct PeerTask {
     next_id: u64,
     rib: AdjRibOut,
     ctx: Option<PeerContext>,
+    /// The peer's routes in the kernel, when its `importRoutes` is on.
+    import: Option<KernelImport>,
     /// TCP-MD5 failure counter when the current connect attempt started.
     md5_failures_before: Option<u64>,
 }
@@ -310,6 +314,7 @@ impl PeerTask {
         status: StatusHandle,
     ) -> Self {
         let (inputs_tx, inputs) = mpsc::channel(256);
+        let import = peer.import_routes.then(KernelImport::default);
         PeerTask {
             peer,
             session: Session::new(scfg, std::time::Instant::now()),
@@ -326,6 +331,7 @@ impl PeerTask {
             connecting: None,
             timers: HashMap::new(),
             next_id: 0,
+            import,
             rib: AdjRibOut::default(),
             ctx: None,
             md5_failures_before: None,
@@ -379,6 +385,9 @@ impl PeerTask {
         }
         if let Some(c) = self.connecting.take() {
             c.abort();
+        }
+        if let Some(i) = &mut self.import {
+            i.clear(&self.peer.name);
         }
     }
 
@@ -514,6 +523,9 @@ impl PeerTask {
             } => {
                 self.rib.clear();
                 self.ctx = None;
+                if let Some(i) = &mut self.import {
+                    i.clear(&self.peer.name);
+                }
                 let why = match &reason {
                     DownReason::Sent(n) => Some(format!("sent NOTIFICATION: {}", n.describe())),
                     DownReason::Received(n) => {
@@ -528,6 +540,7 @@ impl PeerTask {
                 tracing::info!(peer = %self.peer.name, ?reason, peer_graceful, "session down");
                 self.status.update(&self.peer.name, |s| {
                     s.prefixes_advertised = 0;
+                    s.routes_imported = 0;
                     s.negotiated = None;
                     if why.is_some() {
                         s.last_error = why;
@@ -545,7 +558,12 @@ impl PeerTask {
                         "malformed UPDATE treated as withdraw (RFC 7606)"
                     );
                 }
+                let imported = self.import.as_mut().map(|i| {
+                    i.apply(&self.peer.name, &u);
+                    i.len()
+                });
                 self.status.update(&self.peer.name, |s| {
+                    s.routes_imported = imported.unwrap_or(0);
                     s.updates_received += 1;
                     s.prefixes_received += n;
                     if let Some(why) = malformed {
