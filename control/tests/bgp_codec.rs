@@ -735,7 +735,7 @@ fn as4_aggregator_sent_to_two_octet_peers_and_merged_back() {
     });
     assert_eq!(
         codec::encode_to_vec(&small, TWO_OCTET).unwrap(),
-        msg("0023 02", "0000 000c 40 01 01 00 c0 07 06 fde9 c6120001")
+        msg("0024 02", "0000 000d 40 01 01 00 c0 07 06 fde9 c6120001")
     );
 }
 
