@@ -382,7 +382,8 @@ fn imported(ns: &str) -> String {
 
 /// What the switch announces is installed only where the peer's `importRoutes` is
 /// on: speaker 0 (default) receives the prefix and installs nothing, speaker 1
-/// installs it via the switch, and removes it again when its session ends.
+/// installs it via the switch (but not the pool blocks the switch echoes back), and
+/// removes it again when its session ends.
 #[test]
 fn frr_routes_are_imported_only_where_configured() {
     let mut lab = Lab::new("imp", 2);
@@ -406,6 +407,13 @@ fn frr_routes_are_imported_only_where_configured() {
     wait_for(T, "status counts the import", || {
         sp1.status().filter(|s| s["routesImported"] == 1)
     });
+    // The switch also passes speaker 0's pool blocks on to speaker 1: AS_PATH holds
+    // our own AS, a loop, never installed.
+    wait_for(T, "speaker 0's blocks reach speaker 1", || {
+        sp1.status()
+            .filter(|s| s["prefixesReceived"].as_u64() >= Some(4))
+    });
+    assert_eq!(imported(&ns1).lines().count(), 1, "{}", imported(&ns1));
     assert_eq!(imported(&ns0), "", "speaker 0 does not import");
     assert_eq!(sp0.status().unwrap()["routesImported"], 0);
 

@@ -3,29 +3,47 @@
 //! blocks has no business changing the node's routing on a switch's word).
 //!
 //! Installed with `proto bgp`, so `ip route show proto bgp` lists exactly these;
-//! removed again when the peer withdraws them and when the session goes down.
+//! removed again when the peer withdraws them and when the session goes down. A
+//! route whose AS_PATH already holds our AS is a loop (RFC 4271 §9.1.2): the switch
+//! passing another speaker's pool blocks back to us; it is never installed.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use hybridway_dataplane::tables::Prefix;
 
-use super::codec::{Attribute, Update};
+use super::codec::{AsSegment, Attribute, Update};
 use crate::agent::kernel_routes::ip;
 
 /// What one peer's routes put in the kernel.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KernelImport {
+    local_asn: u32,
     installed: BTreeMap<Prefix, IpAddr>,
 }
 
 impl KernelImport {
+    /// Imports for a speaker of AS `local_asn`.
+    pub fn new(local_asn: u32) -> Self {
+        KernelImport {
+            local_asn,
+            installed: BTreeMap::new(),
+        }
+    }
+
     /// Applies one UPDATE: withdrawals first, then announcements (RFC 4271 §9).
     /// A route the kernel refuses (a next hop it cannot reach) is logged and
     /// skipped; the session is not at fault.
     pub fn apply(&mut self, peer: &str, update: &Update) {
         for p in update.withdrawn_all() {
             self.remove(peer, p);
+        }
+        if has_asn(update, self.local_asn) {
+            // A loop: what we hold from before stays withdrawn.
+            for p in update.announced() {
+                self.remove(peer, p);
+            }
+            return;
         }
         for (p, nh) in announced_with_next_hop(update) {
             if self.installed.get(&p) == Some(&nh) {
@@ -90,4 +108,17 @@ fn announced_with_next_hop(update: &Update) -> Vec<(Prefix, IpAddr)> {
         }
     }
     out
+}
+
+/// Whether the UPDATE's AS_PATH holds `asn`.
+fn has_asn(update: &Update, asn: u32) -> bool {
+    update.attributes.iter().any(|a| match a {
+        Attribute::AsPath(segments) => segments.iter().any(|s| match s {
+            AsSegment::Set(v)
+            | AsSegment::Sequence(v)
+            | AsSegment::ConfedSequence(v)
+            | AsSegment::ConfedSet(v) => v.contains(&asn),
+        }),
+        _ => false,
+    })
 }

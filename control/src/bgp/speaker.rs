@@ -314,7 +314,9 @@ impl PeerTask {
         status: StatusHandle,
     ) -> Self {
         let (inputs_tx, inputs) = mpsc::channel(256);
-        let import = peer.import_routes.then(KernelImport::default);
+        let import = peer
+            .import_routes
+            .then(|| KernelImport::new(scfg.local_asn));
         PeerTask {
             peer,
             session: Session::new(scfg, std::time::Instant::now()),
