@@ -95,11 +95,17 @@ fn errors_in_the_bgp_section_name_the_field() {
             .to_string()
     };
     let e = err(&format!("{SECTION}  restartTime: 4096\n"));
-    assert!(e.contains("bgp.restartTime") && e.contains("4095"), "{e}");
+    assert!(
+        e.contains("bgp.restartTime (line 19)") && e.contains("4095"),
+        "{e}"
+    );
     let e = err(&format!("{SECTION}  holdTime: 2\n"));
     assert!(e.contains("bgp.holdTime"), "{e}");
     let e = err(&SECTION.replace("peerASN: 65001", "peerASN: 0"));
-    assert!(e.contains("bgp.bgpSpeakers[0].peers[0].peerASN"), "{e}");
+    assert!(
+        e.contains("bgp.bgpSpeakers[0].peers[0].peerASN (line 15)"),
+        "{e}"
+    );
     let e = err(&SECTION.replace("peerAddress: 198.18.64.1", "peerAddress: 198.18.64"));
     assert!(
         e.contains("bgp.bgpSpeakers[0].peers[0].peerAddress") && e.contains("line 16"),

@@ -42,9 +42,14 @@ pub enum ConfigError {
     /// serde_yaml's message names the field and the line.
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
-    /// Parsed, but the values contradict each other or the network.
-    #[error("invalid configuration at {field}: {message}")]
-    Invalid { field: String, message: String },
+    /// Parsed, but the values contradict each other or the network; `line`: where
+    /// `field` is in the file, when it was read from one.
+    #[error("invalid configuration at {field}{}: {message}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    Invalid {
+        field: String,
+        message: String,
+        line: Option<usize>,
+    },
 }
 
 impl ConfigError {
@@ -52,6 +57,7 @@ impl ConfigError {
         ConfigError::Invalid {
             field: field.into(),
             message: message.into(),
+            line: None,
         }
     }
 }
@@ -644,7 +650,14 @@ impl AgentConfig {
             path: name.to_string(),
             message: e.to_string(),
         })?;
-        cfg.validate()?;
+        cfg.validate().map_err(|e| match e {
+            ConfigError::Invalid { field, message, .. } => ConfigError::Invalid {
+                line: crate::config_lines::line_of(text, &field),
+                field,
+                message,
+            },
+            other => other,
+        })?;
         Ok(cfg)
     }
 
