@@ -957,10 +957,10 @@ fn first_overlap(nodes: &[PeerNodeConfig]) -> Option<(usize, usize)> {
     sorted.sort_unstable();
     let mut reach: Option<(u64, usize)> = None;
     for (start, end, i) in sorted {
-        if let Some((far, j)) = reach {
-            if start <= far {
-                return Some((i.max(j), i.min(j)));
-            }
+        if let Some((far, j)) = reach
+            && start <= far
+        {
+            return Some((i.max(j), i.min(j)));
         }
         if reach.is_none_or(|(far, _)| end > far) {
             reach = Some((end, i));

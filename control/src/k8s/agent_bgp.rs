@@ -189,10 +189,11 @@ async fn write_status(
             .map(|p| PeerSessionStatus { since: None, ..p })
             .collect()
     };
-    if let Some((res, prev)) = last {
-        if *res == plan.resource && key(prev) == key(&now) {
-            return;
-        }
+    if let Some((res, prev)) = last
+        && *res == plan.resource
+        && key(prev) == key(&now)
+    {
+        return;
     }
     let patch = json!({
         "apiVersion": "network.alibabacloud.com/v1beta1",
