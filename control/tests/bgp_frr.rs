@@ -421,3 +421,79 @@ fn frr_routes_are_imported_only_where_configured() {
     sp1.wait_exit(&mut lab, T);
     assert_eq!(imported(&ns1), "", "the import ends with the session");
 }
+
+/// The agent itself (file mode, TUN backend) runs the speaker of its file: FRR
+/// gets the pool's blocks from the same `nodes:` the tables are built from,
+/// `hybridway status` shows the session, a node added to the file and
+/// `hybridway reload` advertise its block, SIGINT withdraws them all.
+#[test]
+fn the_agent_in_file_mode_advertises_its_pool_and_follows_reloads() {
+    let mut lab = Lab::new("agent", 1);
+    let frr = Frr::start(&mut lab, &[neighbor(0)]);
+    let spec = SpeakerSpec::new(0, pool());
+    let (config, _, _) = write_speaker_config(&lab, &spec);
+    let socket = lab.path("agent.sock");
+    let local = format!(
+        "uplink: {{interface: eth0, gateway: {SWITCH_ADDR}}}\ndataplane: {{backend: tun}}\n\
+         control: {{socket: {}, stateFile: {}, addressFile: {}, clusterStateFile: {}}}\n",
+        socket.display(),
+        lab.path("pods.json").display(),
+        lab.path("addresses.json").display(),
+        lab.path("cluster.json").display(),
+    );
+    let agent_yaml = |text: String| text.replace("uplink: {interface: eth0}\n", &local);
+    std::fs::write(
+        &config,
+        agent_yaml(std::fs::read_to_string(&config).unwrap()),
+    )
+    .unwrap();
+    let ns = lab.speakers[0].clone();
+    let bin = env!("CARGO_BIN_EXE_hybridway");
+    let idx = lab.spawn(
+        &ns,
+        &[bin, "agent", "--config", config.to_str().unwrap()],
+        "agent.log",
+    );
+    let status = || -> Option<serde_json::Value> {
+        let out = std::process::Command::new(bin)
+            .args(["status", "--socket"])
+            .arg(&socket)
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let st = wait_for(T, "the agent's session Established", || {
+        status().filter(|s| s["bgp"]["peers"][0]["state"] == "Established")
+    });
+    assert_eq!(st["bgp"]["peers"][0]["name"], "switch", "{st}");
+    let routes = wait_for(T, "the pool in FRR", || {
+        Some(frr.routes()).filter(|r| r.len() == 3)
+    });
+    assert!(routes.contains_key("198.19.1.0/24") && routes.contains_key("198.19.200.0/24"));
+
+    let mut more = spec.clone();
+    more.routes
+        .push(route("node-d", "198.18.0.40", "198.19.4.0/24"));
+    let (config2, _, _) = write_speaker_config(&lab, &more);
+    std::fs::write(
+        &config2,
+        agent_yaml(std::fs::read_to_string(&config2).unwrap()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["reload", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    wait_for(T, "the added node's block in FRR", || {
+        frr.routes().contains_key("198.19.4.0/24").then_some(())
+    });
+
+    let pid = lab.child(idx).id().to_string();
+    sh(&["kill", "-INT", &pid]);
+    wait_for(T, "the agent exits", || lab.child(idx).try_wait().unwrap());
+    wait_for(T, "SIGINT withdraws the pool", || {
+        frr.routes().is_empty().then_some(())
+    });
+}
