@@ -168,17 +168,19 @@ fn status_with_bgp(status: &Status, bgp: Option<&CurrentSpeaker>) -> Option<serd
     Some(v)
 }
 
+/// Serves one request; returns its `op` (empty when it was not understood).
 async fn serve_one(
     agent: &mut Agent,
     stream: UnixStream,
     bgp: Option<&CurrentSpeaker>,
-) -> std::io::Result<()> {
+) -> std::io::Result<String> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     let mut rd = BufReader::new(rd).take(64 * 1024);
     tokio::time::timeout(Duration::from_secs(5), rd.read_line(&mut line))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
+    let mut served = String::new();
     let resp = match serde_json::from_str::<Request>(line.trim()) {
         Ok(req) => {
             let started = std::time::Instant::now();
@@ -193,6 +195,7 @@ async fn serve_one(
                 ms = started.elapsed().as_secs_f64() * 1000.0,
                 "control request served"
             );
+            served = op;
             resp
         }
         Err(e) => Response::refused(format!("bad request: {e}")),
@@ -200,7 +203,8 @@ async fn serve_one(
     let mut text = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"ok\":false}".into());
     text.push('\n');
     wr.write_all(text.as_bytes()).await?;
-    wr.shutdown().await
+    wr.shutdown().await?;
+    Ok(served)
 }
 
 use tokio::io::AsyncReadExt as _;
@@ -260,13 +264,16 @@ pub async fn run(
     let mut tick = tokio::time::interval(NEIGHBOR_REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(socket = %path.display(), "control socket ready");
-    let stop = loop {
+    // The file's speaker is re-planned whenever the file was read again.
+    let replan = |agent: &Agent| {
         if let Some(s) = &speaker {
             s.update(agent.config());
         }
+    };
+    let stop = loop {
         tokio::select! {
             _ = hup.recv() => match agent.reload() {
-                Ok(()) => {}
+                Ok(()) => replan(&agent),
                 Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not applied"),
             },
             Some(facts) = next_facts(&mut cluster) => {
@@ -282,11 +289,11 @@ pub async fn run(
                 }
             }
             conn = listener.accept() => match conn {
-                Ok((stream, _)) => {
-                    if let Err(e) = serve_one(&mut agent, stream, bgp.as_ref()).await {
-                        tracing::debug!(error = %e, "control connection failed");
-                    }
-                }
+                Ok((stream, _)) => match serve_one(&mut agent, stream, bgp.as_ref()).await {
+                    Ok(op) if op == "reload" => replan(&agent),
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "control connection failed"),
+                },
                 Err(e) => tracing::warn!(error = %e, "accept on the control socket failed"),
             },
         }
