@@ -47,8 +47,11 @@ fn the_speaker_advertises_the_pool_of_the_agents_file() {
     let cfg = AgentConfig::from_yaml(&agent_file(SECTION)).unwrap();
     let plan = bgp::plan(&cfg, std::path::Path::new("agent.yaml")).unwrap();
     let c = &plan.config;
-    assert_eq!(c.local_asn, 65010);
-    assert_eq!(c.restart_time, 600, "graceful restart defaults to 600 s");
+    assert_eq!(c.settings.local_asn, 65010);
+    assert_eq!(
+        c.settings.restart_time, 600,
+        "graceful restart defaults to 600 s"
+    );
     assert_eq!(c.router_id(), Some(Ipv4Addr::new(198, 18, 64, 10)));
     let routes: Vec<(String, String)> = c
         .routes

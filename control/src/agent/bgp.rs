@@ -165,10 +165,10 @@ fn write_status_files(runner: &SpeakerRunner) {
 /// `bgp.statusFile` (JSON) and `bgp.metricsFile` (Prometheus text), when set.
 pub fn write_files(plan: &SpeakerPlan, status: &StatusHandle) {
     let peers = status.snapshot(std::time::Instant::now());
-    if let Some(p) = &plan.config.status_file {
+    if let Some(p) = &plan.config.settings.status_file {
         write_atomic(p, &status::to_json(&peers));
     }
-    if let Some(p) = &plan.config.metrics_file {
+    if let Some(p) = &plan.config.settings.metrics_file {
         write_atomic(p, &status::to_prometheus(&peers));
     }
 }

@@ -73,24 +73,15 @@ pub struct BgpSection {
     pub metrics_file: Option<PathBuf>,
 }
 
-/// What a running speaker is given: the section's knobs, which speaker it is and
-/// the pool's routes (built by [`pool_routes`]).
+/// What a running speaker is given: the section's settings (its `bgpSpeakers`
+/// only this node's entry, `routerID` resolved), which speaker it is and the pool's
+/// routes (built by [`pool_routes`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BgpConfig {
-    pub local_asn: u32,
-    /// This node's name: selects our entry in `bgp_speakers`.
+    pub settings: BgpSection,
+    /// This node's name: selects our entry in `settings.bgp_speakers`.
     pub node_name: String,
-    pub router_id: Option<Ipv4Addr>,
-    pub listen_address: Option<IpAddr>,
-    pub listen_port: u16,
-    pub restart_time: u16,
-    pub hold_time: u16,
-    pub connect_retry_ms: u64,
-    pub bgp_speakers: Vec<SpeakerConfig>,
     pub routes: Vec<RouteConfig>,
-    pub restart_marker: Option<PathBuf>,
-    pub status_file: Option<PathBuf>,
-    pub metrics_file: Option<PathBuf>,
 }
 
 fn default_port() -> u16 {
@@ -218,19 +209,13 @@ impl BgpSection {
     ) -> Option<BgpConfig> {
         let me = self.bgp_speakers.iter().find(|s| s.name == node)?;
         Some(BgpConfig {
-            local_asn: self.local_asn,
+            settings: BgpSection {
+                router_id: Some(self.router_id.unwrap_or(address)),
+                bgp_speakers: vec![me.clone()],
+                ..self.clone()
+            },
             node_name: node.to_string(),
-            router_id: Some(self.router_id.unwrap_or(address)),
-            listen_address: self.listen_address,
-            listen_port: self.listen_port,
-            restart_time: self.restart_time,
-            hold_time: self.hold_time,
-            connect_retry_ms: self.connect_retry_ms,
-            bgp_speakers: vec![me.clone()],
             routes,
-            restart_marker: self.restart_marker.clone(),
-            status_file: self.status_file.clone(),
-            metrics_file: self.metrics_file.clone(),
         })
     }
 }
@@ -247,10 +232,13 @@ pub fn pool_routes(members: impl IntoIterator<Item = RouteConfig>) -> Vec<RouteC
 
 impl BgpConfig {
     pub fn speaker(&self) -> Option<&SpeakerConfig> {
-        self.bgp_speakers.iter().find(|s| s.name == self.node_name)
+        self.settings
+            .bgp_speakers
+            .iter()
+            .find(|s| s.name == self.node_name)
     }
 
     pub fn router_id(&self) -> Option<Ipv4Addr> {
-        self.router_id
+        self.settings.router_id
     }
 }

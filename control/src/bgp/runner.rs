@@ -133,6 +133,7 @@ impl SpeakerRunner {
 
 fn keys_of(plan: &SpeakerPlan, store: &SecretStore) -> BTreeMap<String, Option<Vec<u8>>> {
     plan.config
+        .settings
         .bgp_speakers
         .iter()
         .flat_map(|s| &s.peers)
@@ -153,7 +154,7 @@ fn start(plan: SpeakerPlan, store: &SecretStore) -> Running {
     let status = StatusHandle::default();
     let cfg = plan.config.clone();
     let (st, secrets) = (status.clone(), store.clone());
-    tracing::info!(resource = %plan.resource, peers = cfg.bgp_speakers.iter().map(|s| s.peers.len()).sum::<usize>(), routes = cfg.routes.len(), "starting the BGP speaker");
+    tracing::info!(resource = %plan.resource, peers = cfg.settings.bgp_speakers.iter().map(|s| s.peers.len()).sum::<usize>(), routes = cfg.routes.len(), "starting the BGP speaker");
     let task = tokio::spawn(async move {
         // A speaker that cannot start (the previous one's listening socket not yet
         // closed, an address not configured yet) tries again until it is stopped.

@@ -82,8 +82,11 @@ pub async fn run(
 
     // One listening socket for all peers, signed per peer (RFC 2385 keys are per
     // address, so peers without a password stay unsigned).
-    let listen_ip = cfg.listen_address.unwrap_or(IpAddr::from([0u8; 4]));
-    let listen_addr = SocketAddr::new(listen_ip, cfg.listen_port);
+    let listen_ip = cfg
+        .settings
+        .listen_address
+        .unwrap_or(IpAddr::from([0u8; 4]));
+    let listen_addr = SocketAddr::new(listen_ip, cfg.settings.listen_port);
     let listen_sock = if listen_ip.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -100,15 +103,17 @@ pub async fn run(
             source,
         })?;
 
-    let restarting = cfg.restart_time > 0
+    let restarting = cfg.settings.restart_time > 0
         && cfg
+            .settings
             .restart_marker
             .as_deref()
-            .is_some_and(|p| is_recent(p, cfg.restart_time));
+            .is_some_and(|p| is_recent(p, cfg.settings.restart_time));
     if restarting {
         tracing::info!("restarting within the graceful-restart time: setting the R bit");
     }
     let marker = cfg
+        .settings
         .restart_marker
         .clone()
         .map(|p| tokio::spawn(keep_marker(p)));
@@ -151,11 +156,11 @@ pub async fn run(
         }
         let (tx, rx) = mpsc::channel(4);
         peer_txs.insert(peer.peer_address, tx);
-        let mut scfg = SessionConfig::new(cfg.local_asn, peer.peer_asn, router_id);
-        scfg.hold_time = cfg.hold_time;
-        scfg.retry_base = Duration::from_millis(cfg.connect_retry_ms.max(1));
+        let mut scfg = SessionConfig::new(cfg.settings.local_asn, peer.peer_asn, router_id);
+        scfg.hold_time = cfg.settings.hold_time;
+        scfg.retry_base = Duration::from_millis(cfg.settings.connect_retry_ms.max(1));
         scfg.jitter_seed = random_seed();
-        scfg.restart_time = (cfg.restart_time > 0).then_some(cfg.restart_time);
+        scfg.restart_time = (cfg.settings.restart_time > 0).then_some(cfg.settings.restart_time);
         scfg.restarting = restarting;
         scfg.families = vec![AfiSafi::IPV4_UNICAST, AfiSafi::IPV6_UNICAST];
         status.insert(new_status(peer, None));
@@ -163,7 +168,7 @@ pub async fn run(
             peer.clone(),
             scfg,
             pw,
-            cfg.listen_address,
+            cfg.settings.listen_address,
             listener.clone(),
             rx,
             routes.clone(),
@@ -189,7 +194,7 @@ pub async fn run(
     }
     // A final stop is not a restart: the next start must not claim to be one.
     if *stop.borrow() == StopMode::Cease
-        && let Some(p) = &cfg.restart_marker
+        && let Some(p) = &cfg.settings.restart_marker
     {
         let _ = std::fs::remove_file(p);
     }

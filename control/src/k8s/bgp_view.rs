@@ -20,7 +20,8 @@ use super::annotations;
 use super::cluster_view::{exact_prefix, node_address};
 use super::crd::BGPClusterConfig;
 use crate::bgp::config::{
-    BgpConfig, PasswordRef, PeerConfig, RouteConfig, SecretKeyRef, SpeakerConfig, pool_routes,
+    BgpConfig, BgpSection, PasswordRef, PeerConfig, RouteConfig, SecretKeyRef, SpeakerConfig,
+    pool_routes,
 };
 use crate::bgp::runner::SpeakerPlan;
 
@@ -123,22 +124,24 @@ pub fn plan(
     Ok(Some(SpeakerPlan {
         resource: cfg.name_any(),
         config: BgpConfig {
-            local_asn,
+            settings: BgpSection {
+                local_asn,
+                router_id,
+                listen_address: None,
+                listen_port: settings.listen_port,
+                restart_time: settings.restart_time,
+                hold_time: settings.hold_time,
+                connect_retry_ms: settings.connect_retry_ms,
+                bgp_speakers: vec![SpeakerConfig {
+                    name: own.to_string(),
+                    peers,
+                }],
+                restart_marker: settings.restart_marker.clone(),
+                status_file: None,
+                metrics_file: None,
+            },
             node_name: own.to_string(),
-            router_id,
-            listen_address: None,
-            listen_port: settings.listen_port,
-            restart_time: settings.restart_time,
-            hold_time: settings.hold_time,
-            connect_retry_ms: settings.connect_retry_ms,
-            bgp_speakers: vec![SpeakerConfig {
-                name: own.to_string(),
-                peers,
-            }],
             routes,
-            restart_marker: settings.restart_marker.clone(),
-            status_file: None,
-            metrics_file: None,
         },
     }))
 }
@@ -231,8 +234,8 @@ mod tests {
             .unwrap();
         assert_eq!(p.resource, "bgp");
         let c = &p.config;
-        assert_eq!(c.local_asn, 65010);
-        assert_eq!(c.restart_time, 600);
+        assert_eq!(c.settings.local_asn, 65010);
+        assert_eq!(c.settings.restart_time, 600);
         assert_eq!(c.router_id(), Some(Ipv4Addr::new(198, 18, 64, 10)));
         let blocks: Vec<String> = c.routes.iter().map(|r| r.pod_block.to_string()).collect();
         assert_eq!(blocks, ["198.19.128.0/24", "198.19.129.0/24"]);

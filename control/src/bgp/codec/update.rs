@@ -236,10 +236,7 @@ fn encode_as_path(segments: &[AsSegment], four_octet: bool, out: &mut Vec<u8>) {
 /// RFC 6793 §4.2.2: for a peer without 4-octet ASNs, the AS4_PATH that carries
 /// what AS_TRANS hides in AS_PATH (confederation segments stay out of it).
 fn as4_path_for(segments: &[AsSegment]) -> Option<Attribute> {
-    let hidden = segments
-        .iter()
-        .any(|s| s.parts().1.iter().any(|&a| u16::try_from(a).is_err()));
-    if !hidden {
+    if !needs_four_octets(segments) {
         return None;
     }
     let plain: Vec<AsSegment> = segments
@@ -254,6 +251,13 @@ fn as4_path_for(segments: &[AsSegment]) -> Option<Attribute> {
         code: AS4_PATH,
         value,
     })
+}
+
+/// Whether a path holds an ASN above 65535 (AS_TRANS for a 2-octet peer).
+fn needs_four_octets(segments: &[AsSegment]) -> bool {
+    segments
+        .iter()
+        .any(|s| s.parts().1.iter().any(|&a| u16::try_from(a).is_err()))
 }
 
 /// Path length as RFC 4271 §9.1.2.2 counts it: a set counts once, confederation
@@ -454,6 +458,16 @@ impl Update {
             [Attribute::MpUnreach { family, withdrawn }] if withdrawn.is_empty() => Some(*family),
             _ => None,
         }
+    }
+
+    /// Whether the AS_PATH holds an ASN above 65535: sent to a 2-octet peer it
+    /// travels as AS_TRANS plus AS4_PATH, which carries no confederation segments,
+    /// so such a path need not come back from that peer exactly as it was.
+    pub fn path_needs_four_octets(&self) -> bool {
+        self.attributes.iter().any(|a| match a {
+            Attribute::AsPath(segments) => needs_four_octets(segments),
+            _ => false,
+        })
     }
 
     /// Count of prefixes announced (all families).
