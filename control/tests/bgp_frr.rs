@@ -369,48 +369,131 @@ fn frr_restart_is_survived_as_helper_and_table_resent() {
     );
 }
 
-#[test]
-fn frr_ipv6_block_over_ipv4_session_via_mp_reach() {
-    let mut lab = Lab::new("v6", 1);
-    // IPv6 unicast activated on the IPv4 session: blocks travel in MP_REACH_NLRI with
-    // an IPv4-mapped next hop. The block is the IPv4-mapped form of a 198.19 range,
-    // to stay inside the test address space.
-    let extra = format!(
-        " address-family ipv6 unicast\n  neighbor {} activate\n exit-address-family\n",
-        speaker_addr(0)
-    );
-    let frr = Frr::start_with(&mut lab, &[neighbor(0)], &extra);
-    let mut routes = pool();
-    routes.push(route("node-v6", "198.18.7.40", "::ffff:198.19.60.0/120"));
-    let mut sp = start_speaker(&mut lab, SpeakerSpec::new(0, routes.clone()));
-    let st = sp.wait_state("Established", T);
-    assert_eq!(
-        st["negotiated"]["families"],
-        serde_json::json!(["ipv4-unicast", "ipv6-unicast"])
-    );
-    let v6 = || {
-        frr.vtysh("show bgp ipv6 unicast json")
-            .and_then(|v| v["routes"].as_object().cloned())
-            .unwrap_or_default()
-    };
-    let r = wait_for(T, "IPv6 block in FRR", || {
-        Some(v6()).filter(|r| !r.is_empty())
-    });
-    let (prefix, paths) = r.iter().next().unwrap();
-    assert!(
-        prefix.contains("198.19.60.0") || prefix.contains("c613:3c00"),
-        "{prefix}"
-    );
-    assert!(prefix.ends_with("/120"), "{prefix}");
-    let nh = paths[0]["nexthops"][0]["ip"].as_str().unwrap();
-    assert!(
-        nh == "::ffff:198.18.0.10" || nh == "::ffff:c612:a",
-        "next hop {nh}"
-    );
-    assert_eq!(frr.routes().len(), 3, "IPv4 table unaffected");
+/// The speaker's routes in the kernel of namespace `ns` (`proto bgp`: only what an
+/// import installed).
+fn imported(ns: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "route", "show", "proto", "bgp"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
 
-    // Withdraw it: MP_UNREACH_NLRI.
-    routes.pop();
-    sp.set_routes(&mut lab, routes);
-    wait_for(T, "IPv6 block withdrawn", || v6().is_empty().then_some(()));
+/// What the switch announces is installed only where the peer's `importRoutes` is
+/// on: speaker 0 (default) receives the prefix and installs nothing, speaker 1
+/// installs it via the switch (but not the pool blocks the switch echoes back), and
+/// removes it again when its session ends.
+#[test]
+fn frr_routes_are_imported_only_where_configured() {
+    let mut lab = Lab::new("imp", 2);
+    let announce = " no bgp network import-check\n address-family ipv4 unicast\n  network 198.18.250.0/24\n exit-address-family\n";
+    let _frr = Frr::start_with(&mut lab, &[neighbor(0), neighbor(1)], announce);
+    let sp0 = start_speaker(&mut lab, SpeakerSpec::new(0, pool()));
+    let mut spec1 = SpeakerSpec::new(1, pool());
+    spec1.import_routes = true;
+    let sp1 = start_speaker(&mut lab, spec1);
+    let (ns0, ns1) = (lab.speakers[0].clone(), lab.speakers[1].clone());
+    for sp in [&sp0, &sp1] {
+        wait_for(T, "the switch's prefix received", || {
+            sp.status()
+                .filter(|s| s["prefixesReceived"].as_u64() >= Some(1))
+        });
+    }
+    let route = wait_for(T, "the prefix installed by speaker 1", || {
+        Some(imported(&ns1)).filter(|r| r.contains("198.18.250.0/24"))
+    });
+    assert!(route.contains(&format!("via {SWITCH_ADDR}")), "{route}");
+    wait_for(T, "status counts the import", || {
+        sp1.status().filter(|s| s["routesImported"] == 1)
+    });
+    // The switch also passes speaker 0's pool blocks on to speaker 1: AS_PATH holds
+    // our own AS, a loop, never installed.
+    wait_for(T, "speaker 0's blocks reach speaker 1", || {
+        sp1.status()
+            .filter(|s| s["prefixesReceived"].as_u64() >= Some(4))
+    });
+    assert_eq!(imported(&ns1).lines().count(), 1, "{}", imported(&ns1));
+    assert_eq!(imported(&ns0), "", "speaker 0 does not import");
+    assert_eq!(sp0.status().unwrap()["routesImported"], 0);
+
+    sp1.signal(&mut lab, "INT");
+    sp1.wait_exit(&mut lab, T);
+    assert_eq!(imported(&ns1), "", "the import ends with the session");
+}
+
+/// The agent itself (file mode, TUN backend) runs the speaker of its file: FRR
+/// gets the pool's blocks from the same `nodes:` the tables are built from,
+/// `hybridway status` shows the session, a node added to the file and
+/// `hybridway reload` advertise its block, SIGINT withdraws them all.
+#[test]
+fn the_agent_in_file_mode_advertises_its_pool_and_follows_reloads() {
+    let mut lab = Lab::new("agent", 1);
+    let frr = Frr::start(&mut lab, &[neighbor(0)]);
+    let spec = SpeakerSpec::new(0, pool());
+    let (config, _, _) = write_speaker_config(&lab, &spec);
+    let socket = lab.path("agent.sock");
+    let local = format!(
+        "uplink: {{interface: eth0, gateway: {SWITCH_ADDR}}}\ndataplane: {{backend: tun}}\n\
+         control: {{socket: {}, stateFile: {}, addressFile: {}, clusterStateFile: {}}}\n",
+        socket.display(),
+        lab.path("pods.json").display(),
+        lab.path("addresses.json").display(),
+        lab.path("cluster.json").display(),
+    );
+    let agent_yaml = |text: String| text.replace("uplink: {interface: eth0}\n", &local);
+    std::fs::write(
+        &config,
+        agent_yaml(std::fs::read_to_string(&config).unwrap()),
+    )
+    .unwrap();
+    let ns = lab.speakers[0].clone();
+    let bin = env!("CARGO_BIN_EXE_hybridway");
+    let idx = lab.spawn(
+        &ns,
+        &[bin, "agent", "--config", config.to_str().unwrap()],
+        "agent.log",
+    );
+    let status = || -> Option<serde_json::Value> {
+        let out = std::process::Command::new(bin)
+            .args(["status", "--socket"])
+            .arg(&socket)
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let st = wait_for(T, "the agent's session Established", || {
+        status().filter(|s| s["bgp"]["peers"][0]["state"] == "Established")
+    });
+    assert_eq!(st["bgp"]["peers"][0]["name"], "switch", "{st}");
+    let routes = wait_for(T, "the pool in FRR", || {
+        Some(frr.routes()).filter(|r| r.len() == 3)
+    });
+    assert!(routes.contains_key("198.19.1.0/24") && routes.contains_key("198.19.200.0/24"));
+
+    let mut more = spec.clone();
+    more.routes
+        .push(route("node-d", "198.18.0.40", "198.19.4.0/24"));
+    let (config2, _, _) = write_speaker_config(&lab, &more);
+    std::fs::write(
+        &config2,
+        agent_yaml(std::fs::read_to_string(&config2).unwrap()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["reload", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    wait_for(T, "the added node's block in FRR", || {
+        frr.routes().contains_key("198.19.4.0/24").then_some(())
+    });
+
+    let pid = lab.child(idx).id().to_string();
+    sh(&["kill", "-INT", &pid]);
+    wait_for(T, "the agent exits", || lab.child(idx).try_wait().unwrap());
+    wait_for(T, "SIGINT withdraws the pool", || {
+        frr.routes().is_empty().then_some(())
+    });
 }

@@ -1,5 +1,6 @@
 //! Not a test but a measurement: time from starting `hybridway bgp-speaker` with
-//! 10,000 pod blocks to all of them in FRR's BGP table. Run with
+//! 10,000 nodes of the pool in its agent file (one /32 block each) to all of them
+//! in FRR's BGP table. Run with
 //! `cargo test --release -p hybridway-control --test bgp_frr_scale -- --ignored --nocapture`.
 
 #![allow(
@@ -49,17 +50,29 @@ fn time_to_rib(tag: &str, node_address: impl Fn(u32) -> String) {
     );
 }
 
+/// Node `i`'s address outside the subnet shared with the switch (198.18.64.0/18).
+fn behind_the_speaker(i: u32) -> String {
+    format!("198.18.{}.{}", 64 + i / 250, 1 + i % 250)
+}
+
 #[test]
 #[ignore = "benchmark: prints the time, asserts only that the prefixes arrive"]
 fn frr_10k_prefixes_one_next_hop() {
-    // All blocks behind nodes outside the shared subnet: one next hop (ours), so
-    // the table packs into ~10 UPDATEs.
-    time_to_rib("onehop", |_| "198.18.7.30".to_string());
+    // Every node outside the shared subnet: one next hop (ours), so the table packs
+    // into ~10 UPDATEs.
+    time_to_rib("onehop", behind_the_speaker);
 }
 
 #[test]
 #[ignore = "benchmark: prints the time, asserts only that the prefixes arrive"]
 fn frr_10k_prefixes_200_next_hops() {
-    // Blocks spread over 200 nodes on the shared subnet: 200 attribute sets.
-    time_to_rib("manyhops", |i| format!("198.18.0.{}", 20 + i % 200));
+    // 200 nodes on the shared subnet (their own next hops), the rest behind us: 201
+    // attribute sets.
+    time_to_rib("manyhops", |i| {
+        if i < 200 {
+            format!("198.18.0.{}", 20 + i)
+        } else {
+            behind_the_speaker(i)
+        }
+    });
 }

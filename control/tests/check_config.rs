@@ -1,6 +1,7 @@
 //! `hybridway check-config` on every kind of file the project documents: the
-//! agent's configuration, its Kubernetes-mode local file, the controller's
-//! parameters (bare or as the ConfigMap manifest in deploy/) and the BGP speaker's.
+//! agent's configuration (also with the `bgp` section `hybridway bgp-speaker`
+//! reads), its Kubernetes-mode local file and the controller's parameters (bare or
+//! as the ConfigMap manifest in deploy/).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -38,16 +39,17 @@ fn every_documented_example_is_accepted_as_its_kind() {
             "controller",
             "ok (controller parameters)",
         ),
-        ("bgp-speaker.yaml", "bgp", "ok (BGP speaker configuration)"),
+        ("bgp-speaker.yaml", "agent", "ok (agent configuration)"),
     ] {
         let (ok, text) = check(&deploy.join(file), &[]);
         assert!(ok && text.contains(said), "{file}: {text}");
         let (ok, text) = check(&deploy.join(file), &["--kind", kind]);
         assert!(ok && text.contains(said), "{file} as {kind}: {text}");
     }
-    // A speaker's file checked as the agent's is refused: the kind matters.
-    let (ok, text) = check(&deploy.join("bgp-speaker.yaml"), &["--kind", "agent"]);
-    assert!(!ok && text.contains("agent configuration"), "{text}");
+    // A speaker's file checked as the Kubernetes-mode local file is refused (its
+    // node facts and bgp section come from the cluster there): the kind matters.
+    let (ok, text) = check(&deploy.join("bgp-speaker.yaml"), &["--kind", "local"]);
+    assert!(!ok && text.contains("local configuration"), "{text}");
 }
 
 #[test]

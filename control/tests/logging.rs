@@ -18,9 +18,10 @@ fn the_speaker_logs_plain_text_to_stderr_when_it_is_a_pipe() {
     std::fs::write(
         &config,
         format!(
-            "bgp:\n  localASN: 65010\n  nodeName: n1\n  listenAddress: 198.18.255.254\n  \
-             restartMarker: {}\n  bgpSpeakers: [{{name: n1, peers: []}}]\n  \
-             routes: [{{node: n1, nodeAddress: 198.18.0.10, podBlock: 198.19.128.0/24}}]\n",
+            "node: {{name: n1, address: 198.18.0.10}}\nmode: underlay\nuplink: {{interface: eth0}}\n\
+             pods: {{block: 198.19.128.0/24, gateway: 198.19.128.1}}\n\
+             bgp:\n  localASN: 65010\n  listenAddress: 198.18.255.254\n  \
+             restartMarker: {}\n  bgpSpeakers: [{{name: n1, peers: []}}]\n",
             marker.display()
         ),
     )

@@ -29,10 +29,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
 use super::addresses::{Allocation, AttachmentKey};
+use super::bgp::FileSpeaker;
 use super::config::ClusterFacts;
 use super::runtime::{Agent, AgentError, CniAddress, Status};
 use super::saved_view::SavedView;
 use super::table_builder::LocalPod;
+use crate::bgp::speaker::StopMode;
 use crate::bgp::status::CurrentSpeaker;
 
 /// How often next-hop MACs are looked up again.
@@ -192,8 +194,10 @@ struct Incoming {
     reply: oneshot::Sender<Response>,
 }
 
-/// Runs one request on the agent (the control loop's part of a connection).
-fn serve(agent: &mut Agent, incoming: Incoming, bgp: Option<&CurrentSpeaker>) {
+/// Runs one request on the agent (the control loop's part of a connection);
+/// returns its `op` (empty when it was not understood).
+fn serve(agent: &mut Agent, incoming: Incoming, bgp: Option<&CurrentSpeaker>) -> String {
+    let mut served = String::new();
     let resp = match incoming.request {
         Ok(req) => {
             let started = std::time::Instant::now();
@@ -208,12 +212,14 @@ fn serve(agent: &mut Agent, incoming: Incoming, bgp: Option<&CurrentSpeaker>) {
                 ms = started.elapsed().as_secs_f64() * 1000.0,
                 "control request served"
             );
+            served = op;
             resp
         }
         Err(e) => Response::refused(e),
     };
     // The client may have gone meanwhile: nothing to tell it.
     let _ = incoming.reply.send(resp);
+    served
 }
 
 /// Accepts connections until the control loop is gone, each read and answered in
@@ -335,12 +341,16 @@ async fn next_facts(updates: &mut Option<ClusterUpdates>) -> Option<ClusterFacts
 
 /// Runs the control loop until SIGTERM or SIGINT, then shuts the agent down.
 /// `cluster`: the Node watch's facts and the saved view in Kubernetes mode; `bgp`:
-/// the speaker the agent runs, shown by `status`.
+/// the speaker the agent runs, shown by `status`; `speaker`: file mode's speaker,
+/// re-planned after each reload and stopped with the agent (SIGTERM: gracefully, so
+/// the switches keep our routes while we restart; SIGINT: with a Cease).
 pub async fn run(
     mut agent: Agent,
     cluster: Option<Cluster>,
     bgp: Option<CurrentSpeaker>,
+    speaker: Option<FileSpeaker>,
 ) -> Result<(), ControlError> {
+    let bgp = bgp.or_else(|| speaker.as_ref().map(FileSpeaker::current));
     let (mut updates, mut saved) = match cluster {
         Some(c) => (Some(c.updates), Some(c.saved)),
         None => (None, None),
@@ -359,11 +369,17 @@ pub async fn run(
     let (tx, mut requests) = mpsc::channel(QUEUED);
     tokio::spawn(accept_requests(listener, READ_TIMEOUT, tx));
     tracing::info!(socket = %path.display(), "control socket ready");
-    loop {
+    // The file's speaker is re-planned whenever the file was read again.
+    let replan = |agent: &Agent| {
+        if let Some(s) = &speaker {
+            s.update(agent.config());
+        }
+    };
+    let stop = loop {
         let save_retry = saved.as_ref().and_then(SavedView::next_try);
         tokio::select! {
             _ = hup.recv() => match agent.reload() {
-                Ok(()) => {}
+                Ok(()) => replan(&agent),
                 Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not applied"),
             },
             Some(facts) = next_facts(&mut updates) => {
@@ -376,15 +392,22 @@ pub async fn run(
                     saved.retry();
                 }
             }
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break StopMode::Graceful; }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break StopMode::Cease; }
             _ = tick.tick() => {
                 if let Err(e) = agent.refresh_neighbors() {
                     tracing::warn!(error = %e, "neighbour refresh failed");
                 }
             }
-            Some(incoming) = requests.recv() => serve(&mut agent, incoming, bgp.as_ref()),
+            Some(incoming) = requests.recv() => {
+                if serve(&mut agent, incoming, bgp.as_ref()) == "reload" {
+                    replan(&agent);
+                }
+            }
         }
+    };
+    if let Some(s) = speaker {
+        s.stop(stop).await;
     }
     // Closing the queue ends the accept task and every connection still waiting.
     drop(requests);
@@ -479,6 +502,7 @@ mod tests {
             prefixes_received: 0,
             updates_received: 0,
             updates_treated_as_withdraw: 0,
+            routes_imported: 0,
             established_count: 0,
             negotiated: None,
             last_error: None,

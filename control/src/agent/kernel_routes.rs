@@ -23,7 +23,8 @@ pub struct RouteError {
     detail: String,
 }
 
-fn ip(args: &[&str]) -> Result<String, RouteError> {
+/// Runs `ip ARGS`; its stderr is the error. (Also the BGP speaker's import.)
+pub(crate) fn ip(args: &[&str]) -> Result<String, RouteError> {
     let cmd = format!("ip {}", args.join(" "));
     let out = Command::new("ip")
         .args(args)

@@ -130,6 +130,6 @@ pub fn run(mode: &KubernetesMode) -> Result<(), KubernetesModeError> {
     }
     tracing::info!("ready");
     let cluster = control::Cluster { updates: rx, saved };
-    rt.block_on(control::run(agent, Some(cluster), Some(bgp_status)))?;
+    rt.block_on(control::run(agent, Some(cluster), Some(bgp_status), None))?;
     Ok(())
 }

@@ -14,6 +14,7 @@
 
 pub mod addresses;
 pub mod attach;
+pub mod bgp;
 pub mod config;
 pub mod control;
 pub mod host_routing;

@@ -1,9 +1,14 @@
-//! `hybridway bgp-speaker --config FILE`: the speaker as a process of its own.
+//! `hybridway bgp-speaker --config FILE`: the speaker of an agent's file as a
+//! process of its own, without the dataplane (a node whose forwarding is done by
+//! something else, a test rig). FILE is the agent's file: its `bgp` section names the
+//! peers, its `node`, `pods` and `nodes` are the pool advertised (`agent::bgp`), so
+//! the speaker and the agent can never disagree about the nodes.
 //!
 //! Signals: SIGTERM is a planned restart (TCP closed without a Cease, so switches keep
 //! our routes as stale for the restart time); SIGINT is a final stop (Cease: switches
-//! withdraw at once); SIGHUP re-reads `routes` from the file and sends the difference
-//! to every Established peer.
+//! withdraw at once); SIGHUP re-reads the file and sends the pool's changes to every
+//! Established peer (a change of peers or ASN needs a restart of this process; the
+//! agent itself applies those too).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,13 +17,17 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use super::config::{BgpConfig, ConfigError};
+use super::config::RouteConfig;
+use super::runner::SpeakerPlan;
 use super::speaker::{self, SpeakerError, StopMode};
-use super::status::{self, StatusHandle};
+use super::status::StatusHandle;
+use crate::agent::AgentConfig;
+use crate::agent::bgp::{plan, write_files};
+use crate::agent::config::ConfigError;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BgpSpeakerArgs {
-    /// YAML file with a `bgp:` section.
+    /// The agent's YAML file, with a `bgp:` section listing this node.
     #[arg(long)]
     pub config: PathBuf,
 }
@@ -27,32 +36,37 @@ pub struct BgpSpeakerArgs {
 pub enum CliError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("{0}: no bgp section, or node.name is not one of bgp.bgpSpeakers")]
+    NotASpeaker(PathBuf),
     #[error(transparent)]
     Speaker(#[from] SpeakerError),
     #[error("tokio runtime: {0}")]
     Runtime(std::io::Error),
 }
 
+/// The speaker `path` plans.
+fn load(path: &Path) -> Result<SpeakerPlan, CliError> {
+    let cfg = AgentConfig::load(path)?;
+    plan(&cfg, path).ok_or_else(|| CliError::NotASpeaker(path.to_owned()))
+}
+
 pub fn run(args: &BgpSpeakerArgs) -> Result<(), CliError> {
     crate::logging::init(false);
-    let cfg = BgpConfig::load(&args.config)?;
+    let first = load(&args.config)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(CliError::Runtime)?;
-    rt.block_on(serve(cfg, args.config.clone()))
+    rt.block_on(serve(first, args.config.clone()))
 }
 
-async fn serve(cfg: BgpConfig, path: PathBuf) -> Result<(), CliError> {
-    let (routes_tx, routes_rx) = watch::channel(Arc::new(cfg.routes.clone()));
+async fn serve(first: SpeakerPlan, path: PathBuf) -> Result<(), CliError> {
+    let (routes_tx, routes_rx) = watch::channel(Arc::new(first.config.routes.clone()));
     let (stop_tx, stop_rx) = watch::channel(StopMode::Running);
     let status = StatusHandle::default();
 
-    let writer = tokio::spawn(write_status(
-        status.clone(),
-        cfg.status_file.clone(),
-        cfg.metrics_file.clone(),
-    ));
+    let writer = tokio::spawn(write_status(first.clone(), status.clone()));
+    let running = first.clone();
     let signals = tokio::spawn(async move {
         let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
@@ -66,12 +80,12 @@ async fn serve(cfg: BgpConfig, path: PathBuf) -> Result<(), CliError> {
             tokio::select! {
                 _ = term.recv() => { let _ = stop_tx.send(StopMode::Graceful); return; }
                 _ = int.recv() => { let _ = stop_tx.send(StopMode::Cease); return; }
-                _ = hup.recv() => reload(&path, &routes_tx),
+                _ = hup.recv() => reload(&path, &running, &routes_tx),
             }
         }
     });
     let result = speaker::run(
-        cfg.clone(),
+        first.config.clone(),
         routes_rx,
         stop_rx,
         status.clone(),
@@ -80,45 +94,26 @@ async fn serve(cfg: BgpConfig, path: PathBuf) -> Result<(), CliError> {
     .await;
     signals.abort();
     writer.abort();
-    write_once(
-        &status,
-        cfg.status_file.as_deref(),
-        cfg.metrics_file.as_deref(),
-    );
+    write_files(&first, &status);
     result.map_err(CliError::from)
 }
 
-fn reload(path: &Path, tx: &watch::Sender<Arc<Vec<super::config::RouteConfig>>>) {
-    match BgpConfig::load(path) {
-        Ok(cfg) => {
-            tracing::info!(routes = cfg.routes.len(), "routes reloaded");
-            let _ = tx.send(Arc::new(cfg.routes));
+fn reload(path: &Path, running: &SpeakerPlan, tx: &watch::Sender<Arc<Vec<RouteConfig>>>) {
+    match load(path) {
+        Ok(next) if running.sessions_differ(&next) => tracing::error!(
+            "reload: peers, ASN or speaker settings changed; restart hybridway bgp-speaker to apply them (the pool's routes are kept as they were)"
+        ),
+        Ok(next) => {
+            tracing::info!(routes = next.config.routes.len(), "routes reloaded");
+            let _ = tx.send(Arc::new(next.config.routes));
         }
         Err(e) => tracing::error!(error = %e, "reload failed; keeping the current routes"),
     }
 }
 
-async fn write_status(status: StatusHandle, json: Option<PathBuf>, metrics: Option<PathBuf>) {
+async fn write_status(plan: SpeakerPlan, status: StatusHandle) {
     loop {
-        write_once(&status, json.as_deref(), metrics.as_deref());
+        write_files(&plan, &status);
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-fn write_once(status: &StatusHandle, json: Option<&Path>, metrics: Option<&Path>) {
-    let peers = status.snapshot(std::time::Instant::now());
-    if let Some(p) = json {
-        write_atomic(p, &status::to_json(&peers));
-    }
-    if let Some(p) = metrics {
-        write_atomic(p, &status::to_prometheus(&peers));
-    }
-}
-
-/// Write then rename, so readers never see half a file.
-fn write_atomic(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
-        tracing::warn!(path = %path.display(), error = %e, "cannot write status");
     }
 }

@@ -1,60 +1,49 @@
-//! The `bgp` configuration section. Until the Kubernetes wiring lands, the agent reads
-//! it from YAML; field names mirror `BGPClusterConfig` (`localASN`, `bgpSpeakers`,
-//! `peers`, `peerASN`, `peerAddress`, `authPassword`).
+//! The BGP speaker's configuration: the `bgp` section of the agent's file
+//! ([`BgpSection`]) and what a running speaker is given ([`BgpConfig`]).
+//!
+//! One configuration model for nodes and routes: the section names the peers and
+//! the speaker's knobs, never the pod blocks. Those come from where the agent's
+//! tables come from: the file's `node`/`pods`/`nodes` in file mode
+//! (`agent::bgp::plan`), the Node objects in Kubernetes mode (`k8s::bgp_view`), both
+//! through [`pool_routes`]. Field names mirror `BGPClusterConfig` (`localASN`,
+//! `bgpSpeakers`, `peers`, `peerASN`, `peerAddress`, `authPassword`).
 //!
 //! ```yaml
 //! bgp:
 //!   localASN: 65010
-//!   nodeName: hybrid-node-1          # which speaker this process is
 //!   restartTime: 600                 # graceful restart, 1-4095 s; 0 disables it
-//!   bgpSpeakers:
+//!   bgpSpeakers:                     # this node speaks when its node.name is listed
 //!   - name: hybrid-node-1
 //!     peers:
 //!     - name: switch-1
 //!       peerASN: 65001
 //!       peerAddress: 198.18.0.1
 //!       authPassword: {file: /etc/hybridway/bgp-password}
-//!   routes:                          # the pool's pod blocks
-//!   - {node: hybrid-node-1, nodeAddress: 198.18.0.10, podBlock: 198.19.1.0/24}
+//!       importRoutes: false          # default: what the switch sends is not installed
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use hybridway_dataplane::tables::Prefix;
 use serde::Deserialize;
 
-/// Errors in the `bgp` section.
+/// A `bgp` section whose values contradict each other: the field (under `bgp.`)
+/// and why.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("invalid YAML in {path}: {source}")]
-    Yaml {
-        path: PathBuf,
-        source: serde_yaml::Error,
-    },
-    #[error("{0}")]
-    Invalid(String),
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
 }
 
-/// The top of the file: other sections belong to other parts of the agent.
-#[derive(Clone, Debug, Deserialize)]
-pub struct ConfigFile {
-    pub bgp: BgpConfig,
-}
-
+/// The `bgp` section of the agent's file.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BgpConfig {
+pub struct BgpSection {
     #[serde(rename = "localASN")]
     pub local_asn: u32,
-    /// This node's name: selects our entry in `bgpSpeakers`.
-    pub node_name: String,
-    /// BGP Identifier; defaults to this node's address from `routes`.
+    /// BGP Identifier; defaults to `node.address`.
     #[serde(default, rename = "routerID")]
     pub router_id: Option<Ipv4Addr>,
     /// Address to listen on (default: any).
@@ -70,9 +59,8 @@ pub struct BgpConfig {
     /// First connect-retry delay in milliseconds, doubled per failure up to 60 s.
     #[serde(default = "default_retry_ms")]
     pub connect_retry_ms: u64,
+    /// The speakers and their peers; a node not listed runs no speaker.
     pub bgp_speakers: Vec<SpeakerConfig>,
-    #[serde(default)]
-    pub routes: Vec<RouteConfig>,
     /// A file that survives restarts (e.g. under /var/lib): present and younger than
     /// `restartTime` at start means this start is a restart, so our OPEN carries the
     /// graceful-restart "R" bit. Removed on a final stop (SIGINT / Cease).
@@ -83,6 +71,17 @@ pub struct BgpConfig {
     pub status_file: Option<PathBuf>,
     #[serde(default)]
     pub metrics_file: Option<PathBuf>,
+}
+
+/// What a running speaker is given: the section's settings (its `bgpSpeakers`
+/// only this node's entry, `routerID` resolved), which speaker it is and the pool's
+/// routes (built by [`pool_routes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BgpConfig {
+    pub settings: BgpSection,
+    /// This node's name: selects our entry in `settings.bgp_speakers`.
+    pub node_name: String,
+    pub routes: Vec<RouteConfig>,
 }
 
 fn default_port() -> u16 {
@@ -114,10 +113,16 @@ pub struct PeerConfig {
     pub peer_address: IpAddr,
     #[serde(default)]
     pub auth_password: Option<PasswordRef>,
+    /// Install the routes this peer sends into the kernel's main routing table
+    /// (`proto bgp`), removed again when withdrawn or when the session ends. Off by
+    /// default: the speaker advertises the pool and installs nothing it hears.
+    #[serde(default)]
+    pub import_routes: bool,
 }
 
-/// Where a peer's password comes from. `secretKeyRef` is the `BGPClusterConfig`
-/// form; until the Kubernetes wiring lands it reports "not available" in status.
+/// Where a peer's password comes from: a file, or (the `BGPClusterConfig` form) a
+/// Secret of `kube-system`, which only the agent in Kubernetes mode watches: in
+/// file mode a `secretKeyRef` peer reports "not available" in its status.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PasswordRef {
@@ -133,95 +138,107 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
-/// One node's pod block.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+/// One node's pod block, and the node's address (the next hop a peer on its
+/// subnet is given, `rib::PeerContext::next_hop`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteConfig {
     pub node: String,
     pub node_address: IpAddr,
-    #[serde(with = "prefix_str")]
     pub pod_block: Prefix,
 }
 
-mod prefix_str {
-    use hybridway_dataplane::tables::Prefix;
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Prefix, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl BgpConfig {
-    pub fn load(path: &Path) -> Result<BgpConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let file: ConfigFile = serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml {
-            path: path.into(),
-            source,
-        })?;
-        file.bgp.validate()?;
-        Ok(file.bgp)
-    }
-
+impl BgpSection {
+    /// Checks what serde cannot; `node_name` is the file's `node.name`.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let bad = |field: &str, message: String| {
+            Err(ConfigError {
+                field: field.into(),
+                message,
+            })
+        };
+        if self.local_asn == 0 {
+            return bad("localASN", "must be 1-4294967295".into());
+        }
         if self.restart_time > 4095 {
-            return bad(format!(
-                "restartTime {} is out of range: 1-4095 s (0 disables graceful restart)",
-                self.restart_time
-            ));
+            return bad(
+                "restartTime",
+                format!(
+                    "{} is out of range: 1-4095 s (0 disables graceful restart)",
+                    self.restart_time
+                ),
+            );
         }
         if self.hold_time == 1 || self.hold_time == 2 {
-            return bad(format!(
-                "holdTime {} is invalid: 0 or at least 3 s",
-                self.hold_time
-            ));
+            return bad(
+                "holdTime",
+                format!("{} is invalid: 0 or at least 3 s", self.hold_time),
+            );
         }
-        if self.speaker().is_none() {
-            return bad(format!(
-                "nodeName {:?} is not one of bgpSpeakers",
-                self.node_name
-            ));
-        }
-        if self.router_id().is_none() {
-            return bad(format!(
-                "no routerID given and node {:?} has no IPv4 nodeAddress in routes to derive one from",
-                self.node_name
-            ));
-        }
-        for (i, r) in self.routes.iter().enumerate() {
-            if self
-                .routes
-                .iter()
-                .skip(i + 1)
-                .any(|o| o.pod_block == r.pod_block)
-            {
-                return bad(format!(
-                    "pod block {} is listed twice in routes",
-                    r.pod_block
-                ));
+        for (i, s) in self.bgp_speakers.iter().enumerate() {
+            if self.bgp_speakers.iter().take(i).any(|o| o.name == s.name) {
+                return bad(
+                    &format!("bgpSpeakers[{i}].name"),
+                    format!("{:?} is listed twice", s.name),
+                );
+            }
+            for (j, p) in s.peers.iter().enumerate() {
+                let at = |f: &str| format!("bgpSpeakers[{i}].peers[{j}].{f}");
+                if p.peer_asn == 0 {
+                    return bad(&at("peerASN"), "must be 1-4294967295".into());
+                }
+                if let Some(a) = &p.auth_password
+                    && a.file.is_some() == a.secret_key_ref.is_some()
+                {
+                    return bad(
+                        &at("authPassword"),
+                        "give exactly one of file and secretKeyRef".into(),
+                    );
+                }
             }
         }
         Ok(())
     }
 
+    /// The speaker node `node` runs, advertising `routes`; `None` when `node` is not
+    /// one of `bgpSpeakers`. `address` is the default BGP Identifier.
+    pub fn speaker_config(
+        &self,
+        node: &str,
+        address: Ipv4Addr,
+        routes: Vec<RouteConfig>,
+    ) -> Option<BgpConfig> {
+        let me = self.bgp_speakers.iter().find(|s| s.name == node)?;
+        Some(BgpConfig {
+            settings: BgpSection {
+                router_id: Some(self.router_id.unwrap_or(address)),
+                bgp_speakers: vec![me.clone()],
+                ..self.clone()
+            },
+            node_name: node.to_string(),
+            routes,
+        })
+    }
+}
+
+/// The pool's pod blocks as the speaker advertises them, whoever lists the pool
+/// (the file's nodes, the Nodes a `BGPClusterConfig` selects): sorted by block, a
+/// block listed twice advertised once.
+pub fn pool_routes(members: impl IntoIterator<Item = RouteConfig>) -> Vec<RouteConfig> {
+    let mut routes: Vec<RouteConfig> = members.into_iter().collect();
+    routes.sort_by_key(|r| r.pod_block);
+    routes.dedup_by_key(|r| r.pod_block);
+    routes
+}
+
+impl BgpConfig {
     pub fn speaker(&self) -> Option<&SpeakerConfig> {
-        self.bgp_speakers.iter().find(|s| s.name == self.node_name)
+        self.settings
+            .bgp_speakers
+            .iter()
+            .find(|s| s.name == self.node_name)
     }
 
     pub fn router_id(&self) -> Option<Ipv4Addr> {
-        self.router_id.or_else(|| {
-            self.routes
-                .iter()
-                .filter(|r| r.node == self.node_name)
-                .find_map(|r| match r.node_address {
-                    IpAddr::V4(a) => Some(a),
-                    IpAddr::V6(_) => None,
-                })
-        })
+        self.settings.router_id
     }
 }

@@ -33,6 +33,7 @@ use super::config::{BgpConfig, PeerConfig, RouteConfig};
 use super::fsm::{
     Action, ConnId, DownReason, Event, Negotiated, Session, SessionConfig, State, Timer,
 };
+use super::import::KernelImport;
 use super::password::{self, PasswordSource};
 use super::rib::{AdjRibOut, PeerContext};
 use super::status::{PeerStatus, StatusHandle};
@@ -81,8 +82,11 @@ pub async fn run(
 
     // One listening socket for all peers, signed per peer (RFC 2385 keys are per
     // address, so peers without a password stay unsigned).
-    let listen_ip = cfg.listen_address.unwrap_or(IpAddr::from([0u8; 4]));
-    let listen_addr = SocketAddr::new(listen_ip, cfg.listen_port);
+    let listen_ip = cfg
+        .settings
+        .listen_address
+        .unwrap_or(IpAddr::from([0u8; 4]));
+    let listen_addr = SocketAddr::new(listen_ip, cfg.settings.listen_port);
     let listen_sock = if listen_ip.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -99,15 +103,17 @@ pub async fn run(
             source,
         })?;
 
-    let restarting = cfg.restart_time > 0
+    let restarting = cfg.settings.restart_time > 0
         && cfg
+            .settings
             .restart_marker
             .as_deref()
-            .is_some_and(|p| is_recent(p, cfg.restart_time));
+            .is_some_and(|p| is_recent(p, cfg.settings.restart_time));
     if restarting {
         tracing::info!("restarting within the graceful-restart time: setting the R bit");
     }
     let marker = cfg
+        .settings
         .restart_marker
         .clone()
         .map(|p| tokio::spawn(keep_marker(p)));
@@ -150,11 +156,11 @@ pub async fn run(
         }
         let (tx, rx) = mpsc::channel(4);
         peer_txs.insert(peer.peer_address, tx);
-        let mut scfg = SessionConfig::new(cfg.local_asn, peer.peer_asn, router_id);
-        scfg.hold_time = cfg.hold_time;
-        scfg.retry_base = Duration::from_millis(cfg.connect_retry_ms.max(1));
+        let mut scfg = SessionConfig::new(cfg.settings.local_asn, peer.peer_asn, router_id);
+        scfg.hold_time = cfg.settings.hold_time;
+        scfg.retry_base = Duration::from_millis(cfg.settings.connect_retry_ms.max(1));
         scfg.jitter_seed = random_seed();
-        scfg.restart_time = (cfg.restart_time > 0).then_some(cfg.restart_time);
+        scfg.restart_time = (cfg.settings.restart_time > 0).then_some(cfg.settings.restart_time);
         scfg.restarting = restarting;
         scfg.families = vec![AfiSafi::IPV4_UNICAST, AfiSafi::IPV6_UNICAST];
         status.insert(new_status(peer, None));
@@ -162,7 +168,7 @@ pub async fn run(
             peer.clone(),
             scfg,
             pw,
-            cfg.listen_address,
+            cfg.settings.listen_address,
             listener.clone(),
             rx,
             routes.clone(),
@@ -188,7 +194,7 @@ pub async fn run(
     }
     // A final stop is not a restart: the next start must not claim to be one.
     if *stop.borrow() == StopMode::Cease
-        && let Some(p) = &cfg.restart_marker
+        && let Some(p) = &cfg.settings.restart_marker
     {
         let _ = std::fs::remove_file(p);
     }
@@ -227,6 +233,7 @@ fn new_status(peer: &PeerConfig, last_error: Option<String>) -> PeerStatus {
         prefixes_received: 0,
         updates_received: 0,
         updates_treated_as_withdraw: 0,
+        routes_imported: 0,
         established_count: 0,
         negotiated: None,
         last_error,
@@ -292,6 +299,8 @@ struct PeerTask {
     next_id: u64,
     rib: AdjRibOut,
     ctx: Option<PeerContext>,
+    /// The peer's routes in the kernel, when its `importRoutes` is on.
+    import: Option<KernelImport>,
     /// TCP-MD5 failure counter when the current connect attempt started.
     md5_failures_before: Option<u64>,
 }
@@ -310,6 +319,9 @@ impl PeerTask {
         status: StatusHandle,
     ) -> Self {
         let (inputs_tx, inputs) = mpsc::channel(256);
+        let import = peer
+            .import_routes
+            .then(|| KernelImport::new(scfg.local_asn));
         PeerTask {
             peer,
             session: Session::new(scfg, std::time::Instant::now()),
@@ -326,6 +338,7 @@ impl PeerTask {
             connecting: None,
             timers: HashMap::new(),
             next_id: 0,
+            import,
             rib: AdjRibOut::default(),
             ctx: None,
             md5_failures_before: None,
@@ -379,6 +392,9 @@ impl PeerTask {
         }
         if let Some(c) = self.connecting.take() {
             c.abort();
+        }
+        if let Some(i) = &mut self.import {
+            i.clear(&self.peer.name);
         }
     }
 
@@ -514,6 +530,9 @@ impl PeerTask {
             } => {
                 self.rib.clear();
                 self.ctx = None;
+                if let Some(i) = &mut self.import {
+                    i.clear(&self.peer.name);
+                }
                 let why = match &reason {
                     DownReason::Sent(n) => Some(format!("sent NOTIFICATION: {}", n.describe())),
                     DownReason::Received(n) => {
@@ -528,6 +547,7 @@ impl PeerTask {
                 tracing::info!(peer = %self.peer.name, ?reason, peer_graceful, "session down");
                 self.status.update(&self.peer.name, |s| {
                     s.prefixes_advertised = 0;
+                    s.routes_imported = 0;
                     s.negotiated = None;
                     if why.is_some() {
                         s.last_error = why;
@@ -545,7 +565,12 @@ impl PeerTask {
                         "malformed UPDATE treated as withdraw (RFC 7606)"
                     );
                 }
+                let imported = self.import.as_mut().map(|i| {
+                    i.apply(&self.peer.name, &u);
+                    i.len()
+                });
                 self.status.update(&self.peer.name, |s| {
+                    s.routes_imported = imported.unwrap_or(0);
                     s.updates_received += 1;
                     s.prefixes_received += n;
                     if let Some(why) = malformed {

@@ -23,6 +23,8 @@ pub struct PeerStatus {
     pub updates_received: u64,
     /// Malformed UPDATEs taken as withdrawals (RFC 7606) instead of a reset.
     pub updates_treated_as_withdraw: u64,
+    /// Received routes installed in the kernel (`importRoutes`; always 0 without).
+    pub routes_imported: usize,
     pub established_count: u64,
     pub negotiated: Option<Negotiated>,
     pub last_error: Option<String>,
@@ -43,6 +45,8 @@ pub struct PeerStatusView {
     pub updates_received: u64,
     /// Malformed UPDATEs taken as withdrawals (RFC 7606) instead of a reset.
     pub updates_treated_as_withdraw: u64,
+    /// Received routes installed in the kernel (`importRoutes`; always 0 without).
+    pub routes_imported: usize,
     pub established_count: u64,
     pub negotiated: Option<Negotiated>,
     pub last_error: Option<String>,
@@ -79,6 +83,7 @@ impl StatusHandle {
                 prefixes_received: s.prefixes_received,
                 updates_received: s.updates_received,
                 updates_treated_as_withdraw: s.updates_treated_as_withdraw,
+                routes_imported: s.routes_imported,
                 established_count: s.established_count,
                 negotiated: s.negotiated.clone(),
                 last_error: s.last_error.clone(),
@@ -146,7 +151,7 @@ pub fn to_prometheus(peers: &[PeerStatusView]) -> String {
             );
         }
     }
-    let gauges: [Gauge; 6] = [
+    let gauges: [Gauge; 7] = [
         (
             "hybridway_bgp_peer_seconds_in_state",
             "Seconds since the last state change.",
@@ -171,6 +176,11 @@ pub fn to_prometheus(peers: &[PeerStatusView]) -> String {
             "hybridway_bgp_peer_updates_treated_as_withdraw_total",
             "Malformed UPDATE messages taken as withdrawals (RFC 7606).",
             |p| p.updates_treated_as_withdraw as f64,
+        ),
+        (
+            "hybridway_bgp_peer_routes_imported",
+            "Received routes installed in the kernel (importRoutes).",
+            |p| p.routes_imported as f64,
         ),
         (
             "hybridway_bgp_peer_established_total",

@@ -43,9 +43,10 @@ enum Command {
         node_name: Option<String>,
     },
     /// Check a configuration file and exit (non-zero with the reason when invalid):
-    /// the agent's file, its Kubernetes-mode local file, the controller's parameters
-    /// (bare `config.yaml` or the whole ConfigMap manifest) or the BGP speaker's file,
-    /// detected from the content unless `--kind` says; prints the kind it checked.
+    /// the agent's file (with its `bgp` section, which `bgp-speaker` reads too), its
+    /// Kubernetes-mode local file or the controller's parameters (bare `config.yaml`
+    /// or the whole ConfigMap manifest), detected from the content unless `--kind`
+    /// says; prints the kind it checked.
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
@@ -92,7 +93,8 @@ enum Command {
     /// SNAT under load (connections held, short connections) beside the kernel's
     /// MASQUERADE.
     BenchSnat(hybridway_control::demo::bench_snat::BenchSnatArgs),
-    /// Run the BGP speaker alone from a YAML file with a `bgp:` section.
+    /// Run the BGP speaker of an agent's file alone (no dataplane): its `bgp:`
+    /// section names the peers, its nodes are the pool advertised.
     BgpSpeaker(hybridway_control::bgp::cli::BgpSpeakerArgs),
 }
 
@@ -105,22 +107,18 @@ enum ConfigKind {
     Local,
     /// The controller's parameters (deploy/controller-config.yaml).
     Controller,
-    /// The BGP speaker's file (deploy/bgp-speaker.yaml).
-    Bgp,
 }
 
 impl ConfigKind {
     /// From the top-level keys: the controller's parameters name `hybridPodCIDR`
-    /// (also inside a ConfigMap), the speaker's file is one `bgp:` section, the
-    /// agent's own file carries the node's facts (`node`), and what is left is the
+    /// (also inside a ConfigMap), the agent's own file carries the node's facts
+    /// (`node`; a `bgp` section belongs to it too), and what is left is the
     /// Kubernetes-mode local file, whose facts come from the cluster.
     fn detect(text: &str) -> Self {
         let top = serde_yaml::from_str::<serde_yaml::Mapping>(text).unwrap_or_default();
         if text.contains("hybridPodCIDR") {
             ConfigKind::Controller
-        } else if top.contains_key("bgp") {
-            ConfigKind::Bgp
-        } else if top.contains_key("node") || top.is_empty() {
+        } else if top.contains_key("node") || top.contains_key("bgp") || top.is_empty() {
             ConfigKind::Agent
         } else {
             ConfigKind::Local
@@ -132,7 +130,6 @@ impl ConfigKind {
             ConfigKind::Agent => "agent configuration",
             ConfigKind::Local => "agent local configuration (Kubernetes mode)",
             ConfigKind::Controller => "controller parameters",
-            ConfigKind::Bgp => "BGP speaker configuration",
         }
     }
 }
@@ -204,7 +201,11 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(control::run(agent, None, None))?;
+            rt.block_on(async {
+                let speaker =
+                    hybridway_control::agent::bgp::FileSpeaker::spawn(agent.config(), &config);
+                control::run(agent, None, None, Some(speaker)).await
+            })?;
         }
         Command::CheckConfig { config, kind } => {
             let kind = match kind {
@@ -225,9 +226,6 @@ fn main() -> anyhow::Result<()> {
                 ConfigKind::Controller => {
                     hybridway_control::k8s::params::ControllerParams::load(&config)
                         .context(what)?;
-                }
-                ConfigKind::Bgp => {
-                    hybridway_control::bgp::config::BgpConfig::load(&config).context(what)?;
                 }
             }
             println!("{}: ok ({what})", config.display());

@@ -17,8 +17,6 @@
 //! meanwhile (graceful restart). A missing Secret or key shows as the peer's
 //! `lastError`, never as a crash.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -30,21 +28,17 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use super::bgp_secrets::{self, SecretWatches};
-use super::bgp_view::{self, SpeakerPlan, SpeakerSettings};
+use super::bgp_view::{self, SpeakerSettings};
 use super::crd::{BGPClusterConfig, PeerSessionStatus, SpeakerStatus};
 use super::params::NAMESPACE;
-use crate::bgp::config::RouteConfig;
 use crate::bgp::password::SecretStore;
-use crate::bgp::speaker::{self, StopMode};
+use crate::bgp::runner::{SpeakerPlan, SpeakerRunner};
 use crate::bgp::status::{CurrentSpeaker, StatusHandle};
 
 const SETTLE: Duration = Duration::from_millis(50);
 const STATUS_EVERY: Duration = Duration::from_secs(2);
-/// How long a speaker that failed to start waits before the next attempt.
-const RESTART_DELAY: Duration = Duration::from_millis(500);
 
 /// Field manager of one node's speaker status: one per node, so each agent owns
 /// exactly its entry of `status.speakers`.
@@ -55,24 +49,6 @@ pub fn field_manager(node: &str) -> String {
         .chars()
         .take(128)
         .collect()
-}
-
-/// A running speaker and how to steer it.
-struct Running {
-    plan: SpeakerPlan,
-    /// The password bytes the sessions were keyed with (peer name → bytes).
-    keys: BTreeMap<String, Option<Vec<u8>>>,
-    routes: watch::Sender<Arc<Vec<RouteConfig>>>,
-    stop: watch::Sender<StopMode>,
-    status: StatusHandle,
-    task: JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(self, mode: StopMode) {
-        let _ = self.stop.send(mode);
-        let _ = self.task.await;
-    }
 }
 
 /// Runs until the process ends. `nodes`: the agent's Node store; `nodes_changed`
@@ -95,7 +71,7 @@ pub async fn run(
         .boxed();
     let (mut secrets, mut secrets_changed) = SecretWatches::new(secrets_api);
     let store = SecretStore::default();
-    let mut running: Option<Running> = None;
+    let mut runner = SpeakerRunner::new(store.clone());
     let mut due: Option<tokio::time::Instant> = None;
     let mut configs_ready = false;
     let mut last_written: Option<(String, Vec<PeerSessionStatus>)> = None;
@@ -155,103 +131,15 @@ pub async fn run(
                         continue;
                     }
                 };
-                running = steer(running, plan, &store).await;
-                current.set(running.as_ref().map(|r| r.status.clone()));
+                runner.apply(plan).await;
+                current.set(runner.status());
             }
             _ = tick.tick() => {
-                if let Some(r) = &running {
-                    write_status(&configs_api, &node_name, r, &mut last_written).await;
+                if let (Some(plan), Some(status)) = (runner.plan(), runner.status()) {
+                    write_status(&configs_api, &node_name, plan, &status, &mut last_written).await;
                 }
             }
         }
-    }
-}
-
-/// Applies a new plan to the running speaker.
-async fn steer(
-    running: Option<Running>,
-    plan: Option<SpeakerPlan>,
-    store: &SecretStore,
-) -> Option<Running> {
-    match (running, plan) {
-        (None, None) => None,
-        (Some(r), None) => {
-            tracing::info!(resource = %r.plan.resource, "no longer a BGP speaker: withdrawing");
-            r.stop(StopMode::Cease).await;
-            None
-        }
-        (None, Some(plan)) => Some(start(plan, store)),
-        (Some(r), Some(plan)) => {
-            let keys = keys_of(&plan, store);
-            if r.plan.sessions_differ(&plan) || r.keys != keys {
-                tracing::info!(resource = %plan.resource, "BGP peers, ASN or passwords changed: restarting the speaker (graceful)");
-                r.stop(StopMode::Graceful).await;
-                Some(start(plan, store))
-            } else {
-                if r.plan.config.routes != plan.config.routes {
-                    tracing::info!(
-                        routes = plan.config.routes.len(),
-                        "advertised pod blocks changed"
-                    );
-                    let _ = r.routes.send(Arc::new(plan.config.routes.clone()));
-                }
-                Some(Running { plan, ..r })
-            }
-        }
-    }
-}
-
-fn keys_of(plan: &SpeakerPlan, store: &SecretStore) -> BTreeMap<String, Option<Vec<u8>>> {
-    plan.config
-        .bgp_speakers
-        .iter()
-        .flat_map(|s| &s.peers)
-        .map(|p| {
-            let key = p
-                .auth_password
-                .as_ref()
-                .and_then(|a| a.secret_key_ref.as_ref())
-                .and_then(|r| store.get(&r.name, &r.key).ok());
-            (p.name.clone(), key)
-        })
-        .collect()
-}
-
-fn start(plan: SpeakerPlan, store: &SecretStore) -> Running {
-    let (routes, routes_rx) = watch::channel(Arc::new(plan.config.routes.clone()));
-    let (stop, stop_rx) = watch::channel(StopMode::Running);
-    let status = StatusHandle::default();
-    let cfg = plan.config.clone();
-    let (st, secrets) = (status.clone(), store.clone());
-    tracing::info!(resource = %plan.resource, peers = cfg.bgp_speakers.iter().map(|s| s.peers.len()).sum::<usize>(), routes = cfg.routes.len(), "starting the BGP speaker");
-    let task = tokio::spawn(async move {
-        // A speaker that cannot start (the previous one's listening socket not yet
-        // closed, an address not configured yet) tries again until it is stopped.
-        loop {
-            let run = speaker::run(
-                cfg.clone(),
-                routes_rx.clone(),
-                stop_rx.clone(),
-                st.clone(),
-                secrets.clone(),
-            );
-            match run.await {
-                Ok(()) => return,
-                Err(e) => tracing::warn!(error = %e, "BGP speaker could not start; retrying"),
-            }
-            if *stop_rx.borrow() != StopMode::Running {
-                return;
-            }
-            tokio::time::sleep(RESTART_DELAY).await;
-        }
-    });
-    Running {
-        keys: keys_of(&plan, store),
-        plan,
-        routes,
-        stop,
-        status,
-        task,
     }
 }
 
@@ -280,38 +168,40 @@ fn sessions(status: &StatusHandle) -> Vec<PeerSessionStatus> {
 async fn write_status(
     api: &Api<BGPClusterConfig>,
     node: &str,
-    r: &Running,
+    plan: &SpeakerPlan,
+    status: &StatusHandle,
     last: &mut Option<(String, Vec<PeerSessionStatus>)>,
 ) {
-    let now = sessions(&r.status);
+    let now = sessions(status);
     let key = |v: &[PeerSessionStatus]| -> Vec<PeerSessionStatus> {
         v.iter()
             .cloned()
             .map(|p| PeerSessionStatus { since: None, ..p })
             .collect()
     };
-    if let Some((res, prev)) = last {
-        if *res == r.plan.resource && key(prev) == key(&now) {
-            return;
-        }
+    if let Some((res, prev)) = last
+        && *res == plan.resource
+        && key(prev) == key(&now)
+    {
+        return;
     }
     let patch = json!({
         "apiVersion": "network.alibabacloud.com/v1beta1",
         "kind": "BGPClusterConfig",
-        "metadata": {"name": r.plan.resource},
+        "metadata": {"name": plan.resource},
         "status": {"speakers": [SpeakerStatus { name: node.to_string(), peers: now.clone() }]},
     });
     match api
         .patch_status(
-            &r.plan.resource,
+            &plan.resource,
             &PatchParams::apply(&field_manager(node)),
             &Patch::Apply(&patch),
         )
         .await
     {
-        Ok(_) => *last = Some((r.plan.resource.clone(), now)),
+        Ok(_) => *last = Some((plan.resource.clone(), now)),
         Err(e) => {
-            tracing::warn!(error = %e, resource = %r.plan.resource, "writing BGP session status failed; retrying")
+            tracing::warn!(error = %e, resource = %plan.resource, "writing BGP session status failed; retrying")
         }
     }
 }

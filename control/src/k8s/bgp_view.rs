@@ -20,8 +20,10 @@ use super::annotations;
 use super::cluster_view::{exact_prefix, node_address};
 use super::crd::BGPClusterConfig;
 use crate::bgp::config::{
-    BgpConfig, PasswordRef, PeerConfig, RouteConfig, SecretKeyRef, SpeakerConfig,
+    BgpConfig, BgpSection, PasswordRef, PeerConfig, RouteConfig, SecretKeyRef, SpeakerConfig,
+    pool_routes,
 };
+use crate::bgp::runner::SpeakerPlan;
 
 /// Local settings of the agent's speaker (not in the resource).
 #[derive(Clone, Debug)]
@@ -44,27 +46,6 @@ impl Default for SpeakerSettings {
             connect_retry_ms: 2000,
             restart_marker: None,
         }
-    }
-}
-
-/// What this node's speaker runs: the resource it follows and the speaker's
-/// configuration (peers, ASN, routes).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpeakerPlan {
-    /// The `BGPClusterConfig` this node speaks for (its status gets our sessions).
-    pub resource: String,
-    pub config: BgpConfig,
-}
-
-impl SpeakerPlan {
-    /// Whether `other` needs the sessions re-made (peers or identity changed), as
-    /// opposed to new routes on the same sessions.
-    pub fn sessions_differ(&self, other: &SpeakerPlan) -> bool {
-        let strip = |c: &BgpConfig| BgpConfig {
-            routes: Vec::new(),
-            ..c.clone()
-        };
-        self.resource != other.resource || strip(&self.config) != strip(&other.config)
     }
 }
 
@@ -126,42 +107,41 @@ pub fn plan(
                     key: a.secret_key_ref.key.clone(),
                 }),
             }),
+            // The resource has no import setting (DESIGN.md keeps its schema):
+            // what the switches send is not installed.
+            import_routes: false,
         });
     }
     let router_id: Option<Ipv4Addr> = node_address(me);
-    let mut routes: Vec<RouteConfig> = nodes
-        .iter()
-        .filter(|n| selects(cfg, n))
-        .filter_map(|n| {
-            let block = exact_prefix(n.annotations().get(annotations::HYBRID_POD_BLOCK)?).ok()?;
-            Some(RouteConfig {
-                node: n.name_any(),
-                node_address: IpAddr::V4(node_address(n)?),
-                pod_block: block,
-            })
+    let routes = pool_routes(nodes.iter().filter(|n| selects(cfg, n)).filter_map(|n| {
+        let block = exact_prefix(n.annotations().get(annotations::HYBRID_POD_BLOCK)?).ok()?;
+        Some(RouteConfig {
+            node: n.name_any(),
+            node_address: IpAddr::V4(node_address(n)?),
+            pod_block: block,
         })
-        .collect();
-    routes.sort_by_key(|r| r.pod_block);
-    routes.dedup_by_key(|r| r.pod_block);
+    }));
     Ok(Some(SpeakerPlan {
         resource: cfg.name_any(),
         config: BgpConfig {
-            local_asn,
+            settings: BgpSection {
+                local_asn,
+                router_id,
+                listen_address: None,
+                listen_port: settings.listen_port,
+                restart_time: settings.restart_time,
+                hold_time: settings.hold_time,
+                connect_retry_ms: settings.connect_retry_ms,
+                bgp_speakers: vec![SpeakerConfig {
+                    name: own.to_string(),
+                    peers,
+                }],
+                restart_marker: settings.restart_marker.clone(),
+                status_file: None,
+                metrics_file: None,
+            },
             node_name: own.to_string(),
-            router_id,
-            listen_address: None,
-            listen_port: settings.listen_port,
-            restart_time: settings.restart_time,
-            hold_time: settings.hold_time,
-            connect_retry_ms: settings.connect_retry_ms,
-            bgp_speakers: vec![SpeakerConfig {
-                name: own.to_string(),
-                peers,
-            }],
             routes,
-            restart_marker: settings.restart_marker.clone(),
-            status_file: None,
-            metrics_file: None,
         },
     }))
 }
@@ -254,9 +234,8 @@ mod tests {
             .unwrap();
         assert_eq!(p.resource, "bgp");
         let c = &p.config;
-        c.validate().unwrap();
-        assert_eq!(c.local_asn, 65010);
-        assert_eq!(c.restart_time, 600);
+        assert_eq!(c.settings.local_asn, 65010);
+        assert_eq!(c.settings.restart_time, 600);
         assert_eq!(c.router_id(), Some(Ipv4Addr::new(198, 18, 64, 10)));
         let blocks: Vec<String> = c.routes.iter().map(|r| r.pod_block.to_string()).collect();
         assert_eq!(blocks, ["198.19.128.0/24", "198.19.129.0/24"]);

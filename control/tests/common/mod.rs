@@ -227,7 +227,7 @@ impl Drop for Lab {
     }
 }
 
-/// One pod block for the speaker config.
+/// Another node of the speaker's pool: a `nodes:` entry of the agent's file.
 #[derive(Clone, Debug)]
 pub struct Route {
     pub node: String,
@@ -251,7 +251,10 @@ pub struct SpeakerSpec {
     pub peer_asn: u32,
     pub password_file: Option<PathBuf>,
     pub restart_time: u16,
+    /// The other nodes of the pool (`nodes:` of the agent's file).
     pub routes: Vec<Route>,
+    /// The switch peer's `importRoutes`.
+    pub import_routes: bool,
 }
 
 impl SpeakerSpec {
@@ -263,6 +266,7 @@ impl SpeakerSpec {
             password_file: None,
             restart_time: 600,
             routes,
+            import_routes: false,
         }
     }
 }
@@ -282,6 +286,9 @@ pub fn node_name(i: usize) -> String {
     format!("node-{i}")
 }
 
+/// The agent's file for speaker `spec.index`: this node in underlay mode, the
+/// spec's routes as the other nodes of its pool, and a `bgp` section naming the
+/// switch. `hybridway bgp-speaker` advertises the pool from exactly these nodes.
 pub fn write_speaker_config(lab: &Lab, spec: &SpeakerSpec) -> (PathBuf, PathBuf, PathBuf) {
     let i = spec.index;
     let config = lab.path(&format!("speaker{i}.yaml"));
@@ -291,27 +298,29 @@ pub fn write_speaker_config(lab: &Lab, spec: &SpeakerSpec) -> (PathBuf, PathBuf,
         Some(p) => format!(", authPassword: {{file: {}}}", p.display()),
         None => String::new(),
     };
+    let import = if spec.import_routes {
+        ", importRoutes: true"
+    } else {
+        ""
+    };
+    let block = 20 + i;
     let mut yaml = format!(
-        "bgp:\n  localASN: {}\n  nodeName: {}\n  connectRetryMs: 300\n  restartTime: {}\n  restartMarker: {}\n  statusFile: {}\n  metricsFile: {}\n  bgpSpeakers:\n  - name: {}\n    peers:\n    - {{name: switch, peerASN: {}, peerAddress: {SWITCH_ADDR}{auth}}}\n  routes:\n",
+        "node: {{name: {node}, address: {addr}}}\nmode: underlay\nuplink: {{interface: eth0}}\n\
+         pods: {{block: 198.19.{block}0.0/24, gateway: 198.19.{block}0.1}}\n\
+         metrics: {{listen: null}}\n\
+         bgp:\n  localASN: {}\n  connectRetryMs: 300\n  restartTime: {}\n  restartMarker: {}\n  statusFile: {}\n  metricsFile: {}\n  bgpSpeakers:\n  - name: {node}\n    peers:\n    - {{name: switch, peerASN: {}, peerAddress: {SWITCH_ADDR}{auth}{import}}}\nnodes:\n",
         spec.local_asn,
-        node_name(i),
         spec.restart_time,
         lab.path(&format!("speaker{i}.marker")).display(),
         status.display(),
         metrics.display(),
-        node_name(i),
         spec.peer_asn,
+        node = node_name(i),
+        addr = speaker_addr(i),
     );
-    // Our own node entry gives the router ID.
-    yaml.push_str(&format!(
-        "  - {{node: {}, nodeAddress: {}, podBlock: 198.19.{}0.0/24}}\n",
-        node_name(i),
-        speaker_addr(i),
-        20 + i
-    ));
     for r in &spec.routes {
         yaml.push_str(&format!(
-            "  - {{node: {}, nodeAddress: \"{}\", podBlock: \"{}\"}}\n",
+            "- {{name: {}, address: \"{}\", podBlock: \"{}\"}}\n",
             r.node, r.node_address, r.block
         ));
     }
@@ -340,7 +349,7 @@ pub fn start_speaker(lab: &mut Lab, spec: SpeakerSpec) -> Speaker {
 }
 
 impl Speaker {
-    /// Replace the routes and tell the running process (SIGHUP).
+    /// Replace the pool's other nodes and tell the running process (SIGHUP).
     pub fn set_routes(&mut self, lab: &mut Lab, routes: Vec<Route>) {
         self.spec.routes = routes;
         write_speaker_config(lab, &self.spec);

@@ -81,6 +81,13 @@ pub enum Attribute {
     NextHop(Ipv4Addr),
     Med(u32),
     LocalPref(u32),
+    /// The AS and BGP Identifier of the speaker that aggregated the route (RFC 4271
+    /// §5.1.7), the AS always held as 4 octets: for a 2-octet peer it travels as
+    /// AS_TRANS plus AS4_AGGREGATOR (RFC 6793 §4.2.2).
+    Aggregator {
+        asn: u32,
+        address: Ipv4Addr,
+    },
     /// RFC 4760 MP_REACH_NLRI for IPv4/IPv6 unicast. IPv6 may carry a global and a
     /// link-local next hop.
     MpReach {
@@ -108,6 +115,7 @@ impl Attribute {
             Attribute::NextHop(_) => NEXT_HOP,
             Attribute::Med(_) => MED,
             Attribute::LocalPref(_) => LOCAL_PREF,
+            Attribute::Aggregator { .. } => AGGREGATOR,
             Attribute::MpReach { .. } => MP_REACH,
             Attribute::MpUnreach { .. } => MP_UNREACH,
             Attribute::Other { code, .. } => *code,
@@ -123,6 +131,7 @@ impl Attribute {
             Attribute::Med(_) | Attribute::MpReach { .. } | Attribute::MpUnreach { .. } => {
                 FLAG_OPTIONAL
             }
+            Attribute::Aggregator { .. } => FLAG_OPTIONAL | FLAG_TRANSITIVE,
             Attribute::Other { flags, .. } => *flags & !FLAG_EXTENDED,
         }
     }
@@ -137,6 +146,15 @@ impl Attribute {
             Attribute::AsPath(segments) => encode_as_path(segments, opts.four_octet_as, out),
             Attribute::NextHop(nh) => out.extend_from_slice(&nh.octets()),
             Attribute::Med(v) | Attribute::LocalPref(v) => out.extend_from_slice(&v.to_be_bytes()),
+            Attribute::Aggregator { asn, address } => {
+                if opts.four_octet_as {
+                    out.extend_from_slice(&asn.to_be_bytes());
+                } else {
+                    let short = u16::try_from(*asn).unwrap_or(AS_TRANS);
+                    out.extend_from_slice(&short.to_be_bytes());
+                }
+                out.extend_from_slice(&address.octets());
+            }
             Attribute::MpReach {
                 family,
                 next_hops,
@@ -218,10 +236,7 @@ fn encode_as_path(segments: &[AsSegment], four_octet: bool, out: &mut Vec<u8>) {
 /// RFC 6793 §4.2.2: for a peer without 4-octet ASNs, the AS4_PATH that carries
 /// what AS_TRANS hides in AS_PATH (confederation segments stay out of it).
 fn as4_path_for(segments: &[AsSegment]) -> Option<Attribute> {
-    let hidden = segments
-        .iter()
-        .any(|s| s.parts().1.iter().any(|&a| u16::try_from(a).is_err()));
-    if !hidden {
+    if !needs_four_octets(segments) {
         return None;
     }
     let plain: Vec<AsSegment> = segments
@@ -236,6 +251,13 @@ fn as4_path_for(segments: &[AsSegment]) -> Option<Attribute> {
         code: AS4_PATH,
         value,
     })
+}
+
+/// Whether a path holds an ASN above 65535 (AS_TRANS for a 2-octet peer).
+fn needs_four_octets(segments: &[AsSegment]) -> bool {
+    segments
+        .iter()
+        .any(|s| s.parts().1.iter().any(|&a| u16::try_from(a).is_err()))
 }
 
 /// Path length as RFC 4271 §9.1.2.2 counts it: a set counts once, confederation
@@ -280,17 +302,62 @@ fn merge_as4_path(as_path: &[AsSegment], as4_path: Vec<AsSegment>) -> Vec<AsSegm
     merged
 }
 
-/// RFC 6793 §4.1/§4.2.3: a 4-octet peer's AS4_PATH is dropped; a 2-octet
-/// peer's is merged into AS_PATH (and dropped when malformed, §6).
-fn merge_received_as4_path(attributes: &mut Vec<Attribute>, opts: CodecOptions) {
-    let Some(at) = attributes.iter().position(|a| a.code() == AS4_PATH) else {
-        return;
-    };
-    let as4 = attributes.remove(at);
+/// RFC 6793 §4.2.2: for a peer without 4-octet ASNs, the AS4_AGGREGATOR that
+/// carries the aggregating AS that AS_TRANS hides in AGGREGATOR.
+fn as4_aggregator_for(asn: u32, address: Ipv4Addr) -> Option<Attribute> {
+    u16::try_from(asn).is_err().then(|| {
+        let mut value = asn.to_be_bytes().to_vec();
+        value.extend_from_slice(&address.octets());
+        Attribute::Other {
+            flags: FLAG_OPTIONAL | FLAG_TRANSITIVE,
+            code: AS4_AGGREGATOR,
+            value,
+        }
+    })
+}
+
+/// AS4_AGGREGATOR's value: a 4-octet AS and an IPv4 address, 8 bytes exactly
+/// (another length is malformed: the attribute is discarded, RFC 6793 §6).
+fn decode_as4_aggregator(value: &[u8]) -> Option<(u32, Ipv4Addr)> {
+    let (asn, addr) = value.split_at_checked(4)?;
+    Some((
+        u32::from_be_bytes(asn.try_into().ok()?),
+        Ipv4Addr::from(<[u8; 4]>::try_from(addr).ok()?),
+    ))
+}
+
+/// Takes the attribute with `code` out of `attributes`, if there is one.
+fn take_attribute(attributes: &mut Vec<Attribute>, code: u8) -> Option<Attribute> {
+    let at = attributes.iter().position(|a| a.code() == code)?;
+    Some(attributes.remove(at))
+}
+
+/// RFC 6793 §4.1/§4.2.3: a 4-octet peer's AS4_PATH and AS4_AGGREGATOR are dropped.
+/// A 2-octet peer's are merged: when its AGGREGATOR names an AS other than
+/// AS_TRANS, a 2-octet speaker aggregated after the AS4 attributes were added, so
+/// both are ignored; otherwise AS4_AGGREGATOR replaces AGGREGATOR and AS4_PATH is
+/// merged into AS_PATH. A malformed one is dropped (§6).
+fn merge_received_as4(attributes: &mut Vec<Attribute>, opts: CodecOptions) {
+    let as4_path = take_attribute(attributes, AS4_PATH);
+    let as4_aggregator = take_attribute(attributes, AS4_AGGREGATOR);
     if opts.four_octet_as {
         return;
     }
-    let Attribute::Other { value, .. } = as4 else {
+    let aggregator = attributes.iter_mut().find_map(|a| match a {
+        Attribute::Aggregator { asn, address } => Some((asn, address)),
+        _ => None,
+    });
+    if let Some((asn, address)) = aggregator {
+        if *asn != u32::from(AS_TRANS) {
+            return;
+        }
+        if let Some(Attribute::Other { value, .. }) = &as4_aggregator
+            && let Some((real, addr)) = decode_as4_aggregator(value)
+        {
+            (*asn, *address) = (real, addr);
+        }
+    }
+    let Some(Attribute::Other { value, .. }) = as4_path else {
         return;
     };
     let four = CodecOptions {
@@ -393,6 +460,16 @@ impl Update {
         }
     }
 
+    /// Whether the AS_PATH holds an ASN above 65535: sent to a 2-octet peer it
+    /// travels as AS_TRANS plus AS4_PATH, which carries no confederation segments,
+    /// so such a path need not come back from that peer exactly as it was.
+    pub fn path_needs_four_octets(&self) -> bool {
+        self.attributes.iter().any(|a| match a {
+            Attribute::AsPath(segments) => needs_four_octets(segments),
+            _ => false,
+        })
+    }
+
     /// Count of prefixes announced (all families).
     pub fn announced(&self) -> impl Iterator<Item = &Prefix> {
         self.nlri
@@ -485,7 +562,7 @@ impl Update {
             }
         }
 
-        merge_received_as4_path(&mut attributes, opts);
+        merge_received_as4(&mut attributes, opts);
         let mut update = Update {
             withdrawn,
             attributes,
@@ -555,6 +632,15 @@ impl Update {
         if !opts.four_octet_as && !self.attributes.iter().any(|a| a.code() == AS4_PATH) {
             let as4 = self.attributes.iter().find_map(|a| match a {
                 Attribute::AsPath(segments) => as4_path_for(segments),
+                _ => None,
+            });
+            if let Some(as4) = as4 {
+                as4.encode(opts, out)?;
+            }
+        }
+        if !opts.four_octet_as && !self.attributes.iter().any(|a| a.code() == AS4_AGGREGATOR) {
+            let as4 = self.attributes.iter().find_map(|a| match a {
+                Attribute::Aggregator { asn, address } => as4_aggregator_for(*asn, *address),
                 _ => None,
             });
             if let Some(as4) = as4 {
@@ -646,6 +732,23 @@ fn decode_attribute(
         LOCAL_PREF => {
             fixed(4)?;
             Attribute::LocalPref(u32_of(value)?)
+        }
+        AGGREGATOR => {
+            // RFC 7606 §7.7: 6 bytes from a 2-octet peer, 8 from a 4-octet one.
+            let as_len = if opts.four_octet_as { 4 } else { 2 };
+            fixed(as_len + 4)?;
+            let (asn, addr) = value
+                .split_at_checked(as_len)
+                .ok_or_else(|| len_err(&whole))?;
+            let asn = if opts.four_octet_as {
+                u32_of(asn)?
+            } else {
+                asn.iter().fold(0u32, |a, b| a << 8 | u32::from(*b))
+            };
+            Attribute::Aggregator {
+                asn,
+                address: Ipv4Addr::from(u32_of(addr)?),
+            }
         }
         MP_REACH | MP_UNREACH => decode_mp(code, flags, value, whole)?,
         _ => Attribute::Other {
