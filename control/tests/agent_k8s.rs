@@ -33,8 +33,8 @@ use common::kube_agent::KubeAgent;
 use common::{require_root, wait_for};
 use hybridway_control::agent::LocalPod;
 use hybridway_control::agent::control::{self, Request};
-use hybridway_control::demo::netns::Netns;
-use hybridway_control::demo::topology::plug_pod;
+use hybridway_lab::Netns;
+use hybridway_lab::topology::plug_pod;
 
 const RIG_NET: &str = "198.18.200.0/24";
 /// Every pod here uses the overlay MTU: the underlay node reaches flannel by VXLAN.
@@ -119,11 +119,11 @@ struct TestNode {
 
 impl TestNode {
     fn new(lab: &KubeLab, tag: &str, plan: &'static NodePlan, dir: &Path) -> TestNode {
-        let ns = Netns::new(&format!("{tag}-{}", plan.name)).unwrap();
+        let ns = Netns::create(&format!("{tag}-{}", plan.name)).unwrap();
         lab.attach(&ns.name, "eth0", &format!("{}/17", plan.addr));
         ns.no_offloads("eth0").unwrap();
-        ns.sh("sysctl -qw net.ipv4.ip_forward=1").unwrap();
-        let pod = Netns::new(&format!("{tag}-{}p", plan.name)).unwrap();
+        ns.run("sysctl -qw net.ipv4.ip_forward=1").unwrap();
+        let pod = Netns::create(&format!("{tag}-{}p", plan.name)).unwrap();
         plug_pod(
             &pod,
             &ns,
@@ -188,7 +188,7 @@ impl TestNode {
         // The kernel delivers to the pod as a CNI bridge would: the pods' gateway
         // address on the node's side, a /32 route to the pod.
         self.ns
-            .sh(&format!(
+            .run(&format!(
                 "ip addr add {}/32 dev hwp1 && ip route replace {}/32 dev hwp1",
                 self.plan.gateway(),
                 self.plan.pod_ip()
@@ -205,7 +205,7 @@ impl TestNode {
 
     fn ping(&self, dst: Ipv4Addr) -> bool {
         self.pod
-            .try_sh(&format!("ping -c 2 -i 0.2 -W 2 -q {dst}"))
+            .output(&format!("ping -c 2 -i 0.2 -W 2 -q {dst}"))
             .unwrap()
             .status
             .success()
@@ -293,7 +293,7 @@ fn time_until(node: &TestNode, what: &str, pred: impl Fn(&[String]) -> bool) -> 
 
 /// flanneld's FDB on the cloud node: `(mac, dst)` per remote VTEP.
 fn flannel_fdb(c1: &TestNode) -> Vec<(String, String)> {
-    let out = c1.ns.try_sh("bridge fdb show dev flannel.1").unwrap();
+    let out = c1.ns.output("bridge fdb show dev flannel.1").unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
@@ -453,7 +453,7 @@ fn hybrid_nodes_and_a_flannel_node_reach_each_others_pods() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    h2.ns.sh(&format!("ip route del {RIG_NET}")).unwrap();
+    h2.ns.run(&format!("ip route del {RIG_NET}")).unwrap();
     let out = client.wait_with_output().unwrap();
     let mut server = server;
     let _ = server.kill();
@@ -481,7 +481,7 @@ fn hybrid_nodes_and_a_flannel_node_reach_each_others_pods() {
     let out = lab.apply(&extra_node_yaml("h4", "198.18.64.74", "198.19.174.0/24"));
     assert!(out.status.success());
     h2.ns
-        .sh(&format!("ip route add {RIG_NET} dev eth0"))
+        .run(&format!("ip route add {RIG_NET} dev eth0"))
         .unwrap();
     let caught_up = time_until(&h2, "h2 learns h4 after reconnecting", |n| {
         n.contains(&"h4".to_string())

@@ -1,0 +1,67 @@
+//! `hybridway-lab`: the demo and the end-to-end benchmarks. They run the `hybridway`
+//! executable as a cluster would (agents, controllers, the CNI plugin as
+//! processes), so none of this is compiled into the agent.
+
+mod bench_e2e;
+mod bench_snat;
+mod demo;
+mod report;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hybridway-lab",
+    version,
+    about = "hybridway's demo and end-to-end benchmarks"
+)]
+struct Cli {
+    /// The `hybridway` executable to run; default: the one beside this program
+    /// (cargo builds both into the same directory).
+    #[arg(long, global = true)]
+    hybridway: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Two nodes with two pods each in network namespaces: overlay, underlay, SNAT.
+    Demo(demo::DemoArgs),
+    /// End-to-end pod-to-pod benchmark: hybridway against the kernel's paths.
+    BenchE2e(bench_e2e::BenchArgs),
+    /// SNAT under load (connections held, short connections) beside the kernel's
+    /// MASQUERADE.
+    BenchSnat(bench_snat::BenchSnatArgs),
+}
+
+/// The `hybridway` executable: `--hybridway`, else beside this one.
+fn hybridway_exe(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let exe = match given {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .map(|d| d.join("hybridway"))
+            .context("the directory of hybridway-lab")?,
+    };
+    if !exe.is_file() {
+        anyhow::bail!(
+            "{} is missing: build it (cargo build --bin hybridway) or pass --hybridway",
+            exe.display()
+        );
+    }
+    Ok(exe)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let exe = hybridway_exe(cli.hybridway)?;
+    match cli.command {
+        Command::Demo(args) => demo::run(&args, &exe),
+        Command::BenchE2e(args) => bench_e2e::run(&args, &exe),
+        Command::BenchSnat(args) => bench_snat::run(&args, &exe),
+    }
+}
