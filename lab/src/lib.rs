@@ -8,8 +8,10 @@
 //! cluster would (processes, the control socket through `hybridway pod`/`status`,
 //! the metrics endpoint), so the agent's library carries none of it.
 
+pub mod frr;
 pub mod kube_lab;
 pub mod netns;
+pub mod process;
 pub mod snat_load;
 pub mod topology;
 pub mod traffic;

@@ -16,11 +16,12 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::LabError;
 use crate::netns::{Netns, run, veth};
+use crate::process::Daemon;
 
 /// The outside host's service address (on the outside namespace's loopback).
 pub const OUTSIDE_SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
@@ -73,7 +74,7 @@ pub struct Node {
     pub socket: PathBuf,
     pub metrics_port: u16,
     pub log: PathBuf,
-    agent: Option<Child>,
+    agent: Option<Daemon>,
 }
 
 /// One pod.
@@ -354,33 +355,23 @@ impl Cluster {
             .iter_mut()
             .find(|x| x.index == n)
             .ok_or_else(|| ClusterError::Agent(format!("no node {n}")))?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)?;
-        let child = node
-            .ns
-            .command(&exe.display().to_string())
-            .args(["agent", "--config", &node.config.display().to_string()])
+        let mut cmd = node.ns.command(&exe.display().to_string());
+        cmd.args(["agent", "--config", &node.config.display().to_string()])
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
+            );
+        let child = Daemon::spawn(&format!("agent of node{n}"), cmd, &node.log)?;
         node.agent = Some(child);
         // An agent restores its pods before it answers: 100 AF_XDP pods take seconds.
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            if let Some(Ok(Some(status))) = node.agent.as_mut().map(Child::try_wait) {
-                let text = std::fs::read_to_string(&node.log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
+            if let Some(agent) = node.agent.as_mut()
+                && let Some(status) = agent.exited()
+            {
                 return Err(ClusterError::Agent(format!(
                     "agent of node{n} exited with {status}:\n{}",
-                    tail.join("\n")
+                    agent.log_tail(15)
                 )));
             }
             if agent_answers(&exe, &node.socket) {
@@ -524,22 +515,11 @@ pub fn plug_pod(
 
 impl Node {
     pub fn agent_pid(&self) -> Option<u32> {
-        self.agent.as_ref().map(Child::id)
+        self.agent.as_ref().and_then(Daemon::pid)
     }
 
     fn stop_agent(&mut self, signal: &str) -> Option<std::process::ExitStatus> {
-        let mut child = self.agent.take()?;
-        // `ip netns exec` execs the agent, so the child's pid is the agent's.
-        let _ = run("kill", &[&format!("-{signal}"), &child.id().to_string()]);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        child.wait().ok()
+        self.agent.take()?.stop(signal)
     }
 }
 

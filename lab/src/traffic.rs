@@ -1,10 +1,12 @@
-//! Traffic between the namespace cluster's pods and its outside host: iperf3 runs
-//! (the demo, the end-to-end bench and tests) and what source address the outside
-//! sees (SNAT on or off).
+//! Traffic between namespaces: iperf3 runs (the demos, the end-to-end bench and
+//! tests) and what source address an outside host sees (SNAT on or off); for the
+//! namespace cluster's pods by index, or between any two namespaces.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use crate::LabError;
+use crate::netns::Netns;
 use crate::topology::{Cluster, OUTSIDE_SERVER};
 
 macro_rules! traffic {
@@ -30,10 +32,22 @@ pub fn iperf_json(
     let cli = cluster
         .pod(client.0, client.1)
         .ok_or_else(|| traffic!("no client pod"))?;
-    let mut server_proc = srv
-        .ns
+    iperf_between(&cli.ns, (&srv.ns, srv.ip), args, seconds, timeout_secs)
+}
+
+/// [`iperf_json`] between any two namespaces: the server listens on `server.1`
+/// inside `server.0`.
+pub fn iperf_between(
+    cli: &Netns,
+    server: (&Netns, Ipv4Addr),
+    args: &str,
+    seconds: u32,
+    timeout_secs: u32,
+) -> Result<serde_json::Value, LabError> {
+    let (srv_ns, srv_ip) = server;
+    let mut server_proc = srv_ns
         .command("iperf3")
-        .args(["-s", "-1", "-B", &srv.ip.to_string()])
+        .args(["-s", "-1", "-B", &srv_ip.to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
@@ -41,9 +55,8 @@ pub fn iperf_json(
     let mut result = Err(traffic!("iperf3 did not run"));
     for _ in 0..5 {
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let out = match cli.ns.output(&format!(
-            "timeout {timeout_secs} iperf3 -c {} -t {seconds} {args} --connect-timeout 3000 -J",
-            srv.ip
+        let out = match cli.output(&format!(
+            "timeout {timeout_secs} iperf3 -c {srv_ip} -t {seconds} {args} --connect-timeout 3000 -J"
         )) {
             Ok(out) => out,
             Err(e) => {
@@ -76,8 +89,26 @@ pub fn iperf(
     udp: bool,
     seconds: u32,
 ) -> Result<String, LabError> {
-    let flags = if udp { "-u -b 100M -l 1200" } else { "" };
-    let json = iperf_json(cluster, client, server, flags, seconds, seconds + 10)?;
+    let json = iperf_json(
+        cluster,
+        client,
+        server,
+        iperf_flags(udp),
+        seconds,
+        seconds + 10,
+    )?;
+    summarize(&json, udp)
+}
+
+/// The iperf3 flags of [`iperf`]: UDP at 100 Mbit/s in 1200-byte datagrams (below
+/// the overlay MTU), or TCP.
+pub fn iperf_flags(udp: bool) -> &'static str {
+    if udp { "-u -b 100M -l 1200" } else { "" }
+}
+
+/// One line from an iperf3 JSON report: Mbit/s (and loss for UDP); fails when
+/// nothing arrived or most UDP datagrams were lost.
+pub fn summarize(json: &serde_json::Value, udp: bool) -> Result<String, LabError> {
     let end = json
         .get("end")
         .ok_or_else(|| traffic!("iperf3: no result"))?;
@@ -121,16 +152,26 @@ pub fn outside_sees(cluster: &Cluster, from: (u8, u8)) -> Result<Ipv4Addr, LabEr
         .pod(from.0, from.1)
         .ok_or_else(|| traffic!("no client pod"))?;
     let log = cluster.spec.dir.join("outside-iperf.json");
-    let _ = std::fs::remove_file(&log);
-    let mut server = cluster
-        .outside
+    source_seen(&cli.ns, (&cluster.outside, OUTSIDE_SERVER), &log)
+}
+
+/// Connects from namespace `cli` to an iperf3 server on `server.1` in `server.0` and
+/// returns the source address the server saw; its report goes to `log`.
+pub fn source_seen(
+    cli: &Netns,
+    server: (&Netns, Ipv4Addr),
+    log: &Path,
+) -> Result<Ipv4Addr, LabError> {
+    let (outside, addr) = server;
+    let _ = std::fs::remove_file(log);
+    let mut server = outside
         .command("iperf3")
         .args([
             "-s",
             "-1",
             "-J",
             "-B",
-            &OUTSIDE_SERVER.to_string(),
+            &addr.to_string(),
             "--logfile",
             &log.display().to_string(),
         ])
@@ -140,8 +181,8 @@ pub fn outside_sees(cluster: &Cluster, from: (u8, u8)) -> Result<Ipv4Addr, LabEr
     let mut out = None;
     for _ in 0..5 {
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let o = cli.ns.output(&format!(
-            "timeout 10 iperf3 -c {OUTSIDE_SERVER} -t 1 --connect-timeout 3000 -J"
+        let o = cli.output(&format!(
+            "timeout 10 iperf3 -c {addr} -t 1 --connect-timeout 3000 -J"
         ))?;
         let refused = String::from_utf8_lossy(&o.stdout).contains("Connection refused");
         out = Some(o);
@@ -158,9 +199,9 @@ pub fn outside_sees(cluster: &Cluster, from: (u8, u8)) -> Result<Ipv4Addr, LabEr
     let _ = server.kill();
     let _ = server.wait();
     if !out.status.success() {
-        return Err(traffic!("the pod could not reach {OUTSIDE_SERVER}"));
+        return Err(traffic!("{} could not reach {addr}", cli.name));
     }
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let text = std::fs::read_to_string(log).unwrap_or_default();
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|_| traffic!("no report from the outside server"))?;
     json.pointer("/start/connected/0/remote_host")

@@ -89,18 +89,7 @@ pub fn run(args: &DemoArgs, exe: &Path) -> anyhow::Result<()> {
         }
         result?;
     }
-    println!(
-        "\n=== summary: {} passed, {} failed ===",
-        report.passed.len(),
-        report.failed.len()
-    );
-    for f in &report.failed {
-        println!("  FAILED: {f}");
-    }
-    if !report.failed.is_empty() {
-        anyhow::bail!("{} demo checks failed", report.failed.len());
-    }
-    Ok(())
+    report.summary()
 }
 
 fn run_mode(

@@ -4,6 +4,7 @@
 
 mod bench_e2e;
 mod bench_snat;
+mod cluster;
 mod demo;
 mod report;
 
@@ -29,6 +30,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// A hybrid cluster on one machine (scripts/demo.sh): a local control plane,
+    /// deploy/, 3 controller replicas, a flannel cloud node, two hybrid pools of two
+    /// nodes, pods through the CNI plugin, BGP to an FRR switch, a leader failover.
+    Cluster(cluster::ClusterArgs),
     /// Two nodes with two pods each in network namespaces: overlay, underlay, SNAT.
     Demo(demo::DemoArgs),
     /// End-to-end pod-to-pod benchmark: hybridway against the kernel's paths.
@@ -60,6 +65,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let exe = hybridway_exe(cli.hybridway)?;
     match cli.command {
+        Command::Cluster(args) => cluster::run(&args, &exe),
         Command::Demo(args) => demo::run(&args, &exe),
         Command::BenchE2e(args) => bench_e2e::run(&args, &exe),
         Command::BenchSnat(args) => bench_snat::run(&args, &exe),

@@ -25,6 +25,22 @@ impl Report {
             self.failed.push(line)
         }
     }
+
+    /// Prints the summary; fails (a non-zero exit) when any check failed.
+    pub fn summary(&self) -> anyhow::Result<()> {
+        println!(
+            "\n=== summary: {} passed, {} failed ===",
+            self.passed.len(),
+            self.failed.len()
+        );
+        for f in &self.failed {
+            println!("  FAILED: {f}");
+        }
+        if !self.failed.is_empty() {
+            anyhow::bail!("{} demo checks failed", self.failed.len());
+        }
+        Ok(())
+    }
 }
 
 pub fn interrupted(flag: &AtomicBool) -> anyhow::Result<()> {
