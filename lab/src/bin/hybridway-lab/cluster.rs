@@ -203,7 +203,7 @@ pub fn run(args: &ClusterArgs, exe: &Path) -> anyhow::Result<()> {
     println!(
         "  no kubelet, scheduler or controller-manager here: the demo registers Nodes as\n  kubelets would and runs the controller (3 replicas) and the agents (one per\n  hybrid node) as processes, as the Deployment and the DaemonSet would"
     );
-    let mut demo = timed("control plane up", || Demo::start(args, exe))?;
+    let mut demo = timed("control plane up", || Demo::start(exe))?;
     let result = demo.steps(args, &stop, &mut report);
     if let Err(e) = &result {
         report.check("the demo ran to the end", false, &format!("{e:#}"));
@@ -226,12 +226,11 @@ pub fn run(args: &ClusterArgs, exe: &Path) -> anyhow::Result<()> {
 }
 
 impl Demo {
-    fn start(args: &ClusterArgs, exe: &Path) -> anyhow::Result<Demo> {
+    fn start(exe: &Path) -> anyhow::Result<Demo> {
         let tag = format!("hwcl{}", std::process::id() % 10_000);
         let dir = std::env::temp_dir().join(&tag);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let _ = args;
         // Shows the one-time build of the control plane's binaries as it goes.
         let lab = KubeLab::start(true).context("starting the control plane")?;
         let fabric = Netns::create(&format!("{tag}-fab"))?;
@@ -422,7 +421,7 @@ impl Demo {
                 .map(|(_, b, m)| format!("{b} ({m})"))
                 .unwrap_or_else(|| "no block".into());
             report.check(
-                &format!("{} has a {want_mode} block", spec.name),
+                &format!("{} has an {want_mode} block", spec.name),
                 ok,
                 &detail,
             );
@@ -437,20 +436,28 @@ impl Demo {
             .kubectl_checked(&["get", "nodes", "-o", "json"])
             .unwrap_or_default();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        v["items"]
-            .as_array()
+        let text_at = |n: &serde_json::Value, path: &str| {
+            n.pointer(path)
+                .and_then(|x| x.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        v.get("items")
+            .and_then(|i| i.as_array())
             .into_iter()
             .flatten()
             .map(|n| {
-                let ann = &n["metadata"]["annotations"];
-                let get = |k: &str| ann[k].as_str().unwrap_or_default().to_string();
+                // `~1` is `/` in a JSON pointer.
                 (
-                    n["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    get("network.alibabacloud.com/hybrid-pod-block"),
-                    get("network.alibabacloud.com/hybrid-mode"),
+                    text_at(n, "/metadata/name"),
+                    text_at(
+                        n,
+                        "/metadata/annotations/network.alibabacloud.com~1hybrid-pod-block",
+                    ),
+                    text_at(
+                        n,
+                        "/metadata/annotations/network.alibabacloud.com~1hybrid-mode",
+                    ),
                 )
             })
             .collect()
@@ -728,10 +735,16 @@ impl Demo {
                 .kubectl_checked(&["get", "bgpclusterconfig", "underlay", "-o", "json"])
                 .ok()?;
             let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-            let peers: Vec<&serde_json::Value> = v["status"]["speakers"]
+            let peers: Vec<&serde_json::Value> = v
+                .pointer("/status/speakers")?
                 .as_array()?
                 .iter()
-                .flat_map(|s| s["peers"].as_array().into_iter().flatten())
+                .flat_map(|s| {
+                    s.get("peers")
+                        .and_then(|p| p.as_array())
+                        .into_iter()
+                        .flatten()
+                })
                 .collect();
             (peers.len() == speakers.len() && peers.iter().all(|p| p["state"] == "Established"))
                 .then_some(())
@@ -902,13 +915,10 @@ struct CniRuntime {
 
 impl CniRuntime {
     fn new(exe: &Path, dir: &Path) -> anyhow::Result<CniRuntime> {
+        // Cached after the first run; its progress shows while it builds.
         let script = repo().join("scripts/cni-lab.sh");
-        let out = Command::new(&script).arg("build").output()?;
-        if !out.status.success() {
-            anyhow::bail!(
-                "scripts/cni-lab.sh build: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        if !Command::new(&script).arg("build").status()?.success() {
+            anyhow::bail!("scripts/cni-lab.sh build failed");
         }
         let out = Command::new(&script).arg("path").output()?;
         let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("bin");
@@ -932,8 +942,18 @@ impl CniRuntime {
     fn add(&self, node: &Node, pod: &str, ns: &Netns) -> anyhow::Result<Ipv4Addr> {
         let n = node.spec.name;
         let mut list = self.template.clone();
-        list["plugins"][0]["agentSocket"] = serde_json::json!(self.dir.join(format!("{n}.sock")));
-        list["plugins"][0]["logFile"] = serde_json::json!(self.dir.join(format!("cni-{n}.log")));
+        let plugin = list
+            .pointer_mut("/plugins/0")
+            .and_then(|p| p.as_object_mut())
+            .context("deploy/10-hybridway.conflist has no plugin")?;
+        plugin.insert(
+            "agentSocket".into(),
+            serde_json::json!(self.dir.join(format!("{n}.sock"))),
+        );
+        plugin.insert(
+            "logFile".into(),
+            serde_json::json!(self.dir.join(format!("cni-{n}.log"))),
+        );
         let conflist = self.dir.join(format!("cni-{n}.conflist"));
         std::fs::write(&conflist, serde_json::to_string_pretty(&list)?)?;
         let out = node
@@ -956,8 +976,9 @@ impl CniRuntime {
         if let Some(e) = v.get("error") {
             anyhow::bail!("CNI ADD failed: {e}");
         }
-        let ip = v["ips"][0]["address"]
-            .as_str()
+        let ip = v
+            .pointer("/ips/0/address")
+            .and_then(|a| a.as_str())
             .and_then(|a| a.split_once('/'))
             .and_then(|(ip, _)| ip.parse().ok())
             .with_context(|| format!("no address in the CNI result {v}"))?;
