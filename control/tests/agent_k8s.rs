@@ -24,7 +24,7 @@ mod common;
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::controller::{BLOCK, MODE, POOL};
@@ -34,6 +34,8 @@ use common::{require_root, wait_for};
 use hybridway_control::agent::LocalPod;
 use hybridway_control::agent::control::{self, Request};
 use hybridway_lab::Netns;
+use hybridway_lab::flannel::start_flanneld;
+use hybridway_lab::process::Daemon;
 use hybridway_lab::topology::plug_pod;
 
 const RIG_NET: &str = "198.18.200.0/24";
@@ -111,7 +113,7 @@ impl NodePlan {
 struct TestNode {
     plan: &'static NodePlan,
     agent: KubeAgent,
-    flanneld: Option<Child>,
+    flanneld: Option<Daemon>,
     // Namespaces last: the processes stop first (field order is drop order).
     ns: Netns,
     pod: Netns,
@@ -158,33 +160,9 @@ impl TestNode {
 
     /// flanneld as a cloud node runs it: kube subnet manager, vxlan backend.
     fn start_flanneld(&mut self, kubeconfig: &Path) {
-        let dir = &self.agent.dir;
-        let conf = dir.join("net-conf.json");
-        std::fs::write(
-            &conf,
-            r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#,
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join("flanneld.log")).unwrap();
-        let child = self
-            .ns
-            .command(&lab_binary("flanneld").display().to_string())
-            .arg("--kube-subnet-mgr")
-            .arg(format!("--kubeconfig-file={}", kubeconfig.display()))
-            .arg("--iface=eth0")
-            .arg(format!("--net-config-path={}", conf.display()))
-            .arg(format!(
-                "--subnet-file={}",
-                dir.join("c1-subnet.env").display()
-            ))
-            .arg("--ip-masq=false")
-            .env("NODE_NAME", self.plan.name)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.flanneld = Some(child);
+        self.flanneld = Some(
+            start_flanneld(&self.ns, self.plan.name, kubeconfig, &self.agent.dir, false).unwrap(),
+        );
         // The kernel delivers to the pod as a CNI bridge would: the pods' gateway
         // address on the node's side, a /32 route to the pod.
         self.ns
@@ -209,15 +187,6 @@ impl TestNode {
             .unwrap()
             .status
             .success()
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.flanneld.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 

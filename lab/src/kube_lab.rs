@@ -201,6 +201,21 @@ impl KubeLab {
         self.kubectl_checked(args).unwrap_or_else(|e| fail(e))
     }
 
+    /// The holder of the Lease `ns/name` (leader election), if any.
+    pub fn lease_holder(&self, ns: &str, name: &str) -> Option<String> {
+        let out = self.kubectl(&[
+            "-n",
+            ns,
+            "get",
+            "lease",
+            name,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]);
+        let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !s.is_empty()).then_some(s)
+    }
+
     /// `kubectl apply -f -` of a manifest, as the admin.
     pub fn apply(&self, manifest: &str) -> Output {
         self.kubectl_stdin(&self.kubeconfig, &["apply", "-f", "-"], Some(manifest))

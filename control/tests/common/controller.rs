@@ -182,17 +182,7 @@ pub fn wait_blocks(
 
 /// The Lease's holder, if any.
 pub fn lease_holder(lab: &KubeLab) -> Option<String> {
-    let out = lab.kubectl(&[
-        "-n",
-        "kube-system",
-        "get",
-        "lease",
-        "hybridway-controller",
-        "-o",
-        "jsonpath={.spec.holderIdentity}",
-    ]);
-    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !s.is_empty()).then_some(s)
+    lab.lease_holder("kube-system", "hybridway-controller")
 }
 
 /// Notes of Events with `reason` (any namespace).

@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
+use hybridway_lab::flannel::start_flanneld;
 use hybridway_lab::frr::{Bgpd, Neighbor};
-use hybridway_lab::kube_lab::{KubeLab, lab_binary_path};
+use hybridway_lab::kube_lab::KubeLab;
 use hybridway_lab::netns::{Netns, veth};
 use hybridway_lab::process::Daemon;
 use hybridway_lab::topology::{agent_answers, plug_pod};
@@ -352,17 +353,7 @@ impl Demo {
     }
 
     fn leader(&self) -> Option<String> {
-        let out = self.lab.kubectl(&[
-            "-n",
-            "kube-system",
-            "get",
-            "lease",
-            "hybridway-controller",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ]);
-        let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        (out.status.success() && !s.is_empty()).then_some(s)
+        self.lab.lease_holder("kube-system", "hybridway-controller")
     }
 
     fn start_nodes(&mut self, report: &mut Report) -> anyhow::Result<()> {
@@ -483,11 +474,16 @@ impl Demo {
             .lab
             .token_kubeconfig("kube-system", "hybridway-agent")?;
         let admin = self.lab.kubeconfig().to_path_buf();
-        let flanneld = lab_binary_path("flanneld", true)?;
         let cni = CniRuntime::new(&self.exe, &self.dir)?;
         for node in &mut self.nodes {
             if node.spec.role == Role::Cloud {
-                node.flanneld = Some(start_flanneld(node, &flanneld, &admin, &self.dir)?);
+                node.flanneld = Some(start_flanneld(
+                    &node.ns,
+                    node.spec.name,
+                    &admin,
+                    &self.dir,
+                    true,
+                )?);
                 continue;
             }
             let agent = start_agent(node, &self.exe, &agent_kc, &self.dir, &args.backend)?;
@@ -862,32 +858,6 @@ fn start_agent(
         cmd,
         &dir.join(format!("{n}.log")),
     )?)
-}
-
-/// flanneld as a cloud node runs it: kube subnet manager, vxlan backend.
-fn start_flanneld(
-    node: &Node,
-    flanneld: &Path,
-    kubeconfig: &Path,
-    dir: &Path,
-) -> anyhow::Result<Daemon> {
-    let conf = dir.join("net-conf.json");
-    std::fs::write(
-        &conf,
-        r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#,
-    )?;
-    let mut cmd = node.ns.command(&flanneld.display().to_string());
-    cmd.arg("--kube-subnet-mgr")
-        .arg(format!("--kubeconfig-file={}", kubeconfig.display()))
-        .arg("--iface=eth0")
-        .arg(format!("--net-config-path={}", conf.display()))
-        .arg(format!(
-            "--subnet-file={}",
-            dir.join("flannel-subnet.env").display()
-        ))
-        .arg("--ip-masq=false")
-        .env("NODE_NAME", node.spec.name);
-    Ok(Daemon::spawn("flanneld", cmd, &dir.join("flanneld.log"))?)
 }
 
 /// The cloud node's pod, wired as flannel's CNI bridge would: the pods' gateway on
