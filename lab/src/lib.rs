@@ -8,6 +8,7 @@
 //! cluster would (processes, the control socket through `hybridway pod`/`status`,
 //! the metrics endpoint), so the agent's library carries none of it.
 
+pub mod controller;
 pub mod flannel;
 pub mod frr;
 pub mod kube_lab;

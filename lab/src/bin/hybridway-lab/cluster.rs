@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
+use hybridway_lab::controller::{free_port, replica_command};
 use hybridway_lab::flannel::start_flanneld;
 use hybridway_lab::frr::{Bgpd, Neighbor};
 use hybridway_lab::kube_lab::KubeLab;
@@ -324,22 +325,7 @@ impl Demo {
         for i in 1..=3 {
             let identity = format!("controller-{i}");
             let port = free_port()?;
-            let mut cmd = Command::new(&self.exe);
-            cmd.arg("controller")
-                .arg("--kubeconfig")
-                .arg(&kubeconfig)
-                .args(["--identity", &identity])
-                .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
-                // Shorter than the defaults (15/10/2 s) so the failover fits a demo.
-                .args([
-                    "--lease-duration",
-                    "8",
-                    "--renew-deadline",
-                    "5",
-                    "--retry-period",
-                    "1",
-                ])
-                .env("RUST_LOG", "info,kube=warn");
+            let cmd = replica_command(&self.exe, &kubeconfig, &identity, port);
             let log = self.dir.join(format!("{identity}.log"));
             self.controllers.push(Daemon::spawn(&identity, cmd, &log)?);
         }
@@ -954,12 +940,6 @@ impl CniRuntime {
             .with_context(|| format!("no address in the CNI result {v}"))?;
         Ok(ip)
     }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn indent(text: &str) -> String {
