@@ -33,8 +33,4 @@ if [[ "$profile" == release ]]; then
 else
   cargo build --bin hybridway --bin hybridway-cni --bin hybridway-lab
 fi
-if [[ "$demo" == cluster ]]; then
-  # Go-built peers, cached by version: libcni's driver and the reference plugins.
-  scripts/cni-lab.sh build
-fi
 exec "${CARGO_TARGET_DIR:-target}/$profile/hybridway-lab" "$demo" "$@"
