@@ -55,7 +55,7 @@ pub struct ClusterArgs {
     #[arg(long, default_value_t = 2)]
     pub seconds: u32,
     /// Keep the logs (agents, controllers, flanneld, bgpd, the API server) after the
-    /// demo; their directory is printed.
+    /// demo, as when a check fails; their directories are printed.
     #[arg(long)]
     pub keep_logs: bool,
 }
@@ -112,7 +112,10 @@ pub fn run(args: &ClusterArgs, exe: &Path) -> anyhow::Result<()> {
     if let Err(e) = &result {
         report.check("the demo ran to the end", false, &format!("{e:#}"));
     }
-    if args.keep_logs {
+    // The logs stay when asked for or when a check failed (to see why); the
+    // namespaces and processes go in every case.
+    let keep = args.keep_logs || !report.failed.is_empty();
+    if keep {
         demo.lab.keep_logs();
         println!(
             "\nlogs kept in {} and {}",
@@ -120,9 +123,13 @@ pub fn run(args: &ClusterArgs, exe: &Path) -> anyhow::Result<()> {
             demo.lab.dir().display()
         );
     }
+    let dir = demo.dir.clone();
     screen("cleaning up");
     timed("cleanup", || {
         drop(demo);
+        if !keep {
+            std::fs::remove_dir_all(&dir)?;
+        }
         Ok(())
     })?;
     println!("  wall time: {:.1} s", started.elapsed().as_secs_f64());
