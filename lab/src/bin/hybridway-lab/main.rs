@@ -9,6 +9,7 @@ mod demo;
 mod report;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -61,8 +62,19 @@ fn hybridway_exe(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(exe)
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    // A failed demo already printed its PASS/FAIL lines and summary: one line says
+    // why it stopped (no backtrace, whatever RUST_BACKTRACE says).
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let exe = hybridway_exe(cli.hybridway)?;
     match cli.command {
         Command::Cluster(args) => cluster::run(&args, &exe),
