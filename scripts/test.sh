@@ -2,7 +2,8 @@
 # Runs every hybridway test on a fresh Debian machine, as root: installs what is
 # missing, builds the Kubernetes test rig's binaries once (scripts/k8s-lab.sh), runs
 # the unit, property and network-namespace tests (TUN, AF_XDP, FRR, BIRD and Linux
-# VXLAN peers, a real kube-apiserver), then a short run of every fuzz target.
+# VXLAN peers, a real kube-apiserver), the demo's hybrid cluster, then a short run of
+# every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,12 @@ echo "== Kubernetes test rig: etcd, kube-apiserver, kubectl (cached by version; 
 echo "== unit, property and namespace tests"
 cargo test --workspace --all-targets --no-fail-fast
 cargo test --workspace --doc
+
+# The README's demo, as a check that it runs: about a minute once the rig is cached
+# (the binaries are already built by the tests above; hybridway-lab is small).
+echo "== the demo: a hybrid cluster on this machine"
+cargo build --bin hybridway --bin hybridway-cni --bin hybridway-lab
+"${CARGO_TARGET_DIR:-target}/debug/hybridway-lab" cluster --seconds 1
 
 echo "== fuzz smoke run"
 ./scripts/fuzz-smoke.sh "${FUZZ_SECONDS:-15}"

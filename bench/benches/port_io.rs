@@ -13,7 +13,6 @@
     clippy::indexing_slicing
 )] // setup failures abort the bench
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -23,32 +22,11 @@ use hybridway_dataplane::port::tun::{TunConfig, TunPort};
 use hybridway_dataplane::port::udp::{UdpConfig, UdpPort};
 use hybridway_dataplane::port::xdp::{AttachMode, SteerRules, XdpConfig, XdpPort, XdpSteering};
 use hybridway_dataplane::port::{BATCH_SIZE, PacketBatch, Port};
+use hybridway_lab::Netns;
 
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("hwb{tag}{}", std::process::id());
-        sh(&format!(
-            "ip netns add {name} && ip -n {name} link set lo up"
-        ));
-        Netns(name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
+/// A command in the root namespace (the port benches need root).
 fn sh(cmd: &str) {
-    let ok = Command::new("sh")
-        .args(["-c", cmd])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "`{cmd}` failed (the port benches need root)");
+    hybridway_lab::sh(&["sh", "-c", cmd]);
 }
 
 /// An Ethernet/IPv4/UDP frame with a valid header checksum.
@@ -106,10 +84,10 @@ fn bench(c: &mut Criterion) {
         sh(&format!(
             "ip link add bxa netns {} type veth peer name bxb netns {} && \
              ip -n {} link set bxa up && ip -n {} link set bxb up",
-            a.0, b.0, a.0, b.0
+            a.name, b.name, a.name, b.name
         ));
         let open = |ns: &Netns, ifname: &str| {
-            let _inside = NetnsGuard::enter(&ns.0).unwrap();
+            let _inside = NetnsGuard::enter(&ns.name).unwrap();
             let steering =
                 XdpSteering::attach(ifname, SteerRules::everything(), AttachMode::Auto).unwrap();
             XdpPort::open(&XdpConfig::new(ifname, 0, PortId(1)), steering).unwrap()
@@ -137,7 +115,7 @@ fn bench(c: &mut Criterion) {
     {
         let ns = Netns::new("tn");
         let mut ports = {
-            let _inside = NetnsGuard::enter(&ns.0).unwrap();
+            let _inside = NetnsGuard::enter(&ns.name).unwrap();
             TunPort::open(&TunConfig::new("hwbt0", 1, PortId(2))).unwrap()
         };
         // Packets to 198.19.41.0/24 written into the TUN are forwarded back into it.
@@ -147,7 +125,7 @@ fn bench(c: &mut Criterion) {
              ip netns exec {n} sysctl -qw net.ipv4.conf.hwbt0.rp_filter=0 && \
              ip -n {n} addr add 198.18.41.1/24 dev hwbt0 && \
              ip -n {n} route add 198.19.41.0/24 dev hwbt0",
-            n = ns.0
+            n = ns.name
         ));
         let frames: Vec<Vec<u8>> = (0..BATCH_SIZE)
             .map(|i| udp_frame([0; 6], [198, 18, 41, 7], [198, 19, 41, 9], i as u16, 18))
@@ -179,11 +157,11 @@ fn bench(c: &mut Criterion) {
             "ip link add bua netns {a} type veth peer name bub netns {b} && \
              ip -n {a} addr add 198.18.42.1/24 dev bua && ip -n {a} link set bua up && \
              ip -n {b} addr add 198.18.42.2/24 dev bub && ip -n {b} link set bub up",
-            a = a.0,
-            b = b.0
+            a = a.name,
+            b = b.name
         ));
         let open = |ns: &Netns, addr: [u8; 4]| {
-            let _inside = NetnsGuard::enter(&ns.0).unwrap();
+            let _inside = NetnsGuard::enter(&ns.name).unwrap();
             let local = std::net::SocketAddrV4::new(addr.into(), 8472);
             UdpPort::open(&UdpConfig::new(local, PortId(3)), 1)
                 .unwrap()

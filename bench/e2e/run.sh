@@ -6,5 +6,5 @@
 # Needs root. Usage: bench/e2e/run.sh [--seconds N]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --release --bin hybridway
-exec "${CARGO_TARGET_DIR:-target}/release/hybridway" bench-e2e "$@"
+cargo build --release --bin hybridway --bin hybridway-lab
+exec "${CARGO_TARGET_DIR:-target}/release/hybridway-lab" bench-e2e "$@"

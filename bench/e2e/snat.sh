@@ -6,5 +6,5 @@
 # Usage: bench/e2e/snat.sh [--seconds 60] [--connections 30000] [--backend both|af_xdp|tun]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --release --bin hybridway
-exec "${CARGO_TARGET_DIR:-target}/release/hybridway" bench-snat "$@"
+cargo build --release --bin hybridway --bin hybridway-lab
+exec "${CARGO_TARGET_DIR:-target}/release/hybridway-lab" bench-snat "$@"

@@ -30,7 +30,7 @@ use common::controller::{BLOCK, MODE, create_parallel};
 use common::k8s_lab::KubeLab;
 use common::kube_agent::KubeAgent;
 use common::wait_for;
-use hybridway_control::demo::netns::Netns;
+use hybridway_lab::Netns;
 
 const WAIT: Duration = Duration::from_secs(600);
 const ME: &str = "198.18.127.250";
@@ -78,7 +78,7 @@ fn main() {
         return;
     }
     let lab = KubeLab::up();
-    let ns = Netns::new(&format!("agscale{}", std::process::id() % 10_000)).unwrap();
+    let ns = Netns::create(&format!("agscale{}", std::process::id() % 10_000)).unwrap();
     lab.attach(&ns.name, "eth0", &format!("{ME}/17"));
     let out = lab.apply(&node_yaml("me", ME, "198.19.128.0/28", None));
     assert!(out.status.success());

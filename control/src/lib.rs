@@ -8,7 +8,6 @@ pub mod agent;
 pub mod bgp;
 pub mod cni;
 pub mod config_lines;
-pub mod demo;
 pub mod ipam;
 pub mod k8s;
 pub mod logging;

@@ -14,11 +14,11 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hybridway_control::demo::topology::{
+use hybridway_dataplane::port::netns::NetnsGuard;
+use hybridway_lab::topology::{
     Cluster, ClusterSpec, NodeKind, OUTSIDE_SERVER, node_addr, pod_gateway, pod_ip, vtep_mac,
 };
-use hybridway_control::demo::{iperf, outside_sees};
-use hybridway_dataplane::port::netns::NetnsGuard;
+use hybridway_lab::traffic::{iperf, outside_sees};
 
 #[path = "support/mod.rs"]
 mod support;
@@ -136,7 +136,7 @@ fn kernel_vxlan_configured_like_flannel_is_a_peer() {
         .node(2)
         .unwrap()
         .ns
-        .sh("bridge fdb show dev flannel.1")
+        .run("bridge fdb show dev flannel.1")
         .unwrap();
     assert!(
         fdb.contains(&format!("{} dst {}", vtep_mac(1), node_addr(1))),
@@ -278,7 +278,7 @@ fn garbage_and_vxlan_from_strangers_are_counted_and_the_agent_stays_up() {
         "reason=\"unsupported_ethertype\"",
     );
     pod.ns
-        .sh(&format!(
+        .run(&format!(
             "trafgen -i {} -o eth0 -n 40 -P 1 >/dev/null",
             conf_path.display()
         ))
@@ -403,14 +403,14 @@ fn killed_agent_restarts_with_its_pods_and_sigterm_leaves_no_xdp_behind() {
     assert!(status.success(), "agent exit status {status}");
     let ns = &c.node(1).unwrap().ns;
     for dev in ["eth0", "hwp1", "hwp2"] {
-        let link = ns.sh(&format!("ip -d link show {dev}")).unwrap();
+        let link = ns.run(&format!("ip -d link show {dev}")).unwrap();
         assert!(
             !link.contains("xdp"),
             "{dev} still has an XDP program: {link}"
         );
     }
     // The node's own stack works as before: it reaches the other node.
-    ns.sh(&format!("ping -c 1 -W 2 {}", node_addr(2))).unwrap();
+    ns.run(&format!("ping -c 1 -W 2 {}", node_addr(2))).unwrap();
 }
 
 #[test]
@@ -448,34 +448,34 @@ fn tun_backend_overlay_talks_to_hybridway_and_kernel_vxlan_and_sigterm_removes_d
     );
 
     let ns_name = c.node(1).unwrap().ns.name.clone();
-    let before = c.node(1).unwrap().ns.sh("ip route show").unwrap();
+    let before = c.node(1).unwrap().ns.run("ip route show").unwrap();
     assert!(before.contains("198.19.1.11 dev hwp1"), "{before}");
-    let rules = c.node(1).unwrap().ns.sh("ip rule show").unwrap();
+    let rules = c.node(1).unwrap().ns.run("ip rule show").unwrap();
     assert!(rules.contains("from 198.19.1.0/24 lookup 26744"), "{rules}");
     assert!(rules.contains("100:\tfrom all lookup local"), "{rules}");
     let status = c.stop_agent(1, "TERM").unwrap().unwrap();
     assert!(status.success(), "agent exit status {status}");
     let ns = &c.node(1).unwrap().ns;
     assert!(
-        ns.try_sh("ip link show hw0")
+        ns.output("ip link show hw0")
             .unwrap()
             .status
             .success()
             .eq(&false),
         "the TUN device outlived the agent"
     );
-    let after = ns.sh("ip route show").unwrap();
+    let after = ns.run("ip route show").unwrap();
     assert!(
         !after.contains("hw0") && !after.contains("dev hwp"),
         "routes left behind in {ns_name}: {after}"
     );
-    let rules = ns.sh("ip rule show").unwrap();
+    let rules = ns.run("ip rule show").unwrap();
     assert!(
         !rules.contains("2674") && rules.starts_with("0:\tfrom all lookup local"),
         "rules left behind in {ns_name}: {rules}"
     );
     assert_eq!(
-        ns.sh("cat /proc/sys/net/ipv4/ip_forward").unwrap().trim(),
+        ns.run("cat /proc/sys/net/ipv4/ip_forward").unwrap().trim(),
         "0",
         "ip_forward not restored"
     );
@@ -523,7 +523,7 @@ fn the_host_port_joins_node_and_pods_the_gateway_answers_and_the_nodes_own_pings
         c.node(1)
             .unwrap()
             .ns
-            .sh(&format!("ping -c 2 -W 2 {}", pod_ip(1, 1)))
+            .run(&format!("ping -c 2 -W 2 {}", pod_ip(1, 1)))
             .unwrap_or_else(|e| panic!("{backend}: node -> pod: {e}"));
         tcp_exchange(&pod, pod_ip(1, 1), &node, 5);
         tcp_exchange(&node, node_addr(1), &pod, 5);
@@ -535,7 +535,7 @@ fn the_host_port_joins_node_and_pods_the_gateway_answers_and_the_nodes_own_pings
         c.node(1)
             .unwrap()
             .ns
-            .sh(&format!("ping -c 2 -W 2 -e 21234 {OUTSIDE_SERVER}"))
+            .run(&format!("ping -c 2 -W 2 -e 21234 {OUTSIDE_SERVER}"))
             .unwrap_or_else(|e| panic!("{backend}: node's own ping in the SNAT range: {e}"));
         assert!(metric(&c, 1, "hybridway_to_host_total", "") >= before + 2);
         // Pods still reach the outside through SNAT meanwhile.
@@ -648,12 +648,14 @@ fn pods_removed_and_added_with_the_cli_while_traffic_flows() {
 /// `ip_forward`, a pod veth's `proxy_arp`.
 fn tun_host_settings(c: &Cluster, n: u8) -> (bool, String, String) {
     let ns = &c.node(n).unwrap().ns;
-    let rules = ns.sh("ip -4 rule show").unwrap();
+    let rules = ns.run("ip -4 rule show").unwrap();
     let local_at_zero = rules
         .lines()
         .any(|l| l.starts_with("0:") && l.ends_with("lookup local"));
-    let forward = ns.sh("cat /proc/sys/net/ipv4/ip_forward").unwrap();
-    let proxy_arp = ns.sh("cat /proc/sys/net/ipv4/conf/hwp1/proxy_arp").unwrap();
+    let forward = ns.run("cat /proc/sys/net/ipv4/ip_forward").unwrap();
+    let proxy_arp = ns
+        .run("cat /proc/sys/net/ipv4/conf/hwp1/proxy_arp")
+        .unwrap();
     (
         local_at_zero,
         forward.trim().to_string(),

@@ -24,7 +24,7 @@ mod common;
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::controller::{BLOCK, MODE, POOL};
@@ -33,8 +33,10 @@ use common::kube_agent::KubeAgent;
 use common::{require_root, wait_for};
 use hybridway_control::agent::LocalPod;
 use hybridway_control::agent::control::{self, Request};
-use hybridway_control::demo::netns::Netns;
-use hybridway_control::demo::topology::plug_pod;
+use hybridway_lab::Netns;
+use hybridway_lab::flannel::start_flanneld;
+use hybridway_lab::process::Daemon;
+use hybridway_lab::topology::plug_pod;
 
 const RIG_NET: &str = "198.18.200.0/24";
 /// Every pod here uses the overlay MTU: the underlay node reaches flannel by VXLAN.
@@ -111,7 +113,7 @@ impl NodePlan {
 struct TestNode {
     plan: &'static NodePlan,
     agent: KubeAgent,
-    flanneld: Option<Child>,
+    flanneld: Option<Daemon>,
     // Namespaces last: the processes stop first (field order is drop order).
     ns: Netns,
     pod: Netns,
@@ -119,11 +121,11 @@ struct TestNode {
 
 impl TestNode {
     fn new(lab: &KubeLab, tag: &str, plan: &'static NodePlan, dir: &Path) -> TestNode {
-        let ns = Netns::new(&format!("{tag}-{}", plan.name)).unwrap();
+        let ns = Netns::create(&format!("{tag}-{}", plan.name)).unwrap();
         lab.attach(&ns.name, "eth0", &format!("{}/17", plan.addr));
         ns.no_offloads("eth0").unwrap();
-        ns.sh("sysctl -qw net.ipv4.ip_forward=1").unwrap();
-        let pod = Netns::new(&format!("{tag}-{}p", plan.name)).unwrap();
+        ns.run("sysctl -qw net.ipv4.ip_forward=1").unwrap();
+        let pod = Netns::create(&format!("{tag}-{}p", plan.name)).unwrap();
         plug_pod(
             &pod,
             &ns,
@@ -158,37 +160,13 @@ impl TestNode {
 
     /// flanneld as a cloud node runs it: kube subnet manager, vxlan backend.
     fn start_flanneld(&mut self, kubeconfig: &Path) {
-        let dir = &self.agent.dir;
-        let conf = dir.join("net-conf.json");
-        std::fs::write(
-            &conf,
-            r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#,
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join("flanneld.log")).unwrap();
-        let child = self
-            .ns
-            .command(&lab_binary("flanneld").display().to_string())
-            .arg("--kube-subnet-mgr")
-            .arg(format!("--kubeconfig-file={}", kubeconfig.display()))
-            .arg("--iface=eth0")
-            .arg(format!("--net-config-path={}", conf.display()))
-            .arg(format!(
-                "--subnet-file={}",
-                dir.join("c1-subnet.env").display()
-            ))
-            .arg("--ip-masq=false")
-            .env("NODE_NAME", self.plan.name)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.flanneld = Some(child);
+        self.flanneld = Some(
+            start_flanneld(&self.ns, self.plan.name, kubeconfig, &self.agent.dir, false).unwrap(),
+        );
         // The kernel delivers to the pod as a CNI bridge would: the pods' gateway
         // address on the node's side, a /32 route to the pod.
         self.ns
-            .sh(&format!(
+            .run(&format!(
                 "ip addr add {}/32 dev hwp1 && ip route replace {}/32 dev hwp1",
                 self.plan.gateway(),
                 self.plan.pod_ip()
@@ -205,19 +183,10 @@ impl TestNode {
 
     fn ping(&self, dst: Ipv4Addr) -> bool {
         self.pod
-            .try_sh(&format!("ping -c 2 -i 0.2 -W 2 -q {dst}"))
+            .output(&format!("ping -c 2 -i 0.2 -W 2 -q {dst}"))
             .unwrap()
             .status
             .success()
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.flanneld.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -293,7 +262,7 @@ fn time_until(node: &TestNode, what: &str, pred: impl Fn(&[String]) -> bool) -> 
 
 /// flanneld's FDB on the cloud node: `(mac, dst)` per remote VTEP.
 fn flannel_fdb(c1: &TestNode) -> Vec<(String, String)> {
-    let out = c1.ns.try_sh("bridge fdb show dev flannel.1").unwrap();
+    let out = c1.ns.output("bridge fdb show dev flannel.1").unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
@@ -453,7 +422,7 @@ fn hybrid_nodes_and_a_flannel_node_reach_each_others_pods() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    h2.ns.sh(&format!("ip route del {RIG_NET}")).unwrap();
+    h2.ns.run(&format!("ip route del {RIG_NET}")).unwrap();
     let out = client.wait_with_output().unwrap();
     let mut server = server;
     let _ = server.kill();
@@ -481,7 +450,7 @@ fn hybrid_nodes_and_a_flannel_node_reach_each_others_pods() {
     let out = lab.apply(&extra_node_yaml("h4", "198.18.64.74", "198.19.174.0/24"));
     assert!(out.status.success());
     h2.ns
-        .sh(&format!("ip route add {RIG_NET} dev eth0"))
+        .run(&format!("ip route add {RIG_NET} dev eth0"))
         .unwrap();
     let caught_up = time_until(&h2, "h2 learns h4 after reconnecting", |n| {
         n.contains(&"h4".to_string())

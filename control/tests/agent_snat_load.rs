@@ -15,10 +15,8 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use hybridway_control::demo::snat_load::{self, Servers};
-use hybridway_control::demo::topology::{
-    Cluster, ClusterSpec, NodeKind, OUTSIDE_SERVER, node_addr,
-};
+use hybridway_lab::snat_load::{self, Servers};
+use hybridway_lab::topology::{Cluster, ClusterSpec, NodeKind, OUTSIDE_SERVER, node_addr};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -57,7 +55,7 @@ fn reserved_ports(c: &Cluster) -> String {
     c.node(1)
         .unwrap()
         .ns
-        .sh("cat /proc/sys/net/ipv4/ip_local_reserved_ports")
+        .run("cat /proc/sys/net/ipv4/ip_local_reserved_ports")
         .unwrap()
         .trim()
         .to_string()

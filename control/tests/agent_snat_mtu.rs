@@ -15,11 +15,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hybridway_control::demo::iperf;
-use hybridway_control::demo::topology::{
-    Cluster, ClusterSpec, NodeKind, OUTSIDE_SERVER, node_addr, pod_ip,
-};
 use hybridway_dataplane::port::netns::NetnsGuard;
+use hybridway_lab::topology::{Cluster, ClusterSpec, NodeKind, OUTSIDE_SERVER, node_addr, pod_ip};
+use hybridway_lab::traffic::iperf;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -140,10 +138,10 @@ fn overlay_path_mtu_too_big_df_gets_frag_needed_and_large_tcp_writes_complete() 
     let c = cluster("mtu");
     let pod = c.pod(1, 1).unwrap();
     // The pod believes in 1500 bytes; the overlay carries 1500 - 50.
-    pod.ns.sh("ip link set eth0 mtu 1500").unwrap();
+    pod.ns.run("ip link set eth0 mtu 1500").unwrap();
     let out = pod
         .ns
-        .try_sh(&format!(
+        .output(&format!(
             "ping -M do -s 1472 -c 2 -i 0.3 -W 2 {}",
             pod_ip(2, 1)
         ))
@@ -163,7 +161,7 @@ fn overlay_path_mtu_too_big_df_gets_frag_needed_and_large_tcp_writes_complete() 
     );
     // Fits: goes through.
     pod.ns
-        .sh(&format!("ping -M do -s 1422 -c 1 -W 2 {}", pod_ip(2, 1)))
+        .run(&format!("ping -M do -s 1422 -c 1 -W 2 {}", pod_ip(2, 1)))
         .unwrap();
     // TCP with 128 KiB writes completes once path MTU discovery has done its job.
     let r = iperf(&c, (1, 1), (2, 1), false, 2);
@@ -190,7 +188,7 @@ fn two_workers_hand_frames_and_nat_replies_to_their_owner() {
         assert!(r.is_ok(), "{client:?} -> {server:?}: {r:?}");
     }
     for pod in [(1, 2), (1, 1)] {
-        let seen = hybridway_control::demo::outside_sees(&c, pod);
+        let seen = hybridway_lab::traffic::outside_sees(&c, pod);
         let text = c.metrics_of(1).unwrap();
         let nonzero: Vec<&str> = text
             .lines()

@@ -19,9 +19,9 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hybridway_control::demo::netns::Netns;
-use hybridway_control::demo::topology::{Cluster, OUTSIDE_SERVER, node_addr, pod_gateway, pod_ip};
 use hybridway_dataplane::port::netns::NetnsGuard;
+use hybridway_lab::Netns;
+use hybridway_lab::topology::{Cluster, OUTSIDE_SERVER, node_addr, pod_gateway, pod_ip};
 use serde_json::{Value, json};
 
 #[path = "support/mod.rs"]
@@ -221,7 +221,7 @@ fn attached_ips(c: &Cluster, n: u8) -> Vec<Ipv4Addr> {
 }
 
 fn host_veths(c: &Cluster, n: u8) -> Vec<String> {
-    let text = c.node(n).unwrap().ns.sh("ip -o link show").unwrap();
+    let text = c.node(n).unwrap().ns.run("ip -o link show").unwrap();
     text.lines()
         .filter_map(|l| l.split(':').nth(1))
         .map(|n| n.trim().split('@').next().unwrap().to_owned())
@@ -241,7 +241,7 @@ fn libcni_add_check_del_gc_status_and_portmap_on_af_xdp() {
     let rt = Runtime::new(&c, 1);
     let tag = c.spec.tag.clone();
     let pods: Vec<Netns> = (0..4)
-        .map(|i| Netns::new(&format!("{tag}-c{i}")).unwrap())
+        .map(|i| Netns::create(&format!("{tag}-c{i}")).unwrap())
         .collect();
 
     // STATUS and ADD while the agent is down: not available / try again later.
@@ -264,7 +264,7 @@ fn libcni_add_check_del_gc_status_and_portmap_on_af_xdp() {
     assert_eq!(r0["interfaces"][1]["sandbox"], netns_path(&pods[0]));
     let ip0 = address_of(&r0);
     assert!(ip0.octets()[..3] == [198, 19, 1] && ip0 != pod_ip(1, 1) && ip0 != pod_gateway(1));
-    let link = pods[0].sh("ip -o link show eth0").unwrap();
+    let link = pods[0].run("ip -o link show eth0").unwrap();
     assert!(link.contains("mtu 1450"), "{link}");
     let r1 = rt.add("ctr1", &netns_path(&pods[1]));
     let ip1 = address_of(&r1);
@@ -288,7 +288,7 @@ fn libcni_add_check_del_gc_status_and_portmap_on_af_xdp() {
     // CHECK passes, and fails once the address is removed by hand.
     rt.check("ctr0", &netns_path(&pods[0])).unwrap();
     pods[0]
-        .sh(&format!("ip addr del {ip0}/32 dev eth0"))
+        .run(&format!("ip addr del {ip0}/32 dev eth0"))
         .unwrap();
     let bad = rt.check("ctr0", &netns_path(&pods[0])).unwrap_err();
     assert!(bad.msg.contains("does not have"), "{bad:?}");
@@ -299,7 +299,7 @@ fn libcni_add_check_del_gc_status_and_portmap_on_af_xdp() {
     assert!(!attached_ips(&c, 1).contains(&ip0));
     assert!(
         pods[0]
-            .try_sh("ip link show eth0")
+            .output("ip link show eth0")
             .unwrap()
             .status
             .success()
@@ -307,7 +307,7 @@ fn libcni_add_check_del_gc_status_and_portmap_on_af_xdp() {
     );
 
     // DEL after the netns is gone.
-    let gone = Netns::new(&format!("{tag}-gone")).unwrap();
+    let gone = Netns::create(&format!("{tag}-gone")).unwrap();
     let gone_path = netns_path(&gone);
     let rg = rt.add("ctrgone", &gone_path);
     drop(gone);
@@ -403,23 +403,23 @@ fn pod_add_on_af_xdp_fixes_a_veth_with_default_offloads_and_says_so() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let c = cluster("af_xdp", "fix");
     let node = &c.node(1).unwrap().ns;
-    let pod = Netns::new(&format!("{}-raw", c.spec.tag)).unwrap();
+    let pod = Netns::create(&format!("{}-raw", c.spec.tag)).unwrap();
     // A veth as a new user makes it: kernel defaults (checksum offload on).
-    node.sh(&format!(
+    node.run(&format!(
         "ip link add hwraw type veth peer name eth0 address 02:00:00:00:aa:01 netns {}",
         pod.name
     ))
     .unwrap();
-    node.sh("ip link set hwraw up").unwrap();
+    node.run("ip link set hwraw up").unwrap();
     let ip = Ipv4Addr::new(198, 19, 1, 200);
-    pod.sh(&format!(
+    pod.run(&format!(
         "ip link set eth0 mtu 1450 up && ip addr add {ip}/32 dev eth0 && \
          ip route add {gw} dev eth0 && ip route add default via {gw} dev eth0",
         gw = pod_gateway(1)
     ))
     .unwrap();
     assert!(
-        pod.sh("ethtool -k eth0")
+        pod.run("ethtool -k eth0")
             .unwrap()
             .contains("tx-checksumming: on")
     );
@@ -448,7 +448,7 @@ fn pod_add_on_af_xdp_fixes_a_veth_with_default_offloads_and_says_so() {
         "{err}"
     );
     assert!(
-        pod.sh("ethtool -k eth0")
+        pod.run("ethtool -k eth0")
             .unwrap()
             .contains("tx-checksumming: off")
     );
@@ -466,13 +466,13 @@ fn libcni_pods_talk_tcp_on_the_tun_backend() {
     let c = cluster("tun", "tun");
     let rt = Runtime::new(&c, 1);
     let tag = c.spec.tag.clone();
-    let a = Netns::new(&format!("{tag}-ta")).unwrap();
-    let b = Netns::new(&format!("{tag}-tb")).unwrap();
+    let a = Netns::create(&format!("{tag}-ta")).unwrap();
+    let b = Netns::create(&format!("{tag}-tb")).unwrap();
     let ipa = address_of(&rt.add("tuna", &netns_path(&a)));
     let ipb = address_of(&rt.add("tunb", &netns_path(&b)));
     // The TUN backend leaves the veth's offloads alone: the kernel finishes frames.
     assert!(
-        a.sh("ethtool -k eth0")
+        a.run("ethtool -k eth0")
             .unwrap()
             .contains("tx-checksumming: on")
     );
@@ -507,7 +507,7 @@ fn a_hundred_concurrent_adds_get_distinct_reachable_addresses_and_survive_an_age
     let rt = Runtime::new(&c, 1);
     let tag = c.spec.tag.clone();
     let pods: Vec<Netns> = (0..110)
-        .map(|i| Netns::new(&format!("{tag}-m{i}")).unwrap())
+        .map(|i| Netns::create(&format!("{tag}-m{i}")).unwrap())
         .collect();
     let ips: Vec<Ipv4Addr> = all_at_once(0..100, |i| {
         address_of(&rt.add(&format!("many{i}"), &netns_path(&pods[i])))
@@ -525,7 +525,7 @@ fn a_hundred_concurrent_adds_get_distinct_reachable_addresses_and_survive_an_age
         .pod(2, 1)
         .unwrap()
         .ns
-        .sh(&format!(
+        .run(&format!(
             "for ip in {}; do ping -c 1 -W 2 -q $ip >/dev/null 2>&1 || ping -c 1 -W 2 -q $ip >/dev/null 2>&1 || echo $ip; done",
             list.join(" ")
         ))
@@ -593,7 +593,7 @@ fn bench_on(backend: &str) {
     let c = cluster(backend, &format!("b{}", &backend[..1]));
     let tag = c.spec.tag.clone();
     let pods: Vec<Netns> = (0..100)
-        .map(|i| Netns::new(&format!("{tag}-b{i}")).unwrap())
+        .map(|i| Netns::create(&format!("{tag}-b{i}")).unwrap())
         .collect();
     let list_file = c.spec.dir.join("bench-netns.txt");
     let paths: Vec<String> = pods.iter().map(netns_path).collect();

@@ -86,13 +86,6 @@ enum Command {
         #[arg(long, default_value = DEFAULT_AGENT_SOCKET)]
         socket: PathBuf,
     },
-    /// Two nodes with two pods each in network namespaces: overlay, underlay, SNAT.
-    Demo(hybridway_control::demo::DemoArgs),
-    /// End-to-end pod-to-pod benchmark: hybridway against the kernel's paths.
-    BenchE2e(hybridway_control::demo::bench::BenchArgs),
-    /// SNAT under load (connections held, short connections) beside the kernel's
-    /// MASQUERADE.
-    BenchSnat(hybridway_control::demo::bench_snat::BenchSnatArgs),
     /// Run the BGP speaker of an agent's file alone (no dataplane): its `bgp:`
     /// section names the peers, its nodes are the pool advertised.
     BgpSpeaker(hybridway_control::bgp::cli::BgpSpeakerArgs),
@@ -266,18 +259,6 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Status { socket } => print_response(&control::call(&socket, &Request::Status)?)?,
         Command::Reload { socket } => print_response(&control::call(&socket, &Request::Reload)?)?,
-        Command::Demo(args) => {
-            hybridway_control::logging::init(false);
-            hybridway_control::demo::run(&args)?;
-        }
-        Command::BenchE2e(args) => {
-            hybridway_control::logging::init(false);
-            hybridway_control::demo::bench::run(&args)?;
-        }
-        Command::BenchSnat(args) => {
-            hybridway_control::logging::init(false);
-            hybridway_control::demo::bench_snat::run(&args)?;
-        }
         Command::BgpSpeaker(args) => hybridway_control::bgp::cli::run(&args)?,
     }
     Ok(())

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -182,17 +181,7 @@ pub fn wait_blocks(
 
 /// The Lease's holder, if any.
 pub fn lease_holder(lab: &KubeLab) -> Option<String> {
-    let out = lab.kubectl(&[
-        "-n",
-        "kube-system",
-        "get",
-        "lease",
-        "hybridway-controller",
-        "-o",
-        "jsonpath={.spec.holderIdentity}",
-    ]);
-    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !s.is_empty()).then_some(s)
+    lab.lease_holder("kube-system", "hybridway-controller")
 }
 
 /// Notes of Events with `reason` (any namespace).
@@ -211,11 +200,7 @@ pub fn event_notes(lab: &KubeLab, reason: &str) -> Vec<String> {
 
 /// A free TCP port on 127.0.0.1 for a controller's metrics.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    hybridway_lab::controller::free_port().unwrap()
 }
 
 /// One `hybridway controller` process; killed on drop.
@@ -227,32 +212,23 @@ pub struct ControllerProc {
 }
 
 impl ControllerProc {
-    /// Starts a replica with a short lease (8 s, renew deadline 5 s, retry 1 s): short
-    /// for a test, long enough that a busy 2-core machine does not miss a renewal.
+    /// Starts a replica with a short lease (see `replica_command`).
     pub fn start(lab: &KubeLab, kubeconfig: &Path, identity: &str) -> ControllerProc {
         let metrics_port = free_port();
         let log = lab
             .dir()
             .join(format!("controller-{identity}-{}.log", unique()));
-        let child = Command::new(env!("CARGO_BIN_EXE_hybridway"))
-            .args(["controller", "--kubeconfig"])
-            .arg(kubeconfig)
-            .args(["--identity", identity])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .args([
-                "--lease-duration",
-                "8",
-                "--renew-deadline",
-                "5",
-                "--retry-period",
-                "1",
-            ])
-            .env("RUST_LOG", "info,kube=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn hybridway controller");
+        let child = hybridway_lab::controller::replica_command(
+            Path::new(env!("CARGO_BIN_EXE_hybridway")),
+            kubeconfig,
+            identity,
+            metrics_port,
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn hybridway controller");
         ControllerProc {
             identity: identity.to_string(),
             metrics_port,

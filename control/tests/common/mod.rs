@@ -1,5 +1,7 @@
-//! Shared helpers for the tests that need root: namespaces, FRR, BIRD, the
-//! `hybridway bgp-speaker` process and (`k8s_lab`) a real Kubernetes API server.
+//! Shared helpers for the tests that need root: FRR, BIRD, the `hybridway
+//! bgp-speaker` process, the controller and the Kubernetes-mode agent as processes;
+//! namespaces, `wait_for` and (`k8s_lab`) a real Kubernetes API server come from the
+//! lab crate (`hybridway_lab`), re-exported here under their old paths.
 //! Everything the helpers start or create is stopped or removed by a `Drop` guard,
 //! also when a test fails.
 #![allow(
@@ -17,105 +19,11 @@ pub mod kube_agent;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn unique() -> u32 {
-    COUNTER.fetch_add(1, Ordering::SeqCst)
-}
-
-pub fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-pub fn require_root() {
-    // These tests create namespaces and start routing daemons: they need root and
-    // must not pass silently without it.
-    assert!(
-        nix_is_root(),
-        "BGP integration tests must run as root (they create network namespaces)"
-    );
-}
-
-fn nix_is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-/// A network namespace named after the test, the pid and a counter, with `lo` up;
-/// deleted on drop, which also removes the interfaces inside it.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        let name = format!("hw{tag}-{}-{}", std::process::id(), unique());
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Netns { name };
-        sh(&["ip", "-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// Runs `cmd` with `sh -c` inside the namespace, whatever its status.
-    pub fn try_sh(&self, cmd: &str) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
-            .output()
-            .expect("run ip netns exec")
-    }
-
-    /// Runs `cmd` inside the namespace, asserts it succeeded, returns its stdout.
-    pub fn sh(&self, cmd: &str) -> String {
-        let out = self.try_sh(cmd);
-        assert!(
-            out.status.success(),
-            "in {}: `{cmd}` failed: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+// The namespace plumbing lives in the lab crate; these names keep the tests' paths.
+#[allow(unused_imports)] // each test binary uses its own part of the plumbing
+pub use hybridway_lab::{Netns, require_root, sh, unique, wait_for};
 
 /// A lab: one switch namespace with a bridge `br0` at 198.18.0.1/24 and N speaker
 /// namespaces, speaker i at 198.18.0.(10+i)/24 on a veth into the bridge.

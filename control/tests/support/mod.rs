@@ -14,8 +14,8 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hybridway_control::demo::topology::{Cluster, ClusterSpec, NodeKind};
 use hybridway_dataplane::port::netns::NetnsGuard;
+use hybridway_lab::topology::{Cluster, ClusterSpec, NodeKind};
 
 /// Two hybridway nodes in overlay with SNAT, one worker each, `pods_per_node`
 /// pods attached by hand; namespaces named `<prefix><pid>-…`.

@@ -1,5 +1,6 @@
-//! Shared by the `port_*` tests: uniquely named network namespaces removed on drop,
-//! commands run inside them, and frame builders. Addresses come from 198.18.0.0/15.
+//! Shared by the `port_*` tests: frame builders and a readiness wait; the network
+//! namespaces come from the lab crate (`hybridway_lab`). Addresses come from
+//! 198.18.0.0/15.
 #![allow(
     dead_code,
     clippy::expect_used,
@@ -7,94 +8,8 @@
     clippy::type_complexity
 )]
 
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// A network namespace named after the test, the pid and a counter; deleted on drop
-/// (which also deletes the interfaces inside it).
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("hw{tag}{}-{n}", std::process::id());
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.sh("ip link set lo up");
-        ns
-    }
-
-    /// Runs `cmd` with `sh -c` inside the namespace and asserts it succeeded.
-    pub fn sh(&self, cmd: &str) -> String {
-        let out = self.try_sh(cmd);
-        assert!(
-            out.status.success(),
-            "in {}: `{cmd}` failed: {}{}",
-            self.name,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Runs `cmd` inside the namespace and returns its output whatever the status.
-    pub fn try_sh(&self, cmd: &str) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
-            .output()
-            .expect("run ip netns exec")
-    }
-
-    /// The MAC address of `dev` in this namespace.
-    pub fn mac(&self, dev: &str) -> [u8; 6] {
-        let text = self.sh(&format!("cat /sys/class/net/{dev}/address"));
-        let mut mac = [0u8; 6];
-        for (i, part) in text.trim().split(':').enumerate() {
-            mac[i] = u8::from_str_radix(part, 16).expect("hex MAC");
-        }
-        mac
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-pub fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "`{cmd} {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A veth pair with one end in each namespace, addressed and up.
-pub fn veth_pair(a: &Netns, a_dev: &str, a_addr: &str, b: &Netns, b_dev: &str, b_addr: &str) {
-    run(
-        "ip",
-        &[
-            "link", "add", a_dev, "netns", &a.name, "type", "veth", "peer", "name", b_dev, "netns",
-            &b.name,
-        ],
-    );
-    a.sh(&format!(
-        "ip addr add {a_addr} dev {a_dev} && ip link set {a_dev} up"
-    ));
-    b.sh(&format!(
-        "ip addr add {b_addr} dev {b_dev} && ip link set {b_dev} up"
-    ));
-}
+#[allow(unused_imports)] // not every port test builds veth pairs
+pub use hybridway_lab::{Netns, veth_pair};
 
 /// An Ethernet/IPv4/UDP frame with valid checksums.
 pub fn udp_frame(

@@ -1,4 +1,4 @@
-//! `hybridway bench-snat`: source NAT under load, hybridway beside the kernel's
+//! `hybridway-lab bench-snat` (bench/e2e/snat.sh): source NAT under load, hybridway beside the kernel's
 //! `MASQUERADE` in the same run and topology (one node, one pod, one outside
 //! server ip:port), with each hybridway figure as a ratio to the kernel's.
 //!
@@ -13,12 +13,12 @@
 //! The pod is tuned alike on every path (ephemeral ports 1024-65000 and
 //! `tcp_tw_reuse`), so the pod's own stack is not what limits the figures.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use clap::Args;
 
-use super::snat_load::{self, Servers};
-use super::topology::{Cluster, ClusterSpec, NodeKind, OUTSIDE_SERVER, pod_block};
+use hybridway_lab::snat_load::{self, Servers};
+use hybridway_lab::topology::{Cluster, ClusterSpec, NodeKind, OUTSIDE_SERVER, pod_block};
 
 #[derive(Debug, Args)]
 pub struct BenchSnatArgs {
@@ -46,7 +46,7 @@ struct Figures {
     slowest_second: u64,
 }
 
-fn build(tag: &str, kernel: bool, backend: &str) -> anyhow::Result<Cluster> {
+fn build(tag: &str, kernel: bool, backend: &str, exe: &Path) -> anyhow::Result<Cluster> {
     let kind = if kernel {
         NodeKind::KernelRouting
     } else {
@@ -62,14 +62,14 @@ fn build(tag: &str, kernel: bool, backend: &str) -> anyhow::Result<Cluster> {
         pods_per_node: 1,
         workers: 1,
         kernel_offloads: kernel || backend == "tun",
-        exe: std::env::current_exe()?,
+        exe: exe.to_path_buf(),
         dir: std::env::temp_dir().join(tag),
     })?;
     if kernel {
         let node = c
             .node(1)
             .ok_or_else(|| anyhow::anyhow!("the kernel node is missing"))?;
-        node.ns.sh(&format!(
+        node.ns.run(&format!(
             "iptables -t nat -A POSTROUTING -s {} -o eth0 -j MASQUERADE",
             pod_block(1)
         ))?;
@@ -78,7 +78,7 @@ fn build(tag: &str, kernel: bool, backend: &str) -> anyhow::Result<Cluster> {
 }
 
 fn measure(c: &Cluster, args: &BenchSnatArgs) -> anyhow::Result<Figures> {
-    let helper: PathBuf = snat_load::install_helper(&c.spec.dir)?;
+    let helper = snat_load::install_helper(&c.spec.dir)?;
     let procs = args.connections.div_ceil(PER_PROCESS).max(1);
     let _servers = Servers::start(&helper, &c.outside, OUTSIDE_SERVER, PORT, procs)?;
     let pod = c
@@ -132,7 +132,7 @@ fn measure(c: &Cluster, args: &BenchSnatArgs) -> anyhow::Result<Figures> {
     Ok(f)
 }
 
-pub fn run(args: &BenchSnatArgs) -> anyhow::Result<()> {
+pub fn run(args: &BenchSnatArgs, exe: &Path) -> anyhow::Result<()> {
     let base = format!("hws{}", std::process::id() % 10_000);
     let mut paths = vec![("kernel MASQUERADE", true, "tun")];
     if args.backend != "tun" {
@@ -152,7 +152,7 @@ pub fn run(args: &BenchSnatArgs) -> anyhow::Result<()> {
     let mut rows: Vec<(&str, bool, Figures)> = Vec::new();
     for (name, kernel, backend) in paths {
         let tag = format!("{base}{}{}", if kernel { "k" } else { "h" }, &backend[..1]);
-        let cluster = build(&tag, kernel, backend)?;
+        let cluster = build(&tag, kernel, backend, exe)?;
         let f = measure(&cluster, args)?;
         drop(cluster);
         println!(

@@ -1,4 +1,4 @@
-//! `hybridway bench-e2e`: pod-to-pod throughput on the demo's namespace topology,
+//! `hybridway-lab bench-e2e` (bench/e2e/run.sh): pod-to-pod throughput on the demo's namespace topology,
 //! through hybridway and through the kernel, in one run, with the ratio of each
 //! hybridway figure to the kernel's path in the same mode.
 //!
@@ -16,11 +16,11 @@
 //! and UDP GSO/GRO work on the uplink, as on a real node. SNAT is on everywhere (it
 //! does not touch pod-to-pod traffic, but its steering rules are in place).
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use clap::Args;
 
-use super::topology::{Cluster, ClusterSpec, NodeKind};
+use hybridway_lab::topology::{Cluster, ClusterSpec, NodeKind};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -42,7 +42,14 @@ struct Figures {
 
 /// Pod 1 on node 1 to pod 1 on node 2, the path every figure measures.
 fn iperf_json(c: &Cluster, args: &str, seconds: u32) -> anyhow::Result<serde_json::Value> {
-    super::iperf_json(c, (1, 1), (2, 1), args, seconds, seconds + 15)
+    Ok(hybridway_lab::traffic::iperf_json(
+        c,
+        (1, 1),
+        (2, 1),
+        args,
+        seconds,
+        seconds + 15,
+    )?)
 }
 
 fn measure(c: &Cluster, seconds: u32) -> anyhow::Result<Figures> {
@@ -107,8 +114,7 @@ fn build(
     })?)
 }
 
-pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let exe: PathBuf = std::env::current_exe()?;
+pub fn run(args: &BenchArgs, exe: &Path) -> anyhow::Result<()> {
     let base = format!("hwb{}", std::process::id() % 10_000);
     println!(
         "end-to-end pod-to-pod benchmark, {} s per figure (same run, same topology)",
@@ -141,7 +147,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             if kernel { "k" } else { "h" },
             &backend[..1]
         );
-        let cluster = build(&tag, overlay, kernel, backend, &exe)?;
+        let cluster = build(&tag, overlay, kernel, backend, exe)?;
         let f = measure(&cluster, args.seconds)?;
         drop(cluster);
         println!(

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """TCP connection load for the SNAT tests and benchmark (control/tests/agent_snat_load.rs,
-hybridway bench-snat). One process holds at most a slice of the connections: the
+hybridway-lab bench-snat). One process holds at most a slice of the connections: the
 machine caps open files per process, so callers start several.
 
   serve ADDR PORT            echo server (SO_REUSEPORT: several processes share the port);

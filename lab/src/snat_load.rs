@@ -1,5 +1,5 @@
 //! Many TCP connections from a pod to one outside ip:port, for the SNAT load tests
-//! and `hybridway bench-snat`. The work is done by a small Python program
+//! and `hybridway-lab bench-snat`. The work is done by a small Python program
 //! (`snat_conns.py`, embedded here and written next to the cluster's files) run in
 //! several processes on each side, because a process may hold only so many open
 //! files (20,000 on the project's machine).
@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Stdio};
 
-use super::netns::Netns;
+use crate::netns::Netns;
 
 /// The helper program.
 const HELPER: &str = include_str!("snat_conns.py");
@@ -260,8 +260,8 @@ pub fn one(
 /// the same destination (`tcp_tw_reuse`), and gives it `lo..=hi` as ephemeral
 /// ports: without them a pod is limited by its own TIME_WAIT (28,232 ports per 60 s
 /// by default), not by the NAT under test.
-pub fn tune_client(ns: &Netns, lo: u16, hi: u16) -> Result<(), super::netns::NetError> {
-    ns.sh(&format!(
+pub fn tune_client(ns: &Netns, lo: u16, hi: u16) -> Result<(), crate::LabError> {
+    ns.run(&format!(
         "sysctl -qw net.ipv4.tcp_tw_reuse=1 && sysctl -qw net.ipv4.ip_local_port_range='{lo} {hi}'"
     ))
     .map(|_| ())

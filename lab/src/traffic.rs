@@ -1,0 +1,211 @@
+//! Traffic between namespaces: iperf3 runs (the demos, the end-to-end bench and
+//! tests) and what source address an outside host sees (SNAT on or off); for the
+//! namespace cluster's pods by index, or between any two namespaces.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use crate::LabError;
+use crate::netns::Netns;
+use crate::topology::{Cluster, OUTSIDE_SERVER};
+
+macro_rules! traffic {
+    ($($arg:tt)*) => {
+        LabError::Traffic(format!($($arg)*))
+    };
+}
+
+/// Runs `iperf3 -c … -t seconds ARGS -J` from `client` to a one-shot server on
+/// `server` and returns its JSON report; shared by the demo and the end-to-end bench.
+/// `timeout_secs` bounds the whole client run.
+pub fn iperf_json(
+    cluster: &Cluster,
+    client: (u8, u8),
+    server: (u8, u8),
+    args: &str,
+    seconds: u32,
+    timeout_secs: u32,
+) -> Result<serde_json::Value, LabError> {
+    let srv = cluster
+        .pod(server.0, server.1)
+        .ok_or_else(|| traffic!("no server pod"))?;
+    let cli = cluster
+        .pod(client.0, client.1)
+        .ok_or_else(|| traffic!("no client pod"))?;
+    iperf_between(&cli.ns, (&srv.ns, srv.ip), args, seconds, timeout_secs)
+}
+
+/// [`iperf_json`] between any two namespaces: the server listens on `server.1`
+/// inside `server.0`.
+pub fn iperf_between(
+    cli: &Netns,
+    server: (&Netns, Ipv4Addr),
+    args: &str,
+    seconds: u32,
+    timeout_secs: u32,
+) -> Result<serde_json::Value, LabError> {
+    let (srv_ns, srv_ip) = server;
+    let mut server_proc = srv_ns
+        .command("iperf3")
+        .args(["-s", "-1", "-B", &srv_ip.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // The server may need a moment to listen on a busy machine: retry the start.
+    let mut result = Err(traffic!("iperf3 did not run"));
+    for _ in 0..5 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let out = match cli.output(&format!(
+            "timeout {timeout_secs} iperf3 -c {srv_ip} -t {seconds} {args} --connect-timeout 3000 -J"
+        )) {
+            Ok(out) => out,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let refused = text.contains("Connection refused");
+        result = serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|_| traffic!("iperf3 gave no JSON: {}", text.trim()));
+        if !refused {
+            break;
+        }
+    }
+    let _ = server_proc.kill();
+    let _ = server_proc.wait();
+    let json = result?;
+    if let Some(err) = json.get("error").and_then(|e| e.as_str()) {
+        return Err(traffic!("iperf3: {err}"));
+    }
+    Ok(json)
+}
+
+/// Runs iperf3 between two pods; returns a one-line summary.
+pub fn iperf(
+    cluster: &Cluster,
+    client: (u8, u8),
+    server: (u8, u8),
+    udp: bool,
+    seconds: u32,
+) -> Result<String, LabError> {
+    let json = iperf_json(
+        cluster,
+        client,
+        server,
+        iperf_flags(udp),
+        seconds,
+        seconds + 10,
+    )?;
+    summarize(&json, udp)
+}
+
+/// The iperf3 flags of [`iperf`]: UDP at 100 Mbit/s in 1200-byte datagrams (below
+/// the overlay MTU), or TCP.
+pub fn iperf_flags(udp: bool) -> &'static str {
+    if udp { "-u -b 100M -l 1200" } else { "" }
+}
+
+/// One line from an iperf3 JSON report: Mbit/s (and loss for UDP); fails when
+/// nothing arrived or most UDP datagrams were lost.
+pub fn summarize(json: &serde_json::Value, udp: bool) -> Result<String, LabError> {
+    let end = json
+        .get("end")
+        .ok_or_else(|| traffic!("iperf3: no result"))?;
+    if udp {
+        let sum = end
+            .get("sum")
+            .ok_or_else(|| traffic!("iperf3: no UDP sum"))?;
+        let bps = sum
+            .get("bits_per_second")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0);
+        let lost = sum
+            .get("lost_percent")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(100.0);
+        let packets = sum.get("packets").and_then(|v| v.as_u64()).unwrap_or(0);
+        if packets == 0 || lost > 50.0 {
+            return Err(traffic!("UDP: {packets} packets, {lost:.1}% lost"));
+        }
+        Ok(format!(
+            "{:.0} Mbit/s, {packets} datagrams, {lost:.2}% lost",
+            bps / 1e6
+        ))
+    } else {
+        let recv = end
+            .get("sum_received")
+            .and_then(|s| s.get("bits_per_second"))
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0);
+        if recv <= 0.0 {
+            return Err(traffic!("TCP: nothing received"));
+        }
+        Ok(format!("{:.0} Mbit/s received", recv / 1e6))
+    }
+}
+
+/// Connects from pod `from` to the outside server and returns the source address the
+/// outside saw (its iperf3 server reports the peer).
+pub fn outside_sees(cluster: &Cluster, from: (u8, u8)) -> Result<Ipv4Addr, LabError> {
+    let cli = cluster
+        .pod(from.0, from.1)
+        .ok_or_else(|| traffic!("no client pod"))?;
+    let log = cluster.spec.dir.join("outside-iperf.json");
+    source_seen(&cli.ns, (&cluster.outside, OUTSIDE_SERVER), &log)
+}
+
+/// Connects from namespace `cli` to an iperf3 server on `server.1` in `server.0` and
+/// returns the source address the server saw; its report goes to `log`.
+pub fn source_seen(
+    cli: &Netns,
+    server: (&Netns, Ipv4Addr),
+    log: &Path,
+) -> Result<Ipv4Addr, LabError> {
+    let (outside, addr) = server;
+    let _ = std::fs::remove_file(log);
+    let mut server = outside
+        .command("iperf3")
+        .args([
+            "-s",
+            "-1",
+            "-J",
+            "-B",
+            &addr.to_string(),
+            "--logfile",
+            &log.display().to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut out = None;
+    for _ in 0..5 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let o = cli.output(&format!(
+            "timeout 10 iperf3 -c {addr} -t 1 --connect-timeout 3000 -J"
+        ))?;
+        let refused = String::from_utf8_lossy(&o.stdout).contains("Connection refused");
+        out = Some(o);
+        if !refused {
+            break;
+        }
+    }
+    let out = out.ok_or_else(|| traffic!("iperf3 did not run"))?;
+    // The server (-1) writes its JSON report as it exits: let it finish.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline && matches!(server.try_wait(), Ok(None)) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    if !out.status.success() {
+        return Err(traffic!("{} could not reach {addr}", cli.name));
+    }
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|_| traffic!("no report from the outside server"))?;
+    json.pointer("/start/connected/0/remote_host")
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| traffic!("the outside server saw no connection"))
+}
