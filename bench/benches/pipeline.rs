@@ -110,6 +110,7 @@ fn tables() -> Tables {
         routes: b.build(),
         no_snat: vec![p("198.19.0.0/16"), p("198.18.0.0/24")],
         known_vteps: (2..202u8).map(|i| Ipv4Addr::new(198, 18, 0, i)).collect(),
+        services: Default::default(),
     }
 }
 

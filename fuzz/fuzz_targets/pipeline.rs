@@ -89,6 +89,7 @@ fn tables(snat: bool, tun: bool) -> Tables {
             .filter_map(|p| p.parse().ok())
             .collect(),
         known_vteps: vec![Ipv4Addr::new(198, 18, 0, 2)],
+        services: Default::default(),
     }
 }
 
