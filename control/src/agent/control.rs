@@ -11,7 +11,10 @@
 //! the agent fixed on the way, e.g. a veth's offloads) when there are any.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use hybridway_dataplane::tables::ServiceTable;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -23,6 +26,7 @@ use super::config::ClusterFacts;
 use super::runtime::{Agent, AgentError, CniAddress, Status};
 use super::table_builder::LocalPod;
 use crate::bgp::status::CurrentSpeaker;
+use crate::k8s::services_watch::ServiceUpdates;
 
 /// How often next-hop MACs are looked up again.
 const NEIGHBOR_REFRESH: Duration = Duration::from_secs(2);
@@ -234,12 +238,27 @@ async fn next_facts(updates: &mut Option<ClusterUpdates>) -> Option<ClusterFacts
     rx.borrow_and_update().clone()
 }
 
+/// The next service table from the Service watch; pending forever in file mode or
+/// once the watch is gone.
+async fn next_services(updates: &mut Option<ServiceUpdates>) -> Option<Arc<ServiceTable>> {
+    let Some(rx) = updates else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        *updates = None;
+        return None;
+    }
+    Some(Arc::clone(&rx.borrow_and_update()))
+}
+
 /// Runs the control loop until SIGTERM or SIGINT, then shuts the agent down.
-/// `cluster`: the Node watch's facts in Kubernetes mode; `bgp`: the speaker the
-/// agent runs, shown by `status`.
+/// `cluster`: the Node watch's facts in Kubernetes mode; `services`: the Service
+/// watch's tables (Kubernetes mode); `bgp`: the speaker the agent runs, shown by
+/// `status`.
 pub async fn run(
     mut agent: Agent,
     mut cluster: Option<ClusterUpdates>,
+    mut services: Option<ServiceUpdates>,
     bgp: Option<CurrentSpeaker>,
 ) -> Result<(), ControlError> {
     let path = agent.config().control.socket.clone();
@@ -263,6 +282,11 @@ pub async fn run(
             Some(facts) = next_facts(&mut cluster) => {
                 if let Err(e) = agent.apply_cluster(facts) {
                     tracing::error!(error = %e, "cluster change not applied");
+                }
+            }
+            Some(table) = next_services(&mut services) => {
+                if let Err(e) = agent.apply_services(table) {
+                    tracing::error!(error = %e, "service change not applied");
                 }
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }

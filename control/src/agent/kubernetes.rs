@@ -7,6 +7,7 @@
 //!   │        │ Node store + nodes_changed             │
 //!   │        ▼                                        │
 //!   ├─ k8s::agent_bgp::run (BGP speaker, its status)  │
+//!   ├─ k8s::services_watch::run ──watch::channel(table)─┤ Agent::apply_services
 //!   └─ control::run (control loop) ◄──────────────────┘ Agent::apply_cluster
 //! ```
 //!
@@ -16,6 +17,7 @@
 //! given this node a block.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::AgentConfig;
 use super::config::{ConfigError, LocalConfig};
@@ -29,6 +31,7 @@ use crate::k8s::agent_watch::{self, NodeSource};
 use crate::k8s::bgp_view::SpeakerSettings;
 use crate::k8s::client::{self, ClientError};
 use crate::k8s::flannel::Vtep;
+use crate::k8s::services_watch;
 
 /// How the agent finds its cluster.
 #[derive(Clone, Debug)]
@@ -90,6 +93,12 @@ pub fn run(mode: &KubernetesMode) -> Result<(), KubernetesModeError> {
         ..SpeakerSettings::default()
     };
     let bgp_status = CurrentSpeaker::default();
+    let (services_tx, services_rx) = tokio::sync::watch::channel(Arc::default());
+    rt.spawn(services_watch::run(
+        kube.clone(),
+        src.node_name.clone(),
+        services_tx,
+    ));
     rt.spawn(agent_bgp::run(
         kube,
         src.node_name.clone(),
@@ -122,6 +131,11 @@ pub fn run(mode: &KubernetesMode) -> Result<(), KubernetesModeError> {
         },
     )?;
     tracing::info!("ready");
-    rt.block_on(control::run(agent, Some(rx), Some(bgp_status)))?;
+    rt.block_on(control::run(
+        agent,
+        Some(rx),
+        Some(services_rx),
+        Some(bgp_status),
+    ))?;
     Ok(())
 }

@@ -204,7 +204,7 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(control::run(agent, None, None))?;
+            rt.block_on(control::run(agent, None, None, None))?;
         }
         Command::CheckConfig { config, kind } => {
             let kind = match kind {
