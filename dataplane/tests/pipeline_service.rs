@@ -193,6 +193,24 @@ fn a_pod_reaches_itself_through_its_service_from_the_gateway() {
     assert_checksums(&back, 0);
 }
 
+#[test]
+fn on_the_tun_backend_local_endpoints_see_the_gateway_so_replies_cross_the_dataplane() {
+    let mut t = with_services(tables(false), &[service(&[endpoint(POD2, true)])]);
+    let host = PortId(9);
+    t.node.host_port = Some(host);
+    t.node.routed_port = host;
+    let mut p = pipeline();
+    let syn = tcp4(POD1, VIP, 40000, 80, 64, true, b"");
+    let (v, out) = run(&mut p, &t, &syn, POD1_PORT);
+    assert_eq!(v, Verdict::Forward { port: POD2_PORT });
+    assert_eq!(tuple(&out, 14), (GATEWAY, 40000, POD2, 8080));
+    assert_checksums(&out, 0);
+    let (v, back) = run(&mut p, &t, &answer(&out, 14, true), POD2_PORT);
+    assert_eq!(v, Verdict::Forward { port: POD1_PORT });
+    assert_eq!(tuple(&back, 14), (VIP, 80, POD1, 40000));
+    assert_checksums(&back, 0);
+}
+
 /// Endpoint chosen for a new TCP flow from `sport`.
 fn endpoint_of(p: &mut Pipeline, t: &Tables, sport: u16, now: Now) -> Ipv4Addr {
     let syn = tcp4(POD1, VIP, sport, 80, 64, true, b"");

@@ -29,7 +29,10 @@
 //!   packet, which is what kube-proxy's conntrack clean-up achieves for DNS.
 //! - **Hairpin** (a pod reaching itself through its Service): the source is
 //!   translated to the pods' gateway address as well, or the pod's kernel would see
-//!   a packet from itself and drop it as a martian. kube-proxy masquerades to the
+//!   a packet from itself and drop it as a martian. On the TUN backend the same is
+//!   done for every endpoint on this node: the kernel forwards between local pods
+//!   there, so the endpoint's reply would reach the client without the dataplane
+//!   and never get its ClusterIP back. kube-proxy masquerades to the
 //!   node's bridge address for the same reason. The gateway and not the node
 //!   address: the node address is the host's, which also talks to pods (kubelet
 //!   probes) and must not have its packets taken for Service replies; the gateway
@@ -49,7 +52,7 @@ use super::{Pipeline, snat};
 use crate::frame::Frame;
 use crate::tables::conntrack::Direction;
 use crate::tables::services::{Backend, FrontendKey, Origin, Selection};
-use crate::tables::{FlowKey, FlowState, L4Proto, NatBinding, Tables, Timeouts};
+use crate::tables::{FlowKey, FlowState, L4Proto, NatBinding, RouteTarget, Tables, Timeouts};
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict, WorkerId};
 
@@ -323,7 +326,8 @@ impl Pipeline {
             self.stick(fe.key, key.src, b, now.after(timeout));
         }
         let backend = backend.ok_or(DropReason::ServiceNoEndpoints)?;
-        let masquerade = (backend.addr == key.src).then_some(tables.node.gateway_v4);
+        let masquerade =
+            needs_masquerade(tables, key.src, backend).then_some(tables.node.gateway_v4);
         let state = FlowState::initial(key.proto, l4.tcp_flags);
         let flow = Flow {
             frontend: fe.key,
@@ -442,6 +446,24 @@ impl Pipeline {
             Err(_) => Err(reason),
         }
     }
+}
+
+/// Whether the client's source must be translated too (to the gateway) so that the
+/// endpoint's replies come back through the dataplane: a hairpin, and, when the
+/// kernel forwards between local pods itself (the TUN backend: plain packets leave
+/// through the host port, and the kernel routes pod to pod on the node directly),
+/// any endpoint on this node.
+fn needs_masquerade(tables: &Tables, client: Ipv4Addr, backend: Backend) -> bool {
+    if backend.addr == client {
+        return true;
+    }
+    let node = &tables.node;
+    let kernel_forwards_local_pods = Some(node.routed_port) == node.host_port;
+    kernel_forwards_local_pods
+        && matches!(
+            tables.routes.lookup_v4(backend.addr),
+            Some(RouteTarget::LocalPod { .. })
+        )
 }
 
 /// Rewrites the client's packet for `flow`: destination to the endpoint and, for a
