@@ -96,9 +96,9 @@ fn map<K, V>(n: usize) -> Map<K, V> {
 /// One worker's Service flows. See the module docs.
 #[derive(Debug)]
 pub(super) struct ServiceFlows {
-    flows: Map<FlowKey, Flow>,
+    flows: Map<u128, Flow>,
     /// Reply key → the flow's key.
-    replies: Map<FlowKey, FlowKey>,
+    replies: Map<u128, FlowKey>,
     affinity: Map<(FrontendKey, Ipv4Addr), Sticky>,
     capacity: usize,
     timeouts: Timeouts,
@@ -130,7 +130,7 @@ impl ServiceFlows {
         self.flows.retain(|_, f| {
             let live = f.expires > now;
             if !live {
-                replies.remove(&f.reply);
+                replies.remove(&pack(&f.reply));
             }
             live
         });
@@ -138,8 +138,8 @@ impl ServiceFlows {
     }
 
     fn remove(&mut self, key: &FlowKey) {
-        if let Some(f) = self.flows.remove(key) {
-            self.replies.remove(&f.reply);
+        if let Some(f) = self.flows.remove(&pack(key)) {
+            self.replies.remove(&pack(&f.reply));
         }
     }
 
@@ -158,6 +158,17 @@ impl ServiceFlows {
 pub(super) fn client_owner(workers: u16, client: Ipv4Addr) -> WorkerId {
     let h = u64::from(client.to_bits()).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
     WorkerId::try_from((h * u64::from(workers.max(1))) >> 32).unwrap_or(0)
+}
+
+/// A flow key as one integer: hashed with one call instead of one per field (the
+/// derived `Hash` of [`FlowKey`] costs more than the map lookup itself).
+#[inline]
+fn pack(k: &FlowKey) -> u128 {
+    (u128::from(k.proto.code()) << 96)
+        | (u128::from(k.src.to_bits()) << 64)
+        | (u128::from(k.src_port) << 48)
+        | (u128::from(k.dst.to_bits()) << 16)
+        | u128::from(k.dst_port)
 }
 
 fn flow_key(ip: &V4, l4: &L4) -> Option<FlowKey> {
@@ -239,11 +250,11 @@ impl Pipeline {
                 };
             }
         }
-        let Some(client_key) = self.services.replies.get(&key).copied() else {
+        let Some(client_key) = self.services.replies.get(&pack(&key)).copied() else {
             return pass;
         };
         let timeouts = self.services.timeouts;
-        let Some(flow) = self.services.flows.get_mut(&client_key) else {
+        let Some(flow) = self.services.flows.get_mut(&pack(&client_key)) else {
             return pass;
         };
         if flow.expires <= now {
@@ -344,12 +355,12 @@ impl Pipeline {
             expires: now.after(state.timeout(&self.services.timeouts)),
             generation: tables.generation,
         };
-        if let Some(other) = self.services.replies.get(&flow.reply)
+        if let Some(other) = self.services.replies.get(&pack(&flow.reply))
             && *other != key
             && self
                 .services
                 .flows
-                .get(other)
+                .get(&pack(other))
                 .is_some_and(|f| f.expires > now)
         {
             return Err(DropReason::ServiceFlowConflict);
@@ -357,8 +368,8 @@ impl Pipeline {
         if !self.services.has_room(now) {
             return Err(DropReason::ConntrackFull);
         }
-        self.services.replies.insert(flow.reply, key);
-        self.services.flows.insert(key, flow);
+        self.services.replies.insert(pack(&flow.reply), key);
+        self.services.flows.insert(pack(&key), flow);
         translate(frame, ip, &l4, &flow)
     }
 
@@ -372,7 +383,7 @@ impl Pipeline {
         now: Now,
     ) -> Option<Flow> {
         let timeouts = self.services.timeouts;
-        let flow = self.services.flows.get_mut(key)?;
+        let flow = self.services.flows.get_mut(&pack(key))?;
         let mut valid = flow.expires > now;
         if valid && key.proto == L4Proto::Udp && flow.generation != tables.generation {
             let fe = flow.frontend;
