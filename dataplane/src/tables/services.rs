@@ -153,6 +153,8 @@ pub struct ServiceTable {
     /// Smallest and largest ClusterIP: one compare pair keeps pod-to-pod traffic off
     /// the hash map (ClusterIPs all come from the service CIDR).
     vip_bounds: Option<(u32, u32)>,
+    /// Every ClusterIP, whatever its ports.
+    cluster_ips: HashSet<Ipv4Addr, ahash::RandomState>,
     /// Every endpoint any frontend may send to: with several workers, what makes a
     /// packet a possible reply worth handing to the worker that owns its flow.
     endpoints: HashSet<(L4Proto, Backend), ahash::RandomState>,
@@ -172,6 +174,7 @@ impl ServiceTable {
             by_cluster_ip: HashMap::with_capacity_and_hasher(count, ahash::RandomState::new()),
             by_node_port: HashMap::with_hasher(ahash::RandomState::new()),
             vip_bounds: None,
+            cluster_ips: HashSet::with_hasher(ahash::RandomState::new()),
             endpoints: HashSet::with_hasher(ahash::RandomState::new()),
             skipped: specs
                 .iter()
@@ -211,6 +214,7 @@ impl ServiceTable {
                     .entry((fe.key.proto, np))
                     .or_insert(index);
             }
+            table.cluster_ips.insert(fe.key.addr);
             let ip = fe.key.addr.to_bits();
             table.vip_bounds = Some(match table.vip_bounds {
                 None => (ip, ip),
@@ -248,7 +252,7 @@ impl ServiceTable {
     /// Whether `addr` is a ClusterIP of any Service (any port): traffic to it on a
     /// port no Service has is rejected, as kube-proxy's nftables mode does.
     pub fn is_cluster_ip(&self, addr: Ipv4Addr) -> bool {
-        self.may_be_cluster_ip(addr) && self.frontends.iter().any(|f| f.key.addr == addr)
+        self.may_be_cluster_ip(addr) && self.cluster_ips.contains(&addr)
     }
 
     /// Whether `addr`:`port` is an endpoint of some Service.
