@@ -14,6 +14,8 @@ packages=(
   frr bird2 gobgpd
   # the Kubernetes test rig (scripts/k8s-lab.sh): certificates, readiness probes, locks
   openssl curl util-linux
+  # cluster DNS through a Service in the Service tests: a resolver pod and a client
+  dnsmasq-base bind9-dnsutils
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -114,6 +114,14 @@ drop_reasons! {
     /// The kernel dropped frames before the dataplane read them (a burst): AF_XDP
     /// receive ring full or no fill buffer, TUN device queue full.
     PortRxOverflow => "port_rx_overflow",
+    /// A packet to a Service with no usable endpoint, or to a ClusterIP on a port no
+    /// Service has (the pod is sent ICMP port unreachable, as kube-proxy's reject rule).
+    ServiceNoEndpoints => "service_no_endpoints",
+    /// A packet to a Service whose traffic policy is Local and that has no endpoint
+    /// on this node (dropped silently, as kube-proxy does).
+    ServiceNoLocalEndpoints => "service_no_local_endpoints",
+    /// A new Service flow whose translated tuple is already another live flow's.
+    ServiceFlowConflict => "service_flow_conflict",
     /// A protocol or packet kind the dataplane refuses (e.g. IPv6 under SNAT).
     Unsupported => "unsupported",
 }

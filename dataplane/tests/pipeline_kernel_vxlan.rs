@@ -94,6 +94,7 @@ fn node(
         routes: b.build(),
         no_snat: vec![],
         known_vteps: vec![peer],
+        services: Default::default(),
     }
 }
 

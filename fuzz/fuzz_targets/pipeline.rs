@@ -1,13 +1,16 @@
 //! Arbitrary frames, from the uplink or from a pod port, through a populated table
-//! and a pipeline that already has masqueraded flows: no panic, the frame stays in its
-//! buffer, and every verdict is well-formed.
+//! (routes and Services) and a pipeline that already has masqueraded and Service
+//! flows: no panic, the frame stays in its buffer, and every verdict is well-formed.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use hybridway_dataplane::frame::{FRAME_BUFFER_SIZE, Frame, FrameMeta, PortId};
 use hybridway_dataplane::pipeline::Pipeline;
+use hybridway_dataplane::tables::services::{
+    EndpointSpec, ServicePortSpec, ServiceProto, ServiceSpec, ServiceTable,
+};
 use hybridway_dataplane::tables::{
     Mode, NodeSettings, Prefix, RouteTableBuilder, RouteTarget, SnatConfig, Tables,
 };
@@ -23,6 +26,57 @@ const HOST: PortId = PortId(3);
 const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
 const POD1: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 10);
+/// ClusterIPs: .10 has local, remote and POD1's own endpoints (hairpin); .11 none;
+/// .12 is `internalTrafficPolicy: Local` with a remote endpoint only.
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 240, 10);
+
+fn services() -> ServiceTable {
+    let ep = |addr: Ipv4Addr, local| EndpointSpec {
+        addr,
+        port: 5353,
+        ready: true,
+        serving: true,
+        terminating: false,
+        local,
+    };
+    let spec = |last: u8, endpoints: Vec<EndpointSpec>| ServiceSpec {
+        name: format!("default/svc-{last}"),
+        cluster_ips: vec![Ipv4Addr::new(198, 18, 240, last)],
+        ports: [ServiceProto::Udp, ServiceProto::Tcp]
+            .into_iter()
+            .map(|proto| ServicePortSpec {
+                proto,
+                port: 53,
+                node_port: Some(30053),
+                endpoints: endpoints.clone(),
+            })
+            .collect(),
+        affinity: (last == 10).then_some(std::time::Duration::from_secs(10)),
+        internal_local: last == 12,
+        external_local: false,
+    };
+    ServiceTable::build(&[
+        spec(
+            10,
+            vec![
+                ep(POD1, true),
+                ep(Ipv4Addr::new(198, 19, 1, 11), true),
+                ep(Ipv4Addr::new(198, 19, 2, 20), false),
+                ep(OUTSIDE, false),
+            ],
+        ),
+        spec(11, vec![]),
+        spec(12, vec![ep(Ipv4Addr::new(198, 19, 2, 20), false)]),
+    ])
+}
+
+/// Whether a packet to `dst` may be translated (and then handed off or given to the
+/// host rewritten): a ClusterIP of [`services`].
+fn is_cluster_ip(bytes: &[u8]) -> bool {
+    bytes
+        .get(30..34)
+        .is_some_and(|d| d[..3] == VIP.octets()[..3])
+}
 
 fn tables(snat: bool, tun: bool) -> Tables {
     let mut b = RouteTableBuilder::new();
@@ -89,6 +143,7 @@ fn tables(snat: bool, tun: bool) -> Tables {
             .filter_map(|p| p.parse().ok())
             .collect(),
         known_vteps: vec![Ipv4Addr::new(198, 18, 0, 2)],
+        services: Arc::new(services()),
     }
 }
 
@@ -113,9 +168,14 @@ fn config() -> SnatConfig {
     }
 }
 
-/// A UDP packet from POD1 so the shard holds a flow whose replies the fuzzer can hit
-/// (the first port of worker 0's slice).
+/// UDP packets from POD1 to the outside and to a ClusterIP, so the SNAT shard and
+/// the Service flows hold flows whose replies the fuzzer can hit.
 fn seed_flow(p: &mut Pipeline, t: &Tables) {
+    seed_flow_to(p, t, OUTSIDE);
+    seed_flow_to(p, t, VIP);
+}
+
+fn seed_flow_to(p: &mut Pipeline, t: &Tables, dst: Ipv4Addr) {
     let mut f = vec![0u8; 14 + 28];
     f[0..6].copy_from_slice(&t.node.gateway_mac.0);
     f[6..12].copy_from_slice(&[2, 0, 0, 0, 0xbb, 10]);
@@ -126,7 +186,7 @@ fn seed_flow(p: &mut Pipeline, t: &Tables) {
     ip[8] = 64;
     ip[9] = 17;
     ip[12..16].copy_from_slice(&POD1.octets());
-    ip[16..20].copy_from_slice(&OUTSIDE.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
     let c = checksum::checksum(&ip[..20]);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     ip[20..22].copy_from_slice(&5000u16.to_be_bytes());
@@ -222,8 +282,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let verdict = p.process(&mut frame, t, Now(1));
     check(verdict, &frame, t, &config, worker);
-    if matches!(verdict, Verdict::ToHost | Verdict::HandOff { .. }) {
-        // The host and the owning worker get the frame exactly as it arrived.
+    if matches!(verdict, Verdict::ToHost | Verdict::HandOff { .. }) && !is_cluster_ip(bytes) {
+        // The host and the owning worker get the frame exactly as it arrived (a
+        // packet to a ClusterIP may already be sent to its endpoint: the node itself,
+        // or one the SNAT owner masquerades).
         assert_eq!(frame.data(), bytes, "{verdict:?} frame was modified");
     }
 

@@ -20,7 +20,10 @@
 //! loop only runs requests that arrived whole, one at a time.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use hybridway_dataplane::tables::ServiceTable;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -36,6 +39,7 @@ use super::saved_view::SavedView;
 use super::table_builder::LocalPod;
 use crate::bgp::speaker::StopMode;
 use crate::bgp::status::CurrentSpeaker;
+use crate::k8s::services_watch::ServiceUpdates;
 
 /// How often next-hop MACs are looked up again.
 const NEIGHBOR_REFRESH: Duration = Duration::from_secs(2);
@@ -339,14 +343,29 @@ async fn next_facts(updates: &mut Option<ClusterUpdates>) -> Option<ClusterFacts
     rx.borrow_and_update().clone()
 }
 
+/// The next service table from the Service watch; pending forever in file mode or
+/// once the watch is gone.
+async fn next_services(updates: &mut Option<ServiceUpdates>) -> Option<Arc<ServiceTable>> {
+    let Some(rx) = updates else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        *updates = None;
+        return None;
+    }
+    Some(Arc::clone(&rx.borrow_and_update()))
+}
+
 /// Runs the control loop until SIGTERM or SIGINT, then shuts the agent down.
-/// `cluster`: the Node watch's facts and the saved view in Kubernetes mode; `bgp`:
-/// the speaker the agent runs, shown by `status`; `speaker`: file mode's speaker,
-/// re-planned after each reload and stopped with the agent (SIGTERM: gracefully, so
-/// the switches keep our routes while we restart; SIGINT: with a Cease).
+/// `cluster`: the Node watch's facts and the saved view in Kubernetes mode;
+/// `services`: the Service watch's tables (Kubernetes mode); `bgp`: the speaker the
+/// agent runs, shown by `status`; `speaker`: file mode's speaker, re-planned after
+/// each reload and stopped with the agent (SIGTERM: gracefully, so the switches keep
+/// our routes while we restart; SIGINT: with a Cease).
 pub async fn run(
     mut agent: Agent,
     cluster: Option<Cluster>,
+    mut services: Option<ServiceUpdates>,
     bgp: Option<CurrentSpeaker>,
     speaker: Option<FileSpeaker>,
 ) -> Result<(), ControlError> {
@@ -390,6 +409,11 @@ pub async fn run(
             () = sleep_until(save_retry) => {
                 if let Some(saved) = saved.as_mut() {
                     saved.retry();
+                }
+            }
+            Some(table) = next_services(&mut services) => {
+                if let Err(e) = agent.apply_services(table) {
+                    tracing::error!(error = %e, "service change not applied");
                 }
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break StopMode::Graceful; }

@@ -7,6 +7,7 @@
 //!   │        │ Node store + nodes_changed             │
 //!   │        ▼                                        │
 //!   ├─ k8s::agent_bgp::run (BGP speaker, its status)  │
+//!   ├─ k8s::services_watch::run ──watch::channel(table)─┤ Agent::apply_services
 //!   └─ control::run (control loop) ◄──────────────────┘ Agent::apply_cluster
 //! ```
 //!
@@ -17,6 +18,7 @@
 //! (`saved_view`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::AgentConfig;
 use super::config::{ConfigError, LocalConfig};
@@ -31,6 +33,7 @@ use crate::k8s::agent_watch::{self, NodeSource};
 use crate::k8s::bgp_view::SpeakerSettings;
 use crate::k8s::client::{self, ClientError};
 use crate::k8s::flannel::Vtep;
+use crate::k8s::services_watch;
 
 /// How the agent finds its cluster.
 #[derive(Clone, Debug)]
@@ -92,6 +95,12 @@ pub fn run(mode: &KubernetesMode) -> Result<(), KubernetesModeError> {
         ..SpeakerSettings::default()
     };
     let bgp_status = CurrentSpeaker::default();
+    let (services_tx, services_rx) = tokio::sync::watch::channel(Arc::default());
+    rt.spawn(services_watch::run(
+        kube.clone(),
+        src.node_name.clone(),
+        services_tx,
+    ));
     rt.spawn(agent_bgp::run(
         kube,
         src.node_name.clone(),
@@ -130,6 +139,12 @@ pub fn run(mode: &KubernetesMode) -> Result<(), KubernetesModeError> {
     }
     tracing::info!("ready");
     let cluster = control::Cluster { updates: rx, saved };
-    rt.block_on(control::run(agent, Some(cluster), Some(bgp_status), None))?;
+    rt.block_on(control::run(
+        agent,
+        Some(cluster),
+        Some(services_rx),
+        Some(bgp_status),
+        None,
+    ))?;
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use hybridway_dataplane::frame::PortId;
 use hybridway_dataplane::pipeline::Pipeline;
 use hybridway_dataplane::port::{Backend, HostSupport, PortError};
-use hybridway_dataplane::tables::SharedTables;
+use hybridway_dataplane::tables::{ServiceTable, SharedTables};
 use hybridway_dataplane::wire::MacAddr;
 use hybridway_dataplane::worker::{MetricsServer, PoolConfig, PoolError, WorkerPool};
 use serde::Serialize;
@@ -164,6 +164,8 @@ pub struct Agent {
     reserved_ports: Option<ReservedPorts>,
     /// Pod addresses handed out to the CNI plugin.
     addresses: PodAddressBook,
+    /// Kubernetes Services (Kubernetes mode), put into every snapshot.
+    services: Arc<ServiceTable>,
 }
 
 /// Whether a pod is attached for the first time or restored from the state file.
@@ -344,6 +346,7 @@ impl Agent {
             kernel,
             reserved_ports,
             addresses,
+            services: Arc::default(),
         };
         agent.restore_pods();
         agent.publish()?;
@@ -468,7 +471,9 @@ impl Agent {
         if !self.unresolved.is_empty() {
             tracing::warn!(next_hops = ?self.unresolved, "next hops without a MAC yet; their routes go nowhere until resolved");
         }
-        self.tables.publish(built.tables);
+        let mut tables = built.tables;
+        tables.services = Arc::clone(&self.services);
+        self.tables.publish(tables);
         let generation = self.tables.load().generation;
         self.gauges.generation.store(generation, Ordering::Relaxed);
         self.gauges
@@ -533,6 +538,12 @@ impl Agent {
             }
         };
         self.replace_config(next)
+    }
+
+    /// Kubernetes mode: the Service watch built a new service table.
+    pub fn apply_services(&mut self, table: Arc<ServiceTable>) -> Result<(), AgentError> {
+        self.services = table;
+        self.publish()
     }
 
     /// Kubernetes mode: the Node watch saw the cluster change. Other nodes change

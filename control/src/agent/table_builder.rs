@@ -290,6 +290,7 @@ pub fn build_tables(
             routes: routes.build(),
             no_snat,
             known_vteps: cfg.nodes.iter().map(|n| n.address).collect(),
+            services: Default::default(),
         },
         unresolved,
         skipped,

@@ -197,7 +197,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(async {
                 let speaker =
                     hybridway_control::agent::bgp::FileSpeaker::spawn(agent.config(), &config);
-                control::run(agent, None, None, Some(speaker)).await
+                control::run(agent, None, None, None, Some(speaker)).await
             })?;
         }
         Command::CheckConfig { config, kind } => {

@@ -2,7 +2,8 @@
 //! generator, the controller's parameters, leader election, the Node IPAM and
 //! BGPClusterConfig reconcilers, and the `hybridway controller` process that wires
 //! them; on the agent's side, the Node watch that turns Nodes into the agent's
-//! cluster facts (`cluster_view`, `agent_watch`) and flannel's annotations. The allocator itself is sans-IO in `crate::ipam`.
+//! cluster facts (`cluster_view`, `agent_watch`), flannel's annotations, and the
+//! Services and EndpointSlices the dataplane serves (`services`, `services_watch`). The allocator itself is sans-IO in `crate::ipam`.
 
 pub mod agent_bgp;
 pub mod agent_watch;
@@ -23,3 +24,5 @@ pub mod metrics;
 mod mock_api;
 pub mod node_ipam;
 pub mod params;
+pub mod services;
+pub mod services_watch;

@@ -37,6 +37,8 @@ pub(crate) enum IcmpError {
     /// "Communication administratively prohibited": the SNAT had no port for the
     /// flow (its only use, hence its drop reason).
     AdminProhibited,
+    /// "Port unreachable": a Service without endpoints (kube-proxy's REJECT).
+    PortUnreachable,
 }
 
 impl IcmpError {
@@ -46,6 +48,7 @@ impl IcmpError {
             IcmpError::TimeExceeded => DropReason::TtlExpired,
             IcmpError::TooBig { .. } => DropReason::TooBig,
             IcmpError::AdminProhibited => DropReason::SnatPortsExhausted,
+            IcmpError::PortUnreachable => DropReason::ServiceNoEndpoints,
         }
     }
 }
@@ -185,6 +188,7 @@ pub(crate) fn build_v4(
         IcmpError::TimeExceeded => (11u8, 0u8, 0u32),
         IcmpError::TooBig { mtu } => (3, 4, u32::from(mtu)),
         IcmpError::AdminProhibited => (3, 13, 0),
+        IcmpError::PortUnreachable => (3, 3, 0),
     };
     let e = new_start;
     set_macs(buf, e, peer_mac, src_mac).ok_or(err)?;
@@ -239,6 +243,7 @@ pub(crate) fn build_v6(
         // Destination unreachable, "communication with destination administratively
         // prohibited".
         IcmpError::AdminProhibited => (1, 1, 0),
+        IcmpError::PortUnreachable => (1, 4, 0),
     };
     let e = new_start;
     set_macs(buf, e, peer_mac, src_mac).ok_or(err)?;

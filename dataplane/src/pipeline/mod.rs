@@ -62,6 +62,7 @@ mod exhaustion;
 mod icmp;
 mod neighbor;
 mod parse;
+mod service;
 mod snat;
 mod vxlan;
 
@@ -70,6 +71,7 @@ use std::net::Ipv4Addr;
 use self::exhaustion::ExhaustionLog;
 use self::icmp::{IcmpError, IcmpRateLimit};
 use self::parse::{L4, Packet, V4, V6};
+use self::service::{ServiceFlows, ServiceStep};
 use self::vxlan::Tunnel;
 use crate::frame::{Frame, PortId};
 use crate::tables::{
@@ -100,6 +102,7 @@ pub struct Pipeline {
     icmp_limit: IcmpRateLimit,
     vteps: VtepSet,
     exhaustion: ExhaustionLog,
+    services: ServiceFlows,
 }
 
 type Step = Result<Verdict, DropReason>;
@@ -115,6 +118,7 @@ impl Pipeline {
             icmp_limit: IcmpRateLimit::new(),
             vteps: VtepSet::default(),
             exhaustion: ExhaustionLog::new(),
+            services: ServiceFlows::new(snat.capacity_per_worker, snat.timeouts),
         }
     }
 
@@ -281,6 +285,10 @@ impl Pipeline {
             Some(RouteTarget::LocalPod { port, .. }) if *port == in_port => {}
             _ => return Err(DropReason::SourceNotLocal),
         }
+        let ip = &match self.service_from_pod(frame, ip, tables, now)? {
+            ServiceStep::Continue(ip) => ip,
+            ServiceStep::Done(v) => return Ok(Action::Done(v)),
+        };
         if ip.dst == node.node_addr {
             return Ok(Action::Done(Verdict::ToHost));
         }
@@ -509,7 +517,7 @@ impl Pipeline {
                         other => Ok(other),
                     };
                 }
-                return self.decap(frame, ip, known, tables).map(Action::Done);
+                return self.decap(frame, ip, known, tables, now).map(Action::Done);
             }
             if node.snat {
                 return self.unmasquerade(frame, ip, tables);
@@ -518,6 +526,10 @@ impl Pipeline {
         }
         match tables.routes.lookup_v4(ip.dst) {
             Some(RouteTarget::LocalPod { port, mac }) => {
+                let ip = &match self.service_reply(frame, ip, tables, now, true)? {
+                    ServiceStep::Continue(ip) => ip,
+                    ServiceStep::Done(v) => return Ok(Action::Done(v)),
+                };
                 if ip.ttl <= 1 {
                     return self
                         .icmp_v4(
@@ -547,6 +559,7 @@ impl Pipeline {
         outer: &V4,
         known_source: bool,
         tables: &Tables,
+        now: Now,
     ) -> Step {
         vxlan::decapsulate(frame, outer, known_source, &tables.node)?;
         let inner = match parse::classify(frame.data()) {
@@ -564,6 +577,13 @@ impl Pipeline {
         if ttl <= 1 {
             return Err(DropReason::TtlExpired);
         }
+        let inner = match inner {
+            Packet::V4(ip) => match self.service_reply(frame, &ip, tables, now, false)? {
+                ServiceStep::Continue(ip) => Packet::V4(ip),
+                ServiceStep::Done(v) => return Ok(v),
+            },
+            other => other,
+        };
         let d = frame.data_mut();
         match inner {
             Packet::V4(ip) => decrement_ttl_v4(d, &ip)?,

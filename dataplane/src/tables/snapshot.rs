@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 
 use crate::frame::PortId;
 use crate::tables::routes::{Prefix, RouteTable};
+use crate::tables::services::ServiceTable;
 use crate::wire::MacAddr;
 
 /// How pod traffic crosses between nodes.
@@ -78,6 +79,8 @@ pub struct Tables {
     pub no_snat: Vec<Prefix>,
     /// Node addresses VXLAN is accepted from (every remote node in the table).
     pub known_vteps: Vec<Ipv4Addr>,
+    /// Kubernetes Services; shared between snapshots that differ in routes only.
+    pub services: Arc<ServiceTable>,
 }
 
 impl Tables {

@@ -46,5 +46,6 @@ impl Processor for crate::pipeline::Pipeline {
 
     fn sweep(&mut self, now: Now) {
         self.snat_mut().sweep(now, SWEEP_BUDGET);
+        self.sweep_services(now);
     }
 }

@@ -116,6 +116,7 @@ pub fn tables(snat: bool) -> Tables {
         routes: b.build(),
         no_snat: vec![p("198.19.0.0/16"), p("198.18.0.0/24")],
         known_vteps: vec![REMOTE_NODE],
+        services: Default::default(),
     }
 }
 
