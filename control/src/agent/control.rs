@@ -305,8 +305,10 @@ pub struct Cluster {
     pub saved: SavedView,
 }
 
-/// Hands `facts` to the agent (`apply`) and saves them only if it took them: a
-/// view the agent refused must not be the one a restart begins from.
+/// Hands `facts` to the agent (`apply`) and saves them if it took them, or if
+/// they are valid but only a restart can adopt them (this node's block, mode or
+/// address changed): the next start begins from them. A view the agent refused
+/// for any other reason must not be the one a restart begins from.
 fn take_facts(
     apply: impl FnOnce(ClusterFacts) -> Result<(), AgentError>,
     saved: &mut SavedView,
@@ -314,6 +316,10 @@ fn take_facts(
 ) {
     match apply(facts.clone()) {
         Ok(()) => saved.accepted(facts),
+        Err(e @ AgentError::NeedsRestart { .. }) => {
+            tracing::error!(error = %e, "cluster change saved for the next agent start, not applied live");
+            saved.accepted(facts);
+        }
         Err(e) => tracing::error!(error = %e, "cluster change not applied (and not saved)"),
     }
 }
@@ -568,6 +574,31 @@ mod tests {
         assert!(!path.exists(), "a refused view was saved");
         take_facts(|_| Ok(()), &mut saved, facts.clone());
         assert_eq!(crate::agent::saved_view::load(&path, "n1"), Some(facts));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_view_only_a_restart_can_adopt_is_saved_for_it() {
+        let dir = std::env::temp_dir().join(format!("hybridway-restart-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cluster.json");
+        let mut saved = SavedView::new(path.clone());
+        let facts: ClusterFacts = serde_json::from_str(
+            r#"{"node":{"name":"n1","address":"198.18.64.10"},"mode":"underlay",
+                "pods":{"block":"198.19.131.0/24","gateway":"198.19.131.1"}}"#,
+        )
+        .unwrap();
+        take_facts(
+            |_| Err(AgentError::NeedsRestart { field: "pods" }),
+            &mut saved,
+            facts.clone(),
+        );
+        assert_eq!(
+            crate::agent::saved_view::load(&path, "n1"),
+            Some(facts),
+            "the new block would be refused again at every start"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

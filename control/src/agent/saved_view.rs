@@ -2,9 +2,10 @@
 //! (`control.clusterStateFile`, Kubernetes mode).
 //!
 //! Only a view the agent has accepted is saved: the control loop calls
-//! [`SavedView::accepted`] after `Agent::apply_cluster` succeeded (or the agent
-//! started from it), so a view the agent refused can never be the one a restart
-//! loads. A failed write (disk full, read-only mount) is tried again with back-off
+//! [`SavedView::accepted`] after `Agent::apply_cluster` succeeded, or refused it
+//! only because this node's own facts changed (`AgentError::NeedsRestart`: a
+//! valid view the next start adopts), or the agent started from it; so a view
+//! the agent found invalid can never be the one a restart loads. A failed write (disk full, read-only mount) is tried again with back-off
 //! until it succeeds or a newer view replaces it.
 
 use std::path::{Path, PathBuf};
