@@ -167,6 +167,7 @@ pub fn run(mode: &KubernetesMode) -> Result<(), KubernetesModeError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
