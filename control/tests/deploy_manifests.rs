@@ -156,6 +156,33 @@ fn manifests_agree_with_each_other() {
     }
 }
 
+/// Every probe waits longer than the metrics endpoint's 1 s request deadline (the
+/// kubelet's default timeout is that same 1 s: a busy node would be killed).
+#[test]
+fn probes_wait_longer_than_the_endpoints_deadline() {
+    for (file, workload) in [
+        ("agent.yaml", "DaemonSet"),
+        ("controller.yaml", "Deployment"),
+    ] {
+        let docs = documents(file);
+        let containers = kind(&docs, workload)["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .unwrap();
+        let mut probes = 0;
+        for c in containers {
+            for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+                if c[probe].is_null() {
+                    continue;
+                }
+                probes += 1;
+                let timeout = c[probe]["timeoutSeconds"].as_u64().unwrap_or(1);
+                assert!(timeout > 1, "{file}: {probe} times out after {timeout} s");
+            }
+        }
+        assert!(probes >= 2, "{file}: no probes found");
+    }
+}
+
 /// A rig with `deploy/` applied as the README says (server-side dry run first) and
 /// the example BGP set-up after it.
 fn installed_lab() -> KubeLab {
