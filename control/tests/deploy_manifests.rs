@@ -200,6 +200,8 @@ fn installed_lab() -> KubeLab {
         "daemonset.apps/hybridway-agent",
         "validatingadmissionpolicy.admissionregistration.k8s.io/hybridway-agent-own-node",
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/hybridway-agent-own-node",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/hybridway-agent-own-speaker-status",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/hybridway-agent-own-speaker-status",
     ] {
         assert!(
             dry.contains(&format!("{object} created (server dry run)")),
@@ -444,6 +446,38 @@ fn refused(out: &Output, why: &str) {
     );
 }
 
+/// The agent's Pod object on `node` (no kubelet is needed for it to exist), and a
+/// token bound to it: the API server puts the node's name in the token.
+fn bound_agent_token(lab: &KubeLab, node: &str) -> String {
+    let pod_name = format!("hybridway-agent-{node}");
+    let pod = lab.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod_name}, namespace: kube-system}}\n\
+         spec:\n  nodeName: {node}\n  serviceAccountName: hybridway-agent\n  containers: [{{name: agent, image: hybridway}}]\n",
+    ));
+    assert!(pod.status.success(), "{}", text(&pod));
+    let bound = lab
+        .kubectl_ok(&[
+            "-n",
+            "kube-system",
+            "create",
+            "token",
+            "hybridway-agent",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            &pod_name,
+        ])
+        .trim()
+        .to_string();
+    let whoami = text(&as_token(lab, &bound, &["auth", "whoami", "-o", "json"]));
+    assert!(
+        whoami.contains("\"authentication.kubernetes.io/node-name\"")
+            && whoami.contains(&format!("\"{node}\"")),
+        "the bound token carries no node name:\n{whoami}"
+    );
+    bound
+}
+
 #[test]
 fn node_policies_hold_the_agent_to_its_own_node_and_the_controller_to_its_fields() {
     let lab = installed_lab();
@@ -459,33 +493,7 @@ fn node_policies_hold_the_agent_to_its_own_node_and_the_controller_to_its_fields
     for n in ["hybrid-1", "hybrid-2"] {
         lab.kubectl_ok(&["label", "node", n, &format!("{POOL_LABEL}=np-overlay")]);
     }
-    // The agent's Pod object on hybrid-1 (no kubelet is needed for it to exist), and
-    // a token bound to it: the API server puts the node's name in the token.
-    let pod = lab.apply(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: hybridway-agent-1, namespace: kube-system}\n\
-         spec:\n  nodeName: hybrid-1\n  serviceAccountName: hybridway-agent\n  containers: [{name: agent, image: hybridway}]\n",
-    );
-    assert!(pod.status.success(), "{}", text(&pod));
-    let bound = lab
-        .kubectl_ok(&[
-            "-n",
-            "kube-system",
-            "create",
-            "token",
-            "hybridway-agent",
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            "hybridway-agent-1",
-        ])
-        .trim()
-        .to_string();
-    let whoami = text(&as_token(&lab, &bound, &["auth", "whoami", "-o", "json"]));
-    assert!(
-        whoami.contains("\"authentication.kubernetes.io/node-name\"")
-            && whoami.contains("\"hybrid-1\""),
-        "the bound token carries no node name:\n{whoami}"
-    );
+    let bound = bound_agent_token(&lab, "hybrid-1");
 
     // What the agent really writes (flannel's four annotations), on its own Node.
     let vtep = Vtep {
@@ -579,5 +587,119 @@ fn node_policies_hold_the_agent_to_its_own_node_and_the_controller_to_its_fields
             ],
         ),
         "may change only its own annotations",
+    );
+}
+
+/// Server-side apply of `status` on BGPClusterConfig onprem-underlay with `token`,
+/// as agent_bgp writes it (field manager of `node`'s agent), taking over fields
+/// other managers own (`--force-conflicts`: a forger would).
+fn apply_bgp_status(lab: &KubeLab, token: &str, node: &str, status: serde_json::Value) -> Output {
+    let manifest = serde_json::json!({
+        "apiVersion": "network.alibabacloud.com/v1beta1",
+        "kind": "BGPClusterConfig",
+        "metadata": {"name": "onprem-underlay"},
+        "status": status,
+    });
+    let file = lab.dir().join("bgp-status.json");
+    std::fs::write(&file, manifest.to_string()).unwrap();
+    as_token(
+        lab,
+        token,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--subresource",
+            "status",
+            "--field-manager",
+            &format!("hybridway-agent-{node}"),
+            "-f",
+            file.to_str().unwrap(),
+        ],
+    )
+}
+
+/// RBAC lets the agent patch the whole status; the policy holds it to its own
+/// speaker's entry: no forged conditions or counts, no other speaker's sessions,
+/// and nothing at all with a token bound to no node.
+#[test]
+fn bgp_status_policy_holds_the_agent_to_its_own_speaker_entry() {
+    let lab = installed_lab();
+    create_parallel(
+        &lab,
+        &[node_yaml("hybrid-node-1", None, "198.18.64.10", None)],
+        1,
+    );
+    let bound = bound_agent_token(&lab, "hybrid-node-1");
+    // What the controller and another node's agent wrote (as the admin here).
+    let theirs = r#"{"status":{"conditions":[{"type":"Valid","status":"False","reason":"NoSpeakers","message":"m","lastTransitionTime":"2026-01-01T00:00:00Z"}],
+        "speakers":[{"name":"hybrid-node-2","peers":[{"name":"switch-1","state":"Active"}]}]}}"#;
+    let out = lab.kubectl(&[
+        "patch",
+        "bgpclusterconfig",
+        "onprem-underlay",
+        "--subresource",
+        "status",
+        "--type",
+        "merge",
+        "-p",
+        theirs,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The agent's own entry, as agent_bgp writes it.
+    let own = serde_json::json!({"speakers": [{"name": "hybrid-node-1", "peers": [{"name": "switch-1", "state": "Established"}]}]});
+    let out = apply_bgp_status(&lab, &bound, "hybrid-node-1", own.clone());
+    assert!(
+        out.status.success(),
+        "the agent's own entry refused:\n{}",
+        text(&out)
+    );
+    let speakers = lab.kubectl_ok(&[
+        "get",
+        "bgpclusterconfig",
+        "onprem-underlay",
+        "-o",
+        "jsonpath={.status.speakers[*].name}",
+    ]);
+    assert!(
+        speakers.contains("hybrid-node-1") && speakers.contains("hybrid-node-2"),
+        "{speakers}"
+    );
+
+    refused(
+        &apply_bgp_status(
+            &lab,
+            &bound,
+            "hybrid-node-1",
+            serde_json::json!({"conditions": [{"type": "Valid", "status": "True", "reason": "Forged", "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
+        ),
+        "may not change a BGPClusterConfig's conditions",
+    );
+    refused(
+        &apply_bgp_status(
+            &lab,
+            &bound,
+            "hybrid-node-1",
+            serde_json::json!({"sessionsUp": "9/9"}),
+        ),
+        "may not change a BGPClusterConfig's conditions, counts",
+    );
+    refused(
+        &apply_bgp_status(
+            &lab,
+            &bound,
+            "hybrid-node-1",
+            serde_json::json!({"speakers": [{"name": "hybrid-node-2", "peers": [{"name": "switch-1", "state": "Established"}]}]}),
+        ),
+        "may change only its own entry of status.speakers (hybrid-node-1)",
+    );
+    let unbound = lab
+        .kubectl_ok(&["-n", "kube-system", "create", "token", "hybridway-agent"])
+        .trim()
+        .to_string();
+    refused(
+        &apply_bgp_status(&lab, &unbound, "hybrid-node-1", own),
+        "(none: the token is not bound to a Pod on a node)",
     );
 }
