@@ -703,3 +703,17 @@ fn bgp_status_policy_holds_the_agent_to_its_own_speaker_entry() {
         "(none: the token is not bound to a Pod on a node)",
     );
 }
+
+/// A password Secret's name the API server would not take (`bgp,secret`: the
+/// agent's watch of it gets a 400) is refused when the BGPClusterConfig is written.
+#[test]
+fn crd_refuses_a_secret_name_that_is_no_object_name() {
+    let lab = installed_lab();
+    let example =
+        std::fs::read_to_string(deploy_dir().join("examples/bgpclusterconfig.yaml")).unwrap();
+    assert!(example.contains("name: bgp-secret"), "{example}");
+    let out = lab.apply(&example.replace("name: bgp-secret", "name: \"bgp,secret\""));
+    refused(&out, "should match");
+    let out = lab.apply(&example.replace("name: bgp-secret", "name: bgp-secret.v2"));
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -1,7 +1,7 @@
 //! Where TCP-MD5 passwords come from: a file, or a Secret of `kube-system` through
 //! the agent's Secret watch ([`SecretStore`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -46,6 +46,8 @@ pub enum PasswordError {
     SecretUnavailable { name: String, key: String },
     #[error("Secret kube-system/{name} does not exist")]
     SecretMissing { name: String },
+    #[error("Secret kube-system/{name} not read from the API server yet")]
+    SecretPending { name: String },
     #[error("Secret kube-system/{name} has no key {key}")]
     KeyMissing { name: String, key: String },
     #[error("authPassword must name exactly one of file or secretKeyRef")]
@@ -76,13 +78,20 @@ impl PasswordSource for FilePassword {
 }
 
 /// The Secrets of `kube-system` as the agent's watch last saw them (name → key →
-/// bytes). Unwired (the `bgp-speaker` command, no cluster) it holds nothing and says
-/// so; a missing Secret or key is a per-peer status reason, never a crash.
+/// bytes), and the names it has not listed yet. Unwired (the `bgp-speaker` command,
+/// no cluster) it holds nothing and says so; a missing or pending Secret or key is
+/// a per-peer status reason, never a crash: only the peers that use it wait.
 #[derive(Clone, Default)]
-pub struct SecretStore(Arc<RwLock<Option<Secrets>>>);
+pub struct SecretStore(Arc<RwLock<Option<Snapshot>>>);
 
 /// Secret name → key → bytes.
 pub type Secrets = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
+
+#[derive(Default)]
+struct Snapshot {
+    secrets: Secrets,
+    pending: BTreeSet<String>,
+}
 
 impl fmt::Debug for SecretStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -91,21 +100,27 @@ impl fmt::Debug for SecretStore {
 }
 
 impl SecretStore {
-    /// Replaces every Secret (called by the watch after each change).
-    pub fn replace(&self, secrets: Secrets) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(secrets);
+    /// Replaces every Secret (called by the watch after each change); `pending`:
+    /// the names whose watch has not listed them yet.
+    pub fn replace(&self, secrets: Secrets, pending: BTreeSet<String>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) =
+            Some(Snapshot { secrets, pending });
     }
 
     /// The bytes of `name`/`key`.
     pub fn get(&self, name: &str, key: &str) -> Result<Vec<u8>, PasswordError> {
         let guard = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(secrets) = guard.as_ref() else {
+        let Some(snapshot) = guard.as_ref() else {
             return Err(PasswordError::SecretUnavailable {
                 name: name.into(),
                 key: key.into(),
             });
         };
-        let secret = secrets
+        if snapshot.pending.contains(name) {
+            return Err(PasswordError::SecretPending { name: name.into() });
+        }
+        let secret = snapshot
+            .secrets
             .get(name)
             .ok_or_else(|| PasswordError::SecretMissing { name: name.into() })?;
         secret

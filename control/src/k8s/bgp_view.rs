@@ -163,7 +163,7 @@ mod tests {
     use crate::k8s::crd::{AuthPassword, BGPClusterConfigSpec, BgpPeer, BgpSpeaker};
     use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
 
     fn node(name: &str, pool: &str, addr: &str, block: Option<&str>) -> Node {
         let mut n = Node::default();
@@ -306,24 +306,37 @@ mod tests {
                 .to_string()
                 .contains("not available")
         );
-        store.replace(BTreeMap::new());
+        store.replace(BTreeMap::new(), BTreeSet::from(["bgp-secret".into()]));
+        assert!(
+            src.password()
+                .unwrap_err()
+                .to_string()
+                .contains("not read from the API server yet")
+        );
+        store.replace(BTreeMap::new(), BTreeSet::new());
         assert!(
             src.password()
                 .unwrap_err()
                 .to_string()
                 .contains("does not exist")
         );
-        store.replace(BTreeMap::from([("bgp-secret".into(), BTreeMap::new())]));
+        store.replace(
+            BTreeMap::from([("bgp-secret".into(), BTreeMap::new())]),
+            BTreeSet::new(),
+        );
         assert!(
             src.password()
                 .unwrap_err()
                 .to_string()
                 .contains("no key password")
         );
-        store.replace(BTreeMap::from([(
-            "bgp-secret".into(),
-            BTreeMap::from([("password".into(), b"s3cret\n".to_vec())]),
-        )]));
+        store.replace(
+            BTreeMap::from([(
+                "bgp-secret".into(),
+                BTreeMap::from([("password".into(), b"s3cret\n".to_vec())]),
+            )]),
+            BTreeSet::new(),
+        );
         assert_eq!(src.password().unwrap().bytes(), b"s3cret");
         assert!(!format!("{store:?}").contains("s3cret"));
     }
