@@ -423,12 +423,16 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<IpamContext>) -> Result<Action,
                     Ok(Action::await_change())
                 }
                 Err(source) => {
-                    // A block we just took must not leak: the next reconcile sees the
-                    // current Node and decides again. A block the Node already held
-                    // stays claimed (only its mode or pool was being rewritten):
+                    // A block we just took must not leak: when the API server
+                    // refused the write, the next reconcile sees the current Node
+                    // and decides again. Any other failure (a 5xx, the reply lost)
+                    // may have come after the write landed: the block stays claimed
+                    // and unconfirmed until the cache shows the Node, and the retry
+                    // writes the same block. A block the Node already held stays
+                    // claimed too (only its mode or pool was being rewritten):
                     // releasing it would hand it to the next new node while this one
                     // still holds it.
-                    if fresh {
+                    if fresh && not_applied(&source) {
                         let mut state = ctx.lock();
                         if let Some(state) = state.as_mut() {
                             state.release(&name);
@@ -444,6 +448,12 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<IpamContext>) -> Result<Action,
             }
         }
     }
+}
+
+/// True when the API server answered the write with a refusal (a 4xx but a
+/// request timeout), so the Node is as it was.
+fn not_applied(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 408)
 }
 
 /// Retry soon on a conflict (someone wrote the Node), later on other errors.
@@ -721,6 +731,46 @@ mod tests {
             assert_eq!(
                 error_policy(n, &err, ctx.clone()),
                 Action::requeue(Duration::from_secs(5))
+            );
+            drop(ctx);
+            server.await.unwrap();
+        }
+
+        /// The API server failed after the write may have landed (504): the fresh
+        /// block stays claimed and unconfirmed, so the next new node gets another
+        /// one and the retry rewrites the same block.
+        #[tokio::test]
+        async fn a_write_that_may_have_landed_keeps_the_fresh_block() {
+            let (client, handle) = mock_api::client();
+            let server = tokio::spawn(mock_api::serve(
+                handle,
+                vec![Exchange {
+                    method: "PATCH",
+                    path: "/api/v1/nodes/n1",
+                    body_has: vec!["198.19.128.0/24"],
+                    status: 504,
+                    response: mock_api::status(504, "Timeout"),
+                }],
+            ));
+            let ctx = ctx(client);
+            let n1 = Arc::new(node("n1", Some("a"), None));
+            reconcile(n1.clone(), ctx.clone()).await.unwrap_err();
+            let b1 = Prefix::from_str("198.19.128.0/24").unwrap();
+            assert_eq!(
+                held(&ctx, "n1"),
+                Some(b1),
+                "released after an unclear failure"
+            );
+            assert_eq!(ctx.unconfirmed().get("n1"), Some(&b1));
+            let d = decide(&node("n2", Some("a"), None), &mut ctx.lock());
+            assert!(
+                matches!(d, Decision::Write { block, .. } if block != b1),
+                "one block handed out twice: {d:?}"
+            );
+            let d = decide(&n1, &mut ctx.lock());
+            assert!(
+                matches!(d, Decision::Write { block, fresh: false, .. } if block == b1),
+                "the retry must rewrite the same block: {d:?}"
             );
             drop(ctx);
             server.await.unwrap();
