@@ -202,6 +202,8 @@ fn installed_lab() -> KubeLab {
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/hybridway-agent-own-node",
         "validatingadmissionpolicy.admissionregistration.k8s.io/hybridway-agent-own-speaker-status",
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/hybridway-agent-own-speaker-status",
+        "role.rbac.authorization.k8s.io/hybridway-bgp-secrets",
+        "rolebinding.rbac.authorization.k8s.io/hybridway-bgp-secrets",
     ] {
         assert!(
             dry.contains(&format!("{object} created (server dry run)")),
@@ -331,7 +333,8 @@ const MATRIX: &[Can] = &[
     can("controller", "update", "leases.coordination.k8s.io/other", KS, false),
     can("controller", "watch", "configmaps/hybridway-config", KS, true),
     can("controller", "get", "configmaps/other", KS, false),
-    can("controller", "get", "secrets", KS, true),
+    can("controller", "get", "secrets/bgp-secret", KS, true),
+    can("controller", "get", "secrets/other", KS, false),
     can("controller", "list", "secrets", KS, false),
     can("controller", "get", "secrets", DEFAULT, false),
     can("controller", "create", "events.events.k8s.io", DEFAULT, true),

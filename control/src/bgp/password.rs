@@ -1,13 +1,17 @@
 //! Where TCP-MD5 passwords come from: a file, or a Secret of `kube-system` through
 //! the agent's Secret watch ([`SecretStore`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use super::config::PasswordRef;
 use super::sys::MD5_MAX_KEY_LEN;
+
+/// What to do about a password Secret RBAC keeps from the agents and the
+/// controller (one Role names the readable ones).
+pub const UNREADABLE_FIX: &str = "add its name to resourceNames of Role kube-system/hybridway-bgp-secrets (deploy/bgp-secrets-rbac.yaml)";
 
 /// A password. Its `Debug` never shows the value, so it cannot leak into logs.
 #[derive(Clone, PartialEq, Eq)]
@@ -48,6 +52,11 @@ pub enum PasswordError {
     SecretMissing { name: String },
     #[error("Secret kube-system/{name} not read from the API server yet")]
     SecretPending { name: String },
+    #[error(
+        "Secret kube-system/{name} is not readable by the agent: {}",
+        UNREADABLE_FIX
+    )]
+    SecretForbidden { name: String },
     #[error("Secret kube-system/{name} has no key {key}")]
     KeyMissing { name: String, key: String },
     #[error("authPassword must name exactly one of file or secretKeyRef")]
@@ -78,7 +87,7 @@ impl PasswordSource for FilePassword {
 }
 
 /// The Secrets of `kube-system` as the agent's watch last saw them (name → key →
-/// bytes), and the names it has not listed yet. Unwired (the `bgp-speaker` command,
+/// bytes), and the names it could not read ([`Unreadable`]). Unwired (the `bgp-speaker` command,
 /// no cluster) it holds nothing and says so; a missing or pending Secret or key is
 /// a per-peer status reason, never a crash: only the peers that use it wait.
 #[derive(Clone, Default)]
@@ -87,10 +96,19 @@ pub struct SecretStore(Arc<RwLock<Option<Snapshot>>>);
 /// Secret name → key → bytes.
 pub type Secrets = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
 
+/// Why the agent's watch has no bytes for a Secret name it follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unreadable {
+    /// Not listed yet: the peers that use it wait.
+    Pending,
+    /// The API server refused it (403: not in the Role's resourceNames).
+    Forbidden,
+}
+
 #[derive(Default)]
 struct Snapshot {
     secrets: Secrets,
-    pending: BTreeSet<String>,
+    unreadable: BTreeMap<String, Unreadable>,
 }
 
 impl fmt::Debug for SecretStore {
@@ -100,11 +118,13 @@ impl fmt::Debug for SecretStore {
 }
 
 impl SecretStore {
-    /// Replaces every Secret (called by the watch after each change); `pending`:
-    /// the names whose watch has not listed them yet.
-    pub fn replace(&self, secrets: Secrets, pending: BTreeSet<String>) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) =
-            Some(Snapshot { secrets, pending });
+    /// Replaces every Secret (called by the watch after each change) and the
+    /// names the watch could not read.
+    pub fn replace(&self, secrets: Secrets, unreadable: BTreeMap<String, Unreadable>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(Snapshot {
+            secrets,
+            unreadable,
+        });
     }
 
     /// The bytes of `name`/`key`.
@@ -116,8 +136,14 @@ impl SecretStore {
                 key: key.into(),
             });
         };
-        if snapshot.pending.contains(name) {
-            return Err(PasswordError::SecretPending { name: name.into() });
+        match snapshot.unreadable.get(name) {
+            Some(Unreadable::Pending) => {
+                return Err(PasswordError::SecretPending { name: name.into() });
+            }
+            Some(Unreadable::Forbidden) => {
+                return Err(PasswordError::SecretForbidden { name: name.into() });
+            }
+            None => {}
         }
         let secret = snapshot
             .secrets

@@ -115,7 +115,7 @@ pub async fn run(
             }
             () = sleep => {
                 due = None;
-                store.replace(secrets.secrets(), secrets.pending());
+                store.replace(secrets.secrets(), secrets.unreadable());
                 let node_list = nodes.state();
                 let node_refs: Vec<&Node> = node_list.iter().map(|n| &**n).collect();
                 let config_list = configs.state();

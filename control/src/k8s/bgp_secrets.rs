@@ -2,8 +2,9 @@
 //! `BGPClusterConfig`s that list this node as a speaker; each name gets its own watch
 //! (`metadata.name=` field selector), started and stopped as those resources
 //! change. The API server authorizes such a list/watch against the Role's
-//! `resourceNames`, so the agent's RBAC names the password Secrets one by one
-//! (deploy/agent-rbac.yaml) instead of every Secret of kube-system.
+//! `resourceNames`, so RBAC names the password Secrets one by one
+//! (deploy/bgp-secrets-rbac.yaml, one Role for the agents and the controller)
+//! instead of every Secret of kube-system.
 //!
 //! ```text
 //!  configs store ─► referenced(node) ─► SecretWatches::follow(names)
@@ -12,10 +13,10 @@
 //!  watch_one: list+watch metadata.name=<name> ─► Seen (shared map) ─► changed ◄──┘
 //! ```
 //!
-//! A Secret that is missing, has no such key, that RBAC does not let the agent
-//! read, or whose name the API server refuses (any 4xx but 408/429) is absent
-//! from [`SecretWatches::secrets`]; one not listed yet is
-//! [`SecretWatches::pending`]: either way the peer's status names it and the
+//! A Secret that is missing, has no such key, or whose name the API server
+//! refuses (any 4xx but 408/429) is absent from [`SecretWatches::secrets`]; one
+//! not listed yet or that RBAC does not let the agent read is
+//! [`SecretWatches::unreadable`]: either way the peer's status names it and the
 //! speaker runs its other sessions.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,7 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::crd::BGPClusterConfig;
-use crate::bgp::password::Secrets;
+use crate::bgp::password::{Secrets, UNREADABLE_FIX, Unreadable};
 
 /// The names of the Secrets that the peers of `node`'s speaker entries refer to,
 /// across every config (whether the config selects the node is `bgp_view::plan`'s
@@ -54,8 +55,10 @@ pub fn referenced<'a>(
 enum Seen {
     /// Not listed yet: the speaker waits for it rather than start without a key.
     Pending,
-    /// Listed: no such Secret, or RBAC does not let this agent read it.
+    /// Listed: no such Secret, or a name the API server does not take.
     Absent,
+    /// RBAC does not let this agent read it (not in the Role's resourceNames).
+    Forbidden,
     /// key → bytes.
     Present(BTreeMap<String, Vec<u8>>),
 }
@@ -138,12 +141,16 @@ impl SecretWatches {
         }
     }
 
-    /// The watched names not listed yet: the peers that use them wait.
-    pub fn pending(&self) -> BTreeSet<String> {
+    /// The watched names not listed yet (the peers that use them wait) or that
+    /// RBAC keeps from this agent (their status says so).
+    pub fn unreadable(&self) -> BTreeMap<String, Unreadable> {
         self.lock()
             .iter()
-            .filter(|(_, seen)| **seen == Seen::Pending)
-            .map(|(name, _)| name.clone())
+            .filter_map(|(name, seen)| match seen {
+                Seen::Pending => Some((name.clone(), Unreadable::Pending)),
+                Seen::Forbidden => Some((name.clone(), Unreadable::Forbidden)),
+                Seen::Absent | Seen::Present(_) => None,
+            })
             .collect()
     }
 
@@ -153,7 +160,7 @@ impl SecretWatches {
             .iter()
             .filter_map(|(name, seen)| match seen {
                 Seen::Present(data) => Some((name.clone(), data.clone())),
-                Seen::Pending | Seen::Absent => None,
+                Seen::Pending | Seen::Absent | Seen::Forbidden => None,
             })
             .collect()
     }
@@ -217,13 +224,17 @@ async fn watch_one(api: Api<Secret>, name: String, seen: Shared, changed: watch:
                 Some(code) => {
                     if !refused {
                         if code == 403 {
-                            tracing::warn!(secret = %name, "the agent may not read this BGP password Secret: add its name to resourceNames of the hybridway-agent Role (deploy/agent-rbac.yaml)");
+                            tracing::warn!(secret = %name, fix = UNREADABLE_FIX, "the agent may not read this BGP password Secret");
                         } else {
                             tracing::warn!(secret = %name, code, error = %e, "the API server refuses to list this BGP password Secret; its peers run without it until the name is fixed");
                         }
                         refused = true;
                     }
-                    Seen::Absent
+                    if code == 403 {
+                        Seen::Forbidden
+                    } else {
+                        Seen::Absent
+                    }
                 }
                 None => {
                     tracing::debug!(secret = %name, error = %e, "Secret watch failed; retrying");

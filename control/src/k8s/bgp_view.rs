@@ -163,7 +163,7 @@ mod tests {
     use crate::k8s::crd::{AuthPassword, BGPClusterConfigSpec, BgpPeer, BgpSpeaker};
     use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeMap;
 
     fn node(name: &str, pool: &str, addr: &str, block: Option<&str>) -> Node {
         let mut n = Node::default();
@@ -293,7 +293,7 @@ mod tests {
 
     #[test]
     fn secret_store_reasons() {
-        use crate::bgp::password::{PasswordSource, SecretPassword, SecretStore};
+        use crate::bgp::password::{PasswordSource, SecretPassword, SecretStore, Unreadable};
         let store = SecretStore::default();
         let src = SecretPassword {
             name: "bgp-secret".into(),
@@ -306,14 +306,27 @@ mod tests {
                 .to_string()
                 .contains("not available")
         );
-        store.replace(BTreeMap::new(), BTreeSet::from(["bgp-secret".into()]));
+        store.replace(
+            BTreeMap::new(),
+            BTreeMap::from([("bgp-secret".into(), Unreadable::Pending)]),
+        );
         assert!(
             src.password()
                 .unwrap_err()
                 .to_string()
                 .contains("not read from the API server yet")
         );
-        store.replace(BTreeMap::new(), BTreeSet::new());
+        store.replace(
+            BTreeMap::new(),
+            BTreeMap::from([("bgp-secret".into(), Unreadable::Forbidden)]),
+        );
+        assert!(
+            src.password()
+                .unwrap_err()
+                .to_string()
+                .contains("is not readable by the agent")
+        );
+        store.replace(BTreeMap::new(), BTreeMap::new());
         assert!(
             src.password()
                 .unwrap_err()
@@ -322,7 +335,7 @@ mod tests {
         );
         store.replace(
             BTreeMap::from([("bgp-secret".into(), BTreeMap::new())]),
-            BTreeSet::new(),
+            BTreeMap::new(),
         );
         assert!(
             src.password()
@@ -335,7 +348,7 @@ mod tests {
                 "bgp-secret".into(),
                 BTreeMap::from([("password".into(), b"s3cret\n".to_vec())]),
             )]),
-            BTreeSet::new(),
+            BTreeMap::new(),
         );
         assert_eq!(src.password().unwrap().bytes(), b"s3cret");
         assert!(!format!("{store:?}").contains("s3cret"));
