@@ -435,9 +435,12 @@ mod tests {
             Arc::new(c)
         }
 
-        /// A missing Secret is a condition, not an error: one GET, one status apply.
-        #[tokio::test]
-        async fn missing_secret_becomes_a_condition() {
+        /// The Secret's GET answers `code`; the status apply must contain `expected`.
+        async fn secret_answer_becomes_a_condition(
+            code: u16,
+            reason: &str,
+            expected: Vec<&'static str>,
+        ) {
             let (client, handle) = mock_api::client();
             let server = tokio::spawn(mock_api::serve(
                 handle,
@@ -446,18 +449,13 @@ mod tests {
                         method: "GET",
                         path: "/api/v1/namespaces/kube-system/secrets/bgp-secret",
                         body_has: vec![],
-                        status: 404,
-                        response: mock_api::status(404, "NotFound"),
+                        status: code,
+                        response: mock_api::status(code, reason),
                     },
                     Exchange {
                         method: "PATCH",
                         path: "/apis/network.alibabacloud.com/v1beta1/bgpclusterconfigs/bgp/status",
-                        body_has: vec![
-                            "SecretNotFound",
-                            "\"observedGeneration\":3",
-                            "SingleSpeaker",
-                            "\"sessionsUp\":\"0/1\"",
-                        ],
+                        body_has: expected,
                         status: 200,
                         response: serde_json::to_value(cfg().as_ref()).unwrap(),
                     },
@@ -470,39 +468,36 @@ mod tests {
             server.await.unwrap();
         }
 
+        /// A missing Secret is a condition, not an error: one GET, one status apply.
+        #[tokio::test]
+        async fn missing_secret_becomes_a_condition() {
+            secret_answer_becomes_a_condition(
+                404,
+                "NotFound",
+                vec![
+                    "SecretNotFound",
+                    "\"observedGeneration\":3",
+                    "SingleSpeaker",
+                    "\"sessionsUp\":\"0/1\"",
+                ],
+            )
+            .await;
+        }
+
         /// A Secret the shared Role does not name (403): a condition saying the
         /// agent cannot read it, not "valid" and not "does not exist".
         #[tokio::test]
         async fn unreadable_secret_becomes_a_condition() {
-            let (client, handle) = mock_api::client();
-            let server = tokio::spawn(mock_api::serve(
-                handle,
+            secret_answer_becomes_a_condition(
+                403,
+                "Forbidden",
                 vec![
-                    Exchange {
-                        method: "GET",
-                        path: "/api/v1/namespaces/kube-system/secrets/bgp-secret",
-                        body_has: vec![],
-                        status: 403,
-                        response: mock_api::status(403, "Forbidden"),
-                    },
-                    Exchange {
-                        method: "PATCH",
-                        path: "/apis/network.alibabacloud.com/v1beta1/bgpclusterconfigs/bgp/status",
-                        body_has: vec![
-                            "SecretNotReadable",
-                            "is not readable by the agent",
-                            "hybridway-bgp-secrets",
-                        ],
-                        status: 200,
-                        response: serde_json::to_value(cfg().as_ref()).unwrap(),
-                    },
+                    "SecretNotReadable",
+                    "is not readable by the agent",
+                    "hybridway-bgp-secrets",
                 ],
-            ));
-            let ctx = ctx(client);
-            let action = reconcile(cfg(), ctx.clone()).await.unwrap();
-            assert_eq!(action, Action::requeue(RECHECK));
-            drop(ctx);
-            server.await.unwrap();
+            )
+            .await;
         }
 
         /// Any other failure to read the Secret: an error (retried), and no status

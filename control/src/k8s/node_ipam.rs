@@ -650,6 +650,26 @@ mod tests {
             })
         }
 
+        /// A context whose API server answers n1's PATCH with `code`, and that
+        /// server (it ends after the one exchange).
+        fn one_patch_answered(
+            code: u16,
+            reason: &str,
+        ) -> (Arc<IpamContext>, tokio::task::JoinHandle<()>) {
+            let (client, handle) = mock_api::client();
+            let server = tokio::spawn(mock_api::serve(
+                handle,
+                vec![Exchange {
+                    method: "PATCH",
+                    path: "/api/v1/nodes/n1",
+                    body_has: vec!["198.19.128.0/24"],
+                    status: code,
+                    response: mock_api::status(code, reason),
+                }],
+            ));
+            (ctx(client), server)
+        }
+
         fn held(ctx: &IpamContext, node: &str) -> Option<Prefix> {
             ctx.lock().as_ref().and_then(|s| s.allocator.block_of(node))
         }
@@ -685,18 +705,7 @@ mod tests {
         /// one handed to a new node while this Node still holds it.
         #[tokio::test]
         async fn failed_write_keeps_a_block_the_node_already_held() {
-            let (client, handle) = mock_api::client();
-            let server = tokio::spawn(mock_api::serve(
-                handle,
-                vec![Exchange {
-                    method: "PATCH",
-                    path: "/api/v1/nodes/n1",
-                    body_has: vec!["198.19.128.0/24"],
-                    status: 409,
-                    response: mock_api::status(409, "Conflict"),
-                }],
-            ));
-            let ctx = ctx(client);
+            let (ctx, server) = one_patch_answered(409, "Conflict");
             let held_block = Prefix::from_str("198.19.128.0/24").unwrap();
             let n = Arc::new(node("n1", Some("a"), Some("198.19.128.0/24")));
             reconcile(n, ctx.clone()).await.unwrap_err();
@@ -713,18 +722,7 @@ mod tests {
         /// The Node was deleted meanwhile: 404 also releases; a later retry is slow.
         #[tokio::test]
         async fn vanished_node_releases_and_backs_off() {
-            let (client, handle) = mock_api::client();
-            let server = tokio::spawn(mock_api::serve(
-                handle,
-                vec![Exchange {
-                    method: "PATCH",
-                    path: "/api/v1/nodes/n1",
-                    body_has: vec![],
-                    status: 404,
-                    response: mock_api::status(404, "NotFound"),
-                }],
-            ));
-            let ctx = ctx(client);
+            let (ctx, server) = one_patch_answered(404, "NotFound");
             let n = Arc::new(node("n1", Some("a"), None));
             let err = reconcile(n.clone(), ctx.clone()).await.unwrap_err();
             assert_eq!(held(&ctx, "n1"), None);
@@ -741,18 +739,7 @@ mod tests {
         /// one and the retry rewrites the same block.
         #[tokio::test]
         async fn a_write_that_may_have_landed_keeps_the_fresh_block() {
-            let (client, handle) = mock_api::client();
-            let server = tokio::spawn(mock_api::serve(
-                handle,
-                vec![Exchange {
-                    method: "PATCH",
-                    path: "/api/v1/nodes/n1",
-                    body_has: vec!["198.19.128.0/24"],
-                    status: 504,
-                    response: mock_api::status(504, "Timeout"),
-                }],
-            ));
-            let ctx = ctx(client);
+            let (ctx, server) = one_patch_answered(504, "Timeout");
             let n1 = Arc::new(node("n1", Some("a"), None));
             reconcile(n1.clone(), ctx.clone()).await.unwrap_err();
             let b1 = Prefix::from_str("198.19.128.0/24").unwrap();
