@@ -12,9 +12,9 @@
 //! Routes for every block of the pool with the right next hops (the owning node on
 //! the switch's subnet, else the speaker); status through `kubectl`; a Secret
 //! rotation re-establishes with the new password; the second speaker keeps the
-//! routes when the first stops; a Secret the agent's Role does not name is never
-//! read (status and log say so). The agent runs with deploy/agent-rbac.yaml, which
-//! names only `bgp-secret`. Needs root.
+//! routes when the first stops; a Secret the shared Role does not name is never
+//! read (status and log say so). The agent runs with deploy/agent-rbac.yaml and
+//! deploy/bgp-secrets-rbac.yaml, which names only `bgp-secret`. Needs root.
 
 #![allow(
     clippy::unwrap_used,
@@ -119,8 +119,12 @@ fn frr_password(frr: &Frr, peer: &str, password: &str) {
 fn speakers_follow_the_bgpclusterconfig_and_its_secret() {
     let lab = KubeLab::up();
     install(&lab);
-    let rbac = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent-rbac.yaml");
-    lab.kubectl_ok(&["apply", "-f", rbac.to_str().unwrap()]);
+    for rbac in ["agent-rbac.yaml", "bgp-secrets-rbac.yaml"] {
+        let rbac = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy")
+            .join(rbac);
+        lab.kubectl_ok(&["apply", "-f", rbac.to_str().unwrap()]);
+    }
     let kubeconfig = lab.service_account_kubeconfig("kube-system", "hybridway-agent");
 
     let mut net = Lab::new("akb", 2);
@@ -246,8 +250,9 @@ fn speakers_follow_the_bgpclusterconfig_and_its_secret() {
     });
     assert!(agents[1].status().is_some(), "the agent is still running");
 
-    // A Secret the agent's Role does not name (deploy/agent-rbac.yaml resourceNames)
-    // is never read: the peer's status says it is missing, the log says what to add.
+    // A Secret the shared Role does not name (deploy/bgp-secrets-rbac.yaml
+    // resourceNames) is never read: the peer's status says the agent may not read
+    // it (not that it is missing), the log says what to add.
     apply(
         &lab,
         "apiVersion: v1\nkind: Secret\nmetadata: {name: other-secret, namespace: kube-system}\nstringData: {password: pw-two}\n",
@@ -262,7 +267,7 @@ fn speakers_follow_the_bgpclusterconfig_and_its_secret() {
     wait_for(T, "status names the unreadable Secret", || {
         sessions(&lab)
             .iter()
-            .any(|s| s.0 == "s1" && s.3.contains("other-secret does not exist"))
+            .any(|s| s.0 == "s1" && s.3.contains("other-secret is not readable by the agent"))
             .then_some(())
     });
     assert!(

@@ -298,8 +298,12 @@ fn hybrid_nodes_and_a_flannel_node_reach_each_others_pods() {
     }
     // flanneld runs as the admin; the agents with their own RBAC from deploy/.
     let admin = lab.kubeconfig().to_owned();
-    let rbac = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent-rbac.yaml");
-    lab.kubectl_ok(&["apply", "-f", rbac.to_str().unwrap()]);
+    for rbac in ["agent-rbac.yaml", "bgp-secrets-rbac.yaml"] {
+        let rbac = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy")
+            .join(rbac);
+        lab.kubectl_ok(&["apply", "-f", rbac.to_str().unwrap()]);
+    }
     let kubeconfig = lab.service_account_kubeconfig("kube-system", "hybridway-agent");
     let mut h1 = TestNode::new(&lab, &tag, &H1, &dir);
     let mut h2 = TestNode::new(&lab, &tag, &H2, &dir);

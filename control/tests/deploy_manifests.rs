@@ -156,6 +156,33 @@ fn manifests_agree_with_each_other() {
     }
 }
 
+/// Every probe waits longer than the metrics endpoint's 1 s request deadline (the
+/// kubelet's default timeout is that same 1 s: a busy node would be killed).
+#[test]
+fn probes_wait_longer_than_the_endpoints_deadline() {
+    for (file, workload) in [
+        ("agent.yaml", "DaemonSet"),
+        ("controller.yaml", "Deployment"),
+    ] {
+        let docs = documents(file);
+        let containers = kind(&docs, workload)["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .unwrap();
+        let mut probes = 0;
+        for c in containers {
+            for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+                if c[probe].is_null() {
+                    continue;
+                }
+                probes += 1;
+                let timeout = c[probe]["timeoutSeconds"].as_u64().unwrap_or(1);
+                assert!(timeout > 1, "{file}: {probe} times out after {timeout} s");
+            }
+        }
+        assert!(probes >= 2, "{file}: no probes found");
+    }
+}
+
 /// A rig with `deploy/` applied as the README says (server-side dry run first) and
 /// the example BGP set-up after it.
 fn installed_lab() -> KubeLab {
@@ -173,6 +200,10 @@ fn installed_lab() -> KubeLab {
         "daemonset.apps/hybridway-agent",
         "validatingadmissionpolicy.admissionregistration.k8s.io/hybridway-agent-own-node",
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/hybridway-agent-own-node",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/hybridway-agent-own-speaker-status",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/hybridway-agent-own-speaker-status",
+        "role.rbac.authorization.k8s.io/hybridway-bgp-secrets",
+        "rolebinding.rbac.authorization.k8s.io/hybridway-bgp-secrets",
     ] {
         assert!(
             dry.contains(&format!("{object} created (server dry run)")),
@@ -302,7 +333,8 @@ const MATRIX: &[Can] = &[
     can("controller", "update", "leases.coordination.k8s.io/other", KS, false),
     can("controller", "watch", "configmaps/hybridway-config", KS, true),
     can("controller", "get", "configmaps/other", KS, false),
-    can("controller", "get", "secrets", KS, true),
+    can("controller", "get", "secrets/bgp-secret", KS, true),
+    can("controller", "get", "secrets/other", KS, false),
     can("controller", "list", "secrets", KS, false),
     can("controller", "get", "secrets", DEFAULT, false),
     can("controller", "create", "events.events.k8s.io", DEFAULT, true),
@@ -417,6 +449,38 @@ fn refused(out: &Output, why: &str) {
     );
 }
 
+/// The agent's Pod object on `node` (no kubelet is needed for it to exist), and a
+/// token bound to it: the API server puts the node's name in the token.
+fn bound_agent_token(lab: &KubeLab, node: &str) -> String {
+    let pod_name = format!("hybridway-agent-{node}");
+    let pod = lab.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod_name}, namespace: kube-system}}\n\
+         spec:\n  nodeName: {node}\n  serviceAccountName: hybridway-agent\n  containers: [{{name: agent, image: hybridway}}]\n",
+    ));
+    assert!(pod.status.success(), "{}", text(&pod));
+    let bound = lab
+        .kubectl_ok(&[
+            "-n",
+            "kube-system",
+            "create",
+            "token",
+            "hybridway-agent",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            &pod_name,
+        ])
+        .trim()
+        .to_string();
+    let whoami = text(&as_token(lab, &bound, &["auth", "whoami", "-o", "json"]));
+    assert!(
+        whoami.contains("\"authentication.kubernetes.io/node-name\"")
+            && whoami.contains(&format!("\"{node}\"")),
+        "the bound token carries no node name:\n{whoami}"
+    );
+    bound
+}
+
 #[test]
 fn node_policies_hold_the_agent_to_its_own_node_and_the_controller_to_its_fields() {
     let lab = installed_lab();
@@ -432,33 +496,7 @@ fn node_policies_hold_the_agent_to_its_own_node_and_the_controller_to_its_fields
     for n in ["hybrid-1", "hybrid-2"] {
         lab.kubectl_ok(&["label", "node", n, &format!("{POOL_LABEL}=np-overlay")]);
     }
-    // The agent's Pod object on hybrid-1 (no kubelet is needed for it to exist), and
-    // a token bound to it: the API server puts the node's name in the token.
-    let pod = lab.apply(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: hybridway-agent-1, namespace: kube-system}\n\
-         spec:\n  nodeName: hybrid-1\n  serviceAccountName: hybridway-agent\n  containers: [{name: agent, image: hybridway}]\n",
-    );
-    assert!(pod.status.success(), "{}", text(&pod));
-    let bound = lab
-        .kubectl_ok(&[
-            "-n",
-            "kube-system",
-            "create",
-            "token",
-            "hybridway-agent",
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            "hybridway-agent-1",
-        ])
-        .trim()
-        .to_string();
-    let whoami = text(&as_token(&lab, &bound, &["auth", "whoami", "-o", "json"]));
-    assert!(
-        whoami.contains("\"authentication.kubernetes.io/node-name\"")
-            && whoami.contains("\"hybrid-1\""),
-        "the bound token carries no node name:\n{whoami}"
-    );
+    let bound = bound_agent_token(&lab, "hybrid-1");
 
     // What the agent really writes (flannel's four annotations), on its own Node.
     let vtep = Vtep {
@@ -553,4 +591,132 @@ fn node_policies_hold_the_agent_to_its_own_node_and_the_controller_to_its_fields
         ),
         "may change only its own annotations",
     );
+}
+
+/// Server-side apply of `status` on BGPClusterConfig onprem-underlay with `token`,
+/// as agent_bgp writes it (field manager of `node`'s agent), taking over fields
+/// other managers own (`--force-conflicts`: a forger would).
+fn apply_bgp_status(lab: &KubeLab, token: &str, node: &str, status: serde_json::Value) -> Output {
+    let manifest = serde_json::json!({
+        "apiVersion": "network.alibabacloud.com/v1beta1",
+        "kind": "BGPClusterConfig",
+        "metadata": {"name": "onprem-underlay"},
+        "status": status,
+    });
+    let file = lab.dir().join("bgp-status.json");
+    std::fs::write(&file, manifest.to_string()).unwrap();
+    as_token(
+        lab,
+        token,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--subresource",
+            "status",
+            "--field-manager",
+            &format!("hybridway-agent-{node}"),
+            "-f",
+            file.to_str().unwrap(),
+        ],
+    )
+}
+
+/// RBAC lets the agent patch the whole status; the policy holds it to its own
+/// speaker's entry: no forged conditions or counts, no other speaker's sessions,
+/// and nothing at all with a token bound to no node.
+#[test]
+fn bgp_status_policy_holds_the_agent_to_its_own_speaker_entry() {
+    let lab = installed_lab();
+    create_parallel(
+        &lab,
+        &[node_yaml("hybrid-node-1", None, "198.18.64.10", None)],
+        1,
+    );
+    let bound = bound_agent_token(&lab, "hybrid-node-1");
+    // What the controller and another node's agent wrote (as the admin here).
+    let theirs = r#"{"status":{"conditions":[{"type":"Valid","status":"False","reason":"NoSpeakers","message":"m","lastTransitionTime":"2026-01-01T00:00:00Z"}],
+        "speakers":[{"name":"hybrid-node-2","peers":[{"name":"switch-1","state":"Active"}]}]}}"#;
+    let out = lab.kubectl(&[
+        "patch",
+        "bgpclusterconfig",
+        "onprem-underlay",
+        "--subresource",
+        "status",
+        "--type",
+        "merge",
+        "-p",
+        theirs,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The agent's own entry, as agent_bgp writes it.
+    let own = serde_json::json!({"speakers": [{"name": "hybrid-node-1", "peers": [{"name": "switch-1", "state": "Established"}]}]});
+    let out = apply_bgp_status(&lab, &bound, "hybrid-node-1", own.clone());
+    assert!(
+        out.status.success(),
+        "the agent's own entry refused:\n{}",
+        text(&out)
+    );
+    let speakers = lab.kubectl_ok(&[
+        "get",
+        "bgpclusterconfig",
+        "onprem-underlay",
+        "-o",
+        "jsonpath={.status.speakers[*].name}",
+    ]);
+    assert!(
+        speakers.contains("hybrid-node-1") && speakers.contains("hybrid-node-2"),
+        "{speakers}"
+    );
+
+    refused(
+        &apply_bgp_status(
+            &lab,
+            &bound,
+            "hybrid-node-1",
+            serde_json::json!({"conditions": [{"type": "Valid", "status": "True", "reason": "Forged", "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
+        ),
+        "may not change a BGPClusterConfig's conditions",
+    );
+    refused(
+        &apply_bgp_status(
+            &lab,
+            &bound,
+            "hybrid-node-1",
+            serde_json::json!({"sessionsUp": "9/9"}),
+        ),
+        "may not change a BGPClusterConfig's conditions, counts",
+    );
+    refused(
+        &apply_bgp_status(
+            &lab,
+            &bound,
+            "hybrid-node-1",
+            serde_json::json!({"speakers": [{"name": "hybrid-node-2", "peers": [{"name": "switch-1", "state": "Established"}]}]}),
+        ),
+        "may change only its own entry of status.speakers (hybrid-node-1)",
+    );
+    let unbound = lab
+        .kubectl_ok(&["-n", "kube-system", "create", "token", "hybridway-agent"])
+        .trim()
+        .to_string();
+    refused(
+        &apply_bgp_status(&lab, &unbound, "hybrid-node-1", own),
+        "(none: the token is not bound to a Pod on a node)",
+    );
+}
+
+/// A password Secret's name the API server would not take (`bgp,secret`: the
+/// agent's watch of it gets a 400) is refused when the BGPClusterConfig is written.
+#[test]
+fn crd_refuses_a_secret_name_that_is_no_object_name() {
+    let lab = installed_lab();
+    let example =
+        std::fs::read_to_string(deploy_dir().join("examples/bgpclusterconfig.yaml")).unwrap();
+    assert!(example.contains("name: bgp-secret"), "{example}");
+    let out = lab.apply(&example.replace("name: bgp-secret", "name: \"bgp,secret\""));
+    refused(&out, "should match");
+    let out = lab.apply(&example.replace("name: bgp-secret", "name: bgp-secret.v2"));
+    assert!(out.status.success(), "{}", text(&out));
 }

@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::addresses::{Allocation, AttachmentKey};
 use super::bgp::FileSpeaker;
+use super::cluster_apply::ClusterApply;
 use super::config::ClusterFacts;
 use super::runtime::{Agent, AgentError, CniAddress, Status};
 use super::saved_view::SavedView;
@@ -309,19 +310,6 @@ pub struct Cluster {
     pub saved: SavedView,
 }
 
-/// Hands `facts` to the agent (`apply`) and saves them only if it took them: a
-/// view the agent refused must not be the one a restart begins from.
-fn take_facts(
-    apply: impl FnOnce(ClusterFacts) -> Result<(), AgentError>,
-    saved: &mut SavedView,
-    facts: ClusterFacts,
-) {
-    match apply(facts.clone()) {
-        Ok(()) => saved.accepted(facts),
-        Err(e) => tracing::error!(error = %e, "cluster change not applied (and not saved)"),
-    }
-}
-
 /// Sleeps until `at`; pending forever without one.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
@@ -370,8 +358,8 @@ pub async fn run(
     speaker: Option<FileSpeaker>,
 ) -> Result<(), ControlError> {
     let bgp = bgp.or_else(|| speaker.as_ref().map(FileSpeaker::current));
-    let (mut updates, mut saved) = match cluster {
-        Some(c) => (Some(c.updates), Some(c.saved)),
+    let (mut updates, mut applier) = match cluster {
+        Some(c) => (Some(c.updates), Some(ClusterApply::new(c.saved))),
         None => (None, None),
     };
     let path = agent.config().control.socket.clone();
@@ -395,20 +383,20 @@ pub async fn run(
         }
     };
     let stop = loop {
-        let save_retry = saved.as_ref().and_then(SavedView::next_try);
+        let cluster_retry = applier.as_ref().and_then(ClusterApply::next_try);
         tokio::select! {
             _ = hup.recv() => match agent.reload() {
                 Ok(()) => replan(&agent),
                 Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not applied"),
             },
             Some(facts) = next_facts(&mut updates) => {
-                if let Some(saved) = saved.as_mut() {
-                    take_facts(|f| agent.apply_cluster(f), saved, facts);
+                if let Some(applier) = applier.as_mut() {
+                    applier.take(facts, |f| agent.apply_cluster(f));
                 }
             }
-            () = sleep_until(save_retry) => {
-                if let Some(saved) = saved.as_mut() {
-                    saved.retry();
+            () = sleep_until(cluster_retry) => {
+                if let Some(applier) = applier.as_mut() {
+                    applier.retry(|f| agent.apply_cluster(f));
                 }
             }
             Some(table) = next_services(&mut services) => {
@@ -569,29 +557,6 @@ mod tests {
         incoming.reply.send(Response::ok()).unwrap();
         assert!(caller.await.unwrap().unwrap().ok);
         drop(silent);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn only_facts_the_agent_accepted_are_saved() {
-        let dir = std::env::temp_dir().join(format!("hybridway-take-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("cluster.json");
-        let mut saved = SavedView::new(path.clone());
-        let facts: ClusterFacts = serde_json::from_str(
-            r#"{"node":{"name":"n1","address":"198.18.64.10"},"mode":"underlay",
-                "pods":{"block":"198.19.130.0/24","gateway":"198.19.130.1"}}"#,
-        )
-        .unwrap();
-        take_facts(
-            |_| Err(AgentError::Refused("test: refused".into())),
-            &mut saved,
-            facts.clone(),
-        );
-        assert!(!path.exists(), "a refused view was saved");
-        take_facts(|_| Ok(()), &mut saved, facts.clone());
-        assert_eq!(crate::agent::saved_view::load(&path, "n1"), Some(facts));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -11,17 +11,20 @@
 //!   └─ control::run (control loop) ◄──────────────────┘ Agent::apply_cluster
 //! ```
 //!
-//! Start-up: the facts saved by the last run, when there are any (so a node
-//! whose API server is away forwards at once), else the first facts the watch
-//! finds: the agent is not ready, and says so in its log, until the controller has
-//! given this node a block. Facts are saved only once the agent runs with them
-//! (`saved_view`).
+//! Start-up: the first facts the watch finds when the API server answers within
+//! [`FRESH_VIEW_WAIT`] (the cluster may have changed this node's block while no
+//! agent ran), else the facts saved by the last run, when there are any (so a node
+//! whose API server is away forwards at once), else the watch's first facts
+//! whenever they come: the agent is not ready, and says so in its log, until the
+//! controller has given this node a block. Facts are saved once the agent runs
+//! with them, or when only a restart can adopt them (`saved_view`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::AgentConfig;
-use super::config::{ConfigError, LocalConfig};
+use super::config::{ClusterFacts, ConfigError, LocalConfig};
 use super::control::{self, ControlError};
 use super::runtime::{Agent, AgentError, ConfigSource};
 use super::saved_view::{self, SavedView};
@@ -60,6 +63,41 @@ pub enum KubernetesModeError {
     Runtime(#[source] std::io::Error),
     #[error("the Node watch stopped before this node had a block")]
     WatchEnded,
+}
+
+/// How long a start with a saved view waits for the API server's view first.
+const FRESH_VIEW_WAIT: Duration = Duration::from_secs(5);
+
+/// The facts the agent starts from, and where they came from.
+#[derive(Debug, PartialEq)]
+enum StartView {
+    /// The Node watch's: the cluster as it is now.
+    Watched(ClusterFacts),
+    /// The last run's: the API server did not answer within the wait.
+    Saved(ClusterFacts),
+}
+
+/// Prefers the watch's view when it comes within `wait` (with a saved view) and
+/// waits for it without end otherwise; `None`: the watch ended with nothing.
+async fn start_view(
+    updates: &mut control::ClusterUpdates,
+    persisted: Option<ClusterFacts>,
+    wait: Duration,
+) -> Option<StartView> {
+    let watched = async {
+        updates
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|f| f.clone())
+    };
+    match persisted {
+        None => watched.await.map(StartView::Watched),
+        Some(saved) => match tokio::time::timeout(wait, watched).await {
+            Ok(Some(f)) => Some(StartView::Watched(f)),
+            Ok(None) | Err(_) => Some(StartView::Saved(saved)),
+        },
+    }
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -110,22 +148,16 @@ pub fn run(mode: &KubernetesMode) -> Result<(), KubernetesModeError> {
         bgp_status.clone(),
     ));
     let mut saved = SavedView::new(state_file.clone());
-    let from_file = persisted.is_some();
-    let facts = match persisted {
-        Some(f) => {
+    if persisted.is_none() {
+        tracing::info!(node = %src.node_name, vtep_mac = %src.vtep.mac, "waiting for this node's block from the API server");
+    }
+    let (facts, from_file) = match rt.block_on(start_view(&mut rx, persisted, FRESH_VIEW_WAIT)) {
+        Some(StartView::Watched(f)) => (f, false),
+        Some(StartView::Saved(f)) => {
             tracing::info!(path = %state_file.display(), "starting from the persisted cluster view; the Node watch catches up");
-            f
+            (f, true)
         }
-        None => {
-            tracing::info!(node = %src.node_name, vtep_mac = %src.vtep.mac, "waiting for this node's block from the API server");
-            rt.block_on(async {
-                rx.wait_for(Option::is_some)
-                    .await
-                    .ok()
-                    .and_then(|f| f.clone())
-            })
-            .ok_or(KubernetesModeError::WatchEnded)?
-        }
+        None => return Err(KubernetesModeError::WatchEnded),
     };
     let cfg = AgentConfig::from_parts(local, facts.clone())?;
     let agent = Agent::start_from(
@@ -147,4 +179,39 @@ pub fn run(mode: &KubernetesMode) -> Result<(), KubernetesModeError> {
         None,
     ))?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn facts(block: &str, gateway: &str) -> ClusterFacts {
+        serde_json::from_str(&format!(
+            r#"{{"node":{{"name":"n1","address":"198.18.64.10"}},"mode":"underlay",
+                "pods":{{"block":"{block}","gateway":"{gateway}"}}}}"#
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_start_prefers_the_api_servers_view_to_the_saved_one() {
+        let saved = facts("198.19.130.0/24", "198.19.130.1");
+        let now = facts("198.19.131.0/24", "198.19.131.1");
+        let (tx, mut rx) = tokio::sync::watch::channel(None);
+        tx.send(Some(now.clone())).unwrap();
+        let got = start_view(&mut rx, Some(saved), Duration::from_secs(3600)).await;
+        assert_eq!(got, Some(StartView::Watched(now)));
+    }
+
+    #[tokio::test]
+    async fn a_start_without_the_api_server_uses_the_saved_view() {
+        let saved = facts("198.19.130.0/24", "198.19.130.1");
+        let (_tx, mut rx) = tokio::sync::watch::channel(None);
+        let got = start_view(&mut rx, Some(saved.clone()), Duration::from_millis(10)).await;
+        assert_eq!(got, Some(StartView::Saved(saved)));
+        let (tx, mut rx) = tokio::sync::watch::channel(None);
+        drop(tx);
+        assert_eq!(start_view(&mut rx, None, Duration::ZERO).await, None);
+    }
 }

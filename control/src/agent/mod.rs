@@ -14,7 +14,9 @@
 
 pub mod addresses;
 pub mod attach;
+pub mod backoff;
 pub mod bgp;
+pub mod cluster_apply;
 pub mod config;
 pub mod control;
 pub mod host_routing;

@@ -62,6 +62,12 @@ pub enum AgentError {
     Address(#[from] AddressError),
     #[error("{0}")]
     Refused(String),
+    /// A valid configuration that changes what the running ports and workers were
+    /// built from (this node's block, mode, address, ...): kept for the next start.
+    #[error(
+        "reload refused: {field} changed, which needs an agent restart; the running configuration is kept"
+    )]
+    NeedsRestart { field: &'static str },
     #[error("state file {path}: {message}")]
     State { path: PathBuf, message: String },
     #[error("metrics endpoint {addr}: {source}")]
@@ -548,7 +554,7 @@ impl Agent {
 
     /// Kubernetes mode: the Node watch saw the cluster change. Other nodes change
     /// live; this node's own facts (address, block, mode) need a restart, as in
-    /// [`Agent::reload`].
+    /// [`Agent::reload`] ([`AgentError::NeedsRestart`]).
     pub fn apply_cluster(&mut self, facts: ClusterFacts) -> Result<(), AgentError> {
         let next = AgentConfig::from_parts(self.cfg.local_config(), facts)?;
         self.replace_config(next)
@@ -595,9 +601,7 @@ impl Agent {
             ),
         ];
         if let Some((field, _)) = fixed.iter().find(|(_, same)| !same) {
-            return Err(AgentError::Refused(format!(
-                "reload refused: {field} changed, which needs an agent restart; the running configuration is kept"
-            )));
+            return Err(AgentError::NeedsRestart { field });
         }
         if let Some(g) = next.uplink.gateway {
             self.uplink.gateway = Some(g);

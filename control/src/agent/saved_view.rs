@@ -1,24 +1,20 @@
 //! The cluster view an agent restarted without the API server begins from
 //! (`control.clusterStateFile`, Kubernetes mode).
 //!
-//! Only a view the agent has accepted is saved: the control loop calls
-//! [`SavedView::accepted`] after `Agent::apply_cluster` succeeded (or the agent
-//! started from it), so a view the agent refused can never be the one a restart
-//! loads. A failed write (disk full, read-only mount) is tried again with back-off
+//! Only a view the agent has accepted is saved: `cluster_apply` calls
+//! [`SavedView::accepted`] after `Agent::apply_cluster` succeeded, or refused it
+//! only because this node's own facts changed (`AgentError::NeedsRestart`: a
+//! valid view the next start adopts), or the agent started from it; so a view
+//! the agent found invalid can never be the one a restart loads. A failed write (disk full, read-only mount) is tried again with back-off
 //! until it succeeds or a newer view replaces it.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::backoff::Backoff;
 use super::config::ClusterFacts;
 use super::state_file::write_atomically;
-
-/// Wait before the first retry of a failed save; doubled after each failure.
-const FIRST_RETRY: Duration = Duration::from_secs(1);
-/// Longest wait between retries.
-const MAX_RETRY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SaveError {
@@ -62,7 +58,7 @@ fn save(path: &Path, facts: &ClusterFacts) -> Result<(), SaveError> {
 pub struct SavedView {
     path: PathBuf,
     unsaved: Option<ClusterFacts>,
-    retry_in: Duration,
+    retry_in: Backoff,
     next_try: Option<Instant>,
 }
 
@@ -71,7 +67,7 @@ impl SavedView {
         SavedView {
             path,
             unsaved: None,
-            retry_in: FIRST_RETRY,
+            retry_in: Backoff::default(),
             next_try: None,
         }
     }
@@ -79,7 +75,7 @@ impl SavedView {
     /// The agent runs with `facts` now: save them (a pending older view is dropped).
     pub fn accepted(&mut self, facts: ClusterFacts) {
         self.unsaved = Some(facts);
-        self.retry_in = FIRST_RETRY;
+        self.retry_in.reset();
         self.try_save();
     }
 
@@ -107,9 +103,9 @@ impl SavedView {
                 self.next_try = None;
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_s = self.retry_in.as_secs(), "could not save the cluster view; a restart without the API server will not have it");
-                self.next_try = Some(Instant::now() + self.retry_in);
-                self.retry_in = (self.retry_in * 2).min(MAX_RETRY);
+                let wait = self.retry_in.step();
+                tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "could not save the cluster view; a restart without the API server will not have it");
+                self.next_try = Some(Instant::now() + wait);
             }
         }
     }
@@ -157,7 +153,7 @@ mod tests {
         saved.retry();
         let second = saved.next_try().expect("still failing: another retry");
         assert!(second > first, "the wait grows");
-        assert_eq!(saved.retry_in, FIRST_RETRY * 4);
+        assert_eq!(saved.retry_in.peek(), crate::agent::backoff::FIRST * 4);
         // The disk is back.
         std::fs::remove_file(&blocker).unwrap();
         std::fs::create_dir_all(&blocker).unwrap();

@@ -9,6 +9,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use super::config::PasswordRef;
 use super::sys::MD5_MAX_KEY_LEN;
 
+/// What to do about a password Secret RBAC keeps from the agents and the
+/// controller (one Role names the readable ones).
+pub const UNREADABLE_FIX: &str = "add its name to resourceNames of Role kube-system/hybridway-bgp-secrets (deploy/bgp-secrets-rbac.yaml)";
+
 /// A password. Its `Debug` never shows the value, so it cannot leak into logs.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Password(Vec<u8>);
@@ -46,6 +50,13 @@ pub enum PasswordError {
     SecretUnavailable { name: String, key: String },
     #[error("Secret kube-system/{name} does not exist")]
     SecretMissing { name: String },
+    #[error("Secret kube-system/{name} not read from the API server yet")]
+    SecretPending { name: String },
+    #[error(
+        "Secret kube-system/{name} is not readable by the agent: {}",
+        UNREADABLE_FIX
+    )]
+    SecretForbidden { name: String },
     #[error("Secret kube-system/{name} has no key {key}")]
     KeyMissing { name: String, key: String },
     #[error("authPassword must name exactly one of file or secretKeyRef")]
@@ -76,13 +87,29 @@ impl PasswordSource for FilePassword {
 }
 
 /// The Secrets of `kube-system` as the agent's watch last saw them (name → key →
-/// bytes). Unwired (the `bgp-speaker` command, no cluster) it holds nothing and says
-/// so; a missing Secret or key is a per-peer status reason, never a crash.
+/// bytes), and the names it could not read ([`Unreadable`]). Unwired (the `bgp-speaker` command,
+/// no cluster) it holds nothing and says so; a missing or pending Secret or key is
+/// a per-peer status reason, never a crash: only the peers that use it wait.
 #[derive(Clone, Default)]
-pub struct SecretStore(Arc<RwLock<Option<Secrets>>>);
+pub struct SecretStore(Arc<RwLock<Option<Snapshot>>>);
 
 /// Secret name → key → bytes.
 pub type Secrets = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
+
+/// Why the agent's watch has no bytes for a Secret name it follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unreadable {
+    /// Not listed yet: the peers that use it wait.
+    Pending,
+    /// The API server refused it (403: not in the Role's resourceNames).
+    Forbidden,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    secrets: Secrets,
+    unreadable: BTreeMap<String, Unreadable>,
+}
 
 impl fmt::Debug for SecretStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -91,21 +118,35 @@ impl fmt::Debug for SecretStore {
 }
 
 impl SecretStore {
-    /// Replaces every Secret (called by the watch after each change).
-    pub fn replace(&self, secrets: Secrets) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(secrets);
+    /// Replaces every Secret (called by the watch after each change) and the
+    /// names the watch could not read.
+    pub fn replace(&self, secrets: Secrets, unreadable: BTreeMap<String, Unreadable>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(Snapshot {
+            secrets,
+            unreadable,
+        });
     }
 
     /// The bytes of `name`/`key`.
     pub fn get(&self, name: &str, key: &str) -> Result<Vec<u8>, PasswordError> {
         let guard = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(secrets) = guard.as_ref() else {
+        let Some(snapshot) = guard.as_ref() else {
             return Err(PasswordError::SecretUnavailable {
                 name: name.into(),
                 key: key.into(),
             });
         };
-        let secret = secrets
+        match snapshot.unreadable.get(name) {
+            Some(Unreadable::Pending) => {
+                return Err(PasswordError::SecretPending { name: name.into() });
+            }
+            Some(Unreadable::Forbidden) => {
+                return Err(PasswordError::SecretForbidden { name: name.into() });
+            }
+            None => {}
+        }
+        let secret = snapshot
+            .secrets
             .get(name)
             .ok_or_else(|| PasswordError::SecretMissing { name: name.into() })?;
         secret

@@ -81,11 +81,10 @@ pub async fn run(
     loop {
         let sleep = async {
             match due {
-                // Every named Secret listed once: a speaker never starts keyless
-                // only because its Secret's watch was a moment late.
-                Some(at) if configs_ready && secrets.settled() => {
-                    tokio::time::sleep_until(at).await
-                }
+                // A Secret not listed yet holds up only the peers that use it
+                // (SecretStore: "not read from the API server yet"), never the
+                // plan: one bad name must not freeze every session.
+                Some(at) if configs_ready => tokio::time::sleep_until(at).await,
                 _ => std::future::pending().await,
             }
         };
@@ -116,7 +115,7 @@ pub async fn run(
             }
             () = sleep => {
                 due = None;
-                store.replace(secrets.secrets());
+                store.replace(secrets.secrets(), secrets.unreadable());
                 let node_list = nodes.state();
                 let node_refs: Vec<&Node> = node_list.iter().map(|n| &**n).collect();
                 let config_list = configs.state();

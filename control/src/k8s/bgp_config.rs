@@ -18,6 +18,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use crate::bgp::password::UNREADABLE_FIX;
+
 use super::crd::{BGPClusterConfig, BGPClusterConfigSpec, SESSION_ESTABLISHED};
 use super::metrics::Metrics;
 use super::node_ipam::MANAGER;
@@ -66,6 +68,9 @@ pub enum SecretState {
     Missing,
     NoKey,
     Present,
+    /// Not among the names the shared Role lets the controller and the agents
+    /// read (the API server answered 403).
+    Unreadable,
 }
 
 /// Everything wrong with `spec` given the nodes and the Secrets' states.
@@ -108,6 +113,13 @@ pub fn problems(
                     "SecretNotFound",
                     format!(
                         "peer {} of speaker {}: Secret {NAMESPACE}/{} does not exist",
+                        peer.name, speaker.name, r.name
+                    ),
+                )),
+                SecretState::Unreadable => out.push((
+                    "SecretNotReadable",
+                    format!(
+                        "peer {} of speaker {}: Secret {NAMESPACE}/{} is not readable by the agent: {UNREADABLE_FIX}",
                         peer.name, speaker.name, r.name
                     ),
                 )),
@@ -233,6 +245,9 @@ pub async fn reconcile(
             Ok(None) => SecretState::Missing,
             Ok(Some(s)) if has_key(&s, &r.key) => SecretState::Present,
             Ok(Some(_)) => SecretState::NoKey,
+            // The controller reads the same names the agents may (one Role for
+            // both): a name it may not read, the agents may not either.
+            Err(kube::Error::Api(s)) if s.code == 403 => SecretState::Unreadable,
             Err(source) => {
                 return Err(BgpConfigError::Secret {
                     name: r.name.clone(),
@@ -420,9 +435,12 @@ mod tests {
             Arc::new(c)
         }
 
-        /// A missing Secret is a condition, not an error: one GET, one status apply.
-        #[tokio::test]
-        async fn missing_secret_becomes_a_condition() {
+        /// The Secret's GET answers `code`; the status apply must contain `expected`.
+        async fn secret_answer_becomes_a_condition(
+            code: u16,
+            reason: &str,
+            expected: Vec<&'static str>,
+        ) {
             let (client, handle) = mock_api::client();
             let server = tokio::spawn(mock_api::serve(
                 handle,
@@ -431,18 +449,13 @@ mod tests {
                         method: "GET",
                         path: "/api/v1/namespaces/kube-system/secrets/bgp-secret",
                         body_has: vec![],
-                        status: 404,
-                        response: mock_api::status(404, "NotFound"),
+                        status: code,
+                        response: mock_api::status(code, reason),
                     },
                     Exchange {
                         method: "PATCH",
                         path: "/apis/network.alibabacloud.com/v1beta1/bgpclusterconfigs/bgp/status",
-                        body_has: vec![
-                            "SecretNotFound",
-                            "\"observedGeneration\":3",
-                            "SingleSpeaker",
-                            "\"sessionsUp\":\"0/1\"",
-                        ],
+                        body_has: expected,
                         status: 200,
                         response: serde_json::to_value(cfg().as_ref()).unwrap(),
                     },
@@ -455,10 +468,42 @@ mod tests {
             server.await.unwrap();
         }
 
-        /// Not allowed to read the Secret: an error (retried), and no status is
-        /// written from half the facts.
+        /// A missing Secret is a condition, not an error: one GET, one status apply.
         #[tokio::test]
-        async fn forbidden_secret_is_an_error_without_status() {
+        async fn missing_secret_becomes_a_condition() {
+            secret_answer_becomes_a_condition(
+                404,
+                "NotFound",
+                vec![
+                    "SecretNotFound",
+                    "\"observedGeneration\":3",
+                    "SingleSpeaker",
+                    "\"sessionsUp\":\"0/1\"",
+                ],
+            )
+            .await;
+        }
+
+        /// A Secret the shared Role does not name (403): a condition saying the
+        /// agent cannot read it, not "valid" and not "does not exist".
+        #[tokio::test]
+        async fn unreadable_secret_becomes_a_condition() {
+            secret_answer_becomes_a_condition(
+                403,
+                "Forbidden",
+                vec![
+                    "SecretNotReadable",
+                    "is not readable by the agent",
+                    "hybridway-bgp-secrets",
+                ],
+            )
+            .await;
+        }
+
+        /// Any other failure to read the Secret: an error (retried), and no status
+        /// is written from half the facts.
+        #[tokio::test]
+        async fn failed_secret_read_is_an_error_without_status() {
             let (client, handle) = mock_api::client();
             let server = tokio::spawn(mock_api::serve(
                 handle,
@@ -466,8 +511,8 @@ mod tests {
                     method: "GET",
                     path: "/api/v1/namespaces/kube-system/secrets/bgp-secret",
                     body_has: vec![],
-                    status: 403,
-                    response: mock_api::status(403, "Forbidden"),
+                    status: 500,
+                    response: mock_api::status(500, "InternalError"),
                 }],
             ));
             let ctx = ctx(client);

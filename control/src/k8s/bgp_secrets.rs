@@ -2,8 +2,9 @@
 //! `BGPClusterConfig`s that list this node as a speaker; each name gets its own watch
 //! (`metadata.name=` field selector), started and stopped as those resources
 //! change. The API server authorizes such a list/watch against the Role's
-//! `resourceNames`, so the agent's RBAC names the password Secrets one by one
-//! (deploy/agent-rbac.yaml) instead of every Secret of kube-system.
+//! `resourceNames`, so RBAC names the password Secrets one by one
+//! (deploy/bgp-secrets-rbac.yaml, one Role for the agents and the controller)
+//! instead of every Secret of kube-system.
 //!
 //! ```text
 //!  configs store ─► referenced(node) ─► SecretWatches::follow(names)
@@ -12,8 +13,10 @@
 //!  watch_one: list+watch metadata.name=<name> ─► Seen (shared map) ─► changed ◄──┘
 //! ```
 //!
-//! A Secret that is missing, has no such key, or that RBAC does not let the agent
-//! read is absent from [`SecretWatches::secrets`]: the peer's status names it, the
+//! A Secret that is missing, has no such key, or whose name the API server
+//! refuses (any 4xx but 408/429) is absent from [`SecretWatches::secrets`]; one
+//! not listed yet or that RBAC does not let the agent read is
+//! [`SecretWatches::unreadable`]: either way the peer's status names it and the
 //! speaker runs its other sessions.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,7 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::crd::BGPClusterConfig;
-use crate::bgp::password::Secrets;
+use crate::bgp::password::{Secrets, UNREADABLE_FIX, Unreadable};
 
 /// The names of the Secrets that the peers of `node`'s speaker entries refer to,
 /// across every config (whether the config selects the node is `bgp_view::plan`'s
@@ -52,8 +55,10 @@ pub fn referenced<'a>(
 enum Seen {
     /// Not listed yet: the speaker waits for it rather than start without a key.
     Pending,
-    /// Listed: no such Secret, or RBAC does not let this agent read it.
+    /// Listed: no such Secret, or a name the API server does not take.
     Absent,
+    /// RBAC does not let this agent read it (not in the Role's resourceNames).
+    Forbidden,
     /// key → bytes.
     Present(BTreeMap<String, Vec<u8>>),
 }
@@ -136,9 +141,17 @@ impl SecretWatches {
         }
     }
 
-    /// True once every watched name has been listed at least once.
-    pub fn settled(&self) -> bool {
-        self.lock().values().all(|s| *s != Seen::Pending)
+    /// The watched names not listed yet (the peers that use them wait) or that
+    /// RBAC keeps from this agent (their status says so).
+    pub fn unreadable(&self) -> BTreeMap<String, Unreadable> {
+        self.lock()
+            .iter()
+            .filter_map(|(name, seen)| match seen {
+                Seen::Pending => Some((name.clone(), Unreadable::Pending)),
+                Seen::Forbidden => Some((name.clone(), Unreadable::Forbidden)),
+                Seen::Absent | Seen::Present(_) => None,
+            })
+            .collect()
     }
 
     /// name → key → bytes of the watched Secrets that exist and are readable.
@@ -147,7 +160,7 @@ impl SecretWatches {
             .iter()
             .filter_map(|(name, seen)| match seen {
                 Seen::Present(data) => Some((name.clone(), data.clone())),
-                Seen::Pending | Seen::Absent => None,
+                Seen::Pending | Seen::Absent | Seen::Forbidden => None,
             })
             .collect()
     }
@@ -165,16 +178,19 @@ impl Drop for SecretWatches {
     }
 }
 
-/// True when the API server refused the agent this Secret (not in the Role's
-/// `resourceNames`): retrying will not help until the user changes the Role.
-fn forbidden(e: &watcher::Error) -> bool {
-    match e {
+/// The status code when the API server refused the request for good (a 4xx but
+/// a timeout or throttling): the Role does not name the Secret (403), or the name
+/// is not one the API server takes (400). Retrying will not help until the user
+/// changes the Role or the name; the peers that use it see it as absent.
+fn refusal(e: &watcher::Error) -> Option<u16> {
+    let code = match e {
         watcher::Error::InitialListFailed(kube::Error::Api(s))
         | watcher::Error::WatchStartFailed(kube::Error::Api(s))
-        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 403,
-        watcher::Error::WatchError(s) => s.code == 403,
-        _ => false,
-    }
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code,
+        watcher::Error::WatchError(s) => s.code,
+        _ => return None,
+    };
+    ((400..500).contains(&code) && code != 408 && code != 429).then_some(code)
 }
 
 /// Lists and watches the one Secret `name` until aborted, recording what it sees.
@@ -204,17 +220,27 @@ async fn watch_one(api: Api<Secret>, name: String, seen: Shared, changed: watch:
             Ok(watcher::Event::Apply(s)) if s.name_any() == name => Seen::of(Some(&s)),
             Ok(watcher::Event::Delete(s)) if s.name_any() == name => Seen::Absent,
             Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => continue,
-            Err(e) if forbidden(&e) => {
-                if !refused {
-                    tracing::warn!(secret = %name, "the agent may not read this BGP password Secret: add its name to resourceNames of the hybridway-agent Role (deploy/agent-rbac.yaml)");
-                    refused = true;
+            Err(e) => match refusal(&e) {
+                Some(code) => {
+                    if !refused {
+                        if code == 403 {
+                            tracing::warn!(secret = %name, fix = UNREADABLE_FIX, "the agent may not read this BGP password Secret");
+                        } else {
+                            tracing::warn!(secret = %name, code, error = %e, "the API server refuses to list this BGP password Secret; its peers run without it until the name is fixed");
+                        }
+                        refused = true;
+                    }
+                    if code == 403 {
+                        Seen::Forbidden
+                    } else {
+                        Seen::Absent
+                    }
                 }
-                Seen::Absent
-            }
-            Err(e) => {
-                tracing::debug!(secret = %name, error = %e, "Secret watch failed; retrying");
-                continue;
-            }
+                None => {
+                    tracing::debug!(secret = %name, error = %e, "Secret watch failed; retrying");
+                    continue;
+                }
+            },
         };
         let mut map = seen.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(slot) = map.get_mut(&name) else {
@@ -304,5 +330,23 @@ mod tests {
             Seen::Present(BTreeMap::from([("password".into(), b"pw".to_vec())]))
         );
         assert_eq!(Seen::of(None), Seen::Absent);
+    }
+
+    fn api_error(code: u16) -> watcher::Error {
+        watcher::Error::InitialListFailed(kube::Error::Api(
+            kube::core::Status::failure("test", "Test")
+                .with_code(code)
+                .boxed(),
+        ))
+    }
+
+    #[test]
+    fn any_final_refusal_ends_the_wait_and_a_passing_failure_does_not() {
+        for code in [400, 403, 404, 422] {
+            assert_eq!(refusal(&api_error(code)), Some(code), "{code}");
+        }
+        for code in [408, 429, 500, 503] {
+            assert_eq!(refusal(&api_error(code)), None, "{code}");
+        }
     }
 }

@@ -293,7 +293,7 @@ mod tests {
 
     #[test]
     fn secret_store_reasons() {
-        use crate::bgp::password::{PasswordSource, SecretPassword, SecretStore};
+        use crate::bgp::password::{PasswordSource, SecretPassword, SecretStore, Unreadable};
         let store = SecretStore::default();
         let src = SecretPassword {
             name: "bgp-secret".into(),
@@ -306,24 +306,50 @@ mod tests {
                 .to_string()
                 .contains("not available")
         );
-        store.replace(BTreeMap::new());
+        store.replace(
+            BTreeMap::new(),
+            BTreeMap::from([("bgp-secret".into(), Unreadable::Pending)]),
+        );
+        assert!(
+            src.password()
+                .unwrap_err()
+                .to_string()
+                .contains("not read from the API server yet")
+        );
+        store.replace(
+            BTreeMap::new(),
+            BTreeMap::from([("bgp-secret".into(), Unreadable::Forbidden)]),
+        );
+        assert!(
+            src.password()
+                .unwrap_err()
+                .to_string()
+                .contains("is not readable by the agent")
+        );
+        store.replace(BTreeMap::new(), BTreeMap::new());
         assert!(
             src.password()
                 .unwrap_err()
                 .to_string()
                 .contains("does not exist")
         );
-        store.replace(BTreeMap::from([("bgp-secret".into(), BTreeMap::new())]));
+        store.replace(
+            BTreeMap::from([("bgp-secret".into(), BTreeMap::new())]),
+            BTreeMap::new(),
+        );
         assert!(
             src.password()
                 .unwrap_err()
                 .to_string()
                 .contains("no key password")
         );
-        store.replace(BTreeMap::from([(
-            "bgp-secret".into(),
-            BTreeMap::from([("password".into(), b"s3cret\n".to_vec())]),
-        )]));
+        store.replace(
+            BTreeMap::from([(
+                "bgp-secret".into(),
+                BTreeMap::from([("password".into(), b"s3cret\n".to_vec())]),
+            )]),
+            BTreeMap::new(),
+        );
         assert_eq!(src.password().unwrap().bytes(), b"s3cret");
         assert!(!format!("{store:?}").contains("s3cret"));
     }

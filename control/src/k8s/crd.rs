@@ -18,6 +18,8 @@ pub const GROUP: &str = "network.alibabacloud.com";
 
 /// Longest object name Kubernetes allows (DNS subdomain); bounds CEL cost.
 const NAME_MAX: u32 = 253;
+/// An object name most kinds take (RFC 1123 subdomain, as the API server checks it).
+const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -89,7 +91,10 @@ pub struct AuthPassword {
 /// A key of a Secret in `kube-system`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct SecretKeyRef {
-    #[schemars(length(min = 1, max = NAME_MAX))]
+    /// The Secret's name in kube-system.
+    // A DNS subdomain: the agent's watch of any other name gets a 400, so the CRD
+    // refuses it where the user sees it.
+    #[schemars(length(min = 1, max = NAME_MAX), pattern(DNS_SUBDOMAIN))]
     pub name: String,
     #[schemars(length(min = 1, max = NAME_MAX))]
     pub key: String,

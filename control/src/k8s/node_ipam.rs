@@ -423,12 +423,16 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<IpamContext>) -> Result<Action,
                     Ok(Action::await_change())
                 }
                 Err(source) => {
-                    // A block we just took must not leak: the next reconcile sees the
-                    // current Node and decides again. A block the Node already held
-                    // stays claimed (only its mode or pool was being rewritten):
+                    // A block we just took must not leak: when the API server
+                    // refused the write, the next reconcile sees the current Node
+                    // and decides again. Any other failure (a 5xx, the reply lost)
+                    // may have come after the write landed: the block stays claimed
+                    // and unconfirmed until the cache shows the Node, and the retry
+                    // writes the same block. A block the Node already held stays
+                    // claimed too (only its mode or pool was being rewritten):
                     // releasing it would hand it to the next new node while this one
                     // still holds it.
-                    if fresh {
+                    if fresh && not_applied(&source) {
                         let mut state = ctx.lock();
                         if let Some(state) = state.as_mut() {
                             state.release(&name);
@@ -444,6 +448,12 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<IpamContext>) -> Result<Action,
             }
         }
     }
+}
+
+/// True when the API server answered the write with a refusal (a 4xx but a
+/// request timeout), so the Node is as it was.
+fn not_applied(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 408)
 }
 
 /// Retry soon on a conflict (someone wrote the Node), later on other errors.
@@ -640,6 +650,26 @@ mod tests {
             })
         }
 
+        /// A context whose API server answers n1's PATCH with `code`, and that
+        /// server (it ends after the one exchange).
+        fn one_patch_answered(
+            code: u16,
+            reason: &str,
+        ) -> (Arc<IpamContext>, tokio::task::JoinHandle<()>) {
+            let (client, handle) = mock_api::client();
+            let server = tokio::spawn(mock_api::serve(
+                handle,
+                vec![Exchange {
+                    method: "PATCH",
+                    path: "/api/v1/nodes/n1",
+                    body_has: vec!["198.19.128.0/24"],
+                    status: code,
+                    response: mock_api::status(code, reason),
+                }],
+            ));
+            (ctx(client), server)
+        }
+
         fn held(ctx: &IpamContext, node: &str) -> Option<Prefix> {
             ctx.lock().as_ref().and_then(|s| s.allocator.block_of(node))
         }
@@ -675,18 +705,7 @@ mod tests {
         /// one handed to a new node while this Node still holds it.
         #[tokio::test]
         async fn failed_write_keeps_a_block_the_node_already_held() {
-            let (client, handle) = mock_api::client();
-            let server = tokio::spawn(mock_api::serve(
-                handle,
-                vec![Exchange {
-                    method: "PATCH",
-                    path: "/api/v1/nodes/n1",
-                    body_has: vec!["198.19.128.0/24"],
-                    status: 409,
-                    response: mock_api::status(409, "Conflict"),
-                }],
-            ));
-            let ctx = ctx(client);
+            let (ctx, server) = one_patch_answered(409, "Conflict");
             let held_block = Prefix::from_str("198.19.128.0/24").unwrap();
             let n = Arc::new(node("n1", Some("a"), Some("198.19.128.0/24")));
             reconcile(n, ctx.clone()).await.unwrap_err();
@@ -703,24 +722,42 @@ mod tests {
         /// The Node was deleted meanwhile: 404 also releases; a later retry is slow.
         #[tokio::test]
         async fn vanished_node_releases_and_backs_off() {
-            let (client, handle) = mock_api::client();
-            let server = tokio::spawn(mock_api::serve(
-                handle,
-                vec![Exchange {
-                    method: "PATCH",
-                    path: "/api/v1/nodes/n1",
-                    body_has: vec![],
-                    status: 404,
-                    response: mock_api::status(404, "NotFound"),
-                }],
-            ));
-            let ctx = ctx(client);
+            let (ctx, server) = one_patch_answered(404, "NotFound");
             let n = Arc::new(node("n1", Some("a"), None));
             let err = reconcile(n.clone(), ctx.clone()).await.unwrap_err();
             assert_eq!(held(&ctx, "n1"), None);
             assert_eq!(
                 error_policy(n, &err, ctx.clone()),
                 Action::requeue(Duration::from_secs(5))
+            );
+            drop(ctx);
+            server.await.unwrap();
+        }
+
+        /// The API server failed after the write may have landed (504): the fresh
+        /// block stays claimed and unconfirmed, so the next new node gets another
+        /// one and the retry rewrites the same block.
+        #[tokio::test]
+        async fn a_write_that_may_have_landed_keeps_the_fresh_block() {
+            let (ctx, server) = one_patch_answered(504, "Timeout");
+            let n1 = Arc::new(node("n1", Some("a"), None));
+            reconcile(n1.clone(), ctx.clone()).await.unwrap_err();
+            let b1 = Prefix::from_str("198.19.128.0/24").unwrap();
+            assert_eq!(
+                held(&ctx, "n1"),
+                Some(b1),
+                "released after an unclear failure"
+            );
+            assert_eq!(ctx.unconfirmed().get("n1"), Some(&b1));
+            let d = decide(&node("n2", Some("a"), None), &mut ctx.lock());
+            assert!(
+                matches!(d, Decision::Write { block, .. } if block != b1),
+                "one block handed out twice: {d:?}"
+            );
+            let d = decide(&n1, &mut ctx.lock());
+            assert!(
+                matches!(d, Decision::Write { block, fresh: false, .. } if block == b1),
+                "the retry must rewrite the same block: {d:?}"
             );
             drop(ctx);
             server.await.unwrap();

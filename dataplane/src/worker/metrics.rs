@@ -1,13 +1,21 @@
 //! A tiny HTTP responder for Prometheus: `GET /metrics` on a local TCP port, one
-//! thread, one request per connection. The rendering closure is the caller's, so
-//! the agent can add its own gauges next to the workers' counters.
+//! request per connection, each connection on its own short-lived thread (at most
+//! [`MAX_CONNECTIONS`]) with one deadline for the whole exchange, so a slow client
+//! can neither hold up the kubelet's probes nor the agent's shutdown. The rendering
+//! closure is the caller's, so the agent can add its own gauges next to the
+//! workers' counters.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Connections served at once; more are closed unanswered (a probe retries).
+const MAX_CONNECTIONS: usize = 8;
+/// Time a client has to send its request and take the answer, in all.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Renders the exposition text.
 pub type Render = Arc<dyn Fn(&mut String) + Send + Sync>;
@@ -39,6 +47,7 @@ impl MetricsServer {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let active = Arc::new(AtomicUsize::new(0));
         let thread = std::thread::Builder::new()
             .name("hw-metrics".into())
             .spawn(move || {
@@ -46,10 +55,19 @@ impl MetricsServer {
                     if stop2.load(Ordering::Relaxed) {
                         break;
                     }
-                    if let Ok(stream) = conn {
-                        // A slow or broken client only costs its own connection.
-                        let _ = serve(stream, &render, &ready);
-                    }
+                    let Ok(stream) = conn else { continue };
+                    // A slow or broken client only costs its own connection and
+                    // thread; nothing waits for it.
+                    let Some(slot) = Slot::take(&active) else {
+                        continue;
+                    };
+                    let (render, ready) = (render.clone(), ready.clone());
+                    let _ = std::thread::Builder::new()
+                        .name("hw-metrics-conn".into())
+                        .spawn(move || {
+                            let _slot = slot;
+                            let _ = serve(stream, &render, &ready);
+                        });
                 }
             })?;
         Ok(MetricsServer {
@@ -75,12 +93,40 @@ impl Drop for MetricsServer {
     }
 }
 
+/// One of the [`MAX_CONNECTIONS`] connection threads; given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(active: &Arc<AtomicUsize>) -> Option<Slot> {
+        active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_CONNECTIONS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(active.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What is left of `deadline`, or a timeout error once it has passed.
+fn remaining(deadline: Instant) -> std::io::Result<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::TimedOut))
+}
+
 fn serve(mut stream: TcpStream, render: &Render, ready: &Ready) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let deadline = Instant::now() + REQUEST_DEADLINE;
     let mut req = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 * 1024 {
+        stream.set_read_timeout(Some(remaining(deadline)?))?;
         let n = stream.read(&mut buf)?;
         if n == 0 {
             break;
@@ -110,6 +156,7 @@ fn serve(mut stream: TcpStream, render: &Render, ready: &Ready) -> std::io::Resu
             "try GET /metrics, /healthz or /readyz\n".to_string(),
         ),
     };
+    stream.set_write_timeout(Some(remaining(deadline)?))?;
     write!(
         stream,
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -165,5 +212,48 @@ mod tests {
         assert!(get(server.local_addr(), "/readyz").starts_with("HTTP/1.1 503"));
         ready.store(true, Ordering::Relaxed);
         assert!(get(server.local_addr(), "/readyz").starts_with("HTTP/1.1 200"));
+    }
+
+    /// A client sending a byte now and then, until told to stop.
+    fn trickle(addr: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+        let mut s = TcpStream::connect(addr).unwrap();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if s.write_all(b"G").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    }
+
+    #[test]
+    fn a_trickling_client_holds_up_neither_the_probes_nor_the_stop() {
+        let server = MetricsServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(|_: &mut String| {}),
+        )
+        .unwrap();
+        let addr = server.local_addr();
+        let stop = Arc::new(AtomicBool::new(false));
+        let slow = trickle(addr, stop.clone());
+        // Generous bounds: they only catch a server that waits for the trickle.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(get(addr, "/healthz")).unwrap());
+        let resp = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("/healthz waited behind the trickling client");
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        let slow2 = trickle(addr, stop.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(server);
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("stopping the server waited for the trickling client");
+        stop.store(true, Ordering::Relaxed);
+        slow.join().unwrap();
+        slow2.join().unwrap();
     }
 }
