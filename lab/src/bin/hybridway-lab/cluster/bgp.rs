@@ -29,14 +29,16 @@ impl Demo {
             SWITCH,
             &neighbors,
         )?);
+        // The Secret's name is the one deploy/bgp-secrets-rbac.yaml lets the agents
+        // and the controller read (no other Secret is readable by them).
         self.apply(&format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: bgp-password, namespace: kube-system}}\nstringData: {{password: {BGP_PASSWORD}}}\n"
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: bgp-secret, namespace: kube-system}}\nstringData: {{password: {BGP_PASSWORD}}}\n"
         ))?;
         let peers: String = speakers
             .iter()
             .map(|s| {
                 format!(
-                    "  - name: {}\n    peers:\n    - {{name: switch, peerASN: {SWITCH_ASN}, peerAddress: {SWITCH}, authPassword: {{secretKeyRef: {{name: bgp-password, key: password}}}}}}\n",
+                    "  - name: {}\n    peers:\n    - {{name: switch, peerASN: {SWITCH_ASN}, peerAddress: {SWITCH}, authPassword: {{secretKeyRef: {{name: bgp-secret, key: password}}}}}}\n",
                     s.name
                 )
             })
@@ -44,7 +46,7 @@ impl Demo {
         self.apply(&format!(
             "apiVersion: network.alibabacloud.com/v1beta1\nkind: BGPClusterConfig\nmetadata: {{name: underlay}}\nspec:\n  localASN: {SPEAKER_ASN}\n  nodeSelector: {{matchLabels: {{{POOL_LABEL}: np-underlay}}}}\n  bgpSpeakers:\n{peers}"
         ))?;
-        println!("  applied Secret kube-system/bgp-password and BGPClusterConfig underlay");
+        println!("  applied Secret kube-system/bgp-secret and BGPClusterConfig underlay");
         let bgpd = self.bgpd.as_ref().context("bgpd")?;
         let underlay_blocks: Vec<String> = self
             .blocks()

@@ -164,6 +164,7 @@ impl Demo {
         for f in [
             "controller-rbac.yaml",
             "agent-rbac.yaml",
+            "bgp-secrets-rbac.yaml",
             "controller-config.yaml",
         ] {
             demo.apply_file(&repo().join("deploy").join(f))?;
@@ -175,7 +176,7 @@ impl Demo {
             "crd/bgpclusterconfigs.network.alibabacloud.com",
         ])?;
         println!(
-            "  applied deploy/crds, controller-rbac.yaml, agent-rbac.yaml, controller-config.yaml"
+            "  applied deploy/crds, controller-rbac.yaml, agent-rbac.yaml, bgp-secrets-rbac.yaml,\n  controller-config.yaml"
         );
         Ok(demo)
     }
