@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hybridway_dataplane::Now;
 use hybridway_dataplane::tables::conntrack::tcp_flags::{ACK, SYN};
-use hybridway_dataplane::tables::{FlowKey, L4Proto, NatBinding, SnatConfig, SnatShard};
+use hybridway_dataplane::tables::{
+    FlowKey, L4Proto, NatBinding, SnatConfig, SnatShard, TcpSegment,
+};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
@@ -39,6 +41,11 @@ fn reply(k: &FlowKey, b: NatBinding) -> FlowKey {
     }
 }
 
+/// A TCP segment with `flags` at sequence 0 (every segment of these flows is).
+fn seg(flags: u8) -> TcpSegment {
+    TcpSegment::with_flags(flags)
+}
+
 fn config(capacity: usize) -> SnatConfig {
     SnatConfig {
         capacity_per_worker: capacity,
@@ -53,11 +60,11 @@ fn established(n: usize) -> (SnatShard, Vec<FlowKey>, Vec<FlowKey>) {
     let mut back = Vec::with_capacity(n);
     for i in 0..n as u32 {
         let k = flow(i);
-        let Ok(b) = shard.outbound(&k, NAT, SYN, Now(0)) else {
+        let Ok(b) = shard.outbound(&k, NAT, seg(SYN), Now(0)) else {
             continue;
         };
         let r = reply(&k, b);
-        shard.inbound(&r, SYN | ACK, Now(1));
+        shard.inbound(&r, seg(SYN | ACK), Now(1));
         out.push(k);
         back.push(r);
     }
@@ -77,7 +84,7 @@ fn bench_conntrack(c: &mut Criterion) {
             let mut shard = SnatShard::new(0, &config(iters as usize));
             let start = Instant::now();
             for i in 0..iters as u32 {
-                let _ = black_box(shard.outbound(&flow(i), NAT, SYN, Now(5)));
+                let _ = black_box(shard.outbound(&flow(i), NAT, seg(SYN), Now(5)));
             }
             let t = start.elapsed();
             drop(black_box(shard));
@@ -99,7 +106,7 @@ fn bench_conntrack(c: &mut Criterion) {
         ..flow(i)
     };
     for i in 0..full {
-        let _ = shard.outbound(&udp(i), NAT, 0, at(i));
+        let _ = shard.outbound(&udp(i), NAT, seg(0), at(i));
     }
     let mut i = full;
     let mut refused = 0u64;
@@ -107,7 +114,7 @@ fn bench_conntrack(c: &mut Criterion) {
     g.bench_function("new_flow_full_table_1000000", |b| {
         b.iter(|| {
             i += 1;
-            let r = shard.outbound(&udp(i), NAT, 0, at(i));
+            let r = shard.outbound(&udp(i), NAT, seg(0), at(i));
             refused += u64::from(r.is_err());
             black_box(r)
         })
@@ -132,7 +139,7 @@ fn bench_conntrack(c: &mut Criterion) {
             b.iter(|| {
                 let mut ports = 0u32;
                 for k in out.iter().cycle().skip(pos).take(OPS) {
-                    if let Ok(nb) = shard.outbound(k, NAT, ACK, Now(1000)) {
+                    if let Ok(nb) = shard.outbound(k, NAT, seg(ACK), Now(1000)) {
                         ports = ports.wrapping_add(u32::from(nb.port));
                     }
                 }
@@ -145,7 +152,7 @@ fn bench_conntrack(c: &mut Criterion) {
             b.iter(|| {
                 let mut ports = 0u32;
                 for k in back.iter().cycle().skip(pos).take(OPS) {
-                    if let Some(nb) = shard.inbound(k, ACK, Now(1000)) {
+                    if let Some(nb) = shard.inbound(k, seg(ACK), Now(1000)) {
                         ports = ports.wrapping_add(u32::from(nb.port));
                     }
                 }
@@ -153,7 +160,7 @@ fn bench_conntrack(c: &mut Criterion) {
                 black_box(ports)
             })
         });
-        let flags = vec![ACK; 64];
+        let flags = vec![seg(ACK); 64];
         let mut res = vec![Ok(NatBinding { addr: NAT, port: 0 }); 64];
         g.bench_with_input(
             BenchmarkId::new("established_outbound_batch64", n),

@@ -7,14 +7,14 @@
 
 pub mod conntrack;
 mod flow_index;
-mod flow_slab;
+mod flow_table;
 mod lpm_v4;
 mod lpm_v6;
 pub mod routes;
 pub mod snapshot;
 pub mod snat;
 
-pub use conntrack::{FlowKey, FlowState, L4Proto, Timeouts};
+pub use conntrack::{FlowKey, FlowState, L4Proto, TcpSegment, Timeouts};
 pub use routes::{Prefix, RouteTable, RouteTableBuilder, RouteTarget};
 pub use snapshot::{Mode, NodeSettings, SharedTables, Tables};
 pub use snat::{NatBinding, SnatConfig, SnatError, SnatShard, owner_of_remote};

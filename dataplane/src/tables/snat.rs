@@ -26,11 +26,17 @@
 //! (TIME_WAIT or CLOSE) or expired flow to that remote. Closing states time out
 //! after the kernel's `nf_conntrack_tcp_timeout_*` defaults (see [`Timeouts`]).
 //!
-//! Layout: flows live in a slab of 32-byte entries (never straddling a cache
-//! line); two open-addressing indexes of 8-byte buckets (outbound key, inbound
-//! key), at most half full, map keys to slab slots; a lazy timing wheel finds
-//! expired entries. About 65 bytes per flow, all allocated when the shard is
-//! created, so the packet path never allocates.
+//! TCP flows are checked against their sequence window ([`TcpWindow`], the kernel's
+//! `tcp_in_window`): a segment outside it changes no state, and a reply RST
+//! outside it is not translated, so an off-path sender who guesses a NAT port
+//! cannot reset the flow.
+//!
+//! Layout: flows are the buckets of an open-addressing table keyed by the
+//! outbound key (64-byte entries, one cache line per lookup, at most 5/8 full); an
+//! index of 8-byte buckets, at most half full, maps the inbound key to the flow's
+//! outbound hash; a lazy timing wheel threaded through the entries finds expired
+//! ones (see [`super::flow_table`]). About 120 bytes per flow, all allocated when
+//! the shard is created, so the packet path never allocates.
 //!
 //! Expiry: a packet for an expired flow never matches it (an outbound packet starts
 //! a new flow in its place). Expired entries are reclaimed by [`SnatShard::sweep`],
@@ -44,9 +50,11 @@
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
 
-use crate::tables::conntrack::{Direction, FlowKey, FlowState, L4Proto, Timeouts};
+use crate::tables::conntrack::{
+    Direction, FlowKey, FlowState, L4Proto, TcpSegment, TcpWindow, Timeouts, tcp_flags,
+};
 use crate::tables::flow_index::FlowIndex;
-use crate::tables::flow_slab::{Entry, FlowSlab};
+use crate::tables::flow_table::{Entry, FlowTable};
 use crate::time::Now;
 use crate::verdict::{DropReason, WorkerId};
 
@@ -85,7 +93,7 @@ pub struct SnatConfig {
     /// them, each for its own destinations.
     pub port_range: RangeInclusive<u16>,
     /// Flows each worker tracks at most (clamped to [`MAX_CAPACITY_PER_WORKER`]);
-    /// each costs about 65 bytes, allocated when the shard is created.
+    /// each costs about 120 bytes, allocated when the shard is created.
     pub capacity_per_worker: usize,
     pub timeouts: Timeouts,
 }
@@ -134,8 +142,7 @@ pub fn owner_of_remote(
 #[derive(Debug)]
 pub struct SnatShard {
     worker: WorkerId,
-    slab: FlowSlab,
-    by_outbound: FlowIndex,
+    flows: FlowTable,
     by_inbound: FlowIndex,
     hasher: ahash::RandomState,
     timeouts: Timeouts,
@@ -146,7 +153,7 @@ pub struct SnatShard {
     cursor: u32,
 }
 
-/// The largest `capacity_per_worker` honoured (16 Mi flows, about 1.2 GiB): larger
+/// The largest `capacity_per_worker` honoured (16 Mi flows, about 2 GiB): larger
 /// values are clamped rather than attempting an allocation that would abort.
 pub const MAX_CAPACITY_PER_WORKER: usize = 1 << 24;
 
@@ -290,8 +297,7 @@ impl SnatShard {
         let capacity = config.capacity_per_worker.min(MAX_CAPACITY_PER_WORKER);
         SnatShard {
             worker,
-            slab: FlowSlab::with_capacity(capacity),
-            by_outbound: FlowIndex::with_capacity(capacity),
+            flows: FlowTable::with_capacity(capacity),
             by_inbound: FlowIndex::with_capacity(capacity),
             hasher: ahash::RandomState::new(),
             timeouts: config.timeouts,
@@ -315,75 +321,88 @@ impl SnatShard {
         self.range_lo..=u16::try_from(end).unwrap_or(u16::MAX)
     }
 
+    /// The outbound hash: what the flow table files an entry under. Never
+    /// `u32::MAX`, which the inbound index cannot store.
     #[inline]
-    fn hash(&self, words: (u64, u64)) -> u32 {
-        self.hasher.hash_one(words) as u32
+    fn out_hash(&self, k: &OutKey) -> u32 {
+        (self.hasher.hash_one(k.words()) as u32) & !1
+    }
+
+    #[inline]
+    fn in_hash(&self, k: &InKey) -> u32 {
+        self.hasher.hash_one(k.words()) as u32
     }
 
     #[inline]
     fn find_outbound(&self, k: &OutKey, h: u32) -> Option<u32> {
-        let slab = &self.slab;
-        self.by_outbound
-            .find(h, |s| slab.get(s).is_some_and(|e| k.matches(e)))
-            .map(|hit| hit.slot)
+        self.flows.find(h, |e| k.matches(e))
     }
 
+    /// The bucket of the flow a reply with key `k` (hash `ih`) belongs to: the
+    /// index names the flow's outbound hash, under which the table finds it.
     #[inline]
-    fn find_inbound(&self, k: &InKey, h: u32) -> Option<u32> {
-        let slab = &self.slab;
-        self.by_inbound
-            .find(h, |s| slab.get(s).is_some_and(|e| k.matches(e)))
-            .map(|hit| hit.slot)
+    fn find_inbound(&self, k: &InKey, ih: u32) -> Option<u32> {
+        let mut found = None;
+        self.by_inbound.find(ih, |out_hash| {
+            found = self.flows.find(out_hash, |e| k.matches(e));
+            found.is_some()
+        });
+        found
     }
 
-    /// Removes `slot` from both indexes and frees it.
-    fn remove_slot(&mut self, slot: u32) {
-        let Some(e) = self.slab.get(slot).copied() else {
+    /// Removes the flow in bucket `pos` from the index and the table.
+    fn remove_flow(&mut self, pos: u32) {
+        let Some(e) = self.flows.get(pos).copied() else {
             return;
         };
-        let oh = self.hash(OutKey::of_entry(&e).words());
-        if let Some(hit) = self.by_outbound.find(oh, |s| s == slot) {
-            self.by_outbound.remove(hit.bucket);
-        }
-        let ih = self.hash(InKey::of_entry(&e).words());
-        if let Some(hit) = self.by_inbound.find(ih, |s| s == slot) {
+        let ih = self.in_hash(&InKey::of_entry(&e));
+        // Two flows with the same inbound and outbound hash have identical index
+        // buckets, so whichever is removed, the other flow still resolves.
+        if let Some(hit) = self.by_inbound.find(ih, |v| v == e.out_hash) {
             self.by_inbound.remove(hit.bucket);
         }
-        self.slab.free(slot);
+        self.flows.remove(pos);
     }
 
-    /// Applies one packet to an entry: new state, refreshed expiry; relinks it in the
-    /// wheel only when the timeout got shorter.
+    /// Applies one packet to a flow: its TCP window checked, then new state and
+    /// refreshed expiry; relinks it in the wheel only when the timeout got
+    /// shorter. `false` when the segment lies outside the window and changed
+    /// nothing.
     #[inline]
-    fn touch(&mut self, slot: u32, dir: Direction, tcp_flags: u8, now: Now) {
+    fn touch(&mut self, pos: u32, dir: Direction, seg: &TcpSegment, now: Now) -> bool {
         let timeouts = self.timeouts;
-        let Some(e) = self.slab.get_mut(slot) else {
-            return;
+        let Some(e) = self.flows.get_mut(pos) else {
+            return false;
         };
         let old = FlowState::from_u8(e.state());
-        let new = old.next(dir, tcp_flags);
+        let Some(new) = old.after_segment(&mut e.tcp, dir, seg) else {
+            return false;
+        };
         let old_expires = e.expires();
         e.set_proto_state(e.proto(), new as u8);
         e.set_expires(now.after(new.timeout(&timeouts)).millis());
         if e.expires() < old_expires {
-            self.slab.requeue(slot);
+            self.flows.requeue(pos);
         }
+        true
     }
 
-    /// A pod's outbound packet (key as on the wire, src = pod): the existing binding
-    /// refreshed, or a new one (see [`SnatShard::pick_port`]). Returns the translated
-    /// source.
+    /// A pod's outbound packet (key as on the wire, src = pod; `seg` its TCP
+    /// header, [`TcpSegment::default`] for UDP and ICMP): the existing binding
+    /// refreshed, or a new one (see [`SnatShard::pick_port`]). Returns the
+    /// translated source. A segment outside the flow's window is translated but
+    /// changes nothing: the pod is trusted with its own flows.
     #[inline]
     pub fn outbound(
         &mut self,
         key: &FlowKey,
         nat_addr: Ipv4Addr,
-        tcp_flags: u8,
+        seg: TcpSegment,
         now: Now,
     ) -> Result<NatBinding, SnatError> {
         let k = OutKey::of(key);
-        let h = self.hash(k.words());
-        self.outbound_hashed(&k, h, nat_addr, tcp_flags, now)
+        let h = self.out_hash(&k);
+        self.outbound_hashed(&k, h, nat_addr, &seg, now)
     }
 
     #[inline]
@@ -392,81 +411,86 @@ impl SnatShard {
         k: &OutKey,
         h: u32,
         nat_addr: Ipv4Addr,
-        tcp_flags: u8,
+        seg: &TcpSegment,
         now: Now,
     ) -> Result<NatBinding, SnatError> {
         let nat = u32::from(nat_addr);
-        if let Some(slot) = self.find_outbound(k, h) {
+        if let Some(pos) = self.find_outbound(k, h) {
             let (expires, entry_nat, nat_port) = self
-                .slab
-                .get(slot)
+                .flows
+                .get(pos)
                 .map_or((0, 0, 0), |e| (e.expires(), e.nat_addr, e.nat_port));
             if expires > now.millis() && entry_nat == nat {
-                self.touch(slot, Direction::Outbound, tcp_flags, now);
+                self.touch(pos, Direction::Outbound, seg, now);
                 return Ok(NatBinding {
                     addr: nat_addr,
                     port: nat_port,
                 });
             }
             // Expired, or the node's address changed: start over as a new flow.
-            self.remove_slot(slot);
+            self.remove_flow(pos);
         }
-        self.create(k, h, nat, tcp_flags, now)
+        self.create(k, h, nat, seg, now)
     }
 
-    /// [`SnatShard::outbound`] for `keys[i]` with `tcp_flags[i]` into `out[i]`, for
-    /// every `i` all three slices have; the results are those of calling it one key
-    /// after the other. The index buckets and entries of a group of keys are
-    /// prefetched before any key is resolved, so their cache misses overlap: with a million
-    /// flows this is several times faster than one call per packet.
+    /// [`SnatShard::outbound`] for `keys[i]` with `segs[i]` into `out[i]`, for every
+    /// `i` all three slices have; the results are those of calling it one key
+    /// after the other. The buckets of a group of keys are prefetched before any
+    /// key is resolved, so their cache misses overlap: with a million flows this
+    /// is several times faster than one call per packet.
     pub fn outbound_batch(
         &mut self,
         keys: &[FlowKey],
-        tcp_flags: &[u8],
+        segs: &[TcpSegment],
         nat_addr: Ipv4Addr,
         now: Now,
         out: &mut [Result<NatBinding, SnatError>],
     ) {
-        let n = keys.len().min(tcp_flags.len()).min(out.len());
+        let n = keys.len().min(segs.len()).min(out.len());
         let key = |i: usize| keys.get(i).map(OutKey::of).unwrap_or_default();
-        self.batch(n, key, OutKey::words, true, |shard, i, k, h| {
-            let flags = tcp_flags.get(i).copied().unwrap_or(0);
-            let r = shard.outbound_hashed(k, h, nat_addr, flags, now);
-            if let Some(o) = out.get_mut(i) {
-                *o = r;
-            }
-        });
+        self.batch(
+            n,
+            key,
+            Self::out_hash,
+            |shard, h| shard.flows.prefetch_home(h),
+            None,
+            |shard, i, k, h| {
+                let seg = segs.get(i).copied().unwrap_or_default();
+                let r = shard.outbound_hashed(k, h, nat_addr, &seg, now);
+                if let Some(o) = out.get_mut(i) {
+                    *o = r;
+                }
+            },
+        );
     }
 
     /// Runs `resolve(shard, i, key(i), hash)` for every `i < n` in order, in groups
     /// of [`BATCH`] with their cache misses overlapped (group prefetching, pipelined
-    /// one group ahead): the home buckets of group g+1 are prefetched before group
-    /// g is resolved, and the entries of group g after its buckets had that time to
-    /// arrive. Above [`WARM_ABOVE`] flows only; below, everything is in cache.
+    /// one group ahead): `warm_first` starts loading what each hash of group g+1
+    /// needs first before group g is resolved, and `warm_then` what it needs next
+    /// (after that had time to arrive) just before g itself is resolved. Above
+    /// [`WARM_ABOVE`] flows only; below, everything is in cache.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn batch<K: Copy + Default>(
         &mut self,
         n: usize,
         key: impl Fn(usize) -> K,
-        words: impl Fn(&K) -> (u64, u64),
-        outbound: bool,
+        hash: impl Fn(&Self, &K) -> u32,
+        warm_first: impl Fn(&Self, u32),
+        warm_then: Option<fn(&Self, u32)>,
         mut resolve: impl FnMut(&mut Self, usize, &K, u32),
     ) {
-        let warm = self.slab.len() >= WARM_ABOVE;
+        let warm = self.flows.len() >= WARM_ABOVE;
         // Keys and hashes of `start..start + BATCH` (fewer at the end); returns the
         // group's length.
         let fill = |shard: &Self, g: &mut ([K; BATCH], [u32; BATCH]), start: usize| {
             let end = (start + BATCH).min(n);
-            let index = if outbound {
-                &shard.by_outbound
-            } else {
-                &shard.by_inbound
-            };
             for (i, (k, h)) in (start..end).zip(g.0.iter_mut().zip(g.1.iter_mut())) {
                 *k = key(i);
-                *h = shard.hash(words(k));
+                *h = hash(shard, k);
                 if warm {
-                    index.prefetch_home(*h);
+                    warm_first(shard, *h);
                 }
             }
             end.saturating_sub(start)
@@ -478,13 +502,10 @@ impl SnatShard {
         let mut start = 0;
         let mut m = fill(self, cur, 0);
         while m > 0 {
-            if warm {
-                let index = if outbound {
-                    &self.by_outbound
-                } else {
-                    &self.by_inbound
-                };
-                self.prefetch_entries(index, cur.1.get(..m).unwrap_or_default());
+            if let (true, Some(then)) = (warm, warm_then) {
+                for &h in cur.1.iter().take(m) {
+                    then(self, h);
+                }
             }
             let next_start = start + m;
             let next_m = fill(self, next, next_start);
@@ -497,15 +518,13 @@ impl SnatShard {
         }
     }
 
-    /// Starts loading the entry each hash's first matching bucket names (the one
-    /// the lookup will compare the key of; a mismatch there is rare with 32-bit
-    /// hashes). Only hints and reads: no state changes.
+    /// Starts loading the flow bucket that the first index bucket matching the
+    /// inbound hash `ih` names (a mismatch there is rare with 32-bit hashes). Only
+    /// hints and reads: no state changes.
     #[inline]
-    fn prefetch_entries(&self, index: &FlowIndex, hashes: &[u32]) {
-        for &h in hashes {
-            if let Some(hit) = index.find(h, |_| true) {
-                self.slab.prefetch(hit.slot);
-            }
+    fn prefetch_inbound_flow(&self, ih: u32) {
+        if let Some(hit) = self.by_inbound.find(ih, |_| true) {
+            self.flows.prefetch_home(hit.value);
         }
     }
 
@@ -514,12 +533,12 @@ impl SnatShard {
         k: &OutKey,
         h: u32,
         nat: u32,
-        tcp_flags: u8,
+        seg: &TcpSegment,
         now: Now,
     ) -> Result<NatBinding, SnatError> {
-        if self.slab.len() >= self.slab.capacity() {
+        if self.flows.len() >= self.flows.capacity() {
             self.reclaim(now, RECLAIM_BUDGET, 1);
-            if self.slab.len() >= self.slab.capacity() {
+            if self.flows.len() >= self.flows.capacity() {
                 return Err(SnatError::TableFull);
             }
         }
@@ -529,13 +548,15 @@ impl SnatShard {
             _ => L4Proto::IcmpEcho,
         };
         let (nat_port, ih) = self.pick_port(k, nat, now)?;
-        let state = FlowState::initial(proto, tcp_flags);
-        let mut entry = Entry::flow((k.pod, k.pod_port), (k.remote, k.rport), (nat, nat_port));
+        let state = FlowState::initial(proto, seg.flags);
+        let mut entry = Entry::flow(h, (k.pod, k.pod_port), (k.remote, k.rport), (nat, nat_port));
         entry.set_expires(now.after(state.timeout(&self.timeouts)).millis());
         entry.set_proto_state(k.proto, state as u8);
-        let slot = self.slab.alloc(entry, now).ok_or(SnatError::TableFull)?;
-        self.by_outbound.insert(h, slot);
-        self.by_inbound.insert(ih, slot);
+        if proto == L4Proto::Tcp {
+            entry.tcp = TcpWindow::start(seg);
+        }
+        self.flows.insert(entry, now).ok_or(SnatError::TableFull)?;
+        self.by_inbound.insert(ih, h);
         Ok(NatBinding {
             addr: Ipv4Addr::from(nat),
             port: nat_port,
@@ -546,9 +567,8 @@ impl SnatShard {
     /// will be indexed under: the pod's own port when it is in the range and free,
     /// else the next free one from where the last search ended (in steady state the
     /// first candidate), else the port of a closed or expired flow to the same
-    /// remote, which is removed. The search may visit the whole range when one
-    /// destination holds most of it; that is bounded (at most 64 Ki ports) and only
-    /// happens when the alternative is refusing the flow.
+    /// remote, which is removed. The search examines at most [`PORT_SEARCH_LIMIT`]
+    /// ports, as the kernel bounds its own.
     fn pick_port(&mut self, k: &OutKey, nat: u32, now: Now) -> Result<(u16, u32), SnatError> {
         let probe = |shard: &Self, port: u16| {
             let ik = InKey {
@@ -558,7 +578,7 @@ impl SnatShard {
                 nat_port: port,
                 proto: k.proto,
             };
-            let ih = shard.hash(ik.words());
+            let ih = shard.in_hash(&ik);
             (ih, shard.find_inbound(&ik, ih))
         };
         let pod_port_offset = u32::from(k.pod_port).wrapping_sub(u32::from(self.range_lo));
@@ -567,7 +587,7 @@ impl SnatShard {
         {
             return Ok((k.pod_port, ih));
         }
-        // The first port seen whose flow is over: (port, hash, slot).
+        // The first port seen whose flow is over: (port, hash, bucket).
         let mut reusable: Option<(u16, u32, u32)> = None;
         for scanned in 0..self.range_len.min(PORT_SEARCH_LIMIT) {
             if scanned >= FREE_PORT_SEARCH && reusable.is_some() {
@@ -584,39 +604,48 @@ impl SnatShard {
             };
             match probe(self, port) {
                 (ih, None) => return Ok((port, ih)),
-                (ih, Some(slot)) if reusable.is_none() && self.is_over(slot, now) => {
-                    reusable = Some((port, ih, slot));
+                (ih, Some(pos)) if reusable.is_none() && self.is_over(pos, now) => {
+                    reusable = Some((port, ih, pos));
                 }
                 _ => {}
             }
         }
-        let (port, ih, slot) = reusable.ok_or(SnatError::PortsExhausted)?;
-        self.remove_slot(slot);
+        let (port, ih, pos) = reusable.ok_or(SnatError::PortsExhausted)?;
+        self.remove_flow(pos);
         Ok((port, ih))
     }
 
-    /// Whether the flow in `slot` no longer needs its port: expired, or a TCP
+    /// Whether the flow in `pos` no longer needs its port: expired, or a TCP
     /// connection in TIME_WAIT or CLOSE.
-    fn is_over(&self, slot: u32, now: Now) -> bool {
-        self.slab.get(slot).is_some_and(|e| {
+    fn is_over(&self, pos: u32, now: Now) -> bool {
+        self.flows.get(pos).is_some_and(|e| {
             e.expires() <= now.millis() || FlowState::from_u8(e.state()).is_closed()
         })
     }
 
     /// A packet arriving for the NAT address (key as on the wire: src = remote,
-    /// dst = nat_addr:nat_port). Returns the original pod address/port, refreshing
-    /// the entry.
+    /// dst = nat_addr:nat_port; `seg` its TCP header, [`TcpSegment::default`] for
+    /// UDP and ICMP). Returns the original pod address/port, refreshing the
+    /// entry. `None` for an unknown or expired flow, and for an RST outside the
+    /// flow's window: the kernel's conntrack marks it invalid and its NAT does not
+    /// translate it either, so it never reaches the pod.
     #[inline]
-    pub fn inbound(&mut self, key: &FlowKey, tcp_flags: u8, now: Now) -> Option<NatBinding> {
+    pub fn inbound(&mut self, key: &FlowKey, seg: TcpSegment, now: Now) -> Option<NatBinding> {
         let k = InKey::of(key);
-        let h = self.hash(k.words());
-        self.inbound_hashed(&k, h, tcp_flags, now)
+        let h = self.in_hash(&k);
+        self.inbound_hashed(&k, h, &seg, now)
     }
 
     #[inline]
-    fn inbound_hashed(&mut self, k: &InKey, h: u32, tcp_flags: u8, now: Now) -> Option<NatBinding> {
-        let slot = self.find_inbound(k, h)?;
-        let e = self.slab.get(slot)?;
+    fn inbound_hashed(
+        &mut self,
+        k: &InKey,
+        h: u32,
+        seg: &TcpSegment,
+        now: Now,
+    ) -> Option<NatBinding> {
+        let pos = self.find_inbound(k, h)?;
+        let e = self.flows.get(pos)?;
         if e.expires() <= now.millis() {
             return None;
         }
@@ -624,29 +653,39 @@ impl SnatShard {
             addr: Ipv4Addr::from(e.pod_addr),
             port: e.pod_port,
         };
-        self.touch(slot, Direction::Inbound, tcp_flags, now);
+        let in_window = self.touch(pos, Direction::Inbound, seg, now);
+        if !in_window && seg.flags & tcp_flags::RST != 0 {
+            return None;
+        }
         Some(binding)
     }
 
-    /// [`SnatShard::inbound`] for `keys[i]` with `tcp_flags[i]` into `out[i]`, for
+    /// [`SnatShard::inbound`] for `keys[i]` with `segs[i]` into `out[i]`, for
     /// every `i` all three slices have, with the cache misses of a group of keys
     /// overlapped as in [`SnatShard::outbound_batch`].
     pub fn inbound_batch(
         &mut self,
         keys: &[FlowKey],
-        tcp_flags: &[u8],
+        segs: &[TcpSegment],
         now: Now,
         out: &mut [Option<NatBinding>],
     ) {
-        let n = keys.len().min(tcp_flags.len()).min(out.len());
+        let n = keys.len().min(segs.len()).min(out.len());
         let key = |i: usize| keys.get(i).map(InKey::of).unwrap_or_default();
-        self.batch(n, key, InKey::words, false, |shard, i, k, h| {
-            let flags = tcp_flags.get(i).copied().unwrap_or(0);
-            let r = shard.inbound_hashed(k, h, flags, now);
-            if let Some(o) = out.get_mut(i) {
-                *o = r;
-            }
-        });
+        self.batch(
+            n,
+            key,
+            Self::in_hash,
+            |shard, h| shard.by_inbound.prefetch_home(h),
+            Some(Self::prefetch_inbound_flow),
+            |shard, i, k, h| {
+                let seg = segs.get(i).copied().unwrap_or_default();
+                let r = shard.inbound_hashed(k, h, &seg, now);
+                if let Some(o) = out.get_mut(i) {
+                    *o = r;
+                }
+            },
+        );
     }
 
     /// Same as [`SnatShard::inbound`] but without refreshing or state change (for
@@ -655,8 +694,8 @@ impl SnatShard {
     /// timed out is still useful to the pod.
     pub fn peek_inbound(&self, key: &FlowKey) -> Option<NatBinding> {
         let k = InKey::of(key);
-        let slot = self.find_inbound(&k, self.hash(k.words()))?;
-        let e = self.slab.get(slot)?;
+        let pos = self.find_inbound(&k, self.in_hash(&k))?;
+        let e = self.flows.get(pos)?;
         Some(NatBinding {
             addr: Ipv4Addr::from(e.pod_addr),
             port: e.pod_port,
@@ -666,17 +705,17 @@ impl SnatShard {
     /// The state of the flow a pod's outbound `key` belongs to, if tracked.
     pub fn state_of(&self, key: &FlowKey) -> Option<FlowState> {
         let k = OutKey::of(key);
-        let slot = self.find_outbound(&k, self.hash(k.words()))?;
-        self.slab.get(slot).map(|e| FlowState::from_u8(e.state()))
+        let pos = self.find_outbound(&k, self.out_hash(&k))?;
+        self.flows.get(pos).map(|e| FlowState::from_u8(e.state()))
     }
 
     fn reclaim(&mut self, now: Now, mut budget: usize, stop_after: usize) -> usize {
         let mut reclaimed = 0;
         while reclaimed < stop_after {
-            let Some(slot) = self.slab.next_expired(now, &mut budget) else {
+            let Some(pos) = self.flows.next_expired(now, &mut budget) else {
                 break;
             };
-            self.remove_slot(slot);
+            self.remove_flow(pos);
             reclaimed += 1;
         }
         reclaimed
@@ -690,23 +729,20 @@ impl SnatShard {
 
     /// Flows tracked now (including expired ones not yet swept).
     pub fn len(&self) -> usize {
-        self.slab.len()
+        self.flows.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slab.len() == 0
+        self.flows.len() == 0
     }
 
     /// Flows this shard tracks at most.
     pub fn capacity(&self) -> usize {
-        self.slab.capacity()
+        self.flows.capacity()
     }
 
-    /// Heap bytes this shard holds (slab, both indexes and the wheel).
+    /// Heap bytes this shard holds (flow table, index and wheel).
     pub fn memory_bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.slab.memory_bytes()
-            + self.by_outbound.memory_bytes()
-            + self.by_inbound.memory_bytes()
+        std::mem::size_of::<Self>() + self.flows.memory_bytes() + self.by_inbound.memory_bytes()
     }
 }
