@@ -309,3 +309,23 @@ pub(crate) fn icmp_checksum_ok(d: &[u8], outer: &V4, icmp: &L4) -> bool {
     d.get(icmp.off..outer.end())
         .is_some_and(|m| checksum::sum(m) == 0xffff)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::window_scale_option;
+
+    #[test]
+    fn the_window_scale_option_is_found_among_others() {
+        // MSS 1460, SACK permitted, timestamps, NOP, window scale 7: Linux's SYN.
+        let linux_syn = [
+            2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+        ];
+        assert_eq!(window_scale_option(&linux_syn), Some(7));
+        assert_eq!(window_scale_option(&[2, 4, 0x05, 0xb4]), None);
+        // End of options, a bad length, a cut-off option: no scale, no panic.
+        assert_eq!(window_scale_option(&[0, 3, 3, 7]), None);
+        assert_eq!(window_scale_option(&[8, 1, 3, 3, 7]), None);
+        assert_eq!(window_scale_option(&[8, 10, 0]), None);
+        assert_eq!(window_scale_option(&[3, 3]), None);
+    }
+}

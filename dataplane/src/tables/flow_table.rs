@@ -142,6 +142,13 @@ impl Entry {
         self.proto_state & 0x0f
     }
 
+    /// The entry queued after this one in its wheel slot (a bucket number, or
+    /// none).
+    #[inline]
+    pub fn next(&self) -> u32 {
+        self.next
+    }
+
     #[inline]
     pub fn set_proto_state(&mut self, proto: u8, state: u8) {
         self.proto_state = (proto << 4) | (state & 0x0f);
@@ -369,6 +376,22 @@ impl FlowTable {
         if let Some(e) = self.buckets.get_mut(pos as usize) {
             e.prev = NIL;
             e.next = NIL;
+        }
+    }
+
+    /// The entry [`FlowTable::next_expired`] examines first (if it is due then),
+    /// without changing anything: for prefetching.
+    #[inline]
+    pub fn next_to_examine(&self) -> Option<&Entry> {
+        let head = self.wheel.get((self.cur_tick & WHEEL_MASK) as usize)?;
+        self.get(*head)
+    }
+
+    /// Starts loading the bucket `pos` without waiting for it.
+    #[inline]
+    pub fn prefetch(&self, pos: u32) {
+        if let Some(e) = self.buckets.get(pos as usize) {
+            prefetch_read(e);
         }
     }
 

@@ -536,7 +536,8 @@ impl SnatShard {
         seg: &TcpSegment,
         now: Now,
     ) -> Result<NatBinding, SnatError> {
-        if self.flows.len() >= self.flows.capacity() {
+        let full = self.flows.len() >= self.flows.capacity();
+        if full {
             self.reclaim(now, RECLAIM_BUDGET, 1);
             if self.flows.len() >= self.flows.capacity() {
                 return Err(SnatError::TableFull);
@@ -557,10 +558,25 @@ impl SnatShard {
         }
         self.flows.insert(entry, now).ok_or(SnatError::TableFull)?;
         self.by_inbound.insert(ih, h);
+        if full {
+            self.prefetch_next_reclaim();
+        }
         Ok(NatBinding {
             addr: Ipv4Addr::from(nat),
             port: nat_port,
         })
+    }
+
+    /// Starts loading what reclaiming the next expired flow will touch (its index
+    /// bucket, the flow after it): a full table reclaims one per new flow, and this
+    /// way those misses overlap the time until the next one arrives. The flow
+    /// itself was prefetched when the one before it was examined.
+    fn prefetch_next_reclaim(&self) {
+        if let Some(e) = self.flows.next_to_examine() {
+            self.by_inbound
+                .prefetch_home(self.in_hash(&InKey::of_entry(e)));
+            self.flows.prefetch(e.next());
+        }
     }
 
     /// A NAT port not in use towards the flow's remote, with the inbound hash it
