@@ -81,11 +81,11 @@ impl FlowIndex {
     pub fn insert(&mut self, hash: u32, value: u32) {
         let mut pos = self.home(hash);
         for _ in 0..=self.mask {
-            if let Some(b) = self.buckets.get_mut(pos) {
-                if *b == 0 {
-                    *b = (u64::from(hash) << 32) | u64::from(value.wrapping_add(1));
-                    return;
-                }
+            if let Some(b) = self.buckets.get_mut(pos)
+                && *b == 0
+            {
+                *b = (u64::from(hash) << 32) | u64::from(value.wrapping_add(1));
+                return;
             }
             pos = (pos + 1) & self.mask;
         }

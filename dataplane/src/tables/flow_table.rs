@@ -522,7 +522,7 @@ mod tests {
         let hash_of = |k: u32| {
             let home = n - 8 + u64::from(k % 5);
             // The smallest hash whose home is `home`, plus `k` in the low bits.
-            (((home << 32) + n - 1) / n) as u32 + k
+            (home << 32).div_ceil(n) as u32 + k
         };
         let mut model: HashMap<u32, u64> = HashMap::new();
         for k in 0..30u32 {
