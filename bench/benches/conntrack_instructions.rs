@@ -8,68 +8,14 @@
 #![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
-use std::net::Ipv4Addr;
 
+use hybridway_bench::conntrack_flows::{FullTable, NAT, established, seg};
 use hybridway_dataplane::Now;
-use hybridway_dataplane::tables::conntrack::tcp_flags::{ACK, SYN};
-use hybridway_dataplane::tables::{
-    FlowKey, L4Proto, NatBinding, SnatConfig, SnatShard, TcpSegment,
-};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
+use hybridway_dataplane::tables::conntrack::tcp_flags::ACK;
+use hybridway_dataplane::tables::{FlowKey, NatBinding, SnatShard};
 
-const NAT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 /// Operations per case.
 const OPS: usize = 200_000;
-
-/// Flow `i`, as in `benches/conntrack.rs`.
-fn flow(i: u32) -> FlowKey {
-    FlowKey {
-        proto: L4Proto::Tcp,
-        src: Ipv4Addr::from(0xc613_0000 | (i & 0xffff)),
-        src_port: 10_000 + (i >> 16) as u16,
-        dst: Ipv4Addr::from(0xc612_0000 | (i.wrapping_mul(2_654_435_761) >> 16)),
-        dst_port: 443,
-    }
-}
-
-fn seg(flags: u8) -> TcpSegment {
-    TcpSegment::with_flags(flags)
-}
-
-fn config(capacity: usize) -> SnatConfig {
-    SnatConfig {
-        capacity_per_worker: capacity,
-        ..SnatConfig::default()
-    }
-}
-
-/// A shard with `n` established TCP flows, their keys and replies shuffled.
-fn established(n: usize) -> (SnatShard, Vec<FlowKey>, Vec<FlowKey>) {
-    let mut shard = SnatShard::new(0, &config(n));
-    let mut out = Vec::with_capacity(n);
-    let mut back = Vec::with_capacity(n);
-    for i in 0..n as u32 {
-        let k = flow(i);
-        let Ok(b) = shard.outbound(&k, NAT, seg(SYN), Now(0)) else {
-            continue;
-        };
-        let r = FlowKey {
-            proto: k.proto,
-            src: k.dst,
-            src_port: k.dst_port,
-            dst: b.addr,
-            dst_port: b.port,
-        };
-        shard.inbound(&r, seg(SYN | ACK), Now(1));
-        out.push(k);
-        back.push(r);
-    }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    out.shuffle(&mut rng);
-    back.shuffle(&mut rng);
-    (shard, out, back)
-}
 
 #[inline(never)]
 fn case_established_outbound(shard: &mut SnatShard, keys: &[FlowKey]) -> u32 {
@@ -93,48 +39,52 @@ fn case_established_inbound(shard: &mut SnatShard, keys: &[FlowKey]) -> u32 {
     ports
 }
 
+/// `resolve` over `keys` in chunks of 64 until [`OPS`] keys are done, summing the
+/// ports it returns.
+fn in_batches(keys: &[FlowKey], mut resolve: impl FnMut(&[FlowKey]) -> u32) -> u32 {
+    keys.chunks_exact(64)
+        .cycle()
+        .take(OPS / 64)
+        .fold(0u32, |ports, chunk| ports.wrapping_add(resolve(chunk)))
+}
+
+fn port_sum<'a>(bindings: impl Iterator<Item = &'a NatBinding>) -> u32 {
+    bindings.fold(0, |a, nb| a.wrapping_add(u32::from(nb.port)))
+}
+
 #[inline(never)]
 fn case_established_outbound_batch64(shard: &mut SnatShard, keys: &[FlowKey]) -> u32 {
-    let segs = vec![seg(ACK); 64];
-    let mut res = vec![Ok(NatBinding { addr: NAT, port: 0 }); 64];
-    let mut ports = 0u32;
-    for chunk in keys.chunks_exact(64).cycle().take(OPS / 64) {
+    let segs = [seg(ACK); 64];
+    let mut res = [Ok(NatBinding { addr: NAT, port: 0 }); 64];
+    in_batches(keys, |chunk| {
         shard.outbound_batch(chunk, &segs, NAT, Now(1000), &mut res);
-        ports = res
-            .iter()
-            .flatten()
-            .fold(ports, |a, nb| a.wrapping_add(u32::from(nb.port)));
-    }
-    ports
+        port_sum(res.iter().flatten())
+    })
 }
 
 #[inline(never)]
 fn case_established_inbound_batch64(shard: &mut SnatShard, keys: &[FlowKey]) -> u32 {
-    let segs = vec![seg(ACK); 64];
-    let mut res = vec![None; 64];
-    let mut ports = 0u32;
-    for chunk in keys.chunks_exact(64).cycle().take(OPS / 64) {
+    let segs = [seg(ACK); 64];
+    let mut res = [None; 64];
+    in_batches(keys, |chunk| {
         shard.inbound_batch(chunk, &segs, Now(1000), &mut res);
-        ports = res
-            .iter()
-            .flatten()
-            .fold(ports, |a, nb| a.wrapping_add(u32::from(nb.port)));
-    }
-    ports
+        port_sum(res.iter().flatten())
+    })
 }
 
 /// New UDP flows into a full table whose oldest flows have just expired, as
 /// `new_flow_full_table_1000000` of `--bench conntrack`.
 #[inline(never)]
-fn case_new_flow_full_table(
-    shard: &mut SnatShard,
-    first: u32,
-    udp: impl Fn(u32) -> FlowKey,
-    at: impl Fn(u32) -> Now,
-) -> u32 {
+fn case_new_flow_full_table(table: &mut FullTable) -> u32 {
     let mut refused = 0;
-    for i in first..first + OPS as u32 {
-        refused += u32::from(shard.outbound(&udp(i), NAT, seg(0), at(i)).is_err());
+    for i in table.full..table.full + OPS as u32 {
+        let now = table.at(i);
+        refused += u32::from(
+            table
+                .shard
+                .outbound(&FullTable::udp(i), NAT, seg(0), now)
+                .is_err(),
+        );
     }
     refused
 }
@@ -156,20 +106,10 @@ fn main() {
             );
         }
         ["full"] => {
-            let full = 1_000_000u32;
-            let mut shard = SnatShard::new(0, &config(full as usize));
-            let udp_ms = SnatConfig::default().timeouts.udp.as_millis() as u64;
-            let at = |i: u32| Now(u64::from(i) * (udp_ms + 3000) / u64::from(full));
-            let udp = |i: u32| FlowKey {
-                proto: L4Proto::Udp,
-                ..flow(i)
-            };
-            for i in 0..full {
-                let _ = shard.outbound(&udp(i), NAT, seg(0), at(i));
-            }
-            let refused = case_new_flow_full_table(&mut shard, full, udp, at);
+            let mut table = FullTable::new(1_000_000);
+            let refused = case_new_flow_full_table(&mut table);
             assert_eq!(refused, 0, "every new flow found an expired one to replace");
-            println!("full table: {} flows", shard.len());
+            println!("full table: {} flows", table.shard.len());
         }
         // `cargo bench` runs every bench target with `--bench`: nothing to time here.
         _ => println!("usage: conntrack_instructions established <flows> | full"),
