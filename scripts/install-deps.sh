@@ -14,6 +14,8 @@ packages=(
   frr bird2 gobgpd
   # the Kubernetes test rig (scripts/k8s-lab.sh): certificates, readiness probes, locks
   openssl curl util-linux
+  # instruction counts that do not swing with load (bench/conntrack-instructions.sh)
+  valgrind
 )
 missing=()
 for p in "${packages[@]}"; do
