@@ -129,11 +129,13 @@ impl TcpSegment {
         }
     }
 
+    #[inline]
     fn has(&self, flag: u8) -> bool {
         self.flags & flag != 0
     }
 
     /// The sequence number after this segment (SYN and FIN count one each).
+    #[inline]
     fn end(&self) -> u32 {
         self.seq
             .wrapping_add(self.payload_len)
@@ -143,6 +145,7 @@ impl TcpSegment {
 }
 
 /// `a` comes before `b` in sequence space (RFC 793 §3.3, modulo 2^32).
+#[inline]
 fn before(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
 }
@@ -224,6 +227,7 @@ impl TcpWindow {
 
     /// Whether `seg`, sent in `dir`, lies in the flow's window; an in-window
     /// segment other than RST also moves the window. RSTs never move it.
+    #[inline]
     pub fn accept(&mut self, dir: Direction, seg: &TcpSegment) -> bool {
         if self.flags & LOOSE != 0 {
             return true;
@@ -344,6 +348,7 @@ impl FlowState {
     }
 
     /// The state after one more packet in `dir` with TCP `flags`.
+    #[inline]
     pub fn next(self, dir: Direction, flags: u8) -> FlowState {
         use Direction::{Inbound, Outbound};
         use FlowState::*;
@@ -376,6 +381,7 @@ impl FlowState {
     /// tuple: a pod's bare SYN after the old one closed (RFC 1122 4.2.2.13, RFC 7857
     /// §2.2: a SYN may reopen a mapping in TIME-WAIT). The kernel ignores a SYN in
     /// LAST_ACK; so do we.
+    #[inline]
     pub fn reopened_by(self, dir: Direction, flags: u8) -> bool {
         let bare_syn = flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) == tcp_flags::SYN;
         self.is_closed() && dir == Direction::Outbound && bare_syn
@@ -385,6 +391,7 @@ impl FlowState {
     /// flow's `window`; `None` when a TCP segment lies outside the window, which
     /// then changes nothing (`nf_conntrack_tcp` marks such packets invalid). A
     /// reopening SYN starts a new window.
+    #[inline]
     pub(crate) fn after_segment(
         self,
         window: &mut TcpWindow,
@@ -409,6 +416,7 @@ impl FlowState {
         matches!(self, FlowState::TcpTimeWait | FlowState::TcpClose)
     }
 
+    #[inline]
     pub fn timeout(self, t: &Timeouts) -> Duration {
         match self {
             FlowState::TcpSynSent => t.tcp_syn_sent,
@@ -422,6 +430,7 @@ impl FlowState {
         }
     }
 
+    #[inline]
     pub(crate) fn from_u8(v: u8) -> FlowState {
         match v {
             0 => FlowState::TcpSynSent,

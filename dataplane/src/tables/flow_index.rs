@@ -1,6 +1,5 @@
 //! A fixed-size open-addressing index from a flow hash to a 32-bit value (the
-//! inbound index: reply key hash to the flow's outbound hash, under which the flow
-//! table finds the entry wherever it moved).
+//! inbound index: reply key hash to the flow table bucket of the flow).
 //!
 //! Each bucket is one `u64`: the low 32 bits of the key's hash next to the value
 //! plus one (zero means empty, so a fresh index is zeroed memory the kernel hands
@@ -88,6 +87,13 @@ impl FlowIndex {
                 return;
             }
             pos = (pos + 1) & self.mask;
+        }
+    }
+
+    /// Stores `value` (not `u32::MAX`) in `bucket`, under the hash it has.
+    pub fn set(&mut self, bucket: usize, value: u32) {
+        if let Some(b) = self.buckets.get_mut(bucket) {
+            *b = (*b & !0xffff_ffff) | u64::from(value.wrapping_add(1));
         }
     }
 

@@ -10,11 +10,11 @@
 //! flows that read is a cache miss.
 //!
 //! Linear probing with backward-shift deletion keeps the table free of
-//! tombstones: removing an entry may move later members of its probe run back,
-//! and the wheel links of a moved entry's neighbours follow it. The inbound index
-//! names entries by their outbound hash, not their position, so moves never touch
-//! it. The table is sized at construction for at most [`LOAD_NUM`]/[`LOAD_DEN`]
-//! load and never grows: no rehash pause on the packet path.
+//! tombstones: removing an entry may move later members of its probe run back;
+//! the wheel links of a moved entry's neighbours follow it, and the caller is told
+//! so that the inbound index, which names entries by bucket, follows too. The
+//! table is sized at construction for at most [`LOAD_NUM`]/[`LOAD_DEN`] load and
+//! never grows: no rehash pause on the packet path.
 //!
 //! Expiry: refreshing a flow only moves its `expires` forward and leaves the entry
 //! in the wheel slot it was queued in; when that slot comes due the entry is either
@@ -276,8 +276,8 @@ impl FlowTable {
 
     /// Removes the entry in bucket `pos` and shifts later members of its probe
     /// run back, so that every entry stays reachable from its home bucket without
-    /// tombstones.
-    pub fn remove(&mut self, pos: u32) {
+    /// tombstones; `moved(entry, from, to)` hears of every entry that moved.
+    pub fn remove(&mut self, pos: u32, mut moved: impl FnMut(&Entry, u32, u32)) {
         if self.get(pos).is_none() {
             return;
         }
@@ -300,6 +300,7 @@ impl FlowTable {
             let dist_hole = (cur + n - hole) % n;
             if dist_home >= dist_hole {
                 self.move_entry(cur, hole);
+                moved(&e, cur as u32, hole as u32);
                 hole = cur;
             }
         }
@@ -476,7 +477,7 @@ mod tests {
         let mut budget = usize::MAX;
         while let Some(pos) = t.next_expired(Now(now), &mut budget) {
             gone.push(t.get(pos).unwrap().pod_addr);
-            t.remove(pos);
+            t.remove(pos, |_, _, _| {});
         }
         gone.sort_unstable();
         gone
@@ -509,7 +510,7 @@ mod tests {
         t.insert(entry(1, 1), Now(0)).expect("room");
         t.insert(entry(2, 1), Now(0)).expect("room");
         assert!(t.insert(entry(3, 1), Now(0)).is_none());
-        t.remove(pos_of(&t, 1));
+        t.remove(pos_of(&t, 1), |_, _, _| {});
         assert!(t.insert(entry(3, 1), Now(0)).is_some());
     }
 
@@ -534,7 +535,7 @@ mod tests {
         }
         for k in (0..30u32).step_by(3) {
             let p = t.find(hash_of(k), |e| e.pod_addr == k).expect("present");
-            t.remove(p);
+            t.remove(p, |_, _, _| {});
             model.remove(&k);
         }
         for k in 0..30u32 {
@@ -551,7 +552,7 @@ mod tests {
                 let e = *t.get(pos).unwrap();
                 assert!(e.expires() <= secs * 1_000 + 1_024);
                 gone.push(e.pod_addr);
-                t.remove(pos);
+                t.remove(pos, |_, _, _| {});
             }
             for k in gone {
                 assert!(model.remove(&k).is_some());

@@ -34,7 +34,7 @@
 //! Layout: flows are the buckets of an open-addressing table keyed by the
 //! outbound key (64-byte entries, one cache line per lookup, at most 5/8 full); an
 //! index of 8-byte buckets, at most half full, maps the inbound key to the flow's
-//! outbound hash; a lazy timing wheel threaded through the entries finds expired
+//! bucket; a lazy timing wheel threaded through the entries finds expired
 //! ones (see [`super::flow_table`]). About 120 bytes per flow, all allocated when
 //! the shard is created, so the packet path never allocates.
 //!
@@ -189,6 +189,13 @@ fn remote_port(proto: L4Proto, port: u16) -> u16 {
     if proto == L4Proto::IcmpEcho { 0 } else { port }
 }
 
+/// The inbound hash of `k` (a free function so that a removal, which borrows the
+/// table, can rehash the entries it moves).
+#[inline]
+fn in_hash(hasher: &ahash::RandomState, k: &InKey) -> u32 {
+    hasher.hash_one(k.words()) as u32
+}
+
 /// The outbound index key: a pod's packet as it left the pod.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct OutKey {
@@ -321,16 +328,15 @@ impl SnatShard {
         self.range_lo..=u16::try_from(end).unwrap_or(u16::MAX)
     }
 
-    /// The outbound hash: what the flow table files an entry under. Never
-    /// `u32::MAX`, which the inbound index cannot store.
+    /// The outbound hash: what the flow table files an entry under.
     #[inline]
     fn out_hash(&self, k: &OutKey) -> u32 {
-        (self.hasher.hash_one(k.words()) as u32) & !1
+        self.hasher.hash_one(k.words()) as u32
     }
 
     #[inline]
     fn in_hash(&self, k: &InKey) -> u32 {
-        self.hasher.hash_one(k.words()) as u32
+        in_hash(&self.hasher, k)
     }
 
     #[inline]
@@ -338,16 +344,13 @@ impl SnatShard {
         self.flows.find(h, |e| k.matches(e))
     }
 
-    /// The bucket of the flow a reply with key `k` (hash `ih`) belongs to: the
-    /// index names the flow's outbound hash, under which the table finds it.
+    /// The bucket of the flow a reply with key `k` (hash `ih`) belongs to.
     #[inline]
     fn find_inbound(&self, k: &InKey, ih: u32) -> Option<u32> {
-        let mut found = None;
-        self.by_inbound.find(ih, |out_hash| {
-            found = self.flows.find(out_hash, |e| k.matches(e));
-            found.is_some()
-        });
-        found
+        let flows = &self.flows;
+        self.by_inbound
+            .find(ih, |pos| flows.get(pos).is_some_and(|e| k.matches(e)))
+            .map(|hit| hit.value)
     }
 
     /// Removes the flow in bucket `pos` from the index and the table.
@@ -356,12 +359,17 @@ impl SnatShard {
             return;
         };
         let ih = self.in_hash(&InKey::of_entry(&e));
-        // Two flows with the same inbound and outbound hash have identical index
-        // buckets, so whichever is removed, the other flow still resolves.
-        if let Some(hit) = self.by_inbound.find(ih, |v| v == e.out_hash) {
+        if let Some(hit) = self.by_inbound.find(ih, |v| v == pos) {
             self.by_inbound.remove(hit.bucket);
         }
-        self.flows.remove(pos);
+        // Entries the removal moves keep their index bucket pointing at them.
+        let (index, hasher) = (&mut self.by_inbound, &self.hasher);
+        self.flows.remove(pos, |moved, from, to| {
+            let ih = in_hash(hasher, &InKey::of_entry(moved));
+            if let Some(hit) = index.find(ih, |v| v == from) {
+                index.set(hit.bucket, to);
+            }
+        });
     }
 
     /// Applies one packet to a flow: its TCP window checked, then new state and
@@ -524,7 +532,7 @@ impl SnatShard {
     #[inline]
     fn prefetch_inbound_flow(&self, ih: u32) {
         if let Some(hit) = self.by_inbound.find(ih, |_| true) {
-            self.flows.prefetch_home(hit.value);
+            self.flows.prefetch(hit.value);
         }
     }
 
@@ -556,8 +564,8 @@ impl SnatShard {
         if proto == L4Proto::Tcp {
             entry.tcp = TcpWindow::start(seg);
         }
-        self.flows.insert(entry, now).ok_or(SnatError::TableFull)?;
-        self.by_inbound.insert(ih, h);
+        let pos = self.flows.insert(entry, now).ok_or(SnatError::TableFull)?;
+        self.by_inbound.insert(ih, pos);
         if full {
             self.prefetch_next_reclaim();
         }
