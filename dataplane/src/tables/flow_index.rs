@@ -2,14 +2,14 @@
 //! inbound index: reply key hash to the flow table bucket of the flow).
 //!
 //! Each bucket is one `u64`: the low 32 bits of the key's hash next to the value
-//! plus one (zero means empty, so a fresh index is zeroed memory the kernel hands
-//! out lazily; values are never `u32::MAX`). Probing compares the stored hash
+//! plus one (zero means empty; values are never `u32::MAX`). Probing compares the stored hash
 //! before looking at the value, so a lookup usually costs one cache line here and
 //! one in the flow table. Linear probing with
 //! backward-shift deletion keeps the table free of tombstones; it is sized at
 //! construction for at most half load and never grows, so there is no rehash pause
 //! on the packet path.
 
+use crate::sys::huge_pages;
 use crate::sys::prefetch::prefetch_read;
 
 #[derive(Debug)]
@@ -29,8 +29,11 @@ impl FlowIndex {
     /// An index for up to `capacity` keys (at most 2^31).
     pub fn with_capacity(capacity: usize) -> Self {
         let buckets = capacity.saturating_mul(2).max(16).next_power_of_two();
+        let mut v = Vec::with_capacity(buckets);
+        huge_pages::advise(v.as_ptr(), buckets * std::mem::size_of::<u64>());
+        v.resize(buckets, 0);
         FlowIndex {
-            buckets: vec![0; buckets],
+            buckets: v,
             mask: buckets - 1,
         }
     }

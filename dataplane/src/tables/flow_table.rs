@@ -21,6 +21,7 @@
 //! expired (reclaimed) or re-queued at its real expiry. Only a change to a shorter
 //! timeout (a FIN after established) relinks the entry, a few times per flow at most.
 
+use crate::sys::huge_pages;
 use crate::sys::prefetch::prefetch_read;
 use crate::tables::conntrack::TcpWindow;
 use crate::time::Now;
@@ -174,8 +175,11 @@ impl FlowTable {
     pub fn with_capacity(capacity: usize) -> Self {
         let capacity = capacity.min(MAX_FLOWS);
         let n = (capacity * LOAD_DEN / LOAD_NUM).max(16);
+        let mut buckets = Vec::with_capacity(n);
+        huge_pages::advise(buckets.as_ptr(), n * std::mem::size_of::<Entry>());
+        buckets.resize(n, Entry::EMPTY);
         FlowTable {
-            buckets: vec![Entry::EMPTY; n],
+            buckets,
             capacity,
             len: 0,
             wheel: vec![NIL; WHEEL_SLOTS],
