@@ -1,13 +1,11 @@
-//! A fixed-size open-addressing index from a flow hash to a 32-bit value (the
-//! inbound index: reply key hash to the flow table bucket of the flow).
+//! A fixed-size open-addressing index from a flow hash to a slab slot.
 //!
-//! Each bucket is one `u64`: the low 32 bits of the key's hash next to the value
-//! plus one (zero means empty; values are never `u32::MAX`). Probing compares the stored hash
-//! before looking at the value, so a lookup usually costs one cache line here and
-//! one in the flow table. Linear probing with
-//! backward-shift deletion keeps the table free of tombstones; it is sized at
-//! construction for at most half load and never grows, so there is no rehash pause
-//! on the packet path.
+//! Each bucket is one `u64`: the low 32 bits of the key's hash next to the slot
+//! number plus one (zero means empty). Probing compares the stored hash before
+//! touching the slot, so a lookup usually costs one cache line here and one in the
+//! slab. Linear probing with backward-shift deletion keeps the table free of
+//! tombstones; it is sized at construction for at most half load and never grows,
+//! so there is no rehash pause on the packet path.
 
 use crate::sys::huge_pages;
 use crate::sys::prefetch::prefetch_read;
@@ -90,13 +88,6 @@ impl FlowIndex {
                 return;
             }
             pos = (pos + 1) & self.mask;
-        }
-    }
-
-    /// Stores `value` (not `u32::MAX`) in `bucket`, under the hash it has.
-    pub fn set(&mut self, bucket: usize, value: u32) {
-        if let Some(b) = self.buckets.get_mut(bucket) {
-            *b = (*b & !0xffff_ffff) | u64::from(value.wrapping_add(1));
         }
     }
 

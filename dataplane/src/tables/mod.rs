@@ -7,7 +7,7 @@
 
 pub mod conntrack;
 mod flow_index;
-mod flow_table;
+mod flow_slab;
 mod lpm_v4;
 mod lpm_v6;
 pub mod routes;

@@ -31,12 +31,11 @@
 //! outside it is not translated, so an off-path sender who guesses a NAT port
 //! cannot reset the flow.
 //!
-//! Layout: flows are the buckets of an open-addressing table keyed by the
-//! outbound key (64-byte entries, one cache line per lookup, at most 5/8 full); an
-//! index of 8-byte buckets, at most half full, maps the inbound key to the flow's
-//! bucket; a lazy timing wheel threaded through the entries finds expired
-//! ones (see [`super::flow_table`]). About 120 bytes per flow, all allocated when
-//! the shard is created, so the packet path never allocates.
+//! Layout: flows live in a slab of 64-byte entries (one cache line each, the TCP
+//! window included); two open-addressing indexes of 8-byte buckets (outbound key,
+//! inbound key), at most half full, map keys to slab slots; a lazy timing wheel
+//! finds expired entries. About 100 bytes per flow, all allocated when the shard
+//! is created, so the packet path never allocates.
 //!
 //! Expiry: a packet for an expired flow never matches it (an outbound packet starts
 //! a new flow in its place). Expired entries are reclaimed by [`SnatShard::sweep`],
@@ -54,7 +53,7 @@ use crate::tables::conntrack::{
     Direction, FlowKey, FlowState, L4Proto, TcpSegment, TcpWindow, Timeouts, tcp_flags,
 };
 use crate::tables::flow_index::FlowIndex;
-use crate::tables::flow_table::{Entry, FlowTable};
+use crate::tables::flow_slab::{Entry, FlowSlab};
 use crate::time::Now;
 use crate::verdict::{DropReason, WorkerId};
 
@@ -93,7 +92,7 @@ pub struct SnatConfig {
     /// them, each for its own destinations.
     pub port_range: RangeInclusive<u16>,
     /// Flows each worker tracks at most (clamped to [`MAX_CAPACITY_PER_WORKER`]);
-    /// each costs about 120 bytes, allocated when the shard is created.
+    /// each costs about 100 bytes, allocated when the shard is created.
     pub capacity_per_worker: usize,
     pub timeouts: Timeouts,
 }
@@ -142,7 +141,8 @@ pub fn owner_of_remote(
 #[derive(Debug)]
 pub struct SnatShard {
     worker: WorkerId,
-    flows: FlowTable,
+    slab: FlowSlab,
+    by_outbound: FlowIndex,
     by_inbound: FlowIndex,
     hasher: ahash::RandomState,
     timeouts: Timeouts,
@@ -153,7 +153,7 @@ pub struct SnatShard {
     cursor: u32,
 }
 
-/// The largest `capacity_per_worker` honoured (16 Mi flows, about 2 GiB): larger
+/// The largest `capacity_per_worker` honoured (16 Mi flows, about 1.6 GiB): larger
 /// values are clamped rather than attempting an allocation that would abort.
 pub const MAX_CAPACITY_PER_WORKER: usize = 1 << 24;
 
@@ -187,13 +187,6 @@ const BATCH: usize = 16;
 #[inline]
 fn remote_port(proto: L4Proto, port: u16) -> u16 {
     if proto == L4Proto::IcmpEcho { 0 } else { port }
-}
-
-/// The inbound hash of `k` (a free function so that a removal, which borrows the
-/// table, can rehash the entries it moves).
-#[inline]
-fn in_hash(hasher: &ahash::RandomState, k: &InKey) -> u32 {
-    hasher.hash_one(k.words()) as u32
 }
 
 /// The outbound index key: a pod's packet as it left the pod.
@@ -304,7 +297,8 @@ impl SnatShard {
         let capacity = config.capacity_per_worker.min(MAX_CAPACITY_PER_WORKER);
         SnatShard {
             worker,
-            flows: FlowTable::with_capacity(capacity),
+            slab: FlowSlab::with_capacity(capacity),
+            by_outbound: FlowIndex::with_capacity(capacity),
             by_inbound: FlowIndex::with_capacity(capacity),
             hasher: ahash::RandomState::new(),
             timeouts: config.timeouts,
@@ -328,58 +322,50 @@ impl SnatShard {
         self.range_lo..=u16::try_from(end).unwrap_or(u16::MAX)
     }
 
-    /// The outbound hash: what the flow table files an entry under.
     #[inline]
-    fn out_hash(&self, k: &OutKey) -> u32 {
-        self.hasher.hash_one(k.words()) as u32
-    }
-
-    #[inline]
-    fn in_hash(&self, k: &InKey) -> u32 {
-        in_hash(&self.hasher, k)
+    fn hash(&self, words: (u64, u64)) -> u32 {
+        self.hasher.hash_one(words) as u32
     }
 
     #[inline]
     fn find_outbound(&self, k: &OutKey, h: u32) -> Option<u32> {
-        self.flows.find(h, |e| k.matches(e))
-    }
-
-    /// The bucket of the flow a reply with key `k` (hash `ih`) belongs to.
-    #[inline]
-    fn find_inbound(&self, k: &InKey, ih: u32) -> Option<u32> {
-        let flows = &self.flows;
-        self.by_inbound
-            .find(ih, |pos| flows.get(pos).is_some_and(|e| k.matches(e)))
+        let slab = &self.slab;
+        self.by_outbound
+            .find(h, |s| slab.get(s).is_some_and(|e| k.matches(e)))
             .map(|hit| hit.value)
     }
 
-    /// Removes the flow in bucket `pos` from the index and the table.
-    fn remove_flow(&mut self, pos: u32) {
-        let Some(e) = self.flows.get(pos).copied() else {
-            return;
-        };
-        let ih = self.in_hash(&InKey::of_entry(&e));
-        if let Some(hit) = self.by_inbound.find(ih, |v| v == pos) {
-            self.by_inbound.remove(hit.bucket);
-        }
-        // Entries the removal moves keep their index bucket pointing at them.
-        let (index, hasher) = (&mut self.by_inbound, &self.hasher);
-        self.flows.remove(pos, |moved, from, to| {
-            let ih = in_hash(hasher, &InKey::of_entry(moved));
-            if let Some(hit) = index.find(ih, |v| v == from) {
-                index.set(hit.bucket, to);
-            }
-        });
+    #[inline]
+    fn find_inbound(&self, k: &InKey, h: u32) -> Option<u32> {
+        let slab = &self.slab;
+        self.by_inbound
+            .find(h, |s| slab.get(s).is_some_and(|e| k.matches(e)))
+            .map(|hit| hit.value)
     }
 
-    /// Applies one packet to a flow: its TCP window checked, then new state and
-    /// refreshed expiry; relinks it in the wheel only when the timeout got
-    /// shorter. `false` when the segment lies outside the window and changed
-    /// nothing.
+    /// Removes `slot` from both indexes and frees it.
+    fn remove_slot(&mut self, slot: u32) {
+        let Some(e) = self.slab.get(slot).copied() else {
+            return;
+        };
+        let oh = self.hash(OutKey::of_entry(&e).words());
+        if let Some(hit) = self.by_outbound.find(oh, |s| s == slot) {
+            self.by_outbound.remove(hit.bucket);
+        }
+        let ih = self.hash(InKey::of_entry(&e).words());
+        if let Some(hit) = self.by_inbound.find(ih, |s| s == slot) {
+            self.by_inbound.remove(hit.bucket);
+        }
+        self.slab.free(slot);
+    }
+
+    /// Applies one packet to an entry: its TCP window checked, then new state and
+    /// refreshed expiry; relinks it in the wheel only when the timeout got shorter.
+    /// `false` when the segment lies outside the window and changed nothing.
     #[inline]
-    fn touch(&mut self, pos: u32, dir: Direction, seg: &TcpSegment, now: Now) -> bool {
+    fn touch(&mut self, slot: u32, dir: Direction, seg: &TcpSegment, now: Now) -> bool {
         let timeouts = self.timeouts;
-        let Some(e) = self.flows.get_mut(pos) else {
+        let Some(e) = self.slab.get_mut(slot) else {
             return false;
         };
         let old = FlowState::from_u8(e.state());
@@ -390,7 +376,7 @@ impl SnatShard {
         e.set_proto_state(e.proto(), new as u8);
         e.set_expires(now.after(new.timeout(&timeouts)).millis());
         if e.expires() < old_expires {
-            self.flows.requeue(pos);
+            self.slab.requeue(slot);
         }
         true
     }
@@ -409,7 +395,7 @@ impl SnatShard {
         now: Now,
     ) -> Result<NatBinding, SnatError> {
         let k = OutKey::of(key);
-        let h = self.out_hash(&k);
+        let h = self.hash(k.words());
         self.outbound_hashed(&k, h, nat_addr, &seg, now)
     }
 
@@ -423,29 +409,29 @@ impl SnatShard {
         now: Now,
     ) -> Result<NatBinding, SnatError> {
         let nat = u32::from(nat_addr);
-        if let Some(pos) = self.find_outbound(k, h) {
+        if let Some(slot) = self.find_outbound(k, h) {
             let (expires, entry_nat, nat_port) = self
-                .flows
-                .get(pos)
+                .slab
+                .get(slot)
                 .map_or((0, 0, 0), |e| (e.expires(), e.nat_addr, e.nat_port));
             if expires > now.millis() && entry_nat == nat {
-                self.touch(pos, Direction::Outbound, seg, now);
+                self.touch(slot, Direction::Outbound, seg, now);
                 return Ok(NatBinding {
                     addr: nat_addr,
                     port: nat_port,
                 });
             }
             // Expired, or the node's address changed: start over as a new flow.
-            self.remove_flow(pos);
+            self.remove_slot(slot);
         }
         self.create(k, h, nat, seg, now)
     }
 
-    /// [`SnatShard::outbound`] for `keys[i]` with `segs[i]` into `out[i]`, for every
-    /// `i` all three slices have; the results are those of calling it one key
-    /// after the other. The buckets of a group of keys are prefetched before any
-    /// key is resolved, so their cache misses overlap: with a million flows this
-    /// is several times faster than one call per packet.
+    /// [`SnatShard::outbound`] for `keys[i]` with `segs[i]` into `out[i]`, for
+    /// every `i` all three slices have; the results are those of calling it one key
+    /// after the other. The index buckets and entries of a group of keys are
+    /// prefetched before any key is resolved, so their cache misses overlap: with a million
+    /// flows this is several times faster than one call per packet.
     pub fn outbound_batch(
         &mut self,
         keys: &[FlowKey],
@@ -456,49 +442,44 @@ impl SnatShard {
     ) {
         let n = keys.len().min(segs.len()).min(out.len());
         let key = |i: usize| keys.get(i).map(OutKey::of).unwrap_or_default();
-        self.batch(
-            n,
-            key,
-            Self::out_hash,
-            |shard, h| shard.flows.prefetch_home(h),
-            None,
-            |shard, i, k, h| {
-                let seg = segs.get(i).copied().unwrap_or_default();
-                let r = shard.outbound_hashed(k, h, nat_addr, &seg, now);
-                if let Some(o) = out.get_mut(i) {
-                    *o = r;
-                }
-            },
-        );
+        self.batch(n, key, OutKey::words, true, |shard, i, k, h| {
+            let seg = segs.get(i).copied().unwrap_or_default();
+            let r = shard.outbound_hashed(k, h, nat_addr, &seg, now);
+            if let Some(o) = out.get_mut(i) {
+                *o = r;
+            }
+        });
     }
 
     /// Runs `resolve(shard, i, key(i), hash)` for every `i < n` in order, in groups
     /// of [`BATCH`] with their cache misses overlapped (group prefetching, pipelined
-    /// one group ahead): `warm_first` starts loading what each hash of group g+1
-    /// needs first before group g is resolved, and `warm_then` what it needs next
-    /// (after that had time to arrive) just before g itself is resolved. Above
-    /// [`WARM_ABOVE`] flows only; below, everything is in cache.
+    /// one group ahead): the home buckets of group g+1 are prefetched before group
+    /// g is resolved, and the entries of group g after its buckets had that time to
+    /// arrive. Above [`WARM_ABOVE`] flows only; below, everything is in cache.
     #[inline]
-    #[allow(clippy::too_many_arguments)]
     fn batch<K: Copy + Default>(
         &mut self,
         n: usize,
         key: impl Fn(usize) -> K,
-        hash: impl Fn(&Self, &K) -> u32,
-        warm_first: impl Fn(&Self, u32),
-        warm_then: Option<fn(&Self, u32)>,
+        words: impl Fn(&K) -> (u64, u64),
+        outbound: bool,
         mut resolve: impl FnMut(&mut Self, usize, &K, u32),
     ) {
-        let warm = self.flows.len() >= WARM_ABOVE;
+        let warm = self.slab.len() >= WARM_ABOVE;
         // Keys and hashes of `start..start + BATCH` (fewer at the end); returns the
         // group's length.
         let fill = |shard: &Self, g: &mut ([K; BATCH], [u32; BATCH]), start: usize| {
             let end = (start + BATCH).min(n);
+            let index = if outbound {
+                &shard.by_outbound
+            } else {
+                &shard.by_inbound
+            };
             for (i, (k, h)) in (start..end).zip(g.0.iter_mut().zip(g.1.iter_mut())) {
                 *k = key(i);
-                *h = hash(shard, k);
+                *h = shard.hash(words(k));
                 if warm {
-                    warm_first(shard, *h);
+                    index.prefetch_home(*h);
                 }
             }
             end.saturating_sub(start)
@@ -510,10 +491,13 @@ impl SnatShard {
         let mut start = 0;
         let mut m = fill(self, cur, 0);
         while m > 0 {
-            if let (true, Some(then)) = (warm, warm_then) {
-                for &h in cur.1.iter().take(m) {
-                    then(self, h);
-                }
+            if warm {
+                let index = if outbound {
+                    &self.by_outbound
+                } else {
+                    &self.by_inbound
+                };
+                self.prefetch_entries(index, cur.1.get(..m).unwrap_or_default());
             }
             let next_start = start + m;
             let next_m = fill(self, next, next_start);
@@ -526,13 +510,15 @@ impl SnatShard {
         }
     }
 
-    /// Starts loading the flow bucket that the first index bucket matching the
-    /// inbound hash `ih` names (a mismatch there is rare with 32-bit hashes). Only
-    /// hints and reads: no state changes.
+    /// Starts loading the entry each hash's first matching bucket names (the one
+    /// the lookup will compare the key of; a mismatch there is rare with 32-bit
+    /// hashes). Only hints and reads: no state changes.
     #[inline]
-    fn prefetch_inbound_flow(&self, ih: u32) {
-        if let Some(hit) = self.by_inbound.find(ih, |_| true) {
-            self.flows.prefetch(hit.value);
+    fn prefetch_entries(&self, index: &FlowIndex, hashes: &[u32]) {
+        for &h in hashes {
+            if let Some(hit) = index.find(h, |_| true) {
+                self.slab.prefetch(hit.value);
+            }
         }
     }
 
@@ -544,10 +530,9 @@ impl SnatShard {
         seg: &TcpSegment,
         now: Now,
     ) -> Result<NatBinding, SnatError> {
-        let full = self.flows.len() >= self.flows.capacity();
-        if full {
+        if self.slab.len() >= self.slab.capacity() {
             self.reclaim(now, RECLAIM_BUDGET, 1);
-            if self.flows.len() >= self.flows.capacity() {
+            if self.slab.len() >= self.slab.capacity() {
                 return Err(SnatError::TableFull);
             }
         }
@@ -558,41 +543,28 @@ impl SnatShard {
         };
         let (nat_port, ih) = self.pick_port(k, nat, now)?;
         let state = FlowState::initial(proto, seg.flags);
-        let mut entry = Entry::flow(h, (k.pod, k.pod_port), (k.remote, k.rport), (nat, nat_port));
+        let mut entry = Entry::flow((k.pod, k.pod_port), (k.remote, k.rport), (nat, nat_port));
         entry.set_expires(now.after(state.timeout(&self.timeouts)).millis());
         entry.set_proto_state(k.proto, state as u8);
         if proto == L4Proto::Tcp {
             entry.tcp = TcpWindow::start(seg);
         }
-        let pos = self.flows.insert(entry, now).ok_or(SnatError::TableFull)?;
-        self.by_inbound.insert(ih, pos);
-        if full {
-            self.prefetch_next_reclaim();
-        }
+        let slot = self.slab.alloc(entry, now).ok_or(SnatError::TableFull)?;
+        self.by_outbound.insert(h, slot);
+        self.by_inbound.insert(ih, slot);
         Ok(NatBinding {
             addr: Ipv4Addr::from(nat),
             port: nat_port,
         })
     }
 
-    /// Starts loading what reclaiming the next expired flow will touch (its index
-    /// bucket, the flow after it): a full table reclaims one per new flow, and this
-    /// way those misses overlap the time until the next one arrives. The flow
-    /// itself was prefetched when the one before it was examined.
-    fn prefetch_next_reclaim(&self) {
-        if let Some(e) = self.flows.next_to_examine() {
-            self.by_inbound
-                .prefetch_home(self.in_hash(&InKey::of_entry(e)));
-            self.flows.prefetch(e.next());
-        }
-    }
-
     /// A NAT port not in use towards the flow's remote, with the inbound hash it
     /// will be indexed under: the pod's own port when it is in the range and free,
     /// else the next free one from where the last search ended (in steady state the
     /// first candidate), else the port of a closed or expired flow to the same
-    /// remote, which is removed. The search examines at most [`PORT_SEARCH_LIMIT`]
-    /// ports, as the kernel bounds its own.
+    /// remote, which is removed. The search may visit the whole range when one
+    /// destination holds most of it; that is bounded (at most 64 Ki ports) and only
+    /// happens when the alternative is refusing the flow.
     fn pick_port(&mut self, k: &OutKey, nat: u32, now: Now) -> Result<(u16, u32), SnatError> {
         let probe = |shard: &Self, port: u16| {
             let ik = InKey {
@@ -602,7 +574,7 @@ impl SnatShard {
                 nat_port: port,
                 proto: k.proto,
             };
-            let ih = shard.in_hash(&ik);
+            let ih = shard.hash(ik.words());
             (ih, shard.find_inbound(&ik, ih))
         };
         let pod_port_offset = u32::from(k.pod_port).wrapping_sub(u32::from(self.range_lo));
@@ -611,7 +583,7 @@ impl SnatShard {
         {
             return Ok((k.pod_port, ih));
         }
-        // The first port seen whose flow is over: (port, hash, bucket).
+        // The first port seen whose flow is over: (port, hash, slot).
         let mut reusable: Option<(u16, u32, u32)> = None;
         for scanned in 0..self.range_len.min(PORT_SEARCH_LIMIT) {
             if scanned >= FREE_PORT_SEARCH && reusable.is_some() {
@@ -628,21 +600,21 @@ impl SnatShard {
             };
             match probe(self, port) {
                 (ih, None) => return Ok((port, ih)),
-                (ih, Some(pos)) if reusable.is_none() && self.is_over(pos, now) => {
-                    reusable = Some((port, ih, pos));
+                (ih, Some(slot)) if reusable.is_none() && self.is_over(slot, now) => {
+                    reusable = Some((port, ih, slot));
                 }
                 _ => {}
             }
         }
-        let (port, ih, pos) = reusable.ok_or(SnatError::PortsExhausted)?;
-        self.remove_flow(pos);
+        let (port, ih, slot) = reusable.ok_or(SnatError::PortsExhausted)?;
+        self.remove_slot(slot);
         Ok((port, ih))
     }
 
-    /// Whether the flow in `pos` no longer needs its port: expired, or a TCP
+    /// Whether the flow in `slot` no longer needs its port: expired, or a TCP
     /// connection in TIME_WAIT or CLOSE.
-    fn is_over(&self, pos: u32, now: Now) -> bool {
-        self.flows.get(pos).is_some_and(|e| {
+    fn is_over(&self, slot: u32, now: Now) -> bool {
+        self.slab.get(slot).is_some_and(|e| {
             e.expires() <= now.millis() || FlowState::from_u8(e.state()).is_closed()
         })
     }
@@ -656,7 +628,7 @@ impl SnatShard {
     #[inline]
     pub fn inbound(&mut self, key: &FlowKey, seg: TcpSegment, now: Now) -> Option<NatBinding> {
         let k = InKey::of(key);
-        let h = self.in_hash(&k);
+        let h = self.hash(k.words());
         self.inbound_hashed(&k, h, &seg, now)
     }
 
@@ -668,8 +640,8 @@ impl SnatShard {
         seg: &TcpSegment,
         now: Now,
     ) -> Option<NatBinding> {
-        let pos = self.find_inbound(k, h)?;
-        let e = self.flows.get(pos)?;
+        let slot = self.find_inbound(k, h)?;
+        let e = self.slab.get(slot)?;
         if e.expires() <= now.millis() {
             return None;
         }
@@ -677,7 +649,7 @@ impl SnatShard {
             addr: Ipv4Addr::from(e.pod_addr),
             port: e.pod_port,
         };
-        let in_window = self.touch(pos, Direction::Inbound, seg, now);
+        let in_window = self.touch(slot, Direction::Inbound, seg, now);
         if !in_window && seg.flags & tcp_flags::RST != 0 {
             return None;
         }
@@ -696,20 +668,13 @@ impl SnatShard {
     ) {
         let n = keys.len().min(segs.len()).min(out.len());
         let key = |i: usize| keys.get(i).map(InKey::of).unwrap_or_default();
-        self.batch(
-            n,
-            key,
-            Self::in_hash,
-            |shard, h| shard.by_inbound.prefetch_home(h),
-            Some(Self::prefetch_inbound_flow),
-            |shard, i, k, h| {
-                let seg = segs.get(i).copied().unwrap_or_default();
-                let r = shard.inbound_hashed(k, h, &seg, now);
-                if let Some(o) = out.get_mut(i) {
-                    *o = r;
-                }
-            },
-        );
+        self.batch(n, key, InKey::words, false, |shard, i, k, h| {
+            let seg = segs.get(i).copied().unwrap_or_default();
+            let r = shard.inbound_hashed(k, h, &seg, now);
+            if let Some(o) = out.get_mut(i) {
+                *o = r;
+            }
+        });
     }
 
     /// Same as [`SnatShard::inbound`] but without refreshing or state change (for
@@ -718,8 +683,8 @@ impl SnatShard {
     /// timed out is still useful to the pod.
     pub fn peek_inbound(&self, key: &FlowKey) -> Option<NatBinding> {
         let k = InKey::of(key);
-        let pos = self.find_inbound(&k, self.in_hash(&k))?;
-        let e = self.flows.get(pos)?;
+        let slot = self.find_inbound(&k, self.hash(k.words()))?;
+        let e = self.slab.get(slot)?;
         Some(NatBinding {
             addr: Ipv4Addr::from(e.pod_addr),
             port: e.pod_port,
@@ -729,17 +694,17 @@ impl SnatShard {
     /// The state of the flow a pod's outbound `key` belongs to, if tracked.
     pub fn state_of(&self, key: &FlowKey) -> Option<FlowState> {
         let k = OutKey::of(key);
-        let pos = self.find_outbound(&k, self.out_hash(&k))?;
-        self.flows.get(pos).map(|e| FlowState::from_u8(e.state()))
+        let slot = self.find_outbound(&k, self.hash(k.words()))?;
+        self.slab.get(slot).map(|e| FlowState::from_u8(e.state()))
     }
 
     fn reclaim(&mut self, now: Now, mut budget: usize, stop_after: usize) -> usize {
         let mut reclaimed = 0;
         while reclaimed < stop_after {
-            let Some(pos) = self.flows.next_expired(now, &mut budget) else {
+            let Some(slot) = self.slab.next_expired(now, &mut budget) else {
                 break;
             };
-            self.remove_flow(pos);
+            self.remove_slot(slot);
             reclaimed += 1;
         }
         reclaimed
@@ -753,20 +718,23 @@ impl SnatShard {
 
     /// Flows tracked now (including expired ones not yet swept).
     pub fn len(&self) -> usize {
-        self.flows.len()
+        self.slab.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.flows.len() == 0
+        self.slab.len() == 0
     }
 
     /// Flows this shard tracks at most.
     pub fn capacity(&self) -> usize {
-        self.flows.capacity()
+        self.slab.capacity()
     }
 
-    /// Heap bytes this shard holds (flow table, index and wheel).
+    /// Heap bytes this shard holds (slab, both indexes and the wheel).
     pub fn memory_bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + self.flows.memory_bytes() + self.by_inbound.memory_bytes()
+        std::mem::size_of::<Self>()
+            + self.slab.memory_bytes()
+            + self.by_outbound.memory_bytes()
+            + self.by_inbound.memory_bytes()
     }
 }
