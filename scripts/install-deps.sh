@@ -16,6 +16,8 @@ packages=(
   openssl curl util-linux
   # cluster DNS through a Service in the Service tests: a resolver pod and a client
   dnsmasq-base bind9-dnsutils
+  # instruction counts that do not swing with load (bench/conntrack-instructions.sh)
+  valgrind
 )
 missing=()
 for p in "${packages[@]}"; do

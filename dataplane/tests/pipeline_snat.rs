@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 
 use etherparse::PacketBuilder;
 use hybridway_dataplane::pipeline::Pipeline;
-use hybridway_dataplane::tables::{L4Proto, SnatConfig, owner_of_remote};
+use hybridway_dataplane::tables::{FlowKey, FlowState, L4Proto, SnatConfig, owner_of_remote};
 use hybridway_dataplane::verdict::{DropReason, Verdict};
 use hybridway_dataplane::wire::checksum;
 use pipeline_support::*;
@@ -90,6 +90,63 @@ fn tcp_is_masqueraded_and_the_reply_restored() {
     );
     assert_eq!(u16_at(&again, 34), nat_port);
     assert_eq!(p.snat().len(), 1);
+}
+
+/// A segment from OUTSIDE:443 to the node's `nat_port`, as it arrives on the uplink.
+fn from_outside(nat_port: u16, seq: u32, flags: &str) -> Vec<u8> {
+    let mut b = eth(ROUTER_MAC, UPLINK_MAC)
+        .ipv4(OUTSIDE.octets(), NODE.octets(), 64)
+        .tcp(443, nat_port, seq, 64000);
+    for flag in flags.chars() {
+        b = match flag {
+            'S' => b.syn(),
+            'A' => b.ack(1001),
+            'R' => b.rst(),
+            f => panic!("flag {f}"),
+        };
+    }
+    let mut v = Vec::new();
+    b.write(&mut v, b"").unwrap();
+    v
+}
+
+#[test]
+fn a_reset_outside_the_flows_window_never_reaches_the_pod() {
+    let t = tables(true);
+    let mut p = Pipeline::new(0, &SnatConfig::default());
+    // The pod's SYN has sequence number 1000, the remote's SYN-ACK 5000.
+    let (_, out) = run(
+        &mut p,
+        &t,
+        &tcp4(POD1, OUTSIDE, 40_010, 443, 64, true, b""),
+        POD1_PORT,
+    );
+    let nat_port = u16_at(&out, 34);
+    let (v, _) = run(&mut p, &t, &from_outside(nat_port, 5000, "SA"), UPLINK);
+    assert_eq!(v, Verdict::Forward { port: POD1_PORT });
+    let key = FlowKey {
+        proto: L4Proto::Tcp,
+        src: POD1,
+        src_port: 40_010,
+        dst: OUTSIDE,
+        dst_port: 443,
+    };
+    assert_eq!(p.snat().state_of(&key), Some(FlowState::TcpEstablished));
+    // An off-path guess of the NAT port with a sequence number far from 5001: not
+    // translated (the host gets it, as any packet of no flow), the flow lives on.
+    let (v, _) = run(
+        &mut p,
+        &t,
+        &from_outside(nat_port, 5001 + (1 << 30), "R"),
+        UPLINK,
+    );
+    assert_eq!(v, Verdict::ToHost);
+    assert_eq!(p.snat().state_of(&key), Some(FlowState::TcpEstablished));
+    // The remote's own reset, at the sequence number the pod expects, closes it.
+    let (v, back) = run(&mut p, &t, &from_outside(nat_port, 5001, "R"), UPLINK);
+    assert_eq!(v, Verdict::Forward { port: POD1_PORT });
+    assert_eq!(u16_at(&back, 36), 40_010);
+    assert_eq!(p.snat().state_of(&key), Some(FlowState::TcpClose));
 }
 
 #[test]

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use hybridway_dataplane::tables::conntrack::{Direction, tcp_flags::*};
 use hybridway_dataplane::tables::{
-    FlowKey, FlowState, L4Proto, NatBinding, SnatConfig, SnatError, SnatShard, Timeouts,
-    owner_of_remote,
+    FlowKey, FlowState, L4Proto, NatBinding, SnatConfig, SnatError, SnatShard, TcpSegment,
+    Timeouts, owner_of_remote,
 };
 use hybridway_dataplane::{DropReason, Now};
 use proptest::prelude::*;
@@ -73,6 +73,12 @@ fn reply(out: &FlowKey, b: NatBinding) -> FlowKey {
     }
 }
 
+/// A segment with `flags` and every sequence number 0 (in the window of a flow
+/// whose segments all are).
+fn seg(flags: u8) -> TcpSegment {
+    TcpSegment::with_flags(flags)
+}
+
 fn secs(s: u64) -> Now {
     Now::from_millis(s * 1000)
 }
@@ -81,14 +87,14 @@ fn secs(s: u64) -> Now {
 fn outbound_binding_is_stable_and_reply_maps_back() {
     let mut shard = SnatShard::new(0, &config(16));
     let k = key(L4Proto::Udp, 5353, 53);
-    let b = shard.outbound(&k, NAT, 0, secs(1)).unwrap();
+    let b = shard.outbound(&k, NAT, seg(0), secs(1)).unwrap();
     assert_eq!(b.addr, NAT);
     assert!((10_000..=19_999).contains(&b.port));
-    assert_eq!(shard.outbound(&k, NAT, 0, secs(2)).unwrap(), b);
+    assert_eq!(shard.outbound(&k, NAT, seg(0), secs(2)).unwrap(), b);
     assert_eq!(shard.len(), 1);
     let r = reply(&k, b);
     assert_eq!(
-        shard.inbound(&r, 0, secs(3)),
+        shard.inbound(&r, seg(0), secs(3)),
         Some(NatBinding {
             addr: POD,
             port: 5353
@@ -96,7 +102,7 @@ fn outbound_binding_is_stable_and_reply_maps_back() {
     );
     // A different remote port, or a stranger, gets nothing (port-dependent filtering).
     assert_eq!(
-        shard.inbound(&FlowKey { src_port: 54, ..r }, 0, secs(3)),
+        shard.inbound(&FlowKey { src_port: 54, ..r }, seg(0), secs(3)),
         None
     );
     assert_eq!(
@@ -105,7 +111,7 @@ fn outbound_binding_is_stable_and_reply_maps_back() {
                 src: Ipv4Addr::new(198, 18, 200, 2),
                 ..r
             },
-            0,
+            seg(0),
             secs(3)
         ),
         None
@@ -116,7 +122,7 @@ fn outbound_binding_is_stable_and_reply_maps_back() {
                 proto: L4Proto::Tcp,
                 ..r
             },
-            0,
+            seg(0),
             secs(3)
         ),
         None
@@ -127,14 +133,22 @@ fn outbound_binding_is_stable_and_reply_maps_back() {
 fn udp_times_out_after_its_idle_timeout_and_refresh_extends_it() {
     let mut shard = SnatShard::new(0, &config(16));
     let k = key(L4Proto::Udp, 4000, 53);
-    let b = shard.outbound(&k, NAT, 0, secs(0)).unwrap();
+    let b = shard.outbound(&k, NAT, seg(0), secs(0)).unwrap();
     let r = reply(&k, b);
     // Refreshed by the reply at 20 s: alive until 50 s.
-    assert!(shard.inbound(&r, 0, secs(20)).is_some());
+    assert!(shard.inbound(&r, seg(0), secs(20)).is_some());
     assert_eq!(shard.sweep(secs(45), usize::MAX), 0);
-    assert!(shard.inbound(&r, 0, Now::from_millis(49_999)).is_some());
+    assert!(
+        shard
+            .inbound(&r, seg(0), Now::from_millis(49_999))
+            .is_some()
+    );
     // Last refresh at 49.999 s: expired at 79.999 s.
-    assert!(shard.inbound(&r, 0, Now::from_millis(79_999)).is_none());
+    assert!(
+        shard
+            .inbound(&r, seg(0), Now::from_millis(79_999))
+            .is_none()
+    );
     assert_eq!(shard.sweep(secs(82), usize::MAX), 1);
     assert_eq!(shard.len(), 0);
     assert_eq!(shard.peek_inbound(&r), None);
@@ -146,30 +160,30 @@ fn tcp_states_pick_their_timeouts() {
     let k = key(L4Proto::Tcp, 40_000, 443);
 
     // SYN only: syn timeout (10 s).
-    let b = shard.outbound(&k, NAT, SYN, secs(0)).unwrap();
+    let b = shard.outbound(&k, NAT, seg(SYN), secs(0)).unwrap();
     assert_eq!(shard.state_of(&k), Some(FlowState::TcpSynSent));
     let r = reply(&k, b);
     assert!(
-        shard.inbound(&r, SYN | ACK, secs(11)).is_none(),
+        shard.inbound(&r, seg(SYN | ACK), secs(11)).is_none(),
         "unanswered SYN expires after tcp_syn_sent"
     );
     assert_eq!(shard.sweep(secs(12), usize::MAX), 1);
 
     // Handshake completes: established timeout (1000 s).
-    let b = shard.outbound(&k, NAT, SYN, secs(100)).unwrap();
+    let b = shard.outbound(&k, NAT, seg(SYN), secs(100)).unwrap();
     let r = reply(&k, b);
-    assert!(shard.inbound(&r, SYN | ACK, secs(101)).is_some());
+    assert!(shard.inbound(&r, seg(SYN | ACK), secs(101)).is_some());
     assert_eq!(shard.state_of(&k), Some(FlowState::TcpEstablished));
-    assert_eq!(shard.outbound(&k, NAT, ACK, secs(102)).unwrap(), b);
+    assert_eq!(shard.outbound(&k, NAT, seg(ACK), secs(102)).unwrap(), b);
     assert_eq!(shard.sweep(secs(900), usize::MAX), 0);
     assert!(
-        shard.inbound(&r, ACK, secs(1101)).is_some(),
+        shard.inbound(&r, seg(ACK), secs(1101)).is_some(),
         "established lives tcp_established"
     );
 
     // FIN: closing timeout (20 s) even though established had ~1000 s left; the
     // sweep must find it at the shorter expiry.
-    assert!(shard.inbound(&r, FIN | ACK, secs(1102)).is_some());
+    assert!(shard.inbound(&r, seg(FIN | ACK), secs(1102)).is_some());
     assert_eq!(shard.state_of(&k), Some(FlowState::TcpFinIn));
     assert_eq!(shard.sweep(secs(1115), usize::MAX), 0);
     assert_eq!(shard.sweep(secs(1124), usize::MAX), 1);
@@ -180,13 +194,13 @@ fn tcp_states_pick_their_timeouts() {
 fn rst_closes_and_new_syn_reopens() {
     let mut shard = SnatShard::new(0, &config(16));
     let k = key(L4Proto::Tcp, 40_001, 80);
-    let b = shard.outbound(&k, NAT, SYN, secs(0)).unwrap();
+    let b = shard.outbound(&k, NAT, seg(SYN), secs(0)).unwrap();
     let r = reply(&k, b);
-    shard.inbound(&r, SYN | ACK, secs(1)).unwrap();
-    shard.inbound(&r, RST, secs(2)).unwrap();
+    shard.inbound(&r, seg(SYN | ACK), secs(1)).unwrap();
+    shard.inbound(&r, seg(RST), secs(2)).unwrap();
     assert_eq!(shard.state_of(&k), Some(FlowState::TcpClose));
     assert_eq!(
-        shard.outbound(&k, NAT, SYN, secs(3)).unwrap(),
+        shard.outbound(&k, NAT, seg(SYN), secs(3)).unwrap(),
         b,
         "same tuple keeps its binding"
     );
@@ -213,8 +227,8 @@ fn icmp_echo_id_is_translated_and_restored() {
         src: Ipv4Addr::new(198, 19, 1, 6),
         ..k1
     };
-    let b1 = shard.outbound(&k1, NAT, 0, secs(0)).unwrap();
-    let b2 = shard.outbound(&k2, NAT, 0, secs(0)).unwrap();
+    let b1 = shard.outbound(&k1, NAT, seg(0), secs(0)).unwrap();
+    let b2 = shard.outbound(&k2, NAT, seg(0), secs(0)).unwrap();
     assert_ne!(
         b1.port, b2.port,
         "identifiers must differ towards the same remote"
@@ -228,7 +242,7 @@ fn icmp_echo_id_is_translated_and_restored() {
         dst_port: b1.port,
     };
     assert_eq!(
-        shard.inbound(&r1, 0, secs(1)),
+        shard.inbound(&r1, seg(0), secs(1)),
         Some(NatBinding { addr: POD, port: 7 })
     );
     assert_eq!(
@@ -239,19 +253,19 @@ fn icmp_echo_id_is_translated_and_restored() {
         })
     );
     // ICMP timeout is 5 s after the last packet (the reply at 1 s).
-    assert!(shard.inbound(&r1, 0, secs(6)).is_none());
+    assert!(shard.inbound(&r1, seg(0), secs(6)).is_none());
 }
 
 #[test]
 fn peek_does_not_refresh() {
     let mut shard = SnatShard::new(0, &config(16));
     let k = key(L4Proto::Udp, 1, 2);
-    let b = shard.outbound(&k, NAT, 0, secs(0)).unwrap();
+    let b = shard.outbound(&k, NAT, seg(0), secs(0)).unwrap();
     let r = reply(&k, b);
     assert!(shard.peek_inbound(&r).is_some());
     assert!(shard.peek_inbound(&r).is_some());
     assert!(
-        shard.inbound(&r, 0, secs(30)).is_none(),
+        shard.inbound(&r, seg(0), secs(30)).is_none(),
         "peeks did not extend the 30 s UDP timeout"
     );
 }
@@ -262,10 +276,10 @@ fn full_table_reclaims_an_expired_entry_else_refuses() {
     assert_eq!(shard.capacity(), 4);
     let keys: Vec<_> = (0..5).map(|i| key(L4Proto::Udp, 1000 + i, 53)).collect();
     for (i, k) in keys.iter().take(4).enumerate() {
-        shard.outbound(k, NAT, 0, secs(i as u64)).unwrap();
+        shard.outbound(k, NAT, seg(0), secs(i as u64)).unwrap();
     }
     assert_eq!(
-        shard.outbound(&keys[4], NAT, 0, secs(10)),
+        shard.outbound(&keys[4], NAT, seg(0), secs(10)),
         Err(SnatError::TableFull)
     );
     assert_eq!(
@@ -274,9 +288,9 @@ fn full_table_reclaims_an_expired_entry_else_refuses() {
     );
     // Keep all but the second flow alive; at 40 s only that one has expired.
     for k in [&keys[0], &keys[2], &keys[3]] {
-        shard.outbound(k, NAT, 0, secs(20)).unwrap();
+        shard.outbound(k, NAT, seg(0), secs(20)).unwrap();
     }
-    shard.outbound(&keys[4], NAT, 0, secs(40)).unwrap();
+    shard.outbound(&keys[4], NAT, seg(0), secs(40)).unwrap();
     assert_eq!(shard.len(), 4);
     let r1 = reply(
         &keys[1],
@@ -305,7 +319,7 @@ fn ports_are_reused_per_destination_until_exhausted() {
     let mut used = HashSet::new();
     for i in 0..3 {
         let b = shard
-            .outbound(&key(L4Proto::Tcp, 100 + i, 443), NAT, SYN, secs(0))
+            .outbound(&key(L4Proto::Tcp, 100 + i, 443), NAT, seg(SYN), secs(0))
             .unwrap();
         assert!(
             used.insert(b.port),
@@ -314,7 +328,7 @@ fn ports_are_reused_per_destination_until_exhausted() {
         );
     }
     assert_eq!(
-        shard.outbound(&key(L4Proto::Tcp, 200, 443), NAT, SYN, secs(0)),
+        shard.outbound(&key(L4Proto::Tcp, 200, 443), NAT, seg(SYN), secs(0)),
         Err(SnatError::PortsExhausted)
     );
     assert_eq!(
@@ -323,16 +337,16 @@ fn ports_are_reused_per_destination_until_exhausted() {
     );
     // Another remote port, another protocol, or another remote: the same ports again.
     shard
-        .outbound(&key(L4Proto::Tcp, 200, 8443), NAT, SYN, secs(0))
+        .outbound(&key(L4Proto::Tcp, 200, 8443), NAT, seg(SYN), secs(0))
         .unwrap();
     shard
-        .outbound(&key(L4Proto::Udp, 200, 443), NAT, 0, secs(0))
+        .outbound(&key(L4Proto::Udp, 200, 443), NAT, seg(0), secs(0))
         .unwrap();
     let other = FlowKey {
         dst: Ipv4Addr::new(198, 18, 200, 9),
         ..key(L4Proto::Tcp, 200, 443)
     };
-    assert!(used.contains(&shard.outbound(&other, NAT, SYN, secs(0)).unwrap().port));
+    assert!(used.contains(&shard.outbound(&other, NAT, seg(SYN), secs(0)).unwrap().port));
     // Once a flow expires its port comes back.
     assert_eq!(
         shard.sweep(secs(11), usize::MAX),
@@ -340,7 +354,7 @@ fn ports_are_reused_per_destination_until_exhausted() {
         "all but the UDP flow (30 s)"
     );
     shard
-        .outbound(&key(L4Proto::Tcp, 200, 443), NAT, SYN, secs(11))
+        .outbound(&key(L4Proto::Tcp, 200, 443), NAT, seg(SYN), secs(11))
         .unwrap();
 }
 
@@ -348,9 +362,9 @@ fn ports_are_reused_per_destination_until_exhausted() {
 fn changed_nat_address_starts_a_new_binding() {
     let mut shard = SnatShard::new(0, &config(16));
     let k = key(L4Proto::Udp, 9, 9);
-    let b = shard.outbound(&k, NAT, 0, secs(0)).unwrap();
+    let b = shard.outbound(&k, NAT, seg(0), secs(0)).unwrap();
     let new_nat = Ipv4Addr::new(198, 18, 0, 11);
-    let b2 = shard.outbound(&k, new_nat, 0, secs(1)).unwrap();
+    let b2 = shard.outbound(&k, new_nat, seg(0), secs(1)).unwrap();
     assert_eq!(b2.addr, new_nat);
     assert_eq!(shard.len(), 1);
     assert_eq!(shard.peek_inbound(&reply(&k, b)), None);
@@ -402,13 +416,16 @@ fn the_pods_own_port_is_kept_when_in_range_and_free() {
     let mut shard = SnatShard::new(0, &config(64));
     // In the range (10,000-19,999) and free: kept.
     let k = key(L4Proto::Tcp, 15_000, 443);
-    assert_eq!(shard.outbound(&k, NAT, SYN, secs(0)).unwrap().port, 15_000);
+    assert_eq!(
+        shard.outbound(&k, NAT, seg(SYN), secs(0)).unwrap().port,
+        15_000
+    );
     // Another pod with the same port to the same destination: another port.
     let other = FlowKey {
         src: Ipv4Addr::new(198, 19, 1, 6),
         ..k
     };
-    let b = shard.outbound(&other, NAT, SYN, secs(0)).unwrap();
+    let b = shard.outbound(&other, NAT, seg(SYN), secs(0)).unwrap();
     assert_ne!(b.port, 15_000);
     // The same port towards another destination: kept again.
     let elsewhere = FlowKey {
@@ -416,24 +433,27 @@ fn the_pods_own_port_is_kept_when_in_range_and_free() {
         ..other
     };
     assert_eq!(
-        shard.outbound(&elsewhere, NAT, SYN, secs(0)).unwrap().port,
+        shard
+            .outbound(&elsewhere, NAT, seg(SYN), secs(0))
+            .unwrap()
+            .port,
         15_000
     );
     // Outside the range: a port from the range.
     let low = key(L4Proto::Udp, 5353, 53);
-    assert!((10_000..=19_999).contains(&shard.outbound(&low, NAT, 0, secs(0)).unwrap().port));
+    assert!((10_000..=19_999).contains(&shard.outbound(&low, NAT, seg(0), secs(0)).unwrap().port));
 }
 
 /// Opens and closes one TCP connection of `k` the way a client that closes first
 /// does; returns its binding (the flow ends in TIME_WAIT).
 fn connect_and_close(shard: &mut SnatShard, k: &FlowKey, at: u64) -> NatBinding {
-    let b = shard.outbound(k, NAT, SYN, secs(at)).unwrap();
+    let b = shard.outbound(k, NAT, seg(SYN), secs(at)).unwrap();
     let r = reply(k, b);
-    shard.inbound(&r, SYN | ACK, secs(at)).unwrap();
-    shard.outbound(k, NAT, ACK, secs(at)).unwrap();
-    shard.outbound(k, NAT, FIN | ACK, secs(at)).unwrap();
-    shard.inbound(&r, FIN | ACK, secs(at)).unwrap();
-    shard.outbound(k, NAT, ACK, secs(at)).unwrap();
+    shard.inbound(&r, seg(SYN | ACK), secs(at)).unwrap();
+    shard.outbound(k, NAT, seg(ACK), secs(at)).unwrap();
+    shard.outbound(k, NAT, seg(FIN | ACK), secs(at)).unwrap();
+    shard.inbound(&r, seg(FIN | ACK), secs(at)).unwrap();
+    shard.outbound(k, NAT, seg(ACK), secs(at)).unwrap();
     b
 }
 
@@ -444,9 +464,13 @@ fn a_new_syn_reopens_a_mapping_in_time_wait() {
     let b = connect_and_close(&mut shard, &k, 0);
     assert_eq!(shard.state_of(&k), Some(FlowState::TcpTimeWait));
     // RFC 7857 section 2.2: the pod reuses its port at once; so does the NAT.
-    assert_eq!(shard.outbound(&k, NAT, SYN, secs(1)).unwrap(), b);
+    assert_eq!(shard.outbound(&k, NAT, seg(SYN), secs(1)).unwrap(), b);
     assert_eq!(shard.state_of(&k), Some(FlowState::TcpSynSent));
-    assert!(shard.inbound(&reply(&k, b), SYN | ACK, secs(1)).is_some());
+    assert!(
+        shard
+            .inbound(&reply(&k, b), seg(SYN | ACK), secs(1))
+            .is_some()
+    );
     assert_eq!(shard.len(), 1);
 }
 
@@ -465,26 +489,171 @@ fn closing_states_follow_their_own_timeouts() {
     };
     let mut shard = SnatShard::new(0, &cfg);
     let k = key(L4Proto::Tcp, 40_000, 443);
-    let b = shard.outbound(&k, NAT, SYN, secs(0)).unwrap();
+    let b = shard.outbound(&k, NAT, seg(SYN), secs(0)).unwrap();
     let r = reply(&k, b);
-    shard.inbound(&r, SYN | ACK, secs(0)).unwrap();
-    shard.outbound(&k, NAT, FIN | ACK, secs(0)).unwrap();
+    shard.inbound(&r, seg(SYN | ACK), secs(0)).unwrap();
+    shard.outbound(&k, NAT, seg(FIN | ACK), secs(0)).unwrap();
     assert_eq!(shard.state_of(&k), Some(FlowState::TcpFinOut));
-    shard.inbound(&r, FIN | ACK, secs(39)).unwrap();
+    shard.inbound(&r, seg(FIN | ACK), secs(39)).unwrap();
     assert_eq!(shard.state_of(&k), Some(FlowState::TcpLastAckOut));
     // LAST_ACK lives 30 s: gone at 69 s unless the last ACK comes.
-    assert!(shard.inbound(&r, ACK, secs(70)).is_none());
+    assert!(shard.inbound(&r, seg(ACK), secs(70)).is_none());
     // Again, with the last ACK: TIME_WAIT, 120 s.
     let k = key(L4Proto::Tcp, 40_001, 443);
     let b = connect_and_close(&mut shard, &k, 100);
-    assert!(shard.inbound(&reply(&k, b), ACK, secs(219)).is_some());
-    assert!(shard.inbound(&reply(&k, b), ACK, secs(340)).is_none());
-    // RST: CLOSE, 10 s.
+    assert!(shard.inbound(&reply(&k, b), seg(ACK), secs(219)).is_some());
+    assert!(shard.inbound(&reply(&k, b), seg(ACK), secs(340)).is_none());
+    // RST (the remote refusing the SYN at sequence 0): CLOSE, 10 s.
     let k = key(L4Proto::Tcp, 40_002, 443);
-    let b = shard.outbound(&k, NAT, SYN, secs(400)).unwrap();
-    shard.inbound(&reply(&k, b), RST, secs(400)).unwrap();
+    let b = shard.outbound(&k, NAT, seg(SYN), secs(400)).unwrap();
+    let refused = TcpSegment {
+        ack: 1,
+        ..seg(RST | ACK)
+    };
+    shard.inbound(&reply(&k, b), refused, secs(400)).unwrap();
     assert_eq!(shard.state_of(&k), Some(FlowState::TcpClose));
-    assert!(shard.inbound(&reply(&k, b), ACK, secs(411)).is_none());
+    assert!(shard.inbound(&reply(&k, b), seg(ACK), secs(411)).is_none());
+}
+
+/// A TCP connection with real sequence numbers: the pod's ISN 1000, the remote's
+/// 5000, both offering window scale 7; the pod sends 1000 bytes, the remote 2000.
+/// Returns the binding, the reply key and the remote's next sequence number.
+fn established_with_data(shard: &mut SnatShard, k: &FlowKey) -> (NatBinding, FlowKey, u32) {
+    let syn = TcpSegment {
+        seq: 1000,
+        window: 64_240,
+        window_scale: Some(7),
+        ..seg(SYN)
+    };
+    let b = shard.outbound(k, NAT, syn, secs(0)).unwrap();
+    let r = reply(k, b);
+    let syn_ack = TcpSegment {
+        seq: 5000,
+        ack: 1001,
+        window: 65_160,
+        window_scale: Some(7),
+        ..seg(SYN | ACK)
+    };
+    shard.inbound(&r, syn_ack, secs(0)).unwrap();
+    let data = |seq, ack, payload_len| TcpSegment {
+        seq,
+        ack,
+        window: 502,
+        payload_len,
+        ..seg(ACK)
+    };
+    shard
+        .outbound(k, NAT, data(1001, 5001, 1000), secs(0))
+        .unwrap();
+    shard.inbound(&r, data(5001, 2001, 2000), secs(0)).unwrap();
+    shard
+        .outbound(k, NAT, data(2001, 7001, 0), secs(0))
+        .unwrap();
+    assert_eq!(shard.state_of(k), Some(FlowState::TcpEstablished));
+    (b, r, 7001)
+}
+
+#[test]
+fn an_rst_outside_the_window_leaves_the_flow_established() {
+    let mut shard = SnatShard::new(0, &config(16));
+    let k = key(L4Proto::Tcp, 40_100, 443);
+    let (_, r, next) = established_with_data(&mut shard, &k);
+    let rst = |seq: u32| TcpSegment { seq, ..seg(RST) };
+    // Guesses far ahead of and far behind what the remote may send.
+    for seq in [
+        next.wrapping_add(50_000_000),
+        next.wrapping_sub(50_000_000),
+        next ^ (1 << 31),
+    ] {
+        assert_eq!(shard.inbound(&r, rst(seq), secs(1)), None, "seq {seq}");
+        assert_eq!(shard.state_of(&k), Some(FlowState::TcpEstablished));
+    }
+    // Nor can an off-path sender widen the window with a segment of its own
+    // first: out of the window, it moves nothing.
+    let far = next.wrapping_add(1 << 30);
+    let widen = TcpSegment {
+        seq: far,
+        payload_len: 1,
+        ..seg(ACK)
+    };
+    assert!(
+        shard.inbound(&r, widen, secs(1)).is_some(),
+        "data is still translated"
+    );
+    assert_eq!(shard.inbound(&r, rst(far), secs(1)), None);
+    // An out-of-window FIN does not move the state either.
+    let fin = TcpSegment {
+        seq: far,
+        ..seg(FIN | ACK)
+    };
+    shard.inbound(&r, fin, secs(1)).unwrap();
+    assert_eq!(shard.state_of(&k), Some(FlowState::TcpEstablished));
+}
+
+#[test]
+fn an_rst_in_the_window_closes_the_flow() {
+    let mut shard = SnatShard::new(0, &config(16));
+    for (port, offset) in [(40_200u16, 0u32), (40_201, 1000)] {
+        let k = key(L4Proto::Tcp, port, 443);
+        let (b, r, next) = established_with_data(&mut shard, &k);
+        let rst = TcpSegment {
+            seq: next.wrapping_add(offset),
+            ..seg(RST)
+        };
+        let pod = NatBinding {
+            addr: k.src,
+            port: k.src_port,
+        };
+        assert_eq!(
+            shard.inbound(&r, rst, secs(1)),
+            Some(pod),
+            "offset {offset}"
+        );
+        assert_eq!(shard.state_of(&k), Some(FlowState::TcpClose));
+        // And the pod's own RST closes its flow as well.
+        let k2 = key(L4Proto::Tcp, port + 50, 443);
+        established_with_data(&mut shard, &k2);
+        let own = TcpSegment {
+            seq: 2001,
+            ..seg(RST | ACK)
+        };
+        assert_eq!(shard.outbound(&k2, NAT, own, secs(1)).unwrap().addr, b.addr);
+        assert_eq!(shard.state_of(&k2), Some(FlowState::TcpClose));
+    }
+}
+
+#[test]
+fn a_refusal_must_acknowledge_the_syn() {
+    let mut shard = SnatShard::new(0, &config(16));
+    let k = key(L4Proto::Tcp, 40_300, 443);
+    let syn = TcpSegment {
+        seq: 77_000,
+        ..seg(SYN)
+    };
+    let b = shard.outbound(&k, NAT, syn, secs(0)).unwrap();
+    let r = reply(&k, b);
+    for bad in [
+        seg(RST),
+        TcpSegment {
+            ack: 12_345,
+            ..seg(RST | ACK)
+        },
+    ] {
+        assert_eq!(shard.inbound(&r, bad, secs(0)), None);
+        assert_eq!(shard.state_of(&k), Some(FlowState::TcpSynSent));
+    }
+    let refusal = TcpSegment {
+        ack: 77_001,
+        ..seg(RST | ACK)
+    };
+    assert!(shard.inbound(&r, refusal, secs(0)).is_some());
+    assert_eq!(shard.state_of(&k), Some(FlowState::TcpClose));
+    // A flow picked up mid-stream (no SYN seen) has no window to check against.
+    let k = key(L4Proto::Tcp, 40_301, 443);
+    let mid = TcpSegment { seq: 9, ..seg(ACK) };
+    let b = shard.outbound(&k, NAT, mid, secs(0)).unwrap();
+    assert!(shard.inbound(&reply(&k, b), seg(RST), secs(0)).is_some());
+    assert_eq!(shard.state_of(&k), Some(FlowState::TcpClose));
 }
 
 #[test]
@@ -498,8 +667,10 @@ fn a_full_range_gives_closed_flows_ports_to_new_flows_but_never_live_ones() {
     let live: Vec<FlowKey> = (0..2).map(|i| key(L4Proto::Tcp, 100 + i, 443)).collect();
     let mut live_ports = HashSet::new();
     for k in &live {
-        let b = shard.outbound(k, NAT, SYN, secs(0)).unwrap();
-        shard.inbound(&reply(k, b), SYN | ACK, secs(0)).unwrap();
+        let b = shard.outbound(k, NAT, seg(SYN), secs(0)).unwrap();
+        shard
+            .inbound(&reply(k, b), seg(SYN | ACK), secs(0))
+            .unwrap();
         live_ports.insert(b.port);
     }
     let mut closed_ports = HashSet::new();
@@ -510,7 +681,7 @@ fn a_full_range_gives_closed_flows_ports_to_new_flows_but_never_live_ones() {
     // Two new flows take the closed flows' ports; a third finds none.
     for i in 0..2 {
         let b = shard
-            .outbound(&key(L4Proto::Tcp, 300 + i, 443), NAT, SYN, secs(1))
+            .outbound(&key(L4Proto::Tcp, 300 + i, 443), NAT, seg(SYN), secs(1))
             .unwrap();
         assert!(
             closed_ports.remove(&b.port),
@@ -519,7 +690,7 @@ fn a_full_range_gives_closed_flows_ports_to_new_flows_but_never_live_ones() {
         );
     }
     assert_eq!(
-        shard.outbound(&key(L4Proto::Tcp, 400, 443), NAT, SYN, secs(1)),
+        shard.outbound(&key(L4Proto::Tcp, 400, 443), NAT, seg(SYN), secs(1)),
         Err(SnatError::PortsExhausted)
     );
     // The live flows kept theirs.
@@ -548,7 +719,7 @@ fn memory_per_flow_is_at_most_128_bytes_when_full() {
             dst: Ipv4Addr::from(0xc612_0000 + i),
             dst_port: 443,
         };
-        shard.outbound(&k, NAT, 0, secs(0)).unwrap();
+        shard.outbound(&k, NAT, seg(0), secs(0)).unwrap();
     }
     assert_eq!(shard.len(), n);
     let per_flow = shard.memory_bytes() / shard.len();
@@ -574,19 +745,19 @@ fn large_batches_equal_single_calls() {
             dst_port: 443,
         })
         .collect();
-    let flags = vec![SYN; keys.len()];
+    let flags = vec![seg(SYN); keys.len()];
     let mut out = vec![Err(SnatError::TableFull); keys.len()];
     batched.outbound_batch(&keys, &flags, NAT, secs(0), &mut out);
     let mut replies = Vec::new();
     for (k, got) in keys.iter().zip(&out) {
-        let want = single.outbound(k, NAT, SYN, secs(0));
+        let want = single.outbound(k, NAT, seg(SYN), secs(0));
         assert_eq!(*got, want);
         replies.push(reply(k, want.unwrap()));
     }
     let mut back = vec![None; replies.len()];
     batched.inbound_batch(
         &replies,
-        &vec![SYN | ACK; replies.len()],
+        &vec![seg(SYN | ACK); replies.len()],
         secs(1),
         &mut back,
     );
@@ -598,7 +769,7 @@ fn large_batches_equal_single_calls() {
                 port: k.src_port
             })
         );
-        assert_eq!(single.inbound(r, SYN | ACK, secs(1)), *got);
+        assert_eq!(single.inbound(r, seg(SYN | ACK), secs(1)), *got);
     }
     assert_eq!(batched.state_of(&keys[7]), Some(FlowState::TcpEstablished));
 }
@@ -618,7 +789,7 @@ fn shards_and_tables_move_between_threads() {
 fn zero_and_huge_capacities_are_handled() {
     let mut none = SnatShard::new(0, &config(0));
     assert_eq!(
-        none.outbound(&key(L4Proto::Udp, 1, 1), NAT, 0, secs(0)),
+        none.outbound(&key(L4Proto::Udp, 1, 1), NAT, seg(0), secs(0)),
         Err(SnatError::TableFull)
     );
     let huge = SnatShard::new(0, &config(usize::MAX));
@@ -643,7 +814,7 @@ fn timeouts_longer_than_the_wheel_still_expire_on_time() {
         },
     );
     let k = key(L4Proto::Udp, 7, 7);
-    let b = shard.outbound(&k, NAT, 0, secs(0)).unwrap();
+    let b = shard.outbound(&k, NAT, seg(0), secs(0)).unwrap();
     assert_eq!(shard.sweep(secs(3 * 3600), usize::MAX), 0);
     assert_eq!(shard.sweep(secs(5 * 3600 - 2), usize::MAX), 0);
     assert!(shard.peek_inbound(&reply(&k, b)).is_some());
@@ -707,13 +878,13 @@ proptest! {
             // Every flow is translated by its destination's owner, as the pipeline
             // arranges.
             let w = owner_of_remote(&cfg, k.proto, k.dst, k.dst_port).unwrap();
-            let b = shards[usize::from(w)].outbound(&k, NAT, SYN, Now(0)).unwrap();
+            let b = shards[usize::from(w)].outbound(&k, NAT, seg(SYN), Now(0)).unwrap();
             out.push((k, b));
         }
         for (k, b) in out {
             let r = reply(&k, b);
             let owner = owner_of_remote(&cfg, r.proto, r.src, r.src_port).unwrap();
-            let got = shards[owner as usize].inbound(&reply(&k, b), SYN | ACK, Now(1));
+            let got = shards[owner as usize].inbound(&reply(&k, b), seg(SYN | ACK), Now(1));
             prop_assert_eq!(got, Some(NatBinding { addr: k.src, port: k.src_port }));
         }
     }
@@ -732,23 +903,23 @@ proptest! {
         for (round, ops) in rounds.iter().enumerate() {
             let now = Now((round as u64) * 4000);
             let keys: Vec<FlowKey> = ops.iter().map(|&(f, _)| flow_key(f)).collect();
-            let flags: Vec<u8> = ops.iter().map(|&(_, fl)| fl).collect();
+            let segs: Vec<TcpSegment> = ops.iter().map(|&(_, fl)| seg(fl)).collect();
             let mut out = vec![Err(SnatError::TableFull); keys.len()];
-            batched.outbound_batch(&keys, &flags, NAT, now, &mut out);
+            batched.outbound_batch(&keys, &segs, NAT, now, &mut out);
             let mut replies = Vec::new();
-            for ((k, &fl), got) in keys.iter().zip(&flags).zip(&out) {
-                let want = single.outbound(k, NAT, fl, now);
+            for ((k, &sg), got) in keys.iter().zip(&segs).zip(&out) {
+                let want = single.outbound(k, NAT, sg, now);
                 prop_assert_eq!(*got, want);
                 if let Ok(b) = want {
                     replies.push(reply(k, b));
                 }
             }
-            let rflags = vec![ACK; replies.len()];
+            let rflags = vec![seg(ACK); replies.len()];
             let mut back = vec![None; replies.len()];
             let later = Now(now.millis() + 1000);
             batched.inbound_batch(&replies, &rflags, later, &mut back);
             for (r, got) in replies.iter().zip(&back) {
-                prop_assert_eq!(*got, single.inbound(r, ACK, later));
+                prop_assert_eq!(*got, single.inbound(r, seg(ACK), later));
                 prop_assert!(got.is_some());
             }
             prop_assert_eq!(single.len(), batched.len());
@@ -761,8 +932,13 @@ proptest! {
         let cfg = SnatConfig { port_range: 30_000..=30_003, ..config(12) };
         let t = cfg.timeouts;
         let mut shard = SnatShard::new(0, &cfg);
-        // flow -> (binding, state, expires)
-        let mut model: HashMap<usize, (NatBinding, FlowState, u64)> = HashMap::new();
+        // flow -> (binding, state, expires, unanswered). Every segment has sequence
+        // numbers 0, so all are in the window but one kind: a TCP flow opened by a
+        // bare SYN is "unanswered" until the remote sends something other than an
+        // RST, and till then an RST without ACK of the SYN changes nothing and is
+        // not translated (RFC 793 §3.4).
+        let mut model: HashMap<usize, (NatBinding, FlowState, u64, bool)> = HashMap::new();
+        let bare_syn = |k: &FlowKey, flags: u8| k.proto == L4Proto::Tcp && flags & (SYN | ACK | RST) == SYN;
         let mut now = 0u64;
         for op in ops {
             match op {
@@ -775,12 +951,13 @@ proptest! {
                 }
                 Op::Out { flow, flags } => {
                     let k = flow_key(flow);
-                    let res = shard.outbound(&k, NAT, flags, Now(now));
+                    let res = shard.outbound(&k, NAT, seg(flags), Now(now));
                     match model.get(&flow).copied() {
-                        Some((b, s, exp)) if exp > now => {
+                        Some((b, s, exp, unanswered)) if exp > now => {
                             prop_assert_eq!(res, Ok(b));
+                            let unanswered = unanswered || s.reopened_by(Direction::Outbound, flags);
                             let s = s.next(Direction::Outbound, flags);
-                            model.insert(flow, (b, s, now + s.timeout(&t).as_millis() as u64));
+                            model.insert(flow, (b, s, now + s.timeout(&t).as_millis() as u64, unanswered));
                         }
                         _ => match res {
                             Ok(b) => {
@@ -788,7 +965,7 @@ proptest! {
                                 // Only a closed flow's port may be taken over (and
                                 // that flow is gone).
                                 let mut taken = Vec::new();
-                                for (&other, &(ob, os, exp)) in &model {
+                                for (&other, &(ob, os, exp, _)) in &model {
                                     let ok = flow_key(other);
                                     let same_dest = ok.proto == k.proto && ok.dst == k.dst
                                         && (k.proto == L4Proto::IcmpEcho || ok.dst_port == k.dst_port);
@@ -801,7 +978,7 @@ proptest! {
                                     model.remove(&other);
                                 }
                                 let s = FlowState::initial(k.proto, flags);
-                                model.insert(flow, (b, s, now + s.timeout(&t).as_millis() as u64));
+                                model.insert(flow, (b, s, now + s.timeout(&t).as_millis() as u64, bare_syn(&k, flags)));
                             }
                             Err(SnatError::TableFull) => {
                                 let live = model.values().filter(|v| v.2 > now).count();
@@ -819,27 +996,31 @@ proptest! {
                 }
                 Op::In { flow, flags } => {
                     let k = flow_key(flow);
-                    let Some((b, s, exp)) = model.get(&flow).copied() else {
+                    let Some((b, s, exp, unanswered)) = model.get(&flow).copied() else {
                         continue;
                     };
-                    let got = shard.inbound(&reply(&k, b), flags, Now(now));
-                    if exp > now {
+                    let got = shard.inbound(&reply(&k, b), seg(flags), Now(now));
+                    let ignored = |unanswered: bool| unanswered && flags & RST != 0;
+                    if exp > now && ignored(unanswered) {
+                        prop_assert_eq!(got, None);
+                    } else if exp > now {
                         prop_assert_eq!(got, Some(NatBinding { addr: k.src, port: k.src_port }));
                         let s = s.next(Direction::Inbound, flags);
-                        model.insert(flow, (b, s, now + s.timeout(&t).as_millis() as u64));
+                        model.insert(flow, (b, s, now + s.timeout(&t).as_millis() as u64, false));
                     } else {
                         // The port may since serve a live flow to the same remote.
                         let r = reply(&k, b);
                         let owner = model
                             .iter()
-                            .find(|&(&f, &(ob, _, e))| f != flow && e > now && reply(&flow_key(f), ob) == r)
-                            .map(|(&f, &v)| (f, v));
+                            .find(|&(&f, &(ob, _, e, _))| f != flow && e > now && reply(&flow_key(f), ob) == r)
+                            .map(|(&f, &v)| (f, v))
+                            .filter(|(_, v)| !ignored(v.3));
                         let expected = owner.map(|(f, _)| NatBinding { addr: flow_key(f).src, port: flow_key(f).src_port });
                         prop_assert_eq!(got, expected);
                         // That packet refreshed the flow now owning the port.
-                        if let Some((f, (ob, os, _))) = owner {
+                        if let Some((f, (ob, os, _, _))) = owner {
                             let s = os.next(Direction::Inbound, flags);
-                            model.insert(f, (ob, s, now + s.timeout(&t).as_millis() as u64));
+                            model.insert(f, (ob, s, now + s.timeout(&t).as_millis() as u64, false));
                         }
                     }
                 }

@@ -76,7 +76,7 @@ use self::vxlan::Tunnel;
 use crate::frame::{Frame, PortId};
 use crate::tables::{
     FlowKey, L4Proto, NatBinding, NodeSettings, RouteTarget, SnatConfig, SnatError, SnatShard,
-    Tables, owner_of_remote,
+    Tables, TcpSegment, owner_of_remote,
 };
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict, WorkerId};
@@ -143,11 +143,11 @@ impl Pipeline {
             Ok(Action::Masquerade(p)) => {
                 let r = self
                     .snat
-                    .outbound(&p.key, tables.node.node_addr, p.l4.tcp_flags, now);
+                    .outbound(&p.key, tables.node.node_addr, p.tcp, now);
                 self.finish_masquerade(frame, &p, r, tables, now)
             }
             Ok(Action::Unmasquerade(p)) => {
-                let r = self.snat.inbound(&p.key, p.l4.tcp_flags, now);
+                let r = self.snat.inbound(&p.key, p.tcp, now);
                 self.finish_unmasquerade(frame, &p, r, tables)
             }
             Err(reason) => Err(reason),
@@ -211,7 +211,7 @@ impl Pipeline {
             let res = results.get_mut(..outs.len).unwrap_or_default();
             let node_addr = tables.node.node_addr;
             self.snat
-                .outbound_batch(outs.keys(), outs.flags(), node_addr, now, res);
+                .outbound_batch(outs.keys(), outs.segments(), node_addr, now, res);
             for (j, r) in res.iter().enumerate() {
                 let Some((i, p)) = outs.get(j) else { continue };
                 if let (Some(frame), Some(v)) = (frames.get_mut(i), verdicts.get_mut(i)) {
@@ -224,7 +224,8 @@ impl Pipeline {
         if ins.len > 0 {
             let mut results = [None; MAX_BATCH];
             let res = results.get_mut(..ins.len).unwrap_or_default();
-            self.snat.inbound_batch(ins.keys(), ins.flags(), now, res);
+            self.snat
+                .inbound_batch(ins.keys(), ins.segments(), now, res);
             for (j, r) in res.iter().enumerate() {
                 let Some((i, p)) = ins.get(j) else { continue };
                 if let (Some(frame), Some(v)) = (frames.get_mut(i), verdicts.get_mut(i)) {
@@ -371,7 +372,7 @@ impl Pipeline {
         if masquerade {
             // The worker that owns the destination translates the flow (see
             // `tables::snat`); the frame is still as the pod sent it.
-            let p = masquerade_key(ip, next_hop_mac)?;
+            let p = masquerade_key(frame.data(), ip, next_hop_mac)?;
             return match owner_of_remote(&self.snat_config, p.key.proto, p.key.dst, p.key.dst_port)
             {
                 Some(owner) if owner != self.worker => {
@@ -635,6 +636,7 @@ impl Pipeline {
             Some(_) => Ok(Action::Unmasquerade(Pending {
                 ip: *ip,
                 l4,
+                tcp: snat::tcp_segment(frame.data(), ip, &l4),
                 key,
                 next_hop_mac: MacAddr::ZERO,
                 not_vxlan: false,
@@ -914,6 +916,8 @@ enum Action {
 struct Pending {
     ip: V4,
     l4: L4,
+    /// What conntrack checks against the flow's TCP window.
+    tcp: TcpSegment,
     key: FlowKey,
     next_hop_mac: MacAddr,
     /// UDP to the VXLAN port from a non-node: without a flow it is bad VXLAN, not the
@@ -922,7 +926,7 @@ struct Pending {
 }
 
 /// The flow key of a pod's packet to masquerade, or why it cannot be.
-fn masquerade_key(ip: &V4, next_hop_mac: MacAddr) -> Result<Pending, DropReason> {
+fn masquerade_key(d: &[u8], ip: &V4, next_hop_mac: MacAddr) -> Result<Pending, DropReason> {
     if ip.frag_offset != 0 {
         return Err(DropReason::UntranslatableFragment);
     }
@@ -935,6 +939,7 @@ fn masquerade_key(ip: &V4, next_hop_mac: MacAddr) -> Result<Pending, DropReason>
     Ok(Pending {
         ip: *ip,
         l4,
+        tcp: snat::tcp_segment(d, ip, &l4),
         key,
         next_hop_mac,
         not_vxlan: false,
@@ -942,11 +947,11 @@ fn masquerade_key(ip: &V4, next_hop_mac: MacAddr) -> Result<Pending, DropReason>
 }
 
 /// The SNAT lookups of one group of frames: frame index and pending state per key,
-/// keys and TCP flags in the contiguous slices the batch calls take.
+/// keys and TCP segments in the contiguous slices the batch calls take.
 struct Lookups {
     len: usize,
     keys: [FlowKey; MAX_BATCH],
-    flags: [u8; MAX_BATCH],
+    segments: [TcpSegment; MAX_BATCH],
     pending: [Option<(usize, Pending)>; MAX_BATCH],
 }
 
@@ -962,7 +967,7 @@ impl Lookups {
         Lookups {
             len: 0,
             keys: [NO_KEY; MAX_BATCH],
-            flags: [0; MAX_BATCH],
+            segments: [TcpSegment::default(); MAX_BATCH],
             pending: [None; MAX_BATCH],
         }
     }
@@ -970,11 +975,11 @@ impl Lookups {
     fn push(&mut self, frame: usize, p: Pending) {
         if let (Some(k), Some(f), Some(slot)) = (
             self.keys.get_mut(self.len),
-            self.flags.get_mut(self.len),
+            self.segments.get_mut(self.len),
             self.pending.get_mut(self.len),
         ) {
             *k = p.key;
-            *f = p.l4.tcp_flags;
+            *f = p.tcp;
             *slot = Some((frame, p));
             self.len += 1;
         }
@@ -984,8 +989,8 @@ impl Lookups {
         self.keys.get(..self.len).unwrap_or_default()
     }
 
-    fn flags(&self) -> &[u8] {
-        self.flags.get(..self.len).unwrap_or_default()
+    fn segments(&self) -> &[TcpSegment] {
+        self.segments.get(..self.len).unwrap_or_default()
     }
 
     fn get(&self, j: usize) -> Option<(usize, &Pending)> {

@@ -7,12 +7,13 @@
 
 use std::net::Ipv4Addr;
 
-use super::bytes::{rd_ip4, rd8, rd16, wr16};
+use super::bytes::{rd_array, rd_ip4, rd8, rd16, wr16};
 use super::parse::{
     ICMP_DEST_UNREACHABLE, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_PARAMETER_PROBLEM,
     ICMP_TIME_EXCEEDED, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, V4,
 };
-use crate::tables::{FlowKey, L4Proto, NatBinding};
+use crate::tables::conntrack::tcp_flags;
+use crate::tables::{FlowKey, L4Proto, NatBinding, TcpSegment};
 use crate::verdict::DropReason;
 use crate::wire::checksum;
 
@@ -41,6 +42,63 @@ pub(crate) fn flow_key(ip: &V4, l4: &L4) -> Option<FlowKey> {
         dst: ip.dst,
         dst_port: l4.dport,
     })
+}
+
+/// What conntrack reads from the TCP header of the packet `ip` in `d` (its window
+/// check): sequence and acknowledgement numbers, window, payload length and, on
+/// a SYN, the window scale option. All zero for other protocols and for a header
+/// cut short (the parser already refused those).
+#[inline]
+pub(crate) fn tcp_segment(d: &[u8], ip: &V4, l4: &L4) -> TcpSegment {
+    const SEQ: usize = 4;
+    const ACK: usize = 8;
+    const DATA_OFFSET: usize = 12;
+    const WINDOW: usize = 14;
+    let at = l4.off;
+    let (Some(seq), Some(ack), Some(doff), Some(window)) = (
+        rd_array::<4>(d, at + SEQ),
+        rd_array::<4>(d, at + ACK),
+        rd8(d, at + DATA_OFFSET),
+        rd16(d, at + WINDOW),
+    ) else {
+        return TcpSegment::default();
+    };
+    if l4.proto != PROTO_TCP {
+        return TcpSegment::default();
+    }
+    let header_len = usize::from(doff >> 4) * 4;
+    let payload_len = (ip.l3 + ip.total_len).saturating_sub(at + header_len);
+    let window_scale = if l4.tcp_flags & tcp_flags::SYN != 0 {
+        d.get(at + 20..at + header_len)
+            .and_then(window_scale_option)
+    } else {
+        None
+    };
+    TcpSegment {
+        flags: l4.tcp_flags,
+        seq: u32::from_be_bytes(seq),
+        ack: u32::from_be_bytes(ack),
+        window,
+        payload_len: u32::try_from(payload_len).unwrap_or(u32::MAX),
+        window_scale,
+    }
+}
+
+/// The shift of the window scale option (RFC 7323 §2.2: kind 3, length 3) among
+/// TCP options.
+fn window_scale_option(mut opts: &[u8]) -> Option<u8> {
+    const END: u8 = 0;
+    const NOP: u8 = 1;
+    const WINDOW_SCALE: u8 = 3;
+    loop {
+        match *opts {
+            [] | [END, ..] => return None,
+            [NOP, ref rest @ ..] => opts = rest,
+            [WINDOW_SCALE, 3, shift, ..] => return Some(shift),
+            [_, len, ..] if len >= 2 => opts = opts.get(usize::from(len)..)?,
+            _ => return None,
+        }
+    }
 }
 
 /// Rewrites the source address and port of the packet `ip` in `d` to `to`.
@@ -250,4 +308,24 @@ fn rewrite_outer_destination(d: &mut [u8], ip: &V4, to: Ipv4Addr) -> Option<()> 
 pub(crate) fn icmp_checksum_ok(d: &[u8], outer: &V4, icmp: &L4) -> bool {
     d.get(icmp.off..outer.end())
         .is_some_and(|m| checksum::sum(m) == 0xffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window_scale_option;
+
+    #[test]
+    fn the_window_scale_option_is_found_among_others() {
+        // MSS 1460, SACK permitted, timestamps, NOP, window scale 7: Linux's SYN.
+        let linux_syn = [
+            2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+        ];
+        assert_eq!(window_scale_option(&linux_syn), Some(7));
+        assert_eq!(window_scale_option(&[2, 4, 0x05, 0xb4]), None);
+        // End of options, a bad length, a cut-off option: no scale, no panic.
+        assert_eq!(window_scale_option(&[0, 3, 3, 7]), None);
+        assert_eq!(window_scale_option(&[8, 1, 3, 3, 7]), None);
+        assert_eq!(window_scale_option(&[8, 10, 0]), None);
+        assert_eq!(window_scale_option(&[3, 3]), None);
+    }
 }

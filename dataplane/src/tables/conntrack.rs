@@ -1,5 +1,6 @@
-//! What a tracked flow is and how its state moves: flow keys, per-protocol timeouts
-//! and the TCP state machine. The table that stores flows is in [`super::snat`].
+//! What a tracked flow is and how its state moves: flow keys, per-protocol timeouts,
+//! the TCP state machine and the TCP sequence window that decides which segments
+//! may move it. The table that stores flows is in [`super::snat`].
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -99,6 +100,203 @@ pub mod tcp_flags {
     pub const ACK: u8 = 0x10;
 }
 
+/// What conntrack reads from a TCP header; all zero for UDP and ICMP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpSegment {
+    /// The raw flags byte ([`tcp_flags`]).
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    /// Receive window as on the wire (before RFC 7323 scaling).
+    pub window: u16,
+    /// Payload bytes (a super-packet's whole payload).
+    pub payload_len: u32,
+    /// The window scale option (RFC 7323 §2.2); only read from SYN segments.
+    pub window_scale: Option<u8>,
+}
+
+impl TcpSegment {
+    /// A segment with `flags` at sequence and acknowledgement number 0, no payload
+    /// and no window (what UDP and ICMP flows pass, with no flags).
+    pub const fn with_flags(flags: u8) -> Self {
+        TcpSegment {
+            flags,
+            seq: 0,
+            ack: 0,
+            window: 0,
+            payload_len: 0,
+            window_scale: None,
+        }
+    }
+
+    #[inline]
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// The sequence number after this segment (SYN and FIN count one each).
+    #[inline]
+    fn end(&self) -> u32 {
+        self.seq
+            .wrapping_add(self.payload_len)
+            .wrapping_add(u32::from(self.has(tcp_flags::SYN)))
+            .wrapping_add(u32::from(self.has(tcp_flags::FIN)))
+    }
+}
+
+/// `a` comes before `b` in sequence space (RFC 793 §3.3, modulo 2^32).
+#[inline]
+fn before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+/// One side of a TCP flow as `nf_conntrack_proto_tcp.c` tracks it (`struct
+/// ip_ct_tcp_state`): enough to tell a segment that belongs to the connection
+/// from one an off-path sender guessed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+struct SideWindow {
+    /// The highest sequence number this side sent, plus that segment's length
+    /// (`td_end`).
+    end: u32,
+    /// The highest sequence number the other side's ACK plus window lets this
+    /// side send (`td_maxend`).
+    maxend: u32,
+    /// The largest window this side advertised, scaled (`td_maxwin`).
+    maxwin: u32,
+}
+
+/// The sequence window of a TCP flow, both sides (26 bytes, stored in the flow).
+///
+/// The check is the kernel's `tcp_in_window` without SACK: a segment from one side
+/// is in the window when its sequence number is at most what the other side's
+/// ACK and window allow (`maxend`) and its end is no more than one receive
+/// window behind what this side already sent. Only in-window segments move the
+/// flow's state or refresh it, so an off-path attacker who guesses the NAT port
+/// must also hit a window of at most about two receive windows out of 2^32
+/// sequence numbers to reset or close a flow. A flow whose SYN was not seen
+/// (picked up mid-stream, say after an agent restart) is tracked loosely: every
+/// segment counts, as before this check existed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub(crate) struct TcpWindow {
+    pod: SideWindow,
+    remote: SideWindow,
+    /// Window scale offered in each side's SYN: pod in the low nibble, remote in
+    /// the high one, [`NO_SCALE`] when not offered.
+    scales: u8,
+    /// [`SEEN_POD`], [`SEEN_REMOTE`], [`LOOSE`].
+    flags: u8,
+}
+
+const NO_SCALE: u8 = 0x0f;
+const SEEN_POD: u8 = 1;
+const SEEN_REMOTE: u8 = 2;
+const LOOSE: u8 = 4;
+
+impl TcpWindow {
+    /// No side seen (the value of a UDP or ICMP flow).
+    pub(crate) const ZERO: TcpWindow = TcpWindow {
+        pod: SideWindow {
+            end: 0,
+            maxend: 0,
+            maxwin: 0,
+        },
+        remote: SideWindow {
+            end: 0,
+            maxend: 0,
+            maxwin: 0,
+        },
+        scales: 0,
+        flags: 0,
+    };
+
+    /// The window of a flow created by the pod's `seg`: tracked from a bare SYN,
+    /// loose from anything else.
+    pub fn start(seg: &TcpSegment) -> TcpWindow {
+        let syn_only =
+            seg.flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) == tcp_flags::SYN;
+        let mut w = TcpWindow {
+            scales: NO_SCALE | (NO_SCALE << 4),
+            flags: if syn_only { 0 } else { LOOSE },
+            ..TcpWindow::default()
+        };
+        w.accept(Direction::Outbound, seg);
+        w
+    }
+
+    /// Whether `seg`, sent in `dir`, lies in the flow's window; an in-window
+    /// segment other than RST also moves the window. RSTs never move it.
+    #[inline]
+    pub fn accept(&mut self, dir: Direction, seg: &TcpSegment) -> bool {
+        if self.flags & LOOSE != 0 {
+            return true;
+        }
+        let (s_bit, r_bit, shift) = match dir {
+            Direction::Outbound => (SEEN_POD, SEEN_REMOTE, 0),
+            Direction::Inbound => (SEEN_REMOTE, SEEN_POD, 4),
+        };
+        let syn = seg.has(tcp_flags::SYN);
+        let rst = seg.has(tcp_flags::RST);
+        let ack = seg.has(tcp_flags::ACK);
+        if syn && !rst {
+            let offered = seg.window_scale.map_or(NO_SCALE, |s| s.min(14));
+            self.scales = (self.scales & !(0x0f << shift)) | (offered << shift);
+        }
+        // Windows are scaled once both SYNs offered scaling (RFC 7323 §2.2); the
+        // window of a SYN itself never is.
+        let (pod_scale, remote_scale) = (self.scales & 0x0f, self.scales >> 4);
+        let scale = if syn || pod_scale == NO_SCALE || remote_scale == NO_SCALE {
+            0
+        } else {
+            (self.scales >> shift) & 0x0f
+        };
+        let win = u32::from(seg.window) << scale;
+        let seen = self.flags;
+        let (s, r) = match dir {
+            Direction::Outbound => (&mut self.pod, &mut self.remote),
+            Direction::Inbound => (&mut self.remote, &mut self.pod),
+        };
+        let end = seg.end();
+        if seen & s_bit == 0 {
+            if rst {
+                // RFC 793 §3.4: before a side spoke, its reset is acceptable only
+                // when it acknowledges the other side's SYN.
+                return ack && seen & r_bit != 0 && seg.ack == r.end;
+            }
+            *s = SideWindow {
+                end,
+                maxend: end,
+                maxwin: win.max(1),
+            };
+            if ack {
+                r.maxend = seg.ack.wrapping_add(win.max(1));
+            }
+            self.flags |= s_bit;
+            return true;
+        }
+        // tcp_in_window's bounds I and II: not past what the receiver allowed, not
+        // more than a receive window behind what this side already sent (one
+        // sequence number before the other side spoke: its window is unknown).
+        let in_window =
+            !before(s.maxend, seg.seq) && !before(end, s.end.wrapping_sub(r.maxwin.max(1)));
+        if !in_window || rst {
+            return in_window;
+        }
+        s.maxwin = s.maxwin.max(win);
+        if before(s.end, end) {
+            s.end = end;
+        }
+        if ack {
+            let allowed = seg.ack.wrapping_add(win.max(1));
+            if before(r.maxend, allowed) {
+                r.maxend = allowed;
+            }
+        }
+        true
+    }
+}
+
 /// Where a tracked flow stands; picks its idle timeout.
 ///
 /// The TCP states are the kernel conntrack's as far as flags alone can tell them
@@ -150,19 +348,16 @@ impl FlowState {
     }
 
     /// The state after one more packet in `dir` with TCP `flags`.
+    #[inline]
     pub fn next(self, dir: Direction, flags: u8) -> FlowState {
         use Direction::{Inbound, Outbound};
         use FlowState::*;
         let rst = flags & tcp_flags::RST != 0;
         let fin = flags & tcp_flags::FIN != 0;
         let ack = flags & tcp_flags::ACK != 0;
-        let bare_syn = flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) == tcp_flags::SYN;
         match (self, dir) {
             (Udp, _) | (Icmp, _) => self,
-            // A new connection reusing the tuple after the old one closed (RFC 1122
-            // 4.2.2.13, RFC 7857 §2.2: a SYN may reopen a mapping in TIME-WAIT).
-            // The kernel ignores a SYN in LAST_ACK; so do we.
-            (TcpTimeWait | TcpClose, Outbound) if bare_syn => TcpSynSent,
+            _ if self.reopened_by(dir, flags) => TcpSynSent,
             (TcpClose, _) => TcpClose,
             (_, _) if rst => TcpClose,
             (TcpSynSent, Outbound) if fin => TcpFinOut,
@@ -182,6 +377,38 @@ impl FlowState {
         }
     }
 
+    /// Whether a packet in `dir` with `flags` starts a new connection on this
+    /// tuple: a pod's bare SYN after the old one closed (RFC 1122 4.2.2.13, RFC 7857
+    /// §2.2: a SYN may reopen a mapping in TIME-WAIT). The kernel ignores a SYN in
+    /// LAST_ACK; so do we.
+    #[inline]
+    pub fn reopened_by(self, dir: Direction, flags: u8) -> bool {
+        let bare_syn = flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) == tcp_flags::SYN;
+        self.is_closed() && dir == Direction::Outbound && bare_syn
+    }
+
+    /// The state after segment `seg` in `dir`, checked against and moving the
+    /// flow's `window`; `None` when a TCP segment lies outside the window, which
+    /// then changes nothing (`nf_conntrack_tcp` marks such packets invalid). A
+    /// reopening SYN starts a new window.
+    #[inline]
+    pub(crate) fn after_segment(
+        self,
+        window: &mut TcpWindow,
+        dir: Direction,
+        seg: &TcpSegment,
+    ) -> Option<FlowState> {
+        if matches!(self, FlowState::Udp | FlowState::Icmp) {
+            return Some(self);
+        }
+        if self.reopened_by(dir, seg.flags) {
+            *window = TcpWindow::start(seg);
+        } else if !window.accept(dir, seg) {
+            return None;
+        }
+        Some(self.next(dir, seg.flags))
+    }
+
     /// Whether the connection is over, so its NAT port may serve another flow to
     /// the same destination when none is free (the kernel's NAT does the same with
     /// TIME_WAIT and CLOSE entries).
@@ -189,6 +416,7 @@ impl FlowState {
         matches!(self, FlowState::TcpTimeWait | FlowState::TcpClose)
     }
 
+    #[inline]
     pub fn timeout(self, t: &Timeouts) -> Duration {
         match self {
             FlowState::TcpSynSent => t.tcp_syn_sent,
@@ -202,6 +430,7 @@ impl FlowState {
         }
     }
 
+    #[inline]
     pub(crate) fn from_u8(v: u8) -> FlowState {
         match v {
             0 => FlowState::TcpSynSent,

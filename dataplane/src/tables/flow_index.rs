@@ -1,13 +1,13 @@
-//! A fixed-size open-addressing index from a flow hash to a slot number.
+//! A fixed-size open-addressing index from a flow hash to a slab slot.
 //!
 //! Each bucket is one `u64`: the low 32 bits of the key's hash next to the slot
-//! number plus one (zero means empty, so a fresh index is zeroed memory the kernel
-//! hands out lazily). Probing compares the stored hash before touching the slot, so a
-//! lookup usually costs one cache line here and one in the slab. Linear probing with
-//! backward-shift deletion keeps the table free of tombstones; it is sized at
-//! construction for at most half load and never grows, so there is no rehash pause
-//! on the packet path.
+//! number plus one (zero means empty). Probing compares the stored hash before
+//! touching the slot, so a lookup usually costs one cache line here and one in the
+//! slab. Linear probing with backward-shift deletion keeps the table free of
+//! tombstones; it is sized at construction for at most half load and never grows,
+//! so there is no rehash pause on the packet path.
 
+use crate::sys::huge_pages;
 use crate::sys::prefetch::prefetch_read;
 
 #[derive(Debug)]
@@ -16,19 +16,22 @@ pub(crate) struct FlowIndex {
     mask: usize,
 }
 
-/// Where a key was found: its bucket and the slot it names.
+/// Where a key was found: its bucket and the value stored there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Hit {
     pub bucket: usize,
-    pub slot: u32,
+    pub value: u32,
 }
 
 impl FlowIndex {
     /// An index for up to `capacity` keys (at most 2^31).
     pub fn with_capacity(capacity: usize) -> Self {
         let buckets = capacity.saturating_mul(2).max(16).next_power_of_two();
+        let mut v = Vec::with_capacity(buckets);
+        huge_pages::advise(v.as_ptr(), buckets * std::mem::size_of::<u64>());
+        v.resize(buckets, 0);
         FlowIndex {
-            buckets: vec![0; buckets],
+            buckets: v,
             mask: buckets - 1,
         }
     }
@@ -50,7 +53,7 @@ impl FlowIndex {
         prefetch_read(self.buckets.as_ptr().wrapping_add(self.home(hash)));
     }
 
-    /// Finds the slot whose key has `hash` and satisfies `is_key`.
+    /// Finds the value whose key has `hash` and satisfies `is_key`.
     #[inline]
     pub fn find(&self, hash: u32, mut is_key: impl FnMut(u32) -> bool) -> Option<Hit> {
         let mut pos = self.home(hash);
@@ -62,9 +65,9 @@ impl FlowIndex {
                 return None;
             }
             if (b >> 32) as u32 == hash {
-                let slot = (b as u32).wrapping_sub(1);
-                if is_key(slot) {
-                    return Some(Hit { bucket: pos, slot });
+                let value = (b as u32).wrapping_sub(1);
+                if is_key(value) {
+                    return Some(Hit { bucket: pos, value });
                 }
             }
             pos = (pos + 1) & self.mask;
@@ -72,17 +75,17 @@ impl FlowIndex {
         None
     }
 
-    /// Adds `slot` under `hash`; the caller made sure the key is absent and the
-    /// index is below its capacity.
+    /// Adds `value` (not `u32::MAX`) under `hash`; the caller made sure the key is
+    /// absent and the index is below its capacity.
     #[inline]
-    pub fn insert(&mut self, hash: u32, slot: u32) {
+    pub fn insert(&mut self, hash: u32, value: u32) {
         let mut pos = self.home(hash);
         for _ in 0..=self.mask {
-            if let Some(b) = self.buckets.get_mut(pos) {
-                if *b == 0 {
-                    *b = (u64::from(hash) << 32) | u64::from(slot.wrapping_add(1));
-                    return;
-                }
+            if let Some(b) = self.buckets.get_mut(pos)
+                && *b == 0
+            {
+                *b = (u64::from(hash) << 32) | u64::from(value.wrapping_add(1));
+                return;
             }
             pos = (pos + 1) & self.mask;
         }
@@ -138,7 +141,7 @@ mod tests {
             model.remove(&k);
         }
         for k in 0..30u32 {
-            let found = idx.find(hash_of(k), |s| s == k).map(|h| h.slot);
+            let found = idx.find(hash_of(k), |s| s == k).map(|h| h.value);
             assert_eq!(found, model.get(&k).copied(), "key {k}");
         }
     }

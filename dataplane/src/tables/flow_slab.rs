@@ -7,7 +7,9 @@
 //! another entry's cache line. Only a change to a shorter timeout (a FIN after
 //! established) relinks the entry, which happens a few times per flow at most.
 
+use crate::sys::huge_pages;
 use crate::sys::prefetch::prefetch_read;
+use crate::tables::conntrack::TcpWindow;
 use crate::time::Now;
 
 /// Marks "no entry" in links and the free list.
@@ -27,10 +29,10 @@ const WHEEL_MASK: u64 = WHEEL_SLOTS as u64 - 1;
 /// Largest expiry an entry can hold: 2^40 ms, about 34 years of worker uptime.
 const MAX_EXPIRES: u64 = (1 << 40) - 1;
 
-/// One tracked flow: 32 bytes, aligned so that it never straddles two cache lines
-/// and a lookup costs one line here.
+/// One tracked flow: 64 bytes with its TCP window, aligned to a cache line so
+/// that a lookup costs one line here.
 #[derive(Clone, Copy, Debug)]
-#[repr(C, align(32))]
+#[repr(C, align(64))]
 pub(crate) struct Entry {
     /// Low 32 bits of the expiry, in [`Now`] milliseconds.
     expires_lo: u32,
@@ -48,6 +50,8 @@ pub(crate) struct Entry {
     expires_hi: u8,
     /// Protocol code in the high nibble, flow state in the low one.
     proto_state: u8,
+    /// TCP sequence tracking (zero for other protocols).
+    pub tcp: TcpWindow,
 }
 
 impl Entry {
@@ -64,6 +68,7 @@ impl Entry {
             nat_port: 0,
             expires_hi: 0,
             proto_state: 0,
+            tcp: TcpWindow::ZERO,
         }
     }
 
@@ -130,8 +135,10 @@ fn tick_of(ms: u64) -> u64 {
 impl FlowSlab {
     pub fn with_capacity(capacity: usize) -> Self {
         let capacity = capacity.min(MAX_SLOTS);
+        let entries = Vec::with_capacity(capacity);
+        huge_pages::advise(entries.as_ptr(), capacity * std::mem::size_of::<Entry>());
         FlowSlab {
-            entries: Vec::with_capacity(capacity),
+            entries,
             capacity,
             free_head: NIL,
             len: 0,
@@ -310,8 +317,8 @@ mod tests {
 
     #[test]
     fn entry_stays_compact() {
-        assert_eq!(std::mem::size_of::<Entry>(), 32);
-        assert_eq!(std::mem::align_of::<Entry>(), 32);
+        assert_eq!(std::mem::size_of::<Entry>(), 64);
+        assert_eq!(std::mem::align_of::<Entry>(), 64);
         let mut e = Entry::new();
         e.set_expires(0x12_3456_789a);
         e.set_proto_state(3, 4);

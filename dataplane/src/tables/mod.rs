@@ -16,7 +16,7 @@ pub mod services;
 pub mod snapshot;
 pub mod snat;
 
-pub use conntrack::{FlowKey, FlowState, L4Proto, Timeouts};
+pub use conntrack::{FlowKey, FlowState, L4Proto, TcpSegment, Timeouts};
 pub use routes::{Prefix, RouteTable, RouteTableBuilder, RouteTarget};
 pub use services::{Backend, ServiceSpec, ServiceTable};
 pub use snapshot::{Mode, NodeSettings, SharedTables, Tables};

@@ -29,8 +29,6 @@ use std::net::Ipv4Addr;
 use std::ops::Range;
 use std::time::Duration;
 
-use rayon::prelude::*;
-
 use crate::tables::L4Proto;
 
 /// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
@@ -162,11 +160,12 @@ pub struct ServiceTable {
 }
 
 impl ServiceTable {
-    /// Builds the table. Endpoint categorising runs in parallel (rayon); ClusterIPs
-    /// or NodePorts given twice keep their first Service.
+    /// Builds the table (on the control thread, off the packet path; sequential, see
+    /// README "Dependencies we do not use"); ClusterIPs or NodePorts given twice keep
+    /// their first Service.
     pub fn build(specs: &[ServiceSpec]) -> ServiceTable {
         // Per Service, its frontends with local backend lists; then one flat array.
-        let parts: Vec<Vec<Part>> = specs.par_iter().map(frontends_of).collect();
+        let parts: Vec<Vec<Part>> = specs.iter().map(frontends_of).collect();
         let count: usize = parts.iter().map(Vec::len).sum();
         let mut table = ServiceTable {
             frontends: Vec::with_capacity(count),

@@ -26,11 +26,16 @@
 //! (TIME_WAIT or CLOSE) or expired flow to that remote. Closing states time out
 //! after the kernel's `nf_conntrack_tcp_timeout_*` defaults (see [`Timeouts`]).
 //!
-//! Layout: flows live in a slab of 32-byte entries (never straddling a cache
-//! line); two open-addressing indexes of 8-byte buckets (outbound key, inbound
-//! key), at most half full, map keys to slab slots; a lazy timing wheel finds
-//! expired entries. About 65 bytes per flow, all allocated when the shard is
-//! created, so the packet path never allocates.
+//! TCP flows are checked against their sequence window ([`TcpWindow`], the kernel's
+//! `tcp_in_window`): a segment outside it changes no state, and a reply RST
+//! outside it is not translated, so an off-path sender who guesses a NAT port
+//! cannot reset the flow.
+//!
+//! Layout: flows live in a slab of 64-byte entries (one cache line each, the TCP
+//! window included); two open-addressing indexes of 8-byte buckets (outbound key,
+//! inbound key), at most half full, map keys to slab slots; a lazy timing wheel
+//! finds expired entries. About 100 bytes per flow, all allocated when the shard
+//! is created, so the packet path never allocates.
 //!
 //! Expiry: a packet for an expired flow never matches it (an outbound packet starts
 //! a new flow in its place). Expired entries are reclaimed by [`SnatShard::sweep`],
@@ -44,7 +49,9 @@
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
 
-use crate::tables::conntrack::{Direction, FlowKey, FlowState, L4Proto, Timeouts};
+use crate::tables::conntrack::{
+    Direction, FlowKey, FlowState, L4Proto, TcpSegment, TcpWindow, Timeouts, tcp_flags,
+};
 use crate::tables::flow_index::FlowIndex;
 use crate::tables::flow_slab::{Entry, FlowSlab};
 use crate::time::Now;
@@ -85,7 +92,7 @@ pub struct SnatConfig {
     /// them, each for its own destinations.
     pub port_range: RangeInclusive<u16>,
     /// Flows each worker tracks at most (clamped to [`MAX_CAPACITY_PER_WORKER`]);
-    /// each costs about 65 bytes, allocated when the shard is created.
+    /// each costs about 100 bytes, allocated when the shard is created.
     pub capacity_per_worker: usize,
     pub timeouts: Timeouts,
 }
@@ -146,7 +153,7 @@ pub struct SnatShard {
     cursor: u32,
 }
 
-/// The largest `capacity_per_worker` honoured (16 Mi flows, about 1.2 GiB): larger
+/// The largest `capacity_per_worker` honoured (16 Mi flows, about 1.6 GiB): larger
 /// values are clamped rather than attempting an allocation that would abort.
 pub const MAX_CAPACITY_PER_WORKER: usize = 1 << 24;
 
@@ -325,7 +332,7 @@ impl SnatShard {
         let slab = &self.slab;
         self.by_outbound
             .find(h, |s| slab.get(s).is_some_and(|e| k.matches(e)))
-            .map(|hit| hit.slot)
+            .map(|hit| hit.value)
     }
 
     #[inline]
@@ -333,7 +340,7 @@ impl SnatShard {
         let slab = &self.slab;
         self.by_inbound
             .find(h, |s| slab.get(s).is_some_and(|e| k.matches(e)))
-            .map(|hit| hit.slot)
+            .map(|hit| hit.value)
     }
 
     /// Removes `slot` from both indexes and frees it.
@@ -352,38 +359,44 @@ impl SnatShard {
         self.slab.free(slot);
     }
 
-    /// Applies one packet to an entry: new state, refreshed expiry; relinks it in the
-    /// wheel only when the timeout got shorter.
+    /// Applies one packet to an entry: its TCP window checked, then new state and
+    /// refreshed expiry; relinks it in the wheel only when the timeout got shorter.
+    /// `false` when the segment lies outside the window and changed nothing.
     #[inline]
-    fn touch(&mut self, slot: u32, dir: Direction, tcp_flags: u8, now: Now) {
+    fn touch(&mut self, slot: u32, dir: Direction, seg: &TcpSegment, now: Now) -> bool {
         let timeouts = self.timeouts;
         let Some(e) = self.slab.get_mut(slot) else {
-            return;
+            return false;
         };
         let old = FlowState::from_u8(e.state());
-        let new = old.next(dir, tcp_flags);
+        let Some(new) = old.after_segment(&mut e.tcp, dir, seg) else {
+            return false;
+        };
         let old_expires = e.expires();
         e.set_proto_state(e.proto(), new as u8);
         e.set_expires(now.after(new.timeout(&timeouts)).millis());
         if e.expires() < old_expires {
             self.slab.requeue(slot);
         }
+        true
     }
 
-    /// A pod's outbound packet (key as on the wire, src = pod): the existing binding
-    /// refreshed, or a new one (see [`SnatShard::pick_port`]). Returns the translated
-    /// source.
+    /// A pod's outbound packet (key as on the wire, src = pod; `seg` its TCP
+    /// header, [`TcpSegment::default`] for UDP and ICMP): the existing binding
+    /// refreshed, or a new one (see [`SnatShard::pick_port`]). Returns the
+    /// translated source. A segment outside the flow's window is translated but
+    /// changes nothing: the pod is trusted with its own flows.
     #[inline]
     pub fn outbound(
         &mut self,
         key: &FlowKey,
         nat_addr: Ipv4Addr,
-        tcp_flags: u8,
+        seg: TcpSegment,
         now: Now,
     ) -> Result<NatBinding, SnatError> {
         let k = OutKey::of(key);
         let h = self.hash(k.words());
-        self.outbound_hashed(&k, h, nat_addr, tcp_flags, now)
+        self.outbound_hashed(&k, h, nat_addr, &seg, now)
     }
 
     #[inline]
@@ -392,7 +405,7 @@ impl SnatShard {
         k: &OutKey,
         h: u32,
         nat_addr: Ipv4Addr,
-        tcp_flags: u8,
+        seg: &TcpSegment,
         now: Now,
     ) -> Result<NatBinding, SnatError> {
         let nat = u32::from(nat_addr);
@@ -402,7 +415,7 @@ impl SnatShard {
                 .get(slot)
                 .map_or((0, 0, 0), |e| (e.expires(), e.nat_addr, e.nat_port));
             if expires > now.millis() && entry_nat == nat {
-                self.touch(slot, Direction::Outbound, tcp_flags, now);
+                self.touch(slot, Direction::Outbound, seg, now);
                 return Ok(NatBinding {
                     addr: nat_addr,
                     port: nat_port,
@@ -411,10 +424,10 @@ impl SnatShard {
             // Expired, or the node's address changed: start over as a new flow.
             self.remove_slot(slot);
         }
-        self.create(k, h, nat, tcp_flags, now)
+        self.create(k, h, nat, seg, now)
     }
 
-    /// [`SnatShard::outbound`] for `keys[i]` with `tcp_flags[i]` into `out[i]`, for
+    /// [`SnatShard::outbound`] for `keys[i]` with `segs[i]` into `out[i]`, for
     /// every `i` all three slices have; the results are those of calling it one key
     /// after the other. The index buckets and entries of a group of keys are
     /// prefetched before any key is resolved, so their cache misses overlap: with a million
@@ -422,16 +435,16 @@ impl SnatShard {
     pub fn outbound_batch(
         &mut self,
         keys: &[FlowKey],
-        tcp_flags: &[u8],
+        segs: &[TcpSegment],
         nat_addr: Ipv4Addr,
         now: Now,
         out: &mut [Result<NatBinding, SnatError>],
     ) {
-        let n = keys.len().min(tcp_flags.len()).min(out.len());
+        let n = keys.len().min(segs.len()).min(out.len());
         let key = |i: usize| keys.get(i).map(OutKey::of).unwrap_or_default();
         self.batch(n, key, OutKey::words, true, |shard, i, k, h| {
-            let flags = tcp_flags.get(i).copied().unwrap_or(0);
-            let r = shard.outbound_hashed(k, h, nat_addr, flags, now);
+            let seg = segs.get(i).copied().unwrap_or_default();
+            let r = shard.outbound_hashed(k, h, nat_addr, &seg, now);
             if let Some(o) = out.get_mut(i) {
                 *o = r;
             }
@@ -504,7 +517,7 @@ impl SnatShard {
     fn prefetch_entries(&self, index: &FlowIndex, hashes: &[u32]) {
         for &h in hashes {
             if let Some(hit) = index.find(h, |_| true) {
-                self.slab.prefetch(hit.slot);
+                self.slab.prefetch(hit.value);
             }
         }
     }
@@ -514,7 +527,7 @@ impl SnatShard {
         k: &OutKey,
         h: u32,
         nat: u32,
-        tcp_flags: u8,
+        seg: &TcpSegment,
         now: Now,
     ) -> Result<NatBinding, SnatError> {
         if self.slab.len() >= self.slab.capacity() {
@@ -529,10 +542,13 @@ impl SnatShard {
             _ => L4Proto::IcmpEcho,
         };
         let (nat_port, ih) = self.pick_port(k, nat, now)?;
-        let state = FlowState::initial(proto, tcp_flags);
+        let state = FlowState::initial(proto, seg.flags);
         let mut entry = Entry::flow((k.pod, k.pod_port), (k.remote, k.rport), (nat, nat_port));
         entry.set_expires(now.after(state.timeout(&self.timeouts)).millis());
         entry.set_proto_state(k.proto, state as u8);
+        if proto == L4Proto::Tcp {
+            entry.tcp = TcpWindow::start(seg);
+        }
         let slot = self.slab.alloc(entry, now).ok_or(SnatError::TableFull)?;
         self.by_outbound.insert(h, slot);
         self.by_inbound.insert(ih, slot);
@@ -604,17 +620,26 @@ impl SnatShard {
     }
 
     /// A packet arriving for the NAT address (key as on the wire: src = remote,
-    /// dst = nat_addr:nat_port). Returns the original pod address/port, refreshing
-    /// the entry.
+    /// dst = nat_addr:nat_port; `seg` its TCP header, [`TcpSegment::default`] for
+    /// UDP and ICMP). Returns the original pod address/port, refreshing the
+    /// entry. `None` for an unknown or expired flow, and for an RST outside the
+    /// flow's window: the kernel's conntrack marks it invalid and its NAT does not
+    /// translate it either, so it never reaches the pod.
     #[inline]
-    pub fn inbound(&mut self, key: &FlowKey, tcp_flags: u8, now: Now) -> Option<NatBinding> {
+    pub fn inbound(&mut self, key: &FlowKey, seg: TcpSegment, now: Now) -> Option<NatBinding> {
         let k = InKey::of(key);
         let h = self.hash(k.words());
-        self.inbound_hashed(&k, h, tcp_flags, now)
+        self.inbound_hashed(&k, h, &seg, now)
     }
 
     #[inline]
-    fn inbound_hashed(&mut self, k: &InKey, h: u32, tcp_flags: u8, now: Now) -> Option<NatBinding> {
+    fn inbound_hashed(
+        &mut self,
+        k: &InKey,
+        h: u32,
+        seg: &TcpSegment,
+        now: Now,
+    ) -> Option<NatBinding> {
         let slot = self.find_inbound(k, h)?;
         let e = self.slab.get(slot)?;
         if e.expires() <= now.millis() {
@@ -624,25 +649,28 @@ impl SnatShard {
             addr: Ipv4Addr::from(e.pod_addr),
             port: e.pod_port,
         };
-        self.touch(slot, Direction::Inbound, tcp_flags, now);
+        let in_window = self.touch(slot, Direction::Inbound, seg, now);
+        if !in_window && seg.flags & tcp_flags::RST != 0 {
+            return None;
+        }
         Some(binding)
     }
 
-    /// [`SnatShard::inbound`] for `keys[i]` with `tcp_flags[i]` into `out[i]`, for
+    /// [`SnatShard::inbound`] for `keys[i]` with `segs[i]` into `out[i]`, for
     /// every `i` all three slices have, with the cache misses of a group of keys
     /// overlapped as in [`SnatShard::outbound_batch`].
     pub fn inbound_batch(
         &mut self,
         keys: &[FlowKey],
-        tcp_flags: &[u8],
+        segs: &[TcpSegment],
         now: Now,
         out: &mut [Option<NatBinding>],
     ) {
-        let n = keys.len().min(tcp_flags.len()).min(out.len());
+        let n = keys.len().min(segs.len()).min(out.len());
         let key = |i: usize| keys.get(i).map(InKey::of).unwrap_or_default();
         self.batch(n, key, InKey::words, false, |shard, i, k, h| {
-            let flags = tcp_flags.get(i).copied().unwrap_or(0);
-            let r = shard.inbound_hashed(k, h, flags, now);
+            let seg = segs.get(i).copied().unwrap_or_default();
+            let r = shard.inbound_hashed(k, h, &seg, now);
             if let Some(o) = out.get_mut(i) {
                 *o = r;
             }

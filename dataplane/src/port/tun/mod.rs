@@ -2,8 +2,8 @@
 //! virtio-net header, so the kernel hands over TCP/UDP GSO super-packets in one read.
 //!
 //! The device is driven with ioctls on `/dev/net/tun` (`sys`) rather than the `tun`
-//! crate, which does not expose `IFF_VNET_HDR`, `TUNSETVNETHDRSZ` or
-//! `TUNSETOFFLOAD` on multi-queue devices.
+//! crate, which opens one queue per device only and has no `TUNSETOFFLOAD` or
+//! `TUNSETVNETHDRSZ` (README, "Dependencies we do not use").
 //!
 //! Frames are Ethernet towards the pipeline (see the `port` module docs): rx prepends
 //! `dst = TunConfig::mac, src = TunConfig::peer_mac` and the EtherType of the IP

@@ -3,10 +3,10 @@
 //! program ([`XdpSteering`]) that sends only hybridway's traffic to the sockets.
 //!
 //! The rings are driven directly through `linux/if_xdp.h` (`sys`) rather than
-//! through `xsk-rs`: `xsk-rs` builds libxdp from C (which needs libpcap headers at
-//! build time) and loads libxdp's own redirect-everything program, while hybridway
-//! needs its own steering program and its own UMEM placement (huge pages with a
-//! fallback). The program is loaded with `aya`.
+//! through `xsk-rs`, which compiles libxdp and libbpf from C at build time for
+//! ring helpers we have here, and leaves multi-buffer chaining to the caller
+//! anyway (README, "Dependencies we do not use"). The program is loaded with
+//! `aya`.
 //!
 //! UMEM layout: `frames` chunks of [`CHUNK_SIZE`] bytes; half start in the fill ring
 //! (receive), half on the free list (transmit). Received frames are copied into the
