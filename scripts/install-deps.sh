@@ -12,6 +12,8 @@ packages=(
   # the CNI tests chain the reference portmap plugin (iptables rules)
   python3 iptables
   frr bird2 gobgpd
+  # instructions per packet of the pipeline (bench/instructions.sh)
+  valgrind
   # the Kubernetes test rig (scripts/k8s-lab.sh): certificates, readiness probes, locks
   openssl curl util-linux
 )

@@ -1,1 +1,3 @@
 //! Shared traffic generators for the benchmarks.
+
+pub mod pipeline_traffic;
