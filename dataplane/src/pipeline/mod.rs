@@ -29,6 +29,12 @@
 //!   goes to the host unchanged rather than being dropped.
 //! - Pods may only send from their own address (`SourceNotLocal`): a pod spoofing
 //!   another's address could otherwise fill the SNAT table in its name.
+//! - A decapsulated packet must come from a pod block routed to the node that sent it
+//!   (outer source address); anything else is `VxlanSpoofedSource`: a node could
+//!   otherwise speak for another node's pods or for the outside.
+//! - IPv6 hop-limit expiry is answered with ICMPv6 time exceeded as IPv4's TTL expiry
+//!   is with ICMP: from the gateway towards pods, from the node's IPv6 address towards
+//!   the uplink (dropped as `TtlExpired` when the node has none).
 //! - Decapsulated packets whose TTL expires are dropped (`TtlExpired`) without an ICMP
 //!   error, which would have to be encapsulated back; replies to masqueraded flows
 //!   likewise.
@@ -65,7 +71,7 @@ mod parse;
 mod snat;
 mod vxlan;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use self::exhaustion::ExhaustionLog;
 use self::icmp::{IcmpError, IcmpRateLimit};
@@ -248,7 +254,9 @@ impl Pipeline {
             let to_us = bytes::rd_mac(frame.data(), 0) == Some(node.uplink_mac);
             return match packet {
                 Ok(Packet::V4(ip)) if to_us => self.uplink_v4(frame, &ip, tables, now),
-                Ok(Packet::V6(ip)) if to_us => self.uplink_v6(frame, &ip, tables).map(Action::Done),
+                Ok(Packet::V6(ip)) if to_us => {
+                    self.uplink_v6(frame, &ip, tables, now).map(Action::Done)
+                }
                 Err(reason) if to_us => Err(reason),
                 _ => Ok(Action::Done(Verdict::ToHost)),
             };
@@ -553,14 +561,20 @@ impl Pipeline {
             Ok(p) => p,
             Err(_) => return Err(DropReason::VxlanMalformed),
         };
-        let (dst, ttl) = match inner {
-            Packet::V4(ip) => (std::net::IpAddr::V4(ip.dst), ip.ttl),
-            Packet::V6(ip) => (std::net::IpAddr::V6(ip.dst), ip.hop_limit),
+        let (src, dst, ttl) = match inner {
+            Packet::V4(ip) => (IpAddr::V4(ip.src), IpAddr::V4(ip.dst), ip.ttl),
+            Packet::V6(ip) => (IpAddr::V6(ip.src), IpAddr::V6(ip.dst), ip.hop_limit),
             Packet::Arp | Packet::Other => return Err(DropReason::UnsupportedEtherType),
         };
         let Some(RouteTarget::LocalPod { port, mac }) = tables.routes.lookup(dst) else {
             return Err(DropReason::VxlanNotForUs);
         };
+        // Anti-spoofing: a node speaks only for the pods of its own blocks (its host
+        // sends from its block's first address, as flannel's does).
+        match tables.routes.lookup(src) {
+            Some(RouteTarget::VxlanNode { node_addr, .. }) if *node_addr == outer.src => {}
+            _ => return Err(DropReason::VxlanSpoofedSource),
+        }
         if ttl <= 1 {
             return Err(DropReason::TtlExpired);
         }
@@ -723,7 +737,14 @@ impl Pipeline {
             return Err(DropReason::Unsupported);
         }
         if ip.hop_limit <= 1 {
-            return self.icmp_v6(frame, ip, IcmpError::TimeExceeded, node, now);
+            return self.icmp_v6(
+                frame,
+                ip,
+                IcmpError::TimeExceeded,
+                node.gateway_v6,
+                node,
+                now,
+            );
         }
         let mtu = match target {
             RouteTarget::LocalPod { .. } => u16::MAX,
@@ -732,7 +753,14 @@ impl Pipeline {
         };
         if ip.total_len > usize::from(mtu) {
             // IPv6 routers never fragment: always "packet too big".
-            return self.icmp_v6(frame, ip, IcmpError::TooBig { mtu }, node, now);
+            return self.icmp_v6(
+                frame,
+                ip,
+                IcmpError::TooBig { mtu },
+                node.gateway_v6,
+                node,
+                now,
+            );
         }
         decrement_hop_limit(frame.data_mut(), ip)?;
         match target {
@@ -770,12 +798,14 @@ impl Pipeline {
         }
     }
 
-    fn uplink_v6(&mut self, frame: &mut Frame<'_>, ip: &V6, tables: &Tables) -> Step {
+    fn uplink_v6(&mut self, frame: &mut Frame<'_>, ip: &V6, tables: &Tables, now: Now) -> Step {
         let node = &tables.node;
         match tables.routes.lookup_v6(ip.dst) {
             Some(RouteTarget::LocalPod { port, mac }) if Some(ip.dst) != node.node_addr_v6 => {
                 if ip.hop_limit <= 1 {
-                    return Err(DropReason::TtlExpired);
+                    // As IPv4 from the uplink: the error comes from the node's address.
+                    let src = node.node_addr_v6;
+                    return self.icmp_v6(frame, ip, IcmpError::TimeExceeded, src, node, now);
                 }
                 let (port, mac) = (*port, *mac);
                 let d = frame.data_mut();
@@ -788,15 +818,18 @@ impl Pipeline {
         }
     }
 
+    /// Replaces the frame with an ICMPv6 error from `src` about `ip`, or drops it when
+    /// no error may be sent (or there is no address to send it from).
     fn icmp_v6(
         &mut self,
         frame: &mut Frame<'_>,
         ip: &V6,
         kind: IcmpError,
+        src: Option<Ipv6Addr>,
         node: &NodeSettings,
         now: Now,
     ) -> Step {
-        let Some(src) = node.gateway_v6 else {
+        let Some(src) = src else {
             return Err(kind.drop_reason());
         };
         if !icmp::may_send_v6(ip) {
