@@ -495,7 +495,7 @@ fn vxlan_whose_inner_source_is_not_the_senders_is_dropped() {
     let mut t = tables(false);
     // A second known node: REMOTE_POD's block is REMOTE_NODE's, not its.
     let other_node = Ipv4Addr::new(198, 18, 0, 9);
-    t.known_vteps.push(other_node);
+    t.known_vteps = [REMOTE_NODE, other_node].into();
     let mut p = pipeline();
     let from = |src| {
         with_macs(
@@ -604,10 +604,9 @@ fn outside_without_snat_is_routed_unchanged() {
 
 #[test]
 fn known_nodes_follow_the_snapshot_in_force() {
-    // Enough nodes that the pipeline keeps its own sorted copy of the list.
+    let others = (10..60u8).map(|i| Ipv4Addr::new(198, 18, 0, i));
     let mut t = tables(false);
-    t.known_vteps = (10..60u8).map(|i| Ipv4Addr::new(198, 18, 0, i)).collect();
-    t.known_vteps.push(REMOTE_NODE);
+    t.known_vteps = others.clone().chain([REMOTE_NODE]).collect();
     let mut p = pipeline();
     let inner = inner_to_pod1(64);
     let mut decide = |t: &hybridway_dataplane::tables::Tables| {
@@ -619,7 +618,7 @@ fn known_nodes_follow_the_snapshot_in_force() {
     // The next snapshot no longer has the node: its VXLAN is refused at once.
     let mut next = t.clone();
     next.generation += 1;
-    next.known_vteps.retain(|a| *a != REMOTE_NODE);
+    next.known_vteps = others.collect();
     assert_eq!(decide(&next), Verdict::Drop(DropReason::VxlanUnknownSource));
     assert_eq!(decide(&t), Verdict::Forward { port: POD1_PORT });
 }

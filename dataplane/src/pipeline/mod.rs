@@ -104,7 +104,6 @@ pub struct Pipeline {
     /// Identification of IPv4 headers we originate (outer VXLAN, ICMP errors).
     ip_id: u16,
     icmp_limit: IcmpRateLimit,
-    vteps: VtepSet,
     exhaustion: ExhaustionLog,
 }
 
@@ -119,7 +118,6 @@ impl Pipeline {
             // Start each worker elsewhere so two workers' ids rarely collide.
             ip_id: worker.wrapping_mul(0x9e37),
             icmp_limit: IcmpRateLimit::new(),
-            vteps: VtepSet::default(),
             exhaustion: ExhaustionLog::new(),
         }
     }
@@ -504,7 +502,7 @@ impl Pipeline {
                 && l4.proto == parse::PROTO_UDP
                 && l4.dport == node.vxlan_port
             {
-                let known = self.vteps.contains(tables, ip.src);
+                let known = tables.known_vteps.contains(ip.src);
                 if node.snat && !known {
                     // The SNAT port range may include the VXLAN port: a reply to a
                     // masqueraded flow from a non-node wins, else it is bad VXLAN.
@@ -846,70 +844,6 @@ impl Pipeline {
     fn next_ip_id(&mut self) -> u16 {
         self.ip_id = self.ip_id.wrapping_add(1);
         self.ip_id
-    }
-}
-
-/// `Tables::known_vteps` as an open-addressing hash set, rebuilt when a different
-/// snapshot comes in (allocation happens then, never per packet). A cluster has
-/// hundreds of nodes: a scan, or even a binary search with its chain of dependent
-/// loads, per VXLAN packet would cost more than the decapsulation itself.
-#[derive(Debug, Default)]
-struct VtepSet {
-    /// Generation, list address and length of the snapshot list this was built from.
-    source: Option<(u64, usize, usize)>,
-    /// Power-of-two sized, at most half full; 0 (0.0.0.0, never a node) is empty.
-    slots: Vec<u32>,
-}
-
-impl VtepSet {
-    /// Below this many nodes a scan of the snapshot's list is as fast.
-    const SCAN_MAX: usize = 8;
-
-    fn contains(&mut self, tables: &Tables, addr: Ipv4Addr) -> bool {
-        let list = &tables.known_vteps;
-        if list.len() <= Self::SCAN_MAX {
-            return list.contains(&addr);
-        }
-        let source = Some((tables.generation, list.as_ptr() as usize, list.len()));
-        if self.source != source {
-            self.rebuild(list);
-            self.source = source;
-        }
-        let key = addr.to_bits();
-        let mask = self.slots.len().wrapping_sub(1);
-        let mut at = Self::home(key) & mask;
-        // At most half full, so an empty slot ends every probe sequence.
-        for _ in 0..self.slots.len() {
-            match self.slots.get(at) {
-                Some(&k) if k == key => return key != 0,
-                Some(0) | None => return false,
-                Some(_) => at = (at + 1) & mask,
-            }
-        }
-        false
-    }
-
-    fn rebuild(&mut self, list: &[Ipv4Addr]) {
-        let size = (list.len() * 2).next_power_of_two();
-        self.slots.clear();
-        self.slots.resize(size, 0);
-        let mask = size - 1;
-        for key in list.iter().map(|a| a.to_bits()).filter(|k| *k != 0) {
-            let mut at = Self::home(key) & mask;
-            while let Some(slot) = self.slots.get_mut(at) {
-                if *slot == 0 || *slot == key {
-                    *slot = key;
-                    break;
-                }
-                at = (at + 1) & mask;
-            }
-        }
-    }
-
-    #[inline]
-    fn home(key: u32) -> usize {
-        // Fibonacci hashing: node addresses are often consecutive.
-        (key.wrapping_mul(0x9e37_79b9) >> 8) as usize
     }
 }
 

@@ -13,8 +13,10 @@ mod lpm_v6;
 pub mod routes;
 pub mod snapshot;
 pub mod snat;
+pub mod vteps;
 
 pub use conntrack::{FlowKey, FlowState, L4Proto, Timeouts};
 pub use routes::{Prefix, RouteTable, RouteTableBuilder, RouteTarget};
 pub use snapshot::{Mode, NodeSettings, SharedTables, Tables};
 pub use snat::{NatBinding, SnatConfig, SnatError, SnatShard, owner_of_remote};
+pub use vteps::VtepSet;
