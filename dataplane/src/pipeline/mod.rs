@@ -63,10 +63,10 @@
 //! masquerading lookups happen before all reply lookups (a reply in the same group
 //! as its flow's first packet finds the flow).
 //!
-//! Files, one path each: [`from_pod`] (IPv4 from a pod port), [`from_uplink`] (IPv4
-//! from the uplink and the host port), [`ipv6`] (IPv6 both ways), [`batch`] (the
-//! batched SNAT lookups), [`errors`] (when an ICMP error answers a packet); the
-//! header work lives in [`vxlan`], [`snat`], [`icmp`] and [`neighbor`].
+//! Files, one path each: `from_pod` (IPv4 from a pod port), `from_uplink` (IPv4
+//! from the uplink and the host port), `ipv6` (IPv6 both ways), `batch` (the
+//! batched SNAT lookups), `errors` (when an ICMP error answers a packet); the
+//! header work lives in `vxlan`, `snat`, `icmp` and `neighbor`.
 
 mod batch;
 mod bytes;
