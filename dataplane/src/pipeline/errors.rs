@@ -5,13 +5,13 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::icmp::{self, IcmpError};
-use super::parse::{V4, V6};
 use super::{Pipeline, Step};
 use crate::frame::{Frame, PortId};
 use crate::tables::NodeSettings;
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict};
 use crate::wire::MacAddr;
+use crate::wire::classify::{V4, V6};
 
 impl Pipeline {
     pub(super) fn too_big_v4(

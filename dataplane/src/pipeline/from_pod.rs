@@ -3,9 +3,8 @@
 //! point for everything a pod sends over IPv4.
 
 use super::icmp::{self, IcmpError};
-use super::parse::{self, V4};
 use super::vxlan::{self, Tunnel};
-use super::{Action, Pending, Pipeline, Step, bytes, decrement_ttl_v4, overlay_mtu, snat};
+use super::{Action, Pending, Pipeline, Step, decrement_ttl_v4, overlay_mtu, snat};
 use crate::frame::Frame;
 use crate::tables::{
     L4Proto, NatBinding, NodeSettings, RouteTarget, SnatError, Tables, owner_of_remote,
@@ -13,6 +12,8 @@ use crate::tables::{
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict};
 use crate::wire::MacAddr;
+use crate::wire::bytes;
+use crate::wire::classify::{self, V4};
 
 impl Pipeline {
     pub(super) fn pod_v4(
@@ -197,7 +198,7 @@ pub(super) fn masquerade_key(ip: &V4, next_hop_mac: MacAddr) -> Result<Pending, 
     }
     let l4 = ip.l4.ok_or(DropReason::Unsupported)?;
     let key = snat::flow_key(ip, &l4).ok_or(DropReason::Unsupported)?;
-    if key.proto == L4Proto::IcmpEcho && l4.icmp_type != parse::ICMP_ECHO_REQUEST {
+    if key.proto == L4Proto::IcmpEcho && l4.icmp_type != classify::ICMP_ECHO_REQUEST {
         // A pod answering a ping from outside: there is no flow to answer for.
         return Err(DropReason::Unsupported);
     }

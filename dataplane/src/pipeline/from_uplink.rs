@@ -6,14 +6,16 @@ use std::net::IpAddr;
 
 use super::icmp::IcmpError;
 use super::ipv6::decrement_hop_limit;
-use super::parse::{self, Packet, V4};
 use super::vxlan;
-use super::{Action, Pending, Pipeline, Step, bytes, decrement_ttl_v4, snat};
+use super::{Action, Pending, Pipeline, Step, decrement_ttl_v4, snat};
 use crate::frame::Frame;
 use crate::tables::{L4Proto, NatBinding, NodeSettings, RouteTarget, Tables, owner_of_remote};
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict};
 use crate::wire::MacAddr;
+use crate::wire::bytes;
+use crate::wire::classify::{self, Packet, V4};
+use crate::wire::packet::ip_proto;
 
 impl Pipeline {
     pub(super) fn uplink_v4(
@@ -26,7 +28,7 @@ impl Pipeline {
         let node = &tables.node;
         if ip.dst == node.node_addr {
             if let Some(l4) = ip.l4
-                && l4.proto == parse::PROTO_UDP
+                && l4.proto == ip_proto::UDP
                 && l4.dport == node.vxlan_port
             {
                 let known = tables.known_vteps.contains(ip.src);
@@ -82,7 +84,7 @@ impl Pipeline {
         tables: &Tables,
     ) -> Step {
         vxlan::decapsulate(frame, outer, known_source, &tables.node)?;
-        let inner = match parse::classify(frame.data()) {
+        let inner = match classify::classify(frame.data()) {
             Ok(p) => p,
             Err(_) => return Err(DropReason::VxlanMalformed),
         };
@@ -131,7 +133,7 @@ impl Pipeline {
         let Some(l4) = ip.l4 else {
             return host;
         };
-        if l4.proto == parse::PROTO_ICMP && snat::is_translatable_error(l4.icmp_type) {
+        if l4.proto == ip_proto::ICMP && snat::is_translatable_error(l4.icmp_type) {
             return self
                 .unmasquerade_icmp_error(frame, ip, &l4, tables)
                 .map(Action::Done);
@@ -139,7 +141,7 @@ impl Pipeline {
         let Some(key) = snat::flow_key(ip, &l4) else {
             return host;
         };
-        if key.proto == L4Proto::IcmpEcho && l4.icmp_type != parse::ICMP_ECHO_REPLY {
+        if key.proto == L4Proto::IcmpEcho && l4.icmp_type != classify::ICMP_ECHO_REPLY {
             // A ping to the node itself.
             return host;
         }
@@ -195,7 +197,7 @@ impl Pipeline {
         &mut self,
         frame: &mut Frame<'_>,
         ip: &V4,
-        icmp: &parse::L4,
+        icmp: &classify::L4,
         tables: &Tables,
     ) -> Step {
         let d = frame.data();

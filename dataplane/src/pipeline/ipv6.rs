@@ -4,13 +4,14 @@
 
 use super::from_uplink::not_for_a_pod;
 use super::icmp::IcmpError;
-use super::parse::V6;
 use super::vxlan::{self, Tunnel};
-use super::{Pipeline, Step, bytes, neighbor, overlay_mtu};
+use super::{Pipeline, Step, neighbor, overlay_mtu};
 use crate::frame::Frame;
 use crate::tables::{RouteTarget, Tables};
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict};
+use crate::wire::bytes;
+use crate::wire::classify::V6;
 
 impl Pipeline {
     pub(super) fn pod_v6(

@@ -69,7 +69,6 @@
 //! header work lives in `vxlan`, `snat`, `icmp` and `neighbor`.
 
 mod batch;
-mod bytes;
 mod errors;
 mod exhaustion;
 mod from_pod;
@@ -77,23 +76,21 @@ mod from_uplink;
 mod icmp;
 mod ipv6;
 mod neighbor;
-mod parse;
 mod snat;
 mod vxlan;
 
 use self::exhaustion::ExhaustionLog;
 use self::icmp::IcmpRateLimit;
-use self::parse::{L4, Packet, V4};
 use crate::frame::Frame;
 use crate::tables::{FlowKey, NodeSettings, SnatConfig, SnatShard, Tables};
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict, WorkerId};
 use crate::wire::MacAddr;
+use crate::wire::bytes;
+use crate::wire::classify::{self, L4, Packet, V4};
+use crate::wire::vxlan::VXLAN_OVERHEAD_V4;
 
 pub use self::vxlan::source_port as vxlan_source_port;
-
-/// Bytes VXLAN over IPv4 adds: the overlay MTU is the uplink MTU minus this.
-pub const VXLAN_OVERHEAD: usize = vxlan::OVERHEAD;
 
 /// Largest batch [`Pipeline::process_batch`] is designed for.
 pub const MAX_BATCH: usize = 64;
@@ -196,7 +193,7 @@ impl Pipeline {
     ) -> Result<Action, DropReason> {
         let node = &tables.node;
         let from_uplink = node.is_uplink_side(frame.meta.in_port);
-        let packet = parse::classify(frame.data());
+        let packet = classify::classify(frame.data());
         if from_uplink {
             // A frame the dataplane cannot even classify still belongs to the host if
             // it is not addressed to the node's MAC; only ours are judged.
@@ -247,7 +244,7 @@ struct Pending {
 
 /// The pod MTU in overlay mode: the uplink's minus the VXLAN overhead.
 fn overlay_mtu(node: &NodeSettings) -> u16 {
-    node.uplink_mtu.saturating_sub(VXLAN_OVERHEAD as u16)
+    node.uplink_mtu.saturating_sub(VXLAN_OVERHEAD_V4 as u16)
 }
 
 /// Decrements the IPv4 TTL and updates the header checksum (RFC 1624; the TTL shares

@@ -7,14 +7,15 @@
 
 use std::net::Ipv4Addr;
 
-use super::bytes::{rd_ip4, rd8, rd16, wr16};
-use super::parse::{
-    ICMP_DEST_UNREACHABLE, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_PARAMETER_PROBLEM,
-    ICMP_TIME_EXCEEDED, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, V4,
-};
 use crate::tables::{FlowKey, L4Proto, NatBinding};
 use crate::verdict::DropReason;
+use crate::wire::bytes::{rd_ip4, rd8, rd16, wr16};
 use crate::wire::checksum;
+use crate::wire::classify::{
+    ICMP_DEST_UNREACHABLE, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_PARAMETER_PROBLEM,
+    ICMP_TIME_EXCEEDED, L4, V4,
+};
+use crate::wire::packet::ip_proto;
 
 /// Offset of the checksum field in each transport header.
 const TCP_CSUM: usize = 16;
@@ -27,9 +28,9 @@ const ICMP_ID: usize = 4;
 #[inline]
 pub(crate) fn flow_key(ip: &V4, l4: &L4) -> Option<FlowKey> {
     let proto = match l4.proto {
-        PROTO_TCP => L4Proto::Tcp,
-        PROTO_UDP => L4Proto::Udp,
-        PROTO_ICMP if matches!(l4.icmp_type, ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY) => {
+        ip_proto::TCP => L4Proto::Tcp,
+        ip_proto::UDP => L4Proto::Udp,
+        ip_proto::ICMP if matches!(l4.icmp_type, ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY) => {
             L4Proto::IcmpEcho
         }
         _ => return None,
@@ -83,13 +84,13 @@ fn rewrite(
         l3 + 10,
         checksum::update_ipv4_addr(ip_csum, old_addr, to.addr),
     )?;
-    super::bytes::put(d, l3 + addr_off, &to.addr.octets())?;
+    crate::wire::bytes::put(d, l3 + addr_off, &to.addr.octets())?;
     match l4.proto {
-        PROTO_TCP | PROTO_UDP => {
+        ip_proto::TCP | ip_proto::UDP => {
             let port_at = l4.off + port_off;
             let old_port = rd16(d, port_at)?;
             wr16(d, port_at, to.port)?;
-            let (csum_at, udp) = if l4.proto == PROTO_TCP {
+            let (csum_at, udp) = if l4.proto == ip_proto::TCP {
                 (TCP_CSUM, false)
             } else {
                 (UDP_CSUM, true)
@@ -111,7 +112,7 @@ fn rewrite(
                 wr16(d, l4.off + csum_at, c)?;
             }
         }
-        PROTO_ICMP => {
+        ip_proto::ICMP => {
             // Only the echo identifier is translated; ICMP has no pseudo-header.
             let id_at = l4.off + ICMP_ID;
             let old_id = rd16(d, id_at)?;
@@ -154,9 +155,9 @@ impl Quoted {
     /// reverse.
     pub fn reply_key(&self, dst: Ipv4Addr) -> Option<FlowKey> {
         let proto = match self.l4.proto {
-            PROTO_TCP => L4Proto::Tcp,
-            PROTO_UDP => L4Proto::Udp,
-            PROTO_ICMP if self.l4.icmp_type == ICMP_ECHO_REQUEST => L4Proto::IcmpEcho,
+            ip_proto::TCP => L4Proto::Tcp,
+            ip_proto::UDP => L4Proto::Udp,
+            ip_proto::ICMP if self.l4.icmp_type == ICMP_ECHO_REQUEST => L4Proto::IcmpEcho,
             _ => return None,
         };
         Some(FlowKey {
@@ -200,11 +201,11 @@ pub(crate) fn quoted(d: &[u8], outer: &V4, icmp: &L4) -> Option<(Quoted, Ipv4Add
         icmp_code: 0,
     };
     match proto {
-        PROTO_TCP | PROTO_UDP => {
+        ip_proto::TCP | ip_proto::UDP => {
             l4.sport = rd16(d, off)?;
             l4.dport = rd16(d, off + 2)?;
         }
-        PROTO_ICMP => {
+        ip_proto::ICMP => {
             l4.icmp_type = rd8(d, off)?;
             l4.sport = rd16(d, off + ICMP_ID)?;
             l4.dport = l4.sport;
@@ -242,7 +243,7 @@ pub(crate) fn untranslate_error(
 fn rewrite_outer_destination(d: &mut [u8], ip: &V4, to: Ipv4Addr) -> Option<()> {
     let c = rd16(d, ip.l3 + 10)?;
     wr16(d, ip.l3 + 10, checksum::update_ipv4_addr(c, ip.dst, to))?;
-    super::bytes::put(d, ip.l3 + 16, &to.octets())
+    crate::wire::bytes::put(d, ip.l3 + 16, &to.octets())
 }
 
 /// Verifies an ICMP message's checksum before translating it, so a corrupt error is

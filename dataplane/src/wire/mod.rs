@@ -23,7 +23,9 @@
 //! For the hot path, [`PacketInfo::parse`] classifies a whole frame in one pass;
 //! [`checksum`] holds the full and incremental (NAT) checksum arithmetic.
 
+pub mod bytes;
 pub mod checksum;
+pub mod classify;
 pub mod icmp_quote;
 pub mod ipv6_ext;
 pub mod mac;
