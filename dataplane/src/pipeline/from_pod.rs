@@ -12,8 +12,8 @@ use crate::tables::{
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict};
 use crate::wire::MacAddr;
-use crate::wire::bytes;
 use crate::wire::classify::{self, V4};
+use crate::wire::{bytes, rewrite};
 
 impl Pipeline {
     pub(super) fn pod_v4(
@@ -150,7 +150,8 @@ impl Pipeline {
             Err(e) => return Err(e.into()),
         };
         let d = frame.data_mut();
-        snat::rewrite_source(d, &p.ip, &p.l4, binding).ok_or(DropReason::MalformedTransport)?;
+        rewrite::rewrite_source(d, &p.ip, &p.l4, binding.addr, binding.port)
+            .ok_or(DropReason::MalformedTransport)?;
         // `p.ip.src` is stale now, but the TTL update reads the words it changes.
         decrement_ttl_v4(d, &p.ip)?;
         bytes::set_macs(d, 0, p.next_hop_mac, node.uplink_mac)

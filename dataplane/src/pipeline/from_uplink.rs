@@ -13,9 +13,9 @@ use crate::tables::{L4Proto, NatBinding, NodeSettings, RouteTarget, Tables, owne
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict};
 use crate::wire::MacAddr;
-use crate::wire::bytes;
 use crate::wire::classify::{self, Packet, V4};
 use crate::wire::packet::ip_proto;
+use crate::wire::{bytes, icmp_quote, rewrite};
 
 impl Pipeline {
     pub(super) fn uplink_v4(
@@ -133,7 +133,7 @@ impl Pipeline {
         let Some(l4) = ip.l4 else {
             return host;
         };
-        if l4.proto == ip_proto::ICMP && snat::is_translatable_error(l4.icmp_type) {
+        if l4.proto == ip_proto::ICMP && icmp_quote::is_translatable_error(l4.icmp_type) {
             return self
                 .unmasquerade_icmp_error(frame, ip, &l4, tables)
                 .map(Action::Done);
@@ -186,7 +186,8 @@ impl Pipeline {
             return Err(DropReason::TtlExpired);
         }
         let d = frame.data_mut();
-        snat::rewrite_destination(d, &p.ip, &p.l4, pod).ok_or(DropReason::MalformedTransport)?;
+        rewrite::rewrite_destination(d, &p.ip, &p.l4, pod.addr, pod.port)
+            .ok_or(DropReason::MalformedTransport)?;
         decrement_ttl_v4(d, &p.ip)?;
         bytes::set_macs(d, 0, *mac, tables.node.gateway_mac)
             .ok_or(DropReason::MalformedEthernet)?;
@@ -201,13 +202,13 @@ impl Pipeline {
         tables: &Tables,
     ) -> Step {
         let d = frame.data();
-        let Some((quoted, quoted_dst)) = snat::quoted(d, ip, icmp) else {
+        let Some((quoted, quoted_dst)) = icmp_quote::quoted(d, ip, icmp) else {
             return Ok(Verdict::ToHost);
         };
         if quoted.src != tables.node.node_addr {
             return Ok(Verdict::ToHost);
         }
-        let Some(key) = quoted.reply_key(quoted_dst) else {
+        let Some(key) = snat::reply_key(&quoted, quoted_dst) else {
             return Ok(Verdict::ToHost);
         };
         if !self.snat_config.is_nat_port(key.dst_port) {

@@ -10,8 +10,8 @@ use crate::frame::Frame;
 use crate::tables::{RouteTarget, Tables};
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict};
-use crate::wire::bytes;
 use crate::wire::classify::V6;
+use crate::wire::{bytes, rewrite};
 
 impl Pipeline {
     pub(super) fn pod_v6(
@@ -134,5 +134,5 @@ impl Pipeline {
 
 #[inline]
 pub(super) fn decrement_hop_limit(d: &mut [u8], ip: &V6) -> Result<(), DropReason> {
-    bytes::wr8(d, ip.l3 + 7, ip.hop_limit.saturating_sub(1)).ok_or(DropReason::MalformedIpv6)
+    rewrite::decrement_hop_limit(d, ip).ok_or(DropReason::MalformedIpv6)
 }

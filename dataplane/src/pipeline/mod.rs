@@ -86,9 +86,9 @@ use crate::tables::{FlowKey, NodeSettings, SnatConfig, SnatShard, Tables};
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict, WorkerId};
 use crate::wire::MacAddr;
-use crate::wire::bytes;
 use crate::wire::classify::{self, L4, Packet, V4};
 use crate::wire::vxlan::VXLAN_OVERHEAD_V4;
+use crate::wire::{bytes, rewrite};
 
 pub use self::vxlan::source_port as vxlan_source_port;
 
@@ -247,10 +247,8 @@ fn overlay_mtu(node: &NodeSettings) -> u16 {
     node.uplink_mtu.saturating_sub(VXLAN_OVERHEAD_V4 as u16)
 }
 
-/// Decrements the IPv4 TTL and updates the header checksum (RFC 1624; the TTL shares
-/// a 16-bit word with the protocol).
+/// [`rewrite::decrement_ttl_v4`], a counted drop if the header is not there.
 #[inline]
 fn decrement_ttl_v4(d: &mut [u8], ip: &V4) -> Result<(), DropReason> {
-    bytes::update16(d, ip.l3 + 8, ip.l3 + 10, |w| w.wrapping_sub(0x0100))
-        .ok_or(DropReason::MalformedIpv4)
+    rewrite::decrement_ttl_v4(d, ip).ok_or(DropReason::MalformedIpv4)
 }
