@@ -21,6 +21,11 @@ pub fn rd16(d: &[u8], at: usize) -> Option<u16> {
 }
 
 #[inline]
+pub fn rd32(d: &[u8], at: usize) -> Option<u32> {
+    rd_array::<4>(d, at).map(u32::from_be_bytes)
+}
+
+#[inline]
 pub fn rd_array<const N: usize>(d: &[u8], at: usize) -> Option<[u8; N]> {
     d.get(at..at.checked_add(N)?)?.try_into().ok()
 }
