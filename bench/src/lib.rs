@@ -1,3 +1,4 @@
 //! Shared traffic generators for the benchmarks.
 
 pub mod conntrack_flows;
+pub mod pipeline_traffic;

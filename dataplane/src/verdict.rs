@@ -94,6 +94,9 @@ drop_reasons! {
     VxlanWrongVni => "vxlan_wrong_vni",
     /// Decapsulated frame not addressed to this node's VTEP MAC or a local pod.
     VxlanNotForUs => "vxlan_not_for_us",
+    /// Decapsulated packet whose inner source is not in the sending node's pod block
+    /// (the outer source address): another node's pods, or the outside, spoofed.
+    VxlanSpoofedSource => "vxlan_spoofed_source",
     /// Not enough headroom or tailroom to rewrite the frame.
     NoRoom => "no_room",
     /// Connection tracking table is full and no entry could be reclaimed.

@@ -105,6 +105,35 @@ fn hop_limit_expiry_and_packet_too_big() {
     assert_checksums(&out, 0);
 }
 
+/// Routed IPv6 from the uplink to a local pod whose hop limit runs out: ICMPv6 time
+/// exceeded from the node's address, back out of the uplink (as IPv4 gets ICMP).
+#[test]
+fn hop_limit_expiry_from_the_uplink_answers_time_exceeded() {
+    let node6 = Ipv6Addr::new(0x2001, 0xdb8, 0xfe, 0, 0, 0, 0, 1);
+    let mut t = tables(false);
+    t.node.node_addr_v6 = Some(node6);
+    let input = with_macs(
+        udp6(UNDERLAY_POD6, POD1_6, 1, 2, 1, b"x"),
+        UNDERLAY_NODE_MAC,
+        UPLINK_MAC,
+    );
+    let (v, out) = run6(&t, &input, UPLINK);
+    assert_eq!(v, Verdict::Reply);
+    assert_eq!(&out[0..6], &UNDERLAY_NODE_MAC.0);
+    assert_eq!(&out[6..12], &UPLINK_MAC.0);
+    assert_eq!(ip6(&out, 22), node6);
+    assert_eq!(ip6(&out, 38), UNDERLAY_POD6);
+    assert_eq!(out[20], 58);
+    assert_eq!(&out[54..56], &[3, 0], "time exceeded, hop limit");
+    assert_eq!(&out[62..], &input[14..]);
+    assert_checksums(&out, 0);
+
+    // Without an IPv6 node address there is nothing to answer from: a counted drop.
+    let t = tables(false);
+    let (v, _) = run6(&t, &input, UPLINK);
+    assert_eq!(v, Verdict::Drop(DropReason::TtlExpired));
+}
+
 fn neighbor_solicit(target: Ipv6Addr, src: Ipv6Addr, hop: u8) -> Vec<u8> {
     let t = target.octets();
     let dst = Ipv6Addr::new(

@@ -93,7 +93,7 @@ fn node(
         },
         routes: b.build(),
         no_snat: vec![],
-        known_vteps: vec![peer],
+        known_vteps: [peer].into(),
         services: Default::default(),
     }
 }

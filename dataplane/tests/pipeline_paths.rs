@@ -488,6 +488,46 @@ fn bad_vxlan_is_counted_and_never_forwarded() {
     }
 }
 
+/// Anti-spoofing: a node may only send from the pod blocks routed to it (its own
+/// host sends from its block too); the drop has its own reason.
+#[test]
+fn vxlan_whose_inner_source_is_not_the_senders_is_dropped() {
+    let mut t = tables(false);
+    // A second known node: REMOTE_POD's block is REMOTE_NODE's, not its.
+    let other_node = Ipv4Addr::new(198, 18, 0, 9);
+    t.known_vteps = [REMOTE_NODE, other_node].into();
+    let mut p = pipeline();
+    let from = |src| {
+        with_macs(
+            udp4(src, POD1, 7000, 8000, 63, b"spoofed"),
+            REMOTE_VTEP_MAC,
+            VTEP_MAC,
+        )
+    };
+    let cases = [
+        (other_node, from(REMOTE_POD), "another node's pod"),
+        (REMOTE_NODE, from(POD2), "one of our own pods"),
+        (REMOTE_NODE, from(UNDERLAY_POD), "an underlay node's pod"),
+        (REMOTE_NODE, from(OUTSIDE), "the outside"),
+    ];
+    for (node, inner, what) in cases {
+        let mut buf = Buf::new();
+        let mut frame = buf.frame(&vxlan_in(node, 1, 0x08, &inner), UPLINK);
+        assert_eq!(
+            p.process(&mut frame, &t, T0),
+            Verdict::Drop(DropReason::VxlanSpoofedSource),
+            "{what}"
+        );
+    }
+    // The sender's own pod is delivered.
+    let mut buf = Buf::new();
+    let mut frame = buf.frame(&vxlan_in(REMOTE_NODE, 1, 0x08, &from(REMOTE_POD)), UPLINK);
+    assert_eq!(
+        p.process(&mut frame, &t, T0),
+        Verdict::Forward { port: POD1_PORT }
+    );
+}
+
 #[test]
 fn uplink_traffic_that_is_not_ours_goes_to_the_host() {
     let t = tables(false);
@@ -564,10 +604,9 @@ fn outside_without_snat_is_routed_unchanged() {
 
 #[test]
 fn known_nodes_follow_the_snapshot_in_force() {
-    // Enough nodes that the pipeline keeps its own sorted copy of the list.
+    let others = (10..60u8).map(|i| Ipv4Addr::new(198, 18, 0, i));
     let mut t = tables(false);
-    t.known_vteps = (10..60u8).map(|i| Ipv4Addr::new(198, 18, 0, i)).collect();
-    t.known_vteps.push(REMOTE_NODE);
+    t.known_vteps = others.clone().chain([REMOTE_NODE]).collect();
     let mut p = pipeline();
     let inner = inner_to_pod1(64);
     let mut decide = |t: &hybridway_dataplane::tables::Tables| {
@@ -579,7 +618,7 @@ fn known_nodes_follow_the_snapshot_in_force() {
     // The next snapshot no longer has the node: its VXLAN is refused at once.
     let mut next = t.clone();
     next.generation += 1;
-    next.known_vteps.retain(|a| *a != REMOTE_NODE);
+    next.known_vteps = others.collect();
     assert_eq!(decide(&next), Verdict::Drop(DropReason::VxlanUnknownSource));
     assert_eq!(decide(&t), Verdict::Forward { port: POD1_PORT });
 }

@@ -1,8 +1,9 @@
 //! Every incremental checksum update (RFC 1624) equals a full recomputation.
 //!
 //! Packets are built with random fields, their checksums filled by smoltcp (an
-//! independent implementation), rewritten with `wire::rewrite`, and compared byte for
-//! byte with the same rewrite followed by smoltcp recomputing every checksum.
+//! independent implementation), rewritten with `wire::rewrite` (what the pipeline's
+//! NAT and forwarding run), and compared byte for byte with the same rewrite followed
+//! by smoltcp recomputing every checksum.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,11 +14,10 @@
 use std::net::Ipv4Addr;
 
 use hybridway_dataplane::wire::checksum;
-use hybridway_dataplane::wire::icmp_quote::{
-    QuotedPacket, QuotedSide, QuotedTransport, rewrite_quoted_v4,
-};
+use hybridway_dataplane::wire::classify::{Packet, V4, classify};
+use hybridway_dataplane::wire::icmp_quote::quoted;
 use hybridway_dataplane::wire::rewrite::{
-    decrement_ttl, set_dst_port, set_icmp_echo_id, set_ipv4_dst, set_ipv4_src, set_src_port,
+    Side, decrement_ttl_v4, fill_icmp_checksum, rewrite_destination, rewrite_side, rewrite_source,
 };
 use hybridway_dataplane::wire::{Icmpv4Packet, Ipv4Packet, PacketInfo, TcpPacket, UdpPacket};
 use proptest::prelude::*;
@@ -151,38 +151,43 @@ fn build(s: &Spec) -> Vec<u8> {
 
 #[derive(Clone, Copy, Debug)]
 enum Change {
-    Src(u32),
-    Dst(u32),
-    SrcPort(u16),
-    DstPort(u16),
-    EchoId(u16),
+    /// New source address and port (echo identifier for ICMP).
+    Source(u32, u16),
+    Destination(u32, u16),
     Ttl,
 }
 
 fn changes() -> impl Strategy<Value = Vec<Change>> {
     proptest::collection::vec(
         prop_oneof![
-            any::<u32>().prop_map(Change::Src),
-            any::<u32>().prop_map(Change::Dst),
-            any::<u16>().prop_map(Change::SrcPort),
-            any::<u16>().prop_map(Change::DstPort),
-            any::<u16>().prop_map(Change::EchoId),
+            (any::<u32>(), any::<u16>()).prop_map(|(a, p)| Change::Source(a, p)),
+            (any::<u32>(), any::<u16>()).prop_map(|(a, p)| Change::Destination(a, p)),
             Just(Change::Ttl),
         ],
         1..6,
     )
 }
 
-fn apply(frame: &mut [u8], info: &PacketInfo, change: Change) {
-    let tcp_udp = matches!(info.protocol, 6 | 17);
-    match change {
-        Change::Src(a) => drop(set_ipv4_src(frame, info, Ipv4Addr::from_bits(a)).unwrap()),
-        Change::Dst(a) => drop(set_ipv4_dst(frame, info, Ipv4Addr::from_bits(a)).unwrap()),
-        Change::SrcPort(p) => assert_eq!(set_src_port(frame, info, p).is_ok(), tcp_udp),
-        Change::DstPort(p) => assert_eq!(set_dst_port(frame, info, p).is_ok(), tcp_udp),
-        Change::EchoId(id) => assert_eq!(set_icmp_echo_id(frame, info, id).is_ok(), !tcp_udp),
-        Change::Ttl => drop(decrement_ttl(frame, info).unwrap()),
+/// The frame classified as the pipeline does (again after every rewrite: the
+/// addresses it holds are the ones a rewrite replaces).
+fn v4(frame: &[u8]) -> V4 {
+    match classify(frame) {
+        Ok(Packet::V4(ip)) => ip,
+        other => panic!("not IPv4: {other:?}"),
     }
+}
+
+fn apply(frame: &mut [u8], change: Change) {
+    let ip = v4(frame);
+    let l4 = ip.l4.unwrap();
+    match change {
+        Change::Source(a, p) => rewrite_source(frame, &ip, &l4, Ipv4Addr::from_bits(a), p),
+        Change::Destination(a, p) => {
+            rewrite_destination(frame, &ip, &l4, Ipv4Addr::from_bits(a), p)
+        }
+        Change::Ttl => decrement_ttl_v4(frame, &ip),
+    }
+    .unwrap();
 }
 
 proptest! {
@@ -191,10 +196,9 @@ proptest! {
     #[test]
     fn incremental_equals_full(s in spec(), changes in changes()) {
         let mut frame = build(&s);
-        let info = PacketInfo::parse(&frame).unwrap();
-        prop_assert!(info.ipv4_checksum_ok);
+        prop_assert!(PacketInfo::parse(&frame).unwrap().ipv4_checksum_ok);
         for c in &changes {
-            apply(&mut frame, &info, *c);
+            apply(&mut frame, *c);
         }
         // The all-zero ICMP message (echo reply, id 0, seq 0, zero payload) is the one
         // input where eqn. 3 yields 0x0000 and a full sum 0xffff; both verify.
@@ -255,7 +259,8 @@ proptest! {
         let t = checksum::combine(&[!hc, !s.a]);
         let target = 0xffff - t;
         prop_assume!(target != 0);
-        set_src_port(&mut frame, &info, target).unwrap();
+        let ip = v4(&frame);
+        rewrite_source(&mut frame, &ip, &ip.l4.unwrap(), ip.src, target).unwrap();
         prop_assert_eq!(&frame[l4 + 6..l4 + 8], &[0xff, 0xff]);
         let mut full = frame.clone();
         fill_all(&mut full, s.kind);
@@ -273,16 +278,16 @@ proptest! {
     ) {
         let original = build(&s);
         let info = PacketInfo::parse(&original).unwrap();
-        let side = if source_side { QuotedSide::Source } else { QuotedSide::Destination };
+        let side = if source_side { Side::Source } else { Side::Destination };
         let new_addr = Ipv4Addr::from_bits(new_addr);
         // Expected: the original, rewritten as a NAT would, then quoted.
         let mut rewritten = original.clone();
+        let ip = v4(&original);
+        let l4 = ip.l4.unwrap();
         if source_side {
-            set_ipv4_src(&mut rewritten, &info, new_addr).unwrap();
-            set_src_port(&mut rewritten, &info, new_port).unwrap();
+            rewrite_source(&mut rewritten, &ip, &l4, new_addr, new_port).unwrap();
         } else {
-            set_ipv4_dst(&mut rewritten, &info, new_addr).unwrap();
-            set_dst_port(&mut rewritten, &info, new_port).unwrap();
+            rewrite_destination(&mut rewritten, &ip, &l4, new_addr, new_port).unwrap();
         }
         // The quote: IP header + transport header (+ some payload), as routers do.
         let quote_len = (info.l4_offset() - 14 + 8 + extra).min(original.len() - 14);
@@ -306,11 +311,14 @@ proptest! {
         };
         let mut got = error(&original[14..14 + quote_len]);
         let want = error(&rewritten[14..14 + quote_len]);
-        let einfo = PacketInfo::parse(&got).unwrap();
-        let q = QuotedPacket::from_error(&got, &einfo).unwrap();
-        let is_tcp_udp = matches!(q.transport, QuotedTransport::Tcp { .. } | QuotedTransport::Udp { .. });
-        prop_assert!(is_tcp_udp, "quote transport {:?}", q.transport);
-        rewrite_quoted_v4(&mut got, &einfo, side, new_addr, new_port).unwrap();
+        let outer = v4(&got);
+        let icmp = outer.l4.unwrap();
+        let (q, quoted_dst) = quoted(&got, &outer, &icmp).unwrap();
+        prop_assert!(matches!(q.l4.proto, 6 | 17), "quote transport {}", q.l4.proto);
+        let old = if source_side { q.src } else { quoted_dst };
+        let end = outer.end();
+        rewrite_side(&mut got[..end], q.l3, old, &q.l4, new_addr, new_port, side).unwrap();
+        fill_icmp_checksum(&mut got, icmp.off, end).unwrap();
         // A quoted TCP checksum beyond the quote cannot be updated; the rest must match.
         let tcp_sum_cut = matches!(s.kind, Kind::Tcp) && quote_len < info.l4_offset() - 14 + 18;
         prop_assume!(!tcp_sum_cut);

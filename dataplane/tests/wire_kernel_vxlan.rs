@@ -93,7 +93,7 @@ fn check_kernel_frame(frame: &[u8]) {
     );
 
     // The encapsulated frame starts exactly VXLAN_OVERHEAD_V4 bytes in.
-    let inner_frame = vx.payload();
+    let inner_frame = &udp.payload()[8..];
     assert_eq!(frame.len() - inner_frame.len(), VXLAN_OVERHEAD_V4);
     let inner = PacketInfo::parse(inner_frame).unwrap();
     // flannel: the inner destination MAC is the remote VTEP's MAC.

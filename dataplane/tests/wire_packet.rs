@@ -11,7 +11,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use hybridway_dataplane::DropReason;
 use hybridway_dataplane::wire::checksum;
-use hybridway_dataplane::wire::icmp_quote::{QuotedPacket, QuotedTransport};
+use hybridway_dataplane::wire::classify::{Packet, classify};
+use hybridway_dataplane::wire::icmp_quote::quoted;
 use hybridway_dataplane::wire::{Fragment, L3, PacketInfo, ParseError, Transport};
 use proptest::prelude::*;
 
@@ -20,6 +21,11 @@ const ETH_V6: [u8; 14] = [2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd];
 const ETH_ARP: [u8; 14] = [
     0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0x08, 0x06,
 ];
+
+/// The destination address of a frame, as the general classifier reads it.
+fn info_dst(f: &[u8]) -> IpAddr {
+    PacketInfo::parse(f).unwrap().dst_ip
+}
 
 /// Ethernet + IPv4 header (valid checksum) + `l4`.
 fn ipv4(proto: u8, flags_frag: u16, l4: &[u8]) -> Vec<u8> {
@@ -217,22 +223,13 @@ fn icmp_echo_and_error_with_quote() {
         }
     );
     assert_eq!(info.payload_offset(), 42);
-    let q = QuotedPacket::from_error(&f, &info).unwrap();
-    assert_eq!(q.src_ip, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)));
-    assert_eq!(
-        q.transport,
-        QuotedTransport::Udp {
-            src_port: 12345,
-            dst_port: 53
-        }
-    );
-    assert!(
-        QuotedPacket::from_error(
-            &ipv4(17, 0, &UDP),
-            &PacketInfo::parse(&ipv4(17, 0, &UDP)).unwrap()
-        )
-        .is_err()
-    );
+    let Ok(Packet::V4(outer)) = classify(&f) else {
+        panic!("not IPv4")
+    };
+    let (q, dst) = quoted(&f, &outer, &outer.l4.unwrap()).unwrap();
+    assert_eq!(q.src, Ipv4Addr::new(198, 18, 0, 1));
+    assert_eq!((q.l4.proto, q.l4.sport, q.l4.dport), (17, 12345, 53));
+    assert_eq!(IpAddr::V4(dst), info_dst(&inner));
     // ICMP header itself truncated.
     assert_eq!(
         PacketInfo::parse(&ipv4(1, 0, &[8, 0, 0, 0, 0])),
@@ -396,8 +393,10 @@ proptest! {
         for frame in [&f[..], &f[..n]] {
             if let Ok(info) = PacketInfo::parse(frame) {
                 check_offsets(frame, &info);
-                if matches!(info.transport, Transport::IcmpError { .. }) {
-                    let _ = QuotedPacket::from_error(frame, &info);
+                if let Ok(Packet::V4(outer)) = classify(frame)
+                    && let Some(l4) = outer.l4
+                {
+                    let _ = quoted(frame, &outer, &l4);
                 }
             }
         }

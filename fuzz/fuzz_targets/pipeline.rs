@@ -142,7 +142,7 @@ fn tables(snat: bool, tun: bool) -> Tables {
             .iter()
             .filter_map(|p| p.parse().ok())
             .collect(),
-        known_vteps: vec![Ipv4Addr::new(198, 18, 0, 2)],
+        known_vteps: [Ipv4Addr::new(198, 18, 0, 2)].into(),
         services: Arc::new(services()),
     }
 }

@@ -23,7 +23,7 @@ use hybridway_dataplane::wire::MacAddr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Default VXLAN UDP port: the one Linux and flannel use (not IANA's 4789).
-pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+pub const DEFAULT_VXLAN_PORT: u16 = hybridway_dataplane::wire::VXLAN_PORT;
 /// Default VNI, as flannel uses.
 pub const DEFAULT_VNI: u32 = 1;
 /// Largest VNI (24 bits).

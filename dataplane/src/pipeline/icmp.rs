@@ -8,14 +8,12 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::bytes::{put, rd_mac, set_macs, update16, wr8, wr16, wr32};
-use super::parse::{
-    ETH_LEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, L4, PROTO_ICMP,
-    PROTO_ICMPV6, V4, V6,
-};
 use crate::frame::Frame;
 use crate::time::Now;
 use crate::verdict::DropReason;
+use crate::wire::bytes::{put, rd_mac, set_macs, update16, wr8, wr16, wr32};
+use crate::wire::classify::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, L4, V4, V6};
+use crate::wire::packet::{ETHERNET_HEADER_LEN, ethertype, ip_proto};
 use crate::wire::{MacAddr, checksum};
 
 /// ICMPv4 errors quote at most this much of the whole error packet (RFC 1812 4.3.2.3).
@@ -67,7 +65,7 @@ pub(crate) fn echo_reply_v4(
     l4: &L4,
     mac: MacAddr,
 ) -> Result<(), DropReason> {
-    if l4.proto != PROTO_ICMP || l4.icmp_type != ICMP_ECHO_REQUEST || ip.is_fragment() {
+    if l4.proto != ip_proto::ICMP || l4.icmp_type != ICMP_ECHO_REQUEST || ip.is_fragment() {
         return Err(DropReason::NoRoute);
     }
     let d = frame.data_mut();
@@ -144,7 +142,7 @@ pub(crate) fn may_send_v4(ip: &V4) -> bool {
     {
         return false;
     }
-    if ip.proto == PROTO_ICMP {
+    if ip.proto == ip_proto::ICMP {
         // Only echo and other informational messages may trigger an error.
         return ip
             .l4
@@ -158,7 +156,7 @@ pub(crate) fn may_send_v6(ip: &V6) -> bool {
     if ip.src.is_unspecified() || ip.src.is_multicast() || ip.src.is_loopback() {
         return false;
     }
-    if ip.proto == PROTO_ICMPV6 {
+    if ip.proto == ip_proto::ICMPV6 {
         // Types below 128 are errors.
         return ip.l4.is_some_and(|l| l.icmp_type >= 128);
     }
@@ -181,7 +179,7 @@ pub(crate) fn build_v4(
     // The new headers end where the original IP header starts.
     let ip_at = start + ip.l3;
     let new_start = ip_at
-        .checked_sub(ETH_LEN + V4_ERR_HDRS)
+        .checked_sub(ETHERNET_HEADER_LEN + V4_ERR_HDRS)
         .ok_or(DropReason::NoRoom)?;
     let peer_mac = rd_mac(buf, start + 6).ok_or(err)?;
     let (icmp_type, code, rest) = match kind {
@@ -192,8 +190,8 @@ pub(crate) fn build_v4(
     };
     let e = new_start;
     set_macs(buf, e, peer_mac, src_mac).ok_or(err)?;
-    wr16(buf, e + 12, ETHERTYPE_IPV4).ok_or(err)?;
-    let h = e + ETH_LEN;
+    wr16(buf, e + 12, ethertype::IPV4).ok_or(err)?;
+    let h = e + ETHERNET_HEADER_LEN;
     let total = u16::try_from(V4_ERR_HDRS + quote).map_err(|_| err)?;
     let mut iph = [0u8; 20];
     iph[0] = 0x45;
@@ -202,7 +200,7 @@ pub(crate) fn build_v4(
     iph[2..4].copy_from_slice(&total.to_be_bytes());
     iph[4..6].copy_from_slice(&ip_id.to_be_bytes());
     iph[8] = 64;
-    iph[9] = PROTO_ICMP;
+    iph[9] = ip_proto::ICMP;
     iph[12..16].copy_from_slice(&src_ip.octets());
     iph[16..20].copy_from_slice(&ip.src.octets());
     let c = checksum::checksum(&iph);
@@ -217,7 +215,7 @@ pub(crate) fn build_v4(
     let c = checksum::checksum(msg);
     wr16(buf, icmp + 2, c).ok_or(err)?;
     frame
-        .set_window(new_start, ETH_LEN + V4_ERR_HDRS + quote)
+        .set_window(new_start, ETHERNET_HEADER_LEN + V4_ERR_HDRS + quote)
         .map_err(|_| DropReason::NoRoom)
 }
 
@@ -234,7 +232,7 @@ pub(crate) fn build_v6(
     let (buf, start, _) = frame.raw_parts();
     let ip_at = start + ip.l3;
     let new_start = ip_at
-        .checked_sub(ETH_LEN + V6_ERR_HDRS)
+        .checked_sub(ETHERNET_HEADER_LEN + V6_ERR_HDRS)
         .ok_or(DropReason::NoRoom)?;
     let peer_mac = rd_mac(buf, start + 6).ok_or(err)?;
     let (icmp_type, code, rest) = match kind {
@@ -247,13 +245,13 @@ pub(crate) fn build_v6(
     };
     let e = new_start;
     set_macs(buf, e, peer_mac, src_mac).ok_or(err)?;
-    wr16(buf, e + 12, ETHERTYPE_IPV6).ok_or(err)?;
-    let h = e + ETH_LEN;
+    wr16(buf, e + 12, ethertype::IPV6).ok_or(err)?;
+    let h = e + ETHERNET_HEADER_LEN;
     let payload_len = u16::try_from(8 + quote).map_err(|_| err)?;
     let mut iph = [0u8; 40];
     iph[0] = 0x60;
     iph[4..6].copy_from_slice(&payload_len.to_be_bytes());
-    iph[6] = PROTO_ICMPV6;
+    iph[6] = ip_proto::ICMPV6;
     iph[7] = 64;
     iph[8..24].copy_from_slice(&src_ip.octets());
     iph[24..40].copy_from_slice(&ip.src.octets());
@@ -264,9 +262,9 @@ pub(crate) fn build_v6(
     wr16(buf, icmp + 2, 0).ok_or(err)?;
     wr32(buf, icmp + 4, rest).ok_or(err)?;
     let msg = buf.get(icmp..icmp + 8 + quote).ok_or(err)?;
-    let c = checksum::transport_checksum_v6(src_ip, ip.src, PROTO_ICMPV6, msg);
+    let c = checksum::transport_checksum_v6(src_ip, ip.src, ip_proto::ICMPV6, msg);
     wr16(buf, icmp + 2, c).ok_or(err)?;
     frame
-        .set_window(new_start, ETH_LEN + V6_ERR_HDRS + quote)
+        .set_window(new_start, ETHERNET_HEADER_LEN + V6_ERR_HDRS + quote)
         .map_err(|_| DropReason::NoRoom)
 }

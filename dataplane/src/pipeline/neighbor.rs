@@ -3,12 +3,13 @@
 //! answered by the dataplane with the gateway MAC, so pods need no host stack behind
 //! their interface. Anything else is not ours to answer.
 
-use super::bytes::{put, rd_array, rd_ip4, rd_ip6, rd_mac, rd8, rd16, set_macs, wr16};
-use super::parse::{ETH_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV6, PROTO_ICMPV6, V6};
 use crate::frame::Frame;
 use crate::tables::NodeSettings;
 use crate::verdict::DropReason;
+use crate::wire::bytes::{put, rd_array, rd_ip4, rd_ip6, rd_mac, rd8, rd16, set_macs, wr16};
 use crate::wire::checksum;
+use crate::wire::classify::V6;
+use crate::wire::packet::{ETHERNET_HEADER_LEN, ethertype, ip_proto};
 
 const ARP_LEN: usize = 28;
 const ARP_REQUEST: u16 = 1;
@@ -19,7 +20,9 @@ const ARP_REPLY: u16 = 2;
 pub(crate) fn answer_arp(frame: &mut Frame<'_>, node: &NodeSettings) -> Result<(), DropReason> {
     use DropReason::MalformedArp;
     let d = frame.data();
-    let arp = d.get(ETH_LEN..ETH_LEN + ARP_LEN).ok_or(MalformedArp)?;
+    let arp = d
+        .get(ETHERNET_HEADER_LEN..ETHERNET_HEADER_LEN + ARP_LEN)
+        .ok_or(MalformedArp)?;
     // Ethernet hardware (1), IPv4 protocol, 6-byte and 4-byte addresses.
     if rd_array::<6>(arp, 0) != Some([0x00, 0x01, 0x08, 0x00, 6, 4]) {
         return Err(MalformedArp);
@@ -32,10 +35,10 @@ pub(crate) fn answer_arp(frame: &mut Frame<'_>, node: &NodeSettings) -> Result<(
         return Err(DropReason::ArpNotForUs);
     }
     let gw = node.gateway_mac;
-    let mut reply = [0u8; ETH_LEN + ARP_LEN];
+    let mut reply = [0u8; ETHERNET_HEADER_LEN + ARP_LEN];
     reply[0..6].copy_from_slice(&sender_mac);
     reply[6..12].copy_from_slice(&gw.0);
-    reply[12..14].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+    reply[12..14].copy_from_slice(&ethertype::ARP.to_be_bytes());
     reply[14..20].copy_from_slice(&[0x00, 0x01, 0x08, 0x00, 6, 4]);
     reply[20..22].copy_from_slice(&ARP_REPLY.to_be_bytes());
     reply[22..28].copy_from_slice(&gw.0);
@@ -54,7 +57,7 @@ const NDP_NS_MIN: usize = 24;
 /// never routed).
 pub(crate) fn is_neighbor_solicit(ip: &V6) -> bool {
     ip.l4
-        .is_some_and(|l| l.proto == PROTO_ICMPV6 && l.icmp_type == NDP_NEIGHBOR_SOLICIT)
+        .is_some_and(|l| l.proto == ip_proto::ICMPV6 && l.icmp_type == NDP_NEIGHBOR_SOLICIT)
 }
 
 /// Answers a neighbour solicitation for the IPv6 gateway with a solicited, overriding
@@ -87,14 +90,14 @@ pub(crate) fn answer_ns(
     let peer_mac = rd_mac(d, 6).ok_or(DropReason::MalformedEthernet)?;
     let gw = node.gateway_mac;
     const NA_LEN: usize = 32;
-    let mut reply = [0u8; ETH_LEN + 40 + NA_LEN];
+    let mut reply = [0u8; ETHERNET_HEADER_LEN + 40 + NA_LEN];
     set_macs(&mut reply, 0, peer_mac, gw).ok_or(DropReason::NoRoom)?;
-    wr16(&mut reply, 12, ETHERTYPE_IPV6).ok_or(DropReason::NoRoom)?;
-    let h = ETH_LEN;
+    wr16(&mut reply, 12, ethertype::IPV6).ok_or(DropReason::NoRoom)?;
+    let h = ETHERNET_HEADER_LEN;
     let mut iph = [0u8; 40];
     iph[0] = 0x60;
     iph[4..6].copy_from_slice(&(NA_LEN as u16).to_be_bytes());
-    iph[6] = PROTO_ICMPV6;
+    iph[6] = ip_proto::ICMPV6;
     iph[7] = 255;
     iph[8..24].copy_from_slice(&gw_ip.octets());
     iph[24..40].copy_from_slice(&ip.src.octets());
@@ -108,7 +111,7 @@ pub(crate) fn answer_ns(
     na[24] = 2;
     na[25] = 1;
     na[26..32].copy_from_slice(&gw.0);
-    let c = checksum::transport_checksum_v6(gw_ip, ip.src, PROTO_ICMPV6, &na);
+    let c = checksum::transport_checksum_v6(gw_ip, ip.src, ip_proto::ICMPV6, &na);
     na[2..4].copy_from_slice(&c.to_be_bytes());
     put(&mut reply, h + 40, &na).ok_or(DropReason::NoRoom)?;
     frame.replace(&reply).map_err(|_| DropReason::NoRoom)

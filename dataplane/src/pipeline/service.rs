@@ -47,7 +47,6 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use super::icmp::IcmpError;
-use super::parse::{L4, V4};
 use super::{Pipeline, snat};
 use crate::frame::Frame;
 use crate::tables::conntrack::Direction;
@@ -55,6 +54,8 @@ use crate::tables::services::{Backend, FrontendKey, Origin, Selection};
 use crate::tables::{FlowKey, FlowState, L4Proto, NatBinding, RouteTarget, Tables, Timeouts};
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict, WorkerId};
+use crate::wire::classify::{L4, V4};
+use crate::wire::rewrite;
 
 /// What the Service stage made of a packet.
 pub(super) enum ServiceStep {
@@ -268,7 +269,8 @@ impl Pipeline {
             addr: client_key.dst,
             port: client_key.dst_port,
         };
-        snat::rewrite_source(d, ip, &l4, from).ok_or(DropReason::MalformedTransport)?;
+        rewrite::rewrite_source(d, ip, &l4, from.addr, from.port)
+            .ok_or(DropReason::MalformedTransport)?;
         let mut out = V4 {
             src: from.addr,
             l4: Some(L4 {
@@ -282,7 +284,8 @@ impl Pipeline {
                 addr: client_key.src,
                 port: client_key.src_port,
             };
-            snat::rewrite_destination(d, &out, &l4, to).ok_or(DropReason::MalformedTransport)?;
+            rewrite::rewrite_destination(d, &out, &l4, to.addr, to.port)
+                .ok_or(DropReason::MalformedTransport)?;
             out.dst = to.addr;
         }
         Ok(ServiceStep::Continue(out))
@@ -490,7 +493,8 @@ fn translate(
         addr: flow.backend.addr,
         port: flow.backend.port,
     };
-    snat::rewrite_destination(d, ip, l4, to).ok_or(DropReason::MalformedTransport)?;
+    rewrite::rewrite_destination(d, ip, l4, to.addr, to.port)
+        .ok_or(DropReason::MalformedTransport)?;
     let mut out = V4 {
         dst: to.addr,
         l4: Some(L4 {
@@ -504,7 +508,8 @@ fn translate(
             addr,
             port: l4.sport,
         };
-        snat::rewrite_source(d, &out, l4, from).ok_or(DropReason::MalformedTransport)?;
+        rewrite::rewrite_source(d, &out, l4, from.addr, from.port)
+            .ok_or(DropReason::MalformedTransport)?;
         out.src = addr;
     }
     Ok(ServiceStep::Continue(out))

@@ -8,16 +8,15 @@
 
 use std::net::Ipv4Addr;
 
-use super::bytes::{rd_mac, rd8, rd16, set_macs};
-use super::parse::{ETH_LEN, ETHERTYPE_IPV4, PROTO_UDP, V4};
 use crate::frame::Frame;
 use crate::tables::NodeSettings;
 use crate::verdict::DropReason;
+use crate::wire::bytes::{rd_mac, rd16, set_macs};
+use crate::wire::classify::V4;
+use crate::wire::packet::{ETHERNET_HEADER_LEN, UDP_HEADER_LEN, ethertype, ip_proto};
+use crate::wire::vxlan::{VXLAN_HEADER_LEN, VXLAN_OVERHEAD_V4, VxlanPacket, VxlanRepr};
 use crate::wire::{MacAddr, checksum};
 
-/// Outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8.
-pub(crate) const OVERHEAD: usize = 50;
-const VXLAN_FLAG_I: u8 = 0x08;
 /// Outer TTL: what a Linux VXLAN device configured by flannel (ttl 0, "inherit from
 /// route") sends, the default IPv4 hop limit.
 const OUTER_TTL: u8 = 64;
@@ -73,19 +72,21 @@ pub(crate) fn encapsulate(
     let inner_len = frame.len();
     let udp_len = u16::try_from(8 + 8 + inner_len).map_err(|_| DropReason::TooBig)?;
     let ip_len = udp_len.checked_add(20).ok_or(DropReason::TooBig)?;
-    let room = frame.push_front(OVERHEAD).map_err(|_| DropReason::NoRoom)?;
+    let room = frame
+        .push_front(VXLAN_OVERHEAD_V4)
+        .map_err(|_| DropReason::NoRoom)?;
     // A fixed-size view, so every store below has a constant offset and no bounds check.
-    let h: &mut [u8; OVERHEAD] = room.try_into().map_err(|_| DropReason::NoRoom)?;
+    let h: &mut [u8; VXLAN_OVERHEAD_V4] = room.try_into().map_err(|_| DropReason::NoRoom)?;
     h[0..6].copy_from_slice(&tunnel.next_hop_mac.0);
     h[6..12].copy_from_slice(&node.uplink_mac.0);
-    h[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    h[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
     h[14] = 0x45;
     h[15] = outer_tos(inner_tos);
     h[16..18].copy_from_slice(&ip_len.to_be_bytes());
     h[18..20].copy_from_slice(&ip_id.to_be_bytes());
     h[20..22].copy_from_slice(&(if node.vxlan_df { 0x4000u16 } else { 0 }).to_be_bytes());
     h[22] = OUTER_TTL;
-    h[23] = PROTO_UDP;
+    h[23] = ip_proto::UDP;
     h[24..26].fill(0);
     h[26..30].copy_from_slice(&node.node_addr.octets());
     h[30..34].copy_from_slice(&tunnel.remote.octets());
@@ -97,15 +98,14 @@ pub(crate) fn encapsulate(
     // UDP checksum 0: allowed for IPv4 outer headers (RFC 7348 5) and what flannel's
     // VXLAN device sends unless told otherwise.
     h[40..42].fill(0);
-    h[42..50].copy_from_slice(&[VXLAN_FLAG_I, 0, 0, 0, 0, 0, 0, 0]);
-    h[46..49].copy_from_slice(&tunnel.vni.to_be_bytes()[1..4]);
+    h[42..50].copy_from_slice(&VxlanRepr { vni: tunnel.vni }.to_bytes());
     Ok(())
 }
 
 /// The checksum of the option-less outer IPv4 header at `h[14..34]` (checksum field
 /// zero): ten words, a loop the compiler unrolls.
 #[inline]
-fn ipv4_header_checksum(h: &[u8; OVERHEAD]) -> u16 {
+fn ipv4_header_checksum(h: &[u8; VXLAN_OVERHEAD_V4]) -> u16 {
     let mut sum = 0u32;
     for pair in h.get(14..34).unwrap_or_default().chunks_exact(2) {
         if let [a, b] = *pair {
@@ -136,21 +136,17 @@ pub(crate) fn decapsulate(
     let d = frame.data();
     let udp = outer.l3 + outer.ihl;
     let udp_len = usize::from(rd16(d, udp + 4).ok_or(DropReason::VxlanMalformed)?);
-    let vx = udp + 8;
-    let inner = vx + 8;
+    let vx = udp + UDP_HEADER_LEN;
+    let inner = vx + VXLAN_HEADER_LEN;
     let end = udp + udp_len;
-    if end < inner + ETH_LEN || end > outer.end() {
+    if end < inner + ETHERNET_HEADER_LEN || end > outer.end() {
         return Err(DropReason::VxlanMalformed);
     }
-    let flags = rd8(d, vx).ok_or(DropReason::VxlanMalformed)?;
-    if flags & VXLAN_FLAG_I == 0 {
-        return Err(DropReason::VxlanMalformed);
-    }
-    let vni_bytes = d.get(vx + 4..vx + 7).ok_or(DropReason::VxlanMalformed)?;
-    let vni = vni_bytes
-        .iter()
-        .fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
-    if vni != node.vni {
+    let header = d.get(vx..inner).ok_or(DropReason::VxlanMalformed)?;
+    let vxlan = VxlanPacket::new_checked(header)
+        .and_then(|p| VxlanRepr::parse(&p))
+        .map_err(|_| DropReason::VxlanMalformed)?;
+    if vxlan.vni != node.vni {
         return Err(DropReason::VxlanWrongVni);
     }
     if rd_mac(d, inner) != Some(node.vtep_mac) {

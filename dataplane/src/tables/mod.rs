@@ -15,9 +15,11 @@ pub mod routes;
 pub mod services;
 pub mod snapshot;
 pub mod snat;
+pub mod vteps;
 
 pub use conntrack::{FlowKey, FlowState, L4Proto, TcpSegment, Timeouts};
 pub use routes::{Prefix, RouteTable, RouteTableBuilder, RouteTarget};
 pub use services::{Backend, ServiceSpec, ServiceTable};
 pub use snapshot::{Mode, NodeSettings, SharedTables, Tables};
 pub use snat::{NatBinding, SnatConfig, SnatError, SnatShard, owner_of_remote};
+pub use vteps::VtepSet;

@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use crate::frame::PortId;
 use crate::tables::routes::{Prefix, RouteTable};
 use crate::tables::services::ServiceTable;
+use crate::tables::vteps::VtepSet;
 use crate::wire::MacAddr;
 
 /// How pod traffic crosses between nodes.
@@ -77,8 +78,9 @@ pub struct Tables {
     pub routes: RouteTable,
     /// Destinations never masqueraded (cluster pod, service and node ranges).
     pub no_snat: Vec<Prefix>,
-    /// Node addresses VXLAN is accepted from (every remote node in the table).
-    pub known_vteps: Vec<Ipv4Addr>,
+    /// Node addresses VXLAN is accepted from (every remote node in the table), as
+    /// the set the workers probe per packet.
+    pub known_vteps: VtepSet,
     /// Kubernetes Services; shared between snapshots that differ in routes only.
     pub services: Arc<ServiceTable>,
 }
@@ -91,7 +93,7 @@ impl Tables {
 
     /// Whether VXLAN from `src` comes from a known node.
     pub fn is_known_vtep(&self, src: Ipv4Addr) -> bool {
-        self.known_vteps.contains(&src)
+        self.known_vteps.contains(src)
     }
 }
 

@@ -185,27 +185,6 @@ pub const fn udp_nonzero(checksum: u16) -> u16 {
     if checksum == 0 { 0xffff } else { checksum }
 }
 
-/// Reads the big-endian word at `at`, if present.
-#[inline]
-pub fn read_u16(data: &[u8], at: usize) -> Option<u16> {
-    match data.get(at..at.checked_add(2)?) {
-        Some(&[a, b]) => Some(u16::from_be_bytes([a, b])),
-        _ => None,
-    }
-}
-
-/// Writes the big-endian word at `at`; `false` (nothing written) when out of range.
-#[inline]
-pub fn write_u16(data: &mut [u8], at: usize, value: u16) -> bool {
-    match at.checked_add(2).and_then(|end| data.get_mut(at..end)) {
-        Some(dst) => {
-            dst.copy_from_slice(&value.to_be_bytes());
-            true
-        }
-        None => false,
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {

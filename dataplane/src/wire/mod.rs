@@ -1,42 +1,33 @@
-//! Zero-copy packet views.
+//! The packet stack the forwarding path runs, and the fuzzers with it: zero-copy
+//! reads and in-place rewrites of Ethernet, ARP, IPv4, IPv6, TCP, UDP, ICMP and VXLAN
+//! headers. Nothing here is only for tests: every item is on the pipeline's path.
 //!
-//! The contract (after smoltcp's `wire`): a view wraps `T: AsRef<[u8]>`;
-//! `new_checked` validates every length once, after which no getter can panic;
-//! protocol-number enums are total (`Unknown(n)`); `Repr::parse` checks meaning and
-//! `Repr::emit` writes into a buffer the caller sized with `buffer_len`.
-//! Views that smoltcp already provides with this contract are re-exported rather than
-//! written again: after `new_checked`, the getters of `EthernetFrame`, `ArpPacket`,
-//! `Ipv4Packet`, `Ipv6Packet`, `UdpPacket`, `TcpPacket`, `Icmpv4Packet` and
-//! `Icmpv6Packet` only read within the lengths `check_len` verified (the `wire_*`
-//! fuzz targets call every getter we use on arbitrary bytes to hold that). Note that
-//! smoltcp's `verify_checksum` methods return `true` when built with `cfg(fuzzing)`,
-//! so checksum agreement is tested in unit and property tests, not by the fuzzers.
+//! - [`classify`]: one pass over the headers a frame is judged on (untagged IPv4 by
+//!   a specialised parser, everything else through [`PacketInfo::parse`], with the
+//!   IPv6 extension-header walk of [`ipv6_ext`]); after it succeeds every offset it
+//!   returns is inside the frame and the IPv4 header checksum is right.
+//! - [`bytes`]: the bounds-checked big-endian field access everything else uses.
+//! - [`rewrite`]: NAT and forwarding rewrites with incremental checksum updates;
+//!   [`checksum`]: the full and incremental checksum arithmetic.
+//! - [`icmp_quote`]: the packet an ICMP error quotes (routers quote only the header
+//!   + 8 bytes, which smoltcp's `Icmpv4Repr::parse` refuses).
+//! - [`vxlan`]: the VXLAN header view and constants.
 //!
-//! Where smoltcp falls short we have our own:
-//! - 802.1Q tags ([`vlan`]) and VXLAN ([`vxlan`]) are not in smoltcp;
-//! - `Ipv4Repr::parse` refuses fragments, so fragments are recognised by
-//!   [`PacketInfo`] from the raw flags/offset;
-//! - `Icmpv4Repr::parse` needs the quoted packet whole (its total length within the
-//!   quote), but routers quote only the header + 8 bytes: [`icmp_quote`] reads that;
-//! - smoltcp has no walk over a whole IPv6 extension-header chain ([`ipv6_ext`]).
-//!
-//! For the hot path, [`PacketInfo::parse`] classifies a whole frame in one pass;
-//! [`checksum`] holds the full and incremental (NAT) checksum arithmetic.
+//! smoltcp's views are re-exported for the tests, which build and check packets with
+//! them as an implementation independent of ours.
 
+pub mod bytes;
 pub mod checksum;
+pub mod classify;
 pub mod icmp_quote;
 pub mod ipv6_ext;
 pub mod mac;
 pub mod packet;
 pub mod rewrite;
-pub mod vlan;
 pub mod vxlan;
 
-pub use icmp_quote::{QuotedPacket, QuotedSide, QuotedTransport};
 pub use mac::MacAddr;
 pub use packet::{Fragment, L3, PacketInfo, ParseError, TcpFlags, Transport};
-pub use rewrite::RewriteError;
-pub use vlan::{VlanPacket, VlanRepr};
 pub use vxlan::{VXLAN_OVERHEAD_V4, VXLAN_PORT, VxlanPacket, VxlanRepr};
 
 pub use smoltcp::phy::ChecksumCapabilities;

@@ -11,6 +11,7 @@
 //! header checksum *is* verified and reported in [`PacketInfo::ipv4_checksum_ok`] so
 //! the pipeline decides what to do with a bad one.
 
+use super::bytes::{rd16, rd32};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::MacAddr;
@@ -229,12 +230,12 @@ impl PacketInfo {
             Some(m) if frame.len() >= ETHERNET_HEADER_LEN => (mac_at(m, 0), mac_at(m, 6)),
             _ => return Err(ParseError::MalformedEthernet),
         };
-        let mut ethertype = be16(frame, 12).ok_or(ParseError::MalformedEthernet)?;
+        let mut ethertype = rd16(frame, 12).ok_or(ParseError::MalformedEthernet)?;
         let mut l3_offset = ETHERNET_HEADER_LEN;
         let mut vlan_tci = None;
         if ethertype == ethertype::VLAN {
-            vlan_tci = Some(be16(frame, 14).ok_or(ParseError::MalformedEthernet)?);
-            ethertype = be16(frame, 16).ok_or(ParseError::MalformedEthernet)?;
+            vlan_tci = Some(rd16(frame, 14).ok_or(ParseError::MalformedEthernet)?);
+            ethertype = rd16(frame, 16).ok_or(ParseError::MalformedEthernet)?;
             l3_offset += VLAN_TAG_LEN;
         }
         let mut info = PacketInfo {
@@ -325,22 +326,6 @@ impl PacketInfo {
 }
 
 #[inline]
-fn be16(data: &[u8], at: usize) -> Option<u16> {
-    match data.get(at..at + 2) {
-        Some(&[a, b]) => Some(u16::from_be_bytes([a, b])),
-        _ => None,
-    }
-}
-
-#[inline]
-fn be32(data: &[u8], at: usize) -> Option<u32> {
-    match data.get(at..at + 4) {
-        Some(&[a, b, c, d]) => Some(u32::from_be_bytes([a, b, c, d])),
-        _ => None,
-    }
-}
-
-#[inline]
 fn mac_at(data: &[u8], at: usize) -> MacAddr {
     let mut m = [0u8; 6];
     if let Some(src) = data.get(at..at + 6) {
@@ -351,7 +336,7 @@ fn mac_at(data: &[u8], at: usize) -> MacAddr {
 
 #[inline]
 fn ipv4_at(data: &[u8], at: usize) -> Option<Ipv4Addr> {
-    be32(data, at).map(Ipv4Addr::from_bits)
+    rd32(data, at).map(Ipv4Addr::from_bits)
 }
 
 #[inline]
@@ -365,13 +350,13 @@ fn parse_arp(frame: &[u8], at: usize, info: &mut PacketInfo) -> Result<(), Parse
         .get(at..at + ARP_ETH_IPV4_LEN)
         .ok_or(ParseError::MalformedArp)?;
     // Ethernet (1) / IPv4 (0x0800), hardware length 6, protocol length 4.
-    if be16(arp, 0) != Some(1)
-        || be16(arp, 2) != Some(ethertype::IPV4)
+    if rd16(arp, 0) != Some(1)
+        || rd16(arp, 2) != Some(ethertype::IPV4)
         || arp.get(4..6) != Some(&[6, 4])
     {
         return Err(ParseError::MalformedArp);
     }
-    let operation = be16(arp, 6).ok_or(ParseError::MalformedArp)?;
+    let operation = rd16(arp, 6).ok_or(ParseError::MalformedArp)?;
     let spa = ipv4_at(arp, 14).ok_or(ParseError::MalformedArp)?;
     let tpa = ipv4_at(arp, 24).ok_or(ParseError::MalformedArp)?;
     let end = (at + ARP_ETH_IPV4_LEN) as u32;
@@ -395,15 +380,15 @@ fn parse_ipv4(frame: &[u8], at: usize, info: &mut PacketInfo) -> Result<(), Pars
         return Err(ParseError::MalformedIpv4);
     }
     let header_len = usize::from(vihl & 0x0f) * 4;
-    let total_len = usize::from(be16(fixed, 2).ok_or(ParseError::MalformedIpv4)?);
+    let total_len = usize::from(rd16(fixed, 2).ok_or(ParseError::MalformedIpv4)?);
     if header_len < IPV4_MIN_HEADER_LEN || total_len < header_len {
         return Err(ParseError::MalformedIpv4);
     }
     let end = at + total_len;
     let packet = frame.get(at..end).ok_or(ParseError::MalformedIpv4)?;
     let header = packet.get(..header_len).ok_or(ParseError::MalformedIpv4)?;
-    let id = be16(fixed, 4).ok_or(ParseError::MalformedIpv4)?;
-    let frag = be16(fixed, 6).ok_or(ParseError::MalformedIpv4)?;
+    let id = rd16(fixed, 4).ok_or(ParseError::MalformedIpv4)?;
+    let frag = rd16(fixed, 6).ok_or(ParseError::MalformedIpv4)?;
     info.ipv4_checksum_ok = match <&[u8; IPV4_MIN_HEADER_LEN]>::try_from(header) {
         Ok(h) => checksum::sum_ipv4_header(h) == 0xffff,
         Err(_) => checksum::sum(header) == 0xffff,
@@ -444,7 +429,7 @@ fn parse_ipv6(frame: &[u8], at: usize, info: &mut PacketInfo) -> Result<(), Pars
         return Err(ParseError::MalformedIpv6);
     }
     // A zero payload length means a jumbogram (RFC 2675), which never fits a frame.
-    let payload_len = usize::from(be16(fixed, 4).ok_or(ParseError::MalformedIpv6)?);
+    let payload_len = usize::from(rd16(fixed, 4).ok_or(ParseError::MalformedIpv6)?);
     let end = at + IPV6_HEADER_LEN + payload_len;
     if end > frame.len() {
         return Err(ParseError::MalformedIpv6);

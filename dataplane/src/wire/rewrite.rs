@@ -1,9 +1,9 @@
-//! In-place header rewrites for NAT and forwarding, each keeping every checksum that
-//! covers the changed field right with an RFC 1624 incremental update.
+//! In-place IPv4/IPv6 header rewrites for NAT and forwarding, each keeping every
+//! checksum that covers the changed field right with an RFC 1624 incremental update.
 //!
-//! They work on a frame already classified by [`PacketInfo::parse`] (its offsets say
-//! where the fields are) and never index out of bounds: a field that is not there is
-//! an error and nothing is written. Which checksums a field feeds:
+//! They work at the offsets [`super::classify`] validated and never index out of
+//! bounds: a field that is not there is `None` and the caller drops the frame.
+//! Which checksums a field feeds:
 //!
 //! | field             | IPv4 header | TCP | UDP (0 stays 0) | ICMPv4 |
 //! |-------------------|-------------|-----|-----------------|--------|
@@ -11,219 +11,145 @@
 //! | TCP/UDP port      |             | yes | yes             |        |
 //! | ICMP echo id      |             |     |                 | yes    |
 //! | TTL               | yes         |     |                 |        |
-//!
-//! A non-first fragment has no transport header, so only the IP header changes.
 
 use std::net::Ipv4Addr;
 
-use super::checksum::{self, read_u16, write_u16};
-use super::packet::{L3, PacketInfo, Transport, ip_proto};
+use super::bytes::{put, rd16, update16, wr8, wr16};
+use super::checksum;
+use super::classify::{L4, V4, V6};
+use super::packet::ip_proto;
 
-/// A rewrite that does not apply to the frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RewriteError {
-    /// The frame is not IPv4 (these helpers do IPv4 NAT only).
-    #[error("not an IPv4 packet")]
-    NotIpv4,
-    /// The packet has no field of that kind (e.g. a port on ICMP, or a fragment).
-    #[error("packet has no such transport field")]
-    NoSuchField,
-    /// The frame is shorter than the classification said (it changed since).
-    #[error("frame shorter than its classification")]
-    OutOfBounds,
-}
-
+/// Offset of the checksum field in each transport header.
+const TCP_CSUM: usize = 16;
+const UDP_CSUM: usize = 6;
+const ICMP_CSUM: usize = 2;
+/// Offset of the echo identifier in an ICMP echo header.
+const ICMP_ID: usize = 4;
 const IPV4_TTL: usize = 8;
-const IPV4_CHECKSUM: usize = 10;
-const IPV4_SRC: usize = 12;
+const IPV4_CSUM: usize = 10;
 const IPV4_DST: usize = 16;
-const TCP_CHECKSUM: usize = 16;
-const UDP_CHECKSUM: usize = 6;
-const ICMP_CHECKSUM: usize = 2;
-const ICMP_ECHO_ID: usize = 4;
+const IPV6_HOP_LIMIT: usize = 7;
 
-/// Which transport checksum (if any) an IPv4 address change must update.
-#[derive(Clone, Copy)]
-enum L4Sum {
-    None,
-    Tcp(usize),
-    Udp(usize),
+/// Which end of a flow a rewrite changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
 }
 
-fn l4_sum(info: &PacketInfo) -> L4Sum {
-    let l4 = info.l4_offset();
-    match info.transport {
-        Transport::Tcp { .. } => L4Sum::Tcp(l4 + TCP_CHECKSUM),
-        Transport::Udp { .. } => L4Sum::Udp(l4 + UDP_CHECKSUM),
-        _ => L4Sum::None,
-    }
+/// Rewrites the source address and port (echo identifier for ICMP) of `ip` in `d`.
+#[inline]
+pub fn rewrite_source(d: &mut [u8], ip: &V4, l4: &L4, addr: Ipv4Addr, port: u16) -> Option<()> {
+    rewrite_side(d, ip.l3, ip.src, l4, addr, port, Side::Source)
 }
 
-fn read_addr(frame: &[u8], at: usize) -> Option<Ipv4Addr> {
-    let b: [u8; 4] = frame.get(at..at + 4)?.try_into().ok()?;
-    Some(Ipv4Addr::from(b))
+/// Rewrites the destination address and port (echo identifier for ICMP) of `ip`.
+#[inline]
+pub fn rewrite_destination(
+    d: &mut [u8],
+    ip: &V4,
+    l4: &L4,
+    addr: Ipv4Addr,
+    port: u16,
+) -> Option<()> {
+    rewrite_side(d, ip.l3, ip.dst, l4, addr, port, Side::Destination)
 }
 
-fn set_ipv4_addr(
-    frame: &mut [u8],
-    info: &PacketInfo,
-    field: usize,
-    new: Ipv4Addr,
-) -> Result<Ipv4Addr, RewriteError> {
-    if info.l3 != L3::Ipv4 {
-        return Err(RewriteError::NotIpv4);
-    }
-    let l3 = info.l3_offset();
-    let at = l3 + field;
-    let old = read_addr(frame, at).ok_or(RewriteError::OutOfBounds)?;
-    let ip_sum = read_u16(frame, l3 + IPV4_CHECKSUM).ok_or(RewriteError::OutOfBounds)?;
-    // Read every checksum before writing anything so a failure leaves the frame as it was.
-    let l4 = match l4_sum(info) {
-        L4Sum::None => None,
-        L4Sum::Tcp(c) => {
-            let s = read_u16(frame, c).ok_or(RewriteError::OutOfBounds)?;
-            Some((c, checksum::update_ipv4_addr(s, old, new)))
-        }
-        L4Sum::Udp(c) => {
-            let s = read_u16(frame, c).ok_or(RewriteError::OutOfBounds)?;
-            Some((c, checksum::udp_update_ipv4_addr(s, old, new)))
-        }
+/// Rewrites one side (address and port) of the IPv4 packet whose header is at `l3`,
+/// updating the IP header checksum and the transport checksum. The transport checksum
+/// is only touched when it lies inside `d` (a quoted header in an ICMP error may be cut
+/// short); the address and port must be there.
+pub fn rewrite_side(
+    d: &mut [u8],
+    l3: usize,
+    old_addr: Ipv4Addr,
+    l4: &L4,
+    addr: Ipv4Addr,
+    port: u16,
+    side: Side,
+) -> Option<()> {
+    let (addr_off, port_off) = match side {
+        Side::Source => (12, 0),
+        Side::Destination => (16, 2),
     };
-    if let Some(dst) = frame.get_mut(at..at + 4) {
-        dst.copy_from_slice(&new.octets());
-    }
-    write_u16(
-        frame,
-        l3 + IPV4_CHECKSUM,
-        checksum::update_ipv4_addr(ip_sum, old, new),
-    );
-    if let Some((c, s)) = l4 {
-        write_u16(frame, c, s);
-    }
-    Ok(old)
-}
-
-/// Rewrites the IPv4 source address; returns the old one.
-pub fn set_ipv4_src(
-    frame: &mut [u8],
-    info: &PacketInfo,
-    new: Ipv4Addr,
-) -> Result<Ipv4Addr, RewriteError> {
-    set_ipv4_addr(frame, info, IPV4_SRC, new)
-}
-
-/// Rewrites the IPv4 destination address; returns the old one.
-pub fn set_ipv4_dst(
-    frame: &mut [u8],
-    info: &PacketInfo,
-    new: Ipv4Addr,
-) -> Result<Ipv4Addr, RewriteError> {
-    set_ipv4_addr(frame, info, IPV4_DST, new)
-}
-
-/// Rewrites the 16-bit transport field at `l4 + field` covered by the checksum at
-/// `l4 + sum_field` (UDP rule applied when `udp`).
-fn set_l4_word(
-    frame: &mut [u8],
-    at: usize,
-    sum_at: usize,
-    udp: bool,
-    new: u16,
-) -> Result<u16, RewriteError> {
-    let old = read_u16(frame, at).ok_or(RewriteError::OutOfBounds)?;
-    let sum = read_u16(frame, sum_at).ok_or(RewriteError::OutOfBounds)?;
-    let sum = if udp {
-        checksum::udp_update_u16(sum, old, new)
-    } else {
-        checksum::update_u16(sum, old, new)
-    };
-    write_u16(frame, at, new);
-    write_u16(frame, sum_at, sum);
-    Ok(old)
-}
-
-fn set_port(
-    frame: &mut [u8],
-    info: &PacketInfo,
-    offset_in_l4: usize,
-    new: u16,
-) -> Result<u16, RewriteError> {
-    let l4 = info.l4_offset();
-    match info.transport {
-        Transport::Tcp { .. } => {
-            set_l4_word(frame, l4 + offset_in_l4, l4 + TCP_CHECKSUM, false, new)
-        }
-        Transport::Udp { .. } => {
-            set_l4_word(frame, l4 + offset_in_l4, l4 + UDP_CHECKSUM, true, new)
-        }
-        _ => Err(RewriteError::NoSuchField),
-    }
-}
-
-/// Rewrites the TCP/UDP source port; returns the old one. Works for IPv6 too.
-pub fn set_src_port(frame: &mut [u8], info: &PacketInfo, new: u16) -> Result<u16, RewriteError> {
-    set_port(frame, info, 0, new)
-}
-
-/// Rewrites the TCP/UDP destination port; returns the old one. Works for IPv6 too.
-pub fn set_dst_port(frame: &mut [u8], info: &PacketInfo, new: u16) -> Result<u16, RewriteError> {
-    set_port(frame, info, 2, new)
-}
-
-/// Rewrites the ICMPv4 echo identifier; returns the old one.
-pub fn set_icmp_echo_id(
-    frame: &mut [u8],
-    info: &PacketInfo,
-    new: u16,
-) -> Result<u16, RewriteError> {
-    match info.transport {
-        Transport::IcmpEcho { .. } if info.protocol == ip_proto::ICMP => {
-            let l4 = info.l4_offset();
-            set_l4_word(frame, l4 + ICMP_ECHO_ID, l4 + ICMP_CHECKSUM, false, new)
-        }
-        _ => Err(RewriteError::NoSuchField),
-    }
-}
-
-/// Decrements the IPv4 TTL (updating the header checksum) or the IPv6 hop limit;
-/// returns the new value. A TTL already 0 is left alone and `Ok(0)` returned, so the
-/// caller's "expired" check is one comparison.
-pub fn decrement_ttl(frame: &mut [u8], info: &PacketInfo) -> Result<u8, RewriteError> {
-    let l3 = info.l3_offset();
-    match info.l3 {
-        L3::Ipv4 => {
-            let ttl = *frame.get(l3 + IPV4_TTL).ok_or(RewriteError::OutOfBounds)?;
-            if ttl == 0 {
-                return Ok(0);
+    let ip_csum = rd16(d, l3 + 10)?;
+    wr16(
+        d,
+        l3 + 10,
+        checksum::update_ipv4_addr(ip_csum, old_addr, addr),
+    )?;
+    put(d, l3 + addr_off, &addr.octets())?;
+    match l4.proto {
+        ip_proto::TCP | ip_proto::UDP => {
+            let port_at = l4.off + port_off;
+            let old_port = rd16(d, port_at)?;
+            wr16(d, port_at, port)?;
+            let (csum_at, udp) = if l4.proto == ip_proto::TCP {
+                (TCP_CSUM, false)
+            } else {
+                (UDP_CSUM, true)
+            };
+            if let Some(c) = rd16(d, l4.off + csum_at) {
+                let c = if udp {
+                    checksum::udp_update_u16(
+                        checksum::udp_update_ipv4_addr(c, old_addr, addr),
+                        old_port,
+                        port,
+                    )
+                } else {
+                    checksum::update_u16(
+                        checksum::update_ipv4_addr(c, old_addr, addr),
+                        old_port,
+                        port,
+                    )
+                };
+                wr16(d, l4.off + csum_at, c)?;
             }
-            // TTL is the high byte of the word it shares with the protocol.
-            let word = read_u16(frame, l3 + IPV4_TTL).ok_or(RewriteError::OutOfBounds)?;
-            let sum = read_u16(frame, l3 + IPV4_CHECKSUM).ok_or(RewriteError::OutOfBounds)?;
-            let new_word = word - 0x0100;
-            write_u16(frame, l3 + IPV4_TTL, new_word);
-            write_u16(
-                frame,
-                l3 + IPV4_CHECKSUM,
-                checksum::update_u16(sum, word, new_word),
-            );
-            Ok(ttl - 1)
         }
-        L3::Ipv6 => {
-            let hop = frame.get_mut(l3 + 7).ok_or(RewriteError::OutOfBounds)?;
-            *hop = hop.saturating_sub(1);
-            Ok(*hop)
+        ip_proto::ICMP => {
+            // Only the echo identifier is translated; ICMP has no pseudo-header.
+            let id_at = l4.off + ICMP_ID;
+            let old_id = rd16(d, id_at)?;
+            wr16(d, id_at, port)?;
+            if let Some(c) = rd16(d, l4.off + ICMP_CSUM) {
+                wr16(d, l4.off + ICMP_CSUM, checksum::update_u16(c, old_id, port))?;
+            }
         }
-        L3::Arp => Err(RewriteError::NoSuchField),
+        _ => return None,
     }
+    Some(())
 }
 
-/// Recomputes the IPv4 header checksum from scratch (after building a header).
-pub fn fill_ipv4_checksum(header: &mut [u8]) -> Result<(), RewriteError> {
-    if !write_u16(header, IPV4_CHECKSUM, 0) {
-        return Err(RewriteError::OutOfBounds);
-    }
-    let ihl = usize::from(header.first().copied().unwrap_or(0) & 0x0f) * 4;
-    let c = checksum::checksum(header.get(..ihl).ok_or(RewriteError::OutOfBounds)?);
-    write_u16(header, IPV4_CHECKSUM, c);
-    Ok(())
+/// Rewrites only the IPv4 destination address (the outer header of an ICMP error,
+/// whose message checksum the caller recomputes).
+pub fn rewrite_destination_address(d: &mut [u8], ip: &V4, to: Ipv4Addr) -> Option<()> {
+    let c = rd16(d, ip.l3 + IPV4_CSUM)?;
+    wr16(
+        d,
+        ip.l3 + IPV4_CSUM,
+        checksum::update_ipv4_addr(c, ip.dst, to),
+    )?;
+    put(d, ip.l3 + IPV4_DST, &to.octets())
+}
+
+/// Recomputes the ICMP checksum of the message `d[at..end]`.
+pub fn fill_icmp_checksum(d: &mut [u8], at: usize, end: usize) -> Option<()> {
+    wr16(d, at + ICMP_CSUM, 0)?;
+    let c = checksum::checksum(d.get(at..end)?);
+    wr16(d, at + ICMP_CSUM, c)
+}
+
+/// Decrements the IPv4 TTL and updates the header checksum (the TTL shares a 16-bit
+/// word with the protocol). The caller has checked the TTL is above 1.
+#[inline]
+pub fn decrement_ttl_v4(d: &mut [u8], ip: &V4) -> Option<()> {
+    update16(d, ip.l3 + IPV4_TTL, ip.l3 + IPV4_CSUM, |w| {
+        w.wrapping_sub(0x0100)
+    })
+}
+
+/// Decrements the IPv6 hop limit (no checksum covers it).
+#[inline]
+pub fn decrement_hop_limit(d: &mut [u8], ip: &V6) -> Option<()> {
+    wr8(d, ip.l3 + IPV6_HOP_LIMIT, ip.hop_limit.saturating_sub(1))
 }

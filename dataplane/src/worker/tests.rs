@@ -131,7 +131,7 @@ fn tables_with_host_port(host_port: Option<PortId>) -> Arc<SharedTables> {
         },
         routes: RouteTableBuilder::new().build(),
         no_snat: Vec::new(),
-        known_vteps: Vec::new(),
+        known_vteps: Default::default(),
         services: Default::default(),
     }))
 }

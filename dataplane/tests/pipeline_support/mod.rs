@@ -115,7 +115,7 @@ pub fn tables(snat: bool) -> Tables {
         node: node_settings(snat),
         routes: b.build(),
         no_snat: vec![p("198.19.0.0/16"), p("198.18.0.0/24")],
-        known_vteps: vec![REMOTE_NODE],
+        known_vteps: [REMOTE_NODE].into(),
         services: Default::default(),
     }
 }

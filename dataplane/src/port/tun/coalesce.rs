@@ -11,14 +11,14 @@
 //! the kernel to complete: a corrupt segment is written on its own, and dropped by
 //! the kernel as it would be without coalescing.
 
+use super::gso::{F_NEEDS_CSUM, GSO_TCPV4};
 use super::gso::{VNET_HDR_LEN, VirtioNetHdr, csum_add, csum_fold};
+use crate::wire::bytes::{rd16, rd32};
 
 const MAX_LEN: usize = 65_535;
 const MAX_SEGMENTS: usize = 64;
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
-const GSO_TCPV4: u8 = 1;
-const F_NEEDS_CSUM: u8 = 1;
 
 /// A TCP/IPv4 segment that may be merged, with the fields runs are keyed on.
 #[derive(Clone, Copy, Debug)]
@@ -30,19 +30,6 @@ struct Segment<'a> {
     payload: usize,
 }
 
-fn be16(p: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*p.get(at)?, *p.get(at + 1)?]))
-}
-
-fn be32(p: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_be_bytes([
-        *p.get(at)?,
-        *p.get(at + 1)?,
-        *p.get(at + 2)?,
-        *p.get(at + 3)?,
-    ]))
-}
-
 /// The pseudo-header sum of a TCP/IPv4 packet with `tcp_len` bytes of TCP.
 fn pseudo_sum(packet: &[u8], tcp_len: usize) -> Option<u32> {
     let sum = csum_add(0, packet.get(12..20)?);
@@ -52,8 +39,8 @@ fn pseudo_sum(packet: &[u8], tcp_len: usize) -> Option<u32> {
 impl<'a> Segment<'a> {
     fn parse(packet: &'a [u8]) -> Option<Self> {
         let ver_ihl = *packet.first()?;
-        let total = usize::from(be16(packet, 2)?);
-        let frag = be16(packet, 6)?;
+        let total = usize::from(rd16(packet, 2)?);
+        let frag = rd16(packet, 6)?;
         if ver_ihl != 0x45
             || total != packet.len()
             || frag & 0x7fff != 0x4000
@@ -78,7 +65,7 @@ impl<'a> Segment<'a> {
         Some(Segment {
             packet,
             tcp_len,
-            seq: be32(packet, 24)?,
+            seq: rd32(packet, 24)?,
             flags,
             payload,
         })
@@ -232,7 +219,7 @@ impl Segment<'_> {
         Some(Segment {
             packet: buf,
             tcp_len,
-            seq: be32(buf, 24)?,
+            seq: rd32(buf, 24)?,
             flags: *buf.get(33)?,
             payload: 0,
         })

@@ -11,19 +11,19 @@
 //! checksum completed. All of this is pure code over byte slices; nothing panics on
 //! bad input.
 
+use crate::wire::bytes::{rd16, rd32, wr16};
+use crate::wire::packet::ip_proto;
+
 /// Size of `struct virtio_net_hdr` (no `num_buffers`), the TUN default.
 pub const VNET_HDR_LEN: usize = 10;
 
-const F_NEEDS_CSUM: u8 = 1;
+pub(super) const F_NEEDS_CSUM: u8 = 1;
 const GSO_NONE: u8 = 0;
-const GSO_TCPV4: u8 = 1;
+pub(super) const GSO_TCPV4: u8 = 1;
 const GSO_UDP: u8 = 3;
 const GSO_TCPV6: u8 = 4;
 const GSO_UDP_L4: u8 = 5;
 const GSO_ECN: u8 = 0x80;
-
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
 
 /// The virtio-net header fields hybridway uses (little-endian on the wire, as TUN
 /// uses on little-endian hosts).
@@ -108,24 +108,6 @@ pub struct Segmenter {
     csum: Option<(usize, usize)>,
 }
 
-fn be16(p: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*p.get(at)?, *p.get(at + 1)?]))
-}
-
-fn be32(p: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_be_bytes([
-        *p.get(at)?,
-        *p.get(at + 1)?,
-        *p.get(at + 2)?,
-        *p.get(at + 3)?,
-    ]))
-}
-
-fn put16(p: &mut [u8], at: usize, v: u16) -> Option<()> {
-    p.get_mut(at..at + 2)?.copy_from_slice(&v.to_be_bytes());
-    Some(())
-}
-
 /// Ones'-complement sum of `data` (as big-endian 16-bit words, an odd last byte
 /// padded with zero) added to `sum`; the result is folded to 16 bits so callers may
 /// add a few more small terms before [`csum_fold`].
@@ -175,14 +157,14 @@ impl Segmenter {
         let (l3, l3_len, proto) = match version {
             4 => {
                 let ihl = usize::from(packet.first().ok_or(GsoError::Malformed)? & 0x0f) * 4;
-                let total = usize::from(be16(packet, 2).ok_or(GsoError::Malformed)?);
+                let total = usize::from(rd16(packet, 2).ok_or(GsoError::Malformed)?);
                 if ihl < 20 || total < ihl || total > packet.len() {
                     return Err(GsoError::Malformed);
                 }
                 (L3::V4, ihl, *packet.get(9).ok_or(GsoError::Malformed)?)
             }
             6 => {
-                let payload = usize::from(be16(packet, 4).ok_or(GsoError::Malformed)?);
+                let payload = usize::from(rd16(packet, 4).ok_or(GsoError::Malformed)?);
                 if 40 + payload > packet.len() {
                     return Err(GsoError::Malformed);
                 }
@@ -193,12 +175,12 @@ impl Segmenter {
             _ => return Err(GsoError::Malformed),
         };
         let ip_len = match l3 {
-            L3::V4 => usize::from(be16(packet, 2).ok_or(GsoError::Malformed)?),
-            L3::V6 => 40 + usize::from(be16(packet, 4).ok_or(GsoError::Malformed)?),
+            L3::V4 => usize::from(rd16(packet, 2).ok_or(GsoError::Malformed)?),
+            L3::V6 => 40 + usize::from(rd16(packet, 4).ok_or(GsoError::Malformed)?),
         };
         let l4 = match proto {
-            PROTO_TCP => Some(L4::Tcp),
-            PROTO_UDP => Some(L4::Udp),
+            ip_proto::TCP => Some(L4::Tcp),
+            ip_proto::UDP => Some(L4::Udp),
             _ => None,
         };
         let l4_hdr = match l4 {
@@ -284,13 +266,13 @@ impl Segmenter {
                 if value == 0 && self.l4 == Some(L4::Udp) {
                     value = 0xffff;
                 }
-                put16(dst, field, value).ok_or(GsoError::Malformed)?;
+                wr16(dst, field, value).ok_or(GsoError::Malformed)?;
             }
             return Ok(len);
         }
         let ip_len = match self.l3 {
-            L3::V4 => usize::from(be16(packet, 2).ok_or(GsoError::Malformed)?),
-            L3::V6 => 40 + usize::from(be16(packet, 4).ok_or(GsoError::Malformed)?),
+            L3::V4 => usize::from(rd16(packet, 2).ok_or(GsoError::Malformed)?),
+            L3::V6 => 40 + usize::from(rd16(packet, 4).ok_or(GsoError::Malformed)?),
         };
         let from = self.hdr_len + index * self.gso_size;
         let to = (from + self.gso_size).min(ip_len);
@@ -314,18 +296,18 @@ impl Segmenter {
         // IP header and the pseudo-header sum.
         let pseudo = match self.l3 {
             L3::V4 => {
-                put16(seg, 2, seg.len() as u16)?;
-                let id = be16(seg, 4)?.wrapping_add(index as u16);
-                put16(seg, 4, id)?;
-                put16(seg, 10, 0)?;
+                wr16(seg, 2, seg.len() as u16)?;
+                let id = rd16(seg, 4)?.wrapping_add(index as u16);
+                wr16(seg, 4, id)?;
+                wr16(seg, 10, 0)?;
                 let sum = csum_fold(csum_add(0, seg.get(..self.l3_len)?));
-                put16(seg, 10, sum)?;
+                wr16(seg, 10, sum)?;
                 let mut s = csum_add(0, seg.get(12..20)?);
                 s = s.wrapping_add(u32::from(*seg.get(9)?));
                 s.wrapping_add(l4_len as u32)
             }
             L3::V6 => {
-                put16(seg, 4, l4_len as u16)?;
+                wr16(seg, 4, l4_len as u16)?;
                 let mut s = csum_add(0, seg.get(8..40)?);
                 s = s.wrapping_add(u32::from(*seg.get(6)?));
                 s.wrapping_add(l4_len as u32)
@@ -334,7 +316,7 @@ impl Segmenter {
         let l4 = self.l3_len;
         match self.l4? {
             L4::Tcp => {
-                let seq = be32(seg, l4 + 4)?.wrapping_add((index * self.gso_size) as u32);
+                let seq = rd32(seg, l4 + 4)?.wrapping_add((index * self.gso_size) as u32);
                 seg.get_mut(l4 + 4..l4 + 8)?
                     .copy_from_slice(&seq.to_be_bytes());
                 let flags = seg.get_mut(l4 + 13)?;
@@ -344,18 +326,18 @@ impl Segmenter {
                 if index > 0 {
                     *flags &= !0x80; // CWR
                 }
-                put16(seg, l4 + 16, 0)?;
+                wr16(seg, l4 + 16, 0)?;
                 let sum = csum_fold(csum_add(pseudo, seg.get(l4..)?));
-                put16(seg, l4 + 16, sum)?;
+                wr16(seg, l4 + 16, sum)?;
             }
             L4::Udp => {
-                put16(seg, l4 + 4, (8 + payload) as u16)?;
-                put16(seg, l4 + 6, 0)?;
+                wr16(seg, l4 + 4, (8 + payload) as u16)?;
+                wr16(seg, l4 + 6, 0)?;
                 let mut sum = csum_fold(csum_add(pseudo, seg.get(l4..)?));
                 if sum == 0 {
                     sum = 0xffff;
                 }
-                put16(seg, l4 + 6, sum)?;
+                wr16(seg, l4 + 6, sum)?;
             }
         }
         Some(())

@@ -28,7 +28,7 @@ use crate::wire::MacAddr;
 use coalesce::Coalescer;
 use gso::{GsoError, Segmenter, VNET_HDR_LEN, VirtioNetHdr};
 
-const ETH_LEN: usize = 14;
+use crate::wire::packet::ETHERNET_HEADER_LEN as ETH_LEN;
 /// Largest packet a read returns: 64 KiB of GSO payload plus the headers.
 const READ_BUFFER: usize = VNET_HDR_LEN + 65_536 + 256;
 

@@ -15,7 +15,7 @@ use super::super::PortError;
 static STEER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steer.bpf.o"));
 
 /// UDP port of VXLAN as Linux and flannel use it.
-pub const VXLAN_PORT: u16 = 8472;
+pub use crate::wire::VXLAN_PORT;
 
 /// Which received frames go to the AF_XDP sockets; everything else goes to the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,66 +1,72 @@
 //! Bounds-checked reads and writes of big-endian fields at fixed offsets.
 //!
-//! The pipeline rewrites headers in place at offsets it validated once while
-//! classifying; these helpers keep every access checked anyway, so a bug in an offset
-//! becomes a counted drop instead of a panic.
+//! The one home of the dataplane's big-endian field access. The pipeline rewrites
+//! headers in place at offsets it validated once while classifying; these helpers
+//! keep every access checked anyway, so a bug in an offset becomes a counted drop
+//! instead of a panic.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use crate::wire::MacAddr;
+use super::MacAddr;
 
 #[inline]
-pub(crate) fn rd8(d: &[u8], at: usize) -> Option<u8> {
+pub fn rd8(d: &[u8], at: usize) -> Option<u8> {
     d.get(at).copied()
 }
 
 #[inline]
-pub(crate) fn rd16(d: &[u8], at: usize) -> Option<u16> {
+pub fn rd16(d: &[u8], at: usize) -> Option<u16> {
     let b = d.get(at..at.checked_add(2)?)?;
     Some(u16::from_be_bytes([*b.first()?, *b.get(1)?]))
 }
 
 #[inline]
-pub(crate) fn rd_array<const N: usize>(d: &[u8], at: usize) -> Option<[u8; N]> {
+pub fn rd32(d: &[u8], at: usize) -> Option<u32> {
+    rd_array::<4>(d, at).map(u32::from_be_bytes)
+}
+
+#[inline]
+pub fn rd_array<const N: usize>(d: &[u8], at: usize) -> Option<[u8; N]> {
     d.get(at..at.checked_add(N)?)?.try_into().ok()
 }
 
 #[inline]
-pub(crate) fn rd_ip4(d: &[u8], at: usize) -> Option<Ipv4Addr> {
+pub fn rd_ip4(d: &[u8], at: usize) -> Option<Ipv4Addr> {
     rd_array::<4>(d, at).map(Ipv4Addr::from)
 }
 
 #[inline]
-pub(crate) fn rd_ip6(d: &[u8], at: usize) -> Option<Ipv6Addr> {
+pub fn rd_ip6(d: &[u8], at: usize) -> Option<Ipv6Addr> {
     rd_array::<16>(d, at).map(Ipv6Addr::from)
 }
 
 #[inline]
-pub(crate) fn rd_mac(d: &[u8], at: usize) -> Option<MacAddr> {
+pub fn rd_mac(d: &[u8], at: usize) -> Option<MacAddr> {
     rd_array::<6>(d, at).map(MacAddr)
 }
 
 #[inline]
-pub(crate) fn put(d: &mut [u8], at: usize, bytes: &[u8]) -> Option<()> {
+pub fn put(d: &mut [u8], at: usize, bytes: &[u8]) -> Option<()> {
     d.get_mut(at..at.checked_add(bytes.len())?)?
         .copy_from_slice(bytes);
     Some(())
 }
 
 #[inline]
-pub(crate) fn wr8(d: &mut [u8], at: usize, v: u8) -> Option<()> {
+pub fn wr8(d: &mut [u8], at: usize, v: u8) -> Option<()> {
     *d.get_mut(at)? = v;
     Some(())
 }
 
 #[inline]
-pub(crate) fn wr16(d: &mut [u8], at: usize, v: u16) -> Option<()> {
+pub fn wr16(d: &mut [u8], at: usize, v: u16) -> Option<()> {
     put(d, at, &v.to_be_bytes())
 }
 
 /// Rewrites the 16-bit word at `at` with `f(old)` and updates the one's-complement
 /// checksum at `checksum_at` that covers it (RFC 1624).
 #[inline]
-pub(crate) fn update16(
+pub fn update16(
     d: &mut [u8],
     at: usize,
     checksum_at: usize,
@@ -70,21 +76,17 @@ pub(crate) fn update16(
     let sum = rd16(d, checksum_at)?;
     let new = f(old);
     wr16(d, at, new)?;
-    wr16(
-        d,
-        checksum_at,
-        crate::wire::checksum::update_u16(sum, old, new),
-    )
+    wr16(d, checksum_at, super::checksum::update_u16(sum, old, new))
 }
 
 #[inline]
-pub(crate) fn wr32(d: &mut [u8], at: usize, v: u32) -> Option<()> {
+pub fn wr32(d: &mut [u8], at: usize, v: u32) -> Option<()> {
     put(d, at, &v.to_be_bytes())
 }
 
 /// Writes destination and source MAC of the Ethernet header at `at`.
 #[inline]
-pub(crate) fn set_macs(d: &mut [u8], at: usize, dst: MacAddr, src: MacAddr) -> Option<()> {
+pub fn set_macs(d: &mut [u8], at: usize, dst: MacAddr, src: MacAddr) -> Option<()> {
     let mut both = [0u8; 12];
     both[..6].copy_from_slice(&dst.0);
     both[6..].copy_from_slice(&src.0);

@@ -8,30 +8,22 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::bytes::{rd8, rd16};
+use super::checksum;
+use super::packet::{
+    ETHERNET_HEADER_LEN, L3, PacketInfo, ParseError, Transport, ethertype, ip_proto,
+};
 use crate::verdict::DropReason;
-use crate::wire::checksum;
-use crate::wire::packet::{L3, PacketInfo, ParseError, Transport};
-
-pub(crate) const ETH_LEN: usize = 14;
-pub(crate) const ETHERTYPE_IPV4: u16 = 0x0800;
-pub(crate) const ETHERTYPE_ARP: u16 = 0x0806;
-pub(crate) const ETHERTYPE_IPV6: u16 = 0x86dd;
-
-pub(crate) const PROTO_ICMP: u8 = 1;
-pub(crate) const PROTO_TCP: u8 = 6;
-pub(crate) const PROTO_UDP: u8 = 17;
-pub(crate) const PROTO_ICMPV6: u8 = 58;
 
 /// ICMPv4 types the pipeline treats specially.
-pub(crate) const ICMP_ECHO_REPLY: u8 = 0;
-pub(crate) const ICMP_DEST_UNREACHABLE: u8 = 3;
-pub(crate) const ICMP_ECHO_REQUEST: u8 = 8;
-pub(crate) const ICMP_TIME_EXCEEDED: u8 = 11;
-pub(crate) const ICMP_PARAMETER_PROBLEM: u8 = 12;
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACHABLE: u8 = 3;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
 /// The transport header of a first (or only) fragment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct L4 {
+pub struct L4 {
     pub proto: u8,
     /// Offset of the transport header in the frame.
     pub off: usize,
@@ -47,7 +39,7 @@ pub(crate) struct L4 {
 
 /// An IPv4 packet at offset `l3` of the frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct V4 {
+pub struct V4 {
     pub l3: usize,
     /// Header length in bytes (options included).
     pub ihl: usize,
@@ -79,7 +71,7 @@ impl V4 {
 
 /// An IPv6 packet at offset `l3` of the frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct V6 {
+pub struct V6 {
     pub l3: usize,
     /// 40 + payload length.
     pub total_len: usize,
@@ -102,7 +94,7 @@ impl V6 {
 
 /// What a frame is, as far as the pipeline cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Packet {
+pub enum Packet {
     Arp,
     V4(V4),
     V6(V6),
@@ -119,16 +111,16 @@ pub(crate) enum Packet {
 /// A bad IPv4 header checksum is a `MalformedIpv4` drop here: a router must not
 /// forward such a packet (RFC 1812 5.2.2), and NAT must not launder it.
 #[inline(always)]
-pub(crate) fn classify(d: &[u8]) -> Result<Packet, DropReason> {
-    if rd16(d, 12) == Some(ETHERTYPE_IPV4) {
-        return parse_v4(d, ETH_LEN).map(Packet::V4);
+pub fn classify(d: &[u8]) -> Result<Packet, DropReason> {
+    if rd16(d, 12) == Some(ethertype::IPV4) {
+        return parse_v4(d, ETHERNET_HEADER_LEN).map(Packet::V4);
     }
     classify_with_packet_info(d)
 }
 
 /// [`classify`] for everything but untagged IPv4: through [`PacketInfo::parse`].
 #[inline(always)]
-pub(crate) fn classify_with_packet_info(d: &[u8]) -> Result<Packet, DropReason> {
+pub fn classify_with_packet_info(d: &[u8]) -> Result<Packet, DropReason> {
     let info = match PacketInfo::parse(d) {
         Ok(info) => info,
         Err(ParseError::UnsupportedEtherType) => return Ok(Packet::Other),
@@ -307,7 +299,7 @@ fn parse_l4_v4(
         icmp_code: 0,
     };
     match proto {
-        PROTO_TCP => {
+        ip_proto::TCP => {
             let h: &[u8; 20] = seg
                 .get(..20)
                 .and_then(|h| h.try_into().ok())
@@ -320,7 +312,7 @@ fn parse_l4_v4(
             l4.dport = u16::from_be_bytes([h[2], h[3]]);
             l4.tcp_flags = h[13];
         }
-        PROTO_UDP => {
+        ip_proto::UDP => {
             let h: &[u8; 8] = seg
                 .get(..8)
                 .and_then(|h| h.try_into().ok())
@@ -333,7 +325,7 @@ fn parse_l4_v4(
             l4.sport = u16::from_be_bytes([h[0], h[1]]);
             l4.dport = u16::from_be_bytes([h[2], h[3]]);
         }
-        PROTO_ICMP => {
+        ip_proto::ICMP => {
             let h: &[u8; 8] = seg
                 .get(..8)
                 .and_then(|h| h.try_into().ok())
@@ -356,7 +348,7 @@ fn parse_l4_v4(
 /// that one flow always takes the same outer UDP source port and thus the same ECMP
 /// path and receive queue.
 #[inline]
-pub(crate) fn flow_hash(addrs: u64, proto: u8, sport: u16, dport: u16) -> u32 {
+pub fn flow_hash(addrs: u64, proto: u8, sport: u16, dport: u16) -> u32 {
     let ports = (u64::from(proto) << 32) | (u64::from(sport) << 16) | u64::from(dport);
     let h = mix64(addrs ^ mix64(ports));
     (h ^ (h >> 32)) as u32

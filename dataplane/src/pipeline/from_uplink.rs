@@ -1,0 +1,266 @@
+//! IPv4 from the uplink side (the uplink or the host port): VXLAN to decapsulate,
+//! replies to masqueraded flows (and ICMP errors about them), routed packets for a
+//! local pod; everything else is the host's.
+
+use std::net::IpAddr;
+
+use super::icmp::IcmpError;
+use super::ipv6::decrement_hop_limit;
+use super::service::ServiceStep;
+use super::vxlan;
+use super::{Action, Pending, Pipeline, Step, decrement_ttl_v4, snat};
+use crate::frame::Frame;
+use crate::tables::{L4Proto, NatBinding, NodeSettings, RouteTarget, Tables, owner_of_remote};
+use crate::time::Now;
+use crate::verdict::{DropReason, Verdict};
+use crate::wire::MacAddr;
+use crate::wire::classify::{self, Packet, V4};
+use crate::wire::packet::ip_proto;
+use crate::wire::{bytes, icmp_quote, rewrite};
+
+impl Pipeline {
+    pub(super) fn uplink_v4(
+        &mut self,
+        frame: &mut Frame<'_>,
+        ip: &V4,
+        tables: &Tables,
+        now: Now,
+    ) -> Result<Action, DropReason> {
+        let node = &tables.node;
+        if ip.dst == node.node_addr {
+            if let Some(l4) = ip.l4
+                && l4.proto == ip_proto::UDP
+                && l4.dport == node.vxlan_port
+            {
+                let known = tables.known_vteps.contains(ip.src);
+                if node.snat && !known {
+                    // The SNAT port range may include the VXLAN port: a reply to a
+                    // masqueraded flow from a non-node wins, else it is bad VXLAN.
+                    return match self.unmasquerade(frame, ip, tables)? {
+                        Action::Done(Verdict::ToHost) => Err(DropReason::VxlanUnknownSource),
+                        Action::Unmasquerade(p) => Ok(Action::Unmasquerade(Pending {
+                            not_vxlan: true,
+                            ..p
+                        })),
+                        other => Ok(other),
+                    };
+                }
+                return self.decap(frame, ip, known, tables, now).map(Action::Done);
+            }
+            if node.snat {
+                return self.unmasquerade(frame, ip, tables);
+            }
+            return Ok(Action::Done(Verdict::ToHost));
+        }
+        match tables.routes.lookup_v4(ip.dst) {
+            Some(RouteTarget::LocalPod { port, mac }) => {
+                let ip = &match self.service_reply(frame, ip, tables, now, true)? {
+                    ServiceStep::Continue(ip) => ip,
+                    ServiceStep::Done(v) => return Ok(Action::Done(v)),
+                };
+                if ip.ttl <= 1 {
+                    return self
+                        .icmp_v4(
+                            frame,
+                            ip,
+                            IcmpError::TimeExceeded,
+                            node.node_addr,
+                            node,
+                            now,
+                        )
+                        .map(Action::Done);
+                }
+                let (port, mac) = (*port, *mac);
+                let d = frame.data_mut();
+                decrement_ttl_v4(d, ip)?;
+                bytes::set_macs(d, 0, mac, node.gateway_mac)
+                    .ok_or(DropReason::MalformedEthernet)?;
+                Ok(Action::Done(Verdict::Forward { port }))
+            }
+            _ => not_for_a_pod(frame, node).map(Action::Done),
+        }
+    }
+
+    pub(super) fn decap(
+        &mut self,
+        frame: &mut Frame<'_>,
+        outer: &V4,
+        known_source: bool,
+        tables: &Tables,
+        now: Now,
+    ) -> Step {
+        vxlan::decapsulate(frame, outer, known_source, &tables.node)?;
+        let inner = match classify::classify(frame.data()) {
+            Ok(p) => p,
+            Err(_) => return Err(DropReason::VxlanMalformed),
+        };
+        let (src, dst, ttl) = match inner {
+            Packet::V4(ip) => (IpAddr::V4(ip.src), IpAddr::V4(ip.dst), ip.ttl),
+            Packet::V6(ip) => (IpAddr::V6(ip.src), IpAddr::V6(ip.dst), ip.hop_limit),
+            Packet::Arp | Packet::Other => return Err(DropReason::UnsupportedEtherType),
+        };
+        let Some(RouteTarget::LocalPod { port, mac }) = tables.routes.lookup(dst) else {
+            return Err(DropReason::VxlanNotForUs);
+        };
+        // Anti-spoofing: a node speaks only for the pods of its own blocks (its host
+        // sends from its block's first address, as flannel's does).
+        match tables.routes.lookup(src) {
+            Some(RouteTarget::VxlanNode { node_addr, .. }) if *node_addr == outer.src => {}
+            _ => return Err(DropReason::VxlanSpoofedSource),
+        }
+        if ttl <= 1 {
+            return Err(DropReason::TtlExpired);
+        }
+        let inner = match inner {
+            Packet::V4(ip) => match self.service_reply(frame, &ip, tables, now, false)? {
+                ServiceStep::Continue(ip) => Packet::V4(ip),
+                ServiceStep::Done(v) => return Ok(v),
+            },
+            other => other,
+        };
+        let d = frame.data_mut();
+        match inner {
+            Packet::V4(ip) => decrement_ttl_v4(d, &ip)?,
+            Packet::V6(ip) => decrement_hop_limit(d, &ip)?,
+            Packet::Arp | Packet::Other => {}
+        }
+        bytes::set_macs(d, 0, *mac, tables.node.gateway_mac)
+            .ok_or(DropReason::MalformedEthernet)?;
+        Ok(Verdict::Forward { port: *port })
+    }
+
+    /// A packet to the node address while SNAT is on: a reply to a masqueraded flow
+    /// (left for the SNAT lookup), an ICMP error about one, or the host's own.
+    pub(super) fn unmasquerade(
+        &mut self,
+        frame: &mut Frame<'_>,
+        ip: &V4,
+        tables: &Tables,
+    ) -> Result<Action, DropReason> {
+        let host = Ok(Action::Done(Verdict::ToHost));
+        if ip.frag_offset != 0 {
+            // Without the transport header the flow is unknown; the host reassembles
+            // its own fragments.
+            return host;
+        }
+        let Some(l4) = ip.l4 else {
+            return host;
+        };
+        if l4.proto == ip_proto::ICMP && icmp_quote::is_translatable_error(l4.icmp_type) {
+            return self
+                .unmasquerade_icmp_error(frame, ip, &l4, tables)
+                .map(Action::Done);
+        }
+        let Some(key) = snat::flow_key(ip, &l4) else {
+            return host;
+        };
+        if key.proto == L4Proto::IcmpEcho && l4.icmp_type != classify::ICMP_ECHO_REPLY {
+            // A ping to the node itself.
+            return host;
+        }
+        if !self.snat_config.is_nat_port(key.dst_port) {
+            return host;
+        }
+        match owner_of_remote(&self.snat_config, key.proto, key.src, key.src_port) {
+            None => host,
+            Some(owner) if owner != self.worker => {
+                Ok(Action::Done(Verdict::HandOff { worker: owner }))
+            }
+            Some(_) => Ok(Action::Unmasquerade(Pending {
+                ip: *ip,
+                l4,
+                tcp: snat::tcp_segment(frame.data(), ip, &l4),
+                key,
+                next_hop_mac: MacAddr::ZERO,
+                not_vxlan: false,
+            })),
+        }
+    }
+
+    /// Second half of un-masquerading, once the SNAT shard answered.
+    pub(super) fn finish_unmasquerade(
+        &mut self,
+        frame: &mut Frame<'_>,
+        p: &Pending,
+        pod: Option<NatBinding>,
+        tables: &Tables,
+    ) -> Step {
+        let Some(pod) = pod else {
+            return if p.not_vxlan {
+                Err(DropReason::VxlanUnknownSource)
+            } else {
+                Ok(Verdict::ToHost)
+            };
+        };
+        let Some(RouteTarget::LocalPod { port, mac }) = tables.routes.lookup_v4(pod.addr) else {
+            // The pod is gone; its flow will time out.
+            return Err(DropReason::NoRoute);
+        };
+        if p.ip.ttl <= 1 {
+            return Err(DropReason::TtlExpired);
+        }
+        let d = frame.data_mut();
+        rewrite::rewrite_destination(d, &p.ip, &p.l4, pod.addr, pod.port)
+            .ok_or(DropReason::MalformedTransport)?;
+        decrement_ttl_v4(d, &p.ip)?;
+        bytes::set_macs(d, 0, *mac, tables.node.gateway_mac)
+            .ok_or(DropReason::MalformedEthernet)?;
+        Ok(Verdict::Forward { port: *port })
+    }
+
+    pub(super) fn unmasquerade_icmp_error(
+        &mut self,
+        frame: &mut Frame<'_>,
+        ip: &V4,
+        icmp: &classify::L4,
+        tables: &Tables,
+    ) -> Step {
+        let d = frame.data();
+        let Some((quoted, quoted_dst)) = icmp_quote::quoted(d, ip, icmp) else {
+            return Ok(Verdict::ToHost);
+        };
+        if quoted.src != tables.node.node_addr {
+            return Ok(Verdict::ToHost);
+        }
+        let Some(key) = snat::reply_key(&quoted, quoted_dst) else {
+            return Ok(Verdict::ToHost);
+        };
+        if !self.snat_config.is_nat_port(key.dst_port) {
+            return Ok(Verdict::ToHost);
+        }
+        match owner_of_remote(&self.snat_config, key.proto, key.src, key.src_port) {
+            None => return Ok(Verdict::ToHost),
+            Some(owner) if owner != self.worker => return Ok(Verdict::HandOff { worker: owner }),
+            Some(_) => {}
+        }
+        let Some(pod) = self.snat.peek_inbound(&key) else {
+            return Ok(Verdict::ToHost);
+        };
+        if !snat::icmp_checksum_ok(d, ip, icmp) {
+            return Err(DropReason::MalformedTransport);
+        }
+        let Some(RouteTarget::LocalPod { port, mac }) = tables.routes.lookup_v4(pod.addr) else {
+            return Err(DropReason::NoRoute);
+        };
+        if ip.ttl <= 1 {
+            return Err(DropReason::TtlExpired);
+        }
+        let d = frame.data_mut();
+        snat::untranslate_error(d, ip, icmp, &quoted, pod)?;
+        decrement_ttl_v4(d, ip)?;
+        bytes::set_macs(d, 0, *mac, tables.node.gateway_mac)
+            .ok_or(DropReason::MalformedEthernet)?;
+        Ok(Verdict::Forward { port: *port })
+    }
+}
+
+/// A packet from the uplink side that is not for a local pod (nor the node's
+/// address): the host's when it came off the wire; when the host itself routed it
+/// here (the host port), handing it back would loop between the kernel's routes and
+/// ours — an address in the pod block that no pod has.
+pub(super) fn not_for_a_pod(frame: &Frame<'_>, node: &NodeSettings) -> Step {
+    if Some(frame.meta.in_port) == node.host_port {
+        return Err(DropReason::HostLoop);
+    }
+    Ok(Verdict::ToHost)
+}
