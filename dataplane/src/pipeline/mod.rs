@@ -65,8 +65,10 @@
 //!
 //! Files, one path each: `from_pod` (IPv4 from a pod port), `from_uplink` (IPv4
 //! from the uplink and the host port), `ipv6` (IPv6 both ways), `batch` (the
-//! batched SNAT lookups), `errors` (when an ICMP error answers a packet); the
-//! header work lives in `vxlan`, `snat`, `icmp` and `neighbor`.
+//! batched SNAT lookups), `errors` (when an ICMP error answers a packet),
+//! `service` (Kubernetes Services: DNAT to an endpoint and back, hooked into
+//! `from_pod` and `from_uplink`); the header work lives in `vxlan`, `snat`, `icmp`
+//! and `neighbor`.
 
 mod batch;
 mod errors;
