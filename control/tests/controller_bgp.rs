@@ -169,7 +169,8 @@ fn bgp_cluster_config_validation_status_and_rbac() {
         ),
         ("create", "leases.coordination.k8s.io", Some("kube-system")),
         ("watch", "configmaps/hybridway-config", Some("kube-system")),
-        ("get", "secrets", Some("kube-system")),
+        // Only the password Secrets deploy/bgp-secrets-rbac.yaml names.
+        ("get", "secrets/bgp-secret", Some("kube-system")),
     ] {
         assert!(can(verb, what, ns), "cannot {verb} {what} in {ns:?}");
     }
@@ -180,6 +181,7 @@ fn bgp_cluster_config_validation_status_and_rbac() {
         ("patch", "bgpclusterconfigs.network.alibabacloud.com", None),
         ("delete", "bgpclusterconfigs.network.alibabacloud.com", None),
         ("list", "secrets", Some("kube-system")),
+        ("get", "secrets/other", Some("kube-system")),
         ("get", "secrets", Some("default")),
         (
             "update",

@@ -32,14 +32,19 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Installs the CRDs and the controller's RBAC, waits for the CRD to serve.
+/// Installs the CRDs and the controller's RBAC (with the password Secrets' Role),
+/// waits for the CRD to serve.
 pub fn install(lab: &KubeLab) {
     for f in fs::read_dir(repo().join("deploy/crds")).unwrap() {
         let path = f.unwrap().path();
         lab.kubectl_ok(&["apply", "-f", path.to_str().unwrap()]);
     }
-    let rbac = repo().join("deploy/controller-rbac.yaml");
-    lab.kubectl_ok(&["apply", "-f", rbac.to_str().unwrap()]);
+    // The controller's own RBAC, and the Role that lets it (and the agents) read the
+    // BGP password Secrets by name.
+    for f in ["controller-rbac.yaml", "bgp-secrets-rbac.yaml"] {
+        let rbac = repo().join("deploy").join(f);
+        lab.kubectl_ok(&["apply", "-f", rbac.to_str().unwrap()]);
+    }
     lab.kubectl_ok(&[
         "wait",
         "--for=condition=Established",
