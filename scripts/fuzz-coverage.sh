@@ -6,9 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 target=${1:-pipeline}
 export RUSTC_BOOTSTRAP=1
+# Coverage data is merged and read with llvm-profdata/llvm-cov of rustc's own LLVM
+# major version; Debian packages them as llvm-<major> (rustup's llvm-tools component
+# is the other source). Installed here, not by install-deps.sh: CI does not run this.
 llvm_major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 llvm=/usr/lib/llvm-$llvm_major/bin
-[[ -x $llvm/llvm-cov ]] || { echo "no $llvm/llvm-cov: scripts/install-deps.sh installs llvm-$llvm_major" >&2; exit 1; }
+if [[ ! -x $llvm/llvm-cov ]]; then
+  echo "installing: llvm-$llvm_major (coverage tools matching rustc)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "llvm-$llvm_major"
+fi
+[[ -x $llvm/llvm-cov ]] || { echo "no $llvm/llvm-cov (package llvm-$llvm_major)" >&2; exit 1; }
 mkdir -p "corpus/$target"
 target_dir=${CARGO_TARGET_DIR:-target}
 cargo fuzz coverage "$target" "corpus/$target" --target-dir "$target_dir" --llvm-path "$llvm"

@@ -86,13 +86,3 @@ fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
-
-# The fuzz coverage report (scripts/fuzz-coverage.sh) merges and reads rustc's
-# coverage data with llvm-profdata/llvm-cov of rustc's own LLVM major version; Debian
-# packages them as llvm-<major> (rustup's llvm-tools component is the other source).
-llvm_major=$(rustc -vV 2>/dev/null | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
-if [[ -n $llvm_major ]] && ! dpkg-query -W -f='${Status}' "llvm-$llvm_major" 2>/dev/null | grep -q "install ok installed"; then
-  echo "installing: llvm-$llvm_major (coverage tools matching rustc)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "llvm-$llvm_major" ||
-    echo "warning: llvm-$llvm_major not available; scripts/fuzz-coverage.sh needs it" >&2
-fi
