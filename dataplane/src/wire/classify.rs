@@ -37,6 +37,22 @@ pub struct L4 {
     pub icmp_code: u8,
 }
 
+impl L4 {
+    /// A transport header of protocol `proto` at `off`, its fields not read yet.
+    #[inline(always)]
+    pub(crate) fn at(proto: u8, off: usize) -> L4 {
+        L4 {
+            proto,
+            off,
+            sport: 0,
+            dport: 0,
+            tcp_flags: 0,
+            icmp_type: 0,
+            icmp_code: 0,
+        }
+    }
+}
+
 /// An IPv4 packet at offset `l3` of the frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct V4 {
@@ -176,15 +192,7 @@ pub fn classify_with_packet_info(d: &[u8]) -> Result<Packet, DropReason> {
 #[inline(always)]
 fn l4_of(info: &PacketInfo) -> Option<L4> {
     let v6 = info.l3 == L3::Ipv6;
-    let mut l4 = L4 {
-        proto: info.protocol,
-        off: info.l4_offset(),
-        sport: 0,
-        dport: 0,
-        tcp_flags: 0,
-        icmp_type: 0,
-        icmp_code: 0,
-    };
+    let mut l4 = L4::at(info.protocol, info.l4_offset());
     match info.transport {
         Transport::Tcp {
             src_port,
@@ -289,15 +297,7 @@ fn parse_l4_v4(
     fragmented: bool,
 ) -> Result<Option<L4>, DropReason> {
     use DropReason::MalformedTransport;
-    let mut l4 = L4 {
-        proto,
-        off,
-        sport: 0,
-        dport: 0,
-        tcp_flags: 0,
-        icmp_type: 0,
-        icmp_code: 0,
-    };
+    let mut l4 = L4::at(proto, off);
     match proto {
         ip_proto::TCP => {
             let h: &[u8; 20] = seg

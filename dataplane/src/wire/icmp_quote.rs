@@ -51,15 +51,7 @@ pub fn quoted(d: &[u8], outer: &V4, icmp: &L4) -> Option<(Quoted, Ipv4Addr)> {
     if off + 8 > end {
         return None;
     }
-    let mut l4 = L4 {
-        proto,
-        off,
-        sport: 0,
-        dport: 0,
-        tcp_flags: 0,
-        icmp_type: 0,
-        icmp_code: 0,
-    };
+    let mut l4 = L4::at(proto, off);
     match proto {
         ip_proto::TCP | ip_proto::UDP => {
             l4.sport = rd16(d, off)?;
