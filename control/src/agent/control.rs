@@ -54,6 +54,12 @@ const QUEUED: usize = 64;
 /// The longest request line read.
 const MAX_REQUEST: u64 = 64 * 1024;
 
+/// Connections read or answered at once. More wait in the socket's listen backlog
+/// (not accepted), so a client opening connections in a loop cannot exhaust the
+/// agent's descriptors or memory; each open one ends within `READ_TIMEOUT` unless
+/// its request is being served.
+const MAX_CONNECTIONS: usize = 128;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
@@ -228,13 +234,23 @@ fn serve(agent: &mut Agent, incoming: Incoming, bgp: Option<&CurrentSpeaker>) ->
 }
 
 /// Accepts connections until the control loop is gone, each read and answered in
-/// its own task.
+/// its own task, at most `max_connections` at once.
 async fn accept_requests(
     listener: UnixListener,
     read_timeout: Duration,
+    max_connections: usize,
     tx: mpsc::Sender<Incoming>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
+        // A slot first, then the connection: past the cap, clients wait in the backlog.
+        let slot = tokio::select! {
+            () = tx.closed() => return,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return, // never closed
+            },
+        };
         tokio::select! {
             () = tx.closed() => return,
             conn = listener.accept() => match conn {
@@ -244,6 +260,7 @@ async fn accept_requests(
                         if let Err(e) = exchange(stream, read_timeout, &tx).await {
                             tracing::debug!(error = %e, "control connection failed");
                         }
+                        drop(slot);
                     });
                 }
                 Err(e) => {
@@ -374,7 +391,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(NEIGHBOR_REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (tx, mut requests) = mpsc::channel(QUEUED);
-    tokio::spawn(accept_requests(listener, READ_TIMEOUT, tx));
+    tokio::spawn(accept_requests(listener, READ_TIMEOUT, MAX_CONNECTIONS, tx));
     tracing::info!(socket = %path.display(), "control socket ready");
     // The file's speaker is re-planned whenever the file was read again.
     let replan = |agent: &Agent| {
@@ -545,7 +562,12 @@ mod tests {
         let path = dir.join("control.sock");
         let listener = bind(&path).unwrap();
         let (tx, mut requests) = mpsc::channel(QUEUED);
-        tokio::spawn(accept_requests(listener, Duration::from_secs(3600), tx));
+        tokio::spawn(accept_requests(
+            listener,
+            Duration::from_secs(3600),
+            MAX_CONNECTIONS,
+            tx,
+        ));
         let silent = UnixStream::connect(&path).await.unwrap();
         let p = path.clone();
         let caller = tokio::task::spawn_blocking(move || call(&p, &Request::Status));
@@ -557,6 +579,40 @@ mod tests {
         incoming.reply.send(Response::ok()).unwrap();
         assert!(caller.await.unwrap().unwrap().ok);
         drop(silent);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Past the connection cap a client waits in the backlog instead of getting a
+    /// task (and a descriptor) of its own; it is served once a slot frees. Without
+    /// the cap the third request would arrive while the two silent clients hold on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_past_the_cap_wait_for_a_slot() {
+        let dir = std::env::temp_dir().join(format!("hybridway-cap-{}", std::process::id()));
+        let path = dir.join("control.sock");
+        let listener = bind(&path).unwrap();
+        let (tx, mut requests) = mpsc::channel(QUEUED);
+        tokio::spawn(accept_requests(listener, Duration::from_secs(3600), 2, tx));
+        let silent_one = UnixStream::connect(&path).await.unwrap();
+        let _silent_two = UnixStream::connect(&path).await.unwrap();
+        let p = path.clone();
+        let caller = tokio::task::spawn_blocking(move || call(&p, &Request::Status));
+        let early = tokio::time::timeout(Duration::from_secs(2), requests.recv()).await;
+        assert!(
+            early.is_err(),
+            "a third connection was served past a cap of two"
+        );
+        // The first silent client leaves: its empty line is refused, its slot frees.
+        drop(silent_one);
+        let mut served_status = false;
+        while !served_status {
+            let incoming = tokio::time::timeout(Duration::from_secs(60), requests.recv())
+                .await
+                .expect("the waiting client was never served")
+                .unwrap();
+            served_status = matches!(incoming.request, Ok(Request::Status));
+            let _ = incoming.reply.send(Response::ok());
+        }
+        assert!(caller.await.unwrap().unwrap().ok);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
