@@ -328,6 +328,112 @@ fn umem_uses_huge_pages_when_reserved_and_falls_back_with_a_warning() {
     );
 }
 
+/// Set by the test below for the process it starts inside a limited cgroup.
+const CGROUP_CHILD_NODE: &str = "HYBRIDWAY_TEST_UMEM_CGROUP_NODE";
+
+/// A pod's `hugepages-2Mi` limit is a hugetlb cgroup limit, charged when a page is
+/// faulted: huge pages free on the host but not allowed to the cgroup used to map
+/// fine, and then the socket refused the UMEM (EFAULT from XDP_UMEM_REG; a touch
+/// would have been SIGBUS), so AF_XDP never started. A real cgroup v2 with
+/// `hugetlb.2MB.max = 0` and two pages free on the host: the UMEM must fall back to
+/// ordinary pages and carry frames. The port is opened by a copy of this test binary
+/// started inside the cgroup (a process cannot leave its cgroup for one thread).
+#[test]
+fn umem_stays_within_the_cgroup_hugetlb_limit() {
+    let node = Netns::new("xdc");
+    let peer = Netns::new("xdc");
+    veth_pair(&node, "xn", "198.18.13.1/24", &peer, "xp", "198.18.13.2/24");
+    let reserve = Reservation::add(2);
+    assert!(
+        reserve.available() == Some(true),
+        "the kernel could not reserve 2 huge pages; the cgroup limit would not be what stops them"
+    );
+    let cgroup = LimitedCgroup::new();
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$1" --exact "$2" --ignored --nocapture"#)
+        .arg(&cgroup.dir)
+        .arg(&exe)
+        .arg("umem_in_a_limited_cgroup")
+        .env(CGROUP_CHILD_NODE, &node.name)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "the port in a cgroup without huge pages failed ({}):\n{text}",
+        out.status
+    );
+}
+
+/// Run only by the test above, inside its cgroup.
+#[test]
+#[ignore = "started by umem_stays_within_the_cgroup_hugetlb_limit inside a cgroup"]
+fn umem_in_a_limited_cgroup() {
+    let name = std::env::var(CGROUP_CHILD_NODE).expect("started by the cgroup test");
+    assert_eq!(
+        hybridway_dataplane::port::xdp::hugetlb_cgroup::huge_page_headroom(),
+        Some(0)
+    );
+    // The parent owns the namespace (and deletes it): not dropped here.
+    let node = std::mem::ManuallyDrop::new(Netns { name });
+    let mut port = open_port(
+        &node,
+        SteerRules::vxlan_to(Ipv4Addr::from([198, 18, 13, 1])),
+        AttachMode::Auto,
+        true,
+        1024,
+    );
+    assert_eq!(port.umem_backing(), UmemBacking::OrdinaryPages);
+    // Every chunk is written to: a frame out and back through the whole UMEM.
+    let frame = udp_frame(
+        [2, 0, 0, 0, 0, 1],
+        [2, 0, 0, 0, 0, 2],
+        [198, 18, 13, 1],
+        [198, 18, 13, 2],
+        4000,
+        4001,
+        b"umem",
+    );
+    assert_eq!(port.send(&[&frame]).unwrap(), 1);
+    port.flush().unwrap();
+}
+
+/// A child cgroup v2 with the hugetlb controller and a limit of 0 bytes, removed on
+/// drop (after the process in it has exited).
+struct LimitedCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl LimitedCgroup {
+    fn new() -> Self {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mount = mountinfo
+            .lines()
+            .filter_map(|l| l.split_once(" - "))
+            .find(|(_, rest)| rest.starts_with("cgroup2 "))
+            .and_then(|(fixed, _)| fixed.split(' ').nth(4))
+            .expect("no cgroup v2 hierarchy mounted: the hugetlb limit cannot be tested")
+            .to_owned();
+        let root = std::path::Path::new(&mount);
+        std::fs::write(root.join("cgroup.subtree_control"), "+hugetlb").unwrap_or_else(|e| {
+            panic!("cannot enable the hugetlb controller in {mount} ({e}); the kernel needs CONFIG_CGROUP_HUGETLB and the controller free of cgroup v1")
+        });
+        let dir = root.join(format!("hybridway-umem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hugetlb.2MB.max"), "0").unwrap();
+        LimitedCgroup { dir }
+    }
+}
+
+impl Drop for LimitedCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
 fn meminfo(key: &str) -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .unwrap()

@@ -14,6 +14,7 @@
 //! the fill ring; sent frames are copied into a free chunk, which returns to the
 //! free list through the completion ring.
 
+pub mod hugetlb_cgroup;
 mod program;
 mod sys;
 
@@ -253,8 +254,19 @@ fn allocate_umem(
     len: usize,
     hugepages: bool,
 ) -> Result<(sys::Mapping, UmemBacking), PortError> {
-    if hugepages {
-        let huge_len = len.div_ceil(sys::HUGE_PAGE_SIZE) * sys::HUGE_PAGE_SIZE;
+    let huge_len = len.div_ceil(sys::HUGE_PAGE_SIZE) * sys::HUGE_PAGE_SIZE;
+    let headroom = hugetlb_cgroup::huge_page_headroom();
+    let within_limit = headroom.is_none_or(|left| left >= huge_len as u64);
+    if hugepages && !within_limit {
+        // Mapped past the limit, the UMEM could not be registered (module docs).
+        tracing::warn!(
+            port = name,
+            needed_bytes = huge_len,
+            cgroup_allows_bytes = headroom,
+            "the cgroup's hugetlb limit (the pod's hugepages-2Mi) leaves too little for the UMEM; using ordinary pages"
+        );
+    }
+    if hugepages && within_limit {
         match sys::Mapping::anonymous(huge_len, true) {
             Ok(m) => return Ok((m, UmemBacking::HugePages)),
             Err(e) => tracing::warn!(
