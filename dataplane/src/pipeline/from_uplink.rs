@@ -45,7 +45,10 @@ impl Pipeline {
                         other => Ok(other),
                     };
                 }
-                return self.decap(frame, ip, known, tables, now).map(Action::Done);
+                return self.decap(frame, ip, known, tables, now);
+            }
+            if let Some(action) = self.node_port(frame, ip, tables, now)? {
+                return Ok(action);
             }
             if node.snat {
                 return self.unmasquerade(frame, ip, tables);
@@ -77,6 +80,12 @@ impl Pipeline {
                     .ok_or(DropReason::MalformedEthernet)?;
                 Ok(Action::Done(Verdict::Forward { port }))
             }
+            _ if ip.dst == node.gateway_v4 => {
+                match self.gateway_reply(frame, ip, tables, now, true)? {
+                    Some(action) => Ok(action),
+                    None => not_for_a_pod(frame, node).map(Action::Done),
+                }
+            }
             _ => not_for_a_pod(frame, node).map(Action::Done),
         }
     }
@@ -88,7 +97,7 @@ impl Pipeline {
         known_source: bool,
         tables: &Tables,
         now: Now,
-    ) -> Step {
+    ) -> Result<Action, DropReason> {
         vxlan::decapsulate(frame, outer, known_source, &tables.node)?;
         let inner = match classify::classify(frame.data()) {
             Ok(p) => p,
@@ -99,8 +108,11 @@ impl Pipeline {
             Packet::V6(ip) => (IpAddr::V6(ip.src), IpAddr::V6(ip.dst), ip.hop_limit),
             Packet::Arp | Packet::Other => return Err(DropReason::UnsupportedEtherType),
         };
-        let Some(RouteTarget::LocalPod { port, mac }) = tables.routes.lookup(dst) else {
-            return Err(DropReason::VxlanNotForUs);
+        let to_gateway = dst == IpAddr::V4(tables.node.gateway_v4);
+        let local_pod = match tables.routes.lookup(dst) {
+            Some(RouteTarget::LocalPod { port, mac }) => Some((*port, *mac)),
+            _ if to_gateway => None,
+            _ => return Err(DropReason::VxlanNotForUs),
         };
         // Anti-spoofing: a node speaks only for the pods of its own blocks (its host
         // sends from its block's first address, as flannel's does).
@@ -111,10 +123,19 @@ impl Pipeline {
         if ttl <= 1 {
             return Err(DropReason::TtlExpired);
         }
+        let Some((port, mac)) = local_pod else {
+            // To the gateway: a remote endpoint's reply to a masqueraded NodePort flow.
+            return match inner {
+                Packet::V4(ip) => self
+                    .gateway_reply(frame, &ip, tables, now, false)?
+                    .ok_or(DropReason::VxlanNotForUs),
+                _ => Err(DropReason::VxlanNotForUs),
+            };
+        };
         let inner = match inner {
             Packet::V4(ip) => match self.service_reply(frame, &ip, tables, now, false)? {
                 ServiceStep::Continue(ip) => Packet::V4(ip),
-                ServiceStep::Done(v) => return Ok(v),
+                ServiceStep::Done(v) => return Ok(Action::Done(v)),
             },
             other => other,
         };
@@ -124,9 +145,8 @@ impl Pipeline {
             Packet::V6(ip) => decrement_hop_limit(d, &ip)?,
             Packet::Arp | Packet::Other => {}
         }
-        bytes::set_macs(d, 0, *mac, tables.node.gateway_mac)
-            .ok_or(DropReason::MalformedEthernet)?;
-        Ok(Verdict::Forward { port: *port })
+        bytes::set_macs(d, 0, mac, tables.node.gateway_mac).ok_or(DropReason::MalformedEthernet)?;
+        Ok(Action::Done(Verdict::Forward { port }))
     }
 
     /// A packet to the node address while SNAT is on: a reply to a masqueraded flow

@@ -67,7 +67,8 @@
 //! from the uplink and the host port), `ipv6` (IPv6 both ways), `batch` (the
 //! batched SNAT lookups), `errors` (when an ICMP error answers a packet),
 //! `service` (Kubernetes Services: DNAT to an endpoint and back, hooked into
-//! `from_pod` and `from_uplink`); the header work lives in `vxlan`, `snat`, `icmp`
+//! `from_pod` and `from_uplink`), `node_port` (NodePorts from the uplink and their
+//! replies); the header work lives in `vxlan`, `snat`, `icmp`
 //! and `neighbor`.
 
 mod batch;
@@ -78,6 +79,7 @@ mod from_uplink;
 mod icmp;
 mod ipv6;
 mod neighbor;
+mod node_port;
 mod service;
 mod snat;
 mod vxlan;

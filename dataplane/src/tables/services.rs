@@ -112,6 +112,8 @@ pub struct Frontend {
     pub key: FrontendKey,
     /// ClientIP affinity timeout.
     pub affinity: Option<Duration>,
+    /// `externalTrafficPolicy: Local`: NodePort traffic keeps the client's address.
+    pub external_local: bool,
     /// Endpoints for traffic from pods (internal traffic policy applied).
     internal: Range<u32>,
     /// Endpoints for NodePort traffic (external traffic policy applied).
@@ -260,6 +262,13 @@ impl ServiceTable {
         self.endpoints.contains(&(proto, Backend { addr, port }))
     }
 
+    /// Whether any Service has a NodePort (cheap; keeps the NodePort lookup off the
+    /// node's other traffic).
+    #[inline]
+    pub fn has_node_ports(&self) -> bool {
+        !self.by_node_port.is_empty()
+    }
+
     /// The frontend behind NodePort `port`.
     pub fn node_port(&self, proto: L4Proto, port: u16) -> Option<&Frontend> {
         let i = self.by_node_port.get(&(proto, port))?;
@@ -326,6 +335,7 @@ fn frontends_of(s: &ServiceSpec) -> Vec<Part> {
                     port: p.port,
                 },
                 affinity: s.affinity,
+                external_local: s.external_local,
                 internal: 0..0,
                 external: 0..0,
                 has_endpoints: !cluster.is_empty(),
