@@ -193,6 +193,19 @@ pub struct PodNetworkConfig {
     pub gateway: Ipv4Addr,
 }
 
+impl PodNetworkConfig {
+    /// The host's own address in the pod network: the block's first address, which
+    /// no pod is given (flannel puts the same address on `flannel.1`). The kernel
+    /// reaches pods on other nodes from it, so their replies come back as pod
+    /// traffic. `None` for a block too small to spare it, or when it is the gateway.
+    pub fn host_addr(&self) -> Option<Ipv4Addr> {
+        let std::net::IpAddr::V4(net) = self.block.addr() else {
+            return None;
+        };
+        (self.block.len() < 31 && net != self.gateway).then_some(net)
+    }
+}
+
 /// Another node of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -39,7 +39,7 @@ impl Pipeline {
             ServiceStep::Continue(ip) => ip,
             ServiceStep::Done(v) => return Ok(Action::Done(v)),
         };
-        if ip.dst == node.node_addr {
+        if ip.dst == node.node_addr || Some(ip.dst) == node.host_pod_addr {
             return Ok(Action::Done(Verdict::ToHost));
         }
         if ip.dst == node.gateway_v4 {

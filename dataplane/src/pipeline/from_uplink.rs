@@ -55,7 +55,22 @@ impl Pipeline {
             }
             return Ok(Action::Done(Verdict::ToHost));
         }
+        if Some(ip.dst) == node.host_pod_addr {
+            // The host's own connections to pods on other nodes: their replies.
+            return Ok(Action::Done(Verdict::ToHost));
+        }
         match tables.routes.lookup_v4(ip.dst) {
+            Some(target @ (RouteTarget::VxlanNode { .. } | RouteTarget::UnderlayNode { .. }))
+                if from_the_host(frame, ip, node) =>
+            {
+                // The host reaching a pod on another node (kubelet probes, webhooks,
+                // host-network processes): the kernel routed it into the host port.
+                if ip.ttl <= 1 {
+                    return Err(DropReason::TtlExpired);
+                }
+                let target = *target;
+                self.route_v4(frame, ip, target, tables, now)
+            }
             Some(RouteTarget::LocalPod { port, mac }) => {
                 let ip = &match self.service_reply(frame, ip, tables, now, true)? {
                     ServiceStep::Continue(ip) => ip,
@@ -109,9 +124,10 @@ impl Pipeline {
             Packet::Arp | Packet::Other => return Err(DropReason::UnsupportedEtherType),
         };
         let to_gateway = dst == IpAddr::V4(tables.node.gateway_v4);
+        let to_host = tables.node.host_pod_addr.map(IpAddr::V4) == Some(dst);
         let local_pod = match tables.routes.lookup(dst) {
             Some(RouteTarget::LocalPod { port, mac }) => Some((*port, *mac)),
-            _ if to_gateway => None,
+            _ if to_gateway || to_host => None,
             _ => return Err(DropReason::VxlanNotForUs),
         };
         // Anti-spoofing: a node speaks only for the pods of its own blocks (its host
@@ -124,6 +140,10 @@ impl Pipeline {
             return Err(DropReason::TtlExpired);
         }
         let Some((port, mac)) = local_pod else {
+            if to_host {
+                // A reply to the host's own connection to a pod over there.
+                return Ok(Action::Done(Verdict::ToHost));
+            }
             // To the gateway: a remote endpoint's reply to a masqueraded NodePort flow.
             return match inner {
                 Packet::V4(ip) => self
@@ -272,6 +292,13 @@ impl Pipeline {
             .ok_or(DropReason::MalformedEthernet)?;
         Ok(Verdict::Forward { port: *port })
     }
+}
+
+/// Whether a packet is the host's own, from its pod-network address, written into
+/// the host port by the kernel (never one forwarded from the uplink: the kernel does
+/// not route outside traffic with that source into the overlay).
+fn from_the_host(frame: &Frame<'_>, ip: &V4, node: &NodeSettings) -> bool {
+    Some(frame.meta.in_port) == node.host_port && Some(ip.src) == node.host_pod_addr
 }
 
 /// A packet from the uplink side that is not for a local pod (nor the node's
