@@ -113,6 +113,8 @@ pub struct AgentConfig {
     #[serde(default)]
     pub snat: SnatSection,
     #[serde(default)]
+    pub services: ServicesSection,
+    #[serde(default)]
     pub vxlan: VxlanSection,
     #[serde(default)]
     pub dataplane: DataplaneSection,
@@ -135,6 +137,8 @@ pub struct LocalConfig {
     pub uplink: UplinkConfig,
     #[serde(default)]
     pub snat: SnatSection,
+    #[serde(default)]
+    pub services: ServicesSection,
     #[serde(default)]
     pub vxlan: VxlanSection,
     #[serde(default)]
@@ -292,14 +296,46 @@ pub struct PortRangeConfig {
 }
 
 impl Default for PortRangeConfig {
-    /// 1024-32767: 31,744 ports for every destination. Below 1024 a remote may
-    /// treat a port as privileged; from 32768 the kernel's default ephemeral range
-    /// (`ip_local_port_range` 32768-60999) keeps the node's own connections' ports.
+    /// 1024-29999: 28,976 ports for every destination. Below 1024 a remote may
+    /// treat a port as privileged; from 30000 the NodePort range (kube-apiserver's
+    /// default `--service-node-port-range`, [`ServicesSection`]) and, from 32768,
+    /// the kernel's default ephemeral range (`ip_local_port_range` 32768-60999,
+    /// the node's own connections' ports).
     fn default() -> Self {
         PortRangeConfig {
             min: 1024,
-            max: 32767,
+            max: 29999,
         }
+    }
+}
+
+/// Kubernetes Services on this node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicesSection {
+    /// The cluster's NodePort range (kube-apiserver `--service-node-port-range`,
+    /// default 30000-32767). The uplink hands TCP and UDP to the node's address on
+    /// these ports to the dataplane (XDP program; TUN: policy rules), whether a
+    /// Service uses the port or not: a fixed range rather than the Services present,
+    /// because the steering is set once at start (the XDP program's constants, the
+    /// kernel's rules). Ports no Service has go on to the host. Must not overlap
+    /// `snat.portRange`: a NodePort and a NAT port would claim the same replies.
+    #[serde(default = "default_node_port_range")]
+    pub node_port_range: PortRangeConfig,
+}
+
+impl Default for ServicesSection {
+    fn default() -> Self {
+        ServicesSection {
+            node_port_range: default_node_port_range(),
+        }
+    }
+}
+
+fn default_node_port_range() -> PortRangeConfig {
+    PortRangeConfig {
+        min: 30000,
+        max: 32767,
     }
 }
 
@@ -683,6 +719,7 @@ impl AgentConfig {
             pods: facts.pods,
             nodes: facts.nodes,
             snat: local.snat,
+            services: local.services,
             vxlan: local.vxlan,
             dataplane: local.dataplane,
             metrics: local.metrics,
@@ -698,6 +735,7 @@ impl AgentConfig {
         LocalConfig {
             uplink: self.uplink.clone(),
             snat: self.snat.clone(),
+            services: self.services.clone(),
             vxlan: self.vxlan.clone(),
             dataplane: self.dataplane.clone(),
             metrics: self.metrics.clone(),
@@ -865,6 +903,25 @@ impl AgentConfig {
                 format!(
                     "{}-{} is not a range within 1..={MAX_NAT_PORT} with min <= max",
                     ports.min, ports.max
+                ),
+            ));
+        }
+        let node_ports = self.services.node_port_range;
+        if node_ports.min == 0 || node_ports.min > node_ports.max || node_ports.max > MAX_NAT_PORT {
+            return Err(ConfigError::invalid(
+                "services.nodePortRange",
+                format!(
+                    "{}-{} is not a range within 1..={MAX_NAT_PORT} with min <= max",
+                    node_ports.min, node_ports.max
+                ),
+            ));
+        }
+        if self.snat.enabled && node_ports.min <= ports.max && ports.min <= node_ports.max {
+            return Err(ConfigError::invalid(
+                "services.nodePortRange",
+                format!(
+                    "{}-{} overlaps snat.portRange {}-{}: a reply to a masqueraded flow and a NodePort would share ports",
+                    node_ports.min, node_ports.max, ports.min, ports.max
                 ),
             ));
         }
@@ -1065,11 +1122,51 @@ snat: {enabled: true, clusterRanges: [10.96.0.0/12]}
             .unwrap()
             .snat
             .dataplane_config(1);
-        assert_eq!(default.port_range, 1024..=32767);
+        assert_eq!(default.port_range, 1024..=29999);
         assert!(
-            default.port_range.len() >= 30_000,
+            default.port_range.len() >= 28_000,
             "tens of thousands per destination"
         );
+    }
+
+    #[test]
+    fn node_port_range_defaults_to_the_api_servers_and_must_stay_out_of_the_snat_range() {
+        let cfg = AgentConfig::from_yaml(GOOD).unwrap();
+        assert_eq!(cfg.services.node_port_range.range(), 30000..=32767);
+        let e = AgentConfig::from_yaml(&format!(
+            "{GOOD}services: {{nodePortRange: {{min: 20000, max: 22767}}}}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("services.nodePortRange") && e.contains("overlaps"),
+            "{e}"
+        );
+        let e = AgentConfig::from_yaml(&format!(
+            "{GOOD}services: {{nodePortRange: {{min: 32767, max: 30000}}}}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("services.nodePortRange"), "{e}");
+        // Without SNAT nothing competes for the ports.
+        let cfg = AgentConfig::from_yaml(
+            &(GOOD.replace("snat: {enabled: true,", "snat: {enabled: false,")
+                + "services: {nodePortRange: {min: 20000, max: 22767}}\n"),
+        )
+        .unwrap();
+        assert_eq!(cfg.services.node_port_range.min, 20000);
+    }
+
+    #[test]
+    fn the_hosts_pod_network_address_is_the_blocks_first() {
+        let cfg = AgentConfig::from_yaml(GOOD).unwrap();
+        let std::net::IpAddr::V4(net) = cfg.pods.block.addr() else {
+            panic!("IPv4 block")
+        };
+        assert_eq!(cfg.pods.host_addr(), Some(net));
+        let mut pods = cfg.pods.clone();
+        pods.gateway = net;
+        assert_eq!(pods.host_addr(), None, "never the gateway");
     }
 
     #[test]
