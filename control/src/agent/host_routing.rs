@@ -42,6 +42,7 @@
 //!  pref 110  iif hwhost lookup 26745   underlay: other nodes' blocks via their address
 //!  pref 111  iif hwhost lookup main    the outside, the node's own subnet
 //!  pref 112  iif hwhost unreachable    never back into the dataplane
+//!  pref 119  from <block first address> lookup main   the host's own (below)
 //!  pref 120  from <pod block> lookup 26744   pods' traffic → hw0 (other local pods: main)
 //! ```
 //!
@@ -156,6 +157,12 @@ pub fn plan(backend: Backend, cfg: &AgentConfig, snat_ports: &RangeInclusive<u16
     .iter()
     .map(|r| args(r))
     .collect();
+    if let Some(host) = cfg.pods.host_addr() {
+        // The host's pod-network address is inside the block: its packets are the
+        // host's, routed by main (into hwhost towards other nodes), not a pod's.
+        p.rules
+            .push(args(&format!("pref 119 from {host} lookup main")));
+    }
     p.move_local_rule = Some(LOCAL_RULE_PREF);
     let gateway = cfg.pods.gateway;
     p.routes = [
@@ -334,6 +341,7 @@ nodes:
             "{rules:?}"
         );
         assert!(rules.contains(&"pref 120 from 198.19.1.0/24 lookup 26744".to_string()));
+        assert!(rules.contains(&"pref 119 from 198.19.1.0 lookup main".to_string()));
         // NodePorts from the uplink go to the dataplane.
         for proto in ["tcp", "udp"] {
             assert!(
