@@ -237,16 +237,6 @@ fn node_ports_and_node_traffic(backend: &str, octet: u8, outside_octet: u8) {
     );
 
     // The node's own traffic to the pod on the other node, both ways.
-    if std::env::var_os("NP14_DEBUG").is_some() {
-        std::thread::sleep(Duration::from_secs(3));
-        for n in [&h1, &h2] {
-            eprintln!("== {} addr/route/rule", n.name);
-            eprintln!("{}", n.ns.run("ip -4 addr; ip route; ip rule; ip route show table all | grep hwhost").unwrap_or_default());
-            eprintln!("{:?}", answer(&n.ns, if n.name == "h1" { h2.pod_ip() } else { h1.pod_ip() }, 8080));
-            eprintln!("{}", n.agent.log_text());
-            eprintln!("{}", serde_json::to_string_pretty(&n.agent.status()).unwrap());
-        }
-    }
     for (from, to) in [(&h1, &h2), (&h2, &h1)] {
         let got = wait_for(
             Duration::from_secs(30),
