@@ -343,6 +343,21 @@ impl PortRangeConfig {
     pub fn range(&self) -> RangeInclusive<u16> {
         self.min..=self.max
     }
+
+    /// A range within 1..=[`MAX_NAT_PORT`] (the kernel's policy rules take no 65535),
+    /// or the error for `field`.
+    fn check(&self, field: &str) -> Result<(), ConfigError> {
+        if self.min == 0 || self.min > self.max || self.max > MAX_NAT_PORT {
+            return Err(ConfigError::invalid(
+                field,
+                format!(
+                    "{}-{} is not a range within 1..={MAX_NAT_PORT} with min <= max",
+                    self.min, self.max
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The highest NAT port: the kernel's policy rules, which steer replies on the TUN
@@ -897,25 +912,9 @@ impl AgentConfig {
         }
 
         let ports = self.snat.port_range;
-        if ports.min == 0 || ports.min > ports.max || ports.max > MAX_NAT_PORT {
-            return Err(ConfigError::invalid(
-                "snat.portRange",
-                format!(
-                    "{}-{} is not a range within 1..={MAX_NAT_PORT} with min <= max",
-                    ports.min, ports.max
-                ),
-            ));
-        }
+        ports.check("snat.portRange")?;
         let node_ports = self.services.node_port_range;
-        if node_ports.min == 0 || node_ports.min > node_ports.max || node_ports.max > MAX_NAT_PORT {
-            return Err(ConfigError::invalid(
-                "services.nodePortRange",
-                format!(
-                    "{}-{} is not a range within 1..={MAX_NAT_PORT} with min <= max",
-                    node_ports.min, node_ports.max
-                ),
-            ));
-        }
+        node_ports.check("services.nodePortRange")?;
         if self.snat.enabled && node_ports.min <= ports.max && ports.min <= node_ports.max {
             return Err(ConfigError::invalid(
                 "services.nodePortRange",
