@@ -204,3 +204,80 @@ fn a_pod_reaches_the_hosts_pod_network_address_through_the_host() {
     );
     assert_eq!(v, Verdict::ToHost);
 }
+
+// ---- The node's own traffic to ClusterIPs, without kube-proxy (issue 14) ----
+
+const VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 240, 10);
+
+fn with_service(mut t: Tables, endpoint: std::net::Ipv4Addr) -> Tables {
+    use hybridway_dataplane::tables::services::{
+        EndpointSpec, ServicePortSpec, ServiceProto, ServiceSpec, ServiceTable,
+    };
+    let spec = ServiceSpec {
+        name: "default/web".into(),
+        cluster_ips: vec![VIP],
+        ports: vec![ServicePortSpec {
+            proto: ServiceProto::Tcp,
+            port: 80,
+            node_port: None,
+            endpoints: vec![EndpointSpec {
+                addr: endpoint,
+                port: 8080,
+                ready: true,
+                serving: true,
+                terminating: false,
+                local: false,
+            }],
+        }],
+        ..ServiceSpec::default()
+    };
+    t.services = std::sync::Arc::new(ServiceTable::build(&[spec]));
+    t
+}
+
+#[test]
+fn the_host_reaches_a_cluster_ip_whose_endpoint_is_on_another_node() {
+    for t in [
+        with_service(tun_backend(false), REMOTE_POD),
+        with_service(xdp_with_host_port(false), REMOTE_POD),
+    ] {
+        let mut p = Pipeline::new(0, &SnatConfig::default());
+        let syn = from_kernel(tcp4(HOST_POD_ADDR, VIP, 45000, 80, 64, true, b""));
+        let (v, out) = run(&mut p, &t, &syn, HOST);
+        assert_eq!(v, Verdict::Forward { port: UPLINK });
+        let inner_l3 = 14 + 20 + 8 + 8 + 14;
+        assert_eq!(ip4(&out, inner_l3 + 12), HOST_POD_ADDR);
+        assert_eq!(ip4(&out, inner_l3 + 16), REMOTE_POD, "DNATed");
+        assert_checksums(&out, 50);
+
+        let reply = with_macs(
+            tcp4(REMOTE_POD, HOST_POD_ADDR, 8080, 45000, 64, false, b"ok"),
+            REMOTE_VTEP_MAC,
+            VTEP_MAC,
+        );
+        let (v, back) = run(&mut p, &t, &vxlan_in(REMOTE_NODE, 1, 0x08, &reply), UPLINK);
+        assert_eq!(v, Verdict::ToHost);
+        assert_eq!(ip4(&back, 26), VIP, "the reply comes from the ClusterIP");
+        assert_eq!(u16_at(&back, 34), 80);
+        assert_checksums(&back, 0);
+    }
+}
+
+#[test]
+fn the_host_reaches_a_cluster_ip_whose_endpoint_is_a_local_pod() {
+    let t = with_service(xdp_with_host_port(false), POD2);
+    let mut p = Pipeline::new(0, &SnatConfig::default());
+    let syn = from_kernel(tcp4(HOST_POD_ADDR, VIP, 45000, 80, 64, true, b""));
+    let (v, out) = run(&mut p, &t, &syn, HOST);
+    assert_eq!(v, Verdict::Forward { port: POD2_PORT });
+    assert_eq!(ip4(&out, 30), POD2);
+    let reply = with_macs(
+        tcp4(POD2, HOST_POD_ADDR, 8080, 45000, 64, false, b"ok"),
+        POD2_MAC,
+        GATEWAY_MAC,
+    );
+    let (v, back) = run(&mut p, &t, &reply, POD2_PORT);
+    assert_eq!(v, Verdict::ToHost);
+    assert_eq!(ip4(&back, 26), VIP);
+    assert_checksums(&back, 0);
+}

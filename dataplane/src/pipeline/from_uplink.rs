@@ -56,8 +56,14 @@ impl Pipeline {
             return Ok(Action::Done(Verdict::ToHost));
         }
         if Some(ip.dst) == node.host_pod_addr {
-            // The host's own connections to pods on other nodes: their replies.
-            return Ok(Action::Done(Verdict::ToHost));
+            // The host's own connections to pods on other nodes (or to Services):
+            // their replies.
+            return self.to_host(frame, ip, tables, now, true);
+        }
+        if from_the_host(frame, ip, node) && tables.services.may_be_cluster_ip(ip.dst) {
+            // The host's own packet to a ClusterIP (routed into the host port from
+            // its pod-network address): served like a pod's.
+            return self.host_to_cluster_ip(frame, ip, tables, now);
         }
         match tables.routes.lookup_v4(ip.dst) {
             Some(target @ (RouteTarget::VxlanNode { .. } | RouteTarget::UnderlayNode { .. }))
@@ -141,8 +147,12 @@ impl Pipeline {
         }
         let Some((port, mac)) = local_pod else {
             if to_host {
-                // A reply to the host's own connection to a pod over there.
-                return Ok(Action::Done(Verdict::ToHost));
+                // A reply to the host's own connection to a pod over there (through
+                // a Service, maybe).
+                return match inner {
+                    Packet::V4(ip) => self.to_host(frame, &ip, tables, now, false),
+                    _ => Ok(Action::Done(Verdict::ToHost)),
+                };
             }
             // To the gateway: a remote endpoint's reply to a masqueraded NodePort flow.
             return match inner {

@@ -213,6 +213,44 @@ impl Pipeline {
     }
 }
 
+impl Pipeline {
+    /// The host's own packet to a ClusterIP, from its pod-network address: sent to
+    /// an endpoint as a pod's would be (`Origin::Pod`: the internal traffic policy
+    /// applies, as kube-proxy applies it to the node's traffic), then routed on.
+    pub(super) fn host_to_cluster_ip(
+        &mut self,
+        frame: &mut Frame<'_>,
+        ip: &V4,
+        tables: &Tables,
+        now: Now,
+    ) -> Result<Action, DropReason> {
+        match self.service_from_pod(frame, ip, tables, now)? {
+            ServiceStep::Done(v) => Ok(Action::Done(v)),
+            ServiceStep::Continue(out) if out.dst != ip.dst => {
+                self.route_translated(frame, &out, tables, now)
+            }
+            // A ClusterIP-range address that is no ClusterIP: nothing routes it.
+            ServiceStep::Continue(_) => Err(DropReason::NoRoute),
+        }
+    }
+
+    /// A packet for the host's pod-network address: a Service reply gets its
+    /// ClusterIP back first. `may_hand_off`: the frame is still as it arrived.
+    pub(super) fn to_host(
+        &mut self,
+        frame: &mut Frame<'_>,
+        ip: &V4,
+        tables: &Tables,
+        now: Now,
+        may_hand_off: bool,
+    ) -> Result<Action, DropReason> {
+        match self.service_reply(frame, ip, tables, now, may_hand_off)? {
+            ServiceStep::Done(v) => Ok(Action::Done(v)),
+            ServiceStep::Continue(_) => Ok(Action::Done(Verdict::ToHost)),
+        }
+    }
+}
+
 /// The `i`-th port tried for a masqueraded flow: the client's first, then the next
 /// ones (above the well-known ports, wrapping).
 fn masquerade_port(client_port: u16, i: u16) -> Option<u16> {
