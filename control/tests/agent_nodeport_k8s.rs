@@ -19,7 +19,7 @@
 //!
 //! And the node's own namespace pings and connects to the pod on the other node (h1
 //! to h2-p0, h2 to h1-p0): the pod sees the node's pod-network address (its block's
-//! first address).
+//! first address); h1 (`services.hostClusterIpRanges`) reaches ClusterIPs itself.
 //!
 //! Needs root (CI runs as root). The node setup is this file's own until the shared
 //! Services cluster (`hybridway_lab::service_lab`, branch kp14) can host it.
@@ -222,7 +222,12 @@ fn node_ports_and_node_traffic(backend: &str, octet: u8, outside_octet: u8) {
 
     let mut h1 = node(&lab, &tag, "h1", octet, outside_addr, &dir);
     let mut h2 = node(&lab, &tag, "h2", octet + 1, outside_addr, &dir);
-    h1.agent.start_on(&kubeconfig, backend);
+    // h1 also serves its own ClusterIP traffic (no kube-proxy on these nodes).
+    h1.agent.start_with(
+        &kubeconfig,
+        backend,
+        "services: {hostClusterIpRanges: [198.18.240.0/20]}\n",
+    );
     h2.agent.start_on(&kubeconfig, "tun");
     attach_and_serve(&mut h1);
     attach_and_serve(&mut h2);
@@ -304,6 +309,21 @@ fn node_ports_and_node_traffic(backend: &str, octet: u8, outside_octet: u8) {
     );
     assert_eq!(got, format!("{} {}", h2.pod_name(), h2.gateway()));
     assert_eq!(answer(&outside, h2.addr, NP_LOCAL), None);
+
+    // The node itself reaches ClusterIPs through its dataplane (no kube-proxy): an
+    // endpoint on the other node sees the node's pod-network address.
+    let got = wait_for(
+        Duration::from_secs(30),
+        "h1 reaches np-remote's ClusterIP",
+        || answer(&h1.ns, Ipv4Addr::new(198, 18, 240, 141), 80),
+    );
+    assert_eq!(got, format!("{} {}", h2.pod_name(), h1.host_pod_addr()));
+    let got = wait_for(
+        Duration::from_secs(30),
+        "h1 reaches np-near's ClusterIP",
+        || answer(&h1.ns, Ipv4Addr::new(198, 18, 240, 142), 80),
+    );
+    assert!(got.starts_with(&format!("{} ", h1.pod_name())), "{got}");
 
     drop(h1);
     drop(h2);

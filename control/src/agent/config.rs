@@ -322,12 +322,19 @@ pub struct ServicesSection {
     /// `snat.portRange`: a NodePort and a NAT port would claim the same replies.
     #[serde(default = "default_node_port_range")]
     pub node_port_range: PortRangeConfig,
+    /// The service CIDRs whose ClusterIPs the node itself reaches through the
+    /// dataplane (routed into the host port from its pod-network address). For nodes
+    /// without kube-proxy; empty (the default) leaves the host's ClusterIP traffic to
+    /// kube-proxy. See README "Services".
+    #[serde(default, deserialize_with = "de_prefixes")]
+    pub host_cluster_ip_ranges: Vec<Prefix>,
 }
 
 impl Default for ServicesSection {
     fn default() -> Self {
         ServicesSection {
             node_port_range: default_node_port_range(),
+            host_cluster_ip_ranges: Vec::new(),
         }
     }
 }
@@ -915,6 +922,14 @@ impl AgentConfig {
         ports.check("snat.portRange")?;
         let node_ports = self.services.node_port_range;
         node_ports.check("services.nodePortRange")?;
+        for (i, p) in self.services.host_cluster_ip_ranges.iter().enumerate() {
+            if !p.is_ipv4() || p.len() == 0 {
+                return Err(ConfigError::invalid(
+                    format!("services.hostClusterIpRanges[{i}]"),
+                    "must be an IPv4 prefix other than 0.0.0.0/0",
+                ));
+            }
+        }
         if self.snat.enabled && node_ports.min <= ports.max && ports.min <= node_ports.max {
             return Err(ConfigError::invalid(
                 "services.nodePortRange",

@@ -16,6 +16,8 @@
 //!  <pod block> dev hwhost src <node>            local pods (AF_XDP; TUN: the veths)
 //!  <peer block> dev hwhost src <block first address> mtu <pod MTU>
 //!                                               every other node's block (peer_routes)
+//!  <service CIDR> dev hwhost src <block first address>
+//!                                               services.hostClusterIpRanges (no kube-proxy)
 //! ```
 //!
 //! Towards other nodes the host speaks from its block's first address (no pod has
@@ -115,6 +117,11 @@ pub fn plan(backend: Backend, cfg: &AgentConfig, snat_ports: &RangeInclusive<u16
     let node = cfg.node.address;
     if let Some(host) = cfg.pods.host_addr() {
         p.addresses.push(args(&format!("{host}/32 dev {HOST_TUN}")));
+        // Nodes without kube-proxy: the host's ClusterIP traffic to the dataplane.
+        for range in &cfg.services.host_cluster_ip_ranges {
+            p.routes
+                .push(args(&format!("{range} dev {HOST_TUN} src {host}")));
+        }
     }
     if backend != Backend::Tun {
         // The node address, not the pod-network one: kubelet probes come from the
@@ -165,17 +172,19 @@ pub fn plan(backend: Backend, cfg: &AgentConfig, snat_ports: &RangeInclusive<u16
     }
     p.move_local_rule = Some(LOCAL_RULE_PREF);
     let gateway = cfg.pods.gateway;
-    p.routes = [
-        format!("default dev {HOST_TUN} table {TABLE_TO_DATAPLANE}"),
-        // Pods on this node reach each other through the kernel (main: /32 per veth);
-        // the gateway address is the dataplane's.
-        format!("throw {block} table {TABLE_FROM_PODS}"),
-        format!("{gateway}/32 dev {POD_TUN} table {TABLE_FROM_PODS}"),
-        format!("default dev {POD_TUN} table {TABLE_FROM_PODS}"),
-    ]
-    .iter()
-    .map(|r| args(r))
-    .collect();
+    p.routes.extend(
+        [
+            format!("default dev {HOST_TUN} table {TABLE_TO_DATAPLANE}"),
+            // Pods on this node reach each other through the kernel (main: /32 per veth);
+            // the gateway address is the dataplane's.
+            format!("throw {block} table {TABLE_FROM_PODS}"),
+            format!("{gateway}/32 dev {POD_TUN} table {TABLE_FROM_PODS}"),
+            format!("default dev {POD_TUN} table {TABLE_FROM_PODS}"),
+        ]
+        .iter()
+        .map(|r| args(r))
+        .collect::<Vec<_>>(),
+    );
     p
 }
 
@@ -235,8 +244,9 @@ pub fn is_peer_route(route: &RouteArgs, cfg: &AgentConfig) -> bool {
     let Some(host) = cfg.pods.host_addr() else {
         return false;
     };
-    matches!(route.as_slice(), [_, dev, tun, src, addr, ..]
-        if dev == "dev" && tun == HOST_TUN && src == "src" && *addr == host.to_string())
+    // The MTU tells them from the ClusterIP routes of the same device and source.
+    matches!(route.as_slice(), [_, dev, tun, src, addr, mtu, _]
+        if dev == "dev" && tun == HOST_TUN && src == "src" && *addr == host.to_string() && mtu == "mtu")
 }
 
 /// Whether `route` is one of [`underlay_routes`].
@@ -321,6 +331,13 @@ nodes:
             ["198.19.1.0/24 dev hwhost src 198.18.0.1"]
         );
         assert_eq!(joined(&p.addresses), ["198.19.1.0/32 dev hwhost"]);
+        let mut c = cfg("overlay");
+        c.services.host_cluster_ip_ranges = vec!["198.18.240.0/20".parse().unwrap()];
+        let routes = joined(&plan(Backend::Tun, &c, &(61000..=65534)).routes);
+        assert!(
+            routes.contains(&"198.18.240.0/20 dev hwhost src 198.19.1.0".to_string()),
+            "{routes:?}"
+        );
         assert!(p.rules.is_empty());
         assert_eq!(p.move_local_rule, None);
         assert!(
@@ -454,8 +471,13 @@ nodes:
                 ]
             );
             assert!(r.iter().all(|x| is_peer_route(x, &c)));
-            for other in plan(Backend::AfXdp, &c, &(61000..=65534)).routes {
-                assert!(!is_peer_route(&other, &c), "{other:?}");
+            let mut with_cluster_ips = c.clone();
+            with_cluster_ips.services.host_cluster_ip_ranges =
+                vec!["198.18.240.0/20".parse().unwrap()];
+            for backend in [Backend::AfXdp, Backend::Tun] {
+                for other in plan(backend, &with_cluster_ips, &(61000..=65534)).routes {
+                    assert!(!is_peer_route(&other, &c), "{other:?}");
+                }
             }
         }
     }
