@@ -58,7 +58,7 @@ impl Pipeline {
         if Some(ip.dst) == node.host_pod_addr {
             // The host's own connections to pods on other nodes (or to Services):
             // their replies.
-            return self.to_host(frame, ip, tables, now, true);
+            return self.hand_to_host(frame, ip, tables, now, true);
         }
         if from_the_host(frame, ip, node) && tables.services.may_be_cluster_ip(ip.dst) {
             // The host's own packet to a ClusterIP (routed into the host port from
@@ -150,7 +150,7 @@ impl Pipeline {
                 // A reply to the host's own connection to a pod over there (through
                 // a Service, maybe).
                 return match inner {
-                    Packet::V4(ip) => self.to_host(frame, &ip, tables, now, false),
+                    Packet::V4(ip) => self.hand_to_host(frame, &ip, tables, now, false),
                     _ => Ok(Action::Done(Verdict::ToHost)),
                 };
             }

@@ -236,7 +236,7 @@ impl Pipeline {
 
     /// A packet for the host's pod-network address: a Service reply gets its
     /// ClusterIP back first. `may_hand_off`: the frame is still as it arrived.
-    pub(super) fn to_host(
+    pub(super) fn hand_to_host(
         &mut self,
         frame: &mut Frame<'_>,
         ip: &V4,
