@@ -7,17 +7,20 @@
 //!  ARP for gateway ──► Reply (ARP reply)        ARP, non-IP, VLAN, not to our MAC ──► ToHost
 //!  NS for gateway  ──► Reply (NA)               to node_addr:
 //!  source not this pod's ──► Drop                 UDP to vxlan_port ──► decap ──► pod port
-//!  to node ──► ToHost                             NAT reply (SNAT on) ──► un-SNAT ──► pod port
+//!  to node ──► ToHost                             NodePort ──► DNAT (Cluster: + masquerade
+//!                                                   to the gateway) ──► routed like a pod's
+//!                                                 NAT reply (SNAT on) ──► un-SNAT ──► pod port
 //!  echo to gateway ──► Reply (rest: Drop)
 //!  route(dst):                                      (owned by another worker ──► HandOff)
 //!    LocalPod     ──► MACs, TTL ──► pod port        anything else ──► ToHost
 //!    VxlanNode    ──► TTL, MTU, encap ──► uplink  to a local pod (underlay) ──► pod port
-//!    UnderlayNode ──► MACs, TTL, MTU ──► uplink   anything else ──► ToHost (from the
-//!                                                   host port: Drop, it would loop)
-//!    Outside      ──► MACs, TTL, MTU, SNAT ──► uplink
-//!      (destination owned by another worker ──► HandOff; no NAT port ──► Refuse,
-//!       ICMP administratively prohibited to the pod)
-//!  TTL expired / DF and too big ──► Reply (ICMP error)
+//!    UnderlayNode ──► MACs, TTL, MTU ──► uplink   to the gateway, to the host's pod-network
+//!    Outside      ──► MACs, TTL, MTU, SNAT ──► uplink address: Service reply, else ToHost
+//!      (destination owned by another worker ──►   from the host port, the host's own to
+//!       HandOff; no NAT port ──► Refuse, ICMP       another node's pod or a ClusterIP
+//!       administratively prohibited to the pod)     ──► routed like a pod's
+//!  TTL expired / DF and too big ──►               anything else ──► ToHost (from the
+//!    Reply (ICMP error)                             host port: Drop, it would loop)
 //! ```
 //!
 //! Decisions worth knowing:
