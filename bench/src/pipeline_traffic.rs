@@ -96,6 +96,7 @@ pub fn tables() -> Tables {
             gateway_v6: None,
             gateway_mac: GATEWAY_MAC,
             snat: true,
+            host_pod_addr: None,
         },
         routes: b.build(),
         no_snat: vec![p("198.19.0.0/16"), p("198.18.0.0/24")],

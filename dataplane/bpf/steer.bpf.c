@@ -7,6 +7,8 @@
 //
 //   * STEER_ALL != 0 (pod veths): every frame goes to the socket.
 //   * IPv4 UDP to NODE_ADDR:VXLAN_PORT (overlay): to the socket.
+//   * IPv4 TCP/UDP to NODE_ADDR with a destination port in
+//     NODE_PORT_MIN..=NODE_PORT_MAX (NodePorts), when NODE_PORT_MAX != 0: to the socket.
 //   * IPv4 to POD_NET/POD_MASK, when POD_MASK != 0 (underlay): to the socket.
 //   * anything else, or no socket on this queue: XDP_PASS.
 //
@@ -56,6 +58,10 @@ volatile const __u32 POD_MASK = 0;
 volatile const __u32 NAT_ADDR = 0;
 volatile const __u16 NAT_PORT_MIN = 0;
 volatile const __u16 NAT_PORT_MAX = 0;
+/* NodePorts: TCP/UDP to NODE_ADDR with a destination port in this range (host byte
+ * order); NODE_PORT_MAX 0 turns the rule off. */
+volatile const __u16 NODE_PORT_MIN = 0;
+volatile const __u16 NODE_PORT_MAX = 0;
 
 #define ETH_P_IP_BE 0x0008     /* htons(0x0800) */
 #define ETH_P_8021Q_BE 0x0081  /* htons(0x8100) */
@@ -157,18 +163,23 @@ int hybridway_steer(struct xdp_md *ctx)
 		if (have_key && key >= NAT_PORT_MIN && key <= NAT_PORT_MAX)
 			return to_socket(ctx);
 	}
-	if (NODE_ADDR == 0 || ip->daddr != NODE_ADDR || ip->protocol != IPPROTO_UDP)
+	if (NODE_ADDR == 0 || ip->daddr != NODE_ADDR)
 		return XDP_PASS;
-	// Non-first fragments carry no UDP header: leave reassembly to the kernel.
+	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
+		return XDP_PASS;
+	// Non-first fragments carry no transport header: leave reassembly to the kernel.
 	if (ip->frag_off & IP_OFFSET_MASK_BE)
 		return XDP_PASS;
 	__u32 ihl = (ip->ver_ihl & 0x0f) * 4;
 	if (ihl < sizeof(*ip))
 		return XDP_PASS;
-	struct udphdr *udp = (void *)ip + ihl;
-	if ((void *)(udp + 1) > data_end)
+	__u16 *ports = (void *)ip + ihl; /* source, destination: TCP and UDP alike */
+	if ((void *)(ports + 2) > data_end)
 		return XDP_PASS;
-	if (udp->dest == VXLAN_PORT)
+	__u16 dport = __builtin_bswap16(ports[1]);
+	if (NODE_PORT_MAX != 0 && dport >= NODE_PORT_MIN && dport <= NODE_PORT_MAX)
+		return to_socket(ctx);
+	if (ip->protocol == IPPROTO_UDP && ports[1] == VXLAN_PORT)
 		return to_socket(ctx);
 	return XDP_PASS;
 }

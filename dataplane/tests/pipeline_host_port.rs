@@ -137,3 +137,147 @@ fn a_pods_packets_to_the_node_go_to_the_host_and_errors_about_them_come_from_the
     assert_eq!(ip4(&err, 26), NODE);
     assert_eq!(&err[6..12], &UPLINK_MAC.0);
 }
+
+// ---- The node's own traffic to pods on other nodes (issue 14) ----
+
+#[test]
+fn the_host_reaches_a_pod_on_another_node_over_vxlan_and_the_reply_comes_back_to_it() {
+    for t in [tun_backend(true), xdp_with_host_port(true)] {
+        let mut p = Pipeline::new(0, &SnatConfig::default());
+        let syn = from_kernel(tcp4(HOST_POD_ADDR, REMOTE_POD, 45000, 8080, 64, true, b""));
+        let (v, out) = run(&mut p, &t, &syn, HOST);
+        assert_eq!(v, Verdict::Forward { port: UPLINK });
+        let inner_l3 = 14 + 20 + 8 + 8 + 14;
+        assert_eq!(ip4(&out, 30), REMOTE_NODE, "outer destination");
+        assert_eq!(ip4(&out, inner_l3 + 12), HOST_POD_ADDR, "source kept");
+        assert_checksums(&out, 50);
+
+        let reply = with_macs(
+            tcp4(REMOTE_POD, HOST_POD_ADDR, 8080, 45000, 64, false, b"ok"),
+            REMOTE_VTEP_MAC,
+            VTEP_MAC,
+        );
+        let (v, _) = run(&mut p, &t, &vxlan_in(REMOTE_NODE, 1, 0x08, &reply), UPLINK);
+        assert_eq!(v, Verdict::ToHost);
+        assert_eq!(p.snat().len(), 0);
+    }
+}
+
+#[test]
+fn the_host_reaches_a_pod_on_an_underlay_node_and_the_reply_comes_back_to_it() {
+    let t = tun_backend(false);
+    let mut p = Pipeline::new(0, &SnatConfig::default());
+    let ping = from_kernel(ping4(HOST_POD_ADDR, UNDERLAY_POD, 7, 64, false, b"p"));
+    let (v, out) = run(&mut p, &t, &ping, HOST);
+    assert_eq!(v, Verdict::Forward { port: HOST }, "routed by the kernel");
+    assert_eq!(&out[0..6], &UNDERLAY_NODE_MAC.0);
+    // The reply, to the pod block, comes through the host port too (rule 90).
+    let pong = from_kernel(ping4(UNDERLAY_POD, HOST_POD_ADDR, 7, 64, true, b"p"));
+    let (v, _) = run(&mut p, &t, &pong, HOST);
+    assert_eq!(v, Verdict::ToHost);
+}
+
+#[test]
+fn only_the_hosts_own_address_reaches_other_nodes_pods_through_the_host_port() {
+    let t = tun_backend(false);
+    let mut p = Pipeline::new(0, &SnatConfig::default());
+    for src in [OUTSIDE, NODE] {
+        let f = from_kernel(udp4(src, REMOTE_POD, 1, 2, 64, b"x"));
+        let (v, _) = run(&mut p, &t, &f, HOST);
+        assert_eq!(v, Verdict::Drop(DropReason::HostLoop), "{src}");
+    }
+    // Off the wire, the host's pod-network address as a source is not the host.
+    let f = from_kernel(udp4(HOST_POD_ADDR, REMOTE_POD, 1, 2, 64, b"x"));
+    let (v, _) = run(&mut p, &t, &f, UPLINK);
+    assert_eq!(v, Verdict::ToHost);
+}
+
+#[test]
+fn a_pod_reaches_the_hosts_pod_network_address_through_the_host() {
+    let t = xdp_with_host_port(false);
+    let mut p = Pipeline::new(0, &SnatConfig::default());
+    let (v, _) = run(
+        &mut p,
+        &t,
+        &udp4(POD1, HOST_POD_ADDR, 1, 2, 64, b"x"),
+        POD1_PORT,
+    );
+    assert_eq!(v, Verdict::ToHost);
+}
+
+// ---- The node's own traffic to ClusterIPs, without kube-proxy (issue 14) ----
+
+const VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 240, 10);
+
+fn with_service(mut t: Tables, endpoint: std::net::Ipv4Addr) -> Tables {
+    use hybridway_dataplane::tables::services::{
+        EndpointSpec, ServicePortSpec, ServiceProto, ServiceSpec, ServiceTable,
+    };
+    let spec = ServiceSpec {
+        name: "default/web".into(),
+        cluster_ips: vec![VIP],
+        ports: vec![ServicePortSpec {
+            proto: ServiceProto::Tcp,
+            port: 80,
+            node_port: None,
+            endpoints: vec![EndpointSpec {
+                addr: endpoint,
+                port: 8080,
+                ready: true,
+                serving: true,
+                terminating: false,
+                local: false,
+            }],
+        }],
+        ..ServiceSpec::default()
+    };
+    t.services = std::sync::Arc::new(ServiceTable::build(&[spec]));
+    t
+}
+
+#[test]
+fn the_host_reaches_a_cluster_ip_whose_endpoint_is_on_another_node() {
+    for t in [
+        with_service(tun_backend(false), REMOTE_POD),
+        with_service(xdp_with_host_port(false), REMOTE_POD),
+    ] {
+        let mut p = Pipeline::new(0, &SnatConfig::default());
+        let syn = from_kernel(tcp4(HOST_POD_ADDR, VIP, 45000, 80, 64, true, b""));
+        let (v, out) = run(&mut p, &t, &syn, HOST);
+        assert_eq!(v, Verdict::Forward { port: UPLINK });
+        let inner_l3 = 14 + 20 + 8 + 8 + 14;
+        assert_eq!(ip4(&out, inner_l3 + 12), HOST_POD_ADDR);
+        assert_eq!(ip4(&out, inner_l3 + 16), REMOTE_POD, "DNATed");
+        assert_checksums(&out, 50);
+
+        let reply = with_macs(
+            tcp4(REMOTE_POD, HOST_POD_ADDR, 8080, 45000, 64, false, b"ok"),
+            REMOTE_VTEP_MAC,
+            VTEP_MAC,
+        );
+        let (v, back) = run(&mut p, &t, &vxlan_in(REMOTE_NODE, 1, 0x08, &reply), UPLINK);
+        assert_eq!(v, Verdict::ToHost);
+        assert_eq!(ip4(&back, 26), VIP, "the reply comes from the ClusterIP");
+        assert_eq!(u16_at(&back, 34), 80);
+        assert_checksums(&back, 0);
+    }
+}
+
+#[test]
+fn the_host_reaches_a_cluster_ip_whose_endpoint_is_a_local_pod() {
+    let t = with_service(xdp_with_host_port(false), POD2);
+    let mut p = Pipeline::new(0, &SnatConfig::default());
+    let syn = from_kernel(tcp4(HOST_POD_ADDR, VIP, 45000, 80, 64, true, b""));
+    let (v, out) = run(&mut p, &t, &syn, HOST);
+    assert_eq!(v, Verdict::Forward { port: POD2_PORT });
+    assert_eq!(ip4(&out, 30), POD2);
+    let reply = with_macs(
+        tcp4(POD2, HOST_POD_ADDR, 8080, 45000, 64, false, b"ok"),
+        POD2_MAC,
+        GATEWAY_MAC,
+    );
+    let (v, back) = run(&mut p, &t, &reply, POD2_PORT);
+    assert_eq!(v, Verdict::ToHost);
+    assert_eq!(ip4(&back, 26), VIP);
+    assert_checksums(&back, 0);
+}

@@ -90,6 +90,7 @@ fn node(
             gateway_v6: None,
             gateway_mac: GATEWAY_MAC,
             snat: false,
+            host_pod_addr: None,
         },
         routes: b.build(),
         no_snat: vec![],

@@ -360,3 +360,232 @@ fn traffic_that_is_not_for_a_service_is_untouched() {
     assert_eq!(tuple(&out, 64), (POD1, 5353, REMOTE_POD, 80));
     assert_eq!(p.service_flows(), 0);
 }
+
+// ---- NodePorts (issue 14): from the uplink to an endpoint and back ----
+
+const NODE_PORT: u16 = 30080;
+
+/// `service` with NodePort 30080 on both ports and the given external policy.
+fn node_port_service(endpoints: &[EndpointSpec], external_local: bool) -> ServiceSpec {
+    let mut s = service(endpoints);
+    for p in &mut s.ports {
+        p.node_port = Some(NODE_PORT);
+    }
+    s.external_local = external_local;
+    s
+}
+
+/// A client's packet from outside to the node's NodePort, as the uplink delivers it.
+fn from_outside(f: Vec<u8>) -> Vec<u8> {
+    with_macs(f, ROUTER_MAC, UPLINK_MAC)
+}
+
+#[test]
+fn node_port_cluster_policy_reaches_a_local_endpoint_from_the_gateway_and_replies_leave_from_the_node()
+ {
+    // SNAT on: the reply, now from the node's address, must not be masqueraded again.
+    let t = with_services(
+        tables(true),
+        &[node_port_service(&[endpoint(POD2, true)], false)],
+    );
+    let mut p = pipeline();
+    let syn = from_outside(tcp4(OUTSIDE, NODE, 40000, NODE_PORT, 64, true, b""));
+    let (v, out) = run(&mut p, &t, &syn, UPLINK);
+    assert_eq!(v, Verdict::Forward { port: POD2_PORT });
+    assert_eq!(tuple(&out, 14), (GATEWAY, 40000, POD2, 8080));
+    assert_eq!(&out[0..6], &POD2_MAC.0);
+    assert_eq!(out[22], 63, "TTL decremented");
+    assert_checksums(&out, 0);
+
+    let (v, back) = run(&mut p, &t, &answer(&out, 14, true), POD2_PORT);
+    assert_eq!(v, Verdict::Forward { port: UPLINK });
+    assert_eq!(tuple(&back, 14), (NODE, NODE_PORT, OUTSIDE, 40000));
+    assert_eq!(&back[0..6], &ROUTER_MAC.0);
+    assert_checksums(&back, 0);
+    assert_eq!(p.snat().len(), 0, "the reply was not masqueraded");
+
+    // The client's next segment finds the flow.
+    let ack = from_outside(tcp4(OUTSIDE, NODE, 40000, NODE_PORT, 64, false, b"get"));
+    let (v, out) = run(&mut p, &t, &ack, UPLINK);
+    assert_eq!(v, Verdict::Forward { port: POD2_PORT });
+    assert_eq!(tuple(&out, 14), (GATEWAY, 40000, POD2, 8080));
+    assert_eq!(p.service_flows(), 1);
+}
+
+#[test]
+fn node_port_cluster_policy_reaches_a_remote_endpoint_over_vxlan_and_the_reply_comes_back() {
+    let t = with_services(
+        tables(false),
+        &[node_port_service(&[endpoint(REMOTE_POD, false)], false)],
+    );
+    let mut p = pipeline();
+    let q = from_outside(udp4(OUTSIDE, NODE, 5353, NODE_PORT, 64, b"query"));
+    let (v, out) = run(&mut p, &t, &q, UPLINK);
+    assert_eq!(v, Verdict::Forward { port: UPLINK });
+    let inner_l3 = 14 + 20 + 8 + 8 + 14;
+    assert_eq!(ip4(&out, 14 + 16), REMOTE_NODE, "outer destination");
+    assert_eq!(tuple(&out, inner_l3), (GATEWAY, 5353, REMOTE_POD, 8080));
+    assert_checksums(&out, 50);
+
+    // The endpoint answers the gateway; its node encapsulates it back to us.
+    let reply = with_macs(
+        udp4(REMOTE_POD, GATEWAY, 8080, 5353, 64, b"answer"),
+        REMOTE_VTEP_MAC,
+        VTEP_MAC,
+    );
+    let (v, back) = run(&mut p, &t, &vxlan_in(REMOTE_NODE, 1, 0x08, &reply), UPLINK);
+    assert_eq!(v, Verdict::Forward { port: UPLINK });
+    assert_eq!(tuple(&back, 14), (NODE, NODE_PORT, OUTSIDE, 5353));
+    assert_eq!(&back[0..6], &ROUTER_MAC.0);
+    assert_checksums(&back, 0);
+}
+
+#[test]
+fn node_port_reply_from_an_underlay_endpoint_to_the_gateway_goes_back_to_the_client() {
+    let t = with_services(
+        tables(false),
+        &[node_port_service(&[endpoint(UNDERLAY_POD, false)], false)],
+    );
+    let mut p = pipeline();
+    let q = from_outside(udp4(OUTSIDE, NODE, 5353, NODE_PORT, 64, b"query"));
+    let (v, out) = run(&mut p, &t, &q, UPLINK);
+    assert_eq!(v, Verdict::Forward { port: UPLINK });
+    assert_eq!(&out[0..6], &UNDERLAY_NODE_MAC.0);
+    assert_eq!(tuple(&out, 14), (GATEWAY, 5353, UNDERLAY_POD, 8080));
+    let reply = from_outside(udp4(UNDERLAY_POD, GATEWAY, 8080, 5353, 64, b"answer"));
+    let (v, back) = run(&mut p, &t, &reply, UPLINK);
+    assert_eq!(v, Verdict::Forward { port: UPLINK });
+    assert_eq!(tuple(&back, 14), (NODE, NODE_PORT, OUTSIDE, 5353));
+    assert_checksums(&back, 0);
+}
+
+#[test]
+fn node_port_local_policy_keeps_the_client_address_and_drops_without_a_local_endpoint() {
+    let t = with_services(
+        tables(true),
+        &[node_port_service(
+            &[endpoint(POD2, true), endpoint(REMOTE_POD, false)],
+            true,
+        )],
+    );
+    let mut p = pipeline();
+    for sport in 40000..40016 {
+        let syn = from_outside(tcp4(OUTSIDE, NODE, sport, NODE_PORT, 64, true, b""));
+        let (v, out) = run(&mut p, &t, &syn, UPLINK);
+        assert_eq!(
+            v,
+            Verdict::Forward { port: POD2_PORT },
+            "only the local one"
+        );
+        assert_eq!(tuple(&out, 14), (OUTSIDE, sport, POD2, 8080));
+        let (v, back) = run(&mut p, &t, &answer(&out, 14, true), POD2_PORT);
+        assert_eq!(v, Verdict::Forward { port: UPLINK });
+        assert_eq!(tuple(&back, 14), (NODE, NODE_PORT, OUTSIDE, sport));
+    }
+    assert_eq!(p.snat().len(), 0);
+
+    let t = with_services(
+        tables(false),
+        &[node_port_service(&[endpoint(REMOTE_POD, false)], true)],
+    );
+    let syn = from_outside(tcp4(OUTSIDE, NODE, 40000, NODE_PORT, 64, true, b""));
+    let (v, _) = run(&mut pipeline(), &t, &syn, UPLINK);
+    assert_eq!(v, Verdict::Drop(DropReason::ServiceNoLocalEndpoints));
+}
+
+#[test]
+fn node_port_without_endpoints_answers_port_unreachable_from_the_node() {
+    let t = with_services(tables(false), &[node_port_service(&[], false)]);
+    let syn = from_outside(tcp4(OUTSIDE, NODE, 40000, NODE_PORT, 64, true, b""));
+    let (v, out) = run(&mut pipeline(), &t, &syn, UPLINK);
+    assert_eq!(v, Verdict::Refuse(DropReason::ServiceNoEndpoints));
+    assert_eq!(ip4(&out, 26), NODE);
+    assert_eq!(ip4(&out, 30), OUTSIDE);
+    assert_eq!((out[34], out[35]), (3, 3), "ICMP port unreachable");
+}
+
+#[test]
+fn two_clients_with_one_port_to_one_endpoint_get_distinct_masquerade_ports() {
+    let t = with_services(
+        tables(false),
+        &[node_port_service(&[endpoint(POD2, true)], false)],
+    );
+    let other = Ipv4Addr::new(198, 18, 100, 8);
+    let mut p = pipeline();
+    let mut seen = Vec::new();
+    for client in [OUTSIDE, other] {
+        let syn = from_outside(tcp4(client, NODE, 40000, NODE_PORT, 64, true, b""));
+        let (v, out) = run(&mut p, &t, &syn, UPLINK);
+        assert_eq!(v, Verdict::Forward { port: POD2_PORT });
+        let (src, sport, ..) = tuple(&out, 14);
+        assert_eq!(src, GATEWAY);
+        seen.push((client, sport, answer(&out, 14, true)));
+    }
+    assert_eq!((seen[0].1, seen[1].1), (40000, 40001));
+    for (client, _, reply) in &seen {
+        let (v, back) = run(&mut p, &t, reply, POD2_PORT);
+        assert_eq!(v, Verdict::Forward { port: UPLINK });
+        assert_eq!(tuple(&back, 14), (NODE, NODE_PORT, *client, 40000));
+    }
+}
+
+#[test]
+fn node_port_flows_are_kept_by_the_worker_that_owns_the_address_replies_go_to() {
+    let eps = [endpoint(REMOTE_POD, false), endpoint(REMOTE_POD_2, false)];
+    let t = with_services(tables(false), &[node_port_service(&eps, false)]);
+    let config = SnatConfig {
+        workers: 4,
+        ..SnatConfig::default()
+    };
+    let mut workers: Vec<Pipeline> = (0..4).map(|w| Pipeline::new(w, &config)).collect();
+    let q = from_outside(udp4(OUTSIDE, NODE, 5353, NODE_PORT, 64, b"query"));
+    let inner_l3 = 14 + 20 + 8 + 8 + 14;
+    let mut handed = None;
+    let mut done = None;
+    for p in &mut workers {
+        let (v, out) = run(p, &t, &q, UPLINK);
+        match v {
+            Verdict::HandOff { worker } => handed = Some(worker),
+            Verdict::Forward { port: UPLINK } => {
+                done = Some((p.worker(), tuple(&out, inner_l3)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let (owner, (src, sport, endpoint, eport)) = done.unwrap();
+    assert_eq!(handed, Some(owner));
+    assert_eq!((src, sport, eport), (GATEWAY, 5353, 8080));
+    // The endpoint's reply (decapsulated, so not handed off) is translated there.
+    let reply = with_macs(
+        udp4(endpoint, GATEWAY, 8080, 5353, 64, b"answer"),
+        REMOTE_VTEP_MAC,
+        VTEP_MAC,
+    );
+    let (v, back) = run(
+        &mut workers[usize::from(owner)],
+        &t,
+        &vxlan_in(REMOTE_NODE, 1, 0x08, &reply),
+        UPLINK,
+    );
+    assert_eq!(v, Verdict::Forward { port: UPLINK });
+    assert_eq!(tuple(&back, 14), (NODE, NODE_PORT, OUTSIDE, 5353));
+}
+
+#[test]
+fn traffic_to_the_node_on_other_ports_stays_the_hosts() {
+    let t = with_services(
+        tables(true),
+        &[node_port_service(&[endpoint(POD2, true)], false)],
+    );
+    let mut p = pipeline();
+    for f in [
+        tcp4(OUTSIDE, NODE, 40000, 22, 64, true, b""),
+        udp4(OUTSIDE, NODE, 40000, NODE_PORT + 1, 64, b""),
+        // The gateway address from outside, not a reply to any flow.
+        udp4(OUTSIDE, GATEWAY, 40000, 5353, 64, b""),
+    ] {
+        let (v, _) = run(&mut p, &t, &from_outside(f), UPLINK);
+        assert_eq!(v, Verdict::ToHost);
+    }
+    assert_eq!(p.service_flows(), 0);
+}

@@ -202,6 +202,7 @@ fn underlay_steers_the_pod_block_and_many_frames_cross_both_ways() {
         node_addr: None,
         vxlan_port: 8472,
         pod_block: None,
+        node_ports: None,
     }
     .with_pod_block(Ipv4Addr::new(198, 19, 11, 0), 24);
     let mut port = open_port(&node, rules, AttachMode::Generic, false, 1024);

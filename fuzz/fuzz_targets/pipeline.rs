@@ -136,6 +136,7 @@ fn tables(snat: bool, tun: bool) -> Tables {
             gateway_v6: Some(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1)),
             gateway_mac: MacAddr([2, 0, 0, 0, 0xaa, 1]),
             snat,
+            host_pod_addr: None,
         },
         routes: b.build(),
         no_snat: ["198.19.0.0/16", "198.18.0.0/24"]

@@ -1,8 +1,8 @@
 //! Opening the dataplane's ports for the uplink and for pods, per backend.
 //!
-//! AF_XDP: the steering program goes on the uplink (only VXLAN to this node, or the
-//! local pod block in underlay, reaches the sockets; SSH and kubelet stay with the
-//! kernel) and on each pod's host-side veth (everything the pod sends is ours). One
+//! AF_XDP: the steering program goes on the uplink (only VXLAN to this node, the
+//! local pod block, SNAT replies and NodePorts reach the sockets; SSH and kubelet stay
+//! with the kernel) and on each pod's host-side veth (everything the pod sends is ours). One
 //! socket per queue; the program is detached when the last socket of an interface
 //! is dropped, which is how SIGTERM leaves the node as it was found.
 //!
@@ -69,11 +69,14 @@ impl PortOpener {
         // overlay's replies from outside arrive routed (BGP) when SNAT is off, and an
         // underlay node still meets VXLAN from the nodes it reaches by overlay (cloud
         // nodes running flannel, overlay pools).
+        // NodePorts: to the node's address on the cluster's NodePort range.
+        let node_ports = cfg.services.node_port_range;
         SteerRules {
             vxlan_port: cfg.vxlan.port,
             ..SteerRules::vxlan_to(cfg.node.address)
         }
         .with_pod_block(block_v4, block.len())
+        .with_node_ports(node_ports.min, node_ports.max)
     }
 
     /// One port per queue of the uplink, `queues` of them, all with id `id`.

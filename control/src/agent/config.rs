@@ -113,6 +113,8 @@ pub struct AgentConfig {
     #[serde(default)]
     pub snat: SnatSection,
     #[serde(default)]
+    pub services: ServicesSection,
+    #[serde(default)]
     pub vxlan: VxlanSection,
     #[serde(default)]
     pub dataplane: DataplaneSection,
@@ -135,6 +137,8 @@ pub struct LocalConfig {
     pub uplink: UplinkConfig,
     #[serde(default)]
     pub snat: SnatSection,
+    #[serde(default)]
+    pub services: ServicesSection,
     #[serde(default)]
     pub vxlan: VxlanSection,
     #[serde(default)]
@@ -191,6 +195,19 @@ pub struct PodNetworkConfig {
     pub block: Prefix,
     /// The pods' default gateway; ARP for it is answered by the dataplane.
     pub gateway: Ipv4Addr,
+}
+
+impl PodNetworkConfig {
+    /// The host's own address in the pod network: the block's first address, which
+    /// no pod is given (flannel puts the same address on `flannel.1`). The kernel
+    /// reaches pods on other nodes from it, so their replies come back as pod
+    /// traffic. `None` for a block too small to spare it, or when it is the gateway.
+    pub fn host_addr(&self) -> Option<Ipv4Addr> {
+        let std::net::IpAddr::V4(net) = self.block.addr() else {
+            return None;
+        };
+        (self.block.len() < 31 && net != self.gateway).then_some(net)
+    }
 }
 
 /// Another node of the cluster.
@@ -279,20 +296,74 @@ pub struct PortRangeConfig {
 }
 
 impl Default for PortRangeConfig {
-    /// 1024-32767: 31,744 ports for every destination. Below 1024 a remote may
-    /// treat a port as privileged; from 32768 the kernel's default ephemeral range
-    /// (`ip_local_port_range` 32768-60999) keeps the node's own connections' ports.
+    /// 1024-29999: 28,976 ports for every destination. Below 1024 a remote may
+    /// treat a port as privileged; from 30000 the NodePort range (kube-apiserver's
+    /// default `--service-node-port-range`, [`ServicesSection`]) and, from 32768,
+    /// the kernel's default ephemeral range (`ip_local_port_range` 32768-60999,
+    /// the node's own connections' ports).
     fn default() -> Self {
         PortRangeConfig {
             min: 1024,
-            max: 32767,
+            max: 29999,
         }
+    }
+}
+
+/// Kubernetes Services on this node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicesSection {
+    /// The cluster's NodePort range (kube-apiserver `--service-node-port-range`,
+    /// default 30000-32767). The uplink hands TCP and UDP to the node's address on
+    /// these ports to the dataplane (XDP program; TUN: policy rules), whether a
+    /// Service uses the port or not: a fixed range rather than the Services present,
+    /// because the steering is set once at start (the XDP program's constants, the
+    /// kernel's rules). Ports no Service has go on to the host. Must not overlap
+    /// `snat.portRange`: a NodePort and a NAT port would claim the same replies.
+    #[serde(default = "default_node_port_range")]
+    pub node_port_range: PortRangeConfig,
+    /// The service CIDRs whose ClusterIPs the node itself reaches through the
+    /// dataplane (routed into the host port from its pod-network address). For nodes
+    /// without kube-proxy; empty (the default) leaves the host's ClusterIP traffic to
+    /// kube-proxy. See README "Services".
+    #[serde(default, deserialize_with = "de_prefixes")]
+    pub host_cluster_ip_ranges: Vec<Prefix>,
+}
+
+impl Default for ServicesSection {
+    fn default() -> Self {
+        ServicesSection {
+            node_port_range: default_node_port_range(),
+            host_cluster_ip_ranges: Vec::new(),
+        }
+    }
+}
+
+fn default_node_port_range() -> PortRangeConfig {
+    PortRangeConfig {
+        min: 30000,
+        max: 32767,
     }
 }
 
 impl PortRangeConfig {
     pub fn range(&self) -> RangeInclusive<u16> {
         self.min..=self.max
+    }
+
+    /// A range within 1..=[`MAX_NAT_PORT`] (the kernel's policy rules take no 65535),
+    /// or the error for `field`.
+    fn check(&self, field: &str) -> Result<(), ConfigError> {
+        if self.min == 0 || self.min > self.max || self.max > MAX_NAT_PORT {
+            return Err(ConfigError::invalid(
+                field,
+                format!(
+                    "{}-{} is not a range within 1..={MAX_NAT_PORT} with min <= max",
+                    self.min, self.max
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -670,6 +741,7 @@ impl AgentConfig {
             pods: facts.pods,
             nodes: facts.nodes,
             snat: local.snat,
+            services: local.services,
             vxlan: local.vxlan,
             dataplane: local.dataplane,
             metrics: local.metrics,
@@ -685,6 +757,7 @@ impl AgentConfig {
         LocalConfig {
             uplink: self.uplink.clone(),
             snat: self.snat.clone(),
+            services: self.services.clone(),
             vxlan: self.vxlan.clone(),
             dataplane: self.dataplane.clone(),
             metrics: self.metrics.clone(),
@@ -846,12 +919,23 @@ impl AgentConfig {
         }
 
         let ports = self.snat.port_range;
-        if ports.min == 0 || ports.min > ports.max || ports.max > MAX_NAT_PORT {
+        ports.check("snat.portRange")?;
+        let node_ports = self.services.node_port_range;
+        node_ports.check("services.nodePortRange")?;
+        for (i, p) in self.services.host_cluster_ip_ranges.iter().enumerate() {
+            if !p.is_ipv4() || p.len() == 0 {
+                return Err(ConfigError::invalid(
+                    format!("services.hostClusterIpRanges[{i}]"),
+                    "must be an IPv4 prefix other than 0.0.0.0/0",
+                ));
+            }
+        }
+        if self.snat.enabled && node_ports.min <= ports.max && ports.min <= node_ports.max {
             return Err(ConfigError::invalid(
-                "snat.portRange",
+                "services.nodePortRange",
                 format!(
-                    "{}-{} is not a range within 1..={MAX_NAT_PORT} with min <= max",
-                    ports.min, ports.max
+                    "{}-{} overlaps snat.portRange {}-{}: a reply to a masqueraded flow and a NodePort would share ports",
+                    node_ports.min, node_ports.max, ports.min, ports.max
                 ),
             ));
         }
@@ -1052,11 +1136,51 @@ snat: {enabled: true, clusterRanges: [10.96.0.0/12]}
             .unwrap()
             .snat
             .dataplane_config(1);
-        assert_eq!(default.port_range, 1024..=32767);
+        assert_eq!(default.port_range, 1024..=29999);
         assert!(
-            default.port_range.len() >= 30_000,
+            default.port_range.len() >= 28_000,
             "tens of thousands per destination"
         );
+    }
+
+    #[test]
+    fn node_port_range_defaults_to_the_api_servers_and_must_stay_out_of_the_snat_range() {
+        let cfg = AgentConfig::from_yaml(GOOD).unwrap();
+        assert_eq!(cfg.services.node_port_range.range(), 30000..=32767);
+        let e = AgentConfig::from_yaml(&format!(
+            "{GOOD}services: {{nodePortRange: {{min: 20000, max: 22767}}}}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("services.nodePortRange") && e.contains("overlaps"),
+            "{e}"
+        );
+        let e = AgentConfig::from_yaml(&format!(
+            "{GOOD}services: {{nodePortRange: {{min: 32767, max: 30000}}}}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("services.nodePortRange"), "{e}");
+        // Without SNAT nothing competes for the ports.
+        let cfg = AgentConfig::from_yaml(
+            &(GOOD.replace("snat: {enabled: true,", "snat: {enabled: false,")
+                + "services: {nodePortRange: {min: 20000, max: 22767}}\n"),
+        )
+        .unwrap();
+        assert_eq!(cfg.services.node_port_range.min, 20000);
+    }
+
+    #[test]
+    fn the_hosts_pod_network_address_is_the_blocks_first() {
+        let cfg = AgentConfig::from_yaml(GOOD).unwrap();
+        let std::net::IpAddr::V4(net) = cfg.pods.block.addr() else {
+            panic!("IPv4 block")
+        };
+        assert_eq!(cfg.pods.host_addr(), Some(net));
+        let mut pods = cfg.pods.clone();
+        pods.gateway = net;
+        assert_eq!(pods.host_addr(), None, "never the gateway");
     }
 
     #[test]

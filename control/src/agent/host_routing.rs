@@ -5,8 +5,27 @@
 //! Both backends have a **host port** (`hwhost`, a TUN device): the kernel's door into
 //! the dataplane. The dataplane writes into it what is the host's (a pod talking to
 //! its node, a reply nobody masqueraded); the kernel routes into it what is the
-//! dataplane's. On AF_XDP that is only the host's own packets to local pods (kubelet
-//! probes); the steering program takes the rest off the NIC.
+//! dataplane's. On AF_XDP that is only the host's own packets to pods; the steering
+//! program takes the rest off the NIC (VXLAN, the pod block, SNAT replies, NodePorts).
+//!
+//! **The node's own traffic to pods** (kubelet probes, webhooks, host-network
+//! processes), both backends:
+//!
+//! ```text
+//!  <block first address>/32 dev hwhost          the host's pod-network address
+//!  <pod block> dev hwhost src <node>            local pods (AF_XDP; TUN: the veths)
+//!  <peer block> dev hwhost src <block first address> mtu <pod MTU>
+//!                                               every other node's block (peer_routes)
+//!  <service CIDR> dev hwhost src <block first address>
+//!                                               services.hostClusterIpRanges (no kube-proxy)
+//! ```
+//!
+//! Towards other nodes the host speaks from its block's first address (no pod has
+//! it; flannel puts the same address on `flannel.1`): the far node's anti-spoofing
+//! accepts it (it is in this node's block), and the replies are routed back like any
+//! pod traffic, over VXLAN or the underlay into this node's dataplane, which hands
+//! them to the host. The node address would not do: a hybrid peer drops VXLAN whose
+//! inner source is no pod of the sender, and its replies would leave plain.
 //!
 //! On the **TUN backend** the kernel keeps the NIC, so policy routing does what the
 //! steering program does on AF_XDP, and the host port is also where the dataplane's
@@ -19,10 +38,13 @@
 //!  pref  93  iif <uplink> to <node> ipproto icmp              lookup 26743  (echo replies,
 //!                                                                           errors; the rest
 //!                                                                           comes back ToHost)
+//!  pref  94  iif <uplink> to <node> ipproto tcp dport <NodePorts> lookup 26743
+//!  pref  95  iif <uplink> to <node> ipproto udp dport <NodePorts> lookup 26743
 //!  pref 100  lookup local        (moved from 0, so that 91-93 see the node's address first)
 //!  pref 110  iif hwhost lookup 26745   underlay: other nodes' blocks via their address
 //!  pref 111  iif hwhost lookup main    the outside, the node's own subnet
 //!  pref 112  iif hwhost unreachable    never back into the dataplane
+//!  pref 119  from <block first address> lookup main   the host's own (below)
 //!  pref 120  from <pod block> lookup 26744   pods' traffic → hw0 (other local pods: main)
 //! ```
 //!
@@ -40,6 +62,7 @@
 use std::ops::RangeInclusive;
 
 use hybridway_dataplane::port::Backend;
+use hybridway_dataplane::wire::VXLAN_OVERHEAD_V4;
 
 use super::config::{AgentConfig, ModeConfig};
 use super::kernel_routes::{KernelRoutes, RouteArgs, RouteError, RuleArgs, args};
@@ -57,12 +80,17 @@ pub const TABLE_FROM_PODS: u32 = 26744;
 /// Routing table: the dataplane's underlay packets to other nodes.
 pub const TABLE_UNDERLAY: u32 = 26745;
 
+/// What VXLAN adds to a packet (outer IPv4), as a route MTU.
+const VXLAN_OVERHEAD: u16 = VXLAN_OVERHEAD_V4 as u16;
+
 /// Where the kernel's `lookup local` rule goes so that the agent's rules precede it.
 pub const LOCAL_RULE_PREF: u32 = 100;
 
 /// What to install for one agent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostRouting {
+    /// `ip address` arguments, added before the routes that name them as source.
+    pub addresses: Vec<Vec<String>>,
     pub sysctls: Vec<(String, String)>,
     /// Set where the kernel has them (IPv6 may be compiled out or disabled).
     pub sysctls_if_present: Vec<(String, String)>,
@@ -86,8 +114,20 @@ pub fn plan(backend: Backend, cfg: &AgentConfig, snat_ports: &RangeInclusive<u16
         sysctls_if_present: vec![(format!("net.ipv6.conf.{HOST_TUN}.disable_ipv6"), "1".into())],
         ..HostRouting::default()
     };
+    let node = cfg.node.address;
+    if let Some(host) = cfg.pods.host_addr() {
+        p.addresses.push(args(&format!("{host}/32 dev {HOST_TUN}")));
+        // Nodes without kube-proxy: the host's ClusterIP traffic to the dataplane.
+        for range in &cfg.services.host_cluster_ip_ranges {
+            p.routes
+                .push(args(&format!("{range} dev {HOST_TUN} src {host}")));
+        }
+    }
     if backend != Backend::Tun {
-        p.routes.push(args(&format!("{block} dev {HOST_TUN}")));
+        // The node address, not the pod-network one: kubelet probes come from the
+        // node as pods expect.
+        p.routes
+            .push(args(&format!("{block} dev {HOST_TUN} src {node}")));
         return p;
     }
     p.sysctls.extend([
@@ -105,14 +145,17 @@ pub fn plan(backend: Backend, cfg: &AgentConfig, snat_ports: &RangeInclusive<u16
     p.sysctls_if_present
         .push((format!("net.ipv6.conf.{POD_TUN}.disable_ipv6"), "1".into()));
     let uplink = &cfg.uplink.interface;
-    let node = cfg.node.address;
     let (lo, hi) = (snat_ports.start(), snat_ports.end());
+    let node_ports = cfg.services.node_port_range;
+    let (np_lo, np_hi) = (node_ports.min, node_ports.max);
     let to_dp = format!("lookup {TABLE_TO_DATAPLANE}");
     p.rules = [
         format!("pref 90 iif {uplink} to {block} {to_dp}"),
         format!("pref 91 iif {uplink} to {node} ipproto tcp dport {lo}-{hi} {to_dp}"),
         format!("pref 92 iif {uplink} to {node} ipproto udp dport {lo}-{hi} {to_dp}"),
         format!("pref 93 iif {uplink} to {node} ipproto icmp {to_dp}"),
+        format!("pref 94 iif {uplink} to {node} ipproto tcp dport {np_lo}-{np_hi} {to_dp}"),
+        format!("pref 95 iif {uplink} to {node} ipproto udp dport {np_lo}-{np_hi} {to_dp}"),
         format!("pref 110 iif {HOST_TUN} lookup {TABLE_UNDERLAY}"),
         format!("pref 111 iif {HOST_TUN} lookup main"),
         format!("pref 112 iif {HOST_TUN} unreachable"),
@@ -121,19 +164,27 @@ pub fn plan(backend: Backend, cfg: &AgentConfig, snat_ports: &RangeInclusive<u16
     .iter()
     .map(|r| args(r))
     .collect();
+    if let Some(host) = cfg.pods.host_addr() {
+        // The host's pod-network address is inside the block: its packets are the
+        // host's, routed by main (into hwhost towards other nodes), not a pod's.
+        p.rules
+            .push(args(&format!("pref 119 from {host} lookup main")));
+    }
     p.move_local_rule = Some(LOCAL_RULE_PREF);
     let gateway = cfg.pods.gateway;
-    p.routes = [
-        format!("default dev {HOST_TUN} table {TABLE_TO_DATAPLANE}"),
-        // Pods on this node reach each other through the kernel (main: /32 per veth);
-        // the gateway address is the dataplane's.
-        format!("throw {block} table {TABLE_FROM_PODS}"),
-        format!("{gateway}/32 dev {POD_TUN} table {TABLE_FROM_PODS}"),
-        format!("default dev {POD_TUN} table {TABLE_FROM_PODS}"),
-    ]
-    .iter()
-    .map(|r| args(r))
-    .collect();
+    p.routes.extend(
+        [
+            format!("default dev {HOST_TUN} table {TABLE_TO_DATAPLANE}"),
+            // Pods on this node reach each other through the kernel (main: /32 per veth);
+            // the gateway address is the dataplane's.
+            format!("throw {block} table {TABLE_FROM_PODS}"),
+            format!("{gateway}/32 dev {POD_TUN} table {TABLE_FROM_PODS}"),
+            format!("default dev {POD_TUN} table {TABLE_FROM_PODS}"),
+        ]
+        .iter()
+        .map(|r| args(r))
+        .collect::<Vec<_>>(),
+    );
     p
 }
 
@@ -163,6 +214,41 @@ pub fn underlay_routes(
         .collect()
 }
 
+/// Both backends: the host reaches every other node's pods through the host port,
+/// from its pod-network address, with the MTU pods have towards that node.
+pub fn peer_routes(cfg: &AgentConfig, uplink_mtu: u16) -> Vec<RouteArgs> {
+    let Some(host) = cfg.pods.host_addr() else {
+        return Vec::new();
+    };
+    cfg.nodes
+        .iter()
+        .map(|n| {
+            let routed =
+                cfg.mode == ModeConfig::Underlay && n.mode_from(cfg.mode) == ModeConfig::Underlay;
+            let mtu = if routed {
+                uplink_mtu
+            } else {
+                uplink_mtu.saturating_sub(VXLAN_OVERHEAD)
+            };
+            args(&format!(
+                "{} dev {HOST_TUN} src {host} mtu {mtu}",
+                n.pod_block
+            ))
+        })
+        .collect()
+}
+
+/// Whether `route` is one of [`peer_routes`] (main table, from the host's
+/// pod-network address).
+pub fn is_peer_route(route: &RouteArgs, cfg: &AgentConfig) -> bool {
+    let Some(host) = cfg.pods.host_addr() else {
+        return false;
+    };
+    // The MTU tells them from the ClusterIP routes of the same device and source.
+    matches!(route.as_slice(), [_, dev, tun, src, addr, mtu, _]
+        if dev == "dev" && tun == HOST_TUN && src == "src" && *addr == host.to_string() && mtu == "mtu")
+}
+
 /// Whether `route` is one of [`underlay_routes`].
 pub fn is_underlay_route(route: &RouteArgs) -> bool {
     route.ends_with(&["table".to_string(), TABLE_UNDERLAY.to_string()])
@@ -170,6 +256,9 @@ pub fn is_underlay_route(route: &RouteArgs) -> bool {
 
 /// Installs `plan` (remembered by `kernel`, undone when it is cleared).
 pub fn apply(plan: &HostRouting, kernel: &mut KernelRoutes) -> Result<(), RouteError> {
+    for a in &plan.addresses {
+        kernel.add_address(a.clone())?;
+    }
     for (key, value) in &plan.sysctls {
         kernel.sysctl(key, value)?;
     }
@@ -237,7 +326,18 @@ nodes:
     #[test]
     fn af_xdp_routes_the_pod_block_into_the_host_port_and_nothing_else() {
         let p = plan(Backend::AfXdp, &cfg("overlay"), &(61000..=65534));
-        assert_eq!(joined(&p.routes), ["198.19.1.0/24 dev hwhost"]);
+        assert_eq!(
+            joined(&p.routes),
+            ["198.19.1.0/24 dev hwhost src 198.18.0.1"]
+        );
+        assert_eq!(joined(&p.addresses), ["198.19.1.0/32 dev hwhost"]);
+        let mut c = cfg("overlay");
+        c.services.host_cluster_ip_ranges = vec!["198.18.240.0/20".parse().unwrap()];
+        let routes = joined(&plan(Backend::Tun, &c, &(61000..=65534)).routes);
+        assert!(
+            routes.contains(&"198.18.240.0/20 dev hwhost src 198.19.1.0".to_string()),
+            "{routes:?}"
+        );
         assert!(p.rules.is_empty());
         assert_eq!(p.move_local_rule, None);
         assert!(
@@ -258,6 +358,16 @@ nodes:
             "{rules:?}"
         );
         assert!(rules.contains(&"pref 120 from 198.19.1.0/24 lookup 26744".to_string()));
+        assert!(rules.contains(&"pref 119 from 198.19.1.0 lookup main".to_string()));
+        // NodePorts from the uplink go to the dataplane.
+        for proto in ["tcp", "udp"] {
+            assert!(
+                rules.iter().any(|r| r.contains(&format!(
+                    "iif eth0 to 198.18.0.1 ipproto {proto} dport 30000-32767 lookup 26743"
+                ))),
+                "{rules:?}"
+            );
+        }
         // Every rule that must see the node's address comes before the local table.
         for r in &p.rules {
             let pref: u32 = r[1].parse().unwrap();
@@ -346,5 +456,29 @@ nodes:
             .unwrap()
             .is_empty()
         );
+    }
+
+    #[test]
+    fn the_host_reaches_other_nodes_pods_from_its_pod_network_address() {
+        for (mode, mtu) in [("overlay", 1450), ("underlay", 1500)] {
+            let c = cfg(mode);
+            let r = peer_routes(&c, 1500);
+            assert_eq!(
+                joined(&r),
+                [
+                    format!("198.19.2.0/24 dev hwhost src 198.19.1.0 mtu {mtu}"),
+                    format!("198.19.3.0/24 dev hwhost src 198.19.1.0 mtu {mtu}"),
+                ]
+            );
+            assert!(r.iter().all(|x| is_peer_route(x, &c)));
+            let mut with_cluster_ips = c.clone();
+            with_cluster_ips.services.host_cluster_ip_ranges =
+                vec!["198.18.240.0/20".parse().unwrap()];
+            for backend in [Backend::AfXdp, Backend::Tun] {
+                for other in plan(backend, &with_cluster_ips, &(61000..=65534)).routes {
+                    assert!(!is_peer_route(&other, &c), "{other:?}");
+                }
+            }
+        }
     }
 }

@@ -67,6 +67,8 @@ pub fn args(text: &str) -> Vec<String> {
 /// Routes, rules and sysctls this agent set, undone on drop.
 #[derive(Debug, Default)]
 pub struct KernelRoutes {
+    /// `ip address` arguments (`198.19.1.0/32 dev hwhost`), removed on clear.
+    addresses: Vec<Vec<String>>,
     routes: BTreeSet<RouteArgs>,
     rules: Vec<RuleArgs>,
     /// The priority the `lookup local` rule was moved to from 0, to put the agent's
@@ -101,6 +103,7 @@ impl KernelRoutes {
             tracing::info!(journal = %journal.display(), "the last agent did not stop cleanly: restoring the node to the state it found");
         }
         KernelRoutes {
+            addresses: Vec::new(),
             routes: BTreeSet::new(),
             rules: Vec::new(),
             sysctls: found.sysctls,
@@ -168,6 +171,15 @@ impl KernelRoutes {
             if !self.routes.contains(r) {
                 self.add_route(r.clone())?;
             }
+        }
+        Ok(())
+    }
+
+    /// `ip address replace <address>` (`198.19.1.0/32 dev hwhost`), remembered.
+    pub fn add_address(&mut self, address: Vec<String>) -> Result<(), RouteError> {
+        ip_owned(["address", "replace"], &address)?;
+        if !self.addresses.contains(&address) {
+            self.addresses.push(address);
         }
         Ok(())
     }
@@ -263,6 +275,11 @@ impl KernelRoutes {
         let routes: Vec<RouteArgs> = self.routes.iter().cloned().collect();
         for r in &routes {
             self.remove_route(r);
+        }
+        for a in std::mem::take(&mut self.addresses).iter().rev() {
+            if let Err(e) = ip_owned(["address", "del"], a) {
+                tracing::debug!(error = %e, "address already gone");
+            }
         }
         for (key, old) in self.sysctls.drain(..).rev() {
             // Interfaces that are gone took their per-interface keys with them.

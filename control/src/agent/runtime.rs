@@ -457,6 +457,10 @@ impl Agent {
             host_routing::underlay_routes(self.backend, &self.cfg, &self.uplink, off_subnet)?;
         self.kernel
             .sync(host_routing::is_underlay_route, &underlay)?;
+        let peers = host_routing::peer_routes(&self.cfg, self.uplink.mtu);
+        let cfg = &self.cfg;
+        self.kernel
+            .sync(|r| host_routing::is_peer_route(r, cfg), &peers)?;
         let built = build_tables(
             &self.cfg,
             &self.uplink,

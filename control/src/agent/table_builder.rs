@@ -280,6 +280,7 @@ pub fn build_tables(
         gateway_v6: None,
         gateway_mac: gateway_mac(cfg),
         snat: cfg.snat.enabled,
+        host_pod_addr: cfg.pods.host_addr(),
     };
     unresolved.sort_unstable();
     unresolved.dedup();

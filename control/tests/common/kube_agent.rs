@@ -43,6 +43,16 @@ impl KubeAgent {
     /// Starts the agent; waits until it answers (it opens its socket only once it
     /// has this node's block).
     pub fn start(&mut self, kubeconfig: &Path) {
+        self.start_on(kubeconfig, "tun");
+    }
+
+    /// [`KubeAgent::start`] with `backend` (`dataplane.backend`: "tun", "af_xdp").
+    pub fn start_on(&mut self, kubeconfig: &Path, backend: &str) {
+        self.start_with(kubeconfig, backend, "");
+    }
+
+    /// [`KubeAgent::start_on`] with `extra` lines appended to the agent's file.
+    pub fn start_with(&mut self, kubeconfig: &Path, backend: &str, extra: &str) {
         let (d, n) = (self.dir.display(), &self.node);
         let cfg = self.dir.join(format!("{n}.yaml"));
         std::fs::write(
@@ -50,9 +60,10 @@ impl KubeAgent {
             format!(
                 "uplink: {{interface: eth0}}\n\
                  snat: {{enabled: false}}\n\
-                 dataplane: {{backend: tun, workers: 1, hugepages: false, parkTimeoutMs: 50}}\n\
+                 dataplane: {{backend: {backend}, workers: 1, hugepages: false, parkTimeoutMs: 50}}\n\
                  metrics: {{listen: null}}\n\
-                 control: {{socket: {sock}, stateFile: {d}/{n}-pods.json, clusterStateFile: {d}/{n}-cluster.json}}\n",
+                 control: {{socket: {sock}, stateFile: {d}/{n}-pods.json, clusterStateFile: {d}/{n}-cluster.json}}\n\
+                 {extra}",
                 sock = self.socket().display(),
             ),
         )

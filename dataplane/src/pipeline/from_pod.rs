@@ -39,7 +39,7 @@ impl Pipeline {
             ServiceStep::Continue(ip) => ip,
             ServiceStep::Done(v) => return Ok(Action::Done(v)),
         };
-        if ip.dst == node.node_addr {
+        if ip.dst == node.node_addr || Some(ip.dst) == node.host_pod_addr {
             return Ok(Action::Done(Verdict::ToHost));
         }
         if ip.dst == node.gateway_v4 {
@@ -60,6 +60,21 @@ impl Pipeline {
                 )
                 .map(Action::Done);
         }
+        self.route_v4(frame, ip, target, tables, now)
+    }
+
+    /// Sends a packet on to `target` (TTL already checked): a local pod, a node over
+    /// VXLAN or the underlay, or out (masqueraded when it leaves the cluster, unless
+    /// it already carries the node's address: a NodePort reply).
+    pub(super) fn route_v4(
+        &mut self,
+        frame: &mut Frame<'_>,
+        ip: &V4,
+        target: RouteTarget,
+        tables: &Tables,
+        now: Now,
+    ) -> Result<Action, DropReason> {
+        let node = &tables.node;
         match target {
             RouteTarget::LocalPod { port, mac } => {
                 let d = frame.data_mut();
@@ -95,7 +110,8 @@ impl Pipeline {
                 self.out_uplink_v4(frame, ip, next_hop_mac, false, tables, now)
             }
             RouteTarget::Outside { next_hop_mac } => {
-                let masquerade = node.snat && !tables.is_no_snat(ip.dst);
+                let masquerade =
+                    node.snat && ip.src != node.node_addr && !tables.is_no_snat(ip.dst);
                 self.out_uplink_v4(frame, ip, next_hop_mac, masquerade, tables, now)
             }
         }

@@ -45,14 +45,38 @@ impl Pipeline {
                         other => Ok(other),
                     };
                 }
-                return self.decap(frame, ip, known, tables, now).map(Action::Done);
+                return self.decap(frame, ip, known, tables, now);
+            }
+            if let Some(action) = self.node_port(frame, ip, tables, now)? {
+                return Ok(action);
             }
             if node.snat {
                 return self.unmasquerade(frame, ip, tables);
             }
             return Ok(Action::Done(Verdict::ToHost));
         }
+        if Some(ip.dst) == node.host_pod_addr {
+            // The host's own connections to pods on other nodes (or to Services):
+            // their replies.
+            return self.hand_to_host(frame, ip, tables, now, true);
+        }
+        if from_the_host(frame, ip, node) && tables.services.may_be_cluster_ip(ip.dst) {
+            // The host's own packet to a ClusterIP (routed into the host port from
+            // its pod-network address): served like a pod's.
+            return self.host_to_cluster_ip(frame, ip, tables, now);
+        }
         match tables.routes.lookup_v4(ip.dst) {
+            Some(target @ (RouteTarget::VxlanNode { .. } | RouteTarget::UnderlayNode { .. }))
+                if from_the_host(frame, ip, node) =>
+            {
+                // The host reaching a pod on another node (kubelet probes, webhooks,
+                // host-network processes): the kernel routed it into the host port.
+                if ip.ttl <= 1 {
+                    return Err(DropReason::TtlExpired);
+                }
+                let target = *target;
+                self.route_v4(frame, ip, target, tables, now)
+            }
             Some(RouteTarget::LocalPod { port, mac }) => {
                 let ip = &match self.service_reply(frame, ip, tables, now, true)? {
                     ServiceStep::Continue(ip) => ip,
@@ -77,6 +101,12 @@ impl Pipeline {
                     .ok_or(DropReason::MalformedEthernet)?;
                 Ok(Action::Done(Verdict::Forward { port }))
             }
+            _ if ip.dst == node.gateway_v4 => {
+                match self.gateway_reply(frame, ip, tables, now, true)? {
+                    Some(action) => Ok(action),
+                    None => not_for_a_pod(frame, node).map(Action::Done),
+                }
+            }
             _ => not_for_a_pod(frame, node).map(Action::Done),
         }
     }
@@ -88,7 +118,7 @@ impl Pipeline {
         known_source: bool,
         tables: &Tables,
         now: Now,
-    ) -> Step {
+    ) -> Result<Action, DropReason> {
         vxlan::decapsulate(frame, outer, known_source, &tables.node)?;
         let inner = match classify::classify(frame.data()) {
             Ok(p) => p,
@@ -99,8 +129,12 @@ impl Pipeline {
             Packet::V6(ip) => (IpAddr::V6(ip.src), IpAddr::V6(ip.dst), ip.hop_limit),
             Packet::Arp | Packet::Other => return Err(DropReason::UnsupportedEtherType),
         };
-        let Some(RouteTarget::LocalPod { port, mac }) = tables.routes.lookup(dst) else {
-            return Err(DropReason::VxlanNotForUs);
+        let to_gateway = dst == IpAddr::V4(tables.node.gateway_v4);
+        let to_host = tables.node.host_pod_addr.map(IpAddr::V4) == Some(dst);
+        let local_pod = match tables.routes.lookup(dst) {
+            Some(RouteTarget::LocalPod { port, mac }) => Some((*port, *mac)),
+            _ if to_gateway || to_host => None,
+            _ => return Err(DropReason::VxlanNotForUs),
         };
         // Anti-spoofing: a node speaks only for the pods of its own blocks (its host
         // sends from its block's first address, as flannel's does).
@@ -111,10 +145,27 @@ impl Pipeline {
         if ttl <= 1 {
             return Err(DropReason::TtlExpired);
         }
+        let Some((port, mac)) = local_pod else {
+            if to_host {
+                // A reply to the host's own connection to a pod over there (through
+                // a Service, maybe).
+                return match inner {
+                    Packet::V4(ip) => self.hand_to_host(frame, &ip, tables, now, false),
+                    _ => Ok(Action::Done(Verdict::ToHost)),
+                };
+            }
+            // To the gateway: a remote endpoint's reply to a masqueraded NodePort flow.
+            return match inner {
+                Packet::V4(ip) => self
+                    .gateway_reply(frame, &ip, tables, now, false)?
+                    .ok_or(DropReason::VxlanNotForUs),
+                _ => Err(DropReason::VxlanNotForUs),
+            };
+        };
         let inner = match inner {
             Packet::V4(ip) => match self.service_reply(frame, &ip, tables, now, false)? {
                 ServiceStep::Continue(ip) => Packet::V4(ip),
-                ServiceStep::Done(v) => return Ok(v),
+                ServiceStep::Done(v) => return Ok(Action::Done(v)),
             },
             other => other,
         };
@@ -124,9 +175,8 @@ impl Pipeline {
             Packet::V6(ip) => decrement_hop_limit(d, &ip)?,
             Packet::Arp | Packet::Other => {}
         }
-        bytes::set_macs(d, 0, *mac, tables.node.gateway_mac)
-            .ok_or(DropReason::MalformedEthernet)?;
-        Ok(Verdict::Forward { port: *port })
+        bytes::set_macs(d, 0, mac, tables.node.gateway_mac).ok_or(DropReason::MalformedEthernet)?;
+        Ok(Action::Done(Verdict::Forward { port }))
     }
 
     /// A packet to the node address while SNAT is on: a reply to a masqueraded flow
@@ -252,6 +302,13 @@ impl Pipeline {
             .ok_or(DropReason::MalformedEthernet)?;
         Ok(Verdict::Forward { port: *port })
     }
+}
+
+/// Whether a packet is the host's own, from its pod-network address, written into
+/// the host port by the kernel (never one forwarded from the uplink: the kernel does
+/// not route outside traffic with that source into the overlay).
+fn from_the_host(frame: &Frame<'_>, ip: &V4, node: &NodeSettings) -> bool {
+    Some(frame.meta.in_port) == node.host_port && Some(ip.src) == node.host_pod_addr
 }
 
 /// A packet from the uplink side that is not for a local pod (nor the node's

@@ -7,17 +7,20 @@
 //!  ARP for gateway ──► Reply (ARP reply)        ARP, non-IP, VLAN, not to our MAC ──► ToHost
 //!  NS for gateway  ──► Reply (NA)               to node_addr:
 //!  source not this pod's ──► Drop                 UDP to vxlan_port ──► decap ──► pod port
-//!  to node ──► ToHost                             NAT reply (SNAT on) ──► un-SNAT ──► pod port
+//!  to node ──► ToHost                             NodePort ──► DNAT (Cluster: + masquerade
+//!                                                   to the gateway) ──► routed like a pod's
+//!                                                 NAT reply (SNAT on) ──► un-SNAT ──► pod port
 //!  echo to gateway ──► Reply (rest: Drop)
 //!  route(dst):                                      (owned by another worker ──► HandOff)
 //!    LocalPod     ──► MACs, TTL ──► pod port        anything else ──► ToHost
 //!    VxlanNode    ──► TTL, MTU, encap ──► uplink  to a local pod (underlay) ──► pod port
-//!    UnderlayNode ──► MACs, TTL, MTU ──► uplink   anything else ──► ToHost (from the
-//!                                                   host port: Drop, it would loop)
-//!    Outside      ──► MACs, TTL, MTU, SNAT ──► uplink
-//!      (destination owned by another worker ──► HandOff; no NAT port ──► Refuse,
-//!       ICMP administratively prohibited to the pod)
-//!  TTL expired / DF and too big ──► Reply (ICMP error)
+//!    UnderlayNode ──► MACs, TTL, MTU ──► uplink   to the gateway, to the host's pod-network
+//!    Outside      ──► MACs, TTL, MTU, SNAT ──► uplink address: Service reply, else ToHost
+//!      (destination owned by another worker ──►   from the host port, the host's own to
+//!       HandOff; no NAT port ──► Refuse, ICMP       another node's pod or a ClusterIP
+//!       administratively prohibited to the pod)     ──► routed like a pod's
+//!  TTL expired / DF and too big ──►               anything else ──► ToHost (from the
+//!    Reply (ICMP error)                             host port: Drop, it would loop)
 //! ```
 //!
 //! Decisions worth knowing:
@@ -67,7 +70,8 @@
 //! from the uplink and the host port), `ipv6` (IPv6 both ways), `batch` (the
 //! batched SNAT lookups), `errors` (when an ICMP error answers a packet),
 //! `service` (Kubernetes Services: DNAT to an endpoint and back, hooked into
-//! `from_pod` and `from_uplink`); the header work lives in `vxlan`, `snat`, `icmp`
+//! `from_pod` and `from_uplink`), `node_port` (NodePorts from the uplink and their
+//! replies); the header work lives in `vxlan`, `snat`, `icmp`
 //! and `neighbor`.
 
 mod batch;
@@ -78,6 +82,7 @@ mod from_uplink;
 mod icmp;
 mod ipv6;
 mod neighbor;
+mod node_port;
 mod service;
 mod snat;
 mod vxlan;

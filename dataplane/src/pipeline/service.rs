@@ -67,17 +67,20 @@ pub(super) enum ServiceStep {
 
 /// One tracked Service flow, keyed by the client's packet as the client sent it.
 #[derive(Clone, Copy, Debug)]
-struct Flow {
-    frontend: FrontendKey,
-    backend: Backend,
-    /// The source the client is translated to (hairpin only): the gateway.
-    masquerade: Option<Ipv4Addr>,
+pub(super) struct Flow {
+    pub frontend: FrontendKey,
+    /// A pod's flow to a ClusterIP, or an outside client's to a NodePort.
+    pub origin: Origin,
+    pub backend: Backend,
+    /// The source the client is translated to (hairpin, NodePort with the Cluster
+    /// policy): the gateway, with the client's port or a free one.
+    pub masquerade: Option<NatBinding>,
     /// The key replies arrive with.
-    reply: FlowKey,
-    state: FlowState,
-    expires: Now,
+    pub reply: FlowKey,
+    pub state: FlowState,
+    pub expires: Now,
     /// Snapshot generation the backend was last checked against (UDP).
-    generation: u64,
+    pub generation: u64,
 }
 
 /// A `ClientIP` affinity: the endpoint a client's new flows to a frontend go to.
@@ -138,6 +141,27 @@ impl ServiceFlows {
         self.affinity.retain(|_, s| s.expires > now);
     }
 
+    /// Whether replies with `reply` already belong to a live flow other than `key`'s.
+    pub(super) fn reply_taken(&self, reply: &FlowKey, key: &FlowKey, now: Now) -> bool {
+        self.replies.get(&pack(reply)).is_some_and(|other| {
+            other != key
+                && self
+                    .flows
+                    .get(&pack(other))
+                    .is_some_and(|f| f.expires > now)
+        })
+    }
+
+    /// Tracks a new flow (room already checked with `has_room`).
+    pub(super) fn insert(&mut self, key: FlowKey, flow: Flow) {
+        self.replies.insert(pack(&flow.reply), key);
+        self.flows.insert(pack(&key), flow);
+    }
+
+    pub(super) fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
     fn remove(&mut self, key: &FlowKey) {
         if let Some(f) = self.flows.remove(&pack(key)) {
             self.replies.remove(&pack(&f.reply));
@@ -145,7 +169,7 @@ impl ServiceFlows {
     }
 
     /// Room for one more flow: expired ones are swept when the map is full.
-    fn has_room(&mut self, now: Now) -> bool {
+    pub(super) fn has_room(&mut self, now: Now) -> bool {
         if self.flows.len() >= self.capacity {
             self.sweep(now);
         }
@@ -172,7 +196,7 @@ fn pack(k: &FlowKey) -> u128 {
         | u128::from(k.dst_port)
 }
 
-fn flow_key(ip: &V4, l4: &L4) -> Option<FlowKey> {
+pub(super) fn flow_key(ip: &V4, l4: &L4) -> Option<FlowKey> {
     snat::flow_key(ip, l4).filter(|k| k.proto != L4Proto::IcmpEcho)
 }
 
@@ -280,6 +304,7 @@ impl Pipeline {
             ..*ip
         };
         if flow.masquerade.is_some() {
+            // Back to the client as it sent: address and port.
             let to = NatBinding {
                 addr: client_key.src,
                 port: client_key.src_port,
@@ -340,45 +365,34 @@ impl Pipeline {
             self.stick(fe.key, key.src, b, now.after(timeout));
         }
         let backend = backend.ok_or(DropReason::ServiceNoEndpoints)?;
-        let masquerade =
-            needs_masquerade(tables, key.src, backend).then_some(tables.node.gateway_v4);
-        let state = FlowState::initial(key.proto, l4.tcp_flags);
-        let flow = Flow {
-            frontend: fe.key,
+        let masquerade = needs_masquerade(tables, key.src, backend).then_some(NatBinding {
+            addr: tables.node.gateway_v4,
+            port: key.src_port,
+        });
+        let flow = new_flow(
+            &key,
+            &l4,
+            fe.key,
+            Origin::Pod,
             backend,
             masquerade,
-            reply: FlowKey {
-                proto: key.proto,
-                src: backend.addr,
-                src_port: backend.port,
-                dst: masquerade.unwrap_or(key.src),
-                dst_port: key.src_port,
-            },
-            state,
-            expires: now.after(state.timeout(&self.services.timeouts)),
-            generation: tables.generation,
-        };
-        if let Some(other) = self.services.replies.get(&pack(&flow.reply))
-            && *other != key
-            && self
-                .services
-                .flows
-                .get(&pack(other))
-                .is_some_and(|f| f.expires > now)
-        {
+            tables,
+            now,
+            self.services.timeouts,
+        );
+        if self.services.reply_taken(&flow.reply, &key, now) {
             return Err(DropReason::ServiceFlowConflict);
         }
         if !self.services.has_room(now) {
             return Err(DropReason::ConntrackFull);
         }
-        self.services.replies.insert(pack(&flow.reply), key);
-        self.services.flows.insert(pack(&key), flow);
+        self.services.insert(key, flow);
         translate(frame, ip, &l4, &flow)
     }
 
     /// The live flow of `key`, its state advanced; `None` when there is none (or no
     /// longer a valid one: expired, or a UDP flow whose endpoint is gone).
-    fn existing_flow(
+    pub(super) fn existing_flow(
         &mut self,
         key: &FlowKey,
         tcp_flags: u8,
@@ -393,7 +407,7 @@ impl Pipeline {
             valid = tables
                 .services
                 .cluster_ip(fe.proto, fe.addr, fe.port)
-                .is_some_and(|f| tables.services.serves(f, Origin::Pod, flow.backend));
+                .is_some_and(|f| tables.services.serves(f, flow.origin, flow.backend));
             flow.generation = tables.generation;
         }
         if !valid {
@@ -439,7 +453,7 @@ impl Pipeline {
     }
 
     /// ICMP port unreachable from the ClusterIP, as kube-proxy's `REJECT` rule.
-    fn reject(
+    pub(super) fn reject(
         &mut self,
         frame: &mut Frame<'_>,
         ip: &V4,
@@ -480,9 +494,46 @@ fn needs_masquerade(tables: &Tables, client: Ipv4Addr, backend: Backend) -> bool
         )
 }
 
-/// Rewrites the client's packet for `flow`: destination to the endpoint and, for a
-/// hairpin, source to the gateway. Returns the packet as it now is.
-fn translate(
+/// A new flow from the client's packet `key` to `backend` (its state from the first
+/// packet, its reply key from the translation).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn new_flow(
+    key: &FlowKey,
+    l4: &L4,
+    frontend: FrontendKey,
+    origin: Origin,
+    backend: Backend,
+    masquerade: Option<NatBinding>,
+    tables: &Tables,
+    now: Now,
+    timeouts: Timeouts,
+) -> Flow {
+    let state = FlowState::initial(key.proto, l4.tcp_flags);
+    let client = masquerade.unwrap_or(NatBinding {
+        addr: key.src,
+        port: key.src_port,
+    });
+    Flow {
+        frontend,
+        origin,
+        backend,
+        masquerade,
+        reply: FlowKey {
+            proto: key.proto,
+            src: backend.addr,
+            src_port: backend.port,
+            dst: client.addr,
+            dst_port: client.port,
+        },
+        state,
+        expires: now.after(state.timeout(&timeouts)),
+        generation: tables.generation,
+    }
+}
+
+/// Rewrites the client's packet for `flow`: destination to the endpoint and, when
+/// masqueraded, source to the gateway. Returns the packet as it now is.
+pub(super) fn translate(
     frame: &mut Frame<'_>,
     ip: &V4,
     l4: &L4,
@@ -503,14 +554,13 @@ fn translate(
         }),
         ..*ip
     };
-    if let Some(addr) = flow.masquerade {
-        let from = NatBinding {
-            addr,
-            port: l4.sport,
-        };
+    if let Some(from) = flow.masquerade {
         rewrite::rewrite_source(d, &out, l4, from.addr, from.port)
             .ok_or(DropReason::MalformedTransport)?;
-        out.src = addr;
+        out.src = from.addr;
+        if let Some(l4) = out.l4.as_mut() {
+            l4.sport = from.port;
+        }
     }
     Ok(ServiceStep::Continue(out))
 }

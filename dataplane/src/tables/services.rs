@@ -112,6 +112,8 @@ pub struct Frontend {
     pub key: FrontendKey,
     /// ClientIP affinity timeout.
     pub affinity: Option<Duration>,
+    /// `externalTrafficPolicy: Local`: NodePort traffic keeps the client's address.
+    pub external_local: bool,
     /// Endpoints for traffic from pods (internal traffic policy applied).
     internal: Range<u32>,
     /// Endpoints for NodePort traffic (external traffic policy applied).
@@ -148,6 +150,9 @@ pub struct ServiceTable {
     by_cluster_ip: HashMap<FrontendKey, u32, ahash::RandomState>,
     /// NodePorts by protocol and port (the address is the node's, not stored).
     by_node_port: HashMap<(L4Proto, u16), u32, ahash::RandomState>,
+    /// Smallest and largest NodePort: replies to masqueraded flows, on ports the
+    /// agent keeps outside the NodePort range, stay off the hash map.
+    node_port_bounds: Option<(u16, u16)>,
     /// Smallest and largest ClusterIP: one compare pair keeps pod-to-pod traffic off
     /// the hash map (ClusterIPs all come from the service CIDR).
     vip_bounds: Option<(u32, u32)>,
@@ -172,6 +177,7 @@ impl ServiceTable {
             backends: Vec::with_capacity(count * 4),
             by_cluster_ip: HashMap::with_capacity_and_hasher(count, ahash::RandomState::new()),
             by_node_port: HashMap::with_hasher(ahash::RandomState::new()),
+            node_port_bounds: None,
             vip_bounds: None,
             cluster_ips: HashSet::with_hasher(ahash::RandomState::new()),
             endpoints: HashSet::with_hasher(ahash::RandomState::new()),
@@ -212,6 +218,10 @@ impl ServiceTable {
                     .by_node_port
                     .entry((fe.key.proto, np))
                     .or_insert(index);
+                table.node_port_bounds = Some(match table.node_port_bounds {
+                    None => (np, np),
+                    Some((lo, hi)) => (lo.min(np), hi.max(np)),
+                });
             }
             table.cluster_ips.insert(fe.key.addr);
             let ip = fe.key.addr.to_bits();
@@ -260,8 +270,20 @@ impl ServiceTable {
         self.endpoints.contains(&(proto, Backend { addr, port }))
     }
 
+    /// Whether any Service has a NodePort (cheap; keeps the NodePort lookup off the
+    /// node's other traffic).
+    #[inline]
+    pub fn has_node_ports(&self) -> bool {
+        self.node_port_bounds.is_some()
+    }
+
     /// The frontend behind NodePort `port`.
+    #[inline]
     pub fn node_port(&self, proto: L4Proto, port: u16) -> Option<&Frontend> {
+        let (lo, hi) = self.node_port_bounds?;
+        if port < lo || port > hi {
+            return None;
+        }
         let i = self.by_node_port.get(&(proto, port))?;
         self.frontends.get(*i as usize)
     }
@@ -326,6 +348,7 @@ fn frontends_of(s: &ServiceSpec) -> Vec<Part> {
                     port: p.port,
                 },
                 affinity: s.affinity,
+                external_local: s.external_local,
                 internal: 0..0,
                 external: 0..0,
                 has_endpoints: !cluster.is_empty(),

@@ -58,6 +58,11 @@ pub struct NodeSettings {
     pub gateway_mac: MacAddr,
     /// Masquerade pod traffic that leaves the cluster to `node_addr`.
     pub snat: bool,
+    /// The host's own address in the pod network (its block's first address, as
+    /// flannel puts on `flannel.1`): the kernel reaches pods on other nodes from it
+    /// through the host port, so their replies are routed back like pod traffic.
+    /// `None`: the host reaches local pods only.
+    pub host_pod_addr: Option<Ipv4Addr>,
 }
 
 impl NodeSettings {

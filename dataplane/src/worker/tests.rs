@@ -128,6 +128,7 @@ fn tables_with_host_port(host_port: Option<PortId>) -> Arc<SharedTables> {
             gateway_v6: None,
             gateway_mac: MacAddr::ZERO,
             snat: false,
+            host_pod_addr: None,
         },
         routes: RouteTableBuilder::new().build(),
         no_snat: Vec::new(),

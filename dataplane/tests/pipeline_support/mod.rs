@@ -29,6 +29,8 @@ pub const UNDERLAY_NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 /// Outside the cluster (not in the no-SNAT ranges).
 pub const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 1);
+/// The host's address in the pod network (the block's first address).
+pub const HOST_POD_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 0);
 pub const POD1: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 10);
 pub const POD2: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 11);
 pub const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(198, 19, 2, 20);
@@ -69,6 +71,7 @@ pub fn node_settings(snat: bool) -> NodeSettings {
         gateway_v6: Some(GATEWAY6),
         gateway_mac: GATEWAY_MAC,
         snat,
+        host_pod_addr: Some(HOST_POD_ADDR),
     }
 }
 

@@ -27,6 +27,9 @@ pub struct SteerRules {
     pub vxlan_port: u16,
     /// IPv4 to this prefix (underlay: the local pod block).
     pub pod_block: Option<(Ipv4Addr, u8)>,
+    /// IPv4 TCP/UDP to [`SteerRules::node_addr`] with a destination port in this
+    /// inclusive range (NodePorts).
+    pub node_ports: Option<(u16, u16)>,
 }
 
 impl SteerRules {
@@ -37,6 +40,7 @@ impl SteerRules {
             node_addr: None,
             vxlan_port: VXLAN_PORT,
             pod_block: None,
+            node_ports: None,
         }
     }
 
@@ -47,7 +51,14 @@ impl SteerRules {
             node_addr: Some(node_addr),
             vxlan_port: VXLAN_PORT,
             pod_block: None,
+            node_ports: None,
         }
+    }
+
+    /// Also steer TCP/UDP to the node address on ports `min..=max` (NodePorts).
+    pub fn with_node_ports(mut self, min: u16, max: u16) -> Self {
+        self.node_ports = (min <= max && max != 0).then_some((min, max));
+        self
     }
 
     /// Also steer IPv4 to the pod block `addr/len` (underlay uplink).
@@ -138,6 +149,7 @@ impl XdpSteering {
             Some(s) => (be32(s.addr), *s.ports.start(), *s.ports.end()),
             None => (0, 0, 0),
         };
+        let (node_port_min, node_port_max) = rules.node_ports.unwrap_or((0, 0));
         let mut ebpf = EbpfLoader::new()
             .set_global("STEER_ALL", &steer_all, true)
             .set_global("NODE_ADDR", &node_addr, true)
@@ -147,6 +159,8 @@ impl XdpSteering {
             .set_global("NAT_ADDR", &nat_addr, true)
             .set_global("NAT_PORT_MIN", &nat_min, true)
             .set_global("NAT_PORT_MAX", &nat_max, true)
+            .set_global("NODE_PORT_MIN", &node_port_min, true)
+            .set_global("NODE_PORT_MAX", &node_port_max, true)
             .load(STEER_OBJECT)
             .map_err(|e| {
                 prog_err(
