@@ -13,6 +13,10 @@ use std::process::{Command, Output, Stdio};
 use crate::LabError;
 use crate::netns::{is_root, unique};
 
+/// The API server's `--service-cluster-ip-range` (`SERVICE_CIDR` in
+/// scripts/k8s-lab.sh, which starts it).
+pub const SERVICE_CIDR: &str = "198.18.240.0/20";
+
 /// The rig's script, the one interface to the control plane (CI, the demo and
 /// hand runs use it too).
 pub fn lab_script() -> PathBuf {
