@@ -1,8 +1,8 @@
 //! The reference for the Service tests: the same scenarios as
 //! `agent_services_k8s.rs` (`common::services`) on the same topology, with the client
-//! node running the kernel's routing, flanneld's VXLAN and the real kube-proxy
-//! (built from the same `k8s.io/kubernetes` module as the API server) instead of a
-//! hybridway agent. What passes here and fails there is hybridway's bug.
+//! node running the kernel's routing, flanneld's VXLAN and the real kube-proxy (built
+//! from the same `k8s.io/kubernetes` module as the API server; iptables and nftables
+//! mode) instead of a hybridway agent. What passes here and fails there is hybridway's bug.
 //!
 //! Needs root (CI runs as root).
 
@@ -25,4 +25,11 @@ fn kube_proxy_iptables_passes_the_service_scenarios() {
     require_root();
     let _turn = one_at_a_time();
     run_service_scenarios(ClientKind::KubeProxy(ProxyMode::Iptables));
+}
+
+#[test]
+fn kube_proxy_nftables_passes_the_service_scenarios() {
+    require_root();
+    let _turn = one_at_a_time();
+    run_service_scenarios(ClientKind::KubeProxy(ProxyMode::Nftables));
 }

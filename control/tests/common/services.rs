@@ -27,7 +27,7 @@ use hybridway_lab::service_lab::{
     CLIENT, CLOUD, ClientKind, LOCAL, REMOTE_A, REMOTE_B, ServiceLab, ServicePod, service_yaml,
     slice_yaml,
 };
-use hybridway_lab::wait_for;
+use hybridway_lab::{Netns, wait_for};
 
 pub const WEB: Ipv4Addr = Ipv4Addr::new(198, 18, 240, 81);
 pub const WHO: Ipv4Addr = Ipv4Addr::new(198, 18, 240, 82);
@@ -107,10 +107,15 @@ pub fn serve_dns(lab: &mut ServiceLab, pod: &str) {
 /// The name the server behind `addr`:80 answers with, from `pod`; `None` when the
 /// connection fails.
 pub fn who_answers(pod: &ServicePod, addr: Ipv4Addr) -> Option<String> {
-    let out = pod
-        .ns
+    who_answers_at(&pod.ns, addr, 80)
+}
+
+/// The name a [`serve_name`] server behind `addr:port` answers with, asked from
+/// namespace `ns` (a pod, or a node for its own traffic and NodePorts).
+pub fn who_answers_at(ns: &Netns, addr: Ipv4Addr, port: u16) -> Option<String> {
+    let out = ns
         .output(&format!(
-            "timeout 3 bash -c 'exec 3<>/dev/tcp/{addr}/80; head -n1 <&3'"
+            "timeout 3 bash -c 'exec 3<>/dev/tcp/{addr}/{port}; head -n1 <&3'"
         ))
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
