@@ -186,12 +186,15 @@ impl KubeProxy {
     }
 }
 
-/// The value of the unlabelled sample `name` in Prometheus text.
+/// The sum of the samples `name` in Prometheus text, whatever their labels
+/// (kube-proxy labels its histograms with the IP family).
 fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
-        .filter_map(|l| l.split_once(' '))
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, v)| v.trim().parse().ok())
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| series.split('{').next() == Some(name))
+        .map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum()
 }
 
 #[cfg(test)]
@@ -202,7 +205,7 @@ mod tests {
     fn reads_a_histograms_sum_and_count() {
         let text = "# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram\n\
                     kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.001\"} 0\n\
-                    kubeproxy_sync_proxy_rules_duration_seconds_sum 1.5\n\
+                    kubeproxy_sync_proxy_rules_duration_seconds_sum{ip_family=\"IPv4\"} 1.5\n\
                     kubeproxy_sync_proxy_rules_duration_seconds_count 3\n";
         assert_eq!(
             sample(text, "kubeproxy_sync_proxy_rules_duration_seconds_sum"),
