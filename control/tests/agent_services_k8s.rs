@@ -14,20 +14,15 @@
 
 mod common;
 
-use common::require_root;
-use common::services::{one_at_a_time, run_service_scenarios};
+use common::services::service_test;
 use hybridway_lab::service_lab::{Backend, ClientKind};
 
 #[test]
 fn pods_on_a_tun_node_reach_services_by_cluster_ip() {
-    require_root();
-    let _turn = one_at_a_time();
-    run_service_scenarios(ClientKind::Hybridway(Backend::Tun));
+    service_test(ClientKind::Hybridway(Backend::Tun));
 }
 
 #[test]
 fn pods_on_an_af_xdp_node_reach_services_by_cluster_ip() {
-    require_root();
-    let _turn = one_at_a_time();
-    run_service_scenarios(ClientKind::Hybridway(Backend::AfXdp));
+    service_test(ClientKind::Hybridway(Backend::AfXdp));
 }

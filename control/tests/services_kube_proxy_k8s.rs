@@ -15,21 +15,16 @@
 
 mod common;
 
-use common::require_root;
-use common::services::{one_at_a_time, run_service_scenarios};
+use common::services::service_test;
 use hybridway_lab::kube_proxy::ProxyMode;
 use hybridway_lab::service_lab::ClientKind;
 
 #[test]
 fn kube_proxy_iptables_passes_the_service_scenarios() {
-    require_root();
-    let _turn = one_at_a_time();
-    run_service_scenarios(ClientKind::KubeProxy(ProxyMode::Iptables));
+    service_test(ClientKind::KubeProxy(ProxyMode::Iptables));
 }
 
 #[test]
 fn kube_proxy_nftables_passes_the_service_scenarios() {
-    require_root();
-    let _turn = one_at_a_time();
-    run_service_scenarios(ClientKind::KubeProxy(ProxyMode::Nftables));
+    service_test(ClientKind::KubeProxy(ProxyMode::Nftables));
 }

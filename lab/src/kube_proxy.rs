@@ -15,6 +15,7 @@ use crate::LabError;
 use crate::kube_lab::lab_binary_path;
 use crate::netns::Netns;
 use crate::process::Daemon;
+use crate::wait::poll;
 
 /// kube-proxy's metrics endpoint, on the node namespace's loopback.
 pub const METRICS_PORT: u16 = 10249;
@@ -160,6 +161,27 @@ impl KubeProxy {
         Ok(SyncTotals {
             seconds: sample(&text, &format!("{name}_sum")).unwrap_or(0.0),
             count: sample(&text, &format!("{name}_count")).map_or(0, |c| c as u64),
+        })
+    }
+
+    /// Waits (up to `timeout`) for a sync recorded in histogram `name` after
+    /// `earlier` (a reading of the same histogram); returns the new totals.
+    pub fn wait_sync_after(
+        &self,
+        name: &str,
+        earlier: &SyncTotals,
+        timeout: Duration,
+    ) -> Result<SyncTotals, LabError> {
+        poll(timeout, || {
+            self.sync_totals(name)
+                .ok()
+                .filter(|now| now.count > earlier.count)
+        })
+        .ok_or_else(|| {
+            LabError::Kube(format!(
+                "kube-proxy recorded no {name} within {timeout:?}; log {}",
+                self.daemon.log.display()
+            ))
         })
     }
 

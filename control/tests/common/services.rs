@@ -53,6 +53,14 @@ pub fn one_at_a_time() -> MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// One Service test: needs root (and fails without it), waits for its turn, runs
+/// every scenario with `kind` as the client node.
+pub fn service_test(kind: ClientKind) {
+    hybridway_lab::require_root();
+    let _turn = one_at_a_time();
+    run_service_scenarios(kind);
+}
+
 /// Builds the cluster with `kind` as the client node (the caller holds
 /// [`one_at_a_time`]).
 pub fn build(kind: ClientKind) -> ServiceLab {

@@ -23,12 +23,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Args;
 
-use hybridway_lab::Netns;
 use hybridway_lab::flannel::FLANNEL_NETWORK;
 use hybridway_lab::kube_lab::KubeLab;
 use hybridway_lab::kube_proxy::{
     FULL_SYNC_DURATION, KubeProxy, KubeProxySpec, ProxyMode, SYNC_DURATION, SyncTotals,
 };
+use hybridway_lab::{Netns, poll};
 
 #[derive(Debug, Args)]
 pub struct BenchProxySyncArgs {
@@ -155,19 +155,16 @@ pub fn run(args: &BenchProxySyncArgs, _exe: &Path) -> anyhow::Result<()> {
     let created = t0.elapsed();
     println!("  objects created in {:.1} s", created.as_secs_f64());
     let want = usize::try_from(services * per).unwrap_or(usize::MAX);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let have = endpoint_chains(&ns)?;
-        if have >= want {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {have} of {want} endpoint chains after 600 s; see {}",
-            proxy.log().display()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let mut have = 0;
+    let all_in = poll(Duration::from_secs(600), || {
+        have = endpoint_chains(&ns).unwrap_or(have);
+        (have >= want).then_some(())
+    });
+    anyhow::ensure!(
+        all_in.is_some(),
+        "only {have} of {want} endpoint chains after 600 s; see {}",
+        proxy.log().display()
+    );
     let all_in = t0.elapsed();
     println!(
         "  every endpoint chain in the nat table {:.1} s after the first object was created",
@@ -185,23 +182,19 @@ pub fn run(args: &BenchProxySyncArgs, _exe: &Path) -> anyhow::Result<()> {
     let t1 = Instant::now();
     let proxy = KubeProxy::start(&ns, &spec, Duration::from_secs(600), true)?;
     // Healthy may come before the first sync: wait for it.
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let full = loop {
-        let now = proxy.sync_totals(FULL_SYNC_DURATION)?;
-        if now.count > 0 || Instant::now() > deadline {
-            break now;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let full = proxy.wait_sync_after(
+        FULL_SYNC_DURATION,
+        &SyncTotals::default(),
+        Duration::from_secs(600),
+    )?;
     let restarted = t1.elapsed();
-    match full.mean_since(&SyncTotals::default()) {
-        Some(d) => println!(
+    if let Some(d) = full.mean_since(&SyncTotals::default()) {
+        println!(
             "  full resync after a restart (every rule rewritten), mean of {}: {:.0} ms ({:.1} s from start to synced)",
             full.count,
             d.as_secs_f64() * 1e3,
             restarted.as_secs_f64()
-        ),
-        None => println!("  no full sync recorded after the restart"),
+        );
     }
     // One endpoint changed: a partial sync.
     let before = proxy.sync_totals(SYNC_DURATION)?;
@@ -215,21 +208,13 @@ pub fn run(args: &BenchProxySyncArgs, _exe: &Path) -> anyhow::Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let after = loop {
-        let now = proxy.sync_totals(SYNC_DURATION)?;
-        if now.count > before.count || Instant::now() > deadline {
-            break now;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    match after.mean_since(&before) {
-        Some(d) => println!(
+    let after = proxy.wait_sync_after(SYNC_DURATION, &before, Duration::from_secs(60))?;
+    if let Some(d) = after.mean_since(&before) {
+        println!(
             "  one endpoint changed (partial sync), mean of {}: {:.0} ms",
             after.count - before.count,
             d.as_secs_f64() * 1e3
-        ),
-        None => println!("  no sync within 60 s of an endpoint change"),
+        );
     }
     drop(proxy);
     drop(ns);
