@@ -226,6 +226,19 @@ impl KubeLab {
             .unwrap_or_else(|e| spawn_failure(&e))
     }
 
+    /// [`KubeLab::apply`] that fails with kubectl's message.
+    pub fn apply_checked(&self, manifest: &str) -> Result<(), LabError> {
+        let out = self.apply(manifest);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(LabError::Kube(format!(
+                "kubectl apply: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+
     /// A kubeconfig that authenticates as the service account `ns/name` (which must
     /// exist) with a token from the TokenRequest API: components run with their real
     /// RBAC identity.

@@ -252,7 +252,7 @@ impl ServiceLab {
             pods: Vec::new(),
             ns: Netns::create(&format!("{tag}-{name}"))?,
         };
-        apply_checked(&self.kube, &node.node_yaml())?;
+        self.kube.apply_checked(&node.node_yaml())?;
         self.kube
             .connect(&node.ns.name, "eth0", &format!("{addr}/17"))?;
         node.ns.no_offloads("eth0")?;
@@ -384,7 +384,7 @@ impl ServiceLab {
 
     /// `kubectl apply` of a manifest; fails with kubectl's message.
     pub fn apply(&self, manifest: &str) -> Result<(), LabError> {
-        apply_checked(&self.kube, manifest)
+        self.kube.apply_checked(manifest)
     }
 
     /// Waits until the client pod pings `dst`.
@@ -490,18 +490,6 @@ fn start_agent(
 fn pod_mac(ip: Ipv4Addr) -> String {
     let [_, _, c, d] = ip.octets();
     format!("02:00:c6:13:{c:02x}:{d:02x}")
-}
-
-fn apply_checked(kube: &KubeLab, manifest: &str) -> Result<(), LabError> {
-    let out = kube.apply(manifest);
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(LabError::Kube(format!(
-            "kubectl apply: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
 }
 
 /// A ClusterIP Service in `default`; `ports` is the YAML flow list of its ports;

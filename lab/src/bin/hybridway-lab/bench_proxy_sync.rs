@@ -88,24 +88,14 @@ pub fn run(args: &BenchProxySyncArgs, _exe: &Path) -> anyhow::Result<()> {
     let dir = kube.dir().join("proxy-sync");
     std::fs::create_dir_all(&dir)?;
     for (k, cidr) in EXTRA_SERVICE_CIDRS.iter().enumerate() {
-        let out = kube.apply(&format!(
+        kube.apply_checked(&format!(
             "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {{name: bench-{k}}}\nspec: {{cidrs: [\"{cidr}\"]}}\n"
-        ));
-        anyhow::ensure!(
-            out.status.success(),
-            "ServiceCIDR {cidr}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ))?;
     }
     let node_ip = NODE_ADDR.split('/').next().unwrap_or_default();
-    let out = kube.apply(&format!(
+    kube.apply_checked(&format!(
         "apiVersion: v1\nkind: Node\nmetadata: {{name: {NODE}}}\nspec: {{podCIDR: \"198.19.189.0/24\"}}\nstatus:\n  addresses: [{{type: InternalIP, address: {node_ip}}}]\n"
-    ));
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ))?;
     let ns = Netns::create(&format!("kps{}-n", std::process::id() % 10_000))?;
     kube.connect(&ns.name, "eth0", NODE_ADDR)?;
     let spec = KubeProxySpec {
@@ -202,12 +192,7 @@ pub fn run(args: &BenchProxySyncArgs, _exe: &Path) -> anyhow::Result<()> {
         &format!("\"{}\"", endpoint(0, 0, per)),
         "\"198.19.127.254\"",
     );
-    let out = kube.apply(&moved);
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kube.apply_checked(&moved)?;
     let after = proxy.wait_sync_after(SYNC_DURATION, &before, Duration::from_secs(60))?;
     if let Some(d) = after.mean_since(&before) {
         println!(
