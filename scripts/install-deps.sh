@@ -18,6 +18,8 @@ packages=(
   openssl curl util-linux
   # cluster DNS through a Service in the Service tests: a resolver pod and a client
   dnsmasq-base bind9-dnsutils
+  # the reference kube-proxy's nftables mode (its rules go through the nft program)
+  nftables
   # instruction counts that do not swing with load (bench/conntrack-instructions.sh)
   valgrind
 )

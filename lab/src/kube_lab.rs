@@ -13,6 +13,10 @@ use std::process::{Command, Output, Stdio};
 use crate::LabError;
 use crate::netns::{is_root, unique};
 
+/// The API server's `--service-cluster-ip-range` (`SERVICE_CIDR` in
+/// scripts/k8s-lab.sh, which starts it).
+pub const SERVICE_CIDR: &str = "198.18.240.0/20";
+
 /// The rig's script, the one interface to the control plane (CI, the demo and
 /// hand runs use it too).
 pub fn lab_script() -> PathBuf {
@@ -220,6 +224,19 @@ impl KubeLab {
     pub fn apply(&self, manifest: &str) -> Output {
         self.kubectl_stdin(&self.kubeconfig, &["apply", "-f", "-"], Some(manifest))
             .unwrap_or_else(|e| spawn_failure(&e))
+    }
+
+    /// [`KubeLab::apply`] that fails with kubectl's message.
+    pub fn apply_checked(&self, manifest: &str) -> Result<(), LabError> {
+        let out = self.apply(manifest);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(LabError::Kube(format!(
+                "kubectl apply: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
     }
 
     /// A kubeconfig that authenticates as the service account `ns/name` (which must

@@ -2,7 +2,9 @@
 //! none of the agent's runtime code. Network namespaces and veths ([`netns`]),
 //! polling ([`wait`]), the namespace cluster the demo and the end-to-end tests build
 //! ([`topology`]), iperf3 and SNAT load between its pods ([`traffic`],
-//! [`snat_load`]), and a real Kubernetes control plane ([`kube_lab`]).
+//! [`snat_load`]), a real Kubernetes control plane ([`kube_lab`]), the real kube-proxy as the
+//! reference Service path ([`kube_proxy`]) and the Services cluster the Service
+//! tests and benchmark share ([`service_lab`]).
 //!
 //! It depends on no hybridway crate: it drives the `hybridway` executable as a
 //! cluster would (processes, the control socket through `hybridway pod`/`status`,
@@ -12,8 +14,10 @@ pub mod controller;
 pub mod flannel;
 pub mod frr;
 pub mod kube_lab;
+pub mod kube_proxy;
 pub mod netns;
 pub mod process;
+pub mod service_lab;
 pub mod snat_load;
 pub mod topology;
 pub mod traffic;

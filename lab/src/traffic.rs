@@ -44,10 +44,31 @@ pub fn iperf_between(
     seconds: u32,
     timeout_secs: u32,
 ) -> Result<serde_json::Value, LabError> {
+    iperf_through(cli, server, (server.1, 5201), args, seconds, timeout_secs)
+}
+
+/// [`iperf_between`] with the client connecting to `target` (a Service's
+/// ClusterIP and port, say) and the server listening on `target`'s port.
+pub fn iperf_through(
+    cli: &Netns,
+    server: (&Netns, Ipv4Addr),
+    target: (Ipv4Addr, u16),
+    args: &str,
+    seconds: u32,
+    timeout_secs: u32,
+) -> Result<serde_json::Value, LabError> {
     let (srv_ns, srv_ip) = server;
+    let (dst, port) = target;
     let mut server_proc = srv_ns
         .command("iperf3")
-        .args(["-s", "-1", "-B", &srv_ip.to_string()])
+        .args([
+            "-s",
+            "-1",
+            "-B",
+            &srv_ip.to_string(),
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
@@ -56,7 +77,7 @@ pub fn iperf_between(
     for _ in 0..5 {
         std::thread::sleep(std::time::Duration::from_millis(300));
         let out = match cli.output(&format!(
-            "timeout {timeout_secs} iperf3 -c {srv_ip} -t {seconds} {args} --connect-timeout 3000 -J"
+            "timeout {timeout_secs} iperf3 -c {dst} -p {port} -t {seconds} {args} --connect-timeout 3000 -J"
         )) {
             Ok(out) => out,
             Err(e) => {

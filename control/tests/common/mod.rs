@@ -15,6 +15,7 @@
 pub mod controller;
 pub mod k8s_lab;
 pub mod kube_agent;
+pub mod services;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -3,6 +3,8 @@
 //! processes), so none of this is compiled into the agent.
 
 mod bench_e2e;
+mod bench_proxy_sync;
+mod bench_services;
 mod bench_snat;
 mod cluster;
 mod demo;
@@ -42,6 +44,12 @@ enum Command {
     /// SNAT under load (connections held, short connections) beside the kernel's
     /// MASQUERADE.
     BenchSnat(bench_snat::BenchSnatArgs),
+    /// pod -> ClusterIP throughput and new connections per second: hybridway's
+    /// dataplane (TUN, AF_XDP) beside the real kube-proxy, on a real API server.
+    BenchServices(bench_services::BenchServicesArgs),
+    /// The real kube-proxy's iptables resync at N Services x M endpoints (the
+    /// reference for hybridway's Service table build).
+    BenchProxySync(bench_proxy_sync::BenchProxySyncArgs),
 }
 
 /// The `hybridway` executable: `--hybridway`, else beside this one.
@@ -81,5 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(&args, &exe),
         Command::BenchE2e(args) => bench_e2e::run(&args, &exe),
         Command::BenchSnat(args) => bench_snat::run(&args, &exe),
+        Command::BenchServices(args) => bench_services::run(&args, &exe),
+        Command::BenchProxySync(args) => bench_proxy_sync::run(&args, &exe),
     }
 }

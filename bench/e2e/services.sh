@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Service benchmark (not a test): pod -> ClusterIP TCP throughput and new connections
+# per second through hybridway (AF_XDP and TUN) beside the real kube-proxy (iptables
+# mode, built by scripts/k8s-lab.sh from the API server's module), in one run on the
+# Services cluster of the tests (a real API server, flanneld on the cloud node);
+# prints each figure and the ratio to kube-proxy. Needs root, python3, iperf3.
+# Usage: bench/e2e/services.sh [--seconds 10] [--backend both|af_xdp|tun]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cargo build --release --bin hybridway --bin hybridway-lab
+exec "${CARGO_TARGET_DIR:-target}/release/hybridway-lab" bench-services "$@"
