@@ -5,7 +5,7 @@
 # namespaces over a bridge. There is no kubelet, scheduler or controller-manager:
 # tests create Node objects themselves, as a kubelet would.
 #
-#   k8s-lab.sh build                      build and cache kube-apiserver, kubectl, etcd
+#   k8s-lab.sh build                      build and cache kube-apiserver, kubectl, kube-proxy, etcd
 #   k8s-lab.sh bin NAME                   path of a cached binary (kube-apiserver, etcd,
 #                                         kubectl, kube-proxy, flanneld), built if missing
 #   k8s-lab.sh up DIR                     start an instance; last stdout line: kubeconfig
@@ -201,7 +201,9 @@ link_etcd() {
 }
 
 cmd_build() {
-  build_binaries kube-apiserver kubectl etcd
+  # kube-proxy (the Service tests' reference) in the same go build: it shares most
+  # of its packages with the API server, so it costs little there.
+  build_binaries kube-apiserver kubectl kube-proxy etcd
   link_etcd
   log "cached in $K8S_CACHE (etcd $ETCD_VERSION in $ETCD_CACHE)"
 }

@@ -20,7 +20,7 @@ scripts/cni-lab.sh build
 echo "== formatting"
 cargo fmt --all -- --check
 
-echo "== Kubernetes test rig: etcd, kube-apiserver, kubectl (cached by version; a cold build compiles for many minutes)"
+echo "== Kubernetes test rig: etcd, kube-apiserver, kubectl, kube-proxy (cached by version; a cold build compiles for many minutes)"
 ./scripts/k8s-lab.sh build
 # The cloud node of the agent's Kubernetes tests (control/tests/agent_k8s.rs).
 ./scripts/k8s-lab.sh bin flanneld >/dev/null
