@@ -121,10 +121,13 @@ pub fn iperf(
     summarize(&json, udp)
 }
 
-/// The iperf3 flags of [`iperf`]: UDP at 100 Mbit/s in 1200-byte datagrams (below
-/// the overlay MTU), or TCP.
+/// The iperf3 flags of [`iperf`]: UDP at 20 Mbit/s in 1200-byte datagrams (below
+/// the overlay MTU), or TCP. A check that datagrams cross, not a benchmark (that is
+/// `bench-e2e`): at 100 Mbit/s, 10,400 datagrams a second, a TUN path lost 50-58 %
+/// while the shared 2-core machine ran at load 18-22 (the same tests pass on a quiet
+/// machine): a loss threshold at that rate measured the machine, not the path.
 pub fn iperf_flags(udp: bool) -> &'static str {
-    if udp { "-u -b 100M -l 1200" } else { "" }
+    if udp { "-u -b 20M -l 1200" } else { "" }
 }
 
 /// One line from an iperf3 JSON report: Mbit/s (and loss for UDP); fails when
