@@ -165,23 +165,28 @@ impl ServiceFlows {
     /// The slot of the flow whose client packets have `key`.
     #[inline]
     fn find(&self, key: &FlowKey) -> Option<u32> {
-        let slots = &self.slots;
-        self.by_client
-            .find(
-                self.hash(key),
-                |s| matches!(slots.get(s as usize), Some(Some(f)) if f.key == *key),
-            )
-            .map(|hit| hit.value)
+        self.find_in(&self.by_client, key, |f| &f.key)
     }
 
     /// The slot of the flow whose replies have `key`.
     #[inline]
     fn find_reply(&self, key: &FlowKey) -> Option<u32> {
+        self.find_in(&self.by_reply, key, |f| &f.reply)
+    }
+
+    /// The slot `index` names for `key`, checked against the flow's `key_of`.
+    #[inline]
+    fn find_in(
+        &self,
+        index: &FlowIndex,
+        key: &FlowKey,
+        key_of: fn(&Flow) -> &FlowKey,
+    ) -> Option<u32> {
         let slots = &self.slots;
-        self.by_reply
+        index
             .find(
                 self.hash(key),
-                |s| matches!(slots.get(s as usize), Some(Some(f)) if f.reply == *key),
+                |s| matches!(slots.get(s as usize), Some(Some(f)) if key_of(f) == key),
             )
             .map(|hit| hit.value)
     }
