@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Line coverage of dataplane/src by one fuzz target's corpus (default: pipeline).
+# Line coverage of dataplane/src by one fuzz target's corpus and checked-in seeds
+# (default: pipeline).
 # Usage: scripts/fuzz-coverage.sh [target]   (run the target first to grow its corpus:
-# scripts/fuzz-smoke.sh or `cargo fuzz run <target> corpus/<target>`)
+# scripts/fuzz-smoke.sh or `cargo fuzz run <target> corpus/<target>`; with an empty
+# corpus the figure is the seeds' alone)
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 target=${1:-pipeline}
@@ -17,9 +19,14 @@ if [[ ! -x $llvm/llvm-cov ]]; then
 fi
 [[ -x $llvm/llvm-cov ]] || { echo "no $llvm/llvm-cov (package llvm-$llvm_major)" >&2; exit 1; }
 mkdir -p "corpus/$target"
-target_dir=${CARGO_TARGET_DIR:-target}
-cargo fuzz coverage "$target" "corpus/$target" --target-dir "$target_dir" --llvm-path "$llvm"
+dirs=("corpus/$target")
+[[ -d seeds/$target ]] && dirs+=("seeds/$target")
+# cargo-fuzz builds the instrumented binary in a directory of its own under
+# target/<triple>/coverage; given --target-dir (or CARGO_TARGET_DIR) it would build it
+# over the release binary the fuzzer runs instead.
+unset CARGO_TARGET_DIR
+cargo fuzz coverage "$target" "${dirs[@]}" --llvm-path "$llvm"
 triple=$(rustc -vV | sed -n 's/^host: //p')
-bin="$target_dir/$triple/coverage/$triple/release/$target"
+bin="target/$triple/coverage/$triple/release/$target"
 "$llvm/llvm-cov" report "$bin" -instr-profile="coverage/$target/coverage.profdata" \
   --ignore-filename-regex='(\.cargo|rustc|/control/|/fuzz/)' | sed "s|$(cd .. && pwd)/||"

@@ -280,7 +280,12 @@ pub fn service_flows(n: usize) -> (Pipeline, Tables) {
         })
         .collect();
     t.services = std::sync::Arc::new(ServiceTable::build(&specs));
-    let mut p = Pipeline::new(0, &SnatConfig::default());
+    // Sized as `established` sizes the SNAT shard, so the two compare like for like.
+    let config = SnatConfig {
+        capacity_per_worker: n + n / 4,
+        ..SnatConfig::default()
+    };
+    let mut p = Pipeline::new(0, &config);
     let mut buf = [0u8; BUF];
     for i in 0..n {
         let f = udp_frame(POD_MAC, GATEWAY_MAC, POD, VIP, 1024 + i as u16, 53, 64);

@@ -13,14 +13,15 @@
 
 use std::net::Ipv4Addr;
 
+use hybridway_dataplane::wire::PacketInfo;
 use hybridway_dataplane::wire::checksum;
 use hybridway_dataplane::wire::classify::{Packet, V4, classify};
 use hybridway_dataplane::wire::icmp_quote::quoted;
 use hybridway_dataplane::wire::rewrite::{
     Side, decrement_ttl_v4, fill_icmp_checksum, rewrite_destination, rewrite_side, rewrite_source,
 };
-use hybridway_dataplane::wire::{Icmpv4Packet, Ipv4Packet, PacketInfo, TcpPacket, UdpPacket};
 use proptest::prelude::*;
+use smoltcp::wire::{Icmpv4Packet, Ipv4Packet, TcpPacket, UdpPacket};
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {

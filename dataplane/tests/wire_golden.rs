@@ -14,11 +14,13 @@ use hybridway_dataplane::wire::checksum;
 use hybridway_dataplane::wire::classify::{Packet, classify};
 use hybridway_dataplane::wire::icmp_quote::{is_translatable_error, quoted};
 use hybridway_dataplane::wire::ipv6_ext;
-use hybridway_dataplane::wire::{
-    ArpOperation, ArpPacket, ArpRepr, ChecksumCapabilities, EthernetAddress, EthernetFrame,
-    EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpProtocol,
-    Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, L3, PacketInfo, TcpControl, TcpPacket, TcpRepr,
-    TcpSeqNumber, Transport, UdpPacket, UdpRepr, VxlanPacket, VxlanRepr,
+use hybridway_dataplane::wire::{L3, PacketInfo, Transport, VxlanPacket, VxlanRepr};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv4Packet,
+    Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket,
+    UdpRepr,
 };
 
 const SRC4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);

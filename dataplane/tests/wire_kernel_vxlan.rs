@@ -13,9 +13,12 @@ use std::process::Command;
 
 use hybridway_dataplane::wire::checksum;
 use hybridway_dataplane::wire::{
-    ChecksumCapabilities, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr,
-    Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, L3, MacAddr, PacketInfo, Transport,
-    UdpPacket, UdpRepr, VXLAN_OVERHEAD_V4, VXLAN_PORT, VxlanPacket, VxlanRepr,
+    L3, MacAddr, PacketInfo, Transport, VXLAN_OVERHEAD_V4, VXLAN_PORT, VxlanPacket, VxlanRepr,
+};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv4Repr,
+    IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
 };
 
 const FIXTURE: &str = include_str!("fixtures/kernel_vxlan_icmp.hex");

@@ -4,15 +4,16 @@
 //! count (`--toggle-collect`). Instructions do not swing with the machine's load as
 //! times do, so this is the number a change to the pipeline has to beat.
 //!
-//! Usage: `pipeline_instructions <encap|decap|snat|unsnat> [batches]`
-//! (`snat`/`unsnat`: established flows, 10,000 of them, picked at random).
+//! Usage: `pipeline_instructions <encap|decap|snat|unsnat|dnat> [batches]`
+//! (`snat`/`unsnat`/`dnat`: established flows, 10,000 of them, picked at random;
+//! `dnat` is a pod's packets to a ClusterIP, 1,000 Services in the table).
 
 use std::hint::black_box;
 use std::process::ExitCode;
 
 use hybridway_bench::pipeline_traffic::{
     Batch, POD_PORT, Rng, T0, UPLINK, established, fill_decap, fill_encap, pod_to_remote_pod,
-    tables, vxlan_from_remote_pod, write_masquerade, write_reply,
+    service_flows, tables, vxlan_from_remote_pod, write_masquerade, write_reply, write_to_service,
 };
 use hybridway_dataplane::frame::{Frame, PortId};
 use hybridway_dataplane::pipeline::Pipeline;
@@ -63,7 +64,7 @@ fn run(
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let Some(path) = args.get(1) else {
-        eprintln!("usage: pipeline_instructions <encap|decap|snat|unsnat> [batches]");
+        eprintln!("usage: pipeline_instructions <encap|decap|snat|unsnat|dnat> [batches]");
         return ExitCode::FAILURE;
     };
     let batches = args
@@ -117,8 +118,16 @@ fn main() -> ExitCode {
             };
             run(&mut p, &t, batches, UPLINK, fill, to_pod);
         }
+        "dnat" => {
+            let (mut p, t) = service_flows(FLOWS);
+            let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+            let fill = |b: &mut Batch| {
+                b.fill(|_, buf| write_to_service(buf, 1024 + (rng.next() as usize % FLOWS) as u16));
+            };
+            run(&mut p, &t, batches, POD_PORT, fill, to_uplink);
+        }
         other => {
-            eprintln!("unknown path {other}: encap, decap, snat or unsnat");
+            eprintln!("unknown path {other}: encap, decap, snat, unsnat or dnat");
             return ExitCode::FAILURE;
         }
     }

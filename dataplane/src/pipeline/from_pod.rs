@@ -35,8 +35,13 @@ impl Pipeline {
             Some(RouteTarget::LocalPod { port, .. }) if *port == in_port => {}
             _ => return Err(DropReason::SourceNotLocal),
         }
-        let ip = &match self.service_from_pod(frame, ip, tables, now)? {
-            ServiceStep::Continue(ip) => ip,
+        let translated;
+        let ip = match self.service_from_pod(frame, ip, tables, now)? {
+            ServiceStep::Pass => ip,
+            ServiceStep::Continue(t) => {
+                translated = t;
+                &translated
+            }
             ServiceStep::Done(v) => return Ok(Action::Done(v)),
         };
         if ip.dst == node.node_addr || Some(ip.dst) == node.host_pod_addr {

@@ -78,8 +78,13 @@ impl Pipeline {
                 self.route_v4(frame, ip, target, tables, now)
             }
             Some(RouteTarget::LocalPod { port, mac }) => {
-                let ip = &match self.service_reply(frame, ip, tables, now, true)? {
-                    ServiceStep::Continue(ip) => ip,
+                let translated;
+                let ip = match self.service_reply(frame, ip, tables, now, true)? {
+                    ServiceStep::Pass => ip,
+                    ServiceStep::Continue(t) => {
+                        translated = t;
+                        &translated
+                    }
                     ServiceStep::Done(v) => return Ok(Action::Done(v)),
                 };
                 if ip.ttl <= 1 {
@@ -164,6 +169,7 @@ impl Pipeline {
         };
         let inner = match inner {
             Packet::V4(ip) => match self.service_reply(frame, &ip, tables, now, false)? {
+                ServiceStep::Pass => inner,
                 ServiceStep::Continue(ip) => Packet::V4(ip),
                 ServiceStep::Done(v) => return Ok(Action::Done(v)),
             },

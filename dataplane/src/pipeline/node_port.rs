@@ -82,7 +82,9 @@ impl Pipeline {
             Selection::Reject => {
                 return match self.reject(frame, ip, tables, now)? {
                     ServiceStep::Done(v) => Ok(Some(Action::Done(v))),
-                    ServiceStep::Continue(_) => Err(DropReason::ServiceNoEndpoints),
+                    ServiceStep::Continue(_) | ServiceStep::Pass => {
+                        Err(DropReason::ServiceNoEndpoints)
+                    }
                 };
             }
             Selection::Drop => return Err(DropReason::ServiceNoLocalEndpoints),
@@ -150,10 +152,9 @@ impl Pipeline {
             }
             flow
         };
-        if !self.services.has_room(now) {
+        if !self.services.has_room(now) || !self.services.insert(flow) {
             return Err(DropReason::ConntrackFull);
         }
-        self.services.insert(key, flow);
         self.forward_translated(frame, ip, &l4, &flow, tables, now)
             .map(Some)
     }
@@ -170,6 +171,7 @@ impl Pipeline {
     ) -> Result<Action, DropReason> {
         let out = match translate(frame, ip, l4, flow)? {
             ServiceStep::Continue(out) => out,
+            ServiceStep::Pass => *ip,
             ServiceStep::Done(v) => return Ok(Action::Done(v)),
         };
         self.route_translated(frame, &out, tables, now)
@@ -208,7 +210,7 @@ impl Pipeline {
             ServiceStep::Continue(out) if out.dst != ip.dst => {
                 self.route_translated(frame, &out, tables, now).map(Some)
             }
-            ServiceStep::Continue(_) => Ok(None),
+            ServiceStep::Continue(_) | ServiceStep::Pass => Ok(None),
         }
     }
 }
@@ -230,7 +232,7 @@ impl Pipeline {
                 self.route_translated(frame, &out, tables, now)
             }
             // A ClusterIP-range address that is no ClusterIP: nothing routes it.
-            ServiceStep::Continue(_) => Err(DropReason::NoRoute),
+            ServiceStep::Continue(_) | ServiceStep::Pass => Err(DropReason::NoRoute),
         }
     }
 
@@ -246,7 +248,7 @@ impl Pipeline {
     ) -> Result<Action, DropReason> {
         match self.service_reply(frame, ip, tables, now, may_hand_off)? {
             ServiceStep::Done(v) => Ok(Action::Done(v)),
-            ServiceStep::Continue(_) => Ok(Action::Done(Verdict::ToHost)),
+            ServiceStep::Continue(_) | ServiceStep::Pass => Ok(Action::Done(Verdict::ToHost)),
         }
     }
 }

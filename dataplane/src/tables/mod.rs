@@ -7,10 +7,11 @@
 //! shards owned by one core each.
 
 pub mod conntrack;
-mod flow_index;
+pub(crate) mod flow_index;
 mod flow_slab;
 mod lpm_v4;
 mod lpm_v6;
+pub(crate) mod port_set;
 pub mod routes;
 pub mod services;
 pub mod snapshot;

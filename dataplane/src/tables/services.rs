@@ -30,6 +30,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use crate::tables::L4Proto;
+use crate::tables::port_set::PortSet;
 
 /// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10_800);
@@ -161,6 +162,8 @@ pub struct ServiceTable {
     /// Every endpoint any frontend may send to: with several workers, what makes a
     /// packet a possible reply worth handing to the worker that owns its flow.
     endpoints: HashSet<(L4Proto, Backend), ahash::RandomState>,
+    /// The ports of `endpoints`: most packets are turned away on this alone.
+    endpoint_ports: PortSet,
     skipped: usize,
 }
 
@@ -181,6 +184,7 @@ impl ServiceTable {
             vip_bounds: None,
             cluster_ips: HashSet::with_hasher(ahash::RandomState::new()),
             endpoints: HashSet::with_hasher(ahash::RandomState::new()),
+            endpoint_ports: PortSet::default(),
             skipped: specs
                 .iter()
                 .flat_map(|s| &s.ports)
@@ -203,9 +207,10 @@ impl ServiceTable {
                 continue;
             }
             let proto = fe.key.proto;
-            table
-                .endpoints
-                .extend(internal.iter().chain(&external).map(|b| (proto, *b)));
+            for b in internal.iter().chain(&external) {
+                table.endpoints.insert((proto, *b));
+                table.endpoint_ports.insert(b.port);
+            }
             fe.internal = table.push_backends(&internal);
             fe.external = if internal == external {
                 fe.internal.clone()
@@ -267,7 +272,13 @@ impl ServiceTable {
     /// Whether `addr`:`port` is an endpoint of some Service.
     #[inline]
     pub fn is_endpoint(&self, proto: L4Proto, addr: Ipv4Addr, port: u16) -> bool {
-        self.endpoints.contains(&(proto, Backend { addr, port }))
+        self.may_be_endpoint_port(port) && self.endpoints.contains(&(proto, Backend { addr, port }))
+    }
+
+    /// Whether some endpoint listens on `port` (cheap; false for most traffic).
+    #[inline]
+    pub fn may_be_endpoint_port(&self, port: u16) -> bool {
+        self.endpoint_ports.contains(port)
     }
 
     /// Whether any Service has a NodePort (cheap; keeps the NodePort lookup off the

@@ -13,8 +13,8 @@
 //!   + 8 bytes, which smoltcp's `Icmpv4Repr::parse` refuses).
 //! - [`vxlan`]: the VXLAN header view and constants.
 //!
-//! smoltcp's views are re-exported for the tests, which build and check packets with
-//! them as an implementation independent of ours.
+//! The tests build and check packets with smoltcp's views (a dev-dependency), an
+//! implementation independent of ours.
 
 pub mod bytes;
 pub mod checksum;
@@ -29,15 +29,6 @@ pub mod vxlan;
 pub use mac::MacAddr;
 pub use packet::{Fragment, L3, PacketInfo, ParseError, TcpFlags, Transport};
 pub use vxlan::{VXLAN_OVERHEAD_V4, VXLAN_PORT, VxlanPacket, VxlanRepr};
-
-pub use smoltcp::phy::ChecksumCapabilities;
-pub use smoltcp::wire::{
-    ArpHardware, ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame,
-    EthernetProtocol, EthernetRepr, Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, Icmpv4Repr,
-    Icmpv4TimeExceeded, Icmpv6Message, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet,
-    Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket,
-    UdpRepr,
-};
 
 /// Why one of our own views refused a buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Regenerates the checked-in seed inputs of the fuzz targets that make their own
+# (fuzz/seeds/<target>/, used by fuzz-smoke.sh and fuzz-coverage.sh): today the
+# `pipeline` target, whose seeds follow its input layout (fuzz/src/pipeline_input.rs).
+# Run it after changing that layout, and commit the result.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+export RUSTC_BOOTSTRAP=1
+for t in pipeline; do
+  cargo fuzz build --release "$t"
+  HYBRIDWAY_FUZZ_WRITE_SEEDS="seeds/$t" cargo fuzz run --release "$t" -- -runs=0
+done
