@@ -149,8 +149,11 @@ pub struct SnatShard {
     /// The NAT ports: `range_lo ..= range_lo + range_len - 1`.
     range_lo: u16,
     range_len: u32,
-    /// Offset in the range where the next port search starts.
-    cursor: u32,
+    /// Keys of [`SnatShard::random_offset`]: the same in every shard of a
+    /// process, so that shards fed the same flows pick the same ports.
+    port_keys: ahash::RandomState,
+    /// Port searches started (an input of [`SnatShard::random_offset`]).
+    searches: u64,
 }
 
 /// The largest `capacity_per_worker` honoured (16 Mi flows, about 1.6 GiB): larger
@@ -166,14 +169,25 @@ const RECLAIM_BUDGET: usize = 1024;
 /// whole range for every SYN when most ports sit in TIME_WAIT.
 const FREE_PORT_SEARCH: u32 = 64;
 
-/// Ports a new flow examines at most (Linux bounds its NAT port search the same
-/// way): when a destination's range is full of live flows, every refused SYN would
-/// otherwise probe the whole range on the packet path, and a pod hammering one busy
-/// destination would stall the worker for every destination it owns. Past the
-/// bound the flow is refused as exhausted, which the range nearly is: the search
-/// starts where the last one stopped, so successive SYNs look at successive
-/// windows of the range and a free port left anywhere is found within a few.
-const PORT_SEARCH_LIMIT: u32 = 4096;
+/// Ports the first round of a port search examines (the kernel's
+/// `NF_NAT_MAX_ATTEMPTS`); each further round, from a new random offset, examines
+/// half as many. When a destination's range is full of live flows, every refused
+/// SYN would otherwise probe the whole range on the packet path, and a pod
+/// hammering one busy destination would stall the worker for every destination it
+/// owns: bounded, a refusal costs at most 248 probes (128 + 64 + 32 + 16 + 8), and
+/// a range with a tenth of its ports free still finds one at the first few.
+const PORT_ATTEMPTS: u32 = 128;
+
+/// The last round of a port search examines fewer than twice this many ports
+/// (the kernel stops halving below 16 likewise).
+const PORT_ATTEMPTS_MIN: u32 = 16;
+
+/// The keys that make port searches unpredictable, drawn once per process (see
+/// [`SnatShard::random_offset`]).
+fn port_search_keys() -> ahash::RandomState {
+    static KEYS: std::sync::OnceLock<ahash::RandomState> = std::sync::OnceLock::new();
+    KEYS.get_or_init(ahash::RandomState::new).clone()
+}
 
 /// Below this many flows (about 2 MiB of entries and buckets) the shard sits in
 /// the L2 cache and batches skip the warming pass.
@@ -304,7 +318,8 @@ impl SnatShard {
             timeouts: config.timeouts,
             range_lo,
             range_len,
-            cursor: 0,
+            port_keys: port_search_keys(),
+            searches: 0,
         }
     }
 
@@ -349,10 +364,14 @@ impl SnatShard {
             return;
         };
         let oh = self.hash(OutKey::of_entry(&e).words());
+        let ih = self.hash(InKey::of_entry(&e).words());
+        // Both buckets are random lines in tables too big for the cache: request
+        // both before waiting for either.
+        self.by_outbound.prefetch_home(oh);
+        self.by_inbound.prefetch_home(ih);
         if let Some(hit) = self.by_outbound.find(oh, |s| s == slot) {
             self.by_outbound.remove(hit.bucket);
         }
-        let ih = self.hash(InKey::of_entry(&e).words());
         if let Some(hit) = self.by_inbound.find(ih, |s| s == slot) {
             self.by_inbound.remove(hit.bucket);
         }
@@ -452,10 +471,13 @@ impl SnatShard {
     }
 
     /// Runs `resolve(shard, i, key(i), hash)` for every `i < n` in order, in groups
-    /// of [`BATCH`] with their cache misses overlapped (group prefetching, pipelined
-    /// one group ahead): the home buckets of group g+1 are prefetched before group
-    /// g is resolved, and the entries of group g after its buckets had that time to
-    /// arrive. Above [`WARM_ABOVE`] flows only; below, everything is in cache.
+    /// of [`BATCH`] with their cache misses overlapped (group prefetching, a
+    /// three-stage software pipeline): while group g is resolved, the entries of
+    /// group g+1 are already on their way (their buckets were prefetched one group
+    /// earlier) and the home buckets of group g+2 are requested. Each of the two
+    /// dependent misses of a lookup (bucket, then entry) so gets a whole group's
+    /// work to arrive. Above [`WARM_ABOVE`] flows only; below, everything is in
+    /// cache.
     #[inline]
     fn batch<K: Copy + Default>(
         &mut self,
@@ -470,11 +492,7 @@ impl SnatShard {
         // group's length.
         let fill = |shard: &Self, g: &mut ([K; BATCH], [u32; BATCH]), start: usize| {
             let end = (start + BATCH).min(n);
-            let index = if outbound {
-                &shard.by_outbound
-            } else {
-                &shard.by_inbound
-            };
+            let index = shard.index(outbound);
             for (i, (k, h)) in (start..end).zip(g.0.iter_mut().zip(g.1.iter_mut())) {
                 *k = key(i);
                 *h = shard.hash(words(k));
@@ -484,29 +502,39 @@ impl SnatShard {
             }
             end.saturating_sub(start)
         };
-        // Two groups take turns: one is resolved while the next one fills.
-        let mut groups = [([K::default(); BATCH], [0u32; BATCH]); 2];
-        let [first, second] = &mut groups;
-        let (mut cur, mut next) = (first, second);
+        // Three groups take turns: resolved, entries in flight, buckets in flight.
+        let mut groups = [([K::default(); BATCH], [0u32; BATCH]); 3];
+        let [first, second, third] = &mut groups;
+        let (mut cur, mut next, mut after) = (first, second, third);
         let mut start = 0;
         let mut m = fill(self, cur, 0);
+        let mut next_m = fill(self, next, m);
+        if warm {
+            self.prefetch_entries(self.index(outbound), cur.1.get(..m).unwrap_or_default());
+        }
         while m > 0 {
+            let after_m = fill(self, after, start + m + next_m);
             if warm {
-                let index = if outbound {
-                    &self.by_outbound
-                } else {
-                    &self.by_inbound
-                };
-                self.prefetch_entries(index, cur.1.get(..m).unwrap_or_default());
+                let hashes = next.1.get(..next_m).unwrap_or_default();
+                self.prefetch_entries(self.index(outbound), hashes);
             }
-            let next_start = start + m;
-            let next_m = fill(self, next, next_start);
             for (i, (k, &h)) in cur.0.iter().zip(&cur.1).take(m).enumerate() {
                 resolve(self, start + i, k, h);
             }
-            std::mem::swap(&mut cur, &mut next); // swaps the references only
-            start = next_start;
-            m = next_m;
+            // Rotates the references only.
+            (cur, next, after) = (next, after, cur);
+            start += m;
+            (m, next_m) = (next_m, after_m);
+        }
+    }
+
+    /// The index of outbound keys, or of inbound ones.
+    #[inline]
+    fn index(&self, outbound: bool) -> &FlowIndex {
+        if outbound {
+            &self.by_outbound
+        } else {
+            &self.by_inbound
         }
     }
 
@@ -530,6 +558,14 @@ impl SnatShard {
         seg: &TcpSegment,
         now: Now,
     ) -> Result<NatBinding, SnatError> {
+        // The pod's own port is tried first: request its inbound bucket now, so it
+        // arrives while an expired flow is reclaimed.
+        let pod_port_offset = u32::from(k.pod_port).wrapping_sub(u32::from(self.range_lo));
+        let pod_probe =
+            (pod_port_offset < self.range_len).then(|| self.inbound_probe(k, nat, k.pod_port));
+        if let Some((_, ih)) = pod_probe {
+            self.by_inbound.prefetch_home(ih);
+        }
         if self.slab.len() >= self.slab.capacity() {
             self.reclaim(now, RECLAIM_BUDGET, 1);
             if self.slab.len() >= self.slab.capacity() {
@@ -541,7 +577,7 @@ impl SnatShard {
             2 => L4Proto::Udp,
             _ => L4Proto::IcmpEcho,
         };
-        let (nat_port, ih) = self.pick_port(k, nat, now)?;
+        let (nat_port, ih) = self.pick_port(k, nat, pod_probe, now)?;
         let state = FlowState::initial(proto, seg.flags);
         let mut entry = Entry::flow((k.pod, k.pod_port), (k.remote, k.rport), (nat, nat_port));
         entry.set_expires(now.after(state.timeout(&self.timeouts)).millis());
@@ -558,57 +594,87 @@ impl SnatShard {
         })
     }
 
-    /// A NAT port not in use towards the flow's remote, with the inbound hash it
-    /// will be indexed under: the pod's own port when it is in the range and free,
-    /// else the next free one from where the last search ended (in steady state the
-    /// first candidate), else the port of a closed or expired flow to the same
-    /// remote, which is removed. The search may visit the whole range when one
-    /// destination holds most of it; that is bounded (at most 64 Ki ports) and only
-    /// happens when the alternative is refusing the flow.
-    fn pick_port(&mut self, k: &OutKey, nat: u32, now: Now) -> Result<(u16, u32), SnatError> {
-        let probe = |shard: &Self, port: u16| {
-            let ik = InKey {
-                remote: k.remote,
-                nat,
-                rport: k.rport,
-                nat_port: port,
-                proto: k.proto,
-            };
-            let ih = shard.hash(ik.words());
-            (ih, shard.find_inbound(&ik, ih))
+    /// The inbound key and hash a new flow would have with NAT port `port`.
+    #[inline]
+    fn inbound_probe(&self, k: &OutKey, nat: u32, port: u16) -> (InKey, u32) {
+        let ik = InKey {
+            remote: k.remote,
+            nat,
+            rport: k.rport,
+            nat_port: port,
+            proto: k.proto,
         };
-        let pod_port_offset = u32::from(k.pod_port).wrapping_sub(u32::from(self.range_lo));
-        if pod_port_offset < self.range_len
-            && let (ih, None) = probe(self, k.pod_port)
+        (ik, self.hash(ik.words()))
+    }
+
+    /// A NAT port not in use towards the flow's remote, with the inbound hash it
+    /// will be indexed under: the pod's own port when it is in the range and free
+    /// (`pod_probe` is its inbound key and hash), else a free one found by the
+    /// kernel's bounded search (`nf_nat_l4proto_unique_tuple`): rounds of
+    /// [`PORT_ATTEMPTS`], then half as many, down to [`PORT_ATTEMPTS_MIN`], each
+    /// from a random offset in the range, so a destination whose range is full
+    /// costs a few hundred probes per refused flow, never the whole range. When no
+    /// free port turns up, the port of a closed or expired flow to the same remote
+    /// seen on the way is taken (that flow is removed); else the flow is refused.
+    fn pick_port(
+        &mut self,
+        k: &OutKey,
+        nat: u32,
+        pod_probe: Option<(InKey, u32)>,
+        now: Now,
+    ) -> Result<(u16, u32), SnatError> {
+        if let Some((ik, ih)) = pod_probe
+            && self.find_inbound(&ik, ih).is_none()
         {
-            return Ok((k.pod_port, ih));
+            return Ok((ik.nat_port, ih));
         }
         // The first port seen whose flow is over: (port, hash, slot).
         let mut reusable: Option<(u16, u32, u32)> = None;
-        for scanned in 0..self.range_len.min(PORT_SEARCH_LIMIT) {
-            if scanned >= FREE_PORT_SEARCH && reusable.is_some() {
+        let mut attempts = self.range_len.min(PORT_ATTEMPTS);
+        let mut scanned = 0;
+        'rounds: loop {
+            let mut offset = self.random_offset(k, nat);
+            for _ in 0..attempts {
+                if scanned >= FREE_PORT_SEARCH && reusable.is_some() {
+                    break 'rounds;
+                }
+                scanned += 1;
+                let in_range = offset.checked_rem(self.range_len).unwrap_or(0);
+                offset = offset.wrapping_add(1);
+                let Ok(port) = u16::try_from(u32::from(self.range_lo) + in_range) else {
+                    continue;
+                };
+                let (ik, ih) = self.inbound_probe(k, nat, port);
+                match self.find_inbound(&ik, ih) {
+                    None => return Ok((port, ih)),
+                    Some(slot) if reusable.is_none() && self.is_over(slot, now) => {
+                        reusable = Some((port, ih, slot));
+                    }
+                    Some(_) => {}
+                }
+            }
+            // One round covered a small range whole; a round below the minimum is
+            // not worth starting.
+            if attempts >= self.range_len || attempts < PORT_ATTEMPTS_MIN {
                 break;
             }
-            let offset = self.cursor;
-            self.cursor = if offset + 1 >= self.range_len {
-                0
-            } else {
-                offset + 1
-            };
-            let Ok(port) = u16::try_from(u32::from(self.range_lo) + offset) else {
-                continue;
-            };
-            match probe(self, port) {
-                (ih, None) => return Ok((port, ih)),
-                (ih, Some(slot)) if reusable.is_none() && self.is_over(slot, now) => {
-                    reusable = Some((port, ih, slot));
-                }
-                _ => {}
-            }
+            attempts /= 2;
         }
         let (port, ih, slot) = reusable.ok_or(SnatError::PortsExhausted)?;
         self.remove_slot(slot);
         Ok((port, ih))
+    }
+
+    /// Where a port search starts: a keyed hash of the flow and a count of
+    /// searches, so successive searches (and rounds) start at unrelated places and
+    /// an outsider cannot predict the port a flow gets (RFC 6056 §3.3.3's
+    /// hash-based selection; the kernel draws a random number).
+    #[inline]
+    fn random_offset(&mut self, k: &OutKey, nat: u32) -> u32 {
+        self.searches = self.searches.wrapping_add(1);
+        let (a, b) = k.words();
+        let h = self.port_keys.hash_one((a, b, nat, self.searches));
+        (h >> 32) as u32
     }
 
     /// Whether the flow in `slot` no longer needs its port: expired, or a TCP
