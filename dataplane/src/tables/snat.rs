@@ -471,13 +471,10 @@ impl SnatShard {
     }
 
     /// Runs `resolve(shard, i, key(i), hash)` for every `i < n` in order, in groups
-    /// of [`BATCH`] with their cache misses overlapped (group prefetching, a
-    /// three-stage software pipeline): while group g is resolved, the entries of
-    /// group g+1 are already on their way (their buckets were prefetched one group
-    /// earlier) and the home buckets of group g+2 are requested. Each of the two
-    /// dependent misses of a lookup (bucket, then entry) so gets a whole group's
-    /// work to arrive. Above [`WARM_ABOVE`] flows only; below, everything is in
-    /// cache.
+    /// of [`BATCH`] with their cache misses overlapped (group prefetching, pipelined
+    /// one group ahead): the home buckets of group g+1 are prefetched before group
+    /// g is resolved, and the entries of group g after its buckets had that time to
+    /// arrive. Above [`WARM_ABOVE`] flows only; below, everything is in cache.
     #[inline]
     fn batch<K: Copy + Default>(
         &mut self,
@@ -492,7 +489,11 @@ impl SnatShard {
         // group's length.
         let fill = |shard: &Self, g: &mut ([K; BATCH], [u32; BATCH]), start: usize| {
             let end = (start + BATCH).min(n);
-            let index = shard.index(outbound);
+            let index = if outbound {
+                &shard.by_outbound
+            } else {
+                &shard.by_inbound
+            };
             for (i, (k, h)) in (start..end).zip(g.0.iter_mut().zip(g.1.iter_mut())) {
                 *k = key(i);
                 *h = shard.hash(words(k));
@@ -502,39 +503,29 @@ impl SnatShard {
             }
             end.saturating_sub(start)
         };
-        // Three groups take turns: resolved, entries in flight, buckets in flight.
-        let mut groups = [([K::default(); BATCH], [0u32; BATCH]); 3];
-        let [first, second, third] = &mut groups;
-        let (mut cur, mut next, mut after) = (first, second, third);
+        // Two groups take turns: one is resolved while the next one fills.
+        let mut groups = [([K::default(); BATCH], [0u32; BATCH]); 2];
+        let [first, second] = &mut groups;
+        let (mut cur, mut next) = (first, second);
         let mut start = 0;
         let mut m = fill(self, cur, 0);
-        let mut next_m = fill(self, next, m);
-        if warm {
-            self.prefetch_entries(self.index(outbound), cur.1.get(..m).unwrap_or_default());
-        }
         while m > 0 {
-            let after_m = fill(self, after, start + m + next_m);
             if warm {
-                let hashes = next.1.get(..next_m).unwrap_or_default();
-                self.prefetch_entries(self.index(outbound), hashes);
+                let index = if outbound {
+                    &self.by_outbound
+                } else {
+                    &self.by_inbound
+                };
+                self.prefetch_entries(index, cur.1.get(..m).unwrap_or_default());
             }
+            let next_start = start + m;
+            let next_m = fill(self, next, next_start);
             for (i, (k, &h)) in cur.0.iter().zip(&cur.1).take(m).enumerate() {
                 resolve(self, start + i, k, h);
             }
-            // Rotates the references only.
-            (cur, next, after) = (next, after, cur);
-            start += m;
-            (m, next_m) = (next_m, after_m);
-        }
-    }
-
-    /// The index of outbound keys, or of inbound ones.
-    #[inline]
-    fn index(&self, outbound: bool) -> &FlowIndex {
-        if outbound {
-            &self.by_outbound
-        } else {
-            &self.by_inbound
+            std::mem::swap(&mut cur, &mut next); // swaps the references only
+            start = next_start;
+            m = next_m;
         }
     }
 
