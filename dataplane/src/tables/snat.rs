@@ -20,7 +20,7 @@
 //! opened to can use it. The pod's own source port is kept when it lies in the
 //! range and is free towards that remote, as the kernel's NAT does; other ports
 //! are searched as the kernel searches them (`nf_nat_l4proto_unique_tuple`): a
-//! bounded number of probes from random offsets ([`SnatShard::pick_port`]).
+//! bounded number of probes from random offsets (`pick_port`).
 //!
 //! Port reuse, as the kernel's conntrack and NAT do it: a pod's new SYN for a
 //! mapping in TIME_WAIT or CLOSE reopens that mapping (RFC 7857 §2.2), and a new
