@@ -444,6 +444,27 @@ fn the_pods_own_port_is_kept_when_in_range_and_free() {
     assert!((10_000..=19_999).contains(&shard.outbound(&low, NAT, seg(0), secs(0)).unwrap().port));
 }
 
+#[test]
+fn a_port_search_starts_at_a_random_place() {
+    // Pods whose own ports lie outside the range (10,000-19,999) need a searched
+    // port. Searched from where the last one stopped, twenty flows would get twenty
+    // consecutive ports; from a random offset (RFC 6056, the kernel's
+    // `nf_nat_l4proto_unique_tuple`) they are scattered over the range.
+    let mut shard = SnatShard::new(0, &config(64));
+    let mut ports: Vec<u16> = (0..20)
+        .map(|i| {
+            let k = key(L4Proto::Tcp, 40_000 + i, 443);
+            shard.outbound(&k, NAT, seg(SYN), secs(0)).unwrap().port
+        })
+        .collect();
+    assert!(ports.iter().all(|p| (10_000..=19_999).contains(p)));
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 20, "ports are unique towards one destination");
+    let spread = ports[19] - ports[0];
+    assert!(spread > 1_000, "20 ports within {spread} of each other");
+}
+
 /// Opens and closes one TCP connection of `k` the way a client that closes first
 /// does; returns its binding (the flow ends in TIME_WAIT).
 fn connect_and_close(shard: &mut SnatShard, k: &FlowKey, at: u64) -> NatBinding {

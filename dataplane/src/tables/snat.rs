@@ -18,7 +18,9 @@
 //! serves many destinations at once and a pod's socket may get different NAT ports
 //! for different destinations. Filtering is the same: only the remote a flow was
 //! opened to can use it. The pod's own source port is kept when it lies in the
-//! range and is free towards that remote, as the kernel's NAT does.
+//! range and is free towards that remote, as the kernel's NAT does; other ports
+//! are searched as the kernel searches them (`nf_nat_l4proto_unique_tuple`): a
+//! bounded number of probes from random offsets (`pick_port`).
 //!
 //! Port reuse, as the kernel's conntrack and NAT do it: a pod's new SYN for a
 //! mapping in TIME_WAIT or CLOSE reopens that mapping (RFC 7857 §2.2), and a new
@@ -149,8 +151,11 @@ pub struct SnatShard {
     /// The NAT ports: `range_lo ..= range_lo + range_len - 1`.
     range_lo: u16,
     range_len: u32,
-    /// Offset in the range where the next port search starts.
-    cursor: u32,
+    /// Keys of [`SnatShard::random_offset`]: the same in every shard of a
+    /// process, so that shards fed the same flows pick the same ports.
+    port_keys: ahash::RandomState,
+    /// Port searches started (an input of [`SnatShard::random_offset`]).
+    searches: u64,
 }
 
 /// The largest `capacity_per_worker` honoured (16 Mi flows, about 1.6 GiB): larger
@@ -166,14 +171,25 @@ const RECLAIM_BUDGET: usize = 1024;
 /// whole range for every SYN when most ports sit in TIME_WAIT.
 const FREE_PORT_SEARCH: u32 = 64;
 
-/// Ports a new flow examines at most (Linux bounds its NAT port search the same
-/// way): when a destination's range is full of live flows, every refused SYN would
-/// otherwise probe the whole range on the packet path, and a pod hammering one busy
-/// destination would stall the worker for every destination it owns. Past the
-/// bound the flow is refused as exhausted, which the range nearly is: the search
-/// starts where the last one stopped, so successive SYNs look at successive
-/// windows of the range and a free port left anywhere is found within a few.
-const PORT_SEARCH_LIMIT: u32 = 4096;
+/// Ports the first round of a port search examines (the kernel's
+/// `NF_NAT_MAX_ATTEMPTS`); each further round, from a new random offset, examines
+/// half as many. When a destination's range is full of live flows, every refused
+/// SYN would otherwise probe the whole range on the packet path, and a pod
+/// hammering one busy destination would stall the worker for every destination it
+/// owns: bounded, a refusal costs at most 248 probes (128 + 64 + 32 + 16 + 8), and
+/// a range with a tenth of its ports free still finds one at the first few.
+const PORT_ATTEMPTS: u32 = 128;
+
+/// The last round of a port search examines fewer than twice this many ports
+/// (the kernel stops halving below 16 likewise).
+const PORT_ATTEMPTS_MIN: u32 = 16;
+
+/// The keys that make port searches unpredictable, drawn once per process (see
+/// [`SnatShard::random_offset`]).
+fn port_search_keys() -> ahash::RandomState {
+    static KEYS: std::sync::OnceLock<ahash::RandomState> = std::sync::OnceLock::new();
+    KEYS.get_or_init(ahash::RandomState::new).clone()
+}
 
 /// Below this many flows (about 2 MiB of entries and buckets) the shard sits in
 /// the L2 cache and batches skip the warming pass.
@@ -304,7 +320,8 @@ impl SnatShard {
             timeouts: config.timeouts,
             range_lo,
             range_len,
-            cursor: 0,
+            port_keys: port_search_keys(),
+            searches: 0,
         }
     }
 
@@ -349,10 +366,14 @@ impl SnatShard {
             return;
         };
         let oh = self.hash(OutKey::of_entry(&e).words());
+        let ih = self.hash(InKey::of_entry(&e).words());
+        // Both buckets are random lines in tables too big for the cache: request
+        // both before waiting for either.
+        self.by_outbound.prefetch_home(oh);
+        self.by_inbound.prefetch_home(ih);
         if let Some(hit) = self.by_outbound.find(oh, |s| s == slot) {
             self.by_outbound.remove(hit.bucket);
         }
-        let ih = self.hash(InKey::of_entry(&e).words());
         if let Some(hit) = self.by_inbound.find(ih, |s| s == slot) {
             self.by_inbound.remove(hit.bucket);
         }
@@ -530,6 +551,14 @@ impl SnatShard {
         seg: &TcpSegment,
         now: Now,
     ) -> Result<NatBinding, SnatError> {
+        // The pod's own port is tried first: request its inbound bucket now, so it
+        // arrives while an expired flow is reclaimed.
+        let pod_port_offset = u32::from(k.pod_port).wrapping_sub(u32::from(self.range_lo));
+        let pod_probe =
+            (pod_port_offset < self.range_len).then(|| self.inbound_probe(k, nat, k.pod_port));
+        if let Some((_, ih)) = pod_probe {
+            self.by_inbound.prefetch_home(ih);
+        }
         if self.slab.len() >= self.slab.capacity() {
             self.reclaim(now, RECLAIM_BUDGET, 1);
             if self.slab.len() >= self.slab.capacity() {
@@ -541,7 +570,7 @@ impl SnatShard {
             2 => L4Proto::Udp,
             _ => L4Proto::IcmpEcho,
         };
-        let (nat_port, ih) = self.pick_port(k, nat, now)?;
+        let (nat_port, ih) = self.pick_port(k, nat, pod_probe, now)?;
         let state = FlowState::initial(proto, seg.flags);
         let mut entry = Entry::flow((k.pod, k.pod_port), (k.remote, k.rport), (nat, nat_port));
         entry.set_expires(now.after(state.timeout(&self.timeouts)).millis());
@@ -558,57 +587,87 @@ impl SnatShard {
         })
     }
 
-    /// A NAT port not in use towards the flow's remote, with the inbound hash it
-    /// will be indexed under: the pod's own port when it is in the range and free,
-    /// else the next free one from where the last search ended (in steady state the
-    /// first candidate), else the port of a closed or expired flow to the same
-    /// remote, which is removed. The search may visit the whole range when one
-    /// destination holds most of it; that is bounded (at most 64 Ki ports) and only
-    /// happens when the alternative is refusing the flow.
-    fn pick_port(&mut self, k: &OutKey, nat: u32, now: Now) -> Result<(u16, u32), SnatError> {
-        let probe = |shard: &Self, port: u16| {
-            let ik = InKey {
-                remote: k.remote,
-                nat,
-                rport: k.rport,
-                nat_port: port,
-                proto: k.proto,
-            };
-            let ih = shard.hash(ik.words());
-            (ih, shard.find_inbound(&ik, ih))
+    /// The inbound key and hash a new flow would have with NAT port `port`.
+    #[inline]
+    fn inbound_probe(&self, k: &OutKey, nat: u32, port: u16) -> (InKey, u32) {
+        let ik = InKey {
+            remote: k.remote,
+            nat,
+            rport: k.rport,
+            nat_port: port,
+            proto: k.proto,
         };
-        let pod_port_offset = u32::from(k.pod_port).wrapping_sub(u32::from(self.range_lo));
-        if pod_port_offset < self.range_len
-            && let (ih, None) = probe(self, k.pod_port)
+        (ik, self.hash(ik.words()))
+    }
+
+    /// A NAT port not in use towards the flow's remote, with the inbound hash it
+    /// will be indexed under: the pod's own port when it is in the range and free
+    /// (`pod_probe` is its inbound key and hash), else a free one found by the
+    /// kernel's bounded search (`nf_nat_l4proto_unique_tuple`): rounds of
+    /// [`PORT_ATTEMPTS`], then half as many, down to [`PORT_ATTEMPTS_MIN`], each
+    /// from a random offset in the range, so a destination whose range is full
+    /// costs a few hundred probes per refused flow, never the whole range. When no
+    /// free port turns up, the port of a closed or expired flow to the same remote
+    /// seen on the way is taken (that flow is removed); else the flow is refused.
+    fn pick_port(
+        &mut self,
+        k: &OutKey,
+        nat: u32,
+        pod_probe: Option<(InKey, u32)>,
+        now: Now,
+    ) -> Result<(u16, u32), SnatError> {
+        if let Some((ik, ih)) = pod_probe
+            && self.find_inbound(&ik, ih).is_none()
         {
-            return Ok((k.pod_port, ih));
+            return Ok((ik.nat_port, ih));
         }
         // The first port seen whose flow is over: (port, hash, slot).
         let mut reusable: Option<(u16, u32, u32)> = None;
-        for scanned in 0..self.range_len.min(PORT_SEARCH_LIMIT) {
-            if scanned >= FREE_PORT_SEARCH && reusable.is_some() {
+        let mut attempts = self.range_len.min(PORT_ATTEMPTS);
+        let mut scanned = 0;
+        'rounds: loop {
+            let mut offset = self.random_offset(k, nat);
+            for _ in 0..attempts {
+                if scanned >= FREE_PORT_SEARCH && reusable.is_some() {
+                    break 'rounds;
+                }
+                scanned += 1;
+                let in_range = offset.checked_rem(self.range_len).unwrap_or(0);
+                offset = offset.wrapping_add(1);
+                let Ok(port) = u16::try_from(u32::from(self.range_lo) + in_range) else {
+                    continue;
+                };
+                let (ik, ih) = self.inbound_probe(k, nat, port);
+                match self.find_inbound(&ik, ih) {
+                    None => return Ok((port, ih)),
+                    Some(slot) if reusable.is_none() && self.is_over(slot, now) => {
+                        reusable = Some((port, ih, slot));
+                    }
+                    Some(_) => {}
+                }
+            }
+            // One round covered a small range whole; a round below the minimum is
+            // not worth starting.
+            if attempts >= self.range_len || attempts < PORT_ATTEMPTS_MIN {
                 break;
             }
-            let offset = self.cursor;
-            self.cursor = if offset + 1 >= self.range_len {
-                0
-            } else {
-                offset + 1
-            };
-            let Ok(port) = u16::try_from(u32::from(self.range_lo) + offset) else {
-                continue;
-            };
-            match probe(self, port) {
-                (ih, None) => return Ok((port, ih)),
-                (ih, Some(slot)) if reusable.is_none() && self.is_over(slot, now) => {
-                    reusable = Some((port, ih, slot));
-                }
-                _ => {}
-            }
+            attempts /= 2;
         }
         let (port, ih, slot) = reusable.ok_or(SnatError::PortsExhausted)?;
         self.remove_slot(slot);
         Ok((port, ih))
+    }
+
+    /// Where a port search starts: a keyed hash of the flow and a count of
+    /// searches, so successive searches (and rounds) start at unrelated places and
+    /// an outsider cannot predict the port a flow gets (RFC 6056 §3.3.3's
+    /// hash-based selection; the kernel draws a random number).
+    #[inline]
+    fn random_offset(&mut self, k: &OutKey, nat: u32) -> u32 {
+        self.searches = self.searches.wrapping_add(1);
+        let (a, b) = k.words();
+        let h = self.port_keys.hash_one((a, b, nat, self.searches));
+        (h >> 32) as u32
     }
 
     /// Whether the flow in `slot` no longer needs its port: expired, or a TCP
