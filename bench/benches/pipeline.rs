@@ -10,7 +10,7 @@
 //! Run: `cargo bench -p hybridway-bench --bench pipeline -- --warm-up-time 1 --measurement-time 3`
 //!
 //! Clocks: by default the wall time of each `process_batch` call. On a shared
-//! machine, where the benchmark thread is preempted, set `PIPELINE_BENCH_CLOCK=cpu`:
+//! machine, where the benchmark thread is preempted, set `BENCH_CLOCK=cpu`:
 //! the thread's own CPU time (`CLOCK_THREAD_CPUTIME_ID`) over all batches of a
 //! sample, minus the CPU time of refilling the same number of batches alone.
 #![allow(
@@ -24,6 +24,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use hybridway_bench::bench_clock;
 use hybridway_bench::pipeline_traffic::{
     BATCH, Batch, POD_PORT, Rng, T0, UPLINK, established, fill_decap, fill_encap,
     pod_to_remote_pod, service_flows, tables, vxlan_from_remote_pod, write_masquerade, write_reply,
@@ -54,17 +55,11 @@ enum Clock {
 }
 
 fn clock() -> Clock {
-    match std::env::var("PIPELINE_BENCH_CLOCK").as_deref() {
-        Ok("cpu") if thread_cpu().is_some() => Clock::Cpu,
-        _ => Clock::Wall,
+    if bench_clock::cpu_requested() {
+        Clock::Cpu
+    } else {
+        Clock::Wall
     }
-}
-
-/// CPU time this thread has run (`CLOCK_THREAD_CPUTIME_ID`).
-fn thread_cpu() -> Option<Duration> {
-    cpu_time::ThreadTime::try_now()
-        .ok()
-        .map(|t| t.as_duration())
 }
 
 /// Times `iters` batches: `fill` writes the next batch's packets (not counted), `run`
@@ -85,18 +80,22 @@ fn timed(
             total
         }
         Clock::Cpu => {
-            let start = thread_cpu().unwrap_or_default();
+            let start = bench_clock::thread_cpu().unwrap_or_default();
             for _ in 0..iters {
                 fill(batch);
                 black_box(run(batch));
             }
-            let both = thread_cpu().unwrap_or_default().saturating_sub(start);
-            let start = thread_cpu().unwrap_or_default();
+            let both = bench_clock::thread_cpu()
+                .unwrap_or_default()
+                .saturating_sub(start);
+            let start = bench_clock::thread_cpu().unwrap_or_default();
             for _ in 0..iters {
                 fill(batch);
                 black_box(batch.lens());
             }
-            let fill_only = thread_cpu().unwrap_or_default().saturating_sub(start);
+            let fill_only = bench_clock::thread_cpu()
+                .unwrap_or_default()
+                .saturating_sub(start);
             both.saturating_sub(fill_only)
         }
     }
