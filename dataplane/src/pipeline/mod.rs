@@ -80,6 +80,7 @@ mod ipv6;
 mod neighbor;
 mod service;
 mod snat;
+mod super_frame;
 mod vxlan;
 
 use self::exhaustion::ExhaustionLog;
@@ -145,6 +146,15 @@ impl Pipeline {
 
     /// Decides what happens to one frame, rewriting it as needed.
     pub fn process(&mut self, frame: &mut Frame<'_>, tables: &Tables, now: Now) -> Verdict {
+        let partial = super_frame::PartialChecksum::take(frame);
+        let verdict = self.process_one(frame, tables, now);
+        if let Some(p) = partial {
+            p.restore(frame);
+        }
+        verdict
+    }
+
+    fn process_one(&mut self, frame: &mut Frame<'_>, tables: &Tables, now: Now) -> Verdict {
         let step = match self.step(frame, tables, now) {
             Ok(Action::Done(v)) => Ok(v),
             Ok(Action::Masquerade(p)) => {

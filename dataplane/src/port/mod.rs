@@ -70,7 +70,7 @@ pub use select::{Backend, Chosen, HostSupport, ParseBackendError, choose};
 
 use std::os::fd::RawFd;
 
-use crate::frame::PortId;
+use crate::frame::{Gso, PortId};
 
 /// Most frames a worker handles per poll.
 pub const BATCH_SIZE: usize = 64;
@@ -93,6 +93,13 @@ pub trait Port: Send {
     /// as `TxRingFull` drops.
     fn send(&mut self, frames: &[&[u8]]) -> Result<usize, PortError>;
 
+    /// Transmits super-frame `frame` ([`Gso`]) whole, as one GSO write or send.
+    /// [`SuperSend::Refused`] (the default: ports that cannot) asks the caller to cut
+    /// it into single packets and [`Port::send`] those.
+    fn send_super(&mut self, _frame: &[u8], _gso: Gso) -> Result<SuperSend, PortError> {
+        Ok(SuperSend::Refused)
+    }
+
     /// Makes the kernel transmit what `send` queued (the AF_XDP `sendto` kick) and
     /// reclaims completed buffers. A no-op for backends that write synchronously.
     fn flush(&mut self) -> Result<(), PortError>;
@@ -111,6 +118,17 @@ pub trait Port: Send {
     fn offloads(&self) -> PortOffloads {
         PortOffloads::default()
     }
+}
+
+/// What became of a super-frame offered to [`Port::send_super`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SuperSend {
+    /// Queued or written whole.
+    Sent,
+    /// The queue is full now; like a `send` that accepted nothing.
+    Full,
+    /// This port cannot carry it whole: cut it into single packets.
+    Refused,
 }
 
 /// Totals of super-packets a port moved (TSO/USO reads and GRO trains on receive,

@@ -160,6 +160,24 @@ pub fn update_ipv6_addr(checksum: u16, old: Ipv6Addr, new: Ipv6Addr) -> u16 {
     !fold(acc)
 }
 
+/// A *partial* checksum (the folded pseudo-header sum a TSO/GSO packet carries in its
+/// transport checksum field: Linux `CHECKSUM_PARTIAL`, virtio-net `NEEDS_CSUM`) after
+/// pseudo-header words changed from `old` to `new` (addresses under NAT; equal
+/// lengths, even). This is the sum itself, not its complement: the kernel's
+/// `inet_proto_csum_replace4(.., pseudohdr = true)` on a `CHECKSUM_PARTIAL` skb.
+/// Words of the transport header (ports) do not enter it: the device sums those.
+#[inline]
+pub fn partial_update(partial: u16, old: &[u8], new: &[u8]) -> u16 {
+    let mut acc = u64::from(partial);
+    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
+        if let ([o0, o1], [n0, n1]) = (o, n) {
+            acc += u64::from(!u16::from_be_bytes([*o0, *o1]));
+            acc += u64::from(u16::from_be_bytes([*n0, *n1]));
+        }
+    }
+    fold64(acc)
+}
+
 /// UDP's variant of [`update_u16`]: a zero checksum means "none" and stays zero; a
 /// computed zero is sent as 0xffff (RFC 768).
 #[inline]
@@ -235,6 +253,43 @@ mod tests {
             }
             assert_eq!(sum_ipv4_header(&h), sum(&h));
         }
+    }
+
+    /// A partial checksum updated for a NAT'd address, then completed over the
+    /// segment, equals the complete checksum of the translated segment; and it is
+    /// what a full recomputation of the pseudo-header sum gives (both ways).
+    #[test]
+    fn partial_update_follows_the_pseudo_header() {
+        let (a, b, nat) = (
+            Ipv4Addr::new(198, 19, 128, 5),
+            Ipv4Addr::new(198, 18, 200, 9),
+            Ipv4Addr::new(198, 18, 64, 1),
+        );
+        let mut seg: Vec<u8> = (0..1500u32).map(|i| (i * 7 + 3) as u8).collect();
+        seg[16] = 0;
+        seg[17] = 0;
+        let len = seg.len() as u16;
+        for (old, new) in [(a, nat), (nat, a), (a, a), (Ipv4Addr::new(255, 255, 255, 255), Ipv4Addr::UNSPECIFIED)] {
+            let partial = pseudo_header_v4(old, b, 6, len);
+            let updated = partial_update(partial, &old.octets(), &new.octets());
+            let expect = pseudo_header_v4(new, b, 6, len);
+            // Equal as ones'-complement numbers (0 and 0xffff are the same).
+            assert_eq!(updated % 0xffff, expect % 0xffff, "{old} -> {new}");
+            // Completing it as the device would gives the full checksum.
+            seg[16..18].copy_from_slice(&updated.to_be_bytes());
+            let completed = checksum(&seg);
+            assert_eq!(completed, transport_checksum_v4(new, b, 6, &{
+                let mut z = seg.clone();
+                z[16] = 0;
+                z[17] = 0;
+                z
+            }));
+            seg[16] = 0;
+            seg[17] = 0;
+        }
+        // The complemented form (a complete checksum's update) is not the same thing.
+        let partial = pseudo_header_v4(a, b, 6, len);
+        assert_ne!(partial_update(partial, &a.octets(), &nat.octets()), update_ipv4_addr(partial, a, nat));
     }
 
     #[test]

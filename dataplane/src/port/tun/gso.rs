@@ -11,8 +11,10 @@
 //! checksum completed. All of this is pure code over byte slices; nothing panics on
 //! bad input.
 
+use crate::frame::{Gso, GsoKind};
 use crate::wire::bytes::{rd16, rd32, wr16};
-use crate::wire::packet::ip_proto;
+use crate::wire::checksum;
+use crate::wire::packet::{ETHERNET_HEADER_LEN, ip_proto};
 
 /// Size of `struct virtio_net_hdr` (no `num_buffers`), the TUN default.
 pub const VNET_HDR_LEN: usize = 10;
@@ -68,6 +70,32 @@ impl VirtioNetHdr {
 
     pub fn needs_csum(&self) -> bool {
         self.flags & F_NEEDS_CSUM != 0
+    }
+
+    /// The header that announces super-frame `gso` whose IP packet is `ip`: GSO
+    /// type and size, and the partial checksum (`NEEDS_CSUM`) the super-frame
+    /// carries (see [`Gso`]). `None` when `ip` is too short for its headers.
+    pub fn for_super(gso: Gso, ip: &[u8]) -> Option<Self> {
+        let (gso_type, csum_offset) = match gso.kind {
+            GsoKind::TcpV4 => (GSO_TCPV4, 16),
+            GsoKind::TcpV6 => (GSO_TCPV6, 16),
+            GsoKind::Udp => (GSO_UDP_L4, 6),
+        };
+        let csum_start = match ip.first()? >> 4 {
+            4 => u16::from(ip.first()? & 0x0f) * 4,
+            _ => 40,
+        };
+        if usize::from(gso.hdr_len) > ip.len() || csum_start + csum_offset + 2 > gso.hdr_len {
+            return None;
+        }
+        Some(VirtioNetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type,
+            hdr_len: gso.hdr_len,
+            gso_size: gso.size,
+            csum_start,
+            csum_offset,
+        })
     }
 }
 
@@ -248,6 +276,61 @@ impl Segmenter {
         self.count
     }
 
+    /// The packet as a super-frame that can cross the pipeline whole, with its IP
+    /// header at offset `l3` of the frame: a GSO packet whose checksum is partial at
+    /// the transport header, as the kernel hands TSO/USO packets over. `None` for a
+    /// single packet or a checksum state that needs segmenting to fix.
+    pub fn super_frame(&self, l3: usize) -> Option<Gso> {
+        let (start, field) = self.csum?;
+        let kind = match (self.l3, self.l4?) {
+            (L3::V4, L4::Tcp) => GsoKind::TcpV4,
+            (L3::V6, L4::Tcp) => GsoKind::TcpV6,
+            (_, L4::Udp) => GsoKind::Udp,
+        };
+        let csum_offset = if kind == GsoKind::Udp { 6 } else { 16 };
+        if !self.gso || start != self.l3_len || field != start + csum_offset {
+            return None;
+        }
+        Some(Gso {
+            kind,
+            size: u16::try_from(self.gso_size).ok()?,
+            hdr_len: u16::try_from(self.hdr_len).ok()?,
+            l3: u16::try_from(l3).ok()?,
+        })
+    }
+
+    /// How to cut super-frame `frame` (an Ethernet frame whose segmented IP packet
+    /// starts at `gso.l3`, behind whatever headers encapsulate it).
+    pub fn for_frame(frame: &[u8], gso: Gso) -> Result<Self, GsoError> {
+        let ip = frame
+            .get(usize::from(gso.l3)..)
+            .ok_or(GsoError::Malformed)?;
+        let hdr = VirtioNetHdr::for_super(gso, ip).ok_or(GsoError::Malformed)?;
+        Segmenter::new(&hdr, ip)
+    }
+
+    /// Writes single packet `index` of super-frame `frame` into `out` as a whole
+    /// frame: the headers in front of the segmented packet copied, their lengths
+    /// (an outer IPv4/IPv6 and UDP header: VXLAN) and outer IPv4 checksum fixed.
+    pub fn write_frame(
+        &self,
+        frame: &[u8],
+        gso: Gso,
+        index: usize,
+        out: &mut [u8],
+    ) -> Result<usize, GsoError> {
+        let l3 = usize::from(gso.l3);
+        let (prefix, ip) = (
+            frame.get(..l3).ok_or(GsoError::Malformed)?,
+            frame.get(l3..).ok_or(GsoError::Malformed)?,
+        );
+        let (head, rest) = out.split_at_mut_checked(l3).ok_or(GsoError::NoRoom)?;
+        let len = self.write(ip, index, rest)?;
+        head.copy_from_slice(prefix);
+        fix_outer_lengths(head, len).ok_or(GsoError::Malformed)?;
+        Ok(l3 + len)
+    }
+
     /// Writes single packet `index` (< [`Segmenter::count`]) of `packet` into `out`
     /// and returns its length.
     pub fn write(&self, packet: &[u8], index: usize, out: &mut [u8]) -> Result<usize, GsoError> {
@@ -342,6 +425,41 @@ impl Segmenter {
         }
         Some(())
     }
+}
+
+/// Fixes the lengths of the headers `prefix` (an Ethernet header, then optionally an
+/// outer IPv4 or IPv6 header with UDP and what UDP carries) in front of an inner
+/// packet of `inner` bytes. The outer UDP checksum is set to zero, as hybridway
+/// sends VXLAN (RFC 7348); over IPv6 it is left as the encapsulation wrote it.
+fn fix_outer_lengths(prefix: &mut [u8], inner: usize) -> Option<()> {
+    const ETH: usize = ETHERNET_HEADER_LEN;
+    if prefix.len() <= ETH {
+        return Some(());
+    }
+    let l3_len = prefix.len() - ETH + inner;
+    let (proto, udp) = match rd16(prefix, 12)? {
+        0x0800 => {
+            let ihl = usize::from(prefix.get(ETH)? & 0x0f) * 4;
+            wr16(prefix, ETH + 2, u16::try_from(l3_len).ok()?)?;
+            wr16(prefix, ETH + 10, 0)?;
+            let sum = checksum::checksum(prefix.get(ETH..ETH + ihl)?);
+            wr16(prefix, ETH + 10, sum)?;
+            (*prefix.get(ETH + 9)?, ETH + ihl)
+        }
+        0x86dd => {
+            wr16(prefix, ETH + 4, u16::try_from(l3_len - 40).ok()?)?;
+            (*prefix.get(ETH + 6)?, ETH + 40)
+        }
+        _ => return None,
+    };
+    if proto == ip_proto::UDP {
+        let udp_len = u16::try_from(prefix.len() - udp + inner).ok()?;
+        wr16(prefix, udp + 4, udp_len)?;
+        if rd16(prefix, 12)? == 0x0800 {
+            wr16(prefix, udp + 6, 0)?;
+        }
+    }
+    Some(())
 }
 
 #[cfg(test)]
