@@ -212,10 +212,9 @@ impl<'a> Frame<'a> {
         self.len -= n;
         if let Some(g) = self.gso {
             // Pulling the segmented header itself off leaves no super-frame.
-            self.gso = usize::from(g.l3).checked_sub(n).map(|l3| Gso {
-                l3: l3 as u16,
-                ..g
-            });
+            self.gso = usize::from(g.l3)
+                .checked_sub(n)
+                .map(|l3| Gso { l3: l3 as u16, ..g });
         }
         Ok(())
     }

@@ -63,8 +63,7 @@ impl PacketBatch {
     pub fn new() -> Self {
         PacketBatch {
             bufs: vec![0u8; BATCH_SIZE * FRAME_BUFFER_SIZE].into_boxed_slice(),
-            supers: vec![0u8; SUPER_FRAMES_PER_BATCH * SUPER_FRAME_BUFFER_SIZE]
-                .into_boxed_slice(),
+            supers: vec![0u8; SUPER_FRAMES_PER_BATCH * SUPER_FRAME_BUFFER_SIZE].into_boxed_slice(),
             slots: [Slot::default(); BATCH_SIZE],
             len: 0,
             supers_used: 0,
@@ -302,10 +301,7 @@ impl PacketBatch {
         }
         let slot = self.slots.get(i).copied()?;
         let buf = self.slot_buffer_mut(i, &slot)?;
-        Some(
-            Frame::new(buf, slot.start as usize, slot.len as usize, slot.meta)
-                .with_gso(slot.gso),
-        )
+        Some(Frame::new(buf, slot.start as usize, slot.len as usize, slot.meta).with_gso(slot.gso))
     }
 }
 

@@ -269,7 +269,12 @@ mod tests {
         seg[16] = 0;
         seg[17] = 0;
         let len = seg.len() as u16;
-        for (old, new) in [(a, nat), (nat, a), (a, a), (Ipv4Addr::new(255, 255, 255, 255), Ipv4Addr::UNSPECIFIED)] {
+        for (old, new) in [
+            (a, nat),
+            (nat, a),
+            (a, a),
+            (Ipv4Addr::new(255, 255, 255, 255), Ipv4Addr::UNSPECIFIED),
+        ] {
             let partial = pseudo_header_v4(old, b, 6, len);
             let updated = partial_update(partial, &old.octets(), &new.octets());
             let expect = pseudo_header_v4(new, b, 6, len);
@@ -278,18 +283,24 @@ mod tests {
             // Completing it as the device would gives the full checksum.
             seg[16..18].copy_from_slice(&updated.to_be_bytes());
             let completed = checksum(&seg);
-            assert_eq!(completed, transport_checksum_v4(new, b, 6, &{
-                let mut z = seg.clone();
-                z[16] = 0;
-                z[17] = 0;
-                z
-            }));
+            assert_eq!(
+                completed,
+                transport_checksum_v4(new, b, 6, &{
+                    let mut z = seg.clone();
+                    z[16] = 0;
+                    z[17] = 0;
+                    z
+                })
+            );
             seg[16] = 0;
             seg[17] = 0;
         }
         // The complemented form (a complete checksum's update) is not the same thing.
         let partial = pseudo_header_v4(a, b, 6, len);
-        assert_ne!(partial_update(partial, &a.octets(), &nat.octets()), update_ipv4_addr(partial, a, nat));
+        assert_ne!(
+            partial_update(partial, &a.octets(), &nat.octets()),
+            update_ipv4_addr(partial, a, nat)
+        );
     }
 
     #[test]

@@ -307,7 +307,8 @@ impl<P: Processor> WorkerLoop<P> {
             let mut frames: [&[u8]; BATCH_SIZE] = [&[]; BATCH_SIZE];
             let mut count = 0;
             for i in first..len {
-                if self.outs.get(i) != Some(&Out::Port(port)) || done.get(i).copied().unwrap_or(true)
+                if self.outs.get(i) != Some(&Out::Port(port))
+                    || done.get(i).copied().unwrap_or(true)
                 {
                     continue;
                 }
@@ -426,7 +427,14 @@ struct Outputs<'a> {
 
 impl Outputs<'_> {
     fn send(&mut self, port: PortId, frames: &[&[u8]]) {
-        send_on(self.ports, self.dirty, self.mesh, self.counters, port, frames);
+        send_on(
+            self.ports,
+            self.dirty,
+            self.mesh,
+            self.counters,
+            port,
+            frames,
+        );
     }
 
     /// Sends super-frame `frame` whole on this worker's queue of `port` when the
@@ -434,7 +442,8 @@ impl Outputs<'_> {
     /// those, as `send` would.
     fn send_super(&mut self, port: PortId, frame: &[u8], gso: Gso, cut: &mut PacketBatch) {
         let local = self.ports.iter().position(|p| p.id() == port);
-        if let Some((p, d)) = local.and_then(|s| Some((self.ports.get_mut(s)?, self.dirty.get_mut(s)?)))
+        if let Some((p, d)) =
+            local.and_then(|s| Some((self.ports.get_mut(s)?, self.dirty.get_mut(s)?)))
         {
             let mut result = p.send_super(frame, gso);
             if matches!(result, Ok(SuperSend::Full)) {
@@ -491,7 +500,14 @@ fn send_all(
         *slot = packet;
         n += 1;
     }
-    send_on(ports, dirty, mesh, counters, port, frames.get(..n).unwrap_or_default());
+    send_on(
+        ports,
+        dirty,
+        mesh,
+        counters,
+        port,
+        frames.get(..n).unwrap_or_default(),
+    );
 }
 
 /// Cuts super-frame `frame` into single packets (the one segmentation code, see
