@@ -28,8 +28,9 @@ mod sys;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use super::{BATCH_SIZE, PacketBatch, Port, PortDrops, PortError, PortOffloads};
-use crate::frame::{FRAME_HEADROOM, PortId};
+use super::tun::gso::Segmenter;
+use super::{BATCH_SIZE, PacketBatch, Port, PortDrops, PortError, PortOffloads, SuperSend};
+use crate::frame::{FRAME_HEADROOM, Gso, PortId};
 use crate::wire::MacAddr;
 
 /// Bytes of the synthetic outer Ethernet (14) + IPv4 (20) + UDP (8) header.
@@ -112,6 +113,8 @@ pub struct UdpPort {
     gro: bool,
     gso: bool,
     scratch: Box<[u8]>,
+    /// Where a super-frame's datagrams are built for one `UDP_SEGMENT` send.
+    tx_buf: Box<[u8]>,
     pending: Option<Pending>,
     counters: UdpCounters,
 }
@@ -153,6 +156,7 @@ impl UdpPort {
                 gro,
                 gso: config.gso,
                 scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+                tx_buf: vec![0u8; SCRATCH].into_boxed_slice(),
                 pending: None,
                 counters: UdpCounters::default(),
             });
@@ -335,22 +339,76 @@ pub fn parse_outer(frame: &[u8]) -> Option<(SocketAddrV4, &[u8])> {
 
 /// [`parse_outer`] with the outer UDP source port first.
 fn outer(frame: &[u8]) -> Option<(u16, SocketAddrV4, &[u8])> {
+    let (sport, to, udp) = outer_addresses(frame)?;
+    let ip = frame.get(14..)?;
+    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+    let udp_len = usize::from(u16::from_be_bytes([
+        *frame.get(udp + 4)?,
+        *frame.get(udp + 5)?,
+    ]));
+    if total + 14 < udp + 8 {
+        return None;
+    }
+    let payload = frame.get(14..14 + total)?.get(udp - 14..)?;
+    Some((sport, to, payload.get(8..udp_len)?))
+}
+
+/// The outer UDP source port, the destination, and the offset of the UDP header of
+/// an Ethernet/IPv4/UDP frame, its lengths not read (a super-frame's are set per
+/// datagram).
+fn outer_addresses(frame: &[u8]) -> Option<(u16, SocketAddrV4, usize)> {
     if frame.get(12..14)? != [0x08, 0x00] {
         return None;
     }
     let ip = frame.get(14..)?;
     let ver_ihl = *ip.first()?;
     let ihl = usize::from(ver_ihl & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
-    if ver_ihl >> 4 != 4 || ihl < 20 || total < ihl + 8 || *ip.get(9)? != 17 {
+    if ver_ihl >> 4 != 4 || ihl < 20 || *ip.get(9)? != 17 {
         return None;
     }
     let dst = Ipv4Addr::new(*ip.get(16)?, *ip.get(17)?, *ip.get(18)?, *ip.get(19)?);
-    let udp = ip.get(ihl..total)?;
+    let udp = ip.get(ihl..ihl + 8)?;
     let sport = u16::from_be_bytes([*udp.first()?, *udp.get(1)?]);
     let dport = u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]);
-    let udp_len = usize::from(u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]));
-    Some((sport, SocketAddrV4::new(dst, dport), udp.get(8..udp_len)?))
+    Some((sport, SocketAddrV4::new(dst, dport), 14 + ihl))
+}
+
+/// Builds the datagrams of an encapsulated super-frame into `out`, from segment
+/// `first` on: each is the UDP payload in front of the inner packet (VXLAN and
+/// inner Ethernet headers) and one inner segment cut by the [`Segmenter`] (inner
+/// headers fixed, transport checksum completed while the segment is hot). Stops at
+/// the `UDP_SEGMENT` caps. Returns (datagrams, bytes, size of each but the last).
+pub fn build_datagrams(
+    frame: &[u8],
+    gso: Gso,
+    segmenter: &Segmenter,
+    udp_payload: usize,
+    first: usize,
+    out: &mut [u8],
+) -> Option<(usize, usize, usize)> {
+    let l3 = usize::from(gso.l3);
+    let prefix = frame.get(udp_payload..l3)?;
+    let inner = frame.get(l3..)?;
+    let (mut n, mut at, mut size) = (0, 0, 0);
+    for i in first..segmenter.count() {
+        if n >= GSO_MAX_SEGMENTS
+            || at + prefix.len() + usize::from(gso.hdr_len) + usize::from(gso.size) > GSO_MAX_BYTES
+        {
+            break;
+        }
+        let dst = out.get_mut(at..)?;
+        dst.get_mut(..prefix.len())?.copy_from_slice(prefix);
+        let len = segmenter
+            .write(inner, i, dst.get_mut(prefix.len()..)?)
+            .ok()?;
+        let datagram = prefix.len() + len;
+        if n == 0 {
+            size = datagram;
+        }
+        at += datagram;
+        n += 1;
+    }
+    Some((n, at, size))
 }
 
 impl Port for UdpPort {
@@ -434,6 +492,68 @@ impl Port for UdpPort {
             i += n;
         }
         Ok(frames.len())
+    }
+
+    /// An encapsulated super-frame leaves as few `UDP_SEGMENT` sends as the caps
+    /// allow (64 datagrams, 64 KiB), its datagrams built straight into the send
+    /// buffer: one copy of each byte, one checksum pass.
+    fn send_super(&mut self, frame: &[u8], gso: Gso) -> Result<SuperSend, PortError> {
+        let Some((sport, to, udp)) = outer_addresses(frame) else {
+            self.counters.tx_invalid += 1;
+            return Ok(SuperSend::Sent);
+        };
+        if !self.gso {
+            return Ok(SuperSend::Refused);
+        }
+        let Ok(segmenter) = Segmenter::for_frame(frame, gso) else {
+            return Ok(SuperSend::Refused);
+        };
+        let fd = self.tx_fd(sport);
+        let mut next = 0;
+        while next < segmenter.count() {
+            let Some((n, bytes, size)) =
+                build_datagrams(frame, gso, &segmenter, udp + 8, next, &mut self.tx_buf)
+            else {
+                return Ok(SuperSend::Refused);
+            };
+            if n == 0 {
+                return Ok(SuperSend::Refused);
+            }
+            let data = self.tx_buf.get(..bytes).unwrap_or_default();
+            let segment = if n > 1 {
+                u16::try_from(size).ok()
+            } else {
+                None
+            };
+            match sys::send(fd, to, &[data], segment) {
+                Ok(true) => {
+                    if n > 1 {
+                        self.counters.tx_gso_sends += 1;
+                        self.counters.tx_gso_datagrams += n as u64;
+                    }
+                }
+                // Nothing sent yet: the caller may retry the whole frame.
+                Ok(false) if next == 0 => return Ok(SuperSend::Full),
+                Ok(false) => {
+                    self.counters.tx_errors += (segmenter.count() - next) as u64;
+                    return Ok(SuperSend::Sent);
+                }
+                Err(e)
+                    if next == 0
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT)
+                        ) =>
+                {
+                    return Ok(SuperSend::Refused);
+                }
+                Err(e) => {
+                    self.send_error(e, n)?;
+                }
+            }
+            next += n;
+        }
+        Ok(SuperSend::Sent)
     }
 
     fn flush(&mut self) -> Result<(), PortError> {
