@@ -136,47 +136,6 @@ pub struct Segmenter {
     csum: Option<(usize, usize)>,
 }
 
-/// Ones'-complement sum of `data` (as big-endian 16-bit words, an odd last byte
-/// padded with zero) added to `sum`; the result is folded to 16 bits so callers may
-/// add a few more small terms before [`csum_fold`].
-pub fn csum_add(sum: u32, data: &[u8]) -> u32 {
-    // 32-bit words into a 64-bit accumulator: no carry handling in the loop (the
-    // ones'-complement sum is the same whatever the word size, once folded). The
-    // words are read in native byte order, which the compiler vectorises (a
-    // big-endian read costs a byte swap per word and did not vectorise): the sum is
-    // independent of byte order up to one swap of the folded result (RFC 1071,
-    // section 2(B)), which `from_be` does on little-endian hosts.
-    let mut native: u64 = 0;
-    let mut words = data.chunks_exact(4);
-    for w in &mut words {
-        if let [a, b, c, d] = *w {
-            native += u64::from(u32::from_ne_bytes([a, b, c, d]));
-        }
-    }
-    while native >> 16 != 0 {
-        native = (native & 0xffff) + (native >> 16);
-    }
-    let mut acc = u64::from(sum) + u64::from(u16::from_be(native as u16));
-    match *words.remainder() {
-        [a, b, c] => acc += u64::from(u16::from_be_bytes([a, b])) + (u64::from(c) << 8),
-        [a, b] => acc += u64::from(u16::from_be_bytes([a, b])),
-        [a] => acc += u64::from(a) << 8,
-        _ => {}
-    }
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u32
-}
-
-/// Folds and inverts a sum into a checksum field value.
-pub fn csum_fold(mut sum: u32) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 impl Segmenter {
     /// Inspects `packet` (an IP packet, as read from a layer-3 TUN after the
     /// virtio-net header) under `hdr`.
@@ -344,8 +303,8 @@ impl Segmenter {
             dst.copy_from_slice(packet.get(..len).ok_or(GsoError::Malformed)?);
             if let Some((start, field)) = self.csum {
                 // The field holds the pseudo-header sum; sum everything from start.
-                let sum = csum_add(0, dst.get(start..).ok_or(GsoError::Malformed)?);
-                let mut value = csum_fold(sum);
+                let sum = checksum::add(0, dst.get(start..).ok_or(GsoError::Malformed)?);
+                let mut value = !checksum::fold(sum);
                 if value == 0 && self.l4 == Some(L4::Udp) {
                     value = 0xffff;
                 }
@@ -383,15 +342,15 @@ impl Segmenter {
                 let id = rd16(seg, 4)?.wrapping_add(index as u16);
                 wr16(seg, 4, id)?;
                 wr16(seg, 10, 0)?;
-                let sum = csum_fold(csum_add(0, seg.get(..self.l3_len)?));
+                let sum = !checksum::fold(checksum::add(0, seg.get(..self.l3_len)?));
                 wr16(seg, 10, sum)?;
-                let mut s = csum_add(0, seg.get(12..20)?);
+                let mut s = checksum::add(0, seg.get(12..20)?);
                 s = s.wrapping_add(u32::from(*seg.get(9)?));
                 s.wrapping_add(l4_len as u32)
             }
             L3::V6 => {
                 wr16(seg, 4, l4_len as u16)?;
-                let mut s = csum_add(0, seg.get(8..40)?);
+                let mut s = checksum::add(0, seg.get(8..40)?);
                 s = s.wrapping_add(u32::from(*seg.get(6)?));
                 s.wrapping_add(l4_len as u32)
             }
@@ -410,13 +369,13 @@ impl Segmenter {
                     *flags &= !0x80; // CWR
                 }
                 wr16(seg, l4 + 16, 0)?;
-                let sum = csum_fold(csum_add(pseudo, seg.get(l4..)?));
+                let sum = !checksum::fold(checksum::add(pseudo, seg.get(l4..)?));
                 wr16(seg, l4 + 16, sum)?;
             }
             L4::Udp => {
                 wr16(seg, l4 + 4, (8 + payload) as u16)?;
                 wr16(seg, l4 + 6, 0)?;
-                let mut sum = csum_fold(csum_add(pseudo, seg.get(l4..)?));
+                let mut sum = !checksum::fold(checksum::add(pseudo, seg.get(l4..)?));
                 if sum == 0 {
                     sum = 0xffff;
                 }
@@ -467,39 +426,6 @@ fn fix_outer_lengths(prefix: &mut [u8], inner: usize) -> Option<()> {
 mod tests {
     use super::*;
     use etherparse::{IpHeaders, PacketBuilder, SlicedPacket, TransportSlice};
-
-    /// The definition: big-endian 16-bit words, an odd last byte padded with zero.
-    fn csum_add_reference(sum: u32, data: &[u8]) -> u32 {
-        let mut acc = u64::from(sum);
-        for pair in data.chunks(2) {
-            acc += u64::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
-        }
-        while acc >> 16 != 0 {
-            acc = (acc & 0xffff) + (acc >> 16);
-        }
-        acc as u32
-    }
-
-    #[test]
-    fn csum_add_matches_the_big_endian_definition() {
-        // Bytes that carry into every position, every length and alignment.
-        let data: Vec<u8> = (0..1600u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 0x80)
-            .collect();
-        for start in 0..4 {
-            for len in (0..80).chain([1399, 1400, 1453, 1596]) {
-                let d = &data[start..start + len];
-                for sum in [0, 1, 0xffff, 0x1_fffe, 6 + 1420] {
-                    assert_eq!(
-                        csum_fold(csum_add(sum, d)),
-                        csum_fold(csum_add_reference(sum, d)),
-                        "start {start} len {len} sum {sum:#x}"
-                    );
-                }
-            }
-        }
-        assert_eq!(csum_add(0, &[0xff; 4000]), 0xffff);
-    }
 
     fn tcp_super_packet(payload: &[u8], fin_psh: bool) -> Vec<u8> {
         let mut b = PacketBuilder::ipv4([198, 19, 0, 2], [198, 19, 1, 2], 64)
@@ -629,8 +555,8 @@ mod tests {
             .unwrap();
         let good = packet.clone();
         // The kernel leaves the pseudo-header sum in the field.
-        let pseudo = csum_add(csum_add(0, &packet[12..20]), &[0, 17, 0, 13]);
-        let folded = !csum_fold(pseudo);
+        let pseudo = checksum::add(checksum::add(0, &packet[12..20]), &[0, 17, 0, 13]);
+        let folded = checksum::fold(pseudo);
         packet[26..28].copy_from_slice(&folded.to_be_bytes());
         let hdr = VirtioNetHdr {
             flags: F_NEEDS_CSUM,

@@ -31,7 +31,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use super::tun::gso::Segmenter;
 use super::{BATCH_SIZE, PacketBatch, Port, PortDrops, PortError, PortOffloads, SuperSend};
 use crate::frame::{FRAME_HEADROOM, Gso, PortId};
-use crate::wire::MacAddr;
+use crate::wire::{MacAddr, checksum};
 
 /// Bytes of the synthetic outer Ethernet (14) + IPv4 (20) + UDP (8) header.
 pub const OUTER_LEN: usize = 42;
@@ -321,10 +321,7 @@ fn outer_header(
     for (d, s) in h.iter_mut().zip(parts.iter().flat_map(|p| p.iter())) {
         *d = *s;
     }
-    let sum = super::tun::gso::csum_fold(super::tun::gso::csum_add(
-        0,
-        h.get(14..34).unwrap_or_default(),
-    ));
+    let sum = !checksum::fold(checksum::add(0, h.get(14..34).unwrap_or_default()));
     if let Some(c) = h.get_mut(24..26) {
         c.copy_from_slice(&sum.to_be_bytes());
     }
