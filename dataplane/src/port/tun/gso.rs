@@ -312,33 +312,66 @@ impl Segmenter {
             }
             return Ok(len);
         }
+        let data = self.payload(packet, index)?;
+        let len = self.hdr_len + data.len();
+        let seg = out.get_mut(..len).ok_or(GsoError::NoRoom)?;
+        let (hdr, body) = seg.split_at_mut(self.hdr_len);
+        hdr.copy_from_slice(packet.get(..self.hdr_len).ok_or(GsoError::Malformed)?);
+        let data = packet.get(data).ok_or(GsoError::Malformed)?;
+        body.copy_from_slice(data);
+        self.fix_headers(hdr, body, index)
+            .ok_or(GsoError::Malformed)?;
+        Ok(len)
+    }
+
+    /// Writes only the headers of single packet `index` of the GSO `packet` into
+    /// `out` (fixed as [`Segmenter::write`] fixes them, the checksum summed over
+    /// the payload where it lies) and returns their length and where in `packet`
+    /// the payload is: for senders that gather the payload from the super-frame
+    /// itself instead of copying it.
+    pub fn write_headers(
+        &self,
+        packet: &[u8],
+        index: usize,
+        out: &mut [u8],
+    ) -> Result<(usize, std::ops::Range<usize>), GsoError> {
+        if index >= self.count || !self.gso {
+            return Err(GsoError::Malformed);
+        }
+        let range = self.payload(packet, index)?;
+        let hdr = out.get_mut(..self.hdr_len).ok_or(GsoError::NoRoom)?;
+        hdr.copy_from_slice(packet.get(..self.hdr_len).ok_or(GsoError::Malformed)?);
+        let data = packet.get(range.clone()).ok_or(GsoError::Malformed)?;
+        self.fix_headers(hdr, data, index)
+            .ok_or(GsoError::Malformed)?;
+        Ok((self.hdr_len, range))
+    }
+
+    /// Where segment `index`'s payload lies in the GSO `packet`.
+    fn payload(&self, packet: &[u8], index: usize) -> Result<std::ops::Range<usize>, GsoError> {
         let ip_len = match self.l3 {
             L3::V4 => usize::from(rd16(packet, 2).ok_or(GsoError::Malformed)?),
             L3::V6 => 40 + usize::from(rd16(packet, 4).ok_or(GsoError::Malformed)?),
         };
         let from = self.hdr_len + index * self.gso_size;
         let to = (from + self.gso_size).min(ip_len);
-        let data = packet.get(from..to).ok_or(GsoError::Malformed)?;
-        let len = self.hdr_len + data.len();
-        let seg = out.get_mut(..len).ok_or(GsoError::NoRoom)?;
-        seg.get_mut(..self.hdr_len)
-            .ok_or(GsoError::NoRoom)?
-            .copy_from_slice(packet.get(..self.hdr_len).ok_or(GsoError::Malformed)?);
-        seg.get_mut(self.hdr_len..)
-            .ok_or(GsoError::NoRoom)?
-            .copy_from_slice(data);
-        self.fix_headers(seg, index, data.len())
-            .ok_or(GsoError::Malformed)?;
-        Ok(len)
+        if from > to || to > packet.len() {
+            return Err(GsoError::Malformed);
+        }
+        Ok(from..to)
     }
 
-    fn fix_headers(&self, seg: &mut [u8], index: usize, payload: usize) -> Option<()> {
+    /// Fixes the copied headers `seg` of segment `index` whose payload is
+    /// `payload`: lengths, IPv4 id and checksum, TCP sequence and flags, and the
+    /// transport checksum over headers and payload.
+    fn fix_headers(&self, seg: &mut [u8], payload: &[u8], index: usize) -> Option<()> {
         let last = index + 1 == self.count;
-        let l4_len = seg.len() - self.l3_len;
+        let total = seg.len() + payload.len();
+        let l4_len = total - self.l3_len;
         // IP header and the pseudo-header sum.
         let pseudo = match self.l3 {
             L3::V4 => {
-                wr16(seg, 2, seg.len() as u16)?;
+                wr16(seg, 2, total as u16)?;
                 let id = rd16(seg, 4)?.wrapping_add(index as u16);
                 wr16(seg, 4, id)?;
                 wr16(seg, 10, 0)?;
@@ -369,13 +402,16 @@ impl Segmenter {
                     *flags &= !0x80; // CWR
                 }
                 wr16(seg, l4 + 16, 0)?;
-                let sum = !checksum::fold(checksum::add(pseudo, seg.get(l4..)?));
+                // The header is of even length: the payload's sum continues it.
+                let head = checksum::add(pseudo, seg.get(l4..)?);
+                let sum = !checksum::fold(checksum::add(head, payload));
                 wr16(seg, l4 + 16, sum)?;
             }
             L4::Udp => {
-                wr16(seg, l4 + 4, (8 + payload) as u16)?;
+                wr16(seg, l4 + 4, (8 + payload.len()) as u16)?;
                 wr16(seg, l4 + 6, 0)?;
-                let mut sum = !checksum::fold(checksum::add(pseudo, seg.get(l4..)?));
+                let head = checksum::add(pseudo, seg.get(l4..)?);
+                let mut sum = !checksum::fold(checksum::add(head, payload));
                 if sum == 0 {
                     sum = 0xffff;
                 }

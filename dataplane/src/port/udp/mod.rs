@@ -113,7 +113,7 @@ pub struct UdpPort {
     gro: bool,
     gso: bool,
     scratch: Box<[u8]>,
-    /// Where a super-frame's datagrams are built for one `UDP_SEGMENT` send.
+    /// The headers of a super-frame's datagrams for one `UDP_SEGMENT` send.
     tx_buf: Box<[u8]>,
     pending: Option<Pending>,
     counters: UdpCounters,
@@ -370,42 +370,57 @@ fn outer_addresses(frame: &[u8]) -> Option<(u16, SocketAddrV4, usize)> {
     Some((sport, SocketAddrV4::new(dst, dport), 14 + ihl))
 }
 
-/// Builds the datagrams of an encapsulated super-frame into `out`, from segment
-/// `first` on: each is the UDP payload in front of the inner packet (VXLAN and
-/// inner Ethernet headers) and one inner segment cut by the [`Segmenter`] (inner
-/// headers fixed, transport checksum completed while the segment is hot). Stops at
-/// the `UDP_SEGMENT` caps. Returns (datagrams, bytes, size of each but the last).
-pub fn build_datagrams(
+/// One datagram of a super-frame's send: its headers in the header buffer, its
+/// payload where it lies in the super-frame.
+#[derive(Clone, Debug, Default)]
+struct Datagram {
+    headers: std::ops::Range<usize>,
+    payload: std::ops::Range<usize>,
+}
+
+/// Plans the datagrams of an encapsulated super-frame from segment `first` on, up
+/// to the `UDP_SEGMENT` caps: each is the UDP payload in front of the inner packet
+/// (VXLAN and inner Ethernet headers) and the inner headers of one segment, fixed
+/// by the [`Segmenter`] and written into `headers`, followed by that segment's
+/// payload, summed for the inner checksum where it lies and never copied (the
+/// kernel's copy into the socket buffer is the only one). Returns (datagrams, size
+/// of each but the last).
+fn plan_datagrams(
     frame: &[u8],
     gso: Gso,
     segmenter: &Segmenter,
     udp_payload: usize,
     first: usize,
-    out: &mut [u8],
-) -> Option<(usize, usize, usize)> {
+    headers: &mut [u8],
+    plan: &mut [Datagram; GSO_MAX_SEGMENTS],
+) -> Option<(usize, usize)> {
     let l3 = usize::from(gso.l3);
     let prefix = frame.get(udp_payload..l3)?;
     let inner = frame.get(l3..)?;
-    let (mut n, mut at, mut size) = (0, 0, 0);
-    for i in first..segmenter.count() {
-        if n >= GSO_MAX_SEGMENTS
-            || at + prefix.len() + usize::from(gso.hdr_len) + usize::from(gso.size) > GSO_MAX_BYTES
-        {
+    let (mut n, mut at, mut bytes, mut size) = (0, 0, 0, 0);
+    for (i, slot) in (first..segmenter.count()).zip(plan.iter_mut()) {
+        let full = prefix.len() + usize::from(gso.hdr_len) + usize::from(gso.size);
+        if bytes + full > GSO_MAX_BYTES {
             break;
         }
-        let dst = out.get_mut(at..)?;
+        let dst = headers.get_mut(at..)?;
         dst.get_mut(..prefix.len())?.copy_from_slice(prefix);
-        let len = segmenter
-            .write(inner, i, dst.get_mut(prefix.len()..)?)
+        let (hdr_len, payload) = segmenter
+            .write_headers(inner, i, dst.get_mut(prefix.len()..)?)
             .ok()?;
-        let datagram = prefix.len() + len;
+        let datagram = prefix.len() + hdr_len + payload.len();
         if n == 0 {
             size = datagram;
         }
-        at += datagram;
+        *slot = Datagram {
+            headers: at..at + prefix.len() + hdr_len,
+            payload: l3 + payload.start..l3 + payload.end,
+        };
+        at += prefix.len() + hdr_len;
+        bytes += datagram;
         n += 1;
     }
-    Some((n, at, size))
+    Some((n, size))
 }
 
 impl Port for UdpPort {
@@ -492,8 +507,9 @@ impl Port for UdpPort {
     }
 
     /// An encapsulated super-frame leaves as few `UDP_SEGMENT` sends as the caps
-    /// allow (64 datagrams, 64 KiB), its datagrams built straight into the send
-    /// buffer: one copy of each byte, one checksum pass.
+    /// allow (64 datagrams, 64 KiB), each datagram gathered from its headers (built
+    /// in `tx_buf`) and its payload in the super-frame (see `plan_datagrams`): no
+    /// copy in user space, one checksum pass.
     fn send_super(&mut self, frame: &[u8], gso: Gso) -> Result<SuperSend, PortError> {
         let Some((sport, to, udp)) = outer_addresses(frame) else {
             self.counters.tx_invalid += 1;
@@ -506,23 +522,37 @@ impl Port for UdpPort {
             return Ok(SuperSend::Refused);
         };
         let fd = self.tx_fd(sport);
+        let mut plan: [Datagram; GSO_MAX_SEGMENTS] = std::array::from_fn(|_| Datagram::default());
         let mut next = 0;
         while next < segmenter.count() {
-            let Some((n, bytes, size)) =
-                build_datagrams(frame, gso, &segmenter, udp + 8, next, &mut self.tx_buf)
-            else {
+            let Some((n, size)) = plan_datagrams(
+                frame,
+                gso,
+                &segmenter,
+                udp + 8,
+                next,
+                &mut self.tx_buf,
+                &mut plan,
+            ) else {
                 return Ok(SuperSend::Refused);
             };
             if n == 0 {
                 return Ok(SuperSend::Refused);
             }
-            let data = self.tx_buf.get(..bytes).unwrap_or_default();
+            let mut parts: [&[u8]; 2 * GSO_MAX_SEGMENTS] = [&[]; 2 * GSO_MAX_SEGMENTS];
+            for (d, pair) in plan.iter().take(n).zip(parts.chunks_exact_mut(2)) {
+                if let [h, p] = pair {
+                    *h = self.tx_buf.get(d.headers.clone()).unwrap_or_default();
+                    *p = frame.get(d.payload.clone()).unwrap_or_default();
+                }
+            }
+            let parts = parts.get(..2 * n).unwrap_or_default();
             let segment = if n > 1 {
                 u16::try_from(size).ok()
             } else {
                 None
             };
-            match sys::send(fd, to, &[data], segment) {
+            match sys::send(fd, to, parts, segment) {
                 Ok(true) => {
                     if n > 1 {
                         self.counters.tx_gso_sends += 1;
