@@ -18,6 +18,12 @@
 //! * **Received packets start at [`FRAME_HEADROOM`](crate::frame::FRAME_HEADROOM)** in a [`FRAME_BUFFER_SIZE`](crate::frame::FRAME_BUFFER_SIZE)
 //!   buffer owned by the worker's [`PacketBatch`], so encapsulation can prepend its
 //!   headers in place.
+//! * **Super-frames.** A port may hand over a TSO/GSO read whole as one frame in a
+//!   64 KiB buffer of the batch ([`PacketBatch::commit_super`], marked with
+//!   [`Gso`](crate::frame::Gso)); the pipeline rewrites its headers once. Where it
+//!   leaves, [`Port::send_super`] sends it whole (TUN: one GSO `writev`; the VXLAN
+//!   socket: `UDP_SEGMENT` sends) or refuses, and the worker cuts it into single
+//!   packets with the one segmentation code (`tun::gso::Segmenter`) for `send`.
 //! * **`send` copies** the frames out (into the UMEM, the TUN fd, the socket) so the
 //!   batch can be reused at once; a frame the port cannot take now is not accepted and
 //!   the worker counts it as a `TxRingFull` drop.

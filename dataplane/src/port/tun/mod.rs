@@ -8,9 +8,19 @@
 //! Frames are Ethernet towards the pipeline (see the `port` module docs): rx prepends
 //! `dst = TunConfig::mac, src = TunConfig::peer_mac` and the EtherType of the IP
 //! version; tx drops the Ethernet header (a frame that is not IPv4/IPv6 cannot cross
-//! a layer-3 device and is counted in [`TunCounters::tx_not_ip`]). GSO super-packets
-//! are cut into single packets on receive ([`gso::Segmenter`]); partial checksums are
-//! completed. Packets are written without offload (one packet per write).
+//! a layer-3 device and is counted in [`TunCounters::tx_not_ip`]).
+//!
+//! GSO super-packets (TSO/USO reads) are read straight into one of the batch's
+//! super-frame buffers and handed to the pipeline whole, as super-frames
+//! ([`Gso`], partial checksum kept), when `TunConfig::super_frames` is on (the
+//! default): one pipeline pass per read. [`Port::send_super`] writes a super-frame
+//! back with one `writev` and a virtio-net GSO header. A single packet read into a
+//! super buffer is copied into a single-packet buffer (its partial checksum
+//! completed). With super-frames off, or for a GSO read without a partial checksum,
+//! reads are cut into single packets on receive ([`gso::Segmenter`], the one
+//! segmentation code, also used where a super-frame meets a port that cannot take
+//! it). Single packets are written one per `writev`, or merged into one GSO write
+//! when they continue one TCP flow ([`coalesce`]).
 //!
 //! The device is created non-persistent, so the kernel removes it when the last
 //! queue closes: dropping every [`TunPort`] of a device removes it (and its routes).
