@@ -12,8 +12,8 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hybridway_dataplane::PortId;
-use hybridway_dataplane::port::PacketBatch;
 use hybridway_dataplane::frame::{Gso, GsoKind};
+use hybridway_dataplane::port::PacketBatch;
 use hybridway_dataplane::port::tun::coalesce::Coalescer;
 use hybridway_dataplane::port::tun::gso::{Segmenter, VirtioNetHdr};
 
