@@ -10,10 +10,11 @@
 )]
 
 mod pipeline_support;
+mod port_netns;
 
 use std::net::Ipv4Addr;
 
-use etherparse::{SlicedPacket, TransportSlice};
+use etherparse::SlicedPacket;
 use hybridway_dataplane::frame::{FRAME_HEADROOM, Frame, FrameMeta, Gso, GsoKind};
 use hybridway_dataplane::pipeline::Pipeline;
 use hybridway_dataplane::port::tun::gso::Segmenter;
@@ -65,21 +66,8 @@ fn segments_payload(frame: &[u8], gso: Gso) -> Vec<u8> {
         let len = segmenter.write_frame(frame, gso, i, &mut out).unwrap();
         // The inner Ethernet frame of an encapsulated one.
         let inner = usize::from(gso.l3) - 14;
-        let p = SlicedPacket::from_ethernet(&out[inner..len]).unwrap();
-        let (Some(etherparse::NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) =
-            (&p.net, &p.transport)
-        else {
-            panic!("segment {i}")
-        };
-        let h = ip.header().to_header();
-        assert_eq!(h.header_checksum, h.calc_header_checksum());
-        assert_eq!(
-            tcp.checksum(),
-            tcp.to_header()
-                .calc_checksum_ipv4(&h, tcp.payload())
-                .unwrap()
-        );
-        payload.extend_from_slice(tcp.payload());
+        let (_, data) = port_netns::checked_tcp4(&out[inner..len]).expect("IPv4/TCP");
+        payload.extend_from_slice(&data);
     }
     payload
 }

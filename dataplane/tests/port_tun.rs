@@ -24,7 +24,7 @@ use hybridway_dataplane::port::tun::{TunConfig, TunPort};
 use hybridway_dataplane::port::udp::{UdpConfig, UdpPort};
 use hybridway_dataplane::port::{PacketBatch, Port};
 use hybridway_dataplane::wire::checksum;
-use port_netns::{Netns, parse_udp, udp_frame, wait_readable};
+use port_netns::{Netns, checked_tcp4, parse_udp, udp_frame, wait_readable};
 
 /// Opens a TUN that cuts TSO/USO reads into single packets on receive.
 fn open(ns: &Netns, name: &str, queues: usize) -> (Vec<TunPort>, TunConfig) {
@@ -555,24 +555,11 @@ fn a_tso_read_is_one_super_frame_and_a_super_frame_is_one_gso_write() {
     let mut expected_seq = client_seq.wrapping_add(1);
     for i in 0..segmenter.count() {
         let len = segmenter.write_frame(&frame, gso, i, &mut out).unwrap();
-        let p = SlicedPacket::from_ethernet(&out[..len]).unwrap();
-        let (Some(etherparse::NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) =
-            (&p.net, &p.transport)
-        else {
-            panic!()
-        };
-        let h = ip.header().to_header();
-        assert_eq!(h.header_checksum, h.calc_header_checksum());
-        assert_eq!(
-            tcp.checksum(),
-            tcp.to_header()
-                .calc_checksum_ipv4(&h, tcp.payload())
-                .unwrap()
-        );
-        assert_eq!(tcp.sequence_number(), expected_seq);
+        let (seq, data) = checked_tcp4(&out[..len]).expect("IPv4/TCP");
+        assert_eq!(seq, expected_seq);
         assert!(len <= 14 + 1500);
-        expected_seq = expected_seq.wrapping_add(tcp.payload().len() as u32);
-        payload.extend_from_slice(tcp.payload());
+        expected_seq = expected_seq.wrapping_add(data.len() as u32);
+        payload.extend_from_slice(&data);
     }
     assert_eq!(&payload[..], &data[..payload.len()]);
     let _ = client.join();
