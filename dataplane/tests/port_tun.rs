@@ -670,6 +670,7 @@ fn a_worker_forwards_a_tcp_stream_between_tuns_one_pass_and_one_write_per_tso_re
         let _inside = NetnsGuard::enter(&ns.name).unwrap();
         let mut config = TunConfig::new(name, 1, PortId(id));
         config.mtu = Some(1500);
+        config.super_frames = true;
         TunPort::open(&config).unwrap().pop().unwrap()
     };
     let a = open_in(&client_ns, "hwt7a", 1);
