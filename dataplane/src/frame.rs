@@ -12,6 +12,10 @@ pub const FRAME_HEADROOM: usize = 128;
 /// encapsulation and is half of an AF_XDP 4 KiB chunk.
 pub const FRAME_BUFFER_SIZE: usize = 2048;
 
+/// Size of a super-frame buffer (headroom included): the largest IP packet (64 KiB)
+/// after the headroom and an Ethernet header, rounded up.
+pub const SUPER_FRAME_BUFFER_SIZE: usize = 65_536 + 256;
+
 /// Identifies a port (uplink, a pod interface, a TUN queue group) on this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct PortId(pub u16);
@@ -27,6 +31,43 @@ impl fmt::Display for PortId {
 pub struct FrameMeta {
     /// The port the frame arrived on.
     pub in_port: PortId,
+}
+
+/// The transport protocol of a super-frame, which decides how it is cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GsoKind {
+    TcpV4,
+    TcpV6,
+    /// UDP over IPv4 or IPv6 cut into datagrams (`UDP_SEGMENT`, `VIRTIO_NET_HDR_GSO_UDP_L4`).
+    Udp,
+}
+
+/// A super-frame: one IP packet of up to 64 KiB that stands for a train of wire
+/// packets (a TSO/GSO read from a TUN), carried whole through the pipeline and cut
+/// where it leaves only if the output cannot take it whole.
+///
+/// The invariant every holder keeps: the transport checksum field holds the *partial*
+/// checksum, the folded pseudo-header sum (Linux `CHECKSUM_PARTIAL`; virtio-net
+/// `NEEDS_CSUM` with `csum_start` at the transport header), not a complete checksum.
+/// Address rewrites update it with [`crate::wire::checksum::partial_update`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gso {
+    pub kind: GsoKind,
+    /// Transport payload bytes per wire packet (the MSS for TCP).
+    pub size: u16,
+    /// IP and transport header bytes of each wire packet.
+    pub hdr_len: u16,
+    /// Offset of the IP header being segmented from the frame's first byte; kept in
+    /// step by [`Frame::push_front`] and [`Frame::pull_front`], so after
+    /// encapsulation it points at the inner header.
+    pub l3: u16,
+}
+
+impl Gso {
+    /// The IP length of each wire packet but the last (what MTU checks compare).
+    pub fn packet_len(&self) -> usize {
+        usize::from(self.hdr_len) + usize::from(self.size)
+    }
 }
 
 /// Not enough room in the frame buffer for the requested change.
@@ -45,6 +86,7 @@ pub struct Frame<'a> {
     start: usize,
     len: usize,
     pub meta: FrameMeta,
+    gso: Option<Gso>,
 }
 
 impl fmt::Debug for Frame<'_> {
@@ -54,6 +96,7 @@ impl fmt::Debug for Frame<'_> {
             .field("len", &self.len)
             .field("capacity", &self.buf.len())
             .field("meta", &self.meta)
+            .field("gso", &self.gso)
             .finish()
     }
 }
@@ -69,7 +112,19 @@ impl<'a> Frame<'a> {
             start,
             len,
             meta,
+            gso: None,
         }
+    }
+
+    /// The same frame marked as a super-frame (`None`: a single packet).
+    pub fn with_gso(mut self, gso: Option<Gso>) -> Self {
+        self.gso = gso;
+        self
+    }
+
+    /// `Some` when this frame is a super-frame (see [`Gso`]).
+    pub fn gso(&self) -> Option<Gso> {
+        self.gso
     }
 
     /// Copies `packet` into `buf` after [`FRAME_HEADROOM`] bytes (or as much headroom
@@ -90,6 +145,7 @@ impl<'a> Frame<'a> {
             start: headroom,
             len: packet.len(),
             meta,
+            gso: None,
         })
     }
 
@@ -139,6 +195,9 @@ impl<'a> Frame<'a> {
         }
         self.start -= n;
         self.len += n;
+        if let Some(g) = self.gso.as_mut() {
+            g.l3 = g.l3.saturating_add(n as u16);
+        }
         Ok(&mut self.buf[self.start..self.start + n])
     }
 
@@ -151,6 +210,12 @@ impl<'a> Frame<'a> {
         }
         self.start += n;
         self.len -= n;
+        if let Some(g) = self.gso {
+            // Pulling the segmented header itself off leaves no super-frame.
+            self.gso = usize::from(g.l3)
+                .checked_sub(n)
+                .map(|l3| Gso { l3: l3 as u16, ..g });
+        }
         Ok(())
     }
 
@@ -179,6 +244,8 @@ impl<'a> Frame<'a> {
         }
         self.start = headroom;
         self.len = bytes.len();
+        // A reply is one packet.
+        self.gso = None;
         Ok(())
     }
 
@@ -197,6 +264,8 @@ impl<'a> Frame<'a> {
         }
         self.start = start;
         self.len = len;
+        // A packet built in place (an ICMP error) is one packet.
+        self.gso = None;
         Ok(())
     }
 }

@@ -18,6 +18,26 @@ impl Pipeline {
         now: Now,
         verdicts: &mut [Verdict],
     ) {
+        let mut partials = [None; MAX_BATCH];
+        for (p, frame) in partials.iter_mut().zip(frames.iter()) {
+            *p = super::super_frame::PartialChecksum::take(frame);
+        }
+        self.lookup_group(frames, tables, now, verdicts);
+        for (p, frame) in partials.iter().zip(frames.iter_mut()) {
+            if let Some(p) = p {
+                p.restore(frame);
+            }
+        }
+    }
+
+    /// [`Pipeline::process_group`] without the super-frames' checksum care.
+    fn lookup_group(
+        &mut self,
+        frames: &mut [Frame<'_>],
+        tables: &Tables,
+        now: Now,
+        verdicts: &mut [Verdict],
+    ) {
         let mut outs = Lookups::new();
         let mut ins = Lookups::new();
         for (i, (frame, verdict)) in frames.iter_mut().zip(verdicts.iter_mut()).enumerate() {

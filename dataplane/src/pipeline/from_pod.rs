@@ -5,7 +5,7 @@
 use super::icmp::{self, IcmpError};
 use super::service::ServiceStep;
 use super::vxlan::{self, Tunnel};
-use super::{Action, Pending, Pipeline, Step, decrement_ttl_v4, overlay_mtu, snat};
+use super::{Action, Pending, Pipeline, Step, decrement_ttl_v4, overlay_mtu, snat, super_frame};
 use crate::frame::Frame;
 use crate::tables::{
     L4Proto, NatBinding, NodeSettings, RouteTarget, SnatError, Tables, owner_of_remote,
@@ -95,7 +95,7 @@ impl Pipeline {
                 next_hop_mac,
             } => {
                 let mtu = overlay_mtu(node);
-                if ip.total_len > usize::from(mtu) {
+                if super_frame::ip_len_on_wire(frame, ip.total_len) > usize::from(mtu) {
                     return self.too_big_v4(frame, ip, mtu, node, now).map(Action::Done);
                 }
                 decrement_ttl_v4(frame.data_mut(), ip)?;
@@ -134,7 +134,7 @@ impl Pipeline {
         now: Now,
     ) -> Result<Action, DropReason> {
         let node = &tables.node;
-        if ip.total_len > usize::from(node.uplink_mtu) {
+        if super_frame::ip_len_on_wire(frame, ip.total_len) > usize::from(node.uplink_mtu) {
             return self
                 .too_big_v4(frame, ip, node.uplink_mtu, node, now)
                 .map(Action::Done);

@@ -5,7 +5,7 @@
 use super::from_uplink::not_for_a_pod;
 use super::icmp::IcmpError;
 use super::vxlan::{self, Tunnel};
-use super::{Pipeline, Step, neighbor, overlay_mtu};
+use super::{Pipeline, Step, neighbor, overlay_mtu, super_frame};
 use crate::frame::Frame;
 use crate::tables::{RouteTarget, Tables};
 use crate::time::Now;
@@ -58,7 +58,7 @@ impl Pipeline {
             RouteTarget::VxlanNode { .. } => overlay_mtu(node),
             RouteTarget::UnderlayNode { .. } | RouteTarget::Outside { .. } => node.uplink_mtu,
         };
-        if ip.total_len > usize::from(mtu) {
+        if super_frame::ip_len_on_wire(frame, ip.total_len) > usize::from(mtu) {
             // IPv6 routers never fragment: always "packet too big".
             return self.icmp_v6(
                 frame,

@@ -85,6 +85,7 @@ mod neighbor;
 mod node_port;
 mod service;
 mod snat;
+mod super_frame;
 mod vxlan;
 
 use self::exhaustion::ExhaustionLog;
@@ -150,6 +151,15 @@ impl Pipeline {
 
     /// Decides what happens to one frame, rewriting it as needed.
     pub fn process(&mut self, frame: &mut Frame<'_>, tables: &Tables, now: Now) -> Verdict {
+        let partial = super_frame::PartialChecksum::take(frame);
+        let verdict = self.process_one(frame, tables, now);
+        if let Some(p) = partial {
+            p.restore(frame);
+        }
+        verdict
+    }
+
+    fn process_one(&mut self, frame: &mut Frame<'_>, tables: &Tables, now: Now) -> Verdict {
         let step = match self.step(frame, tables, now) {
             Ok(Action::Done(v)) => Ok(v),
             Ok(Action::Masquerade(p)) => {

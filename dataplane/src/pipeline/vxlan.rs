@@ -70,8 +70,14 @@ pub(crate) fn encapsulate(
     set_macs(frame.data_mut(), 0, tunnel.remote_vtep, node.vtep_mac)
         .ok_or(DropReason::MalformedEthernet)?;
     let inner_len = frame.len();
-    let udp_len = u16::try_from(8 + 8 + inner_len).map_err(|_| DropReason::TooBig)?;
-    let ip_len = udp_len.checked_add(20).ok_or(DropReason::TooBig)?;
+    let (udp_len, ip_len) = match u16::try_from(8 + 8 + 20 + inner_len) {
+        Ok(ip_len) => (ip_len - 20, ip_len),
+        // A super-frame's outer lengths are set per datagram when it is cut or sent
+        // (`Segmenter::write_frame`, the UDP port); past 64 KiB they read 0, as
+        // the kernel's BIG TCP marks IPv4 packets longer than the field can say.
+        Err(_) if frame.gso().is_some() => (0, 0),
+        Err(_) => return Err(DropReason::TooBig),
+    };
     let room = frame
         .push_front(VXLAN_OVERHEAD_V4)
         .map_err(|_| DropReason::NoRoom)?;

@@ -2,16 +2,27 @@
 
 use std::fmt;
 
-use crate::frame::{FRAME_BUFFER_SIZE, FRAME_HEADROOM, Frame, FrameMeta, NoRoom, PortId};
+use crate::frame::{
+    FRAME_BUFFER_SIZE, FRAME_HEADROOM, Frame, FrameMeta, Gso, NoRoom, PortId,
+    SUPER_FRAME_BUFFER_SIZE,
+};
 
 use super::BATCH_SIZE;
+
+/// Super-frame buffers per batch: a TSO read carries ~45 packets, so four of them
+/// move as many bytes as a full batch of single packets.
+pub const SUPER_FRAMES_PER_BATCH: usize = 4;
 
 /// Where a frame's packet lies in its buffer, and where it came from.
 #[derive(Clone, Copy, Debug, Default)]
 struct Slot {
-    start: u16,
-    len: u16,
+    start: u32,
+    len: u32,
     meta: FrameMeta,
+    /// `Some(k)`: the frame lives in super buffer `k`, not in its own buffer.
+    big: Option<u8>,
+    /// `Some`: the frame is a super-frame.
+    gso: Option<Gso>,
 }
 
 /// `BATCH_SIZE` buffers of `FRAME_BUFFER_SIZE` bytes, allocated once per worker and
@@ -22,10 +33,16 @@ struct Slot {
 /// [`PacketBatch::for_each_frame`] (a frame's window changes made there — pushed
 /// headers, pulled headers, replaced contents — are kept), then hands the
 /// [`PacketBatch::packet`] bytes to `Port::send` and calls [`PacketBatch::clear`].
+///
+/// Beside the single-packet buffers it holds [`SUPER_FRAMES_PER_BATCH`] buffers of
+/// [`SUPER_FRAME_BUFFER_SIZE`] for super-frames ([`Gso`]), filled with
+/// [`PacketBatch::free_super_buffer`] + [`PacketBatch::commit_super`].
 pub struct PacketBatch {
     bufs: Box<[u8]>,
+    supers: Box<[u8]>,
     slots: [Slot; BATCH_SIZE],
     len: usize,
+    supers_used: usize,
 }
 
 impl fmt::Debug for PacketBatch {
@@ -46,8 +63,10 @@ impl PacketBatch {
     pub fn new() -> Self {
         PacketBatch {
             bufs: vec![0u8; BATCH_SIZE * FRAME_BUFFER_SIZE].into_boxed_slice(),
+            supers: vec![0u8; SUPER_FRAMES_PER_BATCH * SUPER_FRAME_BUFFER_SIZE].into_boxed_slice(),
             slots: [Slot::default(); BATCH_SIZE],
             len: 0,
+            supers_used: 0,
         }
     }
 
@@ -72,6 +91,7 @@ impl PacketBatch {
     /// Forgets every frame (the buffers are kept).
     pub fn clear(&mut self) {
         self.len = 0;
+        self.supers_used = 0;
     }
 
     fn buffer_mut(&mut self, i: usize) -> Option<&mut [u8]> {
@@ -79,9 +99,79 @@ impl PacketBatch {
         self.bufs.get_mut(at..at + FRAME_BUFFER_SIZE)
     }
 
-    fn buffer(&self, i: usize) -> Option<&[u8]> {
-        let at = i.checked_mul(FRAME_BUFFER_SIZE)?;
-        self.bufs.get(at..at + FRAME_BUFFER_SIZE)
+    /// The buffer slot `i` uses: its own single-packet buffer or a super buffer.
+    fn slot_buffer(&self, i: usize, slot: &Slot) -> Option<&[u8]> {
+        match slot.big {
+            Some(k) => {
+                let at = usize::from(k) * SUPER_FRAME_BUFFER_SIZE;
+                self.supers.get(at..at + SUPER_FRAME_BUFFER_SIZE)
+            }
+            None => {
+                let at = i.checked_mul(FRAME_BUFFER_SIZE)?;
+                self.bufs.get(at..at + FRAME_BUFFER_SIZE)
+            }
+        }
+    }
+
+    fn slot_buffer_mut(&mut self, i: usize, slot: &Slot) -> Option<&mut [u8]> {
+        match slot.big {
+            Some(k) => {
+                let at = usize::from(k) * SUPER_FRAME_BUFFER_SIZE;
+                self.supers.get_mut(at..at + SUPER_FRAME_BUFFER_SIZE)
+            }
+            None => {
+                let at = i.checked_mul(FRAME_BUFFER_SIZE)?;
+                self.bufs.get_mut(at..at + FRAME_BUFFER_SIZE)
+            }
+        }
+    }
+
+    /// The next free super-frame buffer (headroom included) and, beside it, the
+    /// next free single-packet buffer, so a port can read into the large one and
+    /// still place what turns out to be a single packet in the small one. `None`
+    /// when the batch is full or every super buffer is taken.
+    pub fn free_super_buffer(&mut self) -> Option<(&mut [u8], &mut [u8])> {
+        if self.is_full() || self.supers_used >= SUPER_FRAMES_PER_BATCH {
+            return None;
+        }
+        let at = self.supers_used * SUPER_FRAME_BUFFER_SIZE;
+        let big = self.supers.get_mut(at..at + SUPER_FRAME_BUFFER_SIZE)?;
+        let at = self.len * FRAME_BUFFER_SIZE;
+        let small = self.bufs.get_mut(at..at + FRAME_BUFFER_SIZE)?;
+        Some((big, small))
+    }
+
+    /// Adds the super-frame a port wrote at `buf[start..start + len]` of the buffer
+    /// [`PacketBatch::free_super_buffer`] returned first.
+    pub fn commit_super(
+        &mut self,
+        start: usize,
+        len: usize,
+        in_port: PortId,
+        gso: Gso,
+    ) -> Result<(), NoRoom> {
+        let end = start.saturating_add(len);
+        if self.is_full() || self.supers_used >= SUPER_FRAMES_PER_BATCH {
+            return Err(NoRoom { needed: len });
+        }
+        if end > SUPER_FRAME_BUFFER_SIZE {
+            return Err(NoRoom {
+                needed: end - SUPER_FRAME_BUFFER_SIZE,
+            });
+        }
+        let slot = Slot {
+            start: start as u32,
+            len: len as u32,
+            meta: FrameMeta { in_port },
+            big: Some(self.supers_used as u8),
+            gso: Some(gso),
+        };
+        if let Some(s) = self.slots.get_mut(self.len) {
+            *s = slot;
+        }
+        self.len += 1;
+        self.supers_used += 1;
+        Ok(())
     }
 
     /// The whole next free buffer (headroom included), or `None` when the batch is
@@ -116,11 +206,13 @@ impl PacketBatch {
                 needed: end - FRAME_BUFFER_SIZE,
             });
         }
-        // FRAME_BUFFER_SIZE fits in u16, checked above.
+        // FRAME_BUFFER_SIZE fits in u32, checked above.
         let slot = Slot {
-            start: start as u16,
-            len: len as u16,
+            start: start as u32,
+            len: len as u32,
             meta: FrameMeta { in_port },
+            big: None,
+            gso: None,
         };
         if let Some(s) = self.slots.get_mut(self.len) {
             *s = slot;
@@ -147,8 +239,17 @@ impl PacketBatch {
             return None;
         }
         let slot = self.slots.get(i)?;
-        let start = usize::from(slot.start);
-        self.buffer(i)?.get(start..start + usize::from(slot.len))
+        let start = slot.start as usize;
+        self.slot_buffer(i, slot)?
+            .get(start..start + slot.len as usize)
+    }
+
+    /// Frame `i`'s super-frame description, `None` for a single packet.
+    pub fn gso(&self, i: usize) -> Option<Gso> {
+        if i >= self.len {
+            return None;
+        }
+        self.slots.get(i)?.gso
     }
 
     /// Frame `i`'s metadata.
@@ -171,21 +272,20 @@ impl PacketBatch {
             let Some(slot) = self.slots.get(i).copied() else {
                 break;
             };
-            let at = i * FRAME_BUFFER_SIZE;
-            let Some(buf) = self.bufs.get_mut(at..at + FRAME_BUFFER_SIZE) else {
+            let Some(buf) = self.slot_buffer_mut(i, &slot) else {
                 break;
             };
-            let mut frame = Frame::new(
-                buf,
-                usize::from(slot.start),
-                usize::from(slot.len),
-                slot.meta,
-            );
+            let mut frame = Frame::new(buf, slot.start as usize, slot.len as usize, slot.meta)
+                .with_gso(slot.gso);
             f(i, &mut frame);
+            // A super-frame the pipeline turned into one packet (a reply) stays in
+            // its super buffer, as a single packet.
             let updated = Slot {
-                start: frame.offset() as u16,
-                len: frame.len() as u16,
+                start: frame.offset() as u32,
+                len: frame.len() as u32,
                 meta: frame.meta,
+                big: slot.big,
+                gso: frame.gso(),
             };
             if let Some(s) = self.slots.get_mut(i) {
                 *s = updated;
@@ -200,14 +300,8 @@ impl PacketBatch {
             return None;
         }
         let slot = self.slots.get(i).copied()?;
-        let at = i * FRAME_BUFFER_SIZE;
-        let buf = self.bufs.get_mut(at..at + FRAME_BUFFER_SIZE)?;
-        Some(Frame::new(
-            buf,
-            usize::from(slot.start),
-            usize::from(slot.len),
-            slot.meta,
-        ))
+        let buf = self.slot_buffer_mut(i, &slot)?;
+        Some(Frame::new(buf, slot.start as usize, slot.len as usize, slot.meta).with_gso(slot.gso))
     }
 }
 

@@ -18,6 +18,12 @@
 //! * **Received packets start at [`FRAME_HEADROOM`](crate::frame::FRAME_HEADROOM)** in a [`FRAME_BUFFER_SIZE`](crate::frame::FRAME_BUFFER_SIZE)
 //!   buffer owned by the worker's [`PacketBatch`], so encapsulation can prepend its
 //!   headers in place.
+//! * **Super-frames.** A port may hand over a TSO/GSO read whole as one frame in a
+//!   64 KiB buffer of the batch ([`PacketBatch::commit_super`], marked with
+//!   [`Gso`](crate::frame::Gso)); the pipeline rewrites its headers once. Where it
+//!   leaves, [`Port::send_super`] sends it whole (TUN: one GSO `writev`; the VXLAN
+//!   socket: `UDP_SEGMENT` sends) or refuses, and the worker cuts it into single
+//!   packets with the one segmentation code (`tun::gso::Segmenter`) for `send`.
 //! * **`send` copies** the frames out (into the UMEM, the TUN fd, the socket) so the
 //!   batch can be reused at once; a frame the port cannot take now is not accepted and
 //!   the worker counts it as a `TxRingFull` drop.
@@ -70,7 +76,7 @@ pub use select::{Backend, Chosen, HostSupport, ParseBackendError, choose};
 
 use std::os::fd::RawFd;
 
-use crate::frame::PortId;
+use crate::frame::{Gso, PortId};
 
 /// Most frames a worker handles per poll.
 pub const BATCH_SIZE: usize = 64;
@@ -93,6 +99,13 @@ pub trait Port: Send {
     /// as `TxRingFull` drops.
     fn send(&mut self, frames: &[&[u8]]) -> Result<usize, PortError>;
 
+    /// Transmits super-frame `frame` ([`Gso`]) whole, as one GSO write or send.
+    /// [`SuperSend::Refused`] (the default: ports that cannot) asks the caller to cut
+    /// it into single packets and [`Port::send`] those.
+    fn send_super(&mut self, _frame: &[u8], _gso: Gso) -> Result<SuperSend, PortError> {
+        Ok(SuperSend::Refused)
+    }
+
     /// Makes the kernel transmit what `send` queued (the AF_XDP `sendto` kick) and
     /// reclaims completed buffers. A no-op for backends that write synchronously.
     fn flush(&mut self) -> Result<(), PortError>;
@@ -111,6 +124,17 @@ pub trait Port: Send {
     fn offloads(&self) -> PortOffloads {
         PortOffloads::default()
     }
+}
+
+/// What became of a super-frame offered to [`Port::send_super`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SuperSend {
+    /// Queued or written whole.
+    Sent,
+    /// The queue is full now; like a `send` that accepted nothing.
+    Full,
+    /// This port cannot carry it whole: cut it into single packets.
+    Refused,
 }
 
 /// Totals of super-packets a port moved (TSO/USO reads and GRO trains on receive,

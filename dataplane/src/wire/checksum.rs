@@ -25,27 +25,41 @@ pub const fn fold(mut acc: u32) -> u16 {
 /// padded with a zero byte (RFC 1071).
 #[inline]
 pub fn sum(data: &[u8]) -> u16 {
-    // One's-complement addition is associative across word sizes (RFC 1071 §2(B)):
-    // add 32-bit words into a u64 (2^32 of them before it could overflow, far beyond
-    // any packet) and fold the carries once at the end.
-    let mut acc: u64 = 0;
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        let v = u64::from_be_bytes(w);
-        acc += (v >> 32) + (v & 0xffff_ffff);
-    }
-    let mut pairs = chunks.remainder().chunks_exact(2);
-    for p in &mut pairs {
-        if let [a, b] = *p {
-            acc += u64::from(u16::from_be_bytes([a, b]));
+    fold(add(0, data))
+}
+
+/// `acc` plus the one's-complement sum of `data` (as [`sum`]), folded to 16 bits so
+/// callers may add a few more small terms (pseudo-header words, lengths) before
+/// [`fold`] and complement.
+#[inline]
+pub fn add(acc: u32, data: &[u8]) -> u32 {
+    // 32-bit words into a 64-bit accumulator: no carry handling in the loop (the
+    // ones'-complement sum is the same whatever the word size, once folded). The
+    // words are read in native byte order, which the compiler vectorises (a
+    // big-endian read costs a byte swap per word and did not vectorise): the sum is
+    // independent of byte order up to one swap of the folded result (RFC 1071,
+    // section 2(B)), which `from_be` does on little-endian hosts.
+    let mut native: u64 = 0;
+    let mut words = data.chunks_exact(4);
+    for w in &mut words {
+        if let [a, b, c, d] = *w {
+            native += u64::from(u32::from_ne_bytes([a, b, c, d]));
         }
     }
-    if let [last] = *pairs.remainder() {
-        acc += u64::from(u16::from_be_bytes([last, 0]));
+    while native >> 16 != 0 {
+        native = (native & 0xffff) + (native >> 16);
     }
-    fold64(acc)
+    let mut acc = u64::from(acc) + u64::from(u16::from_be(native as u16));
+    match *words.remainder() {
+        [a, b, c] => acc += u64::from(u16::from_be_bytes([a, b])) + (u64::from(c) << 8),
+        [a, b] => acc += u64::from(u16::from_be_bytes([a, b])),
+        [a] => acc += u64::from(a) << 8,
+        _ => {}
+    }
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u32
 }
 
 /// [`sum`] of a 20-byte IPv4 header without options, the common case on the hot path.
@@ -160,6 +174,24 @@ pub fn update_ipv6_addr(checksum: u16, old: Ipv6Addr, new: Ipv6Addr) -> u16 {
     !fold(acc)
 }
 
+/// A *partial* checksum (the folded pseudo-header sum a TSO/GSO packet carries in its
+/// transport checksum field: Linux `CHECKSUM_PARTIAL`, virtio-net `NEEDS_CSUM`) after
+/// pseudo-header words changed from `old` to `new` (addresses under NAT; equal
+/// lengths, even). This is the sum itself, not its complement: the kernel's
+/// `inet_proto_csum_replace4(.., pseudohdr = true)` on a `CHECKSUM_PARTIAL` skb.
+/// Words of the transport header (ports) do not enter it: the device sums those.
+#[inline]
+pub fn partial_update(partial: u16, old: &[u8], new: &[u8]) -> u16 {
+    let mut acc = u64::from(partial);
+    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
+        if let ([o0, o1], [n0, n1]) = (o, n) {
+            acc += u64::from(!u16::from_be_bytes([*o0, *o1]));
+            acc += u64::from(u16::from_be_bytes([*n0, *n1]));
+        }
+    }
+    fold64(acc)
+}
+
 /// UDP's variant of [`update_u16`]: a zero checksum means "none" and stays zero; a
 /// computed zero is sent as 0xffff (RFC 768).
 #[inline]
@@ -189,6 +221,39 @@ pub const fn udp_nonzero(checksum: u16) -> u16 {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    /// The definition: big-endian 16-bit words, an odd last byte padded with zero.
+    fn add_reference(sum: u32, data: &[u8]) -> u32 {
+        let mut acc = u64::from(sum);
+        for pair in data.chunks(2) {
+            acc += u64::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+        while acc >> 16 != 0 {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        acc as u32
+    }
+
+    #[test]
+    fn add_matches_the_big_endian_definition() {
+        // Bytes that carry into every position, every length and alignment.
+        let data: Vec<u8> = (0..1600u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 0x80)
+            .collect();
+        for start in 0..4 {
+            for len in (0..80).chain([1399, 1400, 1453, 1596]) {
+                let d = &data[start..start + len];
+                for sum in [0, 1, 0xffff, 0x1_fffe, 6 + 1420] {
+                    assert_eq!(
+                        !fold(add(sum, d)),
+                        !fold(add_reference(sum, d)),
+                        "start {start} len {len} sum {sum:#x}"
+                    );
+                }
+            }
+        }
+        assert_eq!(add(0, &[0xff; 4000]), 0xffff);
+    }
 
     #[test]
     fn rfc1071_example() {
@@ -235,6 +300,54 @@ mod tests {
             }
             assert_eq!(sum_ipv4_header(&h), sum(&h));
         }
+    }
+
+    /// A partial checksum updated for a NAT'd address, then completed over the
+    /// segment, equals the complete checksum of the translated segment; and it is
+    /// what a full recomputation of the pseudo-header sum gives (both ways).
+    #[test]
+    fn partial_update_follows_the_pseudo_header() {
+        let (a, b, nat) = (
+            Ipv4Addr::new(198, 19, 128, 5),
+            Ipv4Addr::new(198, 18, 200, 9),
+            Ipv4Addr::new(198, 18, 64, 1),
+        );
+        let mut seg: Vec<u8> = (0..1500u32).map(|i| (i * 7 + 3) as u8).collect();
+        seg[16] = 0;
+        seg[17] = 0;
+        let len = seg.len() as u16;
+        for (old, new) in [
+            (a, nat),
+            (nat, a),
+            (a, a),
+            (Ipv4Addr::new(255, 255, 255, 255), Ipv4Addr::UNSPECIFIED),
+        ] {
+            let partial = pseudo_header_v4(old, b, 6, len);
+            let updated = partial_update(partial, &old.octets(), &new.octets());
+            let expect = pseudo_header_v4(new, b, 6, len);
+            // Equal as ones'-complement numbers (0 and 0xffff are the same).
+            assert_eq!(updated % 0xffff, expect % 0xffff, "{old} -> {new}");
+            // Completing it as the device would gives the full checksum.
+            seg[16..18].copy_from_slice(&updated.to_be_bytes());
+            let completed = checksum(&seg);
+            assert_eq!(
+                completed,
+                transport_checksum_v4(new, b, 6, &{
+                    let mut z = seg.clone();
+                    z[16] = 0;
+                    z[17] = 0;
+                    z
+                })
+            );
+            seg[16] = 0;
+            seg[17] = 0;
+        }
+        // The complemented form (a complete checksum's update) is not the same thing.
+        let partial = pseudo_header_v4(a, b, 6, len);
+        assert_ne!(
+            partial_update(partial, &a.octets(), &nat.octets()),
+            update_ipv4_addr(partial, a, nat)
+        );
     }
 
     #[test]

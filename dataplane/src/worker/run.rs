@@ -10,8 +10,9 @@ use crossbeam::channel::Receiver;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::frame::PortId;
-use crate::port::{BATCH_SIZE, PacketBatch, Port};
+use crate::frame::{FRAME_BUFFER_SIZE, Gso, PortId};
+use crate::port::tun::gso::Segmenter;
+use crate::port::{BATCH_SIZE, PacketBatch, Port, SuperSend};
 use crate::tables::{SharedTables, Tables};
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict};
@@ -47,6 +48,8 @@ pub(crate) struct WorkerLoop<P> {
     /// Per port: how many loop turns it is skipped while idle.
     backoff: Vec<IdleBackoff>,
     batch: PacketBatch,
+    /// Single packets cut from a super-frame for a port that cannot take it whole.
+    cut: PacketBatch,
     outs: [Out; BATCH_SIZE],
     epoch: Instant,
     idle_polls: u32,
@@ -81,6 +84,7 @@ impl<P: Processor> WorkerLoop<P> {
             dirty: Vec::new(),
             backoff: Vec::new(),
             batch: PacketBatch::new(),
+            cut: PacketBatch::new(),
             outs: [Out::Dropped; BATCH_SIZE],
             epoch: now,
             idle_polls: cfg.idle_polls,
@@ -249,8 +253,18 @@ impl<P: Processor> WorkerLoop<P> {
                     Out::Port(frame.meta.in_port)
                 }
                 Verdict::HandOff { worker } if !from_inbox => {
-                    let parcel = Parcel::new(ParcelKind::Process, frame.meta.in_port, frame.data());
-                    hand_off(mesh, counters, usize::from(worker), parcel);
+                    let (in_port, to) = (frame.meta.in_port, usize::from(worker));
+                    match frame.gso() {
+                        // Parcels carry single packets: the owner gets the segments.
+                        Some(gso) => for_each_segment(frame.data(), gso, counters, |seg| {
+                            let parcel = Parcel::new(ParcelKind::Process, in_port, seg);
+                            hand_off(mesh, counters, to, parcel);
+                        }),
+                        None => {
+                            let parcel = Parcel::new(ParcelKind::Process, in_port, frame.data());
+                            hand_off(mesh, counters, to, parcel);
+                        }
+                    }
                     Out::Dropped
                 }
                 Verdict::HandOff { .. } => {
@@ -278,7 +292,8 @@ impl<P: Processor> WorkerLoop<P> {
         self.transmit_batch();
     }
 
-    /// Sends the batch's frames grouped by output port, one `send` per port.
+    /// Sends the batch's frames grouped by output port, one `send` per port (and
+    /// per super-frame, which leaves on its own, in order).
     fn transmit_batch(&mut self) {
         let len = self.batch.len();
         let mut done = [false; BATCH_SIZE];
@@ -292,27 +307,39 @@ impl<P: Processor> WorkerLoop<P> {
             let mut frames: [&[u8]; BATCH_SIZE] = [&[]; BATCH_SIZE];
             let mut count = 0;
             for i in first..len {
-                if self.outs.get(i) == Some(&Out::Port(port))
-                    && !done.get(i).copied().unwrap_or(true)
+                if self.outs.get(i) != Some(&Out::Port(port))
+                    || done.get(i).copied().unwrap_or(true)
                 {
-                    if let (Some(d), Some(slot), Some(bytes)) =
-                        (done.get_mut(i), frames.get_mut(count), self.batch.packet(i))
-                    {
-                        *d = true;
-                        *slot = bytes;
-                        count += 1;
-                    }
+                    continue;
+                }
+                let (Some(d), Some(bytes)) = (done.get_mut(i), self.batch.packet(i)) else {
+                    continue;
+                };
+                *d = true;
+                if let Some(gso) = self.batch.gso(i) {
+                    let out = &mut Outputs {
+                        ports: &mut self.ports,
+                        dirty: &mut self.dirty,
+                        mesh: &self.mesh,
+                        counters: self.counters.worker(self.index),
+                    };
+                    out.send(port, frames.get(..count).unwrap_or_default());
+                    count = 0;
+                    out.send_super(port, bytes, gso, &mut self.cut);
+                    continue;
+                }
+                if let Some(slot) = frames.get_mut(count) {
+                    *slot = bytes;
+                    count += 1;
                 }
             }
-            let frames = frames.get(..count).unwrap_or_default();
-            send_on(
-                &mut self.ports,
-                &mut self.dirty,
-                &self.mesh,
-                self.counters.worker(self.index),
-                port,
-                frames,
-            );
+            Outputs {
+                ports: &mut self.ports,
+                dirty: &mut self.dirty,
+                mesh: &self.mesh,
+                counters: self.counters.worker(self.index),
+            }
+            .send(port, frames.get(..count).unwrap_or_default());
         }
     }
 
@@ -387,6 +414,115 @@ impl<P: Processor> WorkerLoop<P> {
         }
         // Whatever woke us, every port is polled on the next turn.
         self.backoff.fill(IdleBackoff::default());
+    }
+}
+
+/// The worker's ports and what sending on them touches.
+struct Outputs<'a> {
+    ports: &'a mut [Box<dyn Port>],
+    dirty: &'a mut [bool],
+    mesh: &'a Mesh,
+    counters: &'a WorkerCounters,
+}
+
+impl Outputs<'_> {
+    fn send(&mut self, port: PortId, frames: &[&[u8]]) {
+        send_on(
+            self.ports,
+            self.dirty,
+            self.mesh,
+            self.counters,
+            port,
+            frames,
+        );
+    }
+
+    /// Sends super-frame `frame` whole on this worker's queue of `port` when the
+    /// port takes it; otherwise cuts it into single packets (in `cut`) and sends
+    /// those, as `send` would.
+    fn send_super(&mut self, port: PortId, frame: &[u8], gso: Gso, cut: &mut PacketBatch) {
+        let local = self.ports.iter().position(|p| p.id() == port);
+        if let Some((p, d)) =
+            local.and_then(|s| Some((self.ports.get_mut(s)?, self.dirty.get_mut(s)?)))
+        {
+            let mut result = p.send_super(frame, gso);
+            if matches!(result, Ok(SuperSend::Full)) {
+                // As `send_on`: kick the kernel, then try once more.
+                let _ = p.flush();
+                result = p.send_super(frame, gso);
+            }
+            match result {
+                Ok(SuperSend::Sent) => {
+                    *d = true;
+                    self.counters.tx(port, 1, frame.len() as u64);
+                    return;
+                }
+                Ok(SuperSend::Full) => {
+                    self.counters.drop(DropReason::TxRingFull, 1);
+                    return;
+                }
+                Ok(SuperSend::Refused) => {}
+                Err(e) => {
+                    self.counters.port_errors.add(1);
+                    tracing::debug!(port = p.name(), error = %e, "send failed");
+                    return;
+                }
+            }
+        }
+        cut.clear();
+        let counters = self.counters;
+        for_each_segment(frame, gso, counters, |seg| {
+            if cut.is_full() {
+                send_all(self.ports, self.dirty, self.mesh, counters, port, cut);
+                cut.clear();
+            }
+            if cut.push(seg, port).is_err() {
+                counters.drop(DropReason::NoRoom, 1);
+            }
+        });
+        send_all(self.ports, self.dirty, self.mesh, counters, port, cut);
+        cut.clear();
+    }
+}
+
+/// [`send_on`] for every packet of `batch`.
+fn send_all(
+    ports: &mut [Box<dyn Port>],
+    dirty: &mut [bool],
+    mesh: &Mesh,
+    counters: &WorkerCounters,
+    port: PortId,
+    batch: &PacketBatch,
+) {
+    let mut frames: [&[u8]; BATCH_SIZE] = [&[]; BATCH_SIZE];
+    let mut n = 0;
+    for (slot, packet) in frames.iter_mut().zip(batch.packets()) {
+        *slot = packet;
+        n += 1;
+    }
+    send_on(
+        ports,
+        dirty,
+        mesh,
+        counters,
+        port,
+        frames.get(..n).unwrap_or_default(),
+    );
+}
+
+/// Cuts super-frame `frame` into single packets (the one segmentation code, see
+/// [`Segmenter`]) and hands each to `f`; what cannot be cut is a counted drop.
+fn for_each_segment(frame: &[u8], gso: Gso, counters: &WorkerCounters, mut f: impl FnMut(&[u8])) {
+    let Ok(segmenter) = Segmenter::for_frame(frame, gso) else {
+        counters.drop(DropReason::MalformedTransport, 1);
+        return;
+    };
+    let mut buf = [0u8; FRAME_BUFFER_SIZE];
+    for i in 0..segmenter.count() {
+        match segmenter.write_frame(frame, gso, i, &mut buf) {
+            Ok(len) => f(buf.get(..len).unwrap_or_default()),
+            Err(_) => counters.drop(DropReason::NoRoom, 1),
+        }
     }
 }
 

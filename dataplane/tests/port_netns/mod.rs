@@ -64,3 +64,22 @@ pub fn wait_readable(fd: std::os::fd::RawFd, timeout: std::time::Duration) -> bo
     let _ = poll.registry().deregister(&mut SourceFd(&fd));
     ready
 }
+
+/// The sequence number and payload of an Ethernet/IPv4/TCP frame, after checking
+/// its IPv4 header checksum and its complete TCP checksum; `None` when it is not
+/// IPv4/TCP.
+pub fn checked_tcp4(frame: &[u8]) -> Option<(u32, Vec<u8>)> {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let p = SlicedPacket::from_ethernet(frame).ok()?;
+    let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) = (&p.net, &p.transport) else {
+        return None;
+    };
+    let h = ip.header().to_header();
+    assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 checksum");
+    let sum = tcp
+        .to_header()
+        .calc_checksum_ipv4(&h, tcp.payload())
+        .expect("a TCP length that fits");
+    assert_eq!(tcp.checksum(), sum, "complete TCP checksum");
+    Some((tcp.sequence_number(), tcp.payload().to_vec()))
+}

@@ -12,8 +12,9 @@
 //! the kernel as it would be without coalescing.
 
 use super::gso::{F_NEEDS_CSUM, GSO_TCPV4};
-use super::gso::{VNET_HDR_LEN, VirtioNetHdr, csum_add, csum_fold};
+use super::gso::{VNET_HDR_LEN, VirtioNetHdr};
 use crate::wire::bytes::{rd16, rd32};
+use crate::wire::checksum;
 
 const MAX_LEN: usize = 65_535;
 const MAX_SEGMENTS: usize = 64;
@@ -32,7 +33,7 @@ struct Segment<'a> {
 
 /// The pseudo-header sum of a TCP/IPv4 packet with `tcp_len` bytes of TCP.
 fn pseudo_sum(packet: &[u8], tcp_len: usize) -> Option<u32> {
-    let sum = csum_add(0, packet.get(12..20)?);
+    let sum = checksum::add(0, packet.get(12..20)?);
     Some(sum + 6 + tcp_len as u32)
 }
 
@@ -58,8 +59,8 @@ impl<'a> Segment<'a> {
             return None;
         }
         // The segment must be intact before its checksum is handed to the kernel.
-        let sum = csum_add(pseudo_sum(packet, total - 20)?, packet.get(20..)?);
-        if csum_fold(sum) != 0 {
+        let sum = checksum::add(pseudo_sum(packet, total - 20)?, packet.get(20..)?);
+        if !checksum::fold(sum) != 0 {
             return None;
         }
         Some(Segment {
@@ -189,13 +190,13 @@ impl Coalescer {
             .get_mut(2..4)?
             .copy_from_slice(&(len as u16).to_be_bytes());
         packet.get_mut(10..12)?.copy_from_slice(&[0, 0]);
-        let ip_sum = csum_fold(csum_add(0, packet.get(..20)?));
+        let ip_sum = !checksum::fold(checksum::add(0, packet.get(..20)?));
         packet
             .get_mut(10..12)?
             .copy_from_slice(&ip_sum.to_be_bytes());
         // Partial checksum: the field holds the folded pseudo-header sum and the
         // kernel adds the TCP header and payload.
-        let pseudo = !csum_fold(pseudo_sum(packet, len - 20)?);
+        let pseudo = checksum::fold(pseudo_sum(packet, len - 20)?);
         packet
             .get_mut(36..38)?
             .copy_from_slice(&pseudo.to_be_bytes());
@@ -244,7 +245,7 @@ mod tests {
         b.write(&mut out, payload).unwrap();
         out[6] = 0x40; // DF, as TCP sets it
         out[10..12].fill(0);
-        let sum = csum_fold(csum_add(0, &out[..20]));
+        let sum = !checksum::fold(checksum::add(0, &out[..20]));
         out[10..12].copy_from_slice(&sum.to_be_bytes());
         out
     }

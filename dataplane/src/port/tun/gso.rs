@@ -11,8 +11,10 @@
 //! checksum completed. All of this is pure code over byte slices; nothing panics on
 //! bad input.
 
+use crate::frame::{Gso, GsoKind};
 use crate::wire::bytes::{rd16, rd32, wr16};
-use crate::wire::packet::ip_proto;
+use crate::wire::checksum;
+use crate::wire::packet::{ETHERNET_HEADER_LEN, ip_proto};
 
 /// Size of `struct virtio_net_hdr` (no `num_buffers`), the TUN default.
 pub const VNET_HDR_LEN: usize = 10;
@@ -69,6 +71,32 @@ impl VirtioNetHdr {
     pub fn needs_csum(&self) -> bool {
         self.flags & F_NEEDS_CSUM != 0
     }
+
+    /// The header that announces super-frame `gso` whose IP packet is `ip`: GSO
+    /// type and size, and the partial checksum (`NEEDS_CSUM`) the super-frame
+    /// carries (see [`Gso`]). `None` when `ip` is too short for its headers.
+    pub fn for_super(gso: Gso, ip: &[u8]) -> Option<Self> {
+        let (gso_type, csum_offset) = match gso.kind {
+            GsoKind::TcpV4 => (GSO_TCPV4, 16),
+            GsoKind::TcpV6 => (GSO_TCPV6, 16),
+            GsoKind::Udp => (GSO_UDP_L4, 6),
+        };
+        let csum_start = match ip.first()? >> 4 {
+            4 => u16::from(ip.first()? & 0x0f) * 4,
+            _ => 40,
+        };
+        if usize::from(gso.hdr_len) > ip.len() || csum_start + csum_offset + 2 > gso.hdr_len {
+            return None;
+        }
+        Some(VirtioNetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type,
+            hdr_len: gso.hdr_len,
+            gso_size: gso.size,
+            csum_start,
+            csum_offset,
+        })
+    }
 }
 
 /// Why a packet from the TUN could not be turned into single packets.
@@ -106,47 +134,6 @@ pub struct Segmenter {
     gso_size: usize,
     count: usize,
     csum: Option<(usize, usize)>,
-}
-
-/// Ones'-complement sum of `data` (as big-endian 16-bit words, an odd last byte
-/// padded with zero) added to `sum`; the result is folded to 16 bits so callers may
-/// add a few more small terms before [`csum_fold`].
-pub fn csum_add(sum: u32, data: &[u8]) -> u32 {
-    // 32-bit words into a 64-bit accumulator: no carry handling in the loop (the
-    // ones'-complement sum is the same whatever the word size, once folded). The
-    // words are read in native byte order, which the compiler vectorises (a
-    // big-endian read costs a byte swap per word and did not vectorise): the sum is
-    // independent of byte order up to one swap of the folded result (RFC 1071,
-    // section 2(B)), which `from_be` does on little-endian hosts.
-    let mut native: u64 = 0;
-    let mut words = data.chunks_exact(4);
-    for w in &mut words {
-        if let [a, b, c, d] = *w {
-            native += u64::from(u32::from_ne_bytes([a, b, c, d]));
-        }
-    }
-    while native >> 16 != 0 {
-        native = (native & 0xffff) + (native >> 16);
-    }
-    let mut acc = u64::from(sum) + u64::from(u16::from_be(native as u16));
-    match *words.remainder() {
-        [a, b, c] => acc += u64::from(u16::from_be_bytes([a, b])) + (u64::from(c) << 8),
-        [a, b] => acc += u64::from(u16::from_be_bytes([a, b])),
-        [a] => acc += u64::from(a) << 8,
-        _ => {}
-    }
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u32
-}
-
-/// Folds and inverts a sum into a checksum field value.
-pub fn csum_fold(mut sum: u32) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 impl Segmenter {
@@ -248,6 +235,61 @@ impl Segmenter {
         self.count
     }
 
+    /// The packet as a super-frame that can cross the pipeline whole, with its IP
+    /// header at offset `l3` of the frame: a GSO packet whose checksum is partial at
+    /// the transport header, as the kernel hands TSO/USO packets over. `None` for a
+    /// single packet or a checksum state that needs segmenting to fix.
+    pub fn super_frame(&self, l3: usize) -> Option<Gso> {
+        let (start, field) = self.csum?;
+        let kind = match (self.l3, self.l4?) {
+            (L3::V4, L4::Tcp) => GsoKind::TcpV4,
+            (L3::V6, L4::Tcp) => GsoKind::TcpV6,
+            (_, L4::Udp) => GsoKind::Udp,
+        };
+        let csum_offset = if kind == GsoKind::Udp { 6 } else { 16 };
+        if !self.gso || start != self.l3_len || field != start + csum_offset {
+            return None;
+        }
+        Some(Gso {
+            kind,
+            size: u16::try_from(self.gso_size).ok()?,
+            hdr_len: u16::try_from(self.hdr_len).ok()?,
+            l3: u16::try_from(l3).ok()?,
+        })
+    }
+
+    /// How to cut super-frame `frame` (an Ethernet frame whose segmented IP packet
+    /// starts at `gso.l3`, behind whatever headers encapsulate it).
+    pub fn for_frame(frame: &[u8], gso: Gso) -> Result<Self, GsoError> {
+        let ip = frame
+            .get(usize::from(gso.l3)..)
+            .ok_or(GsoError::Malformed)?;
+        let hdr = VirtioNetHdr::for_super(gso, ip).ok_or(GsoError::Malformed)?;
+        Segmenter::new(&hdr, ip)
+    }
+
+    /// Writes single packet `index` of super-frame `frame` into `out` as a whole
+    /// frame: the headers in front of the segmented packet copied, their lengths
+    /// (an outer IPv4/IPv6 and UDP header: VXLAN) and outer IPv4 checksum fixed.
+    pub fn write_frame(
+        &self,
+        frame: &[u8],
+        gso: Gso,
+        index: usize,
+        out: &mut [u8],
+    ) -> Result<usize, GsoError> {
+        let l3 = usize::from(gso.l3);
+        let (prefix, ip) = (
+            frame.get(..l3).ok_or(GsoError::Malformed)?,
+            frame.get(l3..).ok_or(GsoError::Malformed)?,
+        );
+        let (head, rest) = out.split_at_mut_checked(l3).ok_or(GsoError::NoRoom)?;
+        let len = self.write(ip, index, rest)?;
+        head.copy_from_slice(prefix);
+        fix_outer_lengths(head, len).ok_or(GsoError::Malformed)?;
+        Ok(l3 + len)
+    }
+
     /// Writes single packet `index` (< [`Segmenter::count`]) of `packet` into `out`
     /// and returns its length.
     pub fn write(&self, packet: &[u8], index: usize, out: &mut [u8]) -> Result<usize, GsoError> {
@@ -261,8 +303,8 @@ impl Segmenter {
             dst.copy_from_slice(packet.get(..len).ok_or(GsoError::Malformed)?);
             if let Some((start, field)) = self.csum {
                 // The field holds the pseudo-header sum; sum everything from start.
-                let sum = csum_add(0, dst.get(start..).ok_or(GsoError::Malformed)?);
-                let mut value = csum_fold(sum);
+                let sum = checksum::add(0, dst.get(start..).ok_or(GsoError::Malformed)?);
+                let mut value = !checksum::fold(sum);
                 if value == 0 && self.l4 == Some(L4::Udp) {
                     value = 0xffff;
                 }
@@ -270,45 +312,78 @@ impl Segmenter {
             }
             return Ok(len);
         }
+        let data = self.payload(packet, index)?;
+        let len = self.hdr_len + data.len();
+        let seg = out.get_mut(..len).ok_or(GsoError::NoRoom)?;
+        let (hdr, body) = seg.split_at_mut(self.hdr_len);
+        hdr.copy_from_slice(packet.get(..self.hdr_len).ok_or(GsoError::Malformed)?);
+        let data = packet.get(data).ok_or(GsoError::Malformed)?;
+        body.copy_from_slice(data);
+        self.fix_headers(hdr, body, index)
+            .ok_or(GsoError::Malformed)?;
+        Ok(len)
+    }
+
+    /// Writes only the headers of single packet `index` of the GSO `packet` into
+    /// `out` (fixed as [`Segmenter::write`] fixes them, the checksum summed over
+    /// the payload where it lies) and returns their length and where in `packet`
+    /// the payload is: for senders that gather the payload from the super-frame
+    /// itself instead of copying it.
+    pub fn write_headers(
+        &self,
+        packet: &[u8],
+        index: usize,
+        out: &mut [u8],
+    ) -> Result<(usize, std::ops::Range<usize>), GsoError> {
+        if index >= self.count || !self.gso {
+            return Err(GsoError::Malformed);
+        }
+        let range = self.payload(packet, index)?;
+        let hdr = out.get_mut(..self.hdr_len).ok_or(GsoError::NoRoom)?;
+        hdr.copy_from_slice(packet.get(..self.hdr_len).ok_or(GsoError::Malformed)?);
+        let data = packet.get(range.clone()).ok_or(GsoError::Malformed)?;
+        self.fix_headers(hdr, data, index)
+            .ok_or(GsoError::Malformed)?;
+        Ok((self.hdr_len, range))
+    }
+
+    /// Where segment `index`'s payload lies in the GSO `packet`.
+    fn payload(&self, packet: &[u8], index: usize) -> Result<std::ops::Range<usize>, GsoError> {
         let ip_len = match self.l3 {
             L3::V4 => usize::from(rd16(packet, 2).ok_or(GsoError::Malformed)?),
             L3::V6 => 40 + usize::from(rd16(packet, 4).ok_or(GsoError::Malformed)?),
         };
         let from = self.hdr_len + index * self.gso_size;
         let to = (from + self.gso_size).min(ip_len);
-        let data = packet.get(from..to).ok_or(GsoError::Malformed)?;
-        let len = self.hdr_len + data.len();
-        let seg = out.get_mut(..len).ok_or(GsoError::NoRoom)?;
-        seg.get_mut(..self.hdr_len)
-            .ok_or(GsoError::NoRoom)?
-            .copy_from_slice(packet.get(..self.hdr_len).ok_or(GsoError::Malformed)?);
-        seg.get_mut(self.hdr_len..)
-            .ok_or(GsoError::NoRoom)?
-            .copy_from_slice(data);
-        self.fix_headers(seg, index, data.len())
-            .ok_or(GsoError::Malformed)?;
-        Ok(len)
+        if from > to || to > packet.len() {
+            return Err(GsoError::Malformed);
+        }
+        Ok(from..to)
     }
 
-    fn fix_headers(&self, seg: &mut [u8], index: usize, payload: usize) -> Option<()> {
+    /// Fixes the copied headers `seg` of segment `index` whose payload is
+    /// `payload`: lengths, IPv4 id and checksum, TCP sequence and flags, and the
+    /// transport checksum over headers and payload.
+    fn fix_headers(&self, seg: &mut [u8], payload: &[u8], index: usize) -> Option<()> {
         let last = index + 1 == self.count;
-        let l4_len = seg.len() - self.l3_len;
+        let total = seg.len() + payload.len();
+        let l4_len = total - self.l3_len;
         // IP header and the pseudo-header sum.
         let pseudo = match self.l3 {
             L3::V4 => {
-                wr16(seg, 2, seg.len() as u16)?;
+                wr16(seg, 2, total as u16)?;
                 let id = rd16(seg, 4)?.wrapping_add(index as u16);
                 wr16(seg, 4, id)?;
                 wr16(seg, 10, 0)?;
-                let sum = csum_fold(csum_add(0, seg.get(..self.l3_len)?));
+                let sum = !checksum::fold(checksum::add(0, seg.get(..self.l3_len)?));
                 wr16(seg, 10, sum)?;
-                let mut s = csum_add(0, seg.get(12..20)?);
+                let mut s = checksum::add(0, seg.get(12..20)?);
                 s = s.wrapping_add(u32::from(*seg.get(9)?));
                 s.wrapping_add(l4_len as u32)
             }
             L3::V6 => {
                 wr16(seg, 4, l4_len as u16)?;
-                let mut s = csum_add(0, seg.get(8..40)?);
+                let mut s = checksum::add(0, seg.get(8..40)?);
                 s = s.wrapping_add(u32::from(*seg.get(6)?));
                 s.wrapping_add(l4_len as u32)
             }
@@ -327,13 +402,16 @@ impl Segmenter {
                     *flags &= !0x80; // CWR
                 }
                 wr16(seg, l4 + 16, 0)?;
-                let sum = csum_fold(csum_add(pseudo, seg.get(l4..)?));
+                // The header is of even length: the payload's sum continues it.
+                let head = checksum::add(pseudo, seg.get(l4..)?);
+                let sum = !checksum::fold(checksum::add(head, payload));
                 wr16(seg, l4 + 16, sum)?;
             }
             L4::Udp => {
-                wr16(seg, l4 + 4, (8 + payload) as u16)?;
+                wr16(seg, l4 + 4, (8 + payload.len()) as u16)?;
                 wr16(seg, l4 + 6, 0)?;
-                let mut sum = csum_fold(csum_add(pseudo, seg.get(l4..)?));
+                let head = checksum::add(pseudo, seg.get(l4..)?);
+                let mut sum = !checksum::fold(checksum::add(head, payload));
                 if sum == 0 {
                     sum = 0xffff;
                 }
@@ -344,44 +422,46 @@ impl Segmenter {
     }
 }
 
+/// Fixes the lengths of the headers `prefix` (an Ethernet header, then optionally an
+/// outer IPv4 or IPv6 header with UDP and what UDP carries) in front of an inner
+/// packet of `inner` bytes. The outer UDP checksum is set to zero, as hybridway
+/// sends VXLAN (RFC 7348); over IPv6 it is left as the encapsulation wrote it.
+fn fix_outer_lengths(prefix: &mut [u8], inner: usize) -> Option<()> {
+    const ETH: usize = ETHERNET_HEADER_LEN;
+    if prefix.len() <= ETH {
+        return Some(());
+    }
+    let l3_len = prefix.len() - ETH + inner;
+    let (proto, udp) = match rd16(prefix, 12)? {
+        0x0800 => {
+            let ihl = usize::from(prefix.get(ETH)? & 0x0f) * 4;
+            wr16(prefix, ETH + 2, u16::try_from(l3_len).ok()?)?;
+            wr16(prefix, ETH + 10, 0)?;
+            let sum = checksum::checksum(prefix.get(ETH..ETH + ihl)?);
+            wr16(prefix, ETH + 10, sum)?;
+            (*prefix.get(ETH + 9)?, ETH + ihl)
+        }
+        0x86dd => {
+            wr16(prefix, ETH + 4, u16::try_from(l3_len - 40).ok()?)?;
+            (*prefix.get(ETH + 6)?, ETH + 40)
+        }
+        _ => return None,
+    };
+    if proto == ip_proto::UDP {
+        let udp_len = u16::try_from(prefix.len() - udp + inner).ok()?;
+        wr16(prefix, udp + 4, udp_len)?;
+        if rd16(prefix, 12)? == 0x0800 {
+            wr16(prefix, udp + 6, 0)?;
+        }
+    }
+    Some(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
     use etherparse::{IpHeaders, PacketBuilder, SlicedPacket, TransportSlice};
-
-    /// The definition: big-endian 16-bit words, an odd last byte padded with zero.
-    fn csum_add_reference(sum: u32, data: &[u8]) -> u32 {
-        let mut acc = u64::from(sum);
-        for pair in data.chunks(2) {
-            acc += u64::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
-        }
-        while acc >> 16 != 0 {
-            acc = (acc & 0xffff) + (acc >> 16);
-        }
-        acc as u32
-    }
-
-    #[test]
-    fn csum_add_matches_the_big_endian_definition() {
-        // Bytes that carry into every position, every length and alignment.
-        let data: Vec<u8> = (0..1600u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 0x80)
-            .collect();
-        for start in 0..4 {
-            for len in (0..80).chain([1399, 1400, 1453, 1596]) {
-                let d = &data[start..start + len];
-                for sum in [0, 1, 0xffff, 0x1_fffe, 6 + 1420] {
-                    assert_eq!(
-                        csum_fold(csum_add(sum, d)),
-                        csum_fold(csum_add_reference(sum, d)),
-                        "start {start} len {len} sum {sum:#x}"
-                    );
-                }
-            }
-        }
-        assert_eq!(csum_add(0, &[0xff; 4000]), 0xffff);
-    }
 
     fn tcp_super_packet(payload: &[u8], fin_psh: bool) -> Vec<u8> {
         let mut b = PacketBuilder::ipv4([198, 19, 0, 2], [198, 19, 1, 2], 64)
@@ -511,8 +591,8 @@ mod tests {
             .unwrap();
         let good = packet.clone();
         // The kernel leaves the pseudo-header sum in the field.
-        let pseudo = csum_add(csum_add(0, &packet[12..20]), &[0, 17, 0, 13]);
-        let folded = !csum_fold(pseudo);
+        let pseudo = checksum::add(checksum::add(0, &packet[12..20]), &[0, 17, 0, 13]);
+        let folded = checksum::fold(pseudo);
         packet[26..28].copy_from_slice(&folded.to_be_bytes());
         let hdr = VirtioNetHdr {
             flags: F_NEEDS_CSUM,

@@ -28,9 +28,10 @@ mod sys;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use super::{BATCH_SIZE, PacketBatch, Port, PortDrops, PortError, PortOffloads};
-use crate::frame::{FRAME_HEADROOM, PortId};
-use crate::wire::MacAddr;
+use super::tun::gso::Segmenter;
+use super::{BATCH_SIZE, PacketBatch, Port, PortDrops, PortError, PortOffloads, SuperSend};
+use crate::frame::{FRAME_HEADROOM, Gso, PortId};
+use crate::wire::{MacAddr, checksum};
 
 /// Bytes of the synthetic outer Ethernet (14) + IPv4 (20) + UDP (8) header.
 pub const OUTER_LEN: usize = 42;
@@ -112,6 +113,8 @@ pub struct UdpPort {
     gro: bool,
     gso: bool,
     scratch: Box<[u8]>,
+    /// The headers of a super-frame's datagrams for one `UDP_SEGMENT` send.
+    tx_buf: Box<[u8]>,
     pending: Option<Pending>,
     counters: UdpCounters,
 }
@@ -153,6 +156,7 @@ impl UdpPort {
                 gro,
                 gso: config.gso,
                 scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+                tx_buf: vec![0u8; SCRATCH].into_boxed_slice(),
                 pending: None,
                 counters: UdpCounters::default(),
             });
@@ -317,10 +321,7 @@ fn outer_header(
     for (d, s) in h.iter_mut().zip(parts.iter().flat_map(|p| p.iter())) {
         *d = *s;
     }
-    let sum = super::tun::gso::csum_fold(super::tun::gso::csum_add(
-        0,
-        h.get(14..34).unwrap_or_default(),
-    ));
+    let sum = !checksum::fold(checksum::add(0, h.get(14..34).unwrap_or_default()));
     if let Some(c) = h.get_mut(24..26) {
         c.copy_from_slice(&sum.to_be_bytes());
     }
@@ -335,22 +336,91 @@ pub fn parse_outer(frame: &[u8]) -> Option<(SocketAddrV4, &[u8])> {
 
 /// [`parse_outer`] with the outer UDP source port first.
 fn outer(frame: &[u8]) -> Option<(u16, SocketAddrV4, &[u8])> {
+    let (sport, to, udp) = outer_addresses(frame)?;
+    let ip = frame.get(14..)?;
+    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+    let udp_len = usize::from(u16::from_be_bytes([
+        *frame.get(udp + 4)?,
+        *frame.get(udp + 5)?,
+    ]));
+    if total + 14 < udp + 8 {
+        return None;
+    }
+    let payload = frame.get(14..14 + total)?.get(udp - 14..)?;
+    Some((sport, to, payload.get(8..udp_len)?))
+}
+
+/// The outer UDP source port, the destination, and the offset of the UDP header of
+/// an Ethernet/IPv4/UDP frame, its lengths not read (a super-frame's are set per
+/// datagram).
+fn outer_addresses(frame: &[u8]) -> Option<(u16, SocketAddrV4, usize)> {
     if frame.get(12..14)? != [0x08, 0x00] {
         return None;
     }
     let ip = frame.get(14..)?;
     let ver_ihl = *ip.first()?;
     let ihl = usize::from(ver_ihl & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
-    if ver_ihl >> 4 != 4 || ihl < 20 || total < ihl + 8 || *ip.get(9)? != 17 {
+    if ver_ihl >> 4 != 4 || ihl < 20 || *ip.get(9)? != 17 {
         return None;
     }
     let dst = Ipv4Addr::new(*ip.get(16)?, *ip.get(17)?, *ip.get(18)?, *ip.get(19)?);
-    let udp = ip.get(ihl..total)?;
+    let udp = ip.get(ihl..ihl + 8)?;
     let sport = u16::from_be_bytes([*udp.first()?, *udp.get(1)?]);
     let dport = u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]);
-    let udp_len = usize::from(u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]));
-    Some((sport, SocketAddrV4::new(dst, dport), udp.get(8..udp_len)?))
+    Some((sport, SocketAddrV4::new(dst, dport), 14 + ihl))
+}
+
+/// One datagram of a super-frame's send: its headers in the header buffer, its
+/// payload where it lies in the super-frame.
+#[derive(Clone, Debug, Default)]
+struct Datagram {
+    headers: std::ops::Range<usize>,
+    payload: std::ops::Range<usize>,
+}
+
+/// Plans the datagrams of an encapsulated super-frame from segment `first` on, up
+/// to the `UDP_SEGMENT` caps: each is the UDP payload in front of the inner packet
+/// (VXLAN and inner Ethernet headers) and the inner headers of one segment, fixed
+/// by the [`Segmenter`] and written into `headers`, followed by that segment's
+/// payload, summed for the inner checksum where it lies and never copied (the
+/// kernel's copy into the socket buffer is the only one). Returns (datagrams, size
+/// of each but the last).
+fn plan_datagrams(
+    frame: &[u8],
+    gso: Gso,
+    segmenter: &Segmenter,
+    udp_payload: usize,
+    first: usize,
+    headers: &mut [u8],
+    plan: &mut [Datagram; GSO_MAX_SEGMENTS],
+) -> Option<(usize, usize)> {
+    let l3 = usize::from(gso.l3);
+    let prefix = frame.get(udp_payload..l3)?;
+    let inner = frame.get(l3..)?;
+    let (mut n, mut at, mut bytes, mut size) = (0, 0, 0, 0);
+    for (i, slot) in (first..segmenter.count()).zip(plan.iter_mut()) {
+        let full = prefix.len() + usize::from(gso.hdr_len) + usize::from(gso.size);
+        if bytes + full > GSO_MAX_BYTES {
+            break;
+        }
+        let dst = headers.get_mut(at..)?;
+        dst.get_mut(..prefix.len())?.copy_from_slice(prefix);
+        let (hdr_len, payload) = segmenter
+            .write_headers(inner, i, dst.get_mut(prefix.len()..)?)
+            .ok()?;
+        let datagram = prefix.len() + hdr_len + payload.len();
+        if n == 0 {
+            size = datagram;
+        }
+        *slot = Datagram {
+            headers: at..at + prefix.len() + hdr_len,
+            payload: l3 + payload.start..l3 + payload.end,
+        };
+        at += prefix.len() + hdr_len;
+        bytes += datagram;
+        n += 1;
+    }
+    Some((n, size))
 }
 
 impl Port for UdpPort {
@@ -434,6 +504,83 @@ impl Port for UdpPort {
             i += n;
         }
         Ok(frames.len())
+    }
+
+    /// An encapsulated super-frame leaves as few `UDP_SEGMENT` sends as the caps
+    /// allow (64 datagrams, 64 KiB), each datagram gathered from its headers (built
+    /// in `tx_buf`) and its payload in the super-frame (see `plan_datagrams`): no
+    /// copy in user space, one checksum pass.
+    fn send_super(&mut self, frame: &[u8], gso: Gso) -> Result<SuperSend, PortError> {
+        let Some((sport, to, udp)) = outer_addresses(frame) else {
+            self.counters.tx_invalid += 1;
+            return Ok(SuperSend::Sent);
+        };
+        if !self.gso {
+            return Ok(SuperSend::Refused);
+        }
+        let Ok(segmenter) = Segmenter::for_frame(frame, gso) else {
+            return Ok(SuperSend::Refused);
+        };
+        let fd = self.tx_fd(sport);
+        let mut plan: [Datagram; GSO_MAX_SEGMENTS] = std::array::from_fn(|_| Datagram::default());
+        let mut next = 0;
+        while next < segmenter.count() {
+            let Some((n, size)) = plan_datagrams(
+                frame,
+                gso,
+                &segmenter,
+                udp + 8,
+                next,
+                &mut self.tx_buf,
+                &mut plan,
+            ) else {
+                return Ok(SuperSend::Refused);
+            };
+            if n == 0 {
+                return Ok(SuperSend::Refused);
+            }
+            let mut parts: [&[u8]; 2 * GSO_MAX_SEGMENTS] = [&[]; 2 * GSO_MAX_SEGMENTS];
+            for (d, pair) in plan.iter().take(n).zip(parts.chunks_exact_mut(2)) {
+                if let [h, p] = pair {
+                    *h = self.tx_buf.get(d.headers.clone()).unwrap_or_default();
+                    *p = frame.get(d.payload.clone()).unwrap_or_default();
+                }
+            }
+            let parts = parts.get(..2 * n).unwrap_or_default();
+            let segment = if n > 1 {
+                u16::try_from(size).ok()
+            } else {
+                None
+            };
+            match sys::send(fd, to, parts, segment) {
+                Ok(true) => {
+                    if n > 1 {
+                        self.counters.tx_gso_sends += 1;
+                        self.counters.tx_gso_datagrams += n as u64;
+                    }
+                }
+                // Nothing sent yet: the caller may retry the whole frame.
+                Ok(false) if next == 0 => return Ok(SuperSend::Full),
+                Ok(false) => {
+                    self.counters.tx_errors += (segmenter.count() - next) as u64;
+                    return Ok(SuperSend::Sent);
+                }
+                Err(e)
+                    if next == 0
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT)
+                        ) =>
+                {
+                    return Ok(SuperSend::Refused);
+                }
+                Err(e) => {
+                    self.send_error(e, n)?;
+                }
+            }
+            next += n;
+        }
+        Ok(SuperSend::Sent)
     }
 
     fn flush(&mut self) -> Result<(), PortError> {

@@ -161,10 +161,11 @@ pub fn send(
     parts: &[&[u8]],
     segment: Option<u16>,
 ) -> io::Result<bool> {
-    let mut iov: [libc::iovec; 64] = [libc::iovec {
+    // Up to 64 datagrams (the UDP GSO cap) of two parts each.
+    let mut iov: [libc::iovec; 128] = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
-    }; 64];
+    }; 128];
     let mut count = 0;
     for (slot, part) in iov.iter_mut().zip(parts) {
         *slot = libc::iovec {
