@@ -696,6 +696,7 @@ fn a_worker_forwards_a_tcp_stream_between_tuns_one_pass_and_one_write_per_tso_re
             vxlan_port: 8472,
             vxlan_df: false,
             gateway_v4: Ipv4Addr::new(198, 19, 27, 1),
+            host_pod_addr: None,
             gateway_v6: None,
             gateway_mac: MacAddr::ZERO,
             snat: false,

@@ -55,8 +55,18 @@ struct CgroupDir {
 pub fn huge_page_headroom() -> Option<u64> {
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let found = locate(&cgroups, &mounts)?;
-    headroom_in(&found, |path| std::fs::read_to_string(path).ok())
+    headroom_from(&cgroups, &mounts, |path| std::fs::read_to_string(path).ok())
+}
+
+/// [`huge_page_headroom`] from the texts of `/proc/self/cgroup` and
+/// `/proc/self/mountinfo`, reading the cgroup's files with `read` (the fuzz target
+/// drives this with arbitrary texts).
+pub fn headroom_from(
+    proc_cgroup: &str,
+    mountinfo: &str,
+    read: impl Fn(&Path) -> Option<String>,
+) -> Option<u64> {
+    headroom_in(&locate(proc_cgroup, mountinfo)?, read)
 }
 
 /// Finds the hugetlb cgroup: the v1 hierarchy that has the controller if one is
