@@ -12,8 +12,8 @@
 //!
 //! GSO super-packets (TSO/USO reads) are read straight into one of the batch's
 //! super-frame buffers and handed to the pipeline whole, as super-frames
-//! ([`Gso`], partial checksum kept), when `TunConfig::super_frames` is on (off by
-//! default for now): one pipeline pass per read. [`Port::send_super`] writes a super-frame
+//! ([`Gso`], partial checksum kept), when `TunConfig::super_frames` is on (the
+//! default; TCP only, UDP GSO reads are cut): one pipeline pass per read. [`Port::send_super`] writes a super-frame
 //! back with one `writev` and a virtio-net GSO header. A single packet read into a
 //! super buffer is copied into a single-packet buffer (its partial checksum
 //! completed). With super-frames off, or for a GSO read without a partial checksum,
@@ -33,7 +33,7 @@ mod sys;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::{PacketBatch, Port, PortDrops, PortError, PortOffloads, SuperSend};
-use crate::frame::{FRAME_BUFFER_SIZE, FRAME_HEADROOM, Gso, PortId};
+use crate::frame::{FRAME_BUFFER_SIZE, FRAME_HEADROOM, Gso, GsoKind, PortId};
 use crate::wire::MacAddr;
 use coalesce::Coalescer;
 use gso::{GsoError, Segmenter, VNET_HDR_LEN, VirtioNetHdr};
@@ -63,8 +63,8 @@ pub struct TunConfig {
     /// Merge runs of TCP segments of one flow into one GSO write ([`coalesce`]).
     pub coalesce: bool,
     /// Hand TSO/USO reads to the pipeline whole, as super-frames ([`Gso`]),
-    /// instead of cutting them into single packets on receive. Off by default (see
-    /// `TunConfig::new`).
+    /// instead of cutting them into single packets on receive (TCP only: UDP GSO
+    /// reads are cut, see `TunPort::read_super`). On by default.
     pub super_frames: bool,
 }
 
@@ -79,9 +79,7 @@ impl TunConfig {
             mtu: None,
             offload: true,
             coalesce: true,
-            // Off until the overlay path is fixed: with it on, TCP through the TUN
-            // overlay stalled in bench-e2e (0.00 Gb/s) while the underlay gained.
-            super_frames: false,
+            super_frames: true,
         }
     }
 }
@@ -333,7 +331,16 @@ impl TunPort {
             self.counters.rx_gso_packets += 1;
             self.counters.rx_gso_segments += segmenter.count() as u64;
             let ip_len = packet.len();
-            if let Some(gso) = segmenter.super_frame(ETH_LEN) {
+            // Only TCP crosses whole. A UDP GSO read is a train of datagrams that
+            // may each carry a packet of its own: VXLAN from a peer node, which the
+            // kernel merged (GRO) and routes to the host port. Decapsulating it
+            // strips the segmented header, leaving one frame that stands for the
+            // first inner packet only (the rest was lost: TCP through the overlay
+            // stalled). Cut on receive, every datagram is decapsulated.
+            let whole = segmenter
+                .super_frame(ETH_LEN)
+                .filter(|g| g.kind != GsoKind::Udp);
+            if let Some(gso) = whole {
                 if let Some(eth) = big.get_mut(FRAME_HEADROOM..FRAME_HEADROOM + ETH_LEN) {
                     eth.copy_from_slice(&eth_header(mac, peer_mac, ethertype));
                 }
@@ -345,7 +352,8 @@ impl TunPort {
                     }
                 };
             }
-            // Rare (no partial checksum): segment it from the port's own buffer.
+            // UDP, or rare (no partial checksum): segment it from the port's own
+            // buffer.
             let Some(keep) = self.buf.get_mut(..n) else {
                 self.counters.rx_oversize += 1;
                 return Ok(SuperRead::Added(0));
