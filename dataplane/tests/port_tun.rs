@@ -279,8 +279,20 @@ fn a_kernel_tcp_tso_super_packet_is_segmented_into_mss_packets() {
 
 #[test]
 fn a_kernel_udp_gso_super_packet_is_segmented_into_datagrams() {
-    let ns = Netns::new("uso");
-    let (mut ports, _config) = open(&ns, "hwt2", 1);
+    udp_gso_read_is_cut_into_datagrams(false);
+}
+
+/// With super-frames on a UDP GSO read is still cut on receive: its datagrams may
+/// each carry a packet of their own (a VXLAN train the kernel merged and routed to
+/// the host port), which decapsulating one super-frame would lose.
+#[test]
+fn with_super_frames_on_a_udp_gso_read_is_still_cut_into_datagrams() {
+    udp_gso_read_is_cut_into_datagrams(true);
+}
+
+fn udp_gso_read_is_cut_into_datagrams(super_frames: bool) {
+    let ns = Netns::new(if super_frames { "usosf" } else { "uso" });
+    let (mut ports, _config) = open_with(&ns, "hwt2", 1, super_frames);
     assert_ne!(ports[0].offloads() & 0x20, 0, "USO4 offered to the kernel");
     ns.sh("ip addr add 198.18.22.1/24 dev hwt2 && ip route add 198.19.22.0/24 dev hwt2");
     // The VXLAN port's GSO send makes the kernel emit one UDP GSO packet.
