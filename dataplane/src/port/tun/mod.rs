@@ -16,8 +16,8 @@
 //! default; TCP only, UDP GSO reads are cut): one pipeline pass per read. [`Port::send_super`] writes a super-frame
 //! back with one `writev` and a virtio-net GSO header. A single packet read into a
 //! super buffer is copied into a single-packet buffer (its partial checksum
-//! completed). With super-frames off, or for a GSO read without a partial checksum,
-//! reads are cut into single packets on receive ([`gso::Segmenter`], the one
+//! completed). With super-frames off, for a UDP GSO read, or for a GSO read without
+//! a partial checksum, reads are cut into single packets on receive ([`gso::Segmenter`], the one
 //! segmentation code, also used where a super-frame meets a port that cannot take
 //! it). Single packets are written one per `writev`, or merged into one GSO write
 //! when they continue one TCP flow ([`coalesce`]).
