@@ -17,7 +17,7 @@ use hybridway_dataplane::time::Now;
 use hybridway_dataplane::verdict::Verdict;
 use hybridway_dataplane::wire::PacketInfo;
 use hybridway_fuzz::pipeline_input::{Setup, decode, seeds};
-use hybridway_fuzz::pipeline_node::{VIP, all_tables, config, seeded};
+use hybridway_fuzz::pipeline_node::{HOST_POD_ADDR, VIP, all_tables, config, seeded};
 use libfuzzer_sys::fuzz_target;
 
 /// Whether a packet to `dst` may be translated (and then handed off or given to the
@@ -26,6 +26,14 @@ fn is_cluster_ip(bytes: &[u8]) -> bool {
     bytes
         .get(30..34)
         .is_some_and(|d| d[..3] == VIP.octets()[..3])
+}
+
+/// Whether an IPv4 frame is addressed to the host's own pod-network address: what
+/// the host gets of it is the packet for that address (decapsulated, a Service
+/// reply given its ClusterIP back), not the frame as it arrived.
+fn is_for_host_pod_addr(frame: &[u8]) -> bool {
+    frame.get(12..14) == Some(&[0x08, 0x00][..])
+        && frame.get(30..34) == Some(&HOST_POD_ADDR.octets()[..])
 }
 
 fn check(verdict: Verdict, frame: &Frame<'_>, t: &Tables, config: &SnatConfig, worker: u16) {
@@ -106,10 +114,15 @@ fuzz_target!(init: write_seeds(), |data: &[u8]| {
     };
     let verdict = p.process(&mut frame, t, Now(1));
     check(verdict, &frame, t, &config, worker);
-    if matches!(verdict, Verdict::ToHost | Verdict::HandOff { .. }) && !is_cluster_ip(bytes) {
+    let for_host_pod_addr = verdict == Verdict::ToHost && is_for_host_pod_addr(frame.data());
+    if matches!(verdict, Verdict::ToHost | Verdict::HandOff { .. })
+        && !is_cluster_ip(bytes)
+        && !for_host_pod_addr
+    {
         // The host and the owning worker get the frame exactly as it arrived (a
         // packet to a ClusterIP may already be sent to its endpoint: the node itself,
-        // or one the SNAT owner masquerades).
+        // or one the SNAT owner masquerades; the host's pod-network address gets
+        // the packet for it).
         assert_eq!(frame.data(), bytes, "{verdict:?} frame was modified");
     }
 
