@@ -33,14 +33,15 @@
 //! - Translated replies leave with the node's address as their source and are never
 //!   masqueraded again (from_pod's `route_v4`).
 //! - Not served here: fragments, ICMP errors about NodePort flows, endpoints at the
-//!   node's own address (host-network pods on this node), NodePorts on other
-//!   addresses than the node's uplink address.
+//!   node's own address (host-network pods on this node), endpoints outside the
+//!   cluster (they would need a second, source NAT), NodePorts on other addresses
+//!   than the node's uplink address.
 
 use super::service::{ServiceStep, client_owner, flow_key, new_flow, translate};
 use super::{Action, Pipeline};
 use crate::frame::Frame;
 use crate::tables::services::{Backend, Origin, Selection};
-use crate::tables::{NatBinding, Tables};
+use crate::tables::{NatBinding, RouteTarget, Tables};
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict};
 use crate::wire::classify::{L4, V4};
@@ -97,6 +98,15 @@ impl Pipeline {
         let backend = pick(list, hash).ok_or(DropReason::ServiceNoEndpoints)?;
         if backend.addr == tables.node.node_addr {
             // A host-network endpoint on this node: the kernel's to serve.
+            return Err(DropReason::Unsupported);
+        }
+        if matches!(
+            tables.routes.lookup_v4(backend.addr),
+            None | Some(RouteTarget::Outside { .. })
+        ) {
+            // An endpoint outside the cluster (an EndpointSlice naming an external
+            // address): the translated packet would need source NAT too, owned by
+            // another worker than this flow's, and would be handed off translated.
             return Err(DropReason::Unsupported);
         }
         let masquerade = !fe.external_local;
