@@ -37,10 +37,10 @@
 //!   cluster (they would need a second, source NAT), NodePorts on other addresses
 //!   than the node's uplink address.
 
-use super::service::{ServiceStep, client_owner, flow_key, new_flow, translate};
+use super::service::{ServiceStep, client_hash, client_owner, flow_key, new_flow, pick, translate};
 use super::{Action, Pipeline};
 use crate::frame::Frame;
-use crate::tables::services::{Backend, Origin, Selection};
+use crate::tables::services::{Origin, Selection};
 use crate::tables::{NatBinding, RouteTarget, Tables};
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict};
@@ -91,7 +91,7 @@ impl Pipeline {
             Selection::Drop => return Err(DropReason::ServiceNoLocalEndpoints),
         };
         let hash = if fe.affinity.is_some() {
-            client_hash(ip)
+            client_hash(ip.src)
         } else {
             ip.flow_hash()
         };
@@ -268,18 +268,6 @@ impl Pipeline {
 fn masquerade_port(client_port: u16, i: u16) -> Option<u16> {
     let p = client_port.wrapping_add(i);
     (p >= 1024 || i == 0).then_some(p)
-}
-
-/// A hash of the client address alone (ClientIP affinity).
-fn client_hash(ip: &V4) -> u32 {
-    let h = u64::from(ip.src.to_bits()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (h >> 32) as u32
-}
-
-fn pick(list: &[Backend], hash: u32) -> Option<Backend> {
-    let n = u32::try_from(list.len()).ok()?;
-    let at = hash.checked_rem(n)?;
-    list.get(at as usize).copied()
 }
 
 #[cfg(test)]

@@ -293,8 +293,23 @@ impl ServiceFlows {
 /// hash, so every worker computes the same one).
 #[inline]
 pub(super) fn client_owner(workers: u16, client: Ipv4Addr) -> WorkerId {
-    let h = u64::from(client.to_bits()).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+    let h = u64::from(client_hash(client));
     WorkerId::try_from((h * u64::from(workers.max(1))) >> 32).unwrap_or(0)
+}
+
+/// A hash of a client address alone: which worker owns its flows, and the endpoint
+/// of a NodePort's ClientIP affinity.
+#[inline]
+pub(super) fn client_hash(client: Ipv4Addr) -> u32 {
+    (u64::from(client.to_bits()).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
+}
+
+/// The endpoint `hash` picks from `list`.
+#[inline]
+pub(super) fn pick(list: &[Backend], hash: u32) -> Option<Backend> {
+    let n = u32::try_from(list.len()).ok()?;
+    let at = hash.checked_rem(n)?;
+    list.get(at as usize).copied()
 }
 
 /// A flow key as one integer: hashed with one call instead of one per field (the
@@ -570,9 +585,7 @@ impl Pipeline {
         {
             return Some(s.backend);
         }
-        let n = u32::try_from(list.len()).ok()?;
-        let at = ip.flow_hash().checked_rem(n)?;
-        list.get(at as usize).copied()
+        pick(list, ip.flow_hash())
     }
 
     fn stick(&mut self, fe: FrontendKey, client: Ipv4Addr, backend: Backend, expires: Now) {
