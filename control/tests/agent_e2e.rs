@@ -515,14 +515,15 @@ fn tun_overlay_tcp_with_kernel_offloads_crosses_as_super_frames() {
     let server = c.pod(2, 1).unwrap().ns.name.clone();
     let client = c.pod(1, 1).unwrap().ns.name.clone();
     tcp_exchange(&server, pod_ip(2, 1), &client, 4 << 20);
-    assert!(
+    // Port totals are published by the worker, not read at scrape time: wait for them.
+    wait_until("node 1 counts super-frames read from hw0", || {
         metric(
             &c,
             1,
             "hybridway_port_rx_super_frames_total",
-            "port=\"hw0/q0\""
+            "port=\"hw0/q0\"",
         ) > 0
-    );
+    });
 }
 
 #[test]

@@ -124,13 +124,15 @@ fn malformed_update_is_treated_as_withdraw_and_unparseable_nlri_resets() {
                 m => break m,
             }
         };
-        (theirs, prefixes, reply)
+        // The listener goes back with the result: the speaker's reconnect must find
+        // it, or "connection refused" replaces the error status is checked for.
+        (theirs, prefixes, reply, l)
     });
     let sp = start_speaker(
         &mut lab,
         SpeakerSpec::new(0, vec![route("node-b", "198.18.0.20", "198.19.1.0/24")]),
     );
-    let (theirs, prefixes, reply) = peer.join().unwrap();
+    let (theirs, prefixes, reply, _listening) = peer.join().unwrap();
     assert_eq!(theirs.asn(), 65010);
     assert_eq!(prefixes, 2);
     let Message::Notification(n) = reply else {
@@ -179,12 +181,13 @@ fn silent_peer_gets_hold_timer_expired() {
         loop {
             match read_msg(&mut s) {
                 Message::Keepalive => continue,
-                m => return (m, start.elapsed()),
+                // Keep listening while status is checked (see above).
+                m => return (m, start.elapsed(), l),
             }
         }
     });
     let sp = start_speaker(&mut lab, SpeakerSpec::new(0, vec![]));
-    let (reply, after) = peer.join().unwrap();
+    let (reply, after, _listening) = peer.join().unwrap();
     assert!(
         matches!(&reply, Message::Notification(n) if (n.code, n.subcode) == (4, 0)),
         "{reply:?}"

@@ -135,7 +135,7 @@ impl<P: Processor> WorkerLoop<P> {
             }
             if wall >= self.next_sweep {
                 self.processor.sweep(now);
-                self.read_port_drops();
+                self.publish_port_totals();
                 self.next_sweep = wall + self.sweep_every;
             }
         }
@@ -354,8 +354,8 @@ impl<P: Processor> WorkerLoop<P> {
         );
     }
 
-    /// Copies the ports' own drop totals into this worker's counters.
-    fn read_port_drops(&self) {
+    /// Copies the ports' own totals (drops, super-packets) into this worker's counters.
+    fn publish_port_totals(&self) {
         let c = self.counters.worker(self.index);
         for port in &self.ports {
             let d = port.drops();
@@ -397,6 +397,10 @@ impl<P: Processor> WorkerLoop<P> {
     fn park(&mut self) {
         let me = self.index;
         self.my_counters().parks.add(1);
+        // Going idle: publish the ports' totals now, so a scrape after a burst sees
+        // it without waiting for the next sweep (a burst can start and end inside
+        // one sweep interval).
+        self.publish_port_totals();
         if let Some(p) = self.mesh.parked.get(me) {
             p.store(true, Ordering::SeqCst);
         }
