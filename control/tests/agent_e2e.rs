@@ -449,6 +449,15 @@ fn tun_backend_overlay_talks_to_hybridway_and_kernel_vxlan_and_sigterm_removes_d
     let r = iperf(&c, (3, 1), (1, 1), false, 1);
     assert!(r.is_ok(), "{r:?}");
     assert!(metric(&c, 1, "hybridway_port_rx_packets_total", "port=\"hw0/q0\"") > 100);
+    // VXLAN arrives on the dataplane's socket (rule 89), not through the host port,
+    // although the VXLAN port lies inside the SNAT range.
+    for n in [1, 2] {
+        let got = metric(&c, n, "hybridway_port_rx_packets_total", "port=\"vxlan:");
+        assert!(
+            got > 100,
+            "node {n}: {got} packets read from the VXLAN socket"
+        );
+    }
     // SNAT on the TUN backend: masqueraded in the dataplane, forwarded by the kernel.
     assert_eq!(outside_sees(&c, (1, 2)).unwrap(), node_addr(1));
     assert_eq!(outside_sees(&c, (2, 1)).unwrap(), node_addr(2));

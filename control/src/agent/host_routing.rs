@@ -32,6 +32,7 @@
 //! plain routed packets leave (the kernel forwards them out of the uplink):
 //!
 //! ```text
+//!  pref  89  iif <uplink> to <node> ipproto udp dport <VXLAN> lookup local  the VXLAN socket
 //!  pref  90  iif <uplink> to <pod block>                     lookup 26743  → hwhost
 //!  pref  91  iif <uplink> to <node> ipproto tcp dport <SNAT>  lookup 26743  (NAT replies)
 //!  pref  92  iif <uplink> to <node> ipproto udp dport <SNAT>  lookup 26743
@@ -149,7 +150,14 @@ pub fn plan(backend: Backend, cfg: &AgentConfig, snat_ports: &RangeInclusive<u16
     let node_ports = cfg.services.node_port_range;
     let (np_lo, np_hi) = (node_ports.min, node_ports.max);
     let to_dp = format!("lookup {TABLE_TO_DATAPLANE}");
+    let vxlan = cfg.vxlan.port;
     p.rules = [
+        // VXLAN reaches the dataplane's UDP socket, whose reads are GRO trains of up
+        // to 64 datagrams, even where the VXLAN port lies inside the SNAT range (8472
+        // is in the default 1024-29999): rule 92 would send it through hwhost, one
+        // datagram per read. A reply to a flow masqueraded to the VXLAN port arrives
+        // there too and the pipeline un-NATs it all the same.
+        format!("pref 89 iif {uplink} to {node} ipproto udp dport {vxlan} lookup local"),
         format!("pref 90 iif {uplink} to {block} {to_dp}"),
         format!("pref 91 iif {uplink} to {node} ipproto tcp dport {lo}-{hi} {to_dp}"),
         format!("pref 92 iif {uplink} to {node} ipproto udp dport {lo}-{hi} {to_dp}"),
@@ -359,6 +367,13 @@ nodes:
         );
         assert!(rules.contains(&"pref 120 from 198.19.1.0/24 lookup 26744".to_string()));
         assert!(rules.contains(&"pref 119 from 198.19.1.0 lookup main".to_string()));
+        // VXLAN goes to the socket before the SNAT rules could take it.
+        assert!(
+            rules.contains(
+                &"pref 89 iif eth0 to 198.18.0.1 ipproto udp dport 8472 lookup local".to_string()
+            ),
+            "{rules:?}"
+        );
         // NodePorts from the uplink go to the dataplane.
         for proto in ["tcp", "udp"] {
             assert!(
