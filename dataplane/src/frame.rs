@@ -77,6 +77,15 @@ pub struct NoRoom {
     pub needed: usize,
 }
 
+/// Why [`Frame::pull_front`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PullError {
+    #[error("pulled past the end of the packet")]
+    PastTheEnd,
+    #[error("pulled off the header a super-frame is segmented by")]
+    SegmentedHeader,
+}
+
 /// A packet at `buf[start..start + len]`; the bytes before `start` are headroom.
 ///
 /// The frame never grows past its buffer: every operation that would is refused with
@@ -201,21 +210,27 @@ impl<'a> Frame<'a> {
         Ok(&mut self.buf[self.start..self.start + n])
     }
 
-    /// Removes `n` bytes from the front (decapsulation). Refused past the end.
-    pub fn pull_front(&mut self, n: usize) -> Result<(), NoRoom> {
+    /// Removes `n` bytes from the front (decapsulation). Refused past the end, and
+    /// on a super-frame past the header it segments: that would keep only the first
+    /// inner packet of a train (e.g. a UDP GSO read of VXLAN datagrams) and lose the
+    /// rest without a word.
+    pub fn pull_front(&mut self, n: usize) -> Result<(), PullError> {
         if n > self.len {
-            return Err(NoRoom {
-                needed: n - self.len,
-            });
+            return Err(PullError::PastTheEnd);
         }
+        let gso = match self.gso {
+            Some(g) => Some(Gso {
+                l3: usize::from(g.l3)
+                    .checked_sub(n)
+                    .and_then(|l3| u16::try_from(l3).ok())
+                    .ok_or(PullError::SegmentedHeader)?,
+                ..g
+            }),
+            None => None,
+        };
         self.start += n;
         self.len -= n;
-        if let Some(g) = self.gso {
-            // Pulling the segmented header itself off leaves no super-frame.
-            self.gso = usize::from(g.l3)
-                .checked_sub(n)
-                .map(|l3| Gso { l3: l3 as u16, ..g });
-        }
+        self.gso = gso;
         Ok(())
     }
 
@@ -289,6 +304,25 @@ mod tests {
         assert!(frame.pull_front(5).is_err());
         assert!(frame.set_len(256 - FRAME_HEADROOM + 1).is_err());
         assert_eq!(frame.data(), &[1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_super_frame_keeps_the_header_it_is_segmented_by() {
+        let mut buf = [0u8; 512];
+        let gso = Gso {
+            kind: GsoKind::TcpV4,
+            size: 100,
+            hdr_len: 40,
+            l3: 50,
+        };
+        let mut frame = Frame::copy_from(&mut buf, &[0; 300], FrameMeta::default())
+            .unwrap()
+            .with_gso(Some(gso));
+        frame.pull_front(50).unwrap();
+        assert_eq!(frame.gso(), Some(Gso { l3: 0, ..gso }));
+        assert_eq!(frame.pull_front(1), Err(PullError::SegmentedHeader));
+        assert_eq!(frame.len(), 250, "a refused pull changes nothing");
+        assert_eq!(frame.pull_front(251), Err(PullError::PastTheEnd));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::frame::Frame;
+use crate::frame::{Frame, PullError};
 use crate::tables::NodeSettings;
 use crate::verdict::DropReason;
 use crate::wire::bytes::{rd_mac, rd16, set_macs};
@@ -158,9 +158,11 @@ pub(crate) fn decapsulate(
     if rd_mac(d, inner) != Some(node.vtep_mac) {
         return Err(DropReason::VxlanNotForUs);
     }
-    frame
-        .pull_front(inner)
-        .map_err(|_| DropReason::VxlanMalformed)?;
+    frame.pull_front(inner).map_err(|e| match e {
+        // A train of VXLAN datagrams kept whole: ports cut those on receive.
+        PullError::SegmentedHeader => DropReason::Unsupported,
+        PullError::PastTheEnd => DropReason::VxlanMalformed,
+    })?;
     frame
         .set_len(end - inner)
         .map_err(|_| DropReason::VxlanMalformed)
