@@ -126,6 +126,11 @@ impl PacketBatch {
         }
     }
 
+    /// Super-frame buffers not yet taken.
+    pub fn free_super_buffers(&self) -> usize {
+        SUPER_FRAMES_PER_BATCH - self.supers_used
+    }
+
     /// The next free super-frame buffer (headroom included) and, beside it, the
     /// next free single-packet buffer, so a port can read into the large one and
     /// still place what turns out to be a single packet in the small one. `None`

@@ -67,6 +67,7 @@ pub mod netns;
 mod probe;
 pub mod select;
 mod sys_result;
+pub mod tcp_run;
 pub mod tun;
 pub mod udp;
 pub mod xdp;

@@ -3,102 +3,19 @@
 //! written with one syscall; the kernel then carries a single large packet to the
 //! pod (or re-segments it) instead of taking dozens of writes.
 //!
-//! Only segments that the kernel's own GRO would merge are merged: IPv4 without
-//! options, DF set, not a fragment, TCP with only ACK (PSH ends a run), same
-//! addresses, ports, TOS, TTL, ACK number, window and TCP options, contiguous
-//! sequence numbers, equal payload sizes (the last may be shorter). Each segment's
-//! TCP checksum is verified first, because the merged packet's checksum is left for
-//! the kernel to complete: a corrupt segment is written on its own, and dropped by
-//! the kernel as it would be without coalescing.
+//! Which segments merge, and how the merged packet's headers are set, is
+//! [`crate::port::tcp_run`]'s (the rules the kernel's own GRO applies, each
+//! segment's TCP checksum verified); this module only owns the buffer and the
+//! virtio-net header.
 
-use super::gso::{F_NEEDS_CSUM, GSO_TCPV4};
 use super::gso::{VNET_HDR_LEN, VirtioNetHdr};
-use crate::wire::bytes::{rd16, rd32};
-use crate::wire::checksum;
-
-const MAX_LEN: usize = 65_535;
-const MAX_SEGMENTS: usize = 64;
-const TCP_ACK: u8 = 0x10;
-const TCP_PSH: u8 = 0x08;
-
-/// A TCP/IPv4 segment that may be merged, with the fields runs are keyed on.
-#[derive(Clone, Copy, Debug)]
-struct Segment<'a> {
-    packet: &'a [u8],
-    tcp_len: usize,
-    seq: u32,
-    flags: u8,
-    payload: usize,
-}
-
-/// The pseudo-header sum of a TCP/IPv4 packet with `tcp_len` bytes of TCP.
-fn pseudo_sum(packet: &[u8], tcp_len: usize) -> Option<u32> {
-    let sum = checksum::add(0, packet.get(12..20)?);
-    Some(sum + 6 + tcp_len as u32)
-}
-
-impl<'a> Segment<'a> {
-    fn parse(packet: &'a [u8]) -> Option<Self> {
-        let ver_ihl = *packet.first()?;
-        let total = usize::from(rd16(packet, 2)?);
-        let frag = rd16(packet, 6)?;
-        if ver_ihl != 0x45
-            || total != packet.len()
-            || frag & 0x7fff != 0x4000
-            || *packet.get(9)? != 6
-        {
-            return None; // not IPv4 without options, DF, unfragmented TCP
-        }
-        let tcp_len = usize::from(*packet.get(32)? >> 4) * 4;
-        if tcp_len < 20 || 20 + tcp_len > total {
-            return None;
-        }
-        let flags = *packet.get(33)?;
-        let payload = total - 20 - tcp_len;
-        if flags & !TCP_PSH != TCP_ACK || payload == 0 {
-            return None;
-        }
-        // The segment must be intact before its checksum is handed to the kernel.
-        let sum = checksum::add(pseudo_sum(packet, total - 20)?, packet.get(20..)?);
-        if !checksum::fold(sum) != 0 {
-            return None;
-        }
-        Some(Segment {
-            packet,
-            tcp_len,
-            seq: rd32(packet, 24)?,
-            flags,
-            payload,
-        })
-    }
-
-    /// Can `next` follow `self` (the run's first segment) in the same super-packet?
-    fn same_flow(&self, next: &Segment<'_>) -> bool {
-        let a = self.packet;
-        let b = next.packet;
-        self.tcp_len == next.tcp_len
-            // TOS (1), TTL (8), addresses (12..20)
-            && a.get(1) == b.get(1)
-            && a.get(8) == b.get(8)
-            && a.get(12..20) == b.get(12..20)
-            // ports (20..24), ACK number (28..32), window (34..36), options (40..)
-            && a.get(20..24) == b.get(20..24)
-            && a.get(28..32) == b.get(28..32)
-            && a.get(34..36) == b.get(34..36)
-            && a.get(40..20 + self.tcp_len) == b.get(40..20 + next.tcp_len)
-    }
-}
+use crate::port::tcp_run::{MAX_IP_LEN, TcpRun};
 
 /// Builds one super-packet at a time in a buffer it owns.
 #[derive(Debug)]
 pub struct Coalescer {
     buf: Box<[u8]>,
-    len: usize,
-    tcp_len: usize,
-    seg_size: usize,
-    segments: usize,
-    next_seq: u32,
-    closed: bool,
+    run: TcpRun,
 }
 
 impl Default for Coalescer {
@@ -110,128 +27,42 @@ impl Default for Coalescer {
 impl Coalescer {
     pub fn new() -> Self {
         Coalescer {
-            buf: vec![0u8; MAX_LEN].into_boxed_slice(),
-            len: 0,
-            tcp_len: 0,
-            seg_size: 0,
-            segments: 0,
-            next_seq: 0,
-            closed: false,
+            buf: vec![0u8; MAX_IP_LEN].into_boxed_slice(),
+            run: TcpRun::new(MAX_IP_LEN),
         }
     }
 
     /// Segments in the current run (0: none).
     pub fn segments(&self) -> usize {
-        self.segments
+        self.run.segments()
     }
 
     /// Adds `packet` to the current run, or starts a run with it when none is open.
     /// `false`: it cannot join (the caller takes the run, then tries again or writes
     /// the packet on its own).
     pub fn push(&mut self, packet: &[u8]) -> bool {
-        let Some(seg) = Segment::parse(packet) else {
-            return false;
-        };
-        if self.segments == 0 {
-            let Some(dst) = self.buf.get_mut(..packet.len()) else {
-                return false;
-            };
-            dst.copy_from_slice(packet);
-            self.len = packet.len();
-            self.tcp_len = seg.tcp_len;
-            self.seg_size = seg.payload;
-            self.segments = 1;
-            self.next_seq = seg.seq.wrapping_add(seg.payload as u32);
-            self.closed = seg.flags & TCP_PSH != 0;
-            return true;
-        }
-        let Some(first) = self.buf.get(..self.len).and_then(Segment::first_header) else {
-            return false;
-        };
-        if self.closed
-            || self.segments >= MAX_SEGMENTS
-            || seg.seq != self.next_seq
-            || seg.payload > self.seg_size
-            || self.len + seg.payload > MAX_LEN
-            || !first.same_flow(&seg)
-        {
-            return false;
-        }
-        let data = packet.get(20 + seg.tcp_len..).unwrap_or_default();
-        let Some(dst) = self.buf.get_mut(self.len..self.len + data.len()) else {
-            return false;
-        };
-        dst.copy_from_slice(data);
-        self.len += data.len();
-        self.segments += 1;
-        self.next_seq = seg.seq.wrapping_add(seg.payload as u32);
-        if seg.payload < self.seg_size || seg.flags & TCP_PSH != 0 {
-            self.closed = true;
-            if let Some(f) = self.buf.get_mut(33) {
-                *f |= seg.flags & TCP_PSH;
-            }
-        }
-        true
+        self.run.push(&mut self.buf, packet)
     }
 
     /// Ends the run: the virtio-net header and the packet to write (a lone segment
     /// goes out unchanged, without GSO). `None` when no run is open.
     pub fn take(&mut self) -> Option<([u8; VNET_HDR_LEN], &[u8])> {
-        if self.segments == 0 {
-            return None;
-        }
-        let segments = std::mem::take(&mut self.segments);
-        let len = self.len;
-        if segments == 1 {
-            return Some((VirtioNetHdr::default().emit(), self.buf.get(..len)?));
-        }
-        let packet = self.buf.get_mut(..len)?;
-        packet
-            .get_mut(2..4)?
-            .copy_from_slice(&(len as u16).to_be_bytes());
-        packet.get_mut(10..12)?.copy_from_slice(&[0, 0]);
-        let ip_sum = !checksum::fold(checksum::add(0, packet.get(..20)?));
-        packet
-            .get_mut(10..12)?
-            .copy_from_slice(&ip_sum.to_be_bytes());
-        // Partial checksum: the field holds the folded pseudo-header sum and the
-        // kernel adds the TCP header and payload.
-        let pseudo = checksum::fold(pseudo_sum(packet, len - 20)?);
-        packet
-            .get_mut(36..38)?
-            .copy_from_slice(&pseudo.to_be_bytes());
-        let hdr = VirtioNetHdr {
-            flags: F_NEEDS_CSUM,
-            gso_type: GSO_TCPV4,
-            hdr_len: (20 + self.tcp_len) as u16,
-            gso_size: self.seg_size as u16,
-            csum_start: 20,
-            csum_offset: 16,
+        let merged = self.run.finish(&mut self.buf)?;
+        let packet = self.buf.get(..merged.len)?;
+        let hdr = match merged.gso {
+            Some(gso) => VirtioNetHdr::for_super(gso, packet)?,
+            None => VirtioNetHdr::default(),
         };
-        Some((hdr.emit(), self.buf.get(..len)?))
-    }
-}
-
-impl Segment<'_> {
-    /// The run's first segment's headers, read back from the run buffer (its
-    /// checksum is no longer checked: only the header fields are compared).
-    fn first_header(buf: &[u8]) -> Option<Segment<'_>> {
-        let tcp_len = usize::from(*buf.get(32)? >> 4) * 4;
-        Some(Segment {
-            packet: buf,
-            tcp_len,
-            seq: rd32(buf, 24)?,
-            flags: *buf.get(33)?,
-            payload: 0,
-        })
+        Some((hdr.emit(), packet))
     }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
-    use super::super::gso::Segmenter;
+    use super::super::gso::{GSO_TCPV4, Segmenter};
     use super::*;
+    use crate::wire::checksum;
     use etherparse::PacketBuilder;
 
     fn segment(seq: u32, payload: &[u8], psh: bool) -> Vec<u8> {

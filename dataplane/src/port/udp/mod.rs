@@ -9,8 +9,11 @@
 //!   UdpConfig::peer_mac`, IPv4 `src = sender, dst = local address`, TTL 64, DF, a
 //!   valid header checksum, UDP `sport = sender port, dport = local port`, checksum
 //!   0. The pipeline then checks the sending node exactly as for a real VXLAN frame.
-//!   With UDP GRO the kernel may return a train of equal-size datagrams in one read;
-//!   each becomes its own frame.
+//!   With UDP GRO the kernel may return a train of equal-size datagrams in one read:
+//!   a run of its datagrams carrying one inner TCP flow's consecutive segments
+//!   becomes one super-frame in a batch's super-frame buffer ([`merge`]: decapsulated
+//!   and routed once, written to the pod as one GSO packet); every other datagram
+//!   becomes its own frame, in train order.
 //! * tx: the outer headers the pipeline built are parsed for the destination address
 //!   and port and the source port; the UDP payload is sent to the destination from
 //!   one of `UdpConfig::tx_source_ports` sockets bound to the node address on
@@ -23,6 +26,7 @@
 //!
 //! Several sockets may share the port with `SO_REUSEPORT` (one per worker).
 
+pub mod merge;
 mod sys;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -80,6 +84,10 @@ pub struct UdpCounters {
     pub rx_gro_trains: u64,
     /// Datagrams those trains carried.
     pub rx_gro_datagrams: u64,
+    /// Super-frames built from runs of a train's datagrams (one inner TCP flow).
+    pub rx_merged: u64,
+    /// Datagrams merged into those super-frames.
+    pub rx_merged_datagrams: u64,
     /// Datagrams too large for a frame buffer (dropped).
     pub rx_oversize: u64,
     /// `sendmsg` calls that carried several datagrams (GSO).
@@ -178,18 +186,47 @@ impl UdpPort {
         self.gro
     }
 
+    /// Places the pending train's datagrams in `batch`, in order: each run that
+    /// [`merge::merge_run`] merges as one super-frame (while the batch has a
+    /// super-frame buffer free), every other datagram as a frame of its own.
     fn drain_pending(&mut self, batch: &mut PacketBatch) -> usize {
         let Some(p) = self.pending.as_mut() else {
             return 0;
         };
         let mut added = 0;
-        while p.offset < p.len {
+        while p.offset < p.len && !batch.is_full() {
+            let rest = self.scratch.get(p.offset..p.len).unwrap_or_default();
+            if p.size < rest.len()
+                && let Some((big, _)) = batch.free_super_buffer()
+                && let Some(frame) = big.get_mut(FRAME_HEADROOM..)
+                && let Some(run) = merge::merge_run(rest, p.size, frame)
+            {
+                let header = outer_header(
+                    self.mac,
+                    self.peer_mac,
+                    p.from,
+                    self.local,
+                    run.len - OUTER_LEN,
+                );
+                if let Some(dst) = frame.get_mut(..OUTER_LEN) {
+                    dst.copy_from_slice(&header);
+                }
+                p.offset += run.train_bytes(rest, p.size);
+                if batch
+                    .commit_super(FRAME_HEADROOM, run.len, self.id, run.gso)
+                    .is_ok()
+                {
+                    self.counters.rx_merged += 1;
+                    self.counters.rx_merged_datagrams += run.datagrams as u64;
+                    added += 1;
+                }
+                continue;
+            }
             let Some(buf) = batch.free_buffer() else {
                 break;
             };
-            let end = (p.offset + p.size).min(p.len);
-            let payload = self.scratch.get(p.offset..end).unwrap_or_default();
-            p.offset = end;
+            let payload = rest.get(..p.size.min(rest.len())).unwrap_or_default();
+            p.offset += payload.len().max(1);
             let at = FRAME_HEADROOM + OUTER_LEN;
             let Some(dst) = buf.get_mut(at..at + payload.len()) else {
                 self.counters.rx_oversize += 1;
@@ -435,6 +472,11 @@ impl Port for UdpPort {
     fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, PortError> {
         let mut added = self.drain_pending(batch);
         while !batch.is_full() {
+            // A train read now could only be merged into a super-frame buffer: when
+            // they are all taken, it waits for the next batch.
+            if self.gro && batch.free_super_buffers() == 0 && !batch.is_empty() {
+                break;
+            }
             let got = sys::recv(self.fd.as_raw_fd(), &mut self.scratch)
                 .map_err(|e| PortError::io(&self.name, "receiving VXLAN datagrams", e))?;
             let Some(r) = got else { break };
@@ -603,8 +645,8 @@ impl Port for UdpPort {
     fn offloads(&self) -> PortOffloads {
         let c = self.counters;
         PortOffloads {
-            rx_super: c.rx_gro_trains,
-            rx_super_frames: c.rx_gro_datagrams,
+            rx_super: c.rx_merged,
+            rx_super_frames: c.rx_merged_datagrams,
             tx_super: c.tx_gso_sends,
             tx_super_frames: c.tx_gso_datagrams,
         }
