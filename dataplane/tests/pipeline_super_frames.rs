@@ -173,3 +173,80 @@ fn the_mtu_is_checked_per_segment() {
     assert!(out.len() < 1500);
     let _ = PortId(0);
 }
+
+/// A GRO train from the remote node as the UDP port merges it: `SEGMENTS` VXLAN
+/// datagrams of REMOTE_POD -> `dst` TCP segments, one super-frame with the outer
+/// header the port synthesises (here built by etherparse).
+fn merged_train(src: Ipv4Addr, dst: Ipv4Addr) -> (Vec<u8>, Gso, Vec<u8>) {
+    use hybridway_dataplane::port::udp::merge::merge_run;
+    let body: Vec<u8> = (0..MSS * SEGMENTS).map(|i| (i % 251) as u8).collect();
+    let datagrams: Vec<Vec<u8>> = body
+        .chunks(MSS)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut inner = Vec::new();
+            eth(REMOTE_VTEP_MAC, VTEP_MAC)
+                .ipv4(src.octets(), dst.octets(), 64)
+                .tcp(5201, 40000, 1000 + (i * MSS) as u32, 64000)
+                .ack(77)
+                .write(&mut inner, chunk)
+                .unwrap();
+            inner[14 + 6] = 0x40; // DF
+            fix_ipv4_checksum(&mut inner, 14);
+            let mut d = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+            d.extend_from_slice(&inner);
+            d
+        })
+        .collect();
+    let train = datagrams.concat();
+    let mut out = vec![0u8; 70_000];
+    let run = merge_run(&train, datagrams[0].len(), &mut out).expect("the train merges");
+    assert_eq!(run.datagrams, SEGMENTS);
+    let mut frame = Vec::new();
+    eth(REMOTE_NODE_MAC, UPLINK_MAC)
+        .ipv4(REMOTE_NODE.octets(), NODE.octets(), 64)
+        .udp(40000, 8472)
+        .write(&mut frame, &out[42..run.len])
+        .unwrap();
+    (frame, run.gso, body)
+}
+
+#[test]
+fn a_merged_vxlan_train_is_decapsulated_once_and_routed_to_the_pod_whole() {
+    let (bytes, gso, body) = merged_train(REMOTE_POD, POD1);
+    let mut buf = vec![0u8; FRAME_HEADROOM + bytes.len()];
+    let tables = tables(false);
+    let mut p = Pipeline::new(0, &SnatConfig::default());
+    let mut frame = Frame::copy_from(&mut buf, &bytes, FrameMeta { in_port: UPLINK })
+        .unwrap()
+        .with_gso(Some(gso));
+    let v = p.process(&mut frame, &tables, Now(1));
+    assert_eq!(v, Verdict::Forward { port: POD1_PORT });
+    let after = frame.gso().expect("still one super-frame");
+    assert_eq!(after, Gso { l3: 14, ..gso }, "the inner IPv4 header");
+    let out = frame.data().to_vec();
+    assert_eq!(&out[..6], &POD1_MAC.0, "to the pod");
+    assert_eq!(out[14 + 8], 63, "inner TTL decremented once");
+    // The partial sum is the pseudo-header sum of the inner addresses, untouched.
+    let tcp_len = (out.len() - 34) as u16;
+    let field = u16::from_be_bytes([out[50], out[51]]);
+    assert_eq!(
+        field,
+        checksum::pseudo_header_v4(REMOTE_POD, POD1, 6, tcp_len)
+    );
+    // What the TUN port (or the kernel behind it) cuts: every segment verifies.
+    assert_eq!(segments_payload(&out, after), body);
+
+    // Anti-spoofing holds for the whole train: a source outside the sending node's
+    // block drops it.
+    let (bytes, gso, _) = merged_train(UNDERLAY_POD, POD1);
+    let mut buf = vec![0u8; FRAME_HEADROOM + bytes.len()];
+    let mut frame = Frame::copy_from(&mut buf, &bytes, FrameMeta { in_port: UPLINK })
+        .unwrap()
+        .with_gso(Some(gso));
+    let v = p.process(&mut frame, &tables, Now(1));
+    assert_eq!(
+        v,
+        Verdict::Drop(hybridway_dataplane::DropReason::VxlanSpoofedSource)
+    );
+}
