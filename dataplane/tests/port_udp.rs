@@ -15,9 +15,12 @@ use std::time::{Duration, Instant};
 
 use etherparse::{Icmpv4Type, PacketBuilder, SlicedPacket, TransportSlice};
 use hybridway_dataplane::PortId;
+use hybridway_dataplane::frame::GsoKind;
 use hybridway_dataplane::port::netns::NetnsGuard;
+use hybridway_dataplane::port::tun::gso::Segmenter;
 use hybridway_dataplane::port::udp::{OUTER_LEN, UdpConfig, UdpPort};
 use hybridway_dataplane::port::{PacketBatch, Port};
+use hybridway_dataplane::wire::checksum;
 use port_netns::{Netns, checked_tcp4, parse_udp, udp_frame, veth_pair, wait_readable};
 
 fn open(ns: &Netns, addr: [u8; 4]) -> UdpPort {
@@ -46,6 +49,34 @@ fn recv_frames(port: &mut UdpPort, want: usize) -> Vec<Vec<u8>> {
             std::thread::sleep(Duration::from_millis(2));
         }
         got.extend(batch.packets().map(<[u8]>::to_vec));
+    }
+    got
+}
+
+/// [`recv_frames`] with every super-frame cut back into its datagrams.
+fn recv_datagrams(port: &mut UdpPort, want: usize) -> Vec<Vec<u8>> {
+    let mut batch = PacketBatch::new();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got.len() < want && Instant::now() < deadline {
+        batch.clear();
+        if port.recv(&mut batch).unwrap() == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for i in 0..batch.len() {
+            let frame = batch.packet(i).unwrap();
+            let Some(gso) = batch.gso(i) else {
+                got.push(frame.to_vec());
+                continue;
+            };
+            let segmenter = Segmenter::for_frame(frame, gso).unwrap();
+            for s in 0..segmenter.count() {
+                let mut out = vec![0u8; 2048];
+                let len = segmenter.write_frame(frame, gso, s, &mut out).unwrap();
+                out.truncate(len);
+                got.push(out);
+            }
+        }
     }
     got
 }
@@ -227,6 +258,105 @@ fn a_gro_train_is_not_cut_across_batches() {
     assert_eq!(sizes, [40, 40]);
 }
 
+/// A VXLAN datagram's payload (VNI 1) carrying TCP segment `i` of one flow: DF,
+/// complete checksums, PSH on the last, as a sending node's segments are.
+fn tcp_vxlan_payload(i: usize, mss: usize, last: bool) -> Vec<u8> {
+    let body: Vec<u8> = (0..mss).map(|b| (b * 7 + i) as u8).collect();
+    let mut b = PacketBuilder::ethernet2([0xa; 6], [0xb; 6])
+        .ipv4([198, 19, 34, 5], [198, 19, 35, 5], 64)
+        .tcp(40000, 5201, 1000 + (i * mss) as u32, 64000)
+        .ack(77);
+    if last {
+        b = b.psh();
+    }
+    let mut inner = Vec::new();
+    b.write(&mut inner, &body).unwrap();
+    inner[14 + 4..14 + 6].copy_from_slice(&(100 + i as u16).to_be_bytes());
+    inner[14 + 6] = 0x40; // DF
+    inner[14 + 10..14 + 12].fill(0);
+    let sum = checksum::checksum(&inner[14..34]);
+    inner[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+    vxlan_payload(1, &inner)
+}
+
+#[test]
+fn a_gro_train_of_one_tcp_flow_is_received_as_one_super_frame() {
+    let a = Netns::new("udp");
+    let b = Netns::new("udp");
+    veth_pair(&a, "ua", "198.18.34.1/24", &b, "ub", "198.18.34.2/24");
+    b.sh("ethtool -K ub gro on");
+    let mut pa = open(&a, [198, 18, 34, 1]);
+    let mut pb = open(&b, [198, 18, 34, 2]);
+    assert!(pb.gro(), "UDP GRO available on this kernel");
+    // 44 datagrams of 1398-byte segments: what one UDP_SEGMENT send of a sending
+    // node carries (64 KiB).
+    let (n, mss) = (44, 1398);
+    let payloads: Vec<Vec<u8>> = (0..n)
+        .map(|i| tcp_vxlan_payload(i, mss, i + 1 == n))
+        .collect();
+    let frames: Vec<Vec<u8>> = payloads
+        .iter()
+        .map(|p| {
+            udp_frame(
+                [1; 6],
+                [2; 6],
+                [198, 18, 34, 1],
+                [198, 18, 34, 2],
+                51000,
+                8472,
+                p,
+            )
+        })
+        .collect();
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    assert_eq!(pa.send(&refs).unwrap(), n);
+    assert_eq!(pa.counters().tx_gso_sends, 1, "{:?}", pa.counters());
+    assert!(wait_readable(pb.poll_fd().unwrap(), Duration::from_secs(3)));
+    let mut batch = PacketBatch::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while batch.is_empty() && Instant::now() < deadline {
+        if pb.recv(&mut batch).unwrap() == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let c = pb.counters();
+    assert_eq!(batch.len(), 1, "one frame for the train: {c:?}");
+    assert_eq!(
+        (c.rx_gro_trains, c.rx_merged, c.rx_merged_datagrams),
+        (1, 1, n as u64)
+    );
+    assert_eq!(pb.offloads().rx_super, 1);
+    assert_eq!(pb.offloads().rx_super_frames, n as u64);
+    let gso = batch.gso(0).expect("a super-frame");
+    assert_eq!(
+        (gso.kind, usize::from(gso.size), gso.hdr_len),
+        (GsoKind::TcpV4, mss, 40)
+    );
+    assert_eq!(usize::from(gso.l3), OUTER_LEN + 8 + 14);
+    let frame = batch.packet(0).unwrap();
+    // The synthetic outer header says the merged length, with a valid checksum.
+    let (src, dst, _, dport, vxlan) = parse_udp(frame).expect("outer Ethernet/IPv4/UDP");
+    assert_eq!(
+        (src, dst, dport),
+        ([198, 18, 34, 1], [198, 18, 34, 2], 8472)
+    );
+    assert_eq!(vxlan.len() + OUTER_LEN, frame.len());
+    assert_eq!(
+        &vxlan[..22],
+        &payloads[0][..22],
+        "the first VXLAN and inner Ethernet headers"
+    );
+    // Cut by the one segmenter, it gives back every datagram's inner packet.
+    let ip = &frame[usize::from(gso.l3)..];
+    let segmenter = Segmenter::for_frame(frame, gso).unwrap();
+    assert_eq!(segmenter.count(), n);
+    let mut out = vec![0u8; 2048];
+    for (i, sent) in payloads.iter().enumerate() {
+        let len = segmenter.write(ip, i, &mut out).unwrap();
+        assert_eq!(&out[..len], &sent[22..], "segment {i}");
+    }
+}
+
 #[test]
 fn the_linux_vxlan_device_is_a_peer() {
     // Node B runs a kernel VXLAN device configured the way flannel configures it;
@@ -380,10 +510,8 @@ fn several_sockets_share_the_vxlan_port_and_split_the_flows() {
 /// receives every inner segment with its headers fixed and its checksum complete.
 #[test]
 fn an_encapsulated_super_frame_leaves_in_udp_gso_sends_of_whole_inner_segments() {
-    use hybridway_dataplane::frame::{Gso, GsoKind};
+    use hybridway_dataplane::frame::Gso;
     use hybridway_dataplane::port::SuperSend;
-    use hybridway_dataplane::port::tun::gso::Segmenter;
-    use hybridway_dataplane::wire::checksum;
 
     let a = Netns::new("usup");
     let b = Netns::new("usup");
@@ -436,8 +564,11 @@ fn an_encapsulated_super_frame_leaves_in_udp_gso_sends_of_whole_inner_segments()
         "44 datagrams of 1460 bytes fit the 64 KiB cap, then 2: {c:?}"
     );
 
-    let got = recv_frames(&mut pb, count);
+    // The receiving port merges each train back into a super-frame; cut as the TUN
+    // port's fallback would, the datagrams are what was sent.
+    let got = recv_datagrams(&mut pb, count);
     assert_eq!(got.len(), count);
+    assert!(pb.counters().rx_merged >= 1, "{:?}", pb.counters());
     let mut received = Vec::new();
     let mut seq = 7_000_000u32;
     for (i, f) in got.iter().enumerate() {
