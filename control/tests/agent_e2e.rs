@@ -533,6 +533,40 @@ fn tun_overlay_tcp_with_kernel_offloads_crosses_as_super_frames() {
             "port=\"hw0/q0\"",
         ) > 0
     });
+    // Node 2's VXLAN socket merged the GRO trains of the stream into super-frames
+    // (decapsulated once each), and wrote them to its pod as GSO packets.
+    wait_until("node 2 merges VXLAN trains into super-frames", || {
+        metric(
+            &c,
+            2,
+            "hybridway_port_rx_super_packets_total",
+            "port=\"vxlan:",
+        ) > 0
+    });
+    let merged = metric(
+        &c,
+        2,
+        "hybridway_port_rx_super_packets_total",
+        "port=\"vxlan:",
+    );
+    let datagrams = metric(
+        &c,
+        2,
+        "hybridway_port_rx_super_frames_total",
+        "port=\"vxlan:",
+    );
+    assert!(
+        datagrams >= 2 * merged,
+        "node 2: {datagrams} datagrams in {merged} merged trains"
+    );
+    assert!(
+        metric(
+            &c,
+            2,
+            "hybridway_port_tx_super_packets_total",
+            "port=\"hw0/q0\""
+        ) > 0
+    );
 }
 
 #[test]

@@ -138,9 +138,10 @@ pub enum SuperSend {
     Refused,
 }
 
-/// Totals of super-packets a port moved (TSO/USO reads and GRO trains on receive,
-/// GSO writes and sends on transmit) and of the frames they carried: frames per
-/// super-packet is what decides how much per-packet kernel work the port costs.
+/// Totals of super-packets a port moved (TSO/USO reads, or GRO trains merged into
+/// super-frames on the VXLAN socket, on receive; GSO writes and sends on transmit)
+/// and of the frames they carried: frames per super-packet is what decides how much
+/// per-packet kernel and pipeline work the port costs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortOffloads {
     pub rx_super: u64,

@@ -245,12 +245,12 @@ impl Counters {
             }),
             (
                 "hybridway_port_rx_super_packets_total",
-                "GSO super-packets and GRO trains received (several frames in one read)",
+                "Super-frames received (a TUN port: TSO/USO reads; the VXLAN socket: GRO trains of one TCP flow merged and decapsulated once)",
                 |p| p.rx_super.get(),
             ),
             (
                 "hybridway_port_rx_super_frames_total",
-                "Frames carried by received super-packets",
+                "Frames carried by received super-frames (TSO segments; VXLAN datagrams merged)",
                 |p| p.rx_super_frames.get(),
             ),
             (
