@@ -4,8 +4,8 @@
 //!
 //! Only segments that the kernel's own GRO would merge are merged: IPv4 without
 //! options, DF set, not a fragment, TCP with only ACK (PSH ends a run), same
-//! addresses, ports, TOS, TTL, IP flags, ACK number, window, urgent pointer and TCP
-//! options, contiguous sequence numbers, equal payload sizes (the last may be
+//! addresses, ports, TOS, TTL, IP flags, ACK number, TCP header length and reserved
+//! bits, window, urgent pointer and TCP options, contiguous sequence numbers, equal payload sizes (the last may be
 //! shorter). Each segment's TCP checksum is verified first, because the merged
 //! packet's checksum is left partial for the kernel to complete: a corrupt segment
 //! stays on its own, and the kernel drops it as it would without merging. The
@@ -90,10 +90,10 @@ impl<'a> Segment<'a> {
             && a.get(1) == b.get(1)
             && a.get(6..9) == b.get(6..9)
             && a.get(12..20) == b.get(12..20)
-            // ports (20..24), ACK number (28..32), window (34..36), urgent pointer
-            // (38..40), options (40..)
+            // ports (20..24), ACK number (28..32), data offset and reserved bits
+            // (32), window (34..36), urgent pointer (38..40), options (40..)
             && a.get(20..24) == b.get(20..24)
-            && a.get(28..32) == b.get(28..32)
+            && a.get(28..33) == b.get(28..33)
             && a.get(34..36) == b.get(34..36)
             && a.get(38..IP_HEADER_LEN + self.tcp_len)
                 == b.get(38..IP_HEADER_LEN + next.tcp_len)
