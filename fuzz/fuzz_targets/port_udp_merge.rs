@@ -3,18 +3,21 @@
 //! panics, and every super-frame it builds, cut by the one segmenter, gives back
 //! exactly the inner packets that went in (the fields segmentation rewrites, the
 //! IPv4 id and header checksum, aside; a TCP checksum of 0 and 0xffff are one
-//! value in one's complement).
+//! value in one's complement). A run merged from two reads (`TrainRun::continue_with`,
+//! the second part of a 64 KiB write arriving as a second train) is the same bytes
+//! as the run merged at once.
 #![no_main]
 
 use hybridway_dataplane::frame::{FRAME_HEADROOM, SUPER_FRAME_BUFFER_SIZE};
 use hybridway_dataplane::port::tun::gso::Segmenter;
 use hybridway_dataplane::port::udp::OUTER_LEN;
-use hybridway_dataplane::port::udp::merge::{DATAGRAM_PREFIX_LEN, merge_run};
+use hybridway_dataplane::port::udp::merge::{DATAGRAM_PREFIX_LEN, TrainRun, merge_run};
 use libfuzzer_sys::fuzz_target;
 
-/// The first two bytes are the GRO size; the rest is the train.
+/// The first two bytes are the GRO size, the third where a run is cut into two
+/// reads; the rest is the train.
 fuzz_target!(|data: &[u8]| {
-    let [s0, s1, ref train @ ..] = *data else {
+    let [s0, s1, cut, ref train @ ..] = *data else {
         return;
     };
     let size = usize::from(u16::from_le_bytes([s0, s1]));
@@ -26,17 +29,28 @@ fuzz_target!(|data: &[u8]| {
             offset += size.max(1);
             continue;
         };
-        let taken = run.train_bytes(rest, size);
+        let taken = TrainRun::train_bytes(rest, size, run.datagrams);
         assert!(run.datagrams >= 2 && taken > 0 && taken <= rest.len());
         assert!(run.len <= out.len() && run.len - 14 <= 65_535, "outer length fits");
         check_segments_back(&out[..run.len], run, &rest[..taken], size);
+        if run.datagrams > 2 {
+            let first = 2 + usize::from(cut) % (run.datagrams - 2);
+            let split = TrainRun::train_bytes(rest, size, first);
+            let mut again = vec![0u8; out.len()];
+            let mut two = merge_run(&rest[..split], size, &mut again).expect("a shorter run");
+            assert_eq!(two.datagrams, first);
+            let joined = two.continue_with(&rest[split..taken], size, &mut again);
+            assert_eq!(joined, run.datagrams - first, "the rest continues the run");
+            assert_eq!((two.datagrams, two.len, two.gso), (run.datagrams, run.len, run.gso));
+            assert_eq!(&again[OUTER_LEN..two.len], &out[OUTER_LEN..run.len]);
+        }
         offset += taken;
     }
 });
 
 fn check_segments_back(
     frame: &[u8],
-    run: hybridway_dataplane::port::udp::merge::TrainRun,
+    run: TrainRun,
     taken: &[u8],
     size: usize,
 ) {

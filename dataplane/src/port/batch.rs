@@ -179,6 +179,38 @@ impl PacketBatch {
         Ok(())
     }
 
+    /// The last frame, when it is a super-frame, from its first byte to the end of
+    /// its buffer: a port that continues it in place (more segments of the same
+    /// run) writes there, then sets its length with [`PacketBatch::grow_last_super`].
+    pub fn last_super_mut(&mut self) -> Option<&mut [u8]> {
+        let i = self.len.checked_sub(1)?;
+        let slot = *self.slots.get(i)?;
+        slot.gso?;
+        slot.big?;
+        self.slot_buffer_mut(i, &slot)?
+            .get_mut(slot.start as usize..)
+    }
+
+    /// Sets the last super-frame's length (see [`PacketBatch::last_super_mut`]) and
+    /// description.
+    pub fn grow_last_super(&mut self, len: usize, gso: Gso) -> Result<(), NoRoom> {
+        let Some(i) = self.len.checked_sub(1) else {
+            return Err(NoRoom { needed: len });
+        };
+        let Some(slot) = self.slots.get_mut(i).filter(|s| s.big.is_some()) else {
+            return Err(NoRoom { needed: len });
+        };
+        let end = (slot.start as usize).saturating_add(len);
+        if end > SUPER_FRAME_BUFFER_SIZE {
+            return Err(NoRoom {
+                needed: end - SUPER_FRAME_BUFFER_SIZE,
+            });
+        }
+        slot.len = len as u32;
+        slot.gso = Some(gso);
+        Ok(())
+    }
+
     /// The whole next free buffer (headroom included), or `None` when the batch is
     /// full. Nothing is added until [`PacketBatch::commit_at`].
     pub fn free_buffer(&mut self) -> Option<&mut [u8]> {

@@ -213,15 +213,24 @@ impl TcpRun {
         true
     }
 
-    /// Ends the run built in `buf`: a merged packet gets its IPv4 total length and
-    /// header checksum, and as its TCP checksum the partial (pseudo-header) sum a
-    /// super-frame carries (see [`Gso`]). `None` when no run is open.
+    /// Ends the run built in `buf` ([`TcpRun::seal`], then no run is open). `None`
+    /// when no run is open.
     pub fn finish(&mut self, buf: &mut [u8]) -> Option<MergedRun> {
-        if self.segments == 0 {
+        let merged = self.seal(buf);
+        self.segments = 0;
+        merged
+    }
+
+    /// Sets the headers of the run built in `buf` so far, leaving it open (more
+    /// segments may join, then seal again): a merged packet gets its IPv4 total
+    /// length and header checksum, and as its TCP checksum the partial
+    /// (pseudo-header) sum a super-frame carries (see [`Gso`]). `None` when no run
+    /// is open.
+    pub fn seal(&self, buf: &mut [u8]) -> Option<MergedRun> {
+        let (segments, len) = (self.segments, self.len);
+        if segments == 0 {
             return None;
         }
-        let segments = std::mem::take(&mut self.segments);
-        let len = self.len;
         if segments == 1 {
             return Some(MergedRun {
                 len,

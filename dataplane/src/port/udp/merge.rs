@@ -27,20 +27,55 @@ const MAX_INNER_LEN: usize =
 const INNER_L3: usize = OUTER_LEN + DATAGRAM_PREFIX_LEN;
 
 /// A run of datagrams merged at the start of a train.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct TrainRun {
-    /// Datagrams of the train it took.
+    /// Datagrams merged into it.
     pub datagrams: usize,
     /// Bytes of the super-frame, its `OUTER_LEN` bytes of outer header included.
     pub len: usize,
     /// The super-frame: `l3` is the inner IPv4 header, `size` the MSS.
     pub gso: Gso,
+    /// The merge, kept open for the next read's datagrams.
+    run: TcpRun,
 }
 
 impl TrainRun {
-    /// Bytes of the train the run took (its datagrams, the last maybe short).
-    pub fn train_bytes(&self, train: &[u8], size: usize) -> usize {
-        (self.datagrams * size).min(train.len())
+    /// Bytes of a train that its first `datagrams` datagrams take (the last maybe
+    /// short).
+    pub fn train_bytes(train: &[u8], size: usize, datagrams: usize) -> usize {
+        datagrams.saturating_mul(size).min(train.len())
+    }
+
+    /// Appends the datagrams at the start of `train` (the next read from the same
+    /// sender: a GRO train of `size`-byte datagrams, or one datagram) that continue
+    /// this run, merged in `frame` from its first byte as [`merge_run`] left it: a
+    /// 64 KiB write that one `UDP_SEGMENT` send could not carry whole arrives as
+    /// two trains (44 datagrams, then the rest), and is written to the pod as one.
+    /// Returns how many datagrams joined; `len` and the headers follow.
+    pub fn continue_with(&mut self, train: &[u8], size: usize, frame: &mut [u8]) -> usize {
+        let Some((head, body)) = frame.split_at_mut_checked(INNER_L3) else {
+            return 0;
+        };
+        let Some(prefix) = head.get(OUTER_LEN..) else {
+            return 0;
+        };
+        let mut joined = 0;
+        for datagram in train.chunks(size.max(1)) {
+            match split(datagram) {
+                Some((p, inner)) if p == prefix && self.run.push(body, inner) => joined += 1,
+                _ => break,
+            }
+        }
+        if joined > 0 {
+            match self.run.seal(body) {
+                Some(merged) => {
+                    self.datagrams += joined;
+                    self.len = INNER_L3 + merged.len;
+                }
+                None => return 0,
+            }
+        }
+        joined
     }
 }
 
@@ -72,17 +107,17 @@ pub fn merge_run(train: &[u8], size: usize, out: &mut [u8]) -> Option<TrainRun> 
             _ => break,
         }
     }
-    let taken = run.segments();
-    let merged = run.finish(body)?;
+    let merged = run.seal(body)?;
     let gso = merged.gso?;
     head.get_mut(OUTER_LEN..)?.copy_from_slice(prefix);
     Some(TrainRun {
-        datagrams: taken,
+        datagrams: merged.segments,
         len: INNER_L3 + merged.len,
         gso: Gso {
             l3: u16::try_from(INNER_L3).ok()?,
             ..gso
         },
+        run,
     })
 }
 
@@ -152,7 +187,10 @@ mod tests {
         let mut out = vec![0xa5; 65_536 + 256];
         let run = merge_run(&bytes, datagrams[0].len(), &mut out).unwrap();
         assert_eq!(run.datagrams, 44);
-        assert_eq!(run.train_bytes(&bytes, datagrams[0].len()), bytes.len());
+        assert_eq!(
+            TrainRun::train_bytes(&bytes, datagrams[0].len(), run.datagrams),
+            bytes.len()
+        );
         assert_eq!(run.gso.size as usize, mss);
         assert_eq!((run.gso.hdr_len, run.gso.l3), (40, (OUTER_LEN + 22) as u16));
         let frame = &out[..run.len];
@@ -232,6 +270,41 @@ mod tests {
     }
 
     #[test]
+    fn the_next_read_continues_the_run_as_if_merged_at_once() {
+        let mss = 1398;
+        let (datagrams, bytes) = train(46, mss);
+        let size = datagrams[0].len();
+        let mut once = vec![0u8; 70_000];
+        let whole = merge_run(&bytes, size, &mut once).unwrap();
+        assert_eq!(whole.datagrams, 46);
+        // 44 in one train, then the rest as a second read (2 datagrams).
+        let mut out = vec![0u8; 70_000];
+        let mut run = merge_run(&bytes[..44 * size], size, &mut out).unwrap();
+        assert_eq!(run.continue_with(&bytes[44 * size..], size, &mut out), 2);
+        assert_eq!(
+            (run.datagrams, run.len, run.gso),
+            (46, whole.len, whole.gso)
+        );
+        assert_eq!(out[..run.len], once[..whole.len]);
+        assert_eq!(segment_back(&out[..run.len], run.gso), datagrams);
+        // Nothing more joins a run closed by PSH; a single datagram of another run
+        // does not join either.
+        assert_eq!(run.continue_with(&datagrams[0], size, &mut out), 0);
+        let mut run = merge_run(&bytes[..2 * size], size, &mut out).unwrap();
+        assert_eq!(
+            run.continue_with(&datagrams[3], datagrams[3].len(), &mut out),
+            0,
+            "a gap"
+        );
+        assert_eq!(
+            run.continue_with(&datagrams[2], datagrams[2].len(), &mut out),
+            1
+        );
+        assert_eq!(run.continue_with(&[], 0, &mut out), 0);
+        assert_eq!(run.continue_with(&datagrams[3], size, &mut out[..10]), 0);
+    }
+
+    #[test]
     fn a_corrupt_segment_ends_the_run() {
         let (mut d, _) = train(5, 1000);
         d[2][22 + 60] ^= 0xff;
@@ -240,7 +313,7 @@ mod tests {
         let run = merge_run(&bytes, d[0].len(), &mut out).unwrap();
         assert_eq!(run.datagrams, 2, "merged up to the corrupt segment");
         assert_eq!(segment_back(&out[..run.len], run.gso), d[..2]);
-        let rest = &bytes[run.train_bytes(&bytes, d[0].len())..];
+        let rest = &bytes[TrainRun::train_bytes(&bytes, d[0].len(), run.datagrams)..];
         assert!(
             merge_run(rest, d[0].len(), &mut out).is_none(),
             "the corrupt one stays on its own"

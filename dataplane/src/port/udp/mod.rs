@@ -100,6 +100,13 @@ pub struct UdpCounters {
     pub tx_errors: u64,
 }
 
+/// The super-frame the batch ends with, still open for the next read's datagrams.
+#[derive(Debug)]
+struct OpenRun {
+    from: SocketAddrV4,
+    run: merge::TrainRun,
+}
+
 #[derive(Debug)]
 struct Pending {
     len: usize,
@@ -124,6 +131,8 @@ pub struct UdpPort {
     /// The headers of a super-frame's datagrams for one `UDP_SEGMENT` send.
     tx_buf: Box<[u8]>,
     pending: Option<Pending>,
+    /// Valid within one `recv` only: the batch may be cleared between calls.
+    open_run: Option<OpenRun>,
     counters: UdpCounters,
 }
 
@@ -166,6 +175,7 @@ impl UdpPort {
                 scratch: vec![0u8; SCRATCH].into_boxed_slice(),
                 tx_buf: vec![0u8; SCRATCH].into_boxed_slice(),
                 pending: None,
+                open_run: None,
                 counters: UdpCounters::default(),
             });
         }
@@ -186,9 +196,11 @@ impl UdpPort {
         self.gro
     }
 
-    /// Places the pending train's datagrams in `batch`, in order: each run that
-    /// [`merge::merge_run`] merges as one super-frame (while the batch has a
-    /// super-frame buffer free), every other datagram as a frame of its own.
+    /// Places the pending train's datagrams in `batch`, in order: the datagrams
+    /// that continue the super-frame the batch ends with (merged from the previous
+    /// read of this `recv`) join it; each run that [`merge::merge_run`] merges
+    /// becomes one super-frame (while the batch has a super-frame buffer free);
+    /// every other datagram a frame of its own.
     fn drain_pending(&mut self, batch: &mut PacketBatch) -> usize {
         let Some(p) = self.pending.as_mut() else {
             return 0;
@@ -196,6 +208,30 @@ impl UdpPort {
         let mut added = 0;
         while p.offset < p.len && !batch.is_full() {
             let rest = self.scratch.get(p.offset..p.len).unwrap_or_default();
+            if let Some(open) = self.open_run.as_mut()
+                && open.from == p.from
+                && let Some(frame) = batch.last_super_mut()
+            {
+                let joined = open.run.continue_with(rest, p.size, frame);
+                if joined > 0 {
+                    let header = outer_header(
+                        self.mac,
+                        self.peer_mac,
+                        p.from,
+                        self.local,
+                        open.run.len - OUTER_LEN,
+                    );
+                    if let Some(dst) = frame.get_mut(..OUTER_LEN) {
+                        dst.copy_from_slice(&header);
+                    }
+                    p.offset += merge::TrainRun::train_bytes(rest, p.size, joined);
+                    if batch.grow_last_super(open.run.len, open.run.gso).is_ok() {
+                        self.counters.rx_merged_datagrams += joined as u64;
+                    }
+                    continue;
+                }
+            }
+            self.open_run = None;
             if p.size < rest.len()
                 && let Some((big, _)) = batch.free_super_buffer()
                 && let Some(frame) = big.get_mut(FRAME_HEADROOM..)
@@ -211,13 +247,14 @@ impl UdpPort {
                 if let Some(dst) = frame.get_mut(..OUTER_LEN) {
                     dst.copy_from_slice(&header);
                 }
-                p.offset += run.train_bytes(rest, p.size);
+                p.offset += merge::TrainRun::train_bytes(rest, p.size, run.datagrams);
                 if batch
                     .commit_super(FRAME_HEADROOM, run.len, self.id, run.gso)
                     .is_ok()
                 {
                     self.counters.rx_merged += 1;
                     self.counters.rx_merged_datagrams += run.datagrams as u64;
+                    self.open_run = Some(OpenRun { from: p.from, run });
                     added += 1;
                 }
                 continue;
@@ -470,6 +507,7 @@ impl Port for UdpPort {
     }
 
     fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, PortError> {
+        self.open_run = None;
         let mut added = self.drain_pending(batch);
         while !batch.is_full() {
             // A train read now could only be merged into a super-frame buffer: when
