@@ -31,14 +31,13 @@ use hybridway_dataplane::wire::checksum;
 const MSS: usize = 1448;
 const SEGMENTS: usize = 45;
 
-/// An IPv4/TCP packet with `SEGMENTS * MSS` bytes of payload, as the kernel hands it
-/// to a TUN with TSO on (checksum partial).
-fn super_packet() -> (VirtioNetHdr, Vec<u8>) {
-    let payload = MSS * SEGMENTS;
-    let total = 20 + 20 + payload;
+/// The IPv4 (DF, TTL 64) and TCP headers of a packet of one flow, 198.19.0.2:40000 ->
+/// 198.19.1.2:5201, window 500, checksums left 0.
+fn tcp_headers(total: usize, id: u16, seq: u32, flags: u8) -> Vec<u8> {
     let mut p = vec![0u8; 40];
     p[0] = 0x45;
-    p[2..4].copy_from_slice(&((total.min(65535)) as u16).to_be_bytes());
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[4..6].copy_from_slice(&id.to_be_bytes());
     p[6] = 0x40;
     p[8] = 64;
     p[9] = 6;
@@ -46,9 +45,19 @@ fn super_packet() -> (VirtioNetHdr, Vec<u8>) {
     p[16..20].copy_from_slice(&[198, 19, 1, 2]);
     p[20..22].copy_from_slice(&40000u16.to_be_bytes());
     p[22..24].copy_from_slice(&5201u16.to_be_bytes());
-    p[24..28].copy_from_slice(&1u32.to_be_bytes());
+    p[24..28].copy_from_slice(&seq.to_be_bytes());
     p[32] = 5 << 4;
-    p[33] = 0x18;
+    p[33] = flags;
+    p[34..36].copy_from_slice(&500u16.to_be_bytes());
+    p
+}
+
+/// An IPv4/TCP packet with `SEGMENTS * MSS` bytes of payload, as the kernel hands it
+/// to a TUN with TSO on (checksum partial).
+fn super_packet() -> (VirtioNetHdr, Vec<u8>) {
+    let payload = MSS * SEGMENTS;
+    let total = 20 + 20 + payload;
+    let mut p = tcp_headers(total.min(65535), 0, 1, 0x18);
     p.extend((0..payload).map(|i| i as u8));
     p.truncate(total.min(65535));
     let hdr = VirtioNetHdr {
@@ -72,22 +81,8 @@ fn gro_train() -> (Vec<u8>, usize) {
     for i in 0..TRAIN {
         let mut d = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
         d.extend_from_slice(&[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00]);
-        let total = 40 + TRAIN_MSS;
-        let mut p = vec![0u8; 40];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        p[4..6].copy_from_slice(&(i as u16).to_be_bytes());
-        p[6] = 0x40;
-        p[8] = 64;
-        p[9] = 6;
-        p[12..16].copy_from_slice(&[198, 19, 0, 2]);
-        p[16..20].copy_from_slice(&[198, 19, 1, 2]);
-        p[20..22].copy_from_slice(&40000u16.to_be_bytes());
-        p[22..24].copy_from_slice(&5201u16.to_be_bytes());
-        p[24..28].copy_from_slice(&(1 + (i * TRAIN_MSS) as u32).to_be_bytes());
-        p[32] = 5 << 4;
-        p[33] = if i + 1 == TRAIN { 0x18 } else { 0x10 };
-        p[34..36].copy_from_slice(&500u16.to_be_bytes());
+        let flags = if i + 1 == TRAIN { 0x18 } else { 0x10 };
+        let mut p = tcp_headers(40 + TRAIN_MSS, i as u16, 1 + (i * TRAIN_MSS) as u32, flags);
         p.extend((0..TRAIN_MSS).map(|b| (b + i) as u8));
         let ip_sum = checksum::checksum(&p[..20]);
         p[10..12].copy_from_slice(&ip_sum.to_be_bytes());

@@ -39,22 +39,8 @@ fn vxlan_payload(vni: u32, inner: &[u8]) -> Vec<u8> {
     p
 }
 
+/// The frames the port receives, a super-frame cut back into its datagrams' frames.
 fn recv_frames(port: &mut UdpPort, want: usize) -> Vec<Vec<u8>> {
-    let mut batch = PacketBatch::new();
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while got.len() < want && Instant::now() < deadline {
-        batch.clear();
-        if port.recv(&mut batch).unwrap() == 0 {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        got.extend(batch.packets().map(<[u8]>::to_vec));
-    }
-    got
-}
-
-/// [`recv_frames`] with every super-frame cut back into its datagrams.
-fn recv_datagrams(port: &mut UdpPort, want: usize) -> Vec<Vec<u8>> {
     let mut batch = PacketBatch::new();
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -569,7 +555,7 @@ fn an_encapsulated_super_frame_leaves_in_udp_gso_sends_of_whole_inner_segments()
 
     // The receiving port merges each train back into a super-frame; cut as the TUN
     // port's fallback would, the datagrams are what was sent.
-    let got = recv_datagrams(&mut pb, count);
+    let got = recv_frames(&mut pb, count);
     assert_eq!(got.len(), count);
     assert!(pb.counters().rx_merged >= 1, "{:?}", pb.counters());
     let mut received = Vec::new();
