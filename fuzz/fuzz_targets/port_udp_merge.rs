@@ -14,8 +14,8 @@ use hybridway_dataplane::port::udp::OUTER_LEN;
 use hybridway_dataplane::port::udp::merge::{DATAGRAM_PREFIX_LEN, TrainRun, merge_run};
 use libfuzzer_sys::fuzz_target;
 
-/// The first two bytes are the GRO size, the third where a run is cut into two
-/// reads; the rest is the train.
+// The first two bytes are the GRO size, the third where a run is cut into two
+// reads; the rest is the train.
 fuzz_target!(|data: &[u8]| {
     let [s0, s1, cut, ref train @ ..] = *data else {
         return;
