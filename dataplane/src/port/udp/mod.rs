@@ -88,7 +88,7 @@ pub struct UdpCounters {
     pub rx_merged: u64,
     /// Datagrams merged into those super-frames.
     pub rx_merged_datagrams: u64,
-    /// Datagrams too large for a frame buffer (dropped).
+    /// Datagrams that did not fit a frame buffer (dropped).
     pub rx_oversize: u64,
     /// `sendmsg` calls that carried several datagrams (GSO).
     pub tx_gso_sends: u64,
@@ -227,6 +227,10 @@ impl UdpPort {
                     p.offset += merge::TrainRun::train_bytes(rest, p.size, joined);
                     if batch.grow_last_super(open.run.len, open.run.gso).is_ok() {
                         self.counters.rx_merged_datagrams += joined as u64;
+                    } else {
+                        // Not reached (the run stays inside the buffer it was
+                        // given), but never lose datagrams without a count.
+                        self.counters.rx_oversize += joined as u64;
                     }
                     continue;
                 }
@@ -256,6 +260,8 @@ impl UdpPort {
                     self.counters.rx_merged_datagrams += run.datagrams as u64;
                     self.open_run = Some(OpenRun { from: p.from, run });
                     added += 1;
+                } else {
+                    self.counters.rx_oversize += run.datagrams as u64;
                 }
                 continue;
             }
