@@ -5,7 +5,9 @@
 //! Figures per path: TCP throughput with one and with four streams (iperf3, 128 KiB
 //! writes) and the 64-byte UDP packet rate (iperf3 `-u -l 18 -b 0`: 18 bytes of
 //! payload make a 60-byte frame, 64 with the FCS a real wire would add), measured
-//! as datagrams received per second.
+//! as datagrams received per second; and the same 64-byte frames flooded by
+//! `trafgen` pinned to the last core ([`hybridway_lab::flood`]), counted where they
+//! arrive: the rate the path carries when the sender is not the bottleneck.
 //!
 //! Paths: hybridway AF_XDP overlay and underlay; the kernel's VXLAN configured like
 //! flannel (overlay baseline) and kernel routing (underlay baseline), both with the
@@ -38,6 +40,9 @@ struct Figures {
     tcp1_gbps: f64,
     tcp4_gbps: f64,
     udp64_kpps: f64,
+    flood64_kpps: f64,
+    /// What trafgen sent, to show it was not the bottleneck.
+    flood64_sent_kpps: f64,
 }
 
 /// Pod 1 on node 1 to pod 1 on node 2, the path every figure measures.
@@ -76,10 +81,13 @@ fn measure(c: &Cluster, seconds: u32) -> anyhow::Result<Figures> {
         .and_then(|v| v.as_f64())
         .unwrap_or(f64::from(seconds))
         .max(0.001);
+    let flood = hybridway_lab::flood::udp64(c, (1, 1), (2, 1), seconds)?;
     Ok(Figures {
         tcp1_gbps,
         tcp4_gbps,
         udp64_kpps: (packets - lost).max(0.0) / secs / 1e3,
+        flood64_kpps: flood.received_kpps(),
+        flood64_sent_kpps: flood.sent_kpps(),
     })
 }
 
@@ -121,8 +129,8 @@ pub fn run(args: &BenchArgs, exe: &Path) -> anyhow::Result<()> {
         args.seconds
     );
     println!(
-        "{:<34} {:>12} {:>12} {:>14}",
-        "path", "TCP x1 Gb/s", "TCP x4 Gb/s", "UDP 64B kpps"
+        "{:<34} {:>12} {:>12} {:>14} {:>16} {:>12}",
+        "path", "TCP x1 Gb/s", "TCP x4 Gb/s", "UDP 64B kpps", "flood 64B kpps", "(sent kpps)"
     );
     let mut rows: Vec<(String, bool, bool, Figures)> = Vec::new();
     for (name, overlay, kernel, backend) in [
@@ -151,8 +159,8 @@ pub fn run(args: &BenchArgs, exe: &Path) -> anyhow::Result<()> {
         let f = measure(&cluster, args.seconds)?;
         drop(cluster);
         println!(
-            "{name:<34} {:>12.2} {:>12.2} {:>14.1}",
-            f.tcp1_gbps, f.tcp4_gbps, f.udp64_kpps
+            "{name:<34} {:>12.2} {:>12.2} {:>14.1} {:>16.1} {:>12.1}",
+            f.tcp1_gbps, f.tcp4_gbps, f.udp64_kpps, f.flood64_kpps, f.flood64_sent_kpps
         );
         rows.push((name.to_string(), overlay, kernel, f));
     }
@@ -163,11 +171,12 @@ pub fn run(args: &BenchArgs, exe: &Path) -> anyhow::Result<()> {
         if let (Some(k), h) = (k, row.3) {
             let r = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
             println!(
-                "  {:<26} TCP x1 {:.2}x   TCP x4 {:.2}x   UDP 64B {:.2}x",
+                "  {:<26} TCP x1 {:.2}x   TCP x4 {:.2}x   UDP 64B {:.2}x   flood 64B {:.2}x",
                 row.0,
                 r(h.tcp1_gbps, k.tcp1_gbps),
                 r(h.tcp4_gbps, k.tcp4_gbps),
-                r(h.udp64_kpps, k.udp64_kpps)
+                r(h.udp64_kpps, k.udp64_kpps),
+                r(h.flood64_kpps, k.flood64_kpps)
             );
         }
     }
