@@ -14,6 +14,7 @@ use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::netns::Netns;
 
@@ -178,10 +179,33 @@ pub fn hold(
 /// Short connections for `seconds` from `procs` processes.
 #[derive(Debug, Default, Clone)]
 pub struct Churn {
-    /// Connections completed in each second, summed over the processes.
+    /// Connections completed in each second since the processes' shared start,
+    /// summed over the processes.
     pub per_second: Vec<u64>,
+    /// Seconds after the shared start when the first process began connecting.
+    pub began: f64,
     pub outcome: Outcome,
 }
+
+impl Churn {
+    /// The longest run of consecutive seconds, from the first process's start on,
+    /// in which no connection completed. One SYN lost in every process (a 1 s
+    /// retransmission) can empty one second; a NAT stall (ports stuck in TIME_WAIT)
+    /// empties many.
+    pub fn longest_stall(&self) -> usize {
+        let first = self.began as usize;
+        let (mut longest, mut run) = (0, 0);
+        for n in self.per_second.iter().skip(first) {
+            run = if *n == 0 { run + 1 } else { 0 };
+            longest = longest.max(run);
+        }
+        longest
+    }
+}
+
+/// How far ahead of now the processes' shared start is set, so they usually all
+/// wait for it (a late one simply starts late).
+const CHURN_LEAD: Duration = Duration::from_secs(1);
 
 pub fn churn(
     helper: &Path,
@@ -191,6 +215,10 @@ pub fn churn(
     seconds: u32,
     procs: usize,
 ) -> Result<Churn, LoadError> {
+    let start = (SystemTime::now() + CHURN_LEAD)
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
     let mut children = Vec::new();
     for _ in 0..procs.max(1) {
         children.push(
@@ -201,6 +229,7 @@ pub fn churn(
                     &addr.to_string(),
                     &port.to_string(),
                     &seconds.to_string(),
+                    &format!("{start:.3}"),
                 ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -210,6 +239,7 @@ pub fn churn(
     }
     let mut churn = Churn {
         per_second: vec![0; seconds as usize],
+        began: f64::INFINITY,
         ..Churn::default()
     };
     for child in &mut children {
@@ -220,7 +250,12 @@ pub fn churn(
                 *slot += n.as_u64().unwrap_or(0);
             }
         }
+        let began = v.get("began").and_then(|b| b.as_f64()).unwrap_or(0.0);
+        churn.began = churn.began.min(began);
         churn.outcome.add(&v);
+    }
+    if !churn.began.is_finite() {
+        churn.began = 0.0;
     }
     churn.outcome.answered = churn.per_second.iter().sum();
     Ok(churn)
