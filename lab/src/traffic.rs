@@ -168,7 +168,8 @@ pub fn iperf_flags(udp: bool) -> &'static str {
 }
 
 /// One line from an iperf3 JSON report: Mbit/s (and loss for UDP); fails when
-/// nothing arrived or most UDP datagrams were lost.
+/// nothing arrived. For UDP that is the check (datagrams cross the path): how many
+/// were lost at 20 Mbit/s depends on the machine's load as much as on the path.
 pub fn summarize(json: &serde_json::Value, udp: bool) -> Result<String, LabError> {
     let end = json
         .get("end")
@@ -186,7 +187,7 @@ pub fn summarize(json: &serde_json::Value, udp: bool) -> Result<String, LabError
             .and_then(|v| v.as_f64())
             .unwrap_or(100.0);
         let packets = sum.get("packets").and_then(|v| v.as_u64()).unwrap_or(0);
-        if packets == 0 || lost > 50.0 {
+        if packets == 0 || lost >= 100.0 {
             return Err(traffic!("UDP: {packets} packets, {lost:.1}% lost"));
         }
         Ok(format!(
