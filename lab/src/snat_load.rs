@@ -188,14 +188,19 @@ pub struct Churn {
 }
 
 impl Churn {
+    /// The seconds from the first process's start on (before it, nothing ran).
+    pub fn active_seconds(&self) -> &[u64] {
+        let first = (self.began as usize).min(self.per_second.len());
+        self.per_second.get(first..).unwrap_or_default()
+    }
+
     /// The longest run of consecutive seconds, from the first process's start on,
     /// in which no connection completed. One SYN lost in every process (a 1 s
     /// retransmission) can empty one second; a NAT stall (ports stuck in TIME_WAIT)
     /// empties many.
     pub fn longest_stall(&self) -> usize {
-        let first = self.began as usize;
         let (mut longest, mut run) = (0, 0);
-        for n in self.per_second.iter().skip(first) {
+        for n in self.active_seconds() {
             run = if *n == 0 { run + 1 } else { 0 };
             longest = longest.max(run);
         }
@@ -300,4 +305,26 @@ pub fn tune_client(ns: &Netns, lo: u16, hi: u16) -> Result<(), crate::LabError> 
         "sysctl -qw net.ipv4.tcp_tw_reuse=1 && sysctl -qw net.ipv4.ip_local_port_range='{lo} {hi}'"
     ))
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Churn;
+
+    fn churn(per_second: &[u64], began: f64) -> Churn {
+        Churn {
+            per_second: per_second.to_vec(),
+            began,
+            ..Churn::default()
+        }
+    }
+
+    #[test]
+    fn a_stall_is_the_longest_run_of_empty_seconds_after_the_first_start() {
+        assert_eq!(churn(&[5, 0, 7, 0, 0, 0, 3, 0], 0.0).longest_stall(), 3);
+        assert_eq!(churn(&[9, 0, 9, 0, 9], 0.2).longest_stall(), 1);
+        // Seconds before any process began are not a stall.
+        assert_eq!(churn(&[0, 0, 4, 4], 1.5).longest_stall(), 1);
+        assert_eq!(churn(&[0, 0, 4, 4], 2.0).longest_stall(), 0);
+    }
 }
