@@ -20,7 +20,7 @@ macro_rules! traffic {
 pub const IPERF_PORT: u16 = 5201;
 
 /// How long a freshly started server may take to listen: a process start on the
-/// shared, loaded 2-core machine has been seen to take seconds.
+/// shared, loaded 2-core machine may take seconds; only a broken one waits this long.
 pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Waits until something in `ns` listens on TCP `port` (`ss` inside the namespace,
@@ -240,7 +240,11 @@ pub fn source_seen(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
-    wait_listening(outside, IPERF_PORT, LISTEN_TIMEOUT)?;
+    if let Err(e) = wait_listening(outside, IPERF_PORT, LISTEN_TIMEOUT) {
+        let _ = server.kill();
+        let _ = server.wait();
+        return Err(e);
+    }
     let mut out = None;
     for attempt in 0..5 {
         if attempt > 0 {
