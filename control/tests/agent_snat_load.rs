@@ -106,8 +106,8 @@ fn short_connections_on(backend: &str) {
         churn.outcome.answered, churn.per_second, churn.outcome.errors
     );
     // A stall is two or more seconds in a row without one completed connection
-    // (the processes' seconds share one start, so a bucket is empty only when every
-    // process completed nothing in it).
+    // (the processes count the same seconds of one clock, so a second is empty only
+    // when every process completed nothing in it).
     assert!(
         churn.longest_stall() < 2,
         "{} seconds in a row without one completed connection: {:?}",

@@ -8,12 +8,9 @@ machine caps open files per process, so callers start several.
   hold ADDR PORT N           opens N connections, each sends one byte and waits for the
                              echo; prints {"answered", "failed", "errors"} and keeps them
                              open until stdin closes
-  churn ADDR PORT SECONDS START
-                             short connections (connect, one byte, echo, close) from
-                             START (seconds since the epoch, shared by the caller's
-                             processes) for SECONDS; prints {"per_second": [...] (each
-                             second since START), "began" (seconds after START), "failed",
-                             "errors"}
+  churn ADDR PORT SECONDS    short connections (connect, one byte, echo, close) for SECONDS
+                             whole seconds of CLOCK_MONOTONIC from the next one on; prints
+                             {"first_second", "per_second": [...], "failed", "errors"}
   one ADDR PORT TIMEOUT      one connection with one echoed byte; prints {"result"}
                              ("ok" or the errno name, "timeout")
 """
@@ -161,23 +158,26 @@ def one_exchange(addr, port, timeout):
 CHURN_TIMEOUT = 10.0
 
 
-def churn(addr, port, seconds, start):
-    # Buckets count against the caller's START, the same for all its processes, so
-    # their seconds line up when summed; a process started late waits for none.
-    time.sleep(max(0.0, start - time.time()))
-    began = max(0.0, time.time() - start)
+def churn(addr, port, seconds):
+    # Completions count in whole seconds of CLOCK_MONOTONIC, one clock for every
+    # process on the machine (and never stepped, unlike the wall clock): the
+    # caller's processes, started within the same second, begin at the same
+    # boundary, and their seconds line up when summed ("first_second" says which).
+    first = int(time.monotonic()) + 1
+    time.sleep(max(0.0, first - time.monotonic()))
+    end = first + int(seconds)
     per_second = [0] * int(seconds)
     failed, errors = 0, {}
-    while time.time() - start < seconds:
+    while time.monotonic() < end:
         result = one_exchange(addr, port, CHURN_TIMEOUT)
         if result == "ok":
-            i = int(time.time() - start)
-            if i < len(per_second):
+            i = int(time.monotonic()) - first
+            if 0 <= i < len(per_second):
                 per_second[i] += 1
         else:
             failed += 1
             errors[result] = errors.get(result, 0) + 1
-    print(json.dumps({"per_second": per_second, "began": began, "failed": failed, "errors": errors}), flush=True)
+    print(json.dumps({"first_second": first, "per_second": per_second, "failed": failed, "errors": errors}), flush=True)
 
 
 def main(argv):
@@ -187,8 +187,8 @@ def main(argv):
         serve(argv[2], int(argv[3]))
     elif cmd == "hold" and len(argv) == 5:
         hold(argv[2], int(argv[3]), int(argv[4]))
-    elif cmd == "churn" and len(argv) == 6:
-        churn(argv[2], int(argv[3]), float(argv[4]), float(argv[5]))
+    elif cmd == "churn" and len(argv) == 5:
+        churn(argv[2], int(argv[3]), float(argv[4]))
     elif cmd == "one" and len(argv) == 5:
         print(json.dumps({"result": one_exchange(argv[2], int(argv[3]), float(argv[4]))}), flush=True)
     else:

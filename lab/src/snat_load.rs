@@ -14,7 +14,6 @@ use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::netns::Netns;
 
@@ -179,38 +178,39 @@ pub fn hold(
 /// Short connections for `seconds` from `procs` processes.
 #[derive(Debug, Default, Clone)]
 pub struct Churn {
-    /// Connections completed in each second since the processes' shared start,
-    /// summed over the processes.
+    /// Connections completed in each second (of the machine's monotonic clock,
+    /// shared by the processes), summed over the processes; from the first
+    /// process's first second to the last one's last.
     pub per_second: Vec<u64>,
-    /// Seconds after the shared start when the first process began connecting.
-    pub began: f64,
     pub outcome: Outcome,
 }
 
 impl Churn {
-    /// The seconds from the first process's start on (before it, nothing ran).
-    pub fn active_seconds(&self) -> &[u64] {
-        let first = (self.began as usize).min(self.per_second.len());
-        self.per_second.get(first..).unwrap_or_default()
-    }
-
-    /// The longest run of consecutive seconds, from the first process's start on,
-    /// in which no connection completed. One SYN lost in every process (a 1 s
-    /// retransmission) can empty one second; a NAT stall (ports stuck in TIME_WAIT)
-    /// empties many.
+    /// The longest run of consecutive seconds in which no connection completed.
+    /// One SYN lost in every process (a 1 s retransmission) can empty one second;
+    /// a NAT stall (ports stuck in TIME_WAIT) empties many.
     pub fn longest_stall(&self) -> usize {
         let (mut longest, mut run) = (0, 0);
-        for n in self.active_seconds() {
+        for n in &self.per_second {
             run = if *n == 0 { run + 1 } else { 0 };
             longest = longest.max(run);
         }
         longest
     }
-}
 
-/// How far ahead of now the processes' shared start is set, so they usually all
-/// wait for it (a late one simply starts late).
-const CHURN_LEAD: Duration = Duration::from_secs(1);
+    /// Adds one process's seconds (`first`: its first second on the shared clock)
+    /// to the sum whose first second is `base`.
+    fn add_seconds(&mut self, base: u64, first: u64, seconds: &[u64]) {
+        let offset = usize::try_from(first.saturating_sub(base)).unwrap_or(usize::MAX);
+        let end = offset.saturating_add(seconds.len());
+        if self.per_second.len() < end {
+            self.per_second.resize(end, 0);
+        }
+        for (slot, n) in self.per_second.iter_mut().skip(offset).zip(seconds) {
+            *slot += n;
+        }
+    }
+}
 
 pub fn churn(
     helper: &Path,
@@ -220,10 +220,6 @@ pub fn churn(
     seconds: u32,
     procs: usize,
 ) -> Result<Churn, LoadError> {
-    let start = (SystemTime::now() + CHURN_LEAD)
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
     let mut children = Vec::new();
     for _ in 0..procs.max(1) {
         children.push(
@@ -234,7 +230,6 @@ pub fn churn(
                     &addr.to_string(),
                     &port.to_string(),
                     &seconds.to_string(),
-                    &format!("{start:.3}"),
                 ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -242,25 +237,23 @@ pub fn churn(
                 .spawn()?,
         );
     }
-    let mut churn = Churn {
-        per_second: vec![0; seconds as usize],
-        began: f64::INFINITY,
-        ..Churn::default()
-    };
+    let mut reports = Vec::new();
     for child in &mut children {
         let v = json_line(child)?;
         let _ = child.wait();
-        if let Some(list) = v.get("per_second").and_then(|p| p.as_array()) {
-            for (slot, n) in churn.per_second.iter_mut().zip(list) {
-                *slot += n.as_u64().unwrap_or(0);
-            }
-        }
-        let began = v.get("began").and_then(|b| b.as_f64()).unwrap_or(0.0);
-        churn.began = churn.began.min(began);
-        churn.outcome.add(&v);
+        reports.push(v);
     }
-    if !churn.began.is_finite() {
-        churn.began = 0.0;
+    let first = |v: &serde_json::Value| v.get("first_second").and_then(|f| f.as_u64()).unwrap_or(0);
+    let base = reports.iter().map(first).min().unwrap_or(0);
+    let mut churn = Churn::default();
+    for v in &reports {
+        let seconds: Vec<u64> = v
+            .get("per_second")
+            .and_then(|p| p.as_array())
+            .map(|list| list.iter().map(|n| n.as_u64().unwrap_or(0)).collect())
+            .unwrap_or_default();
+        churn.add_seconds(base, first(v), &seconds);
+        churn.outcome.add(v);
     }
     churn.outcome.answered = churn.per_second.iter().sum();
     Ok(churn)
@@ -311,20 +304,20 @@ pub fn tune_client(ns: &Netns, lo: u16, hi: u16) -> Result<(), crate::LabError> 
 mod tests {
     use super::Churn;
 
-    fn churn(per_second: &[u64], began: f64) -> Churn {
-        Churn {
-            per_second: per_second.to_vec(),
-            began,
-            ..Churn::default()
-        }
+    #[test]
+    fn seconds_of_processes_line_up_on_the_shared_clock() {
+        let mut c = Churn::default();
+        c.add_seconds(100, 100, &[5, 0, 7, 0]);
+        // Started a second later: its seconds are shifted, not summed index by index.
+        c.add_seconds(100, 101, &[3, 0, 0, 4]);
+        assert_eq!(c.per_second, [5, 3, 7, 0, 4]);
+        assert_eq!(c.longest_stall(), 1);
     }
 
     #[test]
-    fn a_stall_is_the_longest_run_of_empty_seconds_after_the_first_start() {
-        assert_eq!(churn(&[5, 0, 7, 0, 0, 0, 3, 0], 0.0).longest_stall(), 3);
-        assert_eq!(churn(&[9, 0, 9, 0, 9], 0.2).longest_stall(), 1);
-        // Seconds before any process began are not a stall.
-        assert_eq!(churn(&[0, 0, 4, 4], 1.5).longest_stall(), 1);
-        assert_eq!(churn(&[0, 0, 4, 4], 2.0).longest_stall(), 0);
+    fn a_stall_is_the_longest_run_of_empty_seconds() {
+        let mut c = Churn::default();
+        c.add_seconds(7, 7, &[5, 0, 7, 0, 0, 0, 3, 0]);
+        assert_eq!(c.longest_stall(), 3);
     }
 }

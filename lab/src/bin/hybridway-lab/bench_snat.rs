@@ -108,7 +108,7 @@ fn measure(c: &Cluster, args: &BenchSnatArgs) -> anyhow::Result<Figures> {
     let churn = snat_load::churn(&helper, &pod.ns, OUTSIDE_SERVER, PORT, args.seconds, 2)?;
     f.short = churn.outcome.answered;
     f.short_failed = churn.outcome.failed;
-    f.slowest_second = churn.active_seconds().iter().copied().min().unwrap_or(0);
+    f.slowest_second = churn.per_second.iter().copied().min().unwrap_or(0);
     if churn.outcome.failed > 0 {
         println!(
             "    short connections that failed: {:?}",
