@@ -18,7 +18,8 @@
 #   k8s-lab.sh watch DIR PID              (started by up) run down DIR once PID ends
 #
 # Environment: HYBRIDWAY_LAB_CACHE (binaries, /var/cache/hybridway-lab),
-# HYBRIDWAY_LAB_UP_TIMEOUT (seconds up waits for /readyz, 60),
+# HYBRIDWAY_LAB_UP_TIMEOUT (seconds up waits for /readyz, 180: test binaries start two
+# instances at once on a loaded 2-core machine; only a broken instance waits that long),
 # HYBRIDWAY_LAB_OWNER_PID (up: stop the instance when that process ends).
 # Progress goes to stderr; only results go to stdout. Needs root (bridge, addresses).
 set -euo pipefail
@@ -442,7 +443,7 @@ cmd_up() {
   local dir
   dir="$(cd "$1" && pwd)"
   [[ ! -e "$dir/addr" ]] || die "$dir already holds an instance ($(cat "$dir/addr")); run: $0 down $dir"
-  local timeout="${HYBRIDWAY_LAB_UP_TIMEOUT:-60}"
+  local timeout="${HYBRIDWAY_LAB_UP_TIMEOUT:-180}"
   build_binaries kube-apiserver kubectl etcd
   link_etcd
   local bin="$K8S_CACHE"

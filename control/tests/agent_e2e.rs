@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use hybridway_dataplane::port::netns::NetnsGuard;
 use hybridway_lab::topology::{
-    Cluster, ClusterSpec, NodeKind, OUTSIDE_SERVER, node_addr, pod_gateway, pod_ip, vtep_mac,
+    Cluster, ClusterSpec, NodeKind, OUTSIDE_SERVER, node_addr, pod_gateway, pod_ip, sample_sum,
+    vtep_mac,
 };
-use hybridway_lab::traffic::{iperf, outside_sees};
+use hybridway_lab::traffic::{IPERF_PORT, LISTEN_TIMEOUT, iperf, outside_sees, wait_listening};
 
 #[path = "support/mod.rs"]
 mod support;
@@ -100,8 +101,11 @@ fn assert_tcp_udp_both_ways(c: &Cluster, a: (u8, u8), b: (u8, u8)) {
     }
 }
 
+/// How long published totals and settling state may take on the loaded machine.
+const WAIT: Duration = Duration::from_secs(30);
+
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + WAIT;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
@@ -383,7 +387,7 @@ fn killed_agent_restarts_with_its_pods_and_sigterm_leaves_no_xdp_behind() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_listening(&srv.ns, IPERF_PORT, LISTEN_TIMEOUT).unwrap();
     let cli = c.pod(1, 1).unwrap();
     let client = cli
         .ns
@@ -534,42 +538,25 @@ fn tun_overlay_tcp_with_kernel_offloads_crosses_as_super_frames() {
         ) > 0
     });
     // Node 2's VXLAN socket merged the GRO trains of the stream into super-frames
-    // (decapsulated once each), and wrote them to its pod as GSO packets.
-    wait_until("node 2 merges VXLAN trains into super-frames", || {
-        metric(
-            &c,
-            2,
-            "hybridway_port_rx_super_packets_total",
-            "port=\"vxlan:",
-        ) > 0
+    // (decapsulated once each), and wrote them to its pod as GSO packets: fewer
+    // frames entered the pipeline than datagrams arrived (before, each datagram was
+    // a frame of its own). The totals are published as the worker sweeps, so the
+    // related values are read together from one scrape until they hold.
+    let mut last = String::new();
+    let merged_and_sent = hybridway_lab::poll(WAIT, || {
+        let text = c.metrics_of(2).ok()?;
+        let sum = |name: &str, label: &str| sample_sum(&text, name, label);
+        let merged = sum("hybridway_port_rx_super_packets_total", "port=\"vxlan:");
+        let datagrams = sum("hybridway_port_rx_super_frames_total", "port=\"vxlan:");
+        let frames = sum("hybridway_port_rx_packets_total", "port=\"vxlan:");
+        let tx_super = sum("hybridway_port_tx_super_packets_total", "port=\"hw0/q0\"");
+        last = format!(
+            "{frames} frames from the VXLAN socket, {datagrams} datagrams merged into \
+             {merged}, {tx_super} super-packets written to the pod"
+        );
+        (merged > 0 && datagrams >= 2 * merged && frames < datagrams && tx_super > 0).then_some(())
     });
-    let merged = metric(
-        &c,
-        2,
-        "hybridway_port_rx_super_packets_total",
-        "port=\"vxlan:",
-    );
-    let datagrams = metric(
-        &c,
-        2,
-        "hybridway_port_rx_super_frames_total",
-        "port=\"vxlan:",
-    );
-    // Fewer frames entered the pipeline than datagrams arrived (before, each
-    // datagram was a frame of its own).
-    let frames = metric(&c, 2, "hybridway_port_rx_packets_total", "port=\"vxlan:");
-    assert!(
-        datagrams >= 2 * merged && frames < datagrams,
-        "node 2: {frames} frames from the VXLAN socket, {datagrams} datagrams merged into {merged}"
-    );
-    assert!(
-        metric(
-            &c,
-            2,
-            "hybridway_port_tx_super_packets_total",
-            "port=\"hw0/q0\""
-        ) > 0
-    );
+    assert!(merged_and_sent.is_some(), "node 2: {last}");
 }
 
 #[test]
@@ -626,9 +613,13 @@ fn the_host_port_joins_node_and_pods_the_gateway_answers_and_the_nodes_own_pings
         c.node(1)
             .unwrap()
             .ns
-            .run(&format!("ping -c 2 -W 2 -e 21234 {OUTSIDE_SERVER}"))
+            // -w: exit 0 only once both replies came (within 10 s), so both were
+            // handed to the host.
+            .run(&format!("ping -c 2 -w 10 -W 2 -e 21234 {OUTSIDE_SERVER}"))
             .unwrap_or_else(|e| panic!("{backend}: node's own ping in the SNAT range: {e}"));
-        assert!(metric(&c, 1, "hybridway_to_host_total", "") >= before + 2);
+        wait_until("both replies counted as handed to the host", || {
+            metric(&c, 1, "hybridway_to_host_total", "") >= before + 2
+        });
         // Pods still reach the outside through SNAT meanwhile.
         assert_eq!(outside_sees(&c, (1, 2)).unwrap(), node_addr(1), "{backend}");
     }
@@ -654,7 +645,7 @@ fn pods_removed_and_added_with_the_cli_while_traffic_flows() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_listening(&srv.ns, IPERF_PORT, LISTEN_TIMEOUT).unwrap();
     let client = c
         .pod(1, 1)
         .unwrap()

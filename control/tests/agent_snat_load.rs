@@ -105,17 +105,16 @@ fn short_connections_on(backend: &str) {
         "{backend}: {} short connections in 60 s, per second {:?}, {:?}",
         churn.outcome.answered, churn.per_second, churn.outcome.errors
     );
-    let stalled: Vec<usize> = churn
-        .per_second
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| **n == 0)
-        .map(|(i, _)| i)
-        .collect();
+    // A stall is two or more seconds in a row without one completed connection
+    // (the processes count the same seconds of one clock, so a second is empty only
+    // when every process completed nothing in it).
     assert!(
-        stalled.is_empty(),
-        "seconds without one completed connection: {stalled:?}"
+        churn.longest_stall() < 2,
+        "{} seconds in a row without one completed connection: {:?}",
+        churn.longest_stall(),
+        churn.per_second
     );
+    // Each exchange may take 10 s (the SYN's retransmissions fit): none fails.
     assert_eq!(churn.outcome.failed, 0, "{:?}", churn.outcome.errors);
     assert_eq!(exhausted(&c), 0);
 }

@@ -305,11 +305,11 @@ fn frr_planned_stop_keeps_routes_stale_but_final_stop_withdraws() {
     // SIGINT: final stop with a Cease: FRR withdraws immediately.
     sp2.signal(&mut lab, "INT");
     sp2.wait_exit(&mut lab, T);
-    wait_for(
-        Duration::from_secs(5),
-        "routes withdrawn after Cease",
-        || frr.routes().is_empty().then_some(()),
-    );
+    // "Immediately" is the protocol's (no graceful-restart hold), not a time: a
+    // retained stale path would stay for the 600 s restart time, far beyond T.
+    wait_for(T, "routes withdrawn after Cease", || {
+        frr.routes().is_empty().then_some(())
+    });
 }
 
 #[test]
@@ -362,7 +362,13 @@ fn frr_restart_is_survived_as_helper_and_table_resent() {
         (frr2.routes().len() == 3).then_some(())
     });
     let st = sp.wait_state("Established", T);
-    assert_eq!(st["establishedCount"], 2);
+    // At least the first session and the one after the restart; a connection
+    // collision as FRR comes back may legitimately establish (and drop) one more.
+    let established = st["establishedCount"].as_u64().unwrap_or(0);
+    assert!(
+        established >= 2,
+        "sessions established: {established}, status {st}"
+    );
     assert_eq!(
         frr2.paths("198.19.1.0/24"),
         vec![("198.18.0.20".to_string(), false)]

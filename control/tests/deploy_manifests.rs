@@ -221,7 +221,69 @@ fn installed_lab() -> KubeLab {
     let dry = lab.kubectl(&["apply", "--dry-run=server", "-k", &examples]);
     assert!(dry.status.success(), "examples dry run:\n{}", text(&dry));
     lab.kubectl_ok(&["apply", "-k", &examples]);
+    wait_policies_enforced(&lab);
     lab
+}
+
+/// The API server enforces an admission policy only once its informers have seen
+/// the policy and its binding, some time after `apply` returns (longer on a loaded
+/// machine). Waits until each of the three refuses a request it exists to refuse:
+/// server-side dry runs as the agent or the controller (impersonated, with
+/// system:masters so that RBAC does not answer first), which change nothing.
+fn wait_policies_enforced(lab: &KubeLab) {
+    let node = lab.dir().join("policy-probe-node.yaml");
+    std::fs::write(
+        &node,
+        "apiVersion: v1\nkind: Node\nmetadata: {name: policy-probe}\n",
+    )
+    .unwrap();
+    let node = node.to_str().unwrap();
+    let create_node = ["create", "--dry-run=server", "-f", node];
+    let patch_status = [
+        "patch",
+        "bgpclusterconfig",
+        "onprem-underlay",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"speakers":[]}}"#,
+        "--dry-run=server",
+    ];
+    let probes: [(&str, &[&str], &str); 3] = [
+        (
+            AGENT,
+            &create_node,
+            "the hybridway agent never creates or deletes Nodes",
+        ),
+        (
+            CONTROLLER,
+            &create_node,
+            "the hybridway controller never creates or deletes Nodes",
+        ),
+        (
+            AGENT,
+            &patch_status,
+            "may change BGPClusterConfig status only with a token bound",
+        ),
+    ];
+    for (user, args, why) in probes {
+        let mut last = String::new();
+        let enforced = hybridway_lab::poll(WAIT, || {
+            let mut all = vec![
+                format!("--as={user}"),
+                "--as-group=system:masters".to_string(),
+            ];
+            all.extend(args.iter().map(|a| a.to_string()));
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            let out = lab.kubectl(&all);
+            last = text(&out);
+            (!out.status.success() && last.contains(why)).then_some(())
+        });
+        assert!(
+            enforced.is_some(),
+            "admission policy not enforced after {WAIT:?} ({why}): {last}"
+        );
+    }
 }
 
 #[test]

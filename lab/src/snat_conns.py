@@ -8,8 +8,9 @@ machine caps open files per process, so callers start several.
   hold ADDR PORT N           opens N connections, each sends one byte and waits for the
                              echo; prints {"answered", "failed", "errors"} and keeps them
                              open until stdin closes
-  churn ADDR PORT SECONDS    short connections (connect, one byte, echo, close) for SECONDS;
-                             prints {"per_second": [...], "failed", "errors"}
+  churn ADDR PORT SECONDS    short connections (connect, one byte, echo, close) for SECONDS
+                             whole seconds of CLOCK_MONOTONIC from the next one on; prints
+                             {"first_second", "per_second": [...], "failed", "errors"}
   one ADDR PORT TIMEOUT      one connection with one echoed byte; prints {"result"}
                              ("ok" or the errno name, "timeout")
 """
@@ -152,23 +153,31 @@ def one_exchange(addr, port, timeout):
         s.close()
 
 
+# Per-exchange timeout in `churn`: the SYN's retransmissions (1 s, 2 s, 4 s) fit, so
+# a lost packet on the loaded machine is a slow connection, not a failed one.
+CHURN_TIMEOUT = 10.0
+
+
 def churn(addr, port, seconds):
-    start = time.monotonic()
+    # Completions count in whole seconds of CLOCK_MONOTONIC, one clock for every
+    # process on the machine (and never stepped, unlike the wall clock): the
+    # caller's processes, started within the same second, begin at the same
+    # boundary, and their seconds line up when summed ("first_second" says which).
+    first = int(time.monotonic()) + 1
+    time.sleep(max(0.0, first - time.monotonic()))
+    end = first + int(seconds)
     per_second = [0] * int(seconds)
     failed, errors = 0, {}
-    while True:
-        now = time.monotonic() - start
-        if now >= seconds:
-            break
-        result = one_exchange(addr, port, 5.0)
+    while time.monotonic() < end:
+        result = one_exchange(addr, port, CHURN_TIMEOUT)
         if result == "ok":
-            i = int(time.monotonic() - start)
-            if i < len(per_second):
+            i = int(time.monotonic()) - first
+            if 0 <= i < len(per_second):
                 per_second[i] += 1
         else:
             failed += 1
             errors[result] = errors.get(result, 0) + 1
-    print(json.dumps({"per_second": per_second, "failed": failed, "errors": errors}), flush=True)
+    print(json.dumps({"first_second": first, "per_second": per_second, "failed": failed, "errors": errors}), flush=True)
 
 
 def main(argv):

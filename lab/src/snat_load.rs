@@ -178,9 +178,38 @@ pub fn hold(
 /// Short connections for `seconds` from `procs` processes.
 #[derive(Debug, Default, Clone)]
 pub struct Churn {
-    /// Connections completed in each second, summed over the processes.
+    /// Connections completed in each second (of the machine's monotonic clock,
+    /// shared by the processes), summed over the processes; from the first
+    /// process's first second to the last one's last.
     pub per_second: Vec<u64>,
     pub outcome: Outcome,
+}
+
+impl Churn {
+    /// The longest run of consecutive seconds in which no connection completed.
+    /// One SYN lost in every process (a 1 s retransmission) can empty one second;
+    /// a NAT stall (ports stuck in TIME_WAIT) empties many.
+    pub fn longest_stall(&self) -> usize {
+        let (mut longest, mut run) = (0, 0);
+        for n in &self.per_second {
+            run = if *n == 0 { run + 1 } else { 0 };
+            longest = longest.max(run);
+        }
+        longest
+    }
+
+    /// Adds one process's seconds (`first`: its first second on the shared clock)
+    /// to the sum whose first second is `base`.
+    fn add_seconds(&mut self, base: u64, first: u64, seconds: &[u64]) {
+        let offset = usize::try_from(first.saturating_sub(base)).unwrap_or(usize::MAX);
+        let end = offset.saturating_add(seconds.len());
+        if self.per_second.len() < end {
+            self.per_second.resize(end, 0);
+        }
+        for (slot, n) in self.per_second.iter_mut().skip(offset).zip(seconds) {
+            *slot += n;
+        }
+    }
 }
 
 pub fn churn(
@@ -208,19 +237,23 @@ pub fn churn(
                 .spawn()?,
         );
     }
-    let mut churn = Churn {
-        per_second: vec![0; seconds as usize],
-        ..Churn::default()
-    };
+    let mut reports = Vec::new();
     for child in &mut children {
         let v = json_line(child)?;
         let _ = child.wait();
-        if let Some(list) = v.get("per_second").and_then(|p| p.as_array()) {
-            for (slot, n) in churn.per_second.iter_mut().zip(list) {
-                *slot += n.as_u64().unwrap_or(0);
-            }
-        }
-        churn.outcome.add(&v);
+        reports.push(v);
+    }
+    let first = |v: &serde_json::Value| v.get("first_second").and_then(|f| f.as_u64()).unwrap_or(0);
+    let base = reports.iter().map(first).min().unwrap_or(0);
+    let mut churn = Churn::default();
+    for v in &reports {
+        let seconds: Vec<u64> = v
+            .get("per_second")
+            .and_then(|p| p.as_array())
+            .map(|list| list.iter().map(|n| n.as_u64().unwrap_or(0)).collect())
+            .unwrap_or_default();
+        churn.add_seconds(base, first(v), &seconds);
+        churn.outcome.add(v);
     }
     churn.outcome.answered = churn.per_second.iter().sum();
     Ok(churn)
@@ -265,4 +298,26 @@ pub fn tune_client(ns: &Netns, lo: u16, hi: u16) -> Result<(), crate::LabError> 
         "sysctl -qw net.ipv4.tcp_tw_reuse=1 && sysctl -qw net.ipv4.ip_local_port_range='{lo} {hi}'"
     ))
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Churn;
+
+    #[test]
+    fn seconds_of_processes_line_up_on_the_shared_clock() {
+        let mut c = Churn::default();
+        c.add_seconds(100, 100, &[5, 0, 7, 0]);
+        // Started a second later: its seconds are shifted, not summed index by index.
+        c.add_seconds(100, 101, &[3, 0, 0, 4]);
+        assert_eq!(c.per_second, [5, 3, 7, 0, 4]);
+        assert_eq!(c.longest_stall(), 1);
+    }
+
+    #[test]
+    fn a_stall_is_the_longest_run_of_empty_seconds() {
+        let mut c = Churn::default();
+        c.add_seconds(7, 7, &[5, 0, 7, 0, 0, 0, 3, 0]);
+        assert_eq!(c.longest_stall(), 3);
+    }
 }

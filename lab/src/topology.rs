@@ -469,12 +469,7 @@ impl Cluster {
 
     /// Sum of node `n`'s metric samples named `name` whose line contains `label`.
     pub fn metric_sum(&self, n: u8, name: &str, label: &str) -> Result<u64, ClusterError> {
-        Ok(self
-            .metrics_of(n)?
-            .lines()
-            .filter(|l| l.starts_with(name) && l.contains(label))
-            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<u64>().ok()))
-            .sum())
+        Ok(sample_sum(&self.metrics_of(n)?, name, label))
     }
 
     pub fn metrics_of(&self, n: u8) -> Result<String, ClusterError> {
@@ -491,6 +486,15 @@ impl Cluster {
     pub fn log_path(&self, n: u8) -> Option<&Path> {
         self.node(n).map(|x| x.log.as_path())
     }
+}
+
+/// Sum of the samples named `name` whose line contains `label` in one scrape
+/// `text` (several values compared with each other come from the same scrape).
+pub fn sample_sum(text: &str, name: &str, label: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<u64>().ok()))
+        .sum()
 }
 
 /// Wires pod namespace `pod` to its node as a CNI plugin would: a veth (`eth0` in

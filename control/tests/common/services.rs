@@ -119,15 +119,19 @@ pub fn who_answers(pod: &ServicePod, addr: Ipv4Addr) -> Option<String> {
 }
 
 /// The name a [`serve_name`] server behind `addr:port` answers with, asked from
-/// namespace `ns` (a pod, or a node for its own traffic and NodePorts).
+/// namespace `ns` (a pod, or a node for its own traffic and NodePorts). A lost SYN
+/// on the loaded machine costs a retransmission (1 s, then 2 s, 4 s): each try has
+/// 10 s, and a try without an answer is repeated, 3 in all, before `None`.
 pub fn who_answers_at(ns: &Netns, addr: Ipv4Addr, port: u16) -> Option<String> {
-    let out = ns
-        .output(&format!(
-            "timeout 3 bash -c 'exec 3<>/dev/tcp/{addr}/{port}; head -n1 <&3'"
-        ))
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !text.is_empty()).then_some(text)
+    (0..3).find_map(|_| {
+        let out = ns
+            .output(&format!(
+                "timeout 10 bash -c 'exec 3<>/dev/tcp/{addr}/{port}; head -n1 <&3'"
+            ))
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !text.is_empty()).then_some(text)
+    })
 }
 
 /// `dig` for [`DNS_NAME`] at [`DNS`] over TCP or UDP: the answer, empty on failure.

@@ -26,7 +26,7 @@ use hybridway_lab::service_lab::{
     Backend, CLIENT, ClientKind, LOCAL, REMOTE_A, ServiceLab, service_yaml, slice_yaml,
 };
 use hybridway_lab::snat_load::{self, Servers};
-use hybridway_lab::traffic::iperf_through;
+use hybridway_lab::traffic::{IPERF_PORT, iperf_through};
 
 #[derive(Debug, Args)]
 pub struct BenchServicesArgs {
@@ -38,7 +38,6 @@ pub struct BenchServicesArgs {
     pub backend: String,
 }
 
-const IPERF_PORT: u16 = 5201;
 const CONN_PORT: u16 = 7300;
 
 /// One endpoint placement: its Services' ClusterIPs and the endpoint pod.
