@@ -370,9 +370,12 @@ impl SnatShard {
         let Some(e) = self.slab.get(slot).copied() else {
             return;
         };
-        // The entry is its own outbound slot: only the inbound bucket is looked up.
+        let oh = self.hash(OutKey::of_entry(&e).words());
         let ih = self.hash(InKey::of_entry(&e).words());
-        self.by_outbound.remove(slot);
+        // The entry is its own outbound slot (whose tags are usually cached): only
+        // the inbound bucket is a random line to wait for.
+        self.by_inbound.prefetch_home(ih);
+        self.by_outbound.remove(slot, oh);
         if let Some(hit) = self.by_inbound.find(ih, |s| s == slot) {
             self.by_inbound.remove(hit.bucket);
         }
@@ -578,7 +581,7 @@ impl SnatShard {
         }
         let slot = self.by_outbound.insert(h).ok_or(SnatError::TableFull)?;
         if !self.slab.alloc_at(slot, entry, now) {
-            self.by_outbound.remove(slot);
+            self.by_outbound.remove(slot, h);
             return Err(SnatError::TableFull);
         }
         self.by_inbound.insert(ih, slot);
