@@ -146,6 +146,16 @@ impl FlowTags {
         Some(Self::slot(g, i))
     }
 
+    /// The slot [`FlowTags::insert`] would most likely give a key with `hash` (the
+    /// first EMPTY one of its home group), for prefetching the entry line a new
+    /// flow will be written to.
+    #[inline]
+    pub fn insert_hint(&self, hash: u32) -> Option<u32> {
+        let g = self.home(hash);
+        let i = positions(match_empty(self.word(g))).next()?;
+        Some(Self::slot(g, i))
+    }
+
     /// The occupied slot whose tag matches `hash` and that satisfies `is_key`.
     #[inline]
     pub fn find(&self, hash: u32, mut is_key: impl FnMut(u32) -> bool) -> Option<u32> {
@@ -249,7 +259,14 @@ mod tests {
         }
         fn insert(&mut self, k: u32, h: u32) -> u32 {
             assert_eq!(self.find(k, h), None);
+            let hint = self.tags.insert_hint(h);
             let s = self.tags.insert(h).expect("room");
+            if let Some(hint) = hint {
+                assert_eq!(
+                    s, hint,
+                    "the hint is where a key goes when its home has room"
+                );
+            }
             assert_eq!(self.keys[s as usize], None, "slot {s} was taken");
             self.keys[s as usize] = Some(k);
             self.map.insert(k, s);

@@ -560,6 +560,11 @@ impl SnatShard {
         if let Some((_, ih)) = pod_probe {
             self.by_inbound.prefetch_home(ih);
         }
+        // And the entry line the flow will most likely be written to: a random
+        // line (the slot is chosen by the hash), so it is requested early too.
+        if let Some(slot) = self.by_outbound.insert_hint(h) {
+            self.slab.prefetch(slot);
+        }
         if self.slab.len() >= self.slab.capacity() {
             self.reclaim(now, RECLAIM_BUDGET, 1);
             if self.slab.len() >= self.slab.capacity() {
