@@ -27,7 +27,9 @@ ops=200000
 # A 2 MiB last-level cache (an L2 of today's server cores) that 10,000 flows fit
 # and 1,000,000 do not: its misses are the cache lines an operation waits for
 # from memory. The host's own LL can be hundreds of MiB and hide them.
-llc=2097152,16,64
+# CONNTRACK_LLC=size,assoc,line overrides it (e.g. 33554432,16,64 for a 32 MiB
+# L3, which keeps the outbound index's tags but not the entries).
+llc=${CONNTRACK_LLC:-2097152,16,64}
 printf '%-45s %10s %16s\n' case instr/op 'LL misses/op'
 for run in "established 10000" "established 1000000" "full"; do
   # shellcheck disable=SC2086

@@ -117,11 +117,12 @@ impl Entry {
     }
 }
 
+/// The entries, each in the slot the outbound index ([`crate::tables::flow_tags`])
+/// placed it in for its whole life, and the wheel that finds expired ones.
 #[derive(Debug)]
 pub(crate) struct FlowSlab {
     entries: Vec<Entry>,
     capacity: usize,
-    free_head: u32,
     len: usize,
     wheel: Vec<u32>,
     /// The next tick to process; every earlier tick has been processed.
@@ -133,14 +134,15 @@ fn tick_of(ms: u64) -> u64 {
 }
 
 impl FlowSlab {
-    pub fn with_capacity(capacity: usize) -> Self {
-        let capacity = capacity.min(MAX_SLOTS);
-        let entries = Vec::with_capacity(capacity);
-        huge_pages::advise(entries.as_ptr(), capacity * std::mem::size_of::<Entry>());
+    /// `slots` entries (all allocated now), at most `capacity` of them in use.
+    pub fn new(slots: usize, capacity: usize) -> Self {
+        let slots = slots.min(MAX_SLOTS);
+        let mut entries = Vec::with_capacity(slots);
+        huge_pages::advise(entries.as_ptr(), slots * std::mem::size_of::<Entry>());
+        entries.resize(slots, Entry::new());
         FlowSlab {
             entries,
-            capacity,
-            free_head: NIL,
+            capacity: capacity.min(slots),
             len: 0,
             wheel: vec![NIL; WHEEL_SLOTS],
             cur_tick: 0,
@@ -178,38 +180,36 @@ impl FlowSlab {
         self.entries.get_mut(slot as usize)
     }
 
-    /// Takes a free slot for `entry` and queues it for its expiry; `None` when full.
-    pub fn alloc(&mut self, entry: Entry, now: Now) -> Option<u32> {
+    /// Puts `entry` in the free `slot` the index gave it and queues it for its
+    /// expiry; `false` when the slab is at capacity or the slot does not exist.
+    pub fn alloc_at(&mut self, slot: u32, entry: Entry, now: Now) -> bool {
+        if self.len >= self.capacity {
+            return false;
+        }
         if self.len == 0 {
             // Nothing is queued, so the wheel may jump to the present.
             self.cur_tick = tick_of(now.millis());
         }
-        let slot = if self.free_head != NIL {
-            let slot = self.free_head;
-            let e = self.entries.get_mut(slot as usize)?;
-            self.free_head = e.next;
-            *e = entry;
-            slot
-        } else if self.entries.len() < self.capacity {
-            let slot = u32::try_from(self.entries.len()).ok()?;
-            self.entries.push(entry);
-            slot
-        } else {
-            return None;
+        let Some(e) = self.entries.get_mut(slot as usize) else {
+            return false;
         };
+        *e = entry;
         self.len += 1;
         self.enqueue(slot);
-        Some(slot)
+        true
     }
 
-    /// Returns `slot` to the free list; the caller removed it from the indexes.
+    /// Empties `slot`; the caller removed it from the indexes.
     pub fn free(&mut self, slot: u32) {
+        let Some(queued) = self.entries.get(slot as usize).map(|e| e.prev != NIL) else {
+            return;
+        };
+        if !queued {
+            return; // already free
+        }
         self.unlink(slot);
         if let Some(e) = self.entries.get_mut(slot as usize) {
-            e.next = self.free_head;
-            e.prev = NIL;
             e.set_expires(0);
-            self.free_head = slot;
             self.len -= 1;
         }
     }
@@ -329,10 +329,11 @@ mod tests {
 
     #[test]
     fn expire_finds_only_expired_and_requeues_refreshed() {
-        let mut slab = FlowSlab::with_capacity(8);
-        let a = slab.alloc(entry(5_000), Now(0)).expect("room");
-        let b = slab.alloc(entry(5_000), Now(0)).expect("room");
-        let c = slab.alloc(entry(60_000), Now(0)).expect("room");
+        let mut slab = FlowSlab::new(8, 8);
+        let (a, b, c) = (5, 2, 7);
+        assert!(slab.alloc_at(a, entry(5_000), Now(0)));
+        assert!(slab.alloc_at(b, entry(5_000), Now(0)));
+        assert!(slab.alloc_at(c, entry(60_000), Now(0)));
         // Refresh `a` lazily: only its expiry moves.
         if let Some(e) = slab.get_mut(a) {
             e.set_expires(20_000);
@@ -355,12 +356,15 @@ mod tests {
     }
 
     #[test]
-    fn freed_slots_are_reused_and_capacity_is_enforced() {
-        let mut slab = FlowSlab::with_capacity(2);
-        let a = slab.alloc(entry(1), Now(0)).expect("room");
-        let _b = slab.alloc(entry(1), Now(0)).expect("room");
-        assert!(slab.alloc(entry(1), Now(0)).is_none());
-        slab.free(a);
-        assert_eq!(slab.alloc(entry(1), Now(0)), Some(a));
+    fn capacity_is_enforced_and_freed_slots_count_once() {
+        let mut slab = FlowSlab::new(4, 2);
+        assert!(slab.alloc_at(0, entry(1), Now(0)));
+        assert!(slab.alloc_at(3, entry(1), Now(0)));
+        assert!(!slab.alloc_at(1, entry(1), Now(0)), "at capacity");
+        slab.free(0);
+        slab.free(0); // already free: no effect
+        assert_eq!(slab.len(), 1);
+        assert!(slab.alloc_at(1, entry(1), Now(0)));
+        assert!(!slab.alloc_at(9, entry(1), Now(0)) && slab.len() == 2);
     }
 }

@@ -9,6 +9,7 @@
 pub mod conntrack;
 pub(crate) mod flow_index;
 mod flow_slab;
+mod flow_tags;
 mod lpm_v4;
 mod lpm_v6;
 pub(crate) mod port_set;

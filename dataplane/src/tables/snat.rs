@@ -34,10 +34,12 @@
 //! cannot reset the flow.
 //!
 //! Layout: flows live in a slab of 64-byte entries (one cache line each, the TCP
-//! window included); two open-addressing indexes of 8-byte buckets (outbound key,
-//! inbound key), at most half full, map keys to slab slots; a lazy timing wheel
-//! finds expired entries. About 100 bytes per flow, all allocated when the shard
-//! is created, so the packet path never allocates.
+//! window included), each in the slot its outbound key's hash placed it in
+//! (SwissTable-style tags, [`FlowTags`], at most 3/4 full: a pod's packet reads
+//! one entry line); an open-addressing index of 8-byte buckets, at most half full,
+//! maps inbound keys to slots; a lazy timing wheel finds expired entries. About
+//! 100 bytes per flow, all allocated when the shard is created, so the packet
+//! path never allocates.
 //!
 //! Expiry: a packet for an expired flow never matches it (an outbound packet starts
 //! a new flow in its place). Expired entries are reclaimed by [`SnatShard::sweep`],
@@ -56,6 +58,7 @@ use crate::tables::conntrack::{
 };
 use crate::tables::flow_index::FlowIndex;
 use crate::tables::flow_slab::{Entry, FlowSlab};
+use crate::tables::flow_tags::FlowTags;
 use crate::time::Now;
 use crate::verdict::{DropReason, WorkerId};
 
@@ -144,7 +147,9 @@ pub fn owner_of_remote(
 pub struct SnatShard {
     worker: WorkerId,
     slab: FlowSlab,
-    by_outbound: FlowIndex,
+    /// Where each flow's entry lives in the slab, by outbound key: a pod's packet
+    /// reads one entry line (see [`crate::tables::flow_tags`]).
+    by_outbound: FlowTags,
     by_inbound: FlowIndex,
     hasher: ahash::RandomState,
     timeouts: Timeouts,
@@ -311,10 +316,11 @@ impl SnatShard {
             (lo, u32::from(hi) - u32::from(lo) + 1)
         };
         let capacity = config.capacity_per_worker.min(MAX_CAPACITY_PER_WORKER);
+        let by_outbound = FlowTags::with_capacity(capacity);
         SnatShard {
             worker,
-            slab: FlowSlab::with_capacity(capacity),
-            by_outbound: FlowIndex::with_capacity(capacity),
+            slab: FlowSlab::new(by_outbound.slots(), capacity),
+            by_outbound,
             by_inbound: FlowIndex::with_capacity(capacity),
             hasher: ahash::RandomState::new(),
             timeouts: config.timeouts,
@@ -349,7 +355,6 @@ impl SnatShard {
         let slab = &self.slab;
         self.by_outbound
             .find(h, |s| slab.get(s).is_some_and(|e| k.matches(e)))
-            .map(|hit| hit.value)
     }
 
     #[inline]
@@ -367,13 +372,10 @@ impl SnatShard {
         };
         let oh = self.hash(OutKey::of_entry(&e).words());
         let ih = self.hash(InKey::of_entry(&e).words());
-        // Both buckets are random lines in tables too big for the cache: request
-        // both before waiting for either.
-        self.by_outbound.prefetch_home(oh);
+        // The entry is its own outbound slot (whose tags are usually cached): only
+        // the inbound bucket is a random line to wait for.
         self.by_inbound.prefetch_home(ih);
-        if let Some(hit) = self.by_outbound.find(oh, |s| s == slot) {
-            self.by_outbound.remove(hit.bucket);
-        }
+        self.by_outbound.remove(slot, oh);
         if let Some(hit) = self.by_inbound.find(ih, |s| s == slot) {
             self.by_inbound.remove(hit.bucket);
         }
@@ -491,16 +493,15 @@ impl SnatShard {
         // group's length.
         let fill = |shard: &Self, g: &mut ([K; BATCH], [u32; BATCH]), start: usize| {
             let end = (start + BATCH).min(n);
-            let index = if outbound {
-                &shard.by_outbound
-            } else {
-                &shard.by_inbound
-            };
             for (i, (k, h)) in (start..end).zip(g.0.iter_mut().zip(g.1.iter_mut())) {
                 *k = key(i);
                 *h = shard.hash(words(k));
                 if warm {
-                    index.prefetch_home(*h);
+                    if outbound {
+                        shard.by_outbound.prefetch_home(*h);
+                    } else {
+                        shard.by_inbound.prefetch_home(*h);
+                    }
                 }
             }
             end.saturating_sub(start)
@@ -513,12 +514,7 @@ impl SnatShard {
         let mut m = fill(self, cur, 0);
         while m > 0 {
             if warm {
-                let index = if outbound {
-                    &self.by_outbound
-                } else {
-                    &self.by_inbound
-                };
-                self.prefetch_entries(index, cur.1.get(..m).unwrap_or_default());
+                self.prefetch_entries(outbound, cur.1.get(..m).unwrap_or_default());
             }
             let next_start = start + m;
             let next_m = fill(self, next, next_start);
@@ -531,14 +527,19 @@ impl SnatShard {
         }
     }
 
-    /// Starts loading the entry each hash's first matching bucket names (the one
-    /// the lookup will compare the key of; a mismatch there is rare with 32-bit
-    /// hashes). Only hints and reads: no state changes.
+    /// Starts loading the entry each hash's first matching tag or bucket names
+    /// (the one the lookup will compare the key of; a mismatch there is rare).
+    /// Only hints and reads: no state changes.
     #[inline]
-    fn prefetch_entries(&self, index: &FlowIndex, hashes: &[u32]) {
+    fn prefetch_entries(&self, outbound: bool, hashes: &[u32]) {
         for &h in hashes {
-            if let Some(hit) = index.find(h, |_| true) {
-                self.slab.prefetch(hit.value);
+            let slot = if outbound {
+                self.by_outbound.first_candidate(h)
+            } else {
+                self.by_inbound.find(h, |_| true).map(|hit| hit.value)
+            };
+            if let Some(slot) = slot {
+                self.slab.prefetch(slot);
             }
         }
     }
@@ -559,6 +560,11 @@ impl SnatShard {
         if let Some((_, ih)) = pod_probe {
             self.by_inbound.prefetch_home(ih);
         }
+        // And the entry line the flow will most likely be written to: a random
+        // line (the slot is chosen by the hash), so it is requested early too.
+        if let Some(slot) = self.by_outbound.insert_hint(h) {
+            self.slab.prefetch(slot);
+        }
         if self.slab.len() >= self.slab.capacity() {
             self.reclaim(now, RECLAIM_BUDGET, 1);
             if self.slab.len() >= self.slab.capacity() {
@@ -578,8 +584,11 @@ impl SnatShard {
         if proto == L4Proto::Tcp {
             entry.tcp = TcpWindow::start(seg);
         }
-        let slot = self.slab.alloc(entry, now).ok_or(SnatError::TableFull)?;
-        self.by_outbound.insert(h, slot);
+        let slot = self.by_outbound.insert(h).ok_or(SnatError::TableFull)?;
+        if !self.slab.alloc_at(slot, entry, now) {
+            self.by_outbound.remove(slot, h);
+            return Err(SnatError::TableFull);
+        }
         self.by_inbound.insert(ih, slot);
         Ok(NatBinding {
             addr: Ipv4Addr::from(nat),
