@@ -100,6 +100,27 @@ fn gro_train() -> (Vec<u8>, usize) {
     (train, size)
 }
 
+/// Cuts the super-packet into single frames in `batch`, as a port that cannot take
+/// it whole does.
+fn cut_into(batch: &mut PacketBatch, segmenter: &Segmenter, packet: &[u8]) {
+    for i in 0..segmenter.count() {
+        let Some(buf) = batch.rx_buffer() else { break };
+        let len = segmenter.write(packet, i, buf).expect("fits");
+        batch.commit(len, PortId(1)).expect("room");
+    }
+}
+
+/// Feeds `packets` to the TUN write coalescer, writing out (here: dropping) each
+/// run it closes.
+fn merge_all<'a>(co: &mut Coalescer, packets: impl Iterator<Item = &'a [u8]>) {
+    for p in packets {
+        if !co.push(p) {
+            std::hint::black_box(co.take());
+            co.push(p);
+        }
+    }
+}
+
 fn bench_rx_train(c: &mut Criterion) {
     let (train, size) = gro_train();
     // The synthetic outer header's bytes (its content does not change the work).
@@ -123,13 +144,12 @@ fn bench_rx_train(c: &mut Criterion) {
                     .expect("room");
             }
             // After decapsulation the TUN port sees the inner packets.
-            for p in batch.packets() {
-                let inner = &p[OUTER_LEN + DATAGRAM_PREFIX_LEN..];
-                if !co.push(inner) {
-                    std::hint::black_box(co.take());
-                    co.push(inner);
-                }
-            }
+            merge_all(
+                &mut co,
+                batch
+                    .packets()
+                    .map(|p| &p[OUTER_LEN + DATAGRAM_PREFIX_LEN..]),
+            );
             std::hint::black_box(co.take().map(|(_, p)| p.len()));
         });
     });
@@ -169,12 +189,11 @@ fn bench(c: &mut Criterion) {
         let mut batch = PacketBatch::new();
         b.iter(|| {
             batch.clear();
-            let segmenter = Segmenter::new(&hdr, &packet).expect("valid");
-            for i in 0..segmenter.count() {
-                let Some(buf) = batch.rx_buffer() else { break };
-                let len = segmenter.write(&packet, i, buf).expect("fits");
-                batch.commit(len, PortId(1)).expect("room");
-            }
+            cut_into(
+                &mut batch,
+                &Segmenter::new(&hdr, &packet).expect("valid"),
+                &packet,
+            );
             std::hint::black_box(batch.len());
         });
     });
@@ -188,12 +207,11 @@ fn bench(c: &mut Criterion) {
         let mut batch = PacketBatch::new();
         b.iter(|| {
             batch.clear();
-            let segmenter = Segmenter::for_frame(&packet, gso).expect("valid");
-            for i in 0..segmenter.count() {
-                let Some(buf) = batch.rx_buffer() else { break };
-                let len = segmenter.write(&packet, i, buf).expect("fits");
-                batch.commit(len, PortId(1)).expect("room");
-            }
+            cut_into(
+                &mut batch,
+                &Segmenter::for_frame(&packet, gso).expect("valid"),
+                &packet,
+            );
             std::hint::black_box(batch.len());
         });
     });
@@ -202,18 +220,12 @@ fn bench(c: &mut Criterion) {
         let mut co = Coalescer::new();
         b.iter(|| {
             batch.clear();
-            let segmenter = Segmenter::for_frame(&packet, gso).expect("valid");
-            for i in 0..segmenter.count() {
-                let Some(buf) = batch.rx_buffer() else { break };
-                let len = segmenter.write(&packet, i, buf).expect("fits");
-                batch.commit(len, PortId(1)).expect("room");
-            }
-            for p in batch.packets() {
-                if !co.push(p) {
-                    std::hint::black_box(co.take());
-                    co.push(p);
-                }
-            }
+            cut_into(
+                &mut batch,
+                &Segmenter::for_frame(&packet, gso).expect("valid"),
+                &packet,
+            );
+            merge_all(&mut co, batch.packets());
             std::hint::black_box(co.take().map(|(_, p)| p.len()));
         });
     });
