@@ -59,6 +59,14 @@ impl Default for PacketBatch {
     }
 }
 
+/// `buf[start..start + len]` lies inside a buffer of `size` bytes.
+fn fits(start: usize, len: usize, size: usize) -> Result<(), NoRoom> {
+    match start.saturating_add(len).checked_sub(size) {
+        Some(over) if over > 0 => Err(NoRoom { needed: over }),
+        _ => Ok(()),
+    }
+}
+
 impl PacketBatch {
     pub fn new() -> Self {
         PacketBatch {
@@ -155,15 +163,10 @@ impl PacketBatch {
         in_port: PortId,
         gso: Gso,
     ) -> Result<(), NoRoom> {
-        let end = start.saturating_add(len);
         if self.is_full() || self.supers_used >= SUPER_FRAMES_PER_BATCH {
             return Err(NoRoom { needed: len });
         }
-        if end > SUPER_FRAME_BUFFER_SIZE {
-            return Err(NoRoom {
-                needed: end - SUPER_FRAME_BUFFER_SIZE,
-            });
-        }
+        fits(start, len, SUPER_FRAME_BUFFER_SIZE)?;
         let slot = Slot {
             start: start as u32,
             len: len as u32,
@@ -200,12 +203,7 @@ impl PacketBatch {
         let Some(slot) = self.slots.get_mut(i).filter(|s| s.big.is_some()) else {
             return Err(NoRoom { needed: len });
         };
-        let end = (slot.start as usize).saturating_add(len);
-        if end > SUPER_FRAME_BUFFER_SIZE {
-            return Err(NoRoom {
-                needed: end - SUPER_FRAME_BUFFER_SIZE,
-            });
-        }
+        fits(slot.start as usize, len, SUPER_FRAME_BUFFER_SIZE)?;
         slot.len = len as u32;
         slot.gso = Some(gso);
         Ok(())
@@ -237,12 +235,7 @@ impl PacketBatch {
         if self.is_full() {
             return Err(NoRoom { needed: len });
         }
-        let end = start.saturating_add(len);
-        if end > FRAME_BUFFER_SIZE {
-            return Err(NoRoom {
-                needed: end - FRAME_BUFFER_SIZE,
-            });
-        }
+        fits(start, len, FRAME_BUFFER_SIZE)?;
         // FRAME_BUFFER_SIZE fits in u32, checked above.
         let slot = Slot {
             start: start as u32,
