@@ -221,9 +221,7 @@ impl UdpPort {
                         self.local,
                         open.run.len - OUTER_LEN,
                     );
-                    if let Some(dst) = frame.get_mut(..OUTER_LEN) {
-                        dst.copy_from_slice(&header);
-                    }
+                    put_front(frame, &header);
                     p.offset += merge::TrainRun::train_bytes(rest, p.size, joined);
                     if batch.grow_last_super(open.run.len, open.run.gso).is_ok() {
                         self.counters.rx_merged_datagrams += joined as u64;
@@ -248,9 +246,7 @@ impl UdpPort {
                     self.local,
                     run.len - OUTER_LEN,
                 );
-                if let Some(dst) = frame.get_mut(..OUTER_LEN) {
-                    dst.copy_from_slice(&header);
-                }
+                put_front(frame, &header);
                 p.offset += merge::TrainRun::train_bytes(rest, p.size, run.datagrams);
                 if batch
                     .commit_super(FRAME_HEADROOM, run.len, self.id, run.gso)
@@ -277,9 +273,7 @@ impl UdpPort {
             };
             dst.copy_from_slice(payload);
             let header = outer_header(self.mac, self.peer_mac, p.from, self.local, payload.len());
-            if let Some(dst) = buf.get_mut(FRAME_HEADROOM..at) {
-                dst.copy_from_slice(&header);
-            }
+            put_front(buf.get_mut(FRAME_HEADROOM..).unwrap_or_default(), &header);
             if batch
                 .commit_at(FRAME_HEADROOM, OUTER_LEN + payload.len(), self.id)
                 .is_ok()
@@ -374,6 +368,14 @@ impl UdpPort {
 }
 
 /// The synthetic outer header for a datagram of `payload` bytes from `from` to `to`.
+/// Writes the synthetic outer `header` over the first bytes of `frame` (a frame too
+/// short for it is left alone: the port sizes every frame to hold one).
+fn put_front(frame: &mut [u8], header: &[u8; OUTER_LEN]) {
+    if let Some(dst) = frame.get_mut(..OUTER_LEN) {
+        dst.copy_from_slice(header);
+    }
+}
+
 fn outer_header(
     mac: MacAddr,
     peer_mac: MacAddr,
