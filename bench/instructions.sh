@@ -3,7 +3,7 @@
 # after a warm-up), counted by valgrind's callgrind: a figure that does not swing with
 # the machine's load as times do. Release build (the bench profile's settings).
 # Usage: bench/instructions.sh [batches]          (default 1000 batches per path;
-#        PATHS="dnat snat" to count only some)
+#        PATHS="dnat snat" to count only some; nodeport, npreply: NodePort flows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 batches=${1:-1000}
@@ -13,7 +13,7 @@ bin="${CARGO_TARGET_DIR:-target}/release/pipeline_instructions"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 printf '%-8s %12s\n' path instr/packet
-for path in ${PATHS:-encap decap snat unsnat dnat}; do
+for path in ${PATHS:-encap decap snat unsnat dnat nodeport npreply}; do
   valgrind --tool=callgrind --toggle-collect='*counted_batch*' \
     --callgrind-out-file="$out/$path.cg" "$bin" "$path" "$batches" >"$out/$path.log" 2>&1 ||
     { cat "$out/$path.log" >&2; exit 1; }

@@ -270,6 +270,12 @@ ensure_bridge() {
     ip link add "$BRIDGE" type bridge
     ip addr add "$BRIDGE_ADDR/24" dev "$BRIDGE"
   fi
+  # The API server sends from this namespace through the bridge: with tx checksum
+  # offload on, its frames reach the attached namespaces with checksums left for a
+  # NIC to finish (CHECKSUM_PARTIAL), which no veth does, and an AF_XDP node sees
+  # them unfinished. Frames from a real wire are complete: the stack finishes them
+  # here instead (on every start, so a bridge made before this also gets it).
+  ethtool -K "$BRIDGE" tx off >/dev/null
   ip link set "$BRIDGE" up
 }
 

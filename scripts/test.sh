@@ -12,28 +12,33 @@ if [[ $EUID -ne 0 ]]; then
   exit 1
 fi
 
+# Each phase's start, in seconds since this script started: what a cold run spends
+# where (CI has 90 minutes; a cold run should stay under 60).
+phase() { echo "== $* [${SECONDS} s]"; }
+
 . scripts/install-deps.sh   # sourced: it may put a fresh rustup toolchain on PATH
 
-echo "== CNI lab (libcni driver, reference plugins; cached)"
+phase "CNI lab (libcni driver, reference plugins; cached)"
 scripts/cni-lab.sh build
 
-echo "== formatting"
+phase "formatting"
 cargo fmt --all -- --check
 
-echo "== Kubernetes test rig: etcd, kube-apiserver, kubectl, kube-proxy (cached by version; a cold build compiles for many minutes)"
+phase "Kubernetes test rig: etcd, kube-apiserver, kubectl, kube-proxy (cached by version; a cold build compiles for many minutes)"
 ./scripts/k8s-lab.sh build
 # The cloud node of the agent's Kubernetes tests (control/tests/agent_k8s.rs).
 ./scripts/k8s-lab.sh bin flanneld >/dev/null
 
-echo "== unit, property and namespace tests"
+phase "unit, property and namespace tests"
 cargo test --workspace --all-targets --no-fail-fast
 cargo test --workspace --doc
 
 # The README's demo, as a check that it runs: about a minute once the rig is cached
 # (the binaries are already built by the tests above; hybridway-lab is small).
-echo "== the demo: a hybrid cluster on this machine"
+phase "the demo: a hybrid cluster on this machine"
 cargo build --bin hybridway --bin hybridway-cni --bin hybridway-lab
 "${CARGO_TARGET_DIR:-target}/debug/hybridway-lab" cluster --seconds 1
 
-echo "== fuzz smoke run"
+phase "fuzz smoke run"
 ./scripts/fuzz-smoke.sh "${FUZZ_SECONDS:-15}"
+phase "all tests passed"

@@ -35,6 +35,13 @@ pub const VTEP_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0x0f, 1]);
 pub const T0: Now = Now(1_000);
 /// First ClusterIP of the service scenario (service CIDR 198.18.240.0/20).
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 240, 10);
+/// The pods' gateway: the masquerade source of `Cluster` NodePort flows.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 1);
+/// The uplink's router: the default route's next hop, outside clients' packets come
+/// from it.
+pub const ROUTER_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xfe]);
+/// The NodePort of the node-port scenario.
+pub const NODE_PORT: u16 = 30053;
 
 /// A node-sized snapshot: this node's pod, 250 more local pods, 200 remote node
 /// blocks over VXLAN and a default route out, SNAT on.
@@ -73,7 +80,7 @@ pub fn tables() -> Tables {
     b.add(
         p("0.0.0.0/0"),
         RouteTarget::Outside {
-            next_hop_mac: MacAddr([2, 0, 0, 0, 0, 0xfe]),
+            next_hop_mac: ROUTER_MAC,
         },
     )
     .expect("route");
@@ -92,7 +99,7 @@ pub fn tables() -> Tables {
             vni: 1,
             vxlan_port: 8472,
             vxlan_df: false,
-            gateway_v4: Ipv4Addr::new(198, 19, 1, 1),
+            gateway_v4: GATEWAY,
             gateway_v6: None,
             gateway_mac: GATEWAY_MAC,
             snat: true,
@@ -228,13 +235,19 @@ pub fn write_reply(buf: &mut [u8], i: usize, nat_port: u16) -> usize {
     64
 }
 
-/// A pipeline with `n` established UDP flows from POD; returns each flow's NAT port.
-pub fn established(n: usize, t: &Tables) -> (Pipeline, Vec<u16>) {
+/// One worker's pipeline with room for `n` flows and a quarter more, SNAT and
+/// Service flows alike, so that the scenarios compare like for like.
+fn pipeline_for(n: usize) -> Pipeline {
     let config = SnatConfig {
         capacity_per_worker: n + n / 4,
         ..SnatConfig::default()
     };
-    let mut p = Pipeline::new(0, &config);
+    Pipeline::new(0, &config)
+}
+
+/// A pipeline with `n` established UDP flows from POD; returns each flow's NAT port.
+pub fn established(n: usize, t: &Tables) -> (Pipeline, Vec<u16>) {
+    let mut p = pipeline_for(n);
     let mut nat_ports = Vec::with_capacity(n);
     let mut buf = [0u8; BUF];
     for i in 0..n {
@@ -280,12 +293,7 @@ pub fn service_flows(n: usize) -> (Pipeline, Tables) {
         })
         .collect();
     t.services = std::sync::Arc::new(ServiceTable::build(&specs));
-    // Sized as `established` sizes the SNAT shard, so the two compare like for like.
-    let config = SnatConfig {
-        capacity_per_worker: n + n / 4,
-        ..SnatConfig::default()
-    };
-    let mut p = Pipeline::new(0, &config);
+    let mut p = pipeline_for(n);
     let mut buf = [0u8; BUF];
     for i in 0..n {
         let f = udp_frame(POD_MAC, GATEWAY_MAC, POD, VIP, 1024 + i as u16, 53, 64);
@@ -306,6 +314,73 @@ pub fn write_to_service(buf: &mut [u8], port: u16) -> usize {
     let f = &mut buf[..64];
     f[..14].copy_from_slice(&[2, 0, 0, 0, 0xaa, 1, 2, 0, 0, 0, 0xbb, 10, 8, 0]);
     write_ip_udp(f, POD, VIP, port, 53);
+    64
+}
+
+/// Tables with one NodePort Service (UDP [`NODE_PORT`], `Cluster` policy, one
+/// endpoint: POD:5353) and a pipeline with `n` established flows to it from outside
+/// clients ([`flow`]'s remotes and ports, through the router); returns each flow's
+/// gateway port (the masqueraded source the endpoint sees and answers).
+pub fn node_port_flows(n: usize) -> (Pipeline, Tables, Vec<u16>) {
+    let mut t = tables();
+    let spec = ServiceSpec {
+        name: "default/np".into(),
+        cluster_ips: vec![VIP],
+        ports: vec![ServicePortSpec {
+            proto: ServiceProto::Udp,
+            port: 53,
+            node_port: Some(NODE_PORT),
+            endpoints: vec![EndpointSpec {
+                addr: POD,
+                port: 5353,
+                ready: true,
+                serving: true,
+                terminating: false,
+                local: true,
+            }],
+        }],
+        ..ServiceSpec::default()
+    };
+    t.services = std::sync::Arc::new(ServiceTable::build(&[spec]));
+    let mut p = pipeline_for(n);
+    let mut gateway_ports = Vec::with_capacity(n);
+    let mut buf = [0u8; BUF];
+    for i in 0..n {
+        let mut f = [0u8; 64];
+        write_to_node_port(&mut f, i);
+        let mut frame =
+            Frame::copy_from(&mut buf, &f, FrameMeta { in_port: UPLINK }).expect("room");
+        assert_eq!(
+            p.process(&mut frame, &t, T0),
+            Verdict::Forward { port: POD_PORT }
+        );
+        let d = frame.data();
+        gateway_ports.push(u16::from_be_bytes([d[34], d[35]]));
+    }
+    assert_eq!(p.service_flows(), n);
+    (p, t, gateway_ports)
+}
+
+/// Writes outside client `i`'s packet to [`NODE_PORT`] ([`node_port_flows`]), 64
+/// bytes.
+pub fn write_to_node_port(buf: &mut [u8], i: usize) -> usize {
+    let (port, remote) = flow(i);
+    let f = &mut buf[..64];
+    f[..6].copy_from_slice(&UPLINK_MAC.0);
+    f[6..12].copy_from_slice(&ROUTER_MAC.0);
+    f[12..14].copy_from_slice(&[8, 0]);
+    write_ip_udp(f, remote, NODE, port, NODE_PORT);
+    64
+}
+
+/// Writes the endpoint's reply to a [`node_port_flows`] flow masqueraded to
+/// `gateway_port`, 64 bytes.
+pub fn write_node_port_reply(buf: &mut [u8], gateway_port: u16) -> usize {
+    let f = &mut buf[..64];
+    f[..6].copy_from_slice(&GATEWAY_MAC.0);
+    f[6..12].copy_from_slice(&POD_MAC.0);
+    f[12..14].copy_from_slice(&[8, 0]);
+    write_ip_udp(f, POD, GATEWAY, 5353, gateway_port);
     64
 }
 

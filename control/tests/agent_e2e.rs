@@ -480,6 +480,14 @@ fn tun_backend_overlay_talks_to_hybridway_and_kernel_vxlan_and_sigterm_removes_d
     let rules = c.node(1).unwrap().ns.run("ip rule show").unwrap();
     assert!(rules.contains("from 198.19.1.0/24 lookup 26744"), "{rules}");
     assert!(rules.contains("100:\tfrom all lookup local"), "{rules}");
+    // NodePorts kept out of conntrack (kube-proxy's NAT would take them).
+    let table = c
+        .node(1)
+        .unwrap()
+        .ns
+        .run("nft list table ip hybridway")
+        .unwrap();
+    assert!(table.contains("dport 30000-32767 notrack"), "{table}");
     let status = c.stop_agent(1, "TERM").unwrap().unwrap();
     assert!(status.success(), "agent exit status {status}");
     let ns = &c.node(1).unwrap().ns;
@@ -505,6 +513,13 @@ fn tun_backend_overlay_talks_to_hybridway_and_kernel_vxlan_and_sigterm_removes_d
         ns.run("cat /proc/sys/net/ipv4/ip_forward").unwrap().trim(),
         "0",
         "ip_forward not restored"
+    );
+    assert!(
+        !ns.output("nft list table ip hybridway")
+            .unwrap()
+            .status
+            .success(),
+        "the nftables table outlived the agent in {ns_name}"
     );
 }
 
@@ -770,5 +785,13 @@ fn tun_agent_killed_restarted_then_stopped_leaves_the_node_as_before_its_first_s
         tun_host_settings(&c, 1),
         before,
         "(local rule at 0, ip_forward, proxy_arp) after kill -9, restart and SIGTERM"
+    );
+    let ns = &c.node(1).unwrap().ns;
+    assert!(
+        !ns.output("nft list table ip hybridway")
+            .unwrap()
+            .status
+            .success(),
+        "the nftables table outlived kill -9, restart and SIGTERM"
     );
 }

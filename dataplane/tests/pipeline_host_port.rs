@@ -12,6 +12,9 @@ mod pipeline_support;
 
 use hybridway_dataplane::frame::PortId;
 use hybridway_dataplane::pipeline::Pipeline;
+use hybridway_dataplane::tables::services::{
+    EndpointSpec, ServicePortSpec, ServiceProto, ServiceSpec, ServiceTable,
+};
 use hybridway_dataplane::tables::{SnatConfig, Tables};
 use hybridway_dataplane::verdict::{DropReason, Verdict};
 use pipeline_support::*;
@@ -209,11 +212,18 @@ fn a_pod_reaches_the_hosts_pod_network_address_through_the_host() {
 
 const VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 240, 10);
 
-fn with_service(mut t: Tables, endpoint: std::net::Ipv4Addr) -> Tables {
-    use hybridway_dataplane::tables::services::{
-        EndpointSpec, ServicePortSpec, ServiceProto, ServiceSpec, ServiceTable,
-    };
-    let spec = ServiceSpec {
+fn with_service(t: Tables, endpoint: std::net::Ipv4Addr) -> Tables {
+    with_spec(t, service_spec(endpoint))
+}
+
+fn with_spec(mut t: Tables, spec: ServiceSpec) -> Tables {
+    t.services = std::sync::Arc::new(ServiceTable::build(&[spec]));
+    t
+}
+
+/// VIP:80 (TCP) to `endpoint`:8080.
+fn service_spec(endpoint: std::net::Ipv4Addr) -> ServiceSpec {
+    ServiceSpec {
         name: "default/web".into(),
         cluster_ips: vec![VIP],
         ports: vec![ServicePortSpec {
@@ -230,9 +240,7 @@ fn with_service(mut t: Tables, endpoint: std::net::Ipv4Addr) -> Tables {
             }],
         }],
         ..ServiceSpec::default()
-    };
-    t.services = std::sync::Arc::new(ServiceTable::build(&[spec]));
-    t
+    }
 }
 
 #[test]
@@ -280,4 +288,45 @@ fn the_host_reaches_a_cluster_ip_whose_endpoint_is_a_local_pod() {
     assert_eq!(v, Verdict::ToHost);
     assert_eq!(ip4(&back, 26), VIP);
     assert_checksums(&back, 0);
+}
+
+// ---- NodePorts on the TUN backend without a gateway (np15): the kernel routes the
+// replies (rule 111, `lookup main`: its on-link route too), the dataplane only has
+// to hand them to it ----
+
+#[test]
+fn on_the_tun_backend_without_a_gateway_node_port_replies_go_to_the_kernel() {
+    const NODE_PORT: u16 = 30080;
+    for local in [false, true] {
+        let mut spec = service_spec(POD2);
+        spec.ports[0].node_port = Some(NODE_PORT);
+        spec.ports[0].endpoints[0].local = true;
+        spec.external_local = local;
+        let t = without_gateway(with_spec(tun_backend(true), spec));
+        let mut p = Pipeline::new(0, &SnatConfig::default());
+        // Rules 94/95 route the client's packet into the host port.
+        let syn = from_kernel(tcp4(OUTSIDE, NODE, 40000, NODE_PORT, 64, true, b""));
+        let (v, out) = run(&mut p, &t, &syn, HOST);
+        assert_eq!(v, Verdict::Forward { port: POD2_PORT });
+        assert_eq!(ip4(&out, 30), POD2);
+        let reply = with_macs(
+            tcp4(
+                POD2,
+                ip4(&out, 26),
+                8080,
+                u16_at(&out, 34),
+                64,
+                false,
+                b"ok",
+            ),
+            POD2_MAC,
+            GATEWAY_MAC,
+        );
+        let (v, back) = run(&mut p, &t, &reply, POD2_PORT);
+        assert_eq!(v, Verdict::Forward { port: HOST }, "local {local}");
+        assert_eq!((ip4(&back, 26), u16_at(&back, 34)), (NODE, NODE_PORT));
+        assert_eq!((ip4(&back, 30), u16_at(&back, 36)), (OUTSIDE, 40000));
+        assert_checksums(&back, 0);
+        assert_eq!(p.snat().len(), 0, "not masqueraded again");
+    }
 }

@@ -11,7 +11,6 @@ mod pipeline_support;
 
 use std::net::Ipv4Addr;
 
-use etherparse::PacketBuilder;
 use hybridway_dataplane::pipeline::Pipeline;
 use hybridway_dataplane::tables::{FlowKey, FlowState, L4Proto, SnatConfig, owner_of_remote};
 use hybridway_dataplane::verdict::{DropReason, Verdict};
@@ -197,14 +196,8 @@ fn ping_identifier_is_translated() {
 
 /// An ICMP error from `from` about the packet `about` (which left the uplink).
 fn icmp_error_about(about: &[u8], from: Ipv4Addr, icmp_type: u8, code: u8) -> Vec<u8> {
-    let total = usize::from(u16_at(about, 16));
-    let quote = &about[14..14 + total.min(548)];
-    let b = PacketBuilder::ethernet2(ROUTER_MAC.0, UPLINK_MAC.0)
-        .ipv4(from.octets(), NODE.octets(), 64)
-        .icmpv4_raw(icmp_type, code, [0; 4]);
-    let mut v = Vec::new();
-    b.write(&mut v, quote).unwrap();
-    v
+    let err = icmp4_error(about, 14, from, NODE, (icmp_type, code), [0; 4]);
+    with_macs(err, ROUTER_MAC, UPLINK_MAC)
 }
 
 #[test]

@@ -250,3 +250,90 @@ fn a_merged_vxlan_train_is_decapsulated_once_and_routed_to_the_pod_whole() {
         Verdict::Drop(hybridway_dataplane::DropReason::VxlanSpoofedSource)
     );
 }
+
+/// A merged train that is a remote endpoint's reply to a Service flow another
+/// worker keeps: handed off as it arrived (outer header and all, still one
+/// super-frame), and every datagram the worker loop cuts it into is translated by
+/// the owner.
+#[test]
+fn a_merged_service_reply_on_another_worker_is_handed_off_as_it_arrived() {
+    use std::sync::Arc;
+
+    use hybridway_dataplane::tables::services::{
+        EndpointSpec, ServicePortSpec, ServiceProto, ServiceSpec, ServiceTable,
+    };
+    let vip = Ipv4Addr::new(198, 18, 240, 10);
+    let mut tables = tables(false);
+    tables.services = Arc::new(ServiceTable::build(&[ServiceSpec {
+        name: "default/iperf".into(),
+        cluster_ips: vec![vip],
+        ports: vec![ServicePortSpec {
+            proto: ServiceProto::Tcp,
+            port: 80,
+            node_port: None,
+            endpoints: vec![EndpointSpec {
+                addr: REMOTE_POD,
+                port: 5201,
+                ready: true,
+                serving: true,
+                terminating: false,
+                local: false,
+            }],
+        }],
+        ..ServiceSpec::default()
+    }]));
+    let config = SnatConfig {
+        workers: 2,
+        ..SnatConfig::default()
+    };
+    let mut workers: Vec<Pipeline> = (0..2).map(|w| Pipeline::new(w, &config)).collect();
+    let syn = tcp4(POD1, vip, 40000, 80, 64, true, b"");
+    let owner = workers
+        .iter_mut()
+        .position(|p| {
+            let mut buf = Buf::new();
+            let mut frame = buf.frame(&syn, POD1_PORT);
+            p.process(&mut frame, &tables, Now(1))
+                != Verdict::HandOff {
+                    worker: 1 - p.worker(),
+                }
+        })
+        .unwrap();
+
+    let (bytes, gso, body) = merged_train(REMOTE_POD, POD1);
+    let mut buf = vec![0u8; FRAME_HEADROOM + bytes.len()];
+    let mut frame = Frame::copy_from(&mut buf, &bytes, FrameMeta { in_port: UPLINK })
+        .unwrap()
+        .with_gso(Some(gso));
+    let v = workers[1 - owner].process(&mut frame, &tables, Now(1));
+    assert_eq!(
+        v,
+        Verdict::HandOff {
+            worker: owner as u16
+        }
+    );
+    assert_eq!(frame.data(), &bytes[..], "the frame as it arrived");
+    assert_eq!(frame.gso(), Some(gso));
+
+    // What the worker loop does with a super-frame it hands off: one parcel per
+    // datagram, each run through the owner's pipeline.
+    let segmenter = Segmenter::for_frame(frame.data(), gso).unwrap();
+    assert_eq!(segmenter.count(), SEGMENTS);
+    let mut payload = Vec::new();
+    let mut datagram = vec![0u8; 2048];
+    for i in 0..segmenter.count() {
+        let len = segmenter
+            .write_frame(frame.data(), gso, i, &mut datagram)
+            .unwrap();
+        let mut b = Buf::new();
+        let mut f = b.frame(&datagram[..len], UPLINK);
+        let v = workers[owner].process(&mut f, &tables, Now(1));
+        assert_eq!(v, Verdict::Forward { port: POD1_PORT }, "datagram {i}");
+        let out = f.data();
+        assert_eq!(&out[26..30], &vip.octets(), "from the ClusterIP");
+        assert_eq!(u16::from_be_bytes([out[34], out[35]]), 80);
+        let (_, data) = port_netns::checked_tcp4(out).expect("IPv4/TCP checksums");
+        payload.extend_from_slice(&data);
+    }
+    assert_eq!(payload, body);
+}

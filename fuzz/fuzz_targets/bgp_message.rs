@@ -25,7 +25,9 @@ fuzz_target!(|data: &[u8]| {
             // A 2-octet peer's AS_PATH merged with its AS4_PATH (RFC 6793) holds
             // ASNs above 65535; sent back, only what AS4_PATH can carry survives, so
             // such a path must decode again but need not be equal.
-            if opts.four_octet_as || !matches!(&msg, Message::Update(u) if u.path_needs_four_octets()) {
+            if opts.four_octet_as
+                || !matches!(&msg, Message::Update(u) if u.path_needs_four_octets())
+            {
                 assert_eq!(back, msg);
             }
         }

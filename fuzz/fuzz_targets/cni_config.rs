@@ -26,7 +26,12 @@ fuzz_target!(|data: &[u8]| {
     let mut parts = rest.split(|b| *b == 0);
     let stdin = parts.next().unwrap_or_default();
     let text = |p: Option<&[u8]>| String::from_utf8_lossy(p.unwrap_or_default()).into_owned();
-    let (args, id, ifname, netns) = (text(parts.next()), text(parts.next()), text(parts.next()), text(parts.next()));
+    let (args, id, ifname, netns) = (
+        text(parts.next()),
+        text(parts.next()),
+        text(parts.next()),
+        text(parts.next()),
+    );
     let command = COMMANDS[usize::from(sel) % COMMANDS.len()];
 
     let _ = parse_cni_args(&args);
@@ -60,7 +65,10 @@ fuzz_target!(|data: &[u8]| {
             let interfaces = out["interfaces"].as_array().expect("interfaces");
             let ips = out["ips"].as_array().expect("ips");
             let last_ip = ips.last().expect("our address");
-            assert_eq!(last_ip["interface"].as_u64(), Some(interfaces.len() as u64 - 1));
+            assert_eq!(
+                last_ip["interface"].as_u64(),
+                Some(interfaces.len() as u64 - 1)
+            );
             assert_eq!(last_ip["address"], "198.19.1.2/32");
         }
     }

@@ -44,7 +44,10 @@ fuzz_target!(|data: &[u8]| {
         peer.insert(annotations::HYBRID_MODE.into(), get(4).into());
     }
     let me = BTreeMap::from([
-        (annotations::HYBRID_POD_BLOCK.to_string(), get(5).to_string()),
+        (
+            annotations::HYBRID_POD_BLOCK.to_string(),
+            get(5).to_string(),
+        ),
         (annotations::HYBRID_MODE.to_string(), "overlay".to_string()),
     ]);
     let nodes = [

@@ -31,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
         };
         let taken = TrainRun::train_bytes(rest, size, run.datagrams);
         assert!(run.datagrams >= 2 && taken > 0 && taken <= rest.len());
-        assert!(run.len <= out.len() && run.len - 14 <= 65_535, "outer length fits");
+        assert!(
+            run.len <= out.len() && run.len - 14 <= 65_535,
+            "outer length fits"
+        );
         check_segments_back(&out[..run.len], run, &rest[..taken], size);
         if run.datagrams > 2 {
             let first = 2 + usize::from(cut) % (run.datagrams - 2);
@@ -41,19 +44,17 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(two.datagrams, first);
             let joined = two.continue_with(&rest[split..taken], size, &mut again);
             assert_eq!(joined, run.datagrams - first, "the rest continues the run");
-            assert_eq!((two.datagrams, two.len, two.gso), (run.datagrams, run.len, run.gso));
+            assert_eq!(
+                (two.datagrams, two.len, two.gso),
+                (run.datagrams, run.len, run.gso)
+            );
             assert_eq!(&again[OUTER_LEN..two.len], &out[OUTER_LEN..run.len]);
         }
         offset += taken;
     }
 });
 
-fn check_segments_back(
-    frame: &[u8],
-    run: TrainRun,
-    taken: &[u8],
-    size: usize,
-) {
+fn check_segments_back(frame: &[u8], run: TrainRun, taken: &[u8], size: usize) {
     let l3 = usize::from(run.gso.l3);
     assert_eq!(l3, OUTER_LEN + DATAGRAM_PREFIX_LEN);
     let segmenter = Segmenter::for_frame(frame, run.gso).expect("a merged run segments");
@@ -62,7 +63,11 @@ fn check_segments_back(
     let mut seg = vec![0u8; 65_536];
     for (i, datagram) in taken.chunks(size).enumerate() {
         let (prefix, sent) = datagram.split_at(DATAGRAM_PREFIX_LEN);
-        assert_eq!(&frame[OUTER_LEN..l3], prefix, "VXLAN and inner Ethernet headers");
+        assert_eq!(
+            &frame[OUTER_LEN..l3],
+            prefix,
+            "VXLAN and inner Ethernet headers"
+        );
         let len = segmenter.write(ip, i, &mut seg).expect("segment fits");
         let got = &seg[..len];
         assert_eq!(got.len(), sent.len(), "segment {i} length");

@@ -20,7 +20,11 @@ const ICMPV6: u8 = 58;
 #[derive(Clone, Debug)]
 pub enum L4 {
     /// UDP; `checksum: false` sends zero ("none", IPv4 only).
-    Udp { sport: u16, dport: u16, checksum: bool },
+    Udp {
+        sport: u16,
+        dport: u16,
+        checksum: bool,
+    },
     Tcp {
         sport: u16,
         dport: u16,
@@ -90,7 +94,10 @@ pub enum Ext6 {
     None,
     HopByHop,
     /// A fragment header with this offset (8-byte units) and M flag.
-    Fragment { offset: u16, more: bool },
+    Fragment {
+        offset: u16,
+        more: bool,
+    },
 }
 
 /// An IPv6 packet to build.
@@ -124,7 +131,11 @@ impl Default for Ip6 {
 fn transport(l4: &L4, v6: bool, payload: &[u8]) -> (Vec<u8>, u8, Option<usize>) {
     let mut s = Vec::with_capacity(40 + payload.len());
     let (proto, sum_at) = match l4 {
-        L4::Udp { sport, dport, checksum } => {
+        L4::Udp {
+            sport,
+            dport,
+            checksum,
+        } => {
             s.extend_from_slice(&sport.to_be_bytes());
             s.extend_from_slice(&dport.to_be_bytes());
             let len = u16::try_from(8 + payload.len()).unwrap_or(u16::MAX);

@@ -135,6 +135,7 @@ pub const V4_VIP: u8 = 6;
 pub const V4_NODE: u8 = 10;
 pub const V4_GATEWAY: u8 = 11;
 pub const V4_REMOTE_POD: u8 = 2;
+pub const V4_HOST_POD_ADDR: u8 = V4.len() as u8;
 pub const V4_RANDOM: u8 = V4.len() as u8 + 1;
 
 /// Index 0 is `default`, then [`V4`], then a free address.
@@ -411,13 +412,22 @@ fn uplink_port(f: &mut Fields<'_>) -> PortId {
 }
 
 fn uplink_mac(f: &mut Fields<'_>) -> MacAddr {
-    f.pick(&[UPLINK_MAC, MacAddr([0xff; 6]), MacAddr([2, 0, 0, 0, 0, 0x77])])
+    f.pick(&[
+        UPLINK_MAC,
+        MacAddr([0xff; 6]),
+        MacAddr([2, 0, 0, 0, 0, 0x77]),
+    ])
 }
 
 /// The outer headers of a VXLAN frame (by default from the known VTEP to us).
 fn vxlan_outer(f: &mut Fields<'_>) -> Vxlan {
     Vxlan {
-        src: f.pick(&[REMOTE_NODE, UNDERLAY_NODE, OUTSIDE, Ipv4Addr::new(198, 18, 0, 9)]),
+        src: f.pick(&[
+            REMOTE_NODE,
+            UNDERLAY_NODE,
+            OUTSIDE,
+            Ipv4Addr::new(198, 18, 0, 9),
+        ]),
         dst: f.pick(&[NODE, REMOTE_NODE]),
         dport: f.pick(&[8472, 4789]),
         flags: f.pick(&[0x08, 0x00, 0x0c, 0x88]),
@@ -558,17 +568,62 @@ fn paths(add: &mut impl FnMut(&str, Kind, &[u8]), all: bool) {
     // Replies from the Service's endpoints: POD2, POD1 itself (hairpin, to the
     // gateway), through the uplink from the outside and over VXLAN from REMOTE_POD.
     let ep = PORT_ENDPOINT;
-    add("svc-reply-pod2-udp", PodV4, &[1, 0, V4_POD1, L4_UDP, ep, udp]);
-    add("svc-reply-pod2-synack", PodV4, &[1, 0, V4_POD1, L4_TCP, ep, tcp, 1]);
-    add("svc-reply-hairpin", PodV4, &[0, 0, V4_GATEWAY, L4_UDP, ep, udp]);
+    add(
+        "svc-reply-pod2-udp",
+        PodV4,
+        &[1, 0, V4_POD1, L4_UDP, ep, udp],
+    );
+    add(
+        "svc-reply-pod2-synack",
+        PodV4,
+        &[1, 0, V4_POD1, L4_TCP, ep, tcp, 1],
+    );
+    add(
+        "svc-reply-hairpin",
+        PodV4,
+        &[0, 0, V4_GATEWAY, L4_UDP, ep, udp],
+    );
     add("svc-affinity-new-flow", PodV4, &[0, 0, V4_VIP, L4_UDP, 10]);
-    add("svc-reply-uplink", UplinkV4, &[0, 0, V4_POD1, L4_UDP, ep, udp]);
-    add("svc-reply-vxlan", VxlanV4, &[0, 0, 0, 0, 0, 0, 0, 0, 0, L4_UDP, ep, udp]);
+    add(
+        "svc-reply-uplink",
+        UplinkV4,
+        &[0, 0, V4_POD1, L4_UDP, ep, udp],
+    );
+    add(
+        "svc-reply-vxlan",
+        VxlanV4,
+        &[0, 0, 0, 0, 0, 0, 0, 0, 0, L4_UDP, ep, udp],
+    );
+    // Decapsulated replies whose flow the other worker may keep: to the gateway (a
+    // masqueraded flow, owned by its port) and to the host's pod-network address.
+    let (gw, host) = (V4_GATEWAY, V4_HOST_POD_ADDR);
+    add(
+        "svc-reply-vxlan-gateway",
+        VxlanV4,
+        &[0, 0, 0, 0, 0, 0, 0, 0, gw, L4_UDP, ep, udp],
+    );
+    add(
+        "svc-reply-vxlan-host",
+        VxlanV4,
+        &[0, 0, 0, 0, 0, 0, 0, 0, host, L4_TCP, ep, tcp],
+    );
     // Uplink fields: port, destination MAC, then [`ipv4`]'s.
     add("snat-reply-udp", UplinkV4, &[0, 0, 0, L4_UDP]);
-    add("snat-reply-synack", UplinkV4, &[0, 0, 0, L4_TCP, 0, PORT_NAT_TCP, 1]);
-    add("snat-reply-rst", UplinkV4, &[0, 0, 0, L4_TCP, 0, PORT_NAT_TCP, 5]);
-    add("snat-reply-ping", UplinkV4, &[0, 0, 0, L4_ECHO_REPLY, PORT_NAT_PING, PORT_NAT_PING]);
+    add(
+        "snat-reply-synack",
+        UplinkV4,
+        &[0, 0, 0, L4_TCP, 0, PORT_NAT_TCP, 1],
+    );
+    add(
+        "snat-reply-rst",
+        UplinkV4,
+        &[0, 0, 0, L4_TCP, 0, PORT_NAT_TCP, 5],
+    );
+    add(
+        "snat-reply-ping",
+        UplinkV4,
+        &[0, 0, 0, L4_ECHO_REPLY, PORT_NAT_PING, PORT_NAT_PING],
+    );
     add("to-node-vxlan-port", UplinkV4, &[0, 0, 0, L4_UDP, 0, 8]);
     for (i, kind) in [0u8, 1, 2, 3].into_iter().enumerate() {
         for proto in 0..3u8 {
@@ -576,34 +631,114 @@ fn paths(add: &mut impl FnMut(&str, Kind, &[u8]), all: bool) {
             add(&name, UplinkV4, &[0, 0, 0, L4_ERROR, 0, 0, kind, 0, proto]);
         }
     }
+    // ICMP errors about the seeded Service flow (POD1:5000 to the ClusterIP, sent to
+    // an endpoint's port 5353): port unreachable (code 3) and fragmentation needed
+    // (4) from each endpoint it may have gone to: POD2, POD1 itself (hairpin: to the
+    // gateway), REMOTE_POD over VXLAN, OUTSIDE (masqueraded too: to the node).
+    // Fields after the transport byte and its two ports: the error's kind, code,
+    // quoted protocol, quoted ports, quoted source and destination, cut (1: whole).
+    let (pod1, pod2, remote) = (V4_POD1, V4_POD2, V4_REMOTE_POD);
+    for code in [3u8, 4] {
+        let about = |from: u8, to: u8| [0, code, 0, udp, ep, from, to, 1];
+        let to_pod1 = [&[1, 0, pod1, L4_ERROR, 0, 0][..], &about(pod1, pod2)].concat();
+        add(&format!("svc-icmp-error{code}-pod2"), PodV4, &to_pod1);
+        let to_gw = [&[0, 0, gw, L4_ERROR, 0, 0][..], &about(gw, pod1)].concat();
+        add(&format!("svc-icmp-error{code}-hairpin"), PodV4, &to_gw);
+        let outer = [0u8; 8];
+        let vxlan = [&outer[..], &[pod1, L4_ERROR, 0, 0], &about(pod1, remote)].concat();
+        add(&format!("svc-icmp-error{code}-vxlan"), VxlanV4, &vxlan);
+        let uplink = [&[0, 0, 0, L4_ERROR, 0, 0][..], &about(0, 0)].concat();
+        add(&format!("svc-icmp-error{code}-outside"), UplinkV4, &uplink);
+    }
     add("uplink-to-pod", UplinkV4, &[0, 0, V4_POD1, L4_UDP]);
-    add("uplink-to-pod-ttl1", UplinkV4, &[0, 0, V4_POD1, L4_UDP, 0, 0, 0, 1]);
-    add("uplink-to-remote-pod", UplinkV4, &[0, 0, V4_REMOTE_POD, L4_UDP]);
+    add(
+        "uplink-to-pod-ttl1",
+        UplinkV4,
+        &[0, 0, V4_POD1, L4_UDP, 0, 0, 0, 1],
+    );
+    add(
+        "uplink-to-remote-pod",
+        UplinkV4,
+        &[0, 0, V4_REMOTE_POD, L4_UDP],
+    );
     add("host-port-to-pod", UplinkV4, &[1, 0, V4_POD1, L4_UDP]);
-    add("host-port-to-other", UplinkV4, &[1, 0, V4_REMOTE_POD, L4_UDP]);
+    add(
+        "host-port-to-other",
+        UplinkV4,
+        &[1, 0, V4_REMOTE_POD, L4_UDP],
+    );
     // Pod packets the router answers or refuses.
     let remote = V4_REMOTE_POD;
     add("pod4-ttl1", PodV4, &[0, 0, remote, L4_UDP, 0, 0, 0, 1]);
     add("pod4-outside-ttl1", PodV4, &[0, 0, 0, L4_UDP, 0, 0, 0, 1]);
-    add("pod4-too-big-overlay", PodV4, &[0, 0, remote, L4_UDP, 0, 0, 0, 0, 0, 0, 0, 5]);
-    add("pod4-too-big-uplink", PodV4, &[0, 0, 0, L4_UDP, 0, 0, 0, 0, 0, 0, 0, 7]);
-    add("pod4-too-big-no-df", PodV4, &[0, 0, 0, L4_UDP, 0, 0, 0, 0, 1, 0, 0, 7]);
+    add(
+        "pod4-too-big-overlay",
+        PodV4,
+        &[0, 0, remote, L4_UDP, 0, 0, 0, 0, 0, 0, 0, 5],
+    );
+    add(
+        "pod4-too-big-uplink",
+        PodV4,
+        &[0, 0, 0, L4_UDP, 0, 0, 0, 0, 0, 0, 0, 7],
+    );
+    add(
+        "pod4-too-big-no-df",
+        PodV4,
+        &[0, 0, 0, L4_UDP, 0, 0, 0, 0, 1, 0, 0, 7],
+    );
     add("pod4-fragment", PodV4, &[0, 0, 0, L4_UDP, 0, 0, 0, 0, 3]);
-    add("pod4-fragment-to-vip", PodV4, &[0, 0, V4_VIP, L4_UDP, 0, 0, 0, 0, 2]);
-    add("pod4-options", PodV4, &[0, 0, remote, L4_TCP, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4]);
+    add(
+        "pod4-fragment-to-vip",
+        PodV4,
+        &[0, 0, V4_VIP, L4_UDP, 0, 0, 0, 0, 2],
+    );
+    add(
+        "pod4-options",
+        PodV4,
+        &[0, 0, remote, L4_TCP, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4],
+    );
     add("pod4-spoofed", PodV4, &[0, 0, 0, L4_UDP, 0, 0, V4_POD2]);
-    add("pod4-to-vip-tcp-ack", PodV4, &[0, 0, V4_VIP, L4_TCP, tcp, 0, 2, 1]);
+    add(
+        "pod4-to-vip-tcp-ack",
+        PodV4,
+        &[0, 0, V4_VIP, L4_TCP, tcp, 0, 2, 1],
+    );
+    // The seeded Service flow's next packet, out of TTL after DNAT or too big (DF,
+    // 1480 bytes of padding) for the way to its endpoint: our own error about it
+    // quotes the packet as the client sent it.
+    add("pod4-vip-ttl1", PodV4, &[0, 0, V4_VIP, L4_UDP, 0, 0, 0, 1]);
+    add(
+        "pod4-vip-too-big",
+        PodV4,
+        &[0, 0, V4_VIP, L4_UDP, 0, 0, 0, 0, 0, 0, 0, 7],
+    );
     add("pod4-no-endpoints", PodV4, &[0, 0, V4_VIP + 1, L4_UDP]);
     add("pod4-vip-other-port", PodV4, &[0, 0, V4_VIP, L4_UDP, 0, 10]);
-    add("pod4-echo-gateway", PodV4, &[0, 0, V4_GATEWAY, L4_ECHO_REQUEST]);
+    add(
+        "pod4-echo-gateway",
+        PodV4,
+        &[0, 0, V4_GATEWAY, L4_ECHO_REQUEST],
+    );
     // IPv6.
-    add("pod6-ns-gateway", PodV6, &[0, 0, V6_SOLICITED, L4_NS, 0, 0, 0, 0, 3]);
+    add(
+        "pod6-ns-gateway",
+        PodV6,
+        &[0, 0, V6_SOLICITED, L4_NS, 0, 0, 0, 0, 3],
+    );
     add("pod6-hop-limit1", PodV6, &[0, 0, 0, L4_UDP, 0, 0, 0, 1]);
-    add("pod6-too-big", PodV6, &[0, 0, 0, L4_UDP, 0, 0, 0, 0, 0, 0, 5]);
+    add(
+        "pod6-too-big",
+        PodV6,
+        &[0, 0, 0, L4_UDP, 0, 0, 0, 0, 0, 0, 5],
+    );
     add("pod6-hop-by-hop", PodV6, &[0, 0, 0, L4_UDP, 0, 0, 0, 0, 2]);
     add("pod6-fragment", PodV6, &[0, 0, 0, L4_UDP, 0, 0, 0, 0, 4]);
     add("uplink6-to-pod", UplinkV6, &[0, 0]);
-    add("uplink6-to-pod-hop-limit1", UplinkV6, &[0, 0, 0, L4_UDP, 0, 0, 0, 1]);
+    add(
+        "uplink6-to-pod-hop-limit1",
+        UplinkV6,
+        &[0, 0, 0, L4_UDP, 0, 0, 0, 1],
+    );
     add("host-port6-to-pod", UplinkV6, &[1, 0]);
     // VXLAN fields: port, outer source, destination, UDP port, flags, VNI, UDP
     // checksum, inner destination MAC, then [`ipv4`]'s or [`ipv6`]'s.
@@ -611,8 +746,16 @@ fn paths(add: &mut impl FnMut(&str, Kind, &[u8]), all: bool) {
     add("vxlan4-tcp", VxlanV4, &[0, 0, 0, 0, 0, 0, 0, 0, 0, L4_TCP]);
     add("vxlan4-udp-checksum", VxlanV4, &[0, 0, 0, 0, 0, 0, 1]);
     add("vxlan4-unknown-vtep", VxlanV4, &[0, 1]);
-    add("vxlan4-spoofed", VxlanV4, &[0, 0, 0, 0, 0, 0, 0, 0, 0, L4_UDP, 0, 0, 1]);
-    add("vxlan4-ttl1", VxlanV4, &[0, 0, 0, 0, 0, 0, 0, 0, 0, L4_UDP, 0, 0, 0, 1]);
+    add(
+        "vxlan4-spoofed",
+        VxlanV4,
+        &[0, 0, 0, 0, 0, 0, 0, 0, 0, L4_UDP, 0, 0, 1],
+    );
+    add(
+        "vxlan4-ttl1",
+        VxlanV4,
+        &[0, 0, 0, 0, 0, 0, 0, 0, 0, L4_UDP, 0, 0, 0, 1],
+    );
     add("vxlan4-no-i-flag", VxlanV4, &[0, 0, 0, 0, 1]);
     add("vxlan6", VxlanV6, &[]);
     add("arp-gateway", Arp, &[]);

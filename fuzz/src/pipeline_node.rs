@@ -68,7 +68,10 @@ pub const REMOTE_VTEP_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0x0f, 2]);
 pub const REMOTE_NODE_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
 pub const ROUTER_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xfe]);
 pub const GATEWAY_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0xaa, 1]);
-pub const POD_MACS: [MacAddr; 2] = [MacAddr([2, 0, 0, 0, 0xbb, 10]), MacAddr([2, 0, 0, 0, 0xbb, 11])];
+pub const POD_MACS: [MacAddr; 2] = [
+    MacAddr([2, 0, 0, 0, 0xbb, 10]),
+    MacAddr([2, 0, 0, 0, 0xbb, 11]),
+];
 
 /// Source ports of the flows [`seeded`] starts from POD1.
 pub const SEED_UDP_PORT: u16 = 5000;
@@ -109,7 +112,12 @@ fn services() -> ServiceTable {
     ServiceTable::build(&[
         spec(
             VIP,
-            vec![ep(POD1, true), ep(POD2, true), ep(REMOTE_POD, false), ep(OUTSIDE, false)],
+            vec![
+                ep(POD1, true),
+                ep(POD2, true),
+                ep(REMOTE_POD, false),
+                ep(OUTSIDE, false),
+            ],
         ),
         spec(VIP_NO_ENDPOINTS, vec![]),
         spec(VIP_LOCAL_POLICY, vec![ep(REMOTE_POD, false)]),

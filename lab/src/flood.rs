@@ -127,28 +127,8 @@ fn first_hop(ns: &Netns, dst: Ipv4Addr) -> Result<(String, Ipv4Addr, String), La
 
 /// `Udp: NoPorts` of the namespace's `/proc/net/snmp`.
 fn udp_no_ports(ns: &Netns) -> Result<u64, LabError> {
-    let snmp = ns.run("cat /proc/net/snmp")?;
-    parse_udp_no_ports(&snmp).ok_or_else(|| flood!("no Udp NoPorts in /proc/net/snmp"))
-}
-
-fn parse_udp_no_ports(snmp: &str) -> Option<u64> {
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
-    let names = udp.next()?;
-    let values = udp.next()?;
-    let i = names.split_whitespace().position(|n| n == "NoPorts")?;
-    values.split_whitespace().nth(i)?.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_udp_no_ports_from_the_snmp_table() {
-        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
-                    Udp: InDatagrams NoPorts InErrors OutDatagrams\nUdp: 10 667392 0 4\n\
-                    UdpLite: InDatagrams NoPorts\nUdpLite: 0 0\n";
-        assert_eq!(parse_udp_no_ports(snmp), Some(667_392));
-        assert_eq!(parse_udp_no_ports("Ip: 1\n"), None);
-    }
+    crate::net_counters::read(ns)?
+        .get("Udp:NoPorts")
+        .copied()
+        .ok_or_else(|| flood!("no Udp NoPorts in /proc/net/snmp"))
 }

@@ -8,6 +8,7 @@
 //! Tests and benchmarks compare hybridway's Service path with this one on the same
 //! topology (`service_lab`), so the figures are ratios measured in one run.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -189,6 +190,26 @@ impl KubeProxy {
         &self.daemon.log
     }
 
+    /// Whether the node's kernel holds a connection to `dst:port` whose destination
+    /// it translated (kube-proxy's DNAT: the reply comes from another address), as
+    /// opposed to none (the packets never met netfilter) or one passed on as it was.
+    pub fn translated_a_flow_to(&self, dst: Ipv4Addr, port: u16) -> Result<bool, LabError> {
+        let table = crate::netns::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.netns,
+                "cat",
+                "/proc/net/nf_conntrack",
+            ],
+        )?;
+        Ok(table
+            .lines()
+            .filter_map(conntrack_flow)
+            .any(|f| f.dst == dst && f.dport == port && f.reply_src != dst))
+    }
+
     /// GET from one of its loopback endpoints, inside its namespace; fails unless
     /// the answer is a 2xx.
     fn get(&self, port: u16, path: &str) -> Result<String, LabError> {
@@ -206,6 +227,31 @@ impl KubeProxy {
             ],
         )
     }
+}
+
+/// What [`KubeProxy::translated_a_flow_to`] needs of one `/proc/net/nf_conntrack`
+/// line: the original direction's destination and port, the reply's source.
+#[derive(Debug, PartialEq, Eq)]
+struct ConntrackFlow {
+    dst: Ipv4Addr,
+    dport: u16,
+    reply_src: Ipv4Addr,
+}
+
+/// `ipv4 2 tcp 6 117 TIME_WAIT src=A dst=B sport=P dport=Q src=C dst=D sport=R
+/// dport=S [ASSURED] ...`: the first `dst=`/`dport=` are the original direction's,
+/// the second `src=` the reply's. `None` for lines without ports (ICMP).
+fn conntrack_flow(line: &str) -> Option<ConntrackFlow> {
+    let field = |key: &str, nth: usize| {
+        line.split_whitespace()
+            .filter_map(|w| w.strip_prefix(key))
+            .nth(nth)
+    };
+    Some(ConntrackFlow {
+        dst: field("dst=", 0)?.parse().ok()?,
+        dport: field("dport=", 0)?.parse().ok()?,
+        reply_src: field("src=", 1)?.parse().ok()?,
+    })
 }
 
 /// The sum of the samples `name` in Prometheus text, whatever their labels
@@ -247,5 +293,24 @@ mod tests {
         };
         assert_eq!(after.mean_since(&before), Some(Duration::from_millis(500)));
         assert_eq!(after.mean_since(&after), None);
+    }
+
+    #[test]
+    fn reads_a_conntrack_line() {
+        let dnat = "ipv4     2 tcp      6 117 TIME_WAIT src=198.19.181.10 dst=198.18.240.81 \
+                    sport=40000 dport=80 src=198.19.182.10 dst=198.19.181.10 sport=8080 \
+                    dport=40000 [ASSURED] mark=0 zone=0 use=2";
+        assert_eq!(
+            conntrack_flow(dnat),
+            Some(ConntrackFlow {
+                dst: Ipv4Addr::new(198, 18, 240, 81),
+                dport: 80,
+                reply_src: Ipv4Addr::new(198, 19, 182, 10),
+            })
+        );
+        let icmp = "ipv4     2 icmp     1 29 src=198.19.181.10 dst=198.19.182.10 type=8 \
+                    code=0 id=7 src=198.19.182.10 dst=198.19.181.10 type=0 code=0 id=7";
+        assert_eq!(conntrack_flow(icmp), None);
+        assert_eq!(conntrack_flow("garbage dst=x dport=y"), None);
     }
 }

@@ -1,6 +1,6 @@
 //! hybridway's lab: the plumbing the demo, the tests and the benchmarks share, and
 //! none of the agent's runtime code. Network namespaces and veths ([`netns`]),
-//! polling ([`wait`]), the namespace cluster the demo and the end-to-end tests build
+//! polling ([`wait`]), a namespace's TCP/IP counters ([`net_counters`]), the namespace cluster the demo and the end-to-end tests build
 //! ([`topology`]), iperf3, 64-byte floods and SNAT load between its pods
 //! ([`traffic`], [`flood`], [`snat_load`]), a real Kubernetes control plane ([`kube_lab`]), the real kube-proxy as the
 //! reference Service path ([`kube_proxy`]) and the Services cluster the Service
@@ -16,6 +16,7 @@ pub mod flood;
 pub mod frr;
 pub mod kube_lab;
 pub mod kube_proxy;
+pub mod net_counters;
 pub mod netns;
 pub mod process;
 pub mod service_lab;

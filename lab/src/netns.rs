@@ -156,6 +156,28 @@ impl Netns {
         ))
         .map(|_| ())
     }
+
+    /// Undoes [`Netns::no_offloads`]: the kernel's defaults for a veth (checksum
+    /// and segmentation offloads on, GRO on), for a benchmark's kernel paths.
+    pub fn offloads_on(&self, dev: &str) -> Result<(), LabError> {
+        self.run(&format!(
+            "ethtool -K {dev} tx on tso on gso on gro on >/dev/null 2>&1 || ethtool -K {dev} tx on"
+        ))
+        .map(|_| ())
+    }
+
+    /// The veths in the namespace.
+    pub fn veths(&self) -> Result<Vec<String>, LabError> {
+        Ok(link_names(&self.run("ip -o link show type veth")?))
+    }
+}
+
+/// The device names of `ip -o link` lines (`7: eth0@if8: <...> ...`; a veth's
+/// name ends at the `@` of its peer's index).
+fn link_names(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.split(": ").nth(1)?.split('@').next().map(str::to_string))
+        .collect()
 }
 
 impl Drop for Netns {
@@ -205,5 +227,19 @@ pub fn is_root() -> bool {
 pub fn require_root() {
     if !is_root() {
         fail(LabError::NotRoot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::link_names;
+
+    #[test]
+    fn link_names_end_at_the_peer_index() {
+        let text = "2: eth0@if883: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue\n\
+                    5: hwp0@if4: <BROADCAST,MULTICAST,UP> mtu 1450\n\
+                    6: lo: <LOOPBACK,UP> mtu 65536\n";
+        assert_eq!(link_names(text), ["eth0", "hwp0", "lo"]);
+        assert!(link_names("").is_empty());
     }
 }

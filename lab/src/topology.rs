@@ -536,12 +536,19 @@ impl Drop for Node {
 /// Whether the agent behind `socket` answers `hybridway status` (it opens the socket
 /// once its pods are restored).
 pub fn agent_answers(exe: &Path, socket: &Path) -> bool {
-    std::process::Command::new(exe)
+    agent_status(exe, socket).is_some()
+}
+
+/// `hybridway status` of the agent behind `socket`, as JSON; `None` while it does not
+/// answer.
+pub fn agent_status(exe: &Path, socket: &Path) -> Option<serde_json::Value> {
+    let out = std::process::Command::new(exe)
         .arg("status")
         .arg("--socket")
         .arg(socket)
-        .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+        .output()
+        .ok()?;
+    out.status.success().then_some(())?;
+    serde_json::from_slice(&out.stdout).ok()
 }

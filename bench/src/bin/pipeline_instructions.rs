@@ -4,16 +4,19 @@
 //! count (`--toggle-collect`). Instructions do not swing with the machine's load as
 //! times do, so this is the number a change to the pipeline has to beat.
 //!
-//! Usage: `pipeline_instructions <encap|decap|snat|unsnat|dnat> [batches]`
-//! (`snat`/`unsnat`/`dnat`: established flows, 10,000 of them, picked at random;
-//! `dnat` is a pod's packets to a ClusterIP, 1,000 Services in the table).
+//! Usage: `pipeline_instructions <encap|decap|snat|unsnat|dnat|nodeport|npreply>
+//! [batches]` (all but `encap`/`decap`: established flows, 10,000 of them, picked
+//! at random; `dnat` is a pod's packets to a ClusterIP, 1,000 Services in the
+//! table; `nodeport` outside clients' packets to a NodePort with a local endpoint
+//! (`Cluster` policy), `npreply` the endpoint's replies).
 
 use std::hint::black_box;
 use std::process::ExitCode;
 
 use hybridway_bench::pipeline_traffic::{
-    Batch, POD_PORT, Rng, T0, UPLINK, established, fill_decap, fill_encap, pod_to_remote_pod,
-    service_flows, tables, vxlan_from_remote_pod, write_masquerade, write_reply, write_to_service,
+    Batch, POD_PORT, Rng, T0, UPLINK, established, fill_decap, fill_encap, node_port_flows,
+    pod_to_remote_pod, service_flows, tables, vxlan_from_remote_pod, write_masquerade,
+    write_node_port_reply, write_reply, write_to_node_port, write_to_service,
 };
 use hybridway_dataplane::frame::{Frame, PortId};
 use hybridway_dataplane::pipeline::Pipeline;
@@ -64,7 +67,9 @@ fn run(
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let Some(path) = args.get(1) else {
-        eprintln!("usage: pipeline_instructions <encap|decap|snat|unsnat|dnat> [batches]");
+        eprintln!(
+            "usage: pipeline_instructions <encap|decap|snat|unsnat|dnat|nodeport|npreply> [batches]"
+        );
         return ExitCode::FAILURE;
     };
     let batches = args
@@ -126,8 +131,28 @@ fn main() -> ExitCode {
             };
             run(&mut p, &t, batches, POD_PORT, fill, to_uplink);
         }
+        "nodeport" => {
+            let (mut p, t, _) = node_port_flows(FLOWS);
+            let mut rng = Rng(0x5851_f42d_4c95_7f2d);
+            let fill = |b: &mut Batch| {
+                b.fill(|_, buf| write_to_node_port(buf, rng.next() as usize % FLOWS));
+            };
+            run(&mut p, &t, batches, UPLINK, fill, to_pod);
+        }
+        "npreply" => {
+            let (mut p, t, gateway_ports) = node_port_flows(FLOWS);
+            let mut rng = Rng(0x1405_7b7e_f767_814f);
+            let fill = |b: &mut Batch| {
+                b.fill(|_, buf| {
+                    write_node_port_reply(buf, gateway_ports[rng.next() as usize % FLOWS])
+                });
+            };
+            run(&mut p, &t, batches, POD_PORT, fill, to_uplink);
+        }
         other => {
-            eprintln!("unknown path {other}: encap, decap, snat, unsnat or dnat");
+            eprintln!(
+                "unknown path {other}: encap, decap, snat, unsnat, dnat, nodeport or npreply"
+            );
             return ExitCode::FAILURE;
         }
     }

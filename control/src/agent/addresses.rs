@@ -128,10 +128,11 @@ impl PodAddressBook {
         mac: MacAddr,
         taken: &dyn Fn(Ipv4Addr) -> bool,
     ) -> Result<Allocation, AddressError> {
-        if let Some(a) = self.by_key.get(key) {
-            if a.interface == interface && a.mac == mac {
-                return Ok(a.clone());
-            }
+        if let Some(a) = self.by_key.get(key)
+            && a.interface == interface
+            && a.mac == mac
+        {
+            return Ok(a.clone());
         }
         let ip = match self.by_key.get(key) {
             Some(a) => a.ip,

@@ -802,13 +802,13 @@ impl AgentConfig {
                 "must be an interface name of 1 to 15 characters",
             ));
         }
-        if let Some(len) = self.uplink.prefix_len {
-            if len == 0 || len > 32 {
-                return Err(ConfigError::invalid(
-                    "uplink.prefixLen",
-                    format!("{len} is not 1..=32"),
-                ));
-            }
+        if let Some(len) = self.uplink.prefix_len
+            && (len == 0 || len > 32)
+        {
+            return Err(ConfigError::invalid(
+                "uplink.prefixLen",
+                format!("{len} is not 1..=32"),
+            ));
         }
         if let Some(gw) = self.uplink.gateway {
             check_unicast("uplink.gateway", gw)?;
@@ -964,13 +964,13 @@ impl AgentConfig {
         if self.vxlan.port == 0 {
             return Err(ConfigError::invalid("vxlan.port", "must not be 0"));
         }
-        if let Some(mac) = self.vxlan.vtep_mac {
-            if mac.is_multicast() || mac == MacAddr::ZERO {
-                return Err(ConfigError::invalid(
-                    "vxlan.vtepMac",
-                    format!("{mac} is not a unicast MAC"),
-                ));
-            }
+        if let Some(mac) = self.vxlan.vtep_mac
+            && (mac.is_multicast() || mac == MacAddr::ZERO)
+        {
+            return Err(ConfigError::invalid(
+                "vxlan.vtepMac",
+                format!("{mac} is not a unicast MAC"),
+            ));
         }
 
         if self.dataplane.workers > 256 {

@@ -494,6 +494,7 @@ pub fn call_within(
 )]
 mod tests {
     use super::*;
+    use crate::agent::runtime::ServicesStatus;
 
     #[test]
     fn status_shows_the_running_speakers_sessions() {
@@ -510,6 +511,7 @@ mod tests {
             nodes: Vec::new(),
             unresolved_next_hops: Vec::new(),
             drops: Default::default(),
+            services: ServicesStatus::default(),
         };
         // No speaker (file mode, or none planned for this node): no `bgp` key.
         assert!(status_with_bgp(&status, None).unwrap().get("bgp").is_none());

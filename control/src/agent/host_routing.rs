@@ -54,6 +54,25 @@
 //! dataplane (rules 91/92, then `ToHost`), and a packet that early demux has given
 //! a socket is never forwarded.
 //!
+//! **NodePorts stay out of the kernel's conntrack** on this backend (nftables table
+//! `ip hybridway`, chain `raw_prerouting` at the raw priority, so before any NAT):
+//!
+//! ```text
+//!  iifname <uplink> ip daddr <node> tcp|udp dport <NodePorts> notrack   (rules 94/95)
+//!  iifname hwhost   ip saddr <node> tcp|udp sport <NodePorts> notrack   (the replies)
+//! ```
+//!
+//! With kube-proxy on the node (the usual install) its `PREROUTING` DNAT would take
+//! NodePort packets before rules 94/95 are consulted, and route one for an endpoint
+//! on this node through `hwhost`, the dataplane and `hw0` back into the kernel:
+//! conntrack meets the flow twice, gives the second sight another source port, and
+//! the pod's reply goes to a port nobody listens on. Untracked, the packets are out
+//! of reach of NAT and take rules 94/95 into the dataplane, as on AF_XDP; their
+//! replies leave through `hwhost` untracked too (tracked, a reply whose first packet
+//! the kernel sees is invalid, and kube-proxy's `KUBE-FORWARD` drops invalid
+//! packets). NodePort-range ports no Service uses still reach the host's sockets
+//! (kube-proxy's load balancer health checks) through the dataplane.
+//!
 //! Packets the dataplane writes into `hwhost` may carry the node's address as their
 //! source (masqueraded) or an outside one (ICMP to the host): `accept_local` and no
 //! strict reverse-path filter on the device let the kernel take them.
@@ -99,6 +118,8 @@ pub struct HostRouting {
     pub rules: Vec<RuleArgs>,
     /// Move `lookup local` from priority 0 to this one first.
     pub move_local_rule: Option<u32>,
+    /// nftables rules (`ip` family, before conntrack) whose packets stay untracked.
+    pub notrack: Vec<String>,
 }
 
 /// The plan for `backend`; `snat_ports` is the range whose replies are the dataplane's.
@@ -179,6 +200,19 @@ pub fn plan(backend: Backend, cfg: &AgentConfig, snat_ports: &RangeInclusive<u16
             .push(args(&format!("pref 119 from {host} lookup main")));
     }
     p.move_local_rule = Some(LOCAL_RULE_PREF);
+    p.notrack = ["tcp", "udp"]
+        .iter()
+        .flat_map(|proto| {
+            [
+                format!(
+                    "iifname \"{uplink}\" ip daddr {node} {proto} dport {np_lo}-{np_hi} notrack"
+                ),
+                format!(
+                    "iifname \"{HOST_TUN}\" ip saddr {node} {proto} sport {np_lo}-{np_hi} notrack"
+                ),
+            ]
+        })
+        .collect();
     let gateway = cfg.pods.gateway;
     p.routes.extend(
         [
@@ -285,6 +319,13 @@ pub fn apply(plan: &HostRouting, kernel: &mut KernelRoutes) -> Result<(), RouteE
     if let Some(pref) = plan.move_local_rule {
         kernel.move_local_rule(pref)?;
     }
+    if !plan.notrack.is_empty() {
+        // A node without kube-proxy works without; one with it breaks NodePorts to
+        // endpoints on this node: say so, and keep forwarding.
+        if let Err(e) = kernel.set_notrack(&plan.notrack) {
+            tracing::warn!(error = %e, "NodePort packets stay in the kernel's conntrack: with kube-proxy on this node, a NodePort whose endpoint is on this node does not answer (install nftables, the `nft` program)");
+        }
+    }
     Ok(())
 }
 
@@ -348,6 +389,8 @@ nodes:
         );
         assert!(p.rules.is_empty());
         assert_eq!(p.move_local_rule, None);
+        // The steering program takes NodePorts before netfilter could.
+        assert!(p.notrack.is_empty());
         assert!(
             p.sysctls
                 .contains(&("net.ipv4.conf.hwhost.accept_local".into(), "1".into()))
@@ -391,6 +434,17 @@ nodes:
             }
         }
         assert_eq!(p.move_local_rule, Some(LOCAL_RULE_PREF));
+        // NodePorts and their replies stay out of conntrack, so kube-proxy's NAT never
+        // takes them from the dataplane.
+        assert_eq!(
+            p.notrack,
+            [
+                "iifname \"eth0\" ip daddr 198.18.0.1 tcp dport 30000-32767 notrack",
+                "iifname \"hwhost\" ip saddr 198.18.0.1 tcp sport 30000-32767 notrack",
+                "iifname \"eth0\" ip daddr 198.18.0.1 udp dport 30000-32767 notrack",
+                "iifname \"hwhost\" ip saddr 198.18.0.1 udp sport 30000-32767 notrack",
+            ]
+        );
         // Node services inside the SNAT range: their segments must stay forwardable.
         for key in ["net.ipv4.tcp_early_demux", "net.ipv4.udp_early_demux"] {
             assert!(p.sysctls.contains(&(key.into(), "0".into())), "{key}");

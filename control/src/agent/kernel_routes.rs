@@ -1,7 +1,8 @@
-//! Kernel routes, policy rules and sysctls the agent sets, remembered so that they
-//! are removed again (pod removed, node removed, SIGTERM) and the node is left as it
-//! was found. What to set is decided elsewhere ([`super::host_routing`], the runtime
-//! for pods); this module only applies and undoes.
+//! Kernel routes, policy rules, sysctls and the nftables table the agent sets,
+//! remembered so that they are removed again (pod removed, node removed, SIGTERM)
+//! and the node is left as it was found. What to set is decided elsewhere
+//! ([`super::host_routing`], the runtime for pods); this module only applies and
+//! undoes.
 //!
 //! The originals (sysctl values, where the `lookup local` rule was) are also written
 //! to a journal under the state directory: an agent killed with `kill -9` and started
@@ -25,8 +26,13 @@ pub struct RouteError {
 
 /// Runs `ip ARGS`; its stderr is the error. (Also the BGP speaker's import.)
 pub(crate) fn ip(args: &[&str]) -> Result<String, RouteError> {
-    let cmd = format!("ip {}", args.join(" "));
-    let out = Command::new("ip")
+    run("ip", args)
+}
+
+/// Runs `program ARGS`; its stderr is the error.
+fn run(program: &str, args: &[&str]) -> Result<String, RouteError> {
+    let cmd = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
         .args(args)
         .output()
         .map_err(|e| RouteError {
@@ -40,6 +46,19 @@ pub(crate) fn ip(args: &[&str]) -> Result<String, RouteError> {
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The `nft` script of [`KernelRoutes::set_notrack`] (one transaction): declaring
+/// the table before deleting it makes the delete succeed whether or not it was there.
+fn notrack_script(rules: &[String]) -> String {
+    let mut script = format!(
+        "table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\ntable ip {NFT_TABLE} {{\n  chain raw_prerouting {{\n    type filter hook prerouting priority raw; policy accept;\n"
+    );
+    for rule in rules {
+        script.push_str(&format!("    {rule}\n"));
+    }
+    script.push_str("  }\n}\n");
+    script
 }
 
 fn ip_owned(verb: [&str; 2], args: &[String]) -> Result<String, RouteError> {
@@ -78,7 +97,13 @@ pub struct KernelRoutes {
     sysctls: Vec<(String, String)>,
     /// Where the originals are kept until a clean stop.
     journal: Option<PathBuf>,
+    /// Whether [`NFT_TABLE`] is ours to delete.
+    nft_table: bool,
 }
+
+/// The agent's own nftables table (`ip` family), replaced whole on start, deleted on
+/// stop; a killed agent's is replaced by the next start.
+pub const NFT_TABLE: &str = "hybridway";
 
 /// What the journal keeps: the node as found before the first start.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -109,6 +134,7 @@ impl KernelRoutes {
             sysctls: found.sysctls,
             local_rule_moved_to: found.local_rule_moved_to,
             journal: Some(journal),
+            nft_table: false,
         }
     }
 
@@ -144,10 +170,10 @@ impl KernelRoutes {
 
     /// Removes a route this agent added.
     pub fn remove_route(&mut self, route: &RouteArgs) {
-        if self.routes.remove(route) {
-            if let Err(e) = ip_owned(["route", "del"], route) {
-                tracing::debug!(error = %e, "route already gone");
-            }
+        if self.routes.remove(route)
+            && let Err(e) = ip_owned(["route", "del"], route)
+        {
+            tracing::debug!(error = %e, "route already gone");
         }
     }
 
@@ -226,6 +252,15 @@ impl KernelRoutes {
         moved.map(|_| ())
     }
 
+    /// Replaces [`NFT_TABLE`] with one whose chain at the raw priority of
+    /// `prerouting` untracks the packets `rules` match (nft rule statements ending in
+    /// `notrack`); one transaction, so a table left by a killed agent goes with it.
+    pub fn set_notrack(&mut self, rules: &[String]) -> Result<(), RouteError> {
+        run("nft", &[&notrack_script(rules)])?;
+        self.nft_table = true;
+        Ok(())
+    }
+
     /// Sets a sysctl (dotted key), remembering the old value for [`Drop`].
     pub fn sysctl(&mut self, key: &str, value: &str) -> Result<(), RouteError> {
         let path = sysctl_path(key);
@@ -281,6 +316,11 @@ impl KernelRoutes {
                 tracing::debug!(error = %e, "address already gone");
             }
         }
+        if std::mem::take(&mut self.nft_table)
+            && let Err(e) = run("nft", &["delete", "table", "ip", NFT_TABLE])
+        {
+            tracing::debug!(error = %e, "nftables table already gone");
+        }
         for (key, old) in self.sysctls.drain(..).rev() {
             // Interfaces that are gone took their per-interface keys with them.
             let _ = std::fs::write(sysctl_path(&key), old);
@@ -296,5 +336,26 @@ impl KernelRoutes {
 impl Drop for KernelRoutes {
     fn drop(&mut self) {
         self.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_notrack_script_replaces_the_whole_table() {
+        let script = notrack_script(&["iifname \"eth0\" tcp dport 30000-32767 notrack".into()]);
+        assert_eq!(
+            script,
+            "table ip hybridway\n\
+             delete table ip hybridway\n\
+             table ip hybridway {\n  \
+               chain raw_prerouting {\n    \
+                 type filter hook prerouting priority raw; policy accept;\n    \
+                 iifname \"eth0\" tcp dport 30000-32767 notrack\n  \
+               }\n\
+             }\n"
+        );
     }
 }

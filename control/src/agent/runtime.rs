@@ -124,6 +124,19 @@ pub struct Status {
     pub nodes: Vec<NodeStatus>,
     pub unresolved_next_hops: Vec<Ipv4Addr>,
     pub drops: BTreeMap<String, u64>,
+    pub services: ServicesStatus,
+}
+
+/// The Service table the workers use now (Kubernetes mode; empty otherwise): what an
+/// operator checks first when a Service or NodePort does not answer on this node.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServicesStatus {
+    /// ClusterIP:port pairs.
+    pub frontends: usize,
+    /// Service ports left out (SCTP, a ClusterIP:port given twice).
+    pub skipped: usize,
+    /// `tcp/30080`, `udp/30053`, ...
+    pub node_ports: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -794,10 +807,10 @@ impl Agent {
             .collect();
         for key in &stale {
             let name = key.to_string();
-            if self.pods.contains_key(&name) {
-                if let Err(e) = self.detach(&name) {
-                    tracing::warn!(attachment = %key, error = %e, "GC: detaching failed");
-                }
+            if self.pods.contains_key(&name)
+                && let Err(e) = self.detach(&name)
+            {
+                tracing::warn!(attachment = %key, error = %e, "GC: detaching failed");
             }
         }
         self.save_pods();
@@ -1004,6 +1017,16 @@ impl Agent {
                 .collect(),
             unresolved_next_hops: self.unresolved.clone(),
             drops,
+            services: ServicesStatus {
+                frontends: self.services.len(),
+                skipped: self.services.skipped(),
+                node_ports: self
+                    .services
+                    .node_ports()
+                    .into_iter()
+                    .map(|(proto, port)| format!("{}/{port}", proto.label()))
+                    .collect(),
+            },
         }
     }
 

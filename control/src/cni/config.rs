@@ -268,13 +268,13 @@ impl NetConf {
                 "the network configuration has no name",
             ));
         }
-        if let Some(prev) = &raw.prev_result {
-            if !prev.is_object() {
-                return Err(CniError::new(
-                    ErrorCode::InvalidConfig,
-                    "prevResult is not an object",
-                ));
-            }
+        if let Some(prev) = &raw.prev_result
+            && !prev.is_object()
+        {
+            return Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                "prevResult is not an object",
+            ));
         }
         Ok(NetConf {
             cni_version: version,

@@ -161,10 +161,10 @@ pub fn peer_of(node: &Node, own_mode: ModeConfig, vni: u32) -> Result<PeerNodeCo
         }
         None => None,
     };
-    if let Some(v) = vtep {
-        if v.vni != vni {
-            return Err(format!("its VNI {} is not ours ({vni})", v.vni));
-        }
+    if let Some(v) = vtep
+        && v.vni != vni
+    {
+        return Err(format!("its VNI {} is not ours ({vni})", v.vni));
     }
     let (pod_block, mode) = match a.get(annotations::HYBRID_POD_BLOCK) {
         Some(text) => {

@@ -48,11 +48,6 @@ impl KubeAgent {
 
     /// [`KubeAgent::start`] with `backend` (`dataplane.backend`: "tun", "af_xdp").
     pub fn start_on(&mut self, kubeconfig: &Path, backend: &str) {
-        self.start_with(kubeconfig, backend, "");
-    }
-
-    /// [`KubeAgent::start_on`] with `extra` lines appended to the agent's file.
-    pub fn start_with(&mut self, kubeconfig: &Path, backend: &str, extra: &str) {
         let (d, n) = (self.dir.display(), &self.node);
         let cfg = self.dir.join(format!("{n}.yaml"));
         std::fs::write(
@@ -62,8 +57,7 @@ impl KubeAgent {
                  snat: {{enabled: false}}\n\
                  dataplane: {{backend: {backend}, workers: 1, hugepages: false, parkTimeoutMs: 50}}\n\
                  metrics: {{listen: null}}\n\
-                 control: {{socket: {sock}, stateFile: {d}/{n}-pods.json, clusterStateFile: {d}/{n}-cluster.json}}\n\
-                 {extra}",
+                 control: {{socket: {sock}, stateFile: {d}/{n}-pods.json, clusterStateFile: {d}/{n}-cluster.json}}\n",
                 sock = self.socket().display(),
             ),
         )

@@ -489,10 +489,10 @@ pub fn parse_bird_routes(text: &str) -> Vec<(String, String)> {
         let first = words.next().unwrap_or_default();
         if first.contains('/') && first.chars().next().is_some_and(|c| c.is_ascii_digit()) {
             prefix = first.to_string();
-        } else if first == "via" {
-            if let Some(nh) = words.next() {
-                out.push((prefix.clone(), nh.to_string()));
-            }
+        } else if first == "via"
+            && let Some(nh) = words.next()
+        {
+            out.push((prefix.clone(), nh.to_string()));
         }
     }
     out

@@ -84,7 +84,7 @@ impl Pipeline {
                 let Some((i, p)) = ins.get(j) else { continue };
                 if let (Some(frame), Some(v)) = (frames.get_mut(i), verdicts.get_mut(i)) {
                     *v = self
-                        .finish_unmasquerade(frame, p, *r, tables)
+                        .finish_unmasquerade(frame, p, *r, tables, now)
                         .unwrap_or_else(Verdict::Drop);
                 }
             }

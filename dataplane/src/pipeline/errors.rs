@@ -14,6 +14,10 @@ use crate::wire::MacAddr;
 use crate::wire::classify::{V4, V6};
 
 impl Pipeline {
+    /// "Fragmentation needed" for a DF packet over `mtu`. Out of line: every routed
+    /// packet passes the size check that leads here, almost none fail it.
+    #[cold]
+    #[inline(never)]
     pub(super) fn too_big_v4(
         &mut self,
         frame: &mut Frame<'_>,
@@ -36,7 +40,8 @@ impl Pipeline {
     }
 
     /// Replaces the frame with an ICMP error about `ip`, or drops it when no error may
-    /// be sent.
+    /// be sent. A client's packet the Service stage translated is put back as the
+    /// client sent it first, so the error quotes it and goes to the client.
     pub(super) fn icmp_v4(
         &mut self,
         frame: &mut Frame<'_>,
@@ -52,6 +57,12 @@ impl Pipeline {
         if !self.icmp_limit.allow(now) {
             return Err(DropReason::IcmpRateLimited);
         }
+        let untranslated = if self.services.len() == 0 {
+            None
+        } else {
+            self.untranslate_for_error(frame, ip, now)?
+        };
+        let ip = untranslated.as_ref().unwrap_or(ip);
         let mac = port_mac(frame.meta.in_port, node);
         let id = self.next_ip_id();
         icmp::build_v4(frame, ip, kind, src, mac, id)?;

@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::tables::{FlowKey, L4Proto, SnatConfig};
+use crate::tables::{FlowKey, SnatConfig};
 use crate::time::Now;
 use crate::verdict::WorkerId;
 
@@ -44,11 +44,7 @@ impl ExhaustionLog {
             return false;
         }
         let (dst, port): (Ipv4Addr, u16) = (key.dst, key.dst_port);
-        let proto = match key.proto {
-            L4Proto::Tcp => "tcp",
-            L4Proto::Udp => "udp",
-            L4Proto::IcmpEcho => "icmp",
-        };
+        let proto = key.proto.label();
         tracing::warn!(
             worker,
             destination = %format_args!("{dst}:{port}"),
@@ -68,6 +64,7 @@ impl ExhaustionLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tables::L4Proto;
 
     #[test]
     fn first_refusal_logs_then_once_per_interval() {

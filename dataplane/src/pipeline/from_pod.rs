@@ -5,7 +5,10 @@
 use super::icmp::{self, IcmpError};
 use super::service::ServiceStep;
 use super::vxlan::{self, Tunnel};
-use super::{Action, Pending, Pipeline, Step, decrement_ttl_v4, overlay_mtu, snat, super_frame};
+use super::{
+    Action, Pending, Pipeline, Step, decrement_ttl_v4, forward_to_local_pod_v4, overlay_mtu, snat,
+    super_frame,
+};
 use crate::frame::Frame;
 use crate::tables::{
     L4Proto, NatBinding, NodeSettings, RouteTarget, SnatError, Tables, owner_of_remote,
@@ -82,11 +85,7 @@ impl Pipeline {
         let node = &tables.node;
         match target {
             RouteTarget::LocalPod { port, mac } => {
-                let d = frame.data_mut();
-                decrement_ttl_v4(d, ip)?;
-                bytes::set_macs(d, 0, mac, node.gateway_mac)
-                    .ok_or(DropReason::MalformedEthernet)?;
-                Ok(Action::Done(Verdict::Forward { port }))
+                forward_to_local_pod_v4(frame.data_mut(), ip, port, mac, node).map(Action::Done)
             }
             RouteTarget::VxlanNode {
                 node_addr,

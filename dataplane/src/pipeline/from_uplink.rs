@@ -1,6 +1,8 @@
 //! IPv4 from the uplink side (the uplink or the host port): VXLAN to decapsulate,
 //! replies to masqueraded flows (and ICMP errors about them), routed packets for a
-//! local pod; everything else is the host's.
+//! local pod; everything else is the host's. A decapsulated Service reply whose flow
+//! another worker keeps is handed off with its outer header put back (see
+//! `service`).
 
 use std::net::IpAddr;
 
@@ -8,8 +10,8 @@ use super::icmp::IcmpError;
 use super::ipv6::decrement_hop_limit;
 use super::service::ServiceStep;
 use super::vxlan;
-use super::{Action, Pending, Pipeline, Step, decrement_ttl_v4, snat};
-use crate::frame::Frame;
+use super::{Action, Pending, Pipeline, Step, decrement_ttl_v4, forward_to_local_pod_v4, snat};
+use crate::frame::{Frame, PortId};
 use crate::tables::{L4Proto, NatBinding, NodeSettings, RouteTarget, Tables, owner_of_remote};
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict};
@@ -36,7 +38,7 @@ impl Pipeline {
                 if node.snat && !known {
                     // The SNAT port range may include the VXLAN port: a reply to a
                     // masqueraded flow from a non-node wins, else it is bad VXLAN.
-                    return match self.unmasquerade(frame, ip, tables)? {
+                    return match self.unmasquerade(frame, ip, tables, now)? {
                         Action::Done(Verdict::ToHost) => Err(DropReason::VxlanUnknownSource),
                         Action::Unmasquerade(p) => Ok(Action::Unmasquerade(Pending {
                             not_vxlan: true,
@@ -51,14 +53,14 @@ impl Pipeline {
                 return Ok(action);
             }
             if node.snat {
-                return self.unmasquerade(frame, ip, tables);
+                return self.unmasquerade(frame, ip, tables, now);
             }
             return Ok(Action::Done(Verdict::ToHost));
         }
         if Some(ip.dst) == node.host_pod_addr {
             // The host's own connections to pods on other nodes (or to Services):
             // their replies.
-            return self.hand_to_host(frame, ip, tables, now, true);
+            return self.hand_to_host(frame, ip, tables, now);
         }
         if from_the_host(frame, ip, node) && tables.services.may_be_cluster_ip(ip.dst) {
             // The host's own packet to a ClusterIP (routed into the host port from
@@ -79,7 +81,7 @@ impl Pipeline {
             }
             Some(RouteTarget::LocalPod { port, mac }) => {
                 let translated;
-                let ip = match self.service_reply(frame, ip, tables, now, true)? {
+                let ip = match self.service_reply(frame, ip, tables, now)? {
                     ServiceStep::Pass => ip,
                     ServiceStep::Continue(t) => {
                         translated = t;
@@ -99,19 +101,12 @@ impl Pipeline {
                         )
                         .map(Action::Done);
                 }
-                let (port, mac) = (*port, *mac);
-                let d = frame.data_mut();
-                decrement_ttl_v4(d, ip)?;
-                bytes::set_macs(d, 0, mac, node.gateway_mac)
-                    .ok_or(DropReason::MalformedEthernet)?;
-                Ok(Action::Done(Verdict::Forward { port }))
+                forward_to_local_pod_v4(frame.data_mut(), ip, *port, *mac, node).map(Action::Done)
             }
-            _ if ip.dst == node.gateway_v4 => {
-                match self.gateway_reply(frame, ip, tables, now, true)? {
-                    Some(action) => Ok(action),
-                    None => not_for_a_pod(frame, node).map(Action::Done),
-                }
-            }
+            _ if ip.dst == node.gateway_v4 => match self.gateway_reply(frame, ip, tables, now)? {
+                Some(action) => Ok(action),
+                None => not_for_a_pod(frame, node).map(Action::Done),
+            },
             _ => not_for_a_pod(frame, node).map(Action::Done),
         }
     }
@@ -155,23 +150,31 @@ impl Pipeline {
                 // A reply to the host's own connection to a pod over there (through
                 // a Service, maybe).
                 return match inner {
-                    Packet::V4(ip) => self.hand_to_host(frame, &ip, tables, now, false),
+                    Packet::V4(ip) => {
+                        let action = self.hand_to_host(frame, &ip, tables, now)?;
+                        as_arrived_if_handed_off(frame, outer, action)
+                    }
                     _ => Ok(Action::Done(Verdict::ToHost)),
                 };
             }
             // To the gateway: a remote endpoint's reply to a masqueraded NodePort flow.
             return match inner {
-                Packet::V4(ip) => self
-                    .gateway_reply(frame, &ip, tables, now, false)?
-                    .ok_or(DropReason::VxlanNotForUs),
+                Packet::V4(ip) => {
+                    let action = self
+                        .gateway_reply(frame, &ip, tables, now)?
+                        .ok_or(DropReason::VxlanNotForUs)?;
+                    as_arrived_if_handed_off(frame, outer, action)
+                }
                 _ => Err(DropReason::VxlanNotForUs),
             };
         };
         let inner = match inner {
-            Packet::V4(ip) => match self.service_reply(frame, &ip, tables, now, false)? {
+            Packet::V4(ip) => match self.service_reply(frame, &ip, tables, now)? {
                 ServiceStep::Pass => inner,
                 ServiceStep::Continue(ip) => Packet::V4(ip),
-                ServiceStep::Done(v) => return Ok(Action::Done(v)),
+                ServiceStep::Done(v) => {
+                    return as_arrived_if_handed_off(frame, outer, Action::Done(v));
+                }
             },
             other => other,
         };
@@ -192,6 +195,7 @@ impl Pipeline {
         frame: &mut Frame<'_>,
         ip: &V4,
         tables: &Tables,
+        now: Now,
     ) -> Result<Action, DropReason> {
         let host = Ok(Action::Done(Verdict::ToHost));
         if ip.frag_offset != 0 {
@@ -204,7 +208,7 @@ impl Pipeline {
         };
         if l4.proto == ip_proto::ICMP && icmp_quote::is_translatable_error(l4.icmp_type) {
             return self
-                .unmasquerade_icmp_error(frame, ip, &l4, tables)
+                .unmasquerade_icmp_error(frame, ip, tables, now)
                 .map(Action::Done);
         }
         let Some(key) = snat::flow_key(ip, &l4) else {
@@ -233,13 +237,19 @@ impl Pipeline {
         }
     }
 
-    /// Second half of un-masquerading, once the SNAT shard answered.
+    /// Second half of un-masquerading, once the SNAT shard answered: the reply gets
+    /// the pod's address and port back and then, when it answers a pod's Service
+    /// flow to an endpoint outside the cluster (DNATed, then masqueraded), the
+    /// ClusterIP:port as its source: un-SNAT, then un-DNAT, kube-proxy's order
+    /// reversed. The Service flow may be another worker's (see `service`): the
+    /// un-SNATed reply, now a packet from the uplink to a local pod, is handed to it.
     pub(super) fn finish_unmasquerade(
         &mut self,
         frame: &mut Frame<'_>,
         p: &Pending,
         pod: Option<NatBinding>,
         tables: &Tables,
+        now: Now,
     ) -> Step {
         let Some(pod) = pod else {
             return if p.not_vxlan {
@@ -258,19 +268,79 @@ impl Pipeline {
         let d = frame.data_mut();
         rewrite::rewrite_destination(d, &p.ip, &p.l4, pod.addr, pod.port)
             .ok_or(DropReason::MalformedTransport)?;
+        if self.may_be_service_reply(p.l4.sport, tables) {
+            return self.unmasqueraded_service_reply(frame, p, pod, (*port, *mac), tables, now);
+        }
+        // Spelled out, not `forward_to_local_pod_v4`: on this path (every reply to a
+        // masqueraded flow) the call compiled to 15 more instructions per packet.
         decrement_ttl_v4(d, &p.ip)?;
         bytes::set_macs(d, 0, *mac, tables.node.gateway_mac)
             .ok_or(DropReason::MalformedEthernet)?;
         Ok(Verdict::Forward { port: *port })
     }
 
+    /// [`Pipeline::finish_unmasquerade`] for a reply (already un-SNATed to `pod`) that
+    /// may answer a Service flow: given its ClusterIP:port back, or handed to the
+    /// worker that keeps the flow; else on to the pod unchanged. Out of line: most
+    /// replies to masqueraded flows are not from an endpoint port.
+    #[cold]
+    #[inline(never)]
+    fn unmasqueraded_service_reply(
+        &mut self,
+        frame: &mut Frame<'_>,
+        p: &Pending,
+        pod: NatBinding,
+        (port, mac): (PortId, MacAddr),
+        tables: &Tables,
+        now: Now,
+    ) -> Step {
+        let unmasqueraded = V4 {
+            dst: pod.addr,
+            l4: Some(classify::L4 {
+                dport: pod.port,
+                ..p.l4
+            }),
+            ..p.ip
+        };
+        self.unmasqueraded_to_local_pod(frame, &unmasqueraded, (port, mac), tables, now)
+    }
+
+    /// A packet from the uplink side that un-SNAT addressed to a local pod (a reply,
+    /// an ICMP error): when it answers a Service flow it gets the ClusterIP:port back
+    /// (or is handed to the worker that keeps the flow), then it goes to the pod.
+    fn unmasqueraded_to_local_pod(
+        &mut self,
+        frame: &mut Frame<'_>,
+        unmasqueraded: &V4,
+        (port, mac): (PortId, MacAddr),
+        tables: &Tables,
+        now: Now,
+    ) -> Step {
+        let translated;
+        let ip = match self.service_reply(frame, unmasqueraded, tables, now)? {
+            ServiceStep::Pass => unmasqueraded,
+            ServiceStep::Continue(t) => {
+                translated = t;
+                &translated
+            }
+            ServiceStep::Done(v) => return Ok(v),
+        };
+        forward_to_local_pod_v4(frame.data_mut(), ip, port, mac, &tables.node)
+    }
+
+    #[cold]
+    #[inline(never)]
     pub(super) fn unmasquerade_icmp_error(
         &mut self,
         frame: &mut Frame<'_>,
         ip: &V4,
-        icmp: &classify::L4,
         tables: &Tables,
+        now: Now,
     ) -> Step {
+        // Read again here rather than passed: the caller keeps its copy in registers.
+        let Some(icmp) = &ip.l4 else {
+            return Ok(Verdict::ToHost);
+        };
         let d = frame.data();
         let Some((quoted, quoted_dst)) = icmp_quote::quoted(d, ip, icmp) else {
             return Ok(Verdict::ToHost);
@@ -302,12 +372,34 @@ impl Pipeline {
             return Err(DropReason::TtlExpired);
         }
         let d = frame.data_mut();
-        snat::untranslate_error(d, ip, icmp, &quoted, pod)?;
-        decrement_ttl_v4(d, ip)?;
-        bytes::set_macs(d, 0, *mac, tables.node.gateway_mac)
-            .ok_or(DropReason::MalformedEthernet)?;
-        Ok(Verdict::Forward { port: *port })
+        let t = snat::ErrorTranslation {
+            quoted_src: Some(pod),
+            outer_dst: Some(pod.addr),
+            ..Default::default()
+        };
+        let unmasqueraded = snat::untranslate_error(d, ip, icmp, &quoted, quoted_dst, t)?;
+        // About a pod's Service flow to an endpoint outside the cluster (DNATed, then
+        // masqueraded), the error is now one about the DNATed flow: un-SNAT, then
+        // un-DNAT, as for its replies (`finish_unmasquerade`).
+        self.unmasqueraded_to_local_pod(frame, &unmasqueraded, (*port, *mac), tables, now)
     }
+}
+
+/// `action` for a frame decapsulated from `outer`; when it hands the frame to the
+/// worker that keeps its Service flow, the frame is first made what arrived again:
+/// that worker decapsulates it (anti-spoofing check included) itself. The hand-off
+/// is decided before anything in the frame is written (`service_reply`), and
+/// decapsulation only moved the frame's start and end, so putting the outer header
+/// back restores it.
+fn as_arrived_if_handed_off(
+    frame: &mut Frame<'_>,
+    outer: &V4,
+    action: Action,
+) -> Result<Action, DropReason> {
+    if let Action::Done(Verdict::HandOff { .. }) = action {
+        vxlan::restore_outer(frame, outer)?;
+    }
+    Ok(action)
 }
 
 /// Whether a packet is the host's own, from its pod-network address, written into

@@ -9,7 +9,8 @@
 //!  source not this pod's ──► Drop                 UDP to vxlan_port ──► decap ──► pod port
 //!  to node ──► ToHost                             NodePort ──► DNAT (Cluster: + masquerade
 //!                                                   to the gateway) ──► routed like a pod's
-//!                                                 NAT reply (SNAT on) ──► un-SNAT ──► pod port
+//!                                                 NAT reply (SNAT on) ──► un-SNAT ──►
+//!                                                   (Service reply: un-DNAT) ──► pod port
 //!  echo to gateway ──► Reply (rest: Drop)
 //!  route(dst):                                      (owned by another worker ──► HandOff)
 //!    LocalPod     ──► MACs, TTL ──► pod port        anything else ──► ToHost
@@ -38,6 +39,12 @@
 //! - IPv6 hop-limit expiry is answered with ICMPv6 time exceeded as IPv4's TTL expiry
 //!   is with ICMP: from the gateway towards pods, from the node's IPv6 address towards
 //!   the uplink (dropped as `TtlExpired` when the node has none).
+//! - A packet whose flow another worker keeps (SNAT: by the remote; Services: by the
+//!   client, or the gateway port of a masqueraded flow) is handed off as it
+//!   arrived: decapsulated VXLAN gets its outer header back first, so the owner
+//!   checks it anew. One exception: the reply of a Service flow that was also
+//!   masqueraded (an endpoint outside the cluster) is handed on once more after
+//!   un-SNAT, to the Service flow's worker (see `service`).
 //! - Decapsulated packets whose TTL expires are dropped (`TtlExpired`) without an ICMP
 //!   error, which would have to be encapsulated back; replies to masqueraded flows
 //!   likewise.
@@ -91,7 +98,7 @@ mod vxlan;
 use self::exhaustion::ExhaustionLog;
 use self::icmp::IcmpRateLimit;
 use self::service::ServiceFlows;
-use crate::frame::Frame;
+use crate::frame::{Frame, PortId};
 use crate::tables::{FlowKey, NodeSettings, SnatConfig, SnatShard, Tables, TcpSegment};
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict, WorkerId};
@@ -170,7 +177,7 @@ impl Pipeline {
             }
             Ok(Action::Unmasquerade(p)) => {
                 let r = self.snat.inbound(&p.key, p.tcp, now);
-                self.finish_unmasquerade(frame, &p, r, tables)
+                self.finish_unmasquerade(frame, &p, r, tables, now)
             }
             Err(reason) => Err(reason),
         };
@@ -274,4 +281,19 @@ fn overlay_mtu(node: &NodeSettings) -> u16 {
 #[inline]
 fn decrement_ttl_v4(d: &mut [u8], ip: &V4) -> Result<(), DropReason> {
     rewrite::decrement_ttl_v4(d, ip).ok_or(DropReason::MalformedIpv4)
+}
+
+/// The last step of every IPv4 path to a local pod: one hop fewer, addressed from
+/// the pods' gateway to the pod's MAC, out of its port.
+#[inline]
+fn forward_to_local_pod_v4(
+    d: &mut [u8],
+    ip: &V4,
+    port: PortId,
+    mac: MacAddr,
+    node: &NodeSettings,
+) -> Step {
+    decrement_ttl_v4(d, ip)?;
+    bytes::set_macs(d, 0, mac, node.gateway_mac).ok_or(DropReason::MalformedEthernet)?;
+    Ok(Verdict::Forward { port })
 }

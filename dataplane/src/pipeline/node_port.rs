@@ -15,8 +15,9 @@
 //!   to be steered off the NIC by port. kube-proxy with flannel does the same: the
 //!   masquerade address is that of the interface towards the endpoint (`cni0`,
 //!   `flannel.1`), the node's address in the pod network. The client's port is kept
-//!   unless another flow to the same endpoint already uses it; then a nearby free
-//!   one is taken.
+//!   unless another flow to the same endpoint already uses it (or, with several
+//!   workers, the port is not one of this worker's: see `service`); then a nearby
+//!   free one is taken.
 //! - **`externalTrafficPolicy: Local`** keeps the client's address; only endpoints on
 //!   this node serve, none local drops the packet (`service_no_local_endpoints`, as
 //!   kube-proxy's "has no local endpoints" drop), a Service with no endpoint at all
@@ -25,30 +26,54 @@
 //!   of the client address alone (as IPVS's `sh` scheduler), so a client stays on one
 //!   endpoint as long as the endpoint list does not change, without state shared
 //!   between workers. The affinity timeout is therefore not applied to NodePorts.
-//! - **Which worker keeps the flow** (see `service`): the one that owns the address
-//!   replies are sent to: the client's with `Local`, the endpoint's with `Cluster`
-//!   (its replies go to the gateway, where the endpoint is what tells flows apart).
-//!   The endpoint choice needs no per-worker state, so any worker computes it and
-//!   hands the packet to the owner untouched.
+//! - **Which worker keeps the flow** (see `service`): the one that owns the
+//!   client, here as the SNAT shard owns flows to that address and port (an
+//!   endpoint's packet to the client may also be its own masqueraded flow); a
+//!   client's packet that arrived elsewhere is handed off untouched before the flow
+//!   is looked up, so a flow is found whatever its endpoint became since. Replies
+//!   find it by the client's address and port with `Local`, by the gateway port
+//!   the owner chose with `Cluster` (`gateway_reply`, also for replies that came
+//!   decapsulated from VXLAN).
 //! - Translated replies leave with the node's address as their source and are never
 //!   masqueraded again (from_pod's `route_v4`).
-//! - Not served here: fragments, ICMP errors about NodePort flows, endpoints at the
-//!   node's own address (host-network pods on this node), endpoints outside the
-//!   cluster (they would need a second, source NAT), NodePorts on other addresses
-//!   than the node's uplink address.
+//! - **A reply goes back to the MAC the client's packets came from**, kept with the
+//!   flow (`Flow::client_mac`, moved when they start coming from another): the
+//!   client's own on the uplink's subnet, else the router's that brought them. A
+//!   reply needs no route and no ARP: a node without a gateway (no `uplink.gateway`,
+//!   no default route in the kernel: an isolated segment) answers the clients of its
+//!   segment as kube-proxy's kernel would, on-link, and with several routers on the
+//!   segment the reply returns through the one the request came through (stateful
+//!   firewalls on the path see both directions), not the default route's. The
+//!   price: 8 bytes per Service flow (72 → 80, ClusterIP flows carry a zero MAC) and
+//!   a 6-byte compare per client packet. Rejected: an on-link route for the uplink's
+//!   subnet, which needs neighbour resolution the dataplane does not do (the host
+//!   owns ARP on the uplink; asking the kernel's table from the control thread
+//!   leaves a new client's first replies unresolved, and entries go stale), and
+//!   handing these replies to the kernel through the host port, which puts every
+//!   reply packet (most of a NodePort's bytes) through a TUN write and the kernel's
+//!   forwarding and netfilter, which never saw the flow's other direction. Only a
+//!   client outside the cluster (no route, or the default route) is answered this
+//!   way; one with a pod address (another node's pod reaching the node's address
+//!   unmasqueraded) is routed into the overlay or underlay as before, where its node
+//!   expects its pods' traffic. On the TUN backend the MAC is the one the TUN port
+//!   synthesised, and the reply goes to the host port, where the kernel routes it
+//!   (its on-link route included: `host_routing`'s rule 111).
+//! - ICMP errors about NodePort flows (the endpoint's port unreachable, a router's
+//!   or our own "fragmentation needed") reach the outside client as if from
+//!   node:NodePort, found and handed off like the replies (see `service`).
+//! - Not served here: fragments, endpoints at the node's own address (host-network
+//!   pods on this node), endpoints outside the cluster (they would need a second,
+//!   source NAT), NodePorts on other addresses than the node's uplink address.
 
-use super::service::{ServiceStep, client_hash, client_owner, flow_key, new_flow, pick, translate};
+use super::service::{ServiceStep, client_hash, flow_key, outside_client_owner, pick, translate};
 use super::{Action, Pipeline};
 use crate::frame::Frame;
 use crate::tables::services::{Origin, Selection};
-use crate::tables::{NatBinding, RouteTarget, Tables};
+use crate::tables::{RouteTarget, Tables};
 use crate::time::Now;
 use crate::verdict::{DropReason, Verdict};
 use crate::wire::classify::{L4, V4};
-
-/// How many ports after the client's a masqueraded NodePort flow tries before it
-/// gives up on a busy endpoint (`service_flow_conflict`).
-const MASQUERADE_PORT_TRIES: u16 = 16;
+use crate::wire::{MacAddr, bytes};
 
 impl Pipeline {
     /// A packet to the node's address: the NodePort path when it is for one, `None`
@@ -73,7 +98,18 @@ impl Pipeline {
         let Some(fe) = services.node_port(key.proto, key.dst_port) else {
             return Ok(None);
         };
+        let workers = self.snat_config.workers;
+        if workers > 1 {
+            let owner = outside_client_owner(&self.snat_config, key.proto, key.src, key.src_port);
+            if owner != self.worker {
+                return Ok(Some(Action::Done(Verdict::HandOff { worker: owner })));
+            }
+        }
+        let client_mac = bytes::rd_mac(frame.data(), 6).ok_or(DropReason::MalformedEthernet)?;
         if let Some(flow) = self.existing_flow(&key, l4.tcp_flags, tables, now) {
+            if flow.client_mac != client_mac {
+                self.services.follow_client(&key, client_mac);
+            }
             return self
                 .forward_translated(frame, ip, &l4, &flow, tables, now)
                 .map(Some);
@@ -110,61 +146,16 @@ impl Pipeline {
             return Err(DropReason::Unsupported);
         }
         let masquerade = !fe.external_local;
-        let workers = self.snat_config.workers;
-        if workers > 1 {
-            let replies_to = if masquerade { backend.addr } else { key.src };
-            let owner = client_owner(workers, replies_to);
-            if owner != self.worker {
-                return Ok(Some(Action::Done(Verdict::HandOff { worker: owner })));
-            }
-        }
-        let timeouts = self.services.timeouts();
-        let gateway = tables.node.gateway_v4;
-        let flow = if masquerade {
-            let Some(flow) = (0..MASQUERADE_PORT_TRIES)
-                .filter_map(|i| masquerade_port(key.src_port, i))
-                .map(|port| {
-                    let to = NatBinding {
-                        addr: gateway,
-                        port,
-                    };
-                    new_flow(
-                        &key,
-                        &l4,
-                        fe.key,
-                        Origin::External,
-                        backend,
-                        Some(to),
-                        tables,
-                        now,
-                        timeouts,
-                    )
-                })
-                .find(|f| !self.services.reply_taken(&f.reply, &key, now))
-            else {
-                return Err(DropReason::ServiceFlowConflict);
-            };
-            flow
-        } else {
-            let flow = new_flow(
-                &key,
-                &l4,
-                fe.key,
-                Origin::External,
-                backend,
-                None,
-                tables,
-                now,
-                timeouts,
-            );
-            if self.services.reply_taken(&flow.reply, &key, now) {
-                return Err(DropReason::ServiceFlowConflict);
-            }
-            flow
-        };
-        if !self.services.has_room(now) || !self.services.insert(flow) {
-            return Err(DropReason::ConntrackFull);
-        }
+        let flow = self.track(
+            &key,
+            &l4,
+            fe.key,
+            (Origin::External, client_mac),
+            backend,
+            masquerade,
+            tables,
+            now,
+        )?;
         self.forward_translated(frame, ip, &l4, &flow, tables, now)
             .map(Some)
     }
@@ -204,6 +195,36 @@ impl Pipeline {
         self.route_v4(frame, ip, target, tables, now)
     }
 
+    /// A NodePort reply `out`, translated back for its flow's client: to a client
+    /// outside the cluster (no route, or the default route) out of the uplink, to
+    /// `client_mac` (see the module docs); a client in the cluster (a pod of another
+    /// node reaching the node's address unmasqueraded) is routed as before.
+    pub(super) fn node_port_reply(
+        &mut self,
+        frame: &mut Frame<'_>,
+        out: V4,
+        client_mac: MacAddr,
+        tables: &Tables,
+        now: Now,
+    ) -> Result<ServiceStep, DropReason> {
+        if let Some(
+            RouteTarget::LocalPod { .. }
+            | RouteTarget::VxlanNode { .. }
+            | RouteTarget::UnderlayNode { .. },
+        ) = tables.routes.lookup_v4(out.dst)
+        {
+            return Ok(ServiceStep::Continue(out));
+        }
+        if out.ttl <= 1 {
+            return Err(DropReason::TtlExpired);
+        }
+        match self.out_uplink_v4(frame, &out, client_mac, false, tables, now)? {
+            Action::Done(v) => Ok(ServiceStep::Done(v)),
+            // Only a masquerading call leaves work for the SNAT shard.
+            Action::Masquerade(_) | Action::Unmasquerade(_) => Err(DropReason::Unsupported),
+        }
+    }
+
     /// A packet to the gateway address from the uplink side (an underlay endpoint, or
     /// decapsulated VXLAN): the reply to a masqueraded NodePort flow, routed on to its
     /// client. `None` when it is no such reply.
@@ -213,9 +234,8 @@ impl Pipeline {
         ip: &V4,
         tables: &Tables,
         now: Now,
-        may_hand_off: bool,
     ) -> Result<Option<Action>, DropReason> {
-        match self.service_reply(frame, ip, tables, now, may_hand_off)? {
+        match self.service_reply(frame, ip, tables, now)? {
             ServiceStep::Done(v) => Ok(Some(Action::Done(v))),
             ServiceStep::Continue(out) if out.dst != ip.dst => {
                 self.route_translated(frame, &out, tables, now).map(Some)
@@ -247,38 +267,17 @@ impl Pipeline {
     }
 
     /// A packet for the host's pod-network address: a Service reply gets its
-    /// ClusterIP back first. `may_hand_off`: the frame is still as it arrived.
+    /// ClusterIP back first.
     pub(super) fn hand_to_host(
         &mut self,
         frame: &mut Frame<'_>,
         ip: &V4,
         tables: &Tables,
         now: Now,
-        may_hand_off: bool,
     ) -> Result<Action, DropReason> {
-        match self.service_reply(frame, ip, tables, now, may_hand_off)? {
+        match self.service_reply(frame, ip, tables, now)? {
             ServiceStep::Done(v) => Ok(Action::Done(v)),
             ServiceStep::Continue(_) | ServiceStep::Pass => Ok(Action::Done(Verdict::ToHost)),
         }
-    }
-}
-
-/// The `i`-th port tried for a masqueraded flow: the client's first, then the next
-/// ones (above the well-known ports, wrapping).
-fn masquerade_port(client_port: u16, i: u16) -> Option<u16> {
-    let p = client_port.wrapping_add(i);
-    (p >= 1024 || i == 0).then_some(p)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn masquerade_ports_start_at_the_clients_and_skip_well_known_ones() {
-        assert_eq!(masquerade_port(40000, 0), Some(40000));
-        assert_eq!(masquerade_port(40000, 3), Some(40003));
-        assert_eq!(masquerade_port(65535, 1), None);
-        assert_eq!(masquerade_port(80, 0), Some(80));
     }
 }

@@ -15,7 +15,7 @@ use crate::wire::checksum;
 use crate::wire::classify::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, L4, V4};
 use crate::wire::icmp_quote::Quoted;
 use crate::wire::packet::ip_proto;
-use crate::wire::rewrite::{Side, fill_icmp_checksum, rewrite_destination_address, rewrite_side};
+use crate::wire::rewrite::{Side, fill_icmp_checksum, rewrite_address, rewrite_side};
 
 /// The flow key of a packet for conntrack, as it is on the wire.
 #[inline]
@@ -113,25 +113,63 @@ pub(crate) fn reply_key(q: &Quoted, dst: Ipv4Addr) -> Option<FlowKey> {
     })
 }
 
-/// Translates an ICMP error about a masqueraded flow back to the pod: the outer
-/// destination, and the quoted packet's source address and port with the quoted IP
-/// and transport checksums; then the ICMP checksum over the changed message.
+/// How an ICMP error about a translated flow is translated back (RFC 5508, and
+/// Linux conntrack's `nf_nat_icmp_reply_translation` for DNAT): what the quoted
+/// packet's source and destination become, and the outer header's addresses. `None`
+/// leaves a field as it is.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ErrorTranslation {
+    pub quoted_src: Option<NatBinding>,
+    pub quoted_dst: Option<NatBinding>,
+    pub outer_src: Option<Ipv4Addr>,
+    pub outer_dst: Option<Ipv4Addr>,
+}
+
+/// Translates an ICMP error about a translated flow back as `t` says: the quoted
+/// packet's addresses and ports with the quoted IP and transport checksums, the outer
+/// addresses with the outer IP checksum; then the ICMP checksum over the changed
+/// message. `quoted_dst` is the quoted packet's destination address as it was.
+/// Returns the outer header as it now is.
 pub(crate) fn untranslate_error(
     d: &mut [u8],
     outer: &V4,
     icmp: &L4,
     q: &Quoted,
-    pod: NatBinding,
-) -> Result<(), DropReason> {
+    quoted_dst: Ipv4Addr,
+    t: ErrorTranslation,
+) -> Result<V4, DropReason> {
     let bad = DropReason::MalformedTransport;
     // The quote may be cut anywhere after 8 transport bytes: limit rewrites to it.
     let end = outer.end();
     {
         let quote = d.get_mut(..end).ok_or(bad)?;
-        rewrite_side(quote, q.l3, q.src, &q.l4, pod.addr, pod.port, Side::Source).ok_or(bad)?;
+        if let Some(to) = t.quoted_src {
+            rewrite_side(quote, q.l3, q.src, &q.l4, to.addr, to.port, Side::Source).ok_or(bad)?;
+        }
+        if let Some(to) = t.quoted_dst {
+            rewrite_side(
+                quote,
+                q.l3,
+                quoted_dst,
+                &q.l4,
+                to.addr,
+                to.port,
+                Side::Destination,
+            )
+            .ok_or(bad)?;
+        }
     }
-    rewrite_destination_address(d, outer, pod.addr).ok_or(bad)?;
-    fill_icmp_checksum(d, icmp.off, end).ok_or(bad)
+    let mut now = *outer;
+    if let Some(to) = t.outer_src {
+        rewrite_address(d, &now, Side::Source, to).ok_or(bad)?;
+        now.src = to;
+    }
+    if let Some(to) = t.outer_dst {
+        rewrite_address(d, &now, Side::Destination, to).ok_or(bad)?;
+        now.dst = to;
+    }
+    fill_icmp_checksum(d, icmp.off, end).ok_or(bad)?;
+    Ok(now)
 }
 
 /// Verifies an ICMP message's checksum before translating it, so a corrupt error is

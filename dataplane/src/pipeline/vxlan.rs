@@ -4,7 +4,9 @@
 //! outer UDP source port hashed from the inner flow.
 //!
 //! Encapsulation prepends 50 bytes into the frame's headroom; decapsulation only moves
-//! the frame's start past them. The payload never moves.
+//! the frame's start past them, so a frame not written since can be given its outer
+//! header back ([`restore_outer`]: a hand-off to the worker that keeps the flow).
+//! The payload never moves.
 
 use std::net::Ipv4Addr;
 
@@ -166,4 +168,17 @@ pub(crate) fn decapsulate(
     frame
         .set_len(end - inner)
         .map_err(|_| DropReason::VxlanMalformed)
+}
+
+/// Undoes [`decapsulate`] on a frame whose bytes were not written since: the
+/// packet `outer` describes, from the outer Ethernet header to the outer IPv4
+/// packet's end (the bytes are still in the buffer in front of and behind the inner
+/// frame). Only link-layer padding after the IPv4 packet is not restored, which a
+/// VXLAN frame (over 60 bytes) never has. Nothing is kept from decapsulation for
+/// this: what it would hold stays live through the whole decapsulated path and cost
+/// every packet there (the one-worker path) instructions.
+pub(crate) fn restore_outer(frame: &mut Frame<'_>, outer: &V4) -> Result<(), DropReason> {
+    let inner = outer.l3 + outer.ihl + UDP_HEADER_LEN + VXLAN_HEADER_LEN;
+    frame.push_front(inner).map_err(|_| DropReason::NoRoom)?;
+    frame.set_len(outer.end()).map_err(|_| DropReason::NoRoom)
 }

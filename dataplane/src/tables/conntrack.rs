@@ -22,6 +22,15 @@ impl L4Proto {
             L4Proto::IcmpEcho => 3,
         }
     }
+
+    /// The name operators know it by (`tcp/30080` in `hybridway status`).
+    pub const fn label(self) -> &'static str {
+        match self {
+            L4Proto::Tcp => "tcp",
+            L4Proto::Udp => "udp",
+            L4Proto::IcmpEcho => "icmp",
+        }
+    }
 }
 
 /// A packet's 5-tuple as it is on the wire.

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use crate::tables::L4Proto;
 use crate::tables::port_set::PortSet;
+use crate::wire::classify::NO_PORT;
 
 /// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10_800);
@@ -159,8 +160,12 @@ pub struct ServiceTable {
     vip_bounds: Option<(u32, u32)>,
     /// Every ClusterIP, whatever its ports.
     cluster_ips: HashSet<Ipv4Addr, ahash::RandomState>,
-    /// Every endpoint any frontend may send to: with several workers, what makes a
-    /// packet a possible reply worth handing to the worker that owns its flow.
+    /// Every endpoint listed for a frontend, whatever its conditions: with several
+    /// workers, what makes a packet a possible reply worth handing to the worker
+    /// that owns its flow. Not only the ones new flows may use: a flow opened while
+    /// its endpoint was ready keeps it when the pod turns terminating or not ready
+    /// (kube-proxy leaves established flows alone), and its replies must still be
+    /// translated.
     endpoints: HashSet<(L4Proto, Backend), ahash::RandomState>,
     /// The ports of `endpoints`: most packets are turned away on this alone.
     endpoint_ports: PortSet,
@@ -197,6 +202,7 @@ impl ServiceTable {
                 node_port,
                 internal,
                 external,
+                listed,
             } = part;
             let Ok(index) = u32::try_from(table.frontends.len()) else {
                 table.skipped += 1;
@@ -207,9 +213,12 @@ impl ServiceTable {
                 continue;
             }
             let proto = fe.key.proto;
-            for b in internal.iter().chain(&external) {
+            for b in &listed {
                 table.endpoints.insert((proto, *b));
                 table.endpoint_ports.insert(b.port);
+                // ICMP errors about flows to an endpoint carry no port: they pass the
+                // same filter as the endpoint's replies (see `may_be_endpoint_port`).
+                table.endpoint_ports.insert(NO_PORT);
             }
             fe.internal = table.push_backends(&internal);
             fe.external = if internal == external {
@@ -269,13 +278,15 @@ impl ServiceTable {
         self.may_be_cluster_ip(addr) && self.cluster_ips.contains(&addr)
     }
 
-    /// Whether `addr`:`port` is an endpoint of some Service.
+    /// Whether `addr`:`port` is an endpoint of some Service (in any condition).
     #[inline]
     pub fn is_endpoint(&self, proto: L4Proto, addr: Ipv4Addr, port: u16) -> bool {
         self.may_be_endpoint_port(port) && self.endpoints.contains(&(proto, Backend { addr, port }))
     }
 
-    /// Whether some endpoint listens on `port` (cheap; false for most traffic).
+    /// Whether some endpoint listens on `port` (cheap; false for most traffic). Also
+    /// true for [`NO_PORT`] when there is any endpoint, so that an ICMP error, which
+    /// may be about a flow to one, is looked at where a reply would be.
     #[inline]
     pub fn may_be_endpoint_port(&self, port: u16) -> bool {
         self.endpoint_ports.contains(port)
@@ -318,6 +329,13 @@ impl ServiceTable {
         matches!(self.select(fe, origin), Selection::Endpoints(l) if l.contains(&backend))
     }
 
+    /// Every NodePort, in order (for `hybridway status`; not on the packet path).
+    pub fn node_ports(&self) -> Vec<(L4Proto, u16)> {
+        let mut ports: Vec<_> = self.by_node_port.keys().copied().collect();
+        ports.sort_unstable_by_key(|&(proto, port)| (port, proto.code()));
+        ports
+    }
+
     /// Number of frontends (ClusterIP:port pairs).
     pub fn len(&self) -> usize {
         self.frontends.len()
@@ -339,6 +357,8 @@ struct Part {
     node_port: Option<u16>,
     internal: Vec<Backend>,
     external: Vec<Backend>,
+    /// Every endpoint of the port, usable or not (a superset of the two lists).
+    listed: Vec<Backend>,
 }
 
 /// The frontends of one Service: one per ClusterIP and TCP/UDP port, with the
@@ -351,6 +371,14 @@ fn frontends_of(s: &ServiceSpec) -> Vec<Part> {
         let local = usable(&p.endpoints, true);
         let internal = if s.internal_local { &local } else { &cluster };
         let external = if s.external_local { &local } else { &cluster };
+        let listed: Vec<Backend> = p
+            .endpoints
+            .iter()
+            .map(|e| Backend {
+                addr: e.addr,
+                port: e.port,
+            })
+            .collect();
         for &addr in &s.cluster_ips {
             let fe = Frontend {
                 key: FrontendKey {
@@ -369,6 +397,7 @@ fn frontends_of(s: &ServiceSpec) -> Vec<Part> {
                 node_port: p.node_port,
                 internal: internal.clone(),
                 external: external.clone(),
+                listed: listed.clone(),
             });
         }
     }
@@ -460,6 +489,24 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_in_any_condition_stay_known_for_their_flows_replies() {
+        // Only 1 takes new flows; 2 (not ready) and 3 (terminating) may still have
+        // flows opened while they were ready, whose replies must be recognised.
+        let t = ServiceTable::build(&[svc(vec![
+            ep(1, true, true, false, false),
+            ep(2, false, false, false, false),
+            ep(3, false, true, true, false),
+        ])]);
+        assert_eq!(addrs(chosen(&t, Origin::Pod)), [1]);
+        for last in [1, 2, 3] {
+            let addr = Ipv4Addr::new(198, 19, 128, last);
+            assert!(t.is_endpoint(L4Proto::Tcp, addr, 8080), "{addr}");
+        }
+        assert!(!t.is_endpoint(L4Proto::Tcp, Ipv4Addr::new(198, 19, 128, 4), 8080));
+        assert!(!t.is_endpoint(L4Proto::Udp, Ipv4Addr::new(198, 19, 128, 2), 8080));
+    }
+
+    #[test]
     fn no_usable_endpoint_rejects() {
         let t = ServiceTable::build(&[svc(vec![])]);
         assert_eq!(chosen(&t, Origin::Pod), Selection::Reject);
@@ -514,6 +561,35 @@ mod tests {
         assert!(t.is_cluster_ip(VIP));
         assert!(!t.is_cluster_ip(Ipv4Addr::new(198, 18, 240, 11)));
         assert!(t.node_port(L4Proto::Udp, 30080).is_none());
+    }
+
+    #[test]
+    fn node_ports_are_listed_in_port_order() {
+        let mut s = svc(vec![ep(1, true, true, false, false)]);
+        for (proto, port, node_port) in [
+            (ServiceProto::Udp, 53, 30053),
+            (ServiceProto::Tcp, 53, 30053),
+            (ServiceProto::Tcp, 81, 30000),
+            (ServiceProto::Tcp, 82, 0),
+        ] {
+            s.ports.push(ServicePortSpec {
+                proto,
+                port,
+                node_port: (node_port != 0).then_some(node_port),
+                endpoints: vec![],
+            });
+        }
+        let t = ServiceTable::build(&[s]);
+        assert_eq!(
+            t.node_ports(),
+            [
+                (L4Proto::Tcp, 30000),
+                (L4Proto::Tcp, 30053),
+                (L4Proto::Udp, 30053),
+                (L4Proto::Tcp, 30080)
+            ]
+        );
+        assert!(ServiceTable::default().node_ports().is_empty());
     }
 
     #[test]

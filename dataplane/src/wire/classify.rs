@@ -21,13 +21,18 @@ pub const ICMP_ECHO_REQUEST: u8 = 8;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
+/// The ports of a transport header that has none (ICMP other than echo: errors
+/// among them). A port filter that must let ICMP errors through holds it.
+pub const NO_PORT: u16 = 0;
+
 /// The transport header of a first (or only) fragment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct L4 {
     pub proto: u8,
     /// Offset of the transport header in the frame.
     pub off: usize,
-    /// TCP/UDP ports; for ICMP echo both are the identifier; 0 for other ICMP.
+    /// TCP/UDP ports; for ICMP echo both are the identifier; [`NO_PORT`] for other
+    /// ICMP.
     pub sport: u16,
     pub dport: u16,
     /// TCP flags (0 for other protocols).
@@ -44,8 +49,8 @@ impl L4 {
         L4 {
             proto,
             off,
-            sport: 0,
-            dport: 0,
+            sport: NO_PORT,
+            dport: NO_PORT,
             tcp_flags: 0,
             icmp_type: 0,
             icmp_code: 0,

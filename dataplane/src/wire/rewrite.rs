@@ -27,6 +27,7 @@ const ICMP_CSUM: usize = 2;
 const ICMP_ID: usize = 4;
 const IPV4_TTL: usize = 8;
 const IPV4_CSUM: usize = 10;
+const IPV4_SRC: usize = 12;
 const IPV4_DST: usize = 16;
 const IPV6_HOP_LIMIT: usize = 7;
 
@@ -120,16 +121,16 @@ pub fn rewrite_side(
     Some(())
 }
 
-/// Rewrites only the IPv4 destination address (the outer header of an ICMP error,
-/// whose message checksum the caller recomputes).
-pub fn rewrite_destination_address(d: &mut [u8], ip: &V4, to: Ipv4Addr) -> Option<()> {
+/// Rewrites only one IPv4 address of `ip` (the outer header of an ICMP error, whose
+/// message checksum the caller recomputes).
+pub fn rewrite_address(d: &mut [u8], ip: &V4, side: Side, to: Ipv4Addr) -> Option<()> {
+    let (at, old) = match side {
+        Side::Source => (IPV4_SRC, ip.src),
+        Side::Destination => (IPV4_DST, ip.dst),
+    };
     let c = rd16(d, ip.l3 + IPV4_CSUM)?;
-    wr16(
-        d,
-        ip.l3 + IPV4_CSUM,
-        checksum::update_ipv4_addr(c, ip.dst, to),
-    )?;
-    put(d, ip.l3 + IPV4_DST, &to.octets())
+    wr16(d, ip.l3 + IPV4_CSUM, checksum::update_ipv4_addr(c, old, to))?;
+    put(d, ip.l3 + at, &to.octets())
 }
 
 /// Recomputes the ICMP checksum of the message `d[at..end]`.

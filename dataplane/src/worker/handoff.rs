@@ -10,14 +10,24 @@ use crossbeam::queue::ArrayQueue;
 
 use crate::frame::{FRAME_BUFFER_SIZE, FRAME_HEADROOM, PortId};
 
+/// How many times one frame may be handed off; a verdict that would hand it off
+/// again is a counted drop. Two, for a pod's Service flow to an endpoint outside
+/// the cluster (DNATed, then masqueraded): its client's packet goes to the worker
+/// that keeps the Service flow, then, translated, to the one that keeps the SNAT
+/// flow; the reply to the SNAT flow's worker, then, un-SNATed, to the Service
+/// flow's (see `pipeline::service`). Each hand-off goes to the keeper of the next
+/// translation, never back, so a frame cannot circle; the bound makes sure.
+pub const MAX_HAND_OFFS: u8 = 2;
+
 /// Largest frame a parcel carries (what fits after the headroom in a buffer).
 pub const PARCEL_MAX: usize = FRAME_BUFFER_SIZE - FRAME_HEADROOM;
 
 /// What the receiving worker does with a parcel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParcelKind {
-    /// Run the pipeline on it as if it had arrived on `in_port`.
-    Process,
+    /// Run the pipeline on it as if it had arrived on `in_port`; `hops`: how many
+    /// times it has been handed off, this time included.
+    Process { hops: u8 },
     /// Transmit it unchanged on this port.
     Transmit(PortId),
 }
@@ -73,9 +83,16 @@ mod tests {
 
     #[test]
     fn parcels_copy_and_bound_sizes() {
-        let p = Parcel::new(ParcelKind::Process, PortId(3), &[1, 2, 3]).unwrap();
+        let p = Parcel::new(ParcelKind::Process { hops: 1 }, PortId(3), &[1, 2, 3]).unwrap();
         assert_eq!(p.bytes(), &[1, 2, 3]);
-        assert!(Parcel::new(ParcelKind::Process, PortId(3), &[0; PARCEL_MAX + 1]).is_none());
+        assert!(
+            Parcel::new(
+                ParcelKind::Process { hops: 1 },
+                PortId(3),
+                &[0; PARCEL_MAX + 1]
+            )
+            .is_none()
+        );
         let q = Inbox::new(1);
         q.push(p).unwrap();
         assert!(

@@ -120,10 +120,9 @@ impl Mesh {
             .parked
             .get(to)
             .is_some_and(|p| p.load(Ordering::SeqCst))
+            && let Some(w) = self.wakers.get(to)
         {
-            if let Some(w) = self.wakers.get(to) {
-                let _ = w.wake();
-            }
+            let _ = w.wake();
         }
         true
     }
@@ -191,14 +190,14 @@ impl WorkerPool {
             let thread = std::thread::Builder::new()
                 .name(format!("hw-worker-{i}"))
                 .spawn(move || {
-                    if let Some(core) = core {
-                        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-                            tracing::warn!(
-                                worker = i,
-                                core,
-                                "could not pin worker to core; running unpinned"
-                            );
-                        }
+                    if let Some(core) = core
+                        && !core_affinity::set_for_current(core_affinity::CoreId { id: core })
+                    {
+                        tracing::warn!(
+                            worker = i,
+                            core,
+                            "could not pin worker to core; running unpinned"
+                        );
                     }
                     let id = WorkerId::try_from(i).unwrap_or(WorkerId::MAX);
                     let processor = make(id);

@@ -20,7 +20,7 @@ use crate::verdict::{DropReason, Verdict};
 use super::Processor;
 use super::backoff::IdleBackoff;
 use super::counters::{Counters, WorkerCounters};
-use super::handoff::{Parcel, ParcelKind};
+use super::handoff::{MAX_HAND_OFFS, Parcel, ParcelKind};
 use super::pool::{Command, Mesh, PoolConfig};
 
 /// Token of the waker (ports use their slot index, always below this).
@@ -51,6 +51,8 @@ pub(crate) struct WorkerLoop<P> {
     /// Single packets cut from a super-frame for a port that cannot take it whole.
     cut: PacketBatch,
     outs: [Out; BATCH_SIZE],
+    /// Per frame of `batch` taken from the inbox: how often it was handed off.
+    hops: [u8; BATCH_SIZE],
     epoch: Instant,
     idle_polls: u32,
     park_timeout: Duration,
@@ -86,6 +88,7 @@ impl<P: Processor> WorkerLoop<P> {
             batch: PacketBatch::new(),
             cut: PacketBatch::new(),
             outs: [Out::Dropped; BATCH_SIZE],
+            hops: [0; BATCH_SIZE],
             epoch: now,
             idle_polls: cfg.idle_polls,
             park_timeout: cfg.park_timeout,
@@ -148,14 +151,14 @@ impl<P: Processor> WorkerLoop<P> {
             match cmd {
                 Command::AddPort(port) => {
                     let slot = self.ports.len();
-                    if let Some(fd) = port.poll_fd() {
-                        if let Err(e) = self.poll.registry().register(
+                    if let Some(fd) = port.poll_fd()
+                        && let Err(e) = self.poll.registry().register(
                             &mut SourceFd(&fd),
                             Token(slot),
                             Interest::READABLE,
-                        ) {
-                            tracing::warn!(port = port.name(), error = %e, "cannot watch port on epoll; it is polled only while busy");
-                        }
+                        )
+                    {
+                        tracing::warn!(port = port.name(), error = %e, "cannot watch port on epoll; it is polled only while busy");
                     }
                     tracing::debug!(worker = self.index, port = port.name(), "port added");
                     self.ports.push(port);
@@ -224,7 +227,10 @@ impl<P: Processor> WorkerLoop<P> {
             moved += 1;
             self.my_counters().handoff_in.add(1);
             match parcel.kind {
-                ParcelKind::Process => {
+                ParcelKind::Process { hops } => {
+                    if let Some(h) = self.hops.get_mut(self.batch.len()) {
+                        *h = hops;
+                    }
                     if self.batch.push(parcel.bytes(), parcel.in_port).is_err() {
                         self.my_counters().drop(DropReason::NoRoom, 1);
                     }
@@ -239,12 +245,18 @@ impl<P: Processor> WorkerLoop<P> {
     }
 
     /// Runs the pipeline over the batch and sends every frame where it belongs.
-    /// `from_inbox`: these frames were already handed off once; a second hand-off
-    /// would loop, so it is dropped.
+    /// `from_inbox`: these frames were handed off already (`hops` says how often);
+    /// past [`MAX_HAND_OFFS`] a hand-off is dropped, it could loop.
     fn process_batch(&mut self, tables: &Tables, now: Now, from_inbox: bool) {
         let counters = self.counters.worker(self.index);
         let (processor, outs, mesh) = (&mut self.processor, &mut self.outs, &self.mesh);
+        let hops = &self.hops;
         self.batch.for_each_frame(|i, frame| {
+            let hops = if from_inbox {
+                hops.get(i).copied().unwrap_or(MAX_HAND_OFFS)
+            } else {
+                0
+            };
             let out = match processor.process(frame, tables, now) {
                 Verdict::Forward { port } => Out::Port(port),
                 Verdict::Reply => Out::Port(frame.meta.in_port),
@@ -252,16 +264,17 @@ impl<P: Processor> WorkerLoop<P> {
                     counters.drop(reason, 1);
                     Out::Port(frame.meta.in_port)
                 }
-                Verdict::HandOff { worker } if !from_inbox => {
+                Verdict::HandOff { worker } if hops < MAX_HAND_OFFS => {
+                    let process = ParcelKind::Process { hops: hops + 1 };
                     let (in_port, to) = (frame.meta.in_port, usize::from(worker));
                     match frame.gso() {
                         // Parcels carry single packets: the owner gets the segments.
                         Some(gso) => for_each_segment(frame.data(), gso, counters, |seg| {
-                            let parcel = Parcel::new(ParcelKind::Process, in_port, seg);
+                            let parcel = Parcel::new(process, in_port, seg);
                             hand_off(mesh, counters, to, parcel);
                         }),
                         None => {
-                            let parcel = Parcel::new(ParcelKind::Process, in_port, frame.data());
+                            let parcel = Parcel::new(process, in_port, frame.data());
                             hand_off(mesh, counters, to, parcel);
                         }
                     }
@@ -377,11 +390,11 @@ impl<P: Processor> WorkerLoop<P> {
 
     fn flush_dirty(&mut self) {
         for (port, dirty) in self.ports.iter_mut().zip(self.dirty.iter_mut()) {
-            if std::mem::take(dirty) {
-                if let Err(e) = port.flush() {
-                    self.counters.worker(self.index).port_errors.add(1);
-                    tracing::debug!(port = port.name(), error = %e, "flush failed");
-                }
+            if std::mem::take(dirty)
+                && let Err(e) = port.flush()
+            {
+                self.counters.worker(self.index).port_errors.add(1);
+                tracing::debug!(port = port.name(), error = %e, "flush failed");
             }
         }
     }
@@ -407,10 +420,11 @@ impl<P: Processor> WorkerLoop<P> {
         // A parcel queued before `parked` was visible would not wake us: look again.
         let inbox_empty = self.mesh.inboxes.get(me).is_none_or(|q| q.is_empty());
         if inbox_empty && self.commands.is_empty() && !self.mesh.stop.load(Ordering::SeqCst) {
-            if let Err(e) = self.poll.poll(&mut self.events, Some(self.park_timeout)) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    tracing::warn!(worker = me, error = %e, "epoll failed");
-                }
+            let slept = self.poll.poll(&mut self.events, Some(self.park_timeout));
+            if let Err(e) = slept
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                tracing::warn!(worker = me, error = %e, "epoll failed");
             }
         }
         if let Some(p) = self.mesh.parked.get(me) {

@@ -88,14 +88,27 @@ fn port(id: u16) -> (Box<dyn Port>, UnixDatagram) {
 }
 
 /// First byte picks the verdict: 1 → port 2, 2 → hand off to worker 1 (which then
-/// forwards to port 2), 3 → drop NoRoute, 4 → reply, 5 → to the host.
+/// forwards to port 2), 3 → drop NoRoute, 4 → reply, 5 → to the host; 7 → to the
+/// other worker, always; 8 on worker 0 → 9 and to worker 1, 9 on worker 1 → 10 and
+/// back to worker 0 (two hand-offs, as a Service reply un-SNATed on another worker),
+/// 10 → reply.
 struct ByFirstByte(WorkerId);
 
 impl Processor for ByFirstByte {
     fn process(&mut self, frame: &mut crate::Frame<'_>, _t: &Tables, _now: crate::Now) -> Verdict {
-        match (frame.data().first(), self.0) {
+        let mark = |frame: &mut crate::Frame<'_>, b: u8, worker: WorkerId| {
+            if let Some(first) = frame.data_mut().first_mut() {
+                *first = b;
+            }
+            Verdict::HandOff { worker }
+        };
+        match (frame.data().first().copied(), self.0) {
             (Some(1), _) | (Some(2), 1) => Verdict::Forward { port: PortId(2) },
             (Some(2), _) => Verdict::HandOff { worker: 1 },
+            (Some(7), w) => Verdict::HandOff { worker: 1 - w },
+            (Some(8), 0) => mark(frame, 9, 1),
+            (Some(9), 1) => mark(frame, 10, 0),
+            (Some(10), _) => Verdict::Reply,
             (Some(4), _) => Verdict::Reply,
             (Some(6), _) => Verdict::Refuse(DropReason::SnatPortsExhausted),
             (Some(5), _) => Verdict::ToHost,
@@ -201,6 +214,37 @@ fn forwards_hands_off_replies_drops_and_parks() {
     });
     out_peer.set_nonblocking(true).unwrap();
     assert!(out_peer.recv(&mut buf).is_err());
+    pool.shutdown();
+}
+
+#[test]
+fn a_frame_is_handed_off_twice_at_most() {
+    let cfg = PoolConfig {
+        workers: 2,
+        ..PoolConfig::default()
+    };
+    let pool = WorkerPool::start(&cfg, tables(), ByFirstByte).unwrap();
+    let (in_port, in_peer) = port(1);
+    pool.add_port(0, in_port, true).unwrap();
+    // Not a timing assertion: a bound so a dropped frame fails instead of hanging.
+    in_peer
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Worker 0 → 1 → 0, then answered on the port it came in on.
+    in_peer.send(&[8, 0xaa]).unwrap();
+    let mut buf = [0u8; 64];
+    let n = in_peer.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &[10, 0xaa]);
+    // Worker 0 → 1 → 0 → (1: a third hand-off) dropped, not circling.
+    in_peer.send(&[7, 0xbb]).unwrap();
+    let c = pool.counters().clone();
+    wait_for("the third hand-off to be dropped", || {
+        c.total_drops(DropReason::HandOffQueueFull) == 1
+    });
+    assert_eq!(
+        c.worker(0).handoff_out.get() + c.worker(1).handoff_out.get(),
+        4
+    );
     pool.shutdown();
 }
 

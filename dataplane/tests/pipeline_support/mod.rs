@@ -123,6 +123,31 @@ pub fn tables(snat: bool) -> Tables {
     }
 }
 
+/// `t` with these routes instead of its own.
+pub fn with_routes(t: Tables, routes: impl IntoIterator<Item = (Prefix, RouteTarget)>) -> Tables {
+    let mut b = RouteTableBuilder::new();
+    for (prefix, target) in routes {
+        b.add(prefix, target).unwrap();
+    }
+    Tables {
+        routes: b.build(),
+        ..t
+    }
+}
+
+/// `t` without a default route: no `uplink.gateway` configured, none in the kernel.
+pub fn without_gateway(t: Tables) -> Tables {
+    let routes: Vec<_> = t
+        .routes
+        .iter()
+        .filter(|(_, r)| !matches!(r, RouteTarget::Outside { .. }))
+        .map(|(p, r)| (*p, *r))
+        .collect();
+    let t = with_routes(t, routes);
+    assert_eq!(t.routes.lookup_v4(OUTSIDE), None);
+    t
+}
+
 /// A frame buffer with the standard headroom in front of `bytes`.
 pub struct Buf(pub Box<[u8; FRAME_BUFFER_SIZE]>);
 
@@ -213,6 +238,27 @@ pub fn udp6(
         .udp(sport, dport);
     let mut v = Vec::new();
     b.write(&mut v, payload).unwrap();
+    v
+}
+
+/// An ICMPv4 error from `from` to `to` (type, code, the 4 bytes after the checksum:
+/// the MTU of "fragmentation needed") quoting the IPv4 packet at `l3` in `about`, as
+/// much of it as a router quotes (576 bytes in all); from `POD1_MAC` to the gateway.
+pub fn icmp4_error(
+    about: &[u8],
+    l3: usize,
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    (icmp_type, code): (u8, u8),
+    rest: [u8; 4],
+) -> Vec<u8> {
+    let total = usize::from(u16_at(about, l3 + 2));
+    let quote = &about[l3..l3 + total.min(576 - 28)];
+    let b = eth(POD1_MAC, GATEWAY_MAC)
+        .ipv4(from.octets(), to.octets(), 64)
+        .icmpv4_raw(icmp_type, code, rest);
+    let mut v = Vec::new();
+    b.write(&mut v, quote).unwrap();
     v
 }
 

@@ -1,5 +1,6 @@
-//! What the demos share: PASS/FAIL lines with a summary, Ctrl-C turned into an
-//! orderly stop between steps, and the check for the tools a demo runs.
+//! What the demos and benchmarks share: PASS/FAIL lines with a summary, Ctrl-C
+//! turned into an orderly stop between steps, the check for the tools a demo runs,
+//! and the machine's load printed beside a benchmark's figures.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,4 +91,15 @@ pub fn need(tool: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The load averages (1, 5, 15 min): the machine is shared, so a benchmark prints
+/// them beside its figures.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split(' ')
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
